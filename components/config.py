@@ -336,6 +336,7 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
     edges = _parse_edges(p, p.get("edges"))
     tunnel = _parse_tunnel(p, project, stack, len(edges))
     home = _parse_home(p)
+    _check_tunnel_outside_lan(p, tunnel, home)
     ssh = _parse_ssh(p)
     acme = AcmeSpec(email=p.get("acmeEmail") or None, challenge=p.get("acmeChallenge"), ca_server=p.get("acmeCaServer"))
     if acme.challenge not in ACME_CHALLENGES:
@@ -420,7 +421,10 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
             continue
         if code not in stype.locations:
             arm = catalog.arm64_types_in(provider, code)
-            fix = f"use {', '.join(arm)}" if arm else f"{info.label} has no arm64 type there; pick an x86_64 type such as {', '.join(t for t in catalog.server_types_of(provider) if code in catalog.SERVER_TYPES[(provider, t)].locations)} or an arm64 location such as {', '.join(sorted(stype.locations))}"
+            offered = [t for t in catalog.server_types_of(provider) if code in catalog.SERVER_TYPES[(provider, t)].locations]
+            fix = (f"use {', '.join(arm)}" if arm else
+                   f"{info.label} has no arm64 type there; set serverType to one offered there ({', '.join(offered)}) "
+                   f"or move the edge to {', '.join(sorted(stype.locations))}")
             p.fail(f"{key}.serverType", f"{type_name} ({stype.arch}) is not offered in {code}; {fix}")
             continue
         if stype.ram_gb < catalog.MIN_RAM_GB:
@@ -495,6 +499,24 @@ def _parse_home(p: _Parser) -> HomeSpec:
     if role not in HOME_ROLES:
         p.fail("homeRole", f"{role!r} is not supported; use router (the WireGuard peer is the LAN's gateway) or host (a box inside the LAN)")
     return HomeSpec(key, tuple(lans), role)
+
+
+def _check_tunnel_outside_lan(p: _Parser, tunnel: TunnelSpec, home: HomeSpec) -> None:
+    """A tunnel prefix inside a home LAN prefix makes the edges route tunnel traffic into
+    the LAN and the home route LAN traffic into a tunnel; neither side can tell them apart."""
+    for i, lan in enumerate(home.lan_prefixes):
+        tunnel_net = tunnel.ipv4_prefix if lan.version == 4 else tunnel.ipv6_prefix
+        if tunnel_net is None or not tunnel_net.overlaps(lan):
+            continue
+        if lan.version == 4:
+            free = next((c for c in _SPARE_TUNNEL_PREFIXES if not any(c.overlaps(l) for l in home.lan_prefixes)), None)
+            fix = f"set {_fix_key('tunnelIpv4Prefix')} to a prefix outside your LAN" + (f", e.g. `pulumi config set {_fix_key('tunnelIpv4Prefix')} {free}`" if free else "")
+            p.fail("tunnelIpv4Prefix", f"{tunnel_net} overlaps {_fix_key('homeLanPrefixes')}[{i}] {lan}; {fix}")
+        else:
+            p.fail("tunnelIpv6Prefix", f"{tunnel_net} overlaps {_fix_key('homeLanPrefixes')}[{i}] {lan}; set {_fix_key('tunnelIpv6Prefix')} to a ULA /64 outside it, or set {_fix_key('tunnelIpv6')} false")
+
+
+_SPARE_TUNNEL_PREFIXES = tuple(ipaddress.ip_network(t) for t in ("10.254.0.0/24", "10.253.0.0/24", "172.31.254.0/24", "192.168.254.0/24"))
 
 
 def _parse_ssh(p: _Parser) -> SshSpec:

@@ -1,0 +1,91 @@
+"""``cgnat-edge``: the commands around the Pulumi program (render, home configs, policy)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+
+
+def _stack_file(args: argparse.Namespace) -> Path:
+    path = Path(args.stack_file) if args.stack_file else Path(args.project_dir) / f"Pulumi.{args.stack}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"cgnat-edge: no stack file {path}; pass --stack NAME (reads Pulumi.NAME.yaml) or --stack-file PATH")
+    if not (path.parent / "Pulumi.yaml").is_file():
+        raise SystemExit(f"cgnat-edge: {path.parent} has no Pulumi.yaml; run from the project folder")
+    return path
+
+
+def _add_stack_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stack", default="dev", help="stack name; reads Pulumi.<stack>.yaml (default: dev)")
+    p.add_argument("--stack-file", help="explicit path to a Pulumi.<stack>.yaml")
+    p.add_argument("--project-dir", default=".", help="folder holding Pulumi.yaml (default: .)")
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from . import render
+
+    stack_file = _stack_file(args)
+    out = Path(args.out or f"build/{stack_file.name.removeprefix('Pulumi.').removesuffix('.yaml')}")
+    run, written = render.render(stack_file, out, show_secrets=args.show_secrets)
+    for level, message in run.logs:
+        print(f"{level}: {message}", file=sys.stderr)
+    print(f"rendered {len(run.resources)} resources, {len(written)} files into {out}/")
+    print("note: keys in a render are throwaway; `pulumi up` creates and keeps its own.")
+    return 0
+
+
+def cmd_home_config(args: argparse.Namespace) -> int:
+    from . import home_files
+
+    if args.source == "-":
+        source: object = json.load(sys.stdin)
+    else:
+        path = Path(args.source)
+        source = path if path.is_dir() else json.loads(path.read_text())
+    written = home_files.write(source, Path(args.out), qr=args.qr)
+    for path in written:
+        print(path)
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from . import policy
+
+    return policy.main_for_stack(_stack_file(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cgnat-edge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("render", help="run the program offline (mock clouds) and write every generated artifact")
+    _add_stack_args(p)
+    p.add_argument("--out", help="output folder (default: build/<stack>)")
+    p.add_argument("--show-secrets", action="store_true", help="also reveal secret stack outputs in outputs.json")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("home-config", help="write the home router's configs (wg-quick, OpenWrt, RouterOS) to files")
+    p.add_argument("--from", dest="source", default="-",
+                   help="`pulumi stack output --json --show-secrets` saved to a file, a render folder, or - for stdin (default)")
+    p.add_argument("--out", default="home-configs", help="output folder, created 0700 (default: home-configs)")
+    p.add_argument("--qr", action="store_true", help="also write a QR code per wg-quick file")
+    p.set_defaults(func=cmd_home_config)
+
+    p = sub.add_parser("policy", help="render the stack offline and fail on policy violations")
+    _add_stack_args(p)
+    p.set_defaults(func=cmd_policy)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

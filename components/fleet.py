@@ -1,0 +1,119 @@
+"""The whole edge fleet: every node, the home peer's identity, and what the user needs
+from the outside (home router configs, DNS records, the monthly bill)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pulumi
+
+from . import catalog, digitalocean, geodns, hetzner, home_configs, tunnel
+from .config import FleetConfig
+from .edge_node import EdgeNode
+from .managed_dns import ManagedDns
+from .wireguard_key import WireGuardKey
+
+SSH_KEY_UPLOADERS = {"hetzner": hetzner.ssh_keys, "digitalocean": digitalocean.ssh_keys}
+
+
+def monthly_cost(cfg: FleetConfig) -> dict:
+    """Per currency, since the providers bill in different ones; no conversion guessed."""
+    totals: dict[str, float] = defaultdict(float)
+    for edge in cfg.edges:
+        totals[catalog.PROVIDERS[edge.provider].currency] += catalog.monthly_cost(edge.provider, edge.server_type.name)
+    return {
+        "totals": {currency: round(amount, 2) for currency, amount in sorted(totals.items())},
+        "perEdge": {
+            e.name: {"amount": catalog.monthly_cost(e.provider, e.server_type.name), "currency": catalog.PROVIDERS[e.provider].currency}
+            for e in cfg.edges
+        },
+        "pricesRead": catalog.PRICES_READ,
+        "note": "List prices without VAT, server plus its persistent IPv4; traffic beyond the included allowance is extra.",
+    }
+
+
+class EdgeFleet(pulumi.ComponentResource):
+    edges: pulumi.Output[dict]
+    home_configs: pulumi.Output[dict]
+    dns: pulumi.Output[dict]
+    monthly_cost: dict
+
+    def __init__(
+        self,
+        name: str,
+        cfg: FleetConfig,
+        ssh_private_key: pulumi.Input[str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("cgnat-edge:index:EdgeFleet", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        home_private_key: pulumi.Output[str] | None
+        if cfg.home.public_key:
+            home_public_key = pulumi.Output.from_input(cfg.home.public_key)
+            home_private_key = None
+        else:
+            home_key = WireGuardKey("home-wireguard-key", opts=child)
+            home_public_key, home_private_key = home_key.public_key, home_key.private_key
+
+        key_ids = {provider: SSH_KEY_UPLOADERS[provider](cfg, self) for provider in cfg.providers}
+        nodes = [
+            EdgeNode(cfg, edge, home_public_key, key_ids[edge.provider], ssh_private_key, opts=child)
+            for edge in cfg.edges
+        ]
+
+        by_name = {e.name: e for e in cfg.edges}
+        endpoints = pulumi.Output.all(*[pulumi.Output.all(n.ipv4, n.ipv6, n.public_key) for n in nodes])
+
+        def summary(values: list) -> dict:
+            out = {}
+            for edge, (ipv4, ipv6, public_key) in zip(cfg.edges, values):
+                addrs = tunnel.addresses(cfg.tunnel, edge)
+                out[edge.name] = {
+                    "provider": edge.provider,
+                    "location": edge.location.code,
+                    "city": edge.location.city,
+                    "country": edge.location.country,
+                    "arch": edge.arch,
+                    "serverType": edge.server_type.name,
+                    "ipv4": ipv4,
+                    "ipv6": ipv6,
+                    "tunnelIpv4": str(addrs.edge_v4.ip),
+                    "tunnelIpv6": str(addrs.edge_v6.ip) if addrs.edge_v6 else None,
+                    "wireguardPublicKey": public_key,
+                    "wireguardEndpoint": f"{ipv4}:{cfg.tunnel.listen_port}",
+                }
+            return out
+
+        self.edges = endpoints.apply(summary)
+
+        def peers(values: list) -> list[home_configs.EdgePeer]:
+            return [
+                home_configs.EdgePeer(edge.name, edge, public_key, ipv4, ipv6)
+                for edge, (ipv4, ipv6, public_key) in zip(cfg.edges, values)
+            ]
+
+        self.home_configs = pulumi.Output.secret(
+            pulumi.Output.all(endpoints, home_private_key).apply(
+                lambda args: home_configs.render(cfg, peers(args[0]), args[1])
+            )
+        )
+
+        def dns(values: list) -> dict:
+            eps = [geodns.EdgeEndpoint(edge.name, by_name[edge.name], ipv4, ipv6) for edge, (ipv4, ipv6, _) in zip(cfg.edges, values)]
+            records = geodns.policy(cfg, eps)
+            return {
+                "records": records,
+                "bind": geodns.bind_fragment(records, cfg),
+                "powerdnsLua": geodns.powerdns_lua(records, cfg),
+                "route53": geodns.route53_change_batch(records, cfg),
+            }
+
+        self.dns = endpoints.apply(dns)
+        if cfg.dns.provider != "none":
+            ManagedDns("dns", cfg, [(n_edge.name, n.ipv4, n.ipv6) for n_edge, n in zip(cfg.edges, nodes)], opts=child)
+
+        self.monthly_cost = monthly_cost(cfg)
+        self.register_outputs(
+            {"edges": self.edges, "homeConfigs": self.home_configs, "dns": self.dns, "monthlyCost": self.monthly_cost}
+        )

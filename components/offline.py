@@ -1,0 +1,255 @@
+"""Run the real program (``__main__.py``) under Pulumi's mock engine.
+
+This is the same code path ``pulumi up`` takes — config parsing, components, outputs —
+with the clouds replaced by deterministic answers from documentation address ranges.
+The offline render and the test suite both use it, so what a user inspects before
+paying for a VPS is exactly what the tests check.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import dill
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc, settings
+from pulumi.runtime.stack import run_in_stack
+from pulumi.runtime.sync_await import _sync_await
+
+from .config import NAMESPACE
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "[secret]"
+DYNAMIC_TYPE = "pulumi-python:dynamic:Resource"
+
+
+@dataclass
+class Registration:
+    urn: str
+    id: str
+    type: str
+    name: str
+    parent: str
+    custom: bool
+    inputs: dict
+    outputs: dict
+    ignore_changes: list[str]
+    additional_secret_outputs: list[str]
+    dependencies: list[str]
+
+
+@dataclass
+class Run:
+    project: str
+    stack: str
+    resources: list[Registration]
+    outputs: dict
+    """Stack outputs with secrets still wrapped (see ``is_secret``)."""
+    logs: list[tuple[str, str]] = field(default_factory=list)
+
+    def by_type(self, type_: str) -> list[Registration]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str, name: str) -> Registration:
+        matches = [r for r in self.resources if r.type == type_ and r.name == name]
+        assert len(matches) == 1, f"{len(matches)} resources {type_} {name}"
+        return matches[0]
+
+    def output(self, name: str) -> Any:
+        return reveal(self.outputs[name])
+
+    def secret_outputs(self) -> list[str]:
+        return sorted(k for k, v in self.outputs.items() if is_secret(v))
+
+
+def is_secret(value: Any) -> bool:
+    return rpc.is_rpc_secret(value)
+
+
+def reveal(value: Any) -> Any:
+    """Unwrap every secret marker, for artifacts the user asked to see."""
+    if rpc.is_rpc_secret(value):
+        return reveal(value["value"])
+    if isinstance(value, dict):
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [reveal(v) for v in value]
+    return value
+
+
+def masked(value: Any) -> Any:
+    """Replace every secret with a marker, for artifacts safe to print or commit."""
+    if rpc.is_rpc_secret(value):
+        return SECRET
+    if isinstance(value, dict):
+        return {k: masked(v) for k, v in value.items() if k != "__provider"}
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    return value
+
+
+def _digest(*parts: str) -> int:
+    return int.from_bytes(hashlib.sha256("/".join(parts).encode()).digest()[:4], "big")
+
+
+class CloudMocks(pulumi.runtime.Mocks):
+    """Answers the providers would give, derived from the resource name so that two
+    runs agree.  Addresses come from the documentation ranges: nothing here can point
+    at a real host."""
+
+    def __init__(self, state: Mapping[str, dict] | None = None):
+        self.state = dict(state or {})
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        inputs = reveal(args.inputs)
+        n = _digest(args.typ, args.name)
+        rid = str(n % 90_000_000 + 10_000_000)
+        outputs = dict(inputs)
+        t = args.typ
+        if t == DYNAMIC_TYPE:
+            previous = self.state.get(args.name)
+            if previous is not None:
+                return previous["id"], previous["outputs"]
+            provider = dill.loads(base64.b64decode(inputs["__provider"]))
+            result = provider.create({k: v for k, v in inputs.items() if k != "__provider"})
+            outputs.update(result.outs or {})
+            rid = result.id
+        elif t == "hcloud:index/primaryIp:PrimaryIp":
+            if inputs.get("type") == "ipv6":
+                net = ipaddress.IPv6Network((0x20010DB8_0000_0000_0000_0000_0000_0000 | (n % 0xFFFF) << 80, 64))
+                outputs.update(ipAddress=str(net.network_address), ipNetwork=str(net))
+            else:
+                outputs["ipAddress"] = f"203.0.113.{n % 250 + 2}"
+        elif t == "hcloud:index/server:Server":
+            outputs.update(status="running", ipv6Address=f"2001:db8:{n % 0xFFFF:x}::1", ipv4Address=f"203.0.113.{n % 250 + 2}")
+        elif t == "digitalocean:index/droplet:Droplet":
+            outputs.update(ipv4Address=f"198.51.100.{n % 120 + 2}", ipv6Address=f"2001:db8:d0:{n % 0xFFFF:x}::1", status="active", urn=f"do:droplet:{rid}")
+        elif t == "digitalocean:index/reservedIp:ReservedIp":
+            outputs.update(ipAddress=f"198.51.100.{n % 120 + 130}", urn=f"do:reservedip:{rid}")
+            rid = outputs["ipAddress"]
+        elif t == "digitalocean:index/sshKey:SshKey":
+            blob = base64.b64decode(inputs["publicKey"].split()[1])
+            outputs["fingerprint"] = ":".join(f"{b:02x}" for b in hashlib.md5(blob).digest())
+        elif t == "command:remote:Command":
+            outputs.update(stdout="", stderr="")
+        return rid, outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
+        return {}, None
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The stock mock monitor, plus what it drops: parents, options and outputs."""
+
+    def __init__(self, mocks: CloudMocks):
+        super().__init__(mocks)
+        self.registrations: list[Registration] = []
+        self.stack_outputs: dict = {}
+        self.logs: list[tuple[str, str]] = []
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.registrations.append(
+                Registration(
+                    urn=response.urn,
+                    id=response.id,
+                    type=request.type,
+                    name=request.name,
+                    parent=request.parent,
+                    custom=request.custom,
+                    inputs=rpc.deserialize_properties(request.object),
+                    outputs=rpc.deserialize_properties(response.object) if request.custom else {},
+                    ignore_changes=list(request.ignoreChanges),
+                    additional_secret_outputs=list(request.additionalSecretOutputs),
+                    dependencies=list(request.dependencies),
+                )
+            )
+        return response
+
+    def RegisterResourceOutputs(self, request):
+        if "::pulumi:pulumi:Stack::" in request.urn:
+            self.stack_outputs = rpc.deserialize_properties(request.outputs)
+        return super().RegisterResourceOutputs(request)
+
+
+class _LogCapture:
+    def __init__(self, sink: list):
+        self.sink = sink
+
+    def debug(self, msg): pass
+    def info(self, msg): self.sink.append(("info", msg))
+    def warning(self, msg): self.sink.append(("warning", msg))
+    def error(self, msg): self.sink.append(("error", msg))
+
+
+def stack_config(stack_file: Path) -> tuple[dict[str, str], list[str]]:
+    """Config as the Pulumi CLI hands it to a program: project defaults from
+    Pulumi.yaml overlaid by the stack file, structured values as JSON strings.
+    Encrypted values cannot be read offline; they become visible placeholders."""
+    project = yaml.safe_load((stack_file.parent / "Pulumi.yaml").read_text())
+    values: dict[str, Any] = {}
+    for key, decl in (project.get("config") or {}).items():
+        if isinstance(decl, dict) and "default" in decl:
+            values[f"{NAMESPACE}:{key}"] = decl["default"]
+    stack = yaml.safe_load(stack_file.read_text()) or {}
+    values.update(stack.get("config") or {})
+    out: dict[str, str] = {}
+    secret_keys: list[str] = []
+    for key, value in values.items():
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            secret_keys.append(key)
+            value = ""
+        out[key] = value if isinstance(value, str) else json.dumps(value)
+    return out, secret_keys
+
+
+def run_program(
+    stack_file: Path | str,
+    *,
+    program: Path = ROOT / "__main__.py",
+    state: Mapping[str, dict] | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+) -> Run:
+    """Run ``program`` once for the stack described by ``stack_file``.
+
+    ``state`` maps dynamic-resource names to earlier (id, outputs), standing in for
+    the engine's checkpoint so a second run sees the keys the first one created."""
+    stack_file = Path(stack_file)
+    stack_name = stack_file.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    project = yaml.safe_load((stack_file.parent / "Pulumi.yaml").read_text())["name"]
+    values, secret_keys = stack_config(stack_file)
+    for key, value in (config_overrides or {}).items():
+        full = key if ":" in key else f"{NAMESPACE}:{key}"
+        if value is None:
+            values.pop(full, None)
+        else:
+            values[full] = value if isinstance(value, str) else json.dumps(value)
+
+    mocks = CloudMocks(state)
+    monitor = RecordingMonitor(mocks)
+    settings.reset_options()
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack_name, preview=False, monitor=monitor,
+                             logger=_LogCapture(monitor.logs))
+    settings.set_root_resource(None)
+    pulumi.runtime.set_all_config(values, secret_keys)
+    _sync_await(run_in_stack(lambda: runpy.run_path(str(program), run_name="__main__")))
+    return Run(project, stack_name, monitor.registrations, monitor.stack_outputs, monitor.logs)
+
+
+def key_state(run: Run) -> dict[str, dict]:
+    """The dynamic-resource part of a run's state, to feed into the next run."""
+    return {
+        r.name: {"id": r.id, "outputs": reveal(r.outputs)}
+        for r in run.resources
+        if r.type == DYNAMIC_TYPE
+    }

@@ -1,0 +1,86 @@
+"""Offline render: everything a stack would generate, written to a folder.
+
+For inspecting a stack before paying for a VPS (and for the lab, which boots these
+very files).  Keys in a render are throwaway: they come from a mock engine with no
+state, so nothing here is what a real ``pulumi up`` will deploy, but every byte is
+produced by the same code."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from . import offline
+
+
+def _write(path: Path, text: str, private: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if private:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def _user_data(run: offline.Run) -> dict[str, str]:
+    out = {}
+    for r in run.resources:
+        if r.type in ("hcloud:index/server:Server", "digitalocean:index/droplet:Droplet"):
+            edge = r.parent.rsplit("::", 1)[-1]
+            out[edge] = offline.reveal(r.inputs.get("userData", ""))
+    return out
+
+
+def resource_table(run: offline.Run) -> list[dict]:
+    return [
+        {
+            "type": r.type,
+            "name": r.name,
+            "urn": r.urn,
+            "parent": r.parent,
+            "inputs": offline.masked(r.inputs),
+            "ignoreChanges": r.ignore_changes,
+        }
+        for r in sorted(run.resources, key=lambda r: r.urn)
+    ]
+
+
+def write(run: offline.Run, out: Path, show_secrets: bool = False) -> list[Path]:
+    from . import home_files
+
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    written = []
+    resources = resource_table(run)
+    written.append(_write(out / "resources.json", json.dumps(resources, indent=2, sort_keys=True) + "\n"))
+    lines = [f"{r['type']:<62} {r['name']:<36} {r['parent'].rsplit('::', 1)[-1]}" for r in resources]
+    written.append(_write(out / "resources.txt", "\n".join(lines) + "\n"))
+    shown = offline.reveal(run.outputs) if show_secrets else offline.masked(run.outputs)
+    written.append(_write(out / "outputs.json", json.dumps(shown, indent=2, sort_keys=True) + "\n", private=show_secrets))
+    written.append(_write(out / "secret_outputs.json", json.dumps(run.secret_outputs()) + "\n"))
+
+    for edge, user_data in sorted(_user_data(run).items()):
+        node = out / "nodes" / edge
+        written.append(_write(node / "user-data.yaml", user_data, private=True))
+        doc = yaml.safe_load(user_data.split("\n", 1)[1]) if user_data.startswith("#cloud-config") else {}
+        for entry in doc.get("write_files", []) if isinstance(doc, dict) else []:
+            written.append(_write(node / "files" / entry["path"].lstrip("/"), entry.get("content", ""), private=True))
+
+    dns = run.output("dns")
+    written.append(_write(out / "dns" / "records.json", json.dumps(dns["records"], indent=2) + "\n"))
+    written.append(_write(out / "dns" / "zone-fragment.db", dns["bind"]))
+    written.append(_write(out / "dns" / "powerdns-lua.db", dns["powerdnsLua"]))
+    written.append(_write(out / "dns" / "route53-change-batch.json", json.dumps(dns["route53"], indent=2) + "\n"))
+
+    written += home_files.write({"homeConfigs": run.output("homeConfigs")}, out / "home", qr=False)
+    return written
+
+
+def render(stack_file: Path, out: Path, show_secrets: bool = False) -> tuple[offline.Run, list[Path]]:
+    run = offline.run_program(stack_file)
+    return run, write(run, out, show_secrets)
