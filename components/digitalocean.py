@@ -56,13 +56,13 @@ def create_machine(
     # The reserved IP is its own resource and only its assignment follows the Droplet,
     # so replacing the Droplet keeps the public IPv4.
     reserved = do.ReservedIp(f"{edge.name}-reserved-ip", region=edge.location.code, opts=child)
-    do.ReservedIpAssignment(
+    assignment = do.ReservedIpAssignment(
         f"{edge.name}-reserved-ip-assignment",
         ip_address=reserved.ip_address,
         droplet_id=droplet.id.apply(int),
         opts=child,
     )
-    do.Firewall(
+    firewall = do.Firewall(
         f"{edge.name}-firewall",
         name=server_name(cfg, edge.name),
         droplet_ids=[droplet.id.apply(int)],
@@ -83,4 +83,5 @@ def create_machine(
         ],
         opts=child,
     )
-    return Machine(server=droplet, server_id=droplet.id, ipv4=reserved.ip_address, ipv6=droplet.ipv6_address)
+    return Machine(server=droplet, server_id=droplet.id, ipv4=reserved.ip_address, ipv6=droplet.ipv6_address,
+                   reachable_after=[droplet, assignment, firewall])

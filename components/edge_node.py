@@ -4,6 +4,7 @@ its configuration current after the first boot."""
 from __future__ import annotations
 
 import hashlib
+import shlex
 
 import pulumi
 import pulumi_command as command
@@ -13,6 +14,12 @@ from .config import EdgeSpec, FleetConfig
 from .wireguard_key import WireGuardKey
 
 PROVIDERS = {"hetzner": hetzner, "digitalocean": digitalocean}
+
+
+def _as_root(cfg: FleetConfig, script: str) -> str:
+    """The scripts need root; a non-root login gets passwordless sudo from cloud-init."""
+    run = f"bash -c {shlex.quote(script)}"
+    return run if cfg.ssh.user == "root" else f"sudo -n {run}"
 
 
 class EdgeNode(pulumi.ComponentResource):
@@ -52,23 +59,25 @@ class EdgeNode(pulumi.ComponentResource):
             dial_error_limit=40,
             per_dial_timeout=15,
         )
-        # First boot: wait for cloud-init to finish.  Re-runs only for a new server.
+        ready = _as_root(cfg, bootstrap.readiness_script())
+        # First boot: cloud-init has built the node from user data; wait until it serves.
+        # Re-runs only for a new server.
         booted = command.remote.Command(
-            f"{edge.name}-cloud-init",
+            f"{edge.name}-boot",
             connection=connection,
-            create=bootstrap.cloud_init_wait_script(),
+            create=ready,
             triggers=[machine.server_id],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[machine.server]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=machine.reachable_after),
         )
-        # Every change to services, tunnel or SSH keys lands here, in place, and the
-        # script ends only when WireGuard is up and Traefik answers.
+        # Every later change to services, tunnel or SSH keys lands here, in place (no
+        # rebuild, same IP), and the step ends only when the edge serves again.
         bundle = pulumi.Output.secret(
             wg_conf.apply(lambda conf: bootstrap.bundle(bootstrap.node_files(cfg, edge, conf)))
         )
         command.remote.Command(
             f"{edge.name}-config",
             connection=connection,
-            create=bootstrap.push_script(),
+            create=f"{_as_root(cfg, bootstrap.push_script())} && {ready}",
             stdin=bundle,
             triggers=[machine.server_id, bundle.apply(lambda b: hashlib.sha256(b.encode()).hexdigest())],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[booted]),

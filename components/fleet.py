@@ -62,7 +62,6 @@ class EdgeFleet(pulumi.ComponentResource):
             for edge in cfg.edges
         ]
 
-        by_name = {e.name: e for e in cfg.edges}
         endpoints = pulumi.Output.all(*[pulumi.Output.all(n.ipv4, n.ipv6, n.public_key) for n in nodes])
 
         def summary(values: list) -> dict:
@@ -100,14 +99,7 @@ class EdgeFleet(pulumi.ComponentResource):
         )
 
         def dns(values: list) -> dict:
-            eps = [geodns.EdgeEndpoint(edge.name, by_name[edge.name], ipv4, ipv6) for edge, (ipv4, ipv6, _) in zip(cfg.edges, values)]
-            records = geodns.policy(cfg, eps)
-            return {
-                "records": records,
-                "bind": geodns.bind_fragment(records, cfg),
-                "powerdnsLua": geodns.powerdns_lua(records, cfg),
-                "route53": geodns.route53_change_batch(records, cfg),
-            }
+            return geodns.outputs(cfg, [geodns.EdgeEndpoint(edge.name, edge, ipv4, ipv6) for edge, (ipv4, ipv6, _) in zip(cfg.edges, values)])
 
         self.dns = endpoints.apply(dns)
         if cfg.dns.provider != "none":

@@ -83,4 +83,5 @@ def create_machine(
         labels=tags,
         opts=pulumi.ResourceOptions(parent=parent, ignore_changes=USER_DATA_IGNORED),
     )
-    return Machine(server=server, server_id=server.id, ipv4=ips["ipv4"].ip_address, ipv6=server.ipv6_address)
+    return Machine(server=server, server_id=server.id, ipv4=ips["ipv4"].ip_address, ipv6=server.ipv6_address,
+                   reachable_after=[server])

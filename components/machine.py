@@ -20,6 +20,8 @@ class Machine:
     ipv4: pulumi.Output[str]
     """Address that survives a replacement of the server (Primary IP / reserved IP)."""
     ipv6: pulumi.Output[str]
+    reachable_after: list[pulumi.Resource]
+    """What must exist before SSH to ``ipv4`` can work (e.g. the IP's assignment)."""
 
 
 @dataclass(frozen=True)

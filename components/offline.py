@@ -29,7 +29,7 @@ from .config import NAMESPACE
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "[secret]"
-DYNAMIC_TYPE = "pulumi-python:dynamic:Resource"
+DYNAMIC_PREFIX = "pulumi-python:dynamic"
 
 
 @dataclass
@@ -115,7 +115,7 @@ class CloudMocks(pulumi.runtime.Mocks):
         rid = str(n % 90_000_000 + 10_000_000)
         outputs = dict(inputs)
         t = args.typ
-        if t == DYNAMIC_TYPE:
+        if t.startswith(DYNAMIC_PREFIX):
             previous = self.state.get(args.name)
             if previous is not None:
                 return previous["id"], previous["outputs"]
@@ -251,5 +251,5 @@ def key_state(run: Run) -> dict[str, dict]:
     return {
         r.name: {"id": r.id, "outputs": reveal(r.outputs)}
         for r in run.resources
-        if r.type == DYNAMIC_TYPE
+        if r.type.startswith(DYNAMIC_PREFIX)
     }

@@ -315,7 +315,8 @@ def load_render(directory: Path) -> tuple[list[dict], dict, set[str]]:
     return resources, outputs, secret_outputs
 
 
-def report(violations: list[Violation], what: str, out=sys.stdout, err=sys.stderr) -> int:
+def report(violations: list[Violation], what: str, out=None, err=None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     if violations:
         print(f"policy: {what}: {len(violations)} violation(s):", file=err)
         for v in violations:

@@ -75,7 +75,8 @@ def write(run: offline.Run, out: Path, show_secrets: bool = False) -> list[Path]
     written.append(_write(out / "dns" / "records.json", json.dumps(dns["records"], indent=2) + "\n"))
     written.append(_write(out / "dns" / "zone-fragment.db", dns["bind"]))
     written.append(_write(out / "dns" / "powerdns-lua.db", dns["powerdnsLua"]))
-    written.append(_write(out / "dns" / "route53-change-batch.json", json.dumps(dns["route53"], indent=2) + "\n"))
+    written.append(_write(out / "dns" / "route53-change-batch.json", json.dumps(dns["route53ChangeBatch"], indent=2) + "\n"))
+    written.append(_write(out / "dns" / "route53-health-checks.json", json.dumps(dns["route53HealthChecks"], indent=2) + "\n"))
 
     written += home_files.write({"homeConfigs": run.output("homeConfigs")}, out / "home", qr=False)
     return written

