@@ -238,7 +238,6 @@ def openwrt(data: dict) -> str:
     if not data["privateKey"]:
         out.append(f"# Replace {PRIVATE_KEY_PLACEHOLDER} with the private key kept at home (public key {data['publicKey']}).")
     zone = "cgnat_edge"
-    sections = [f"firewall.{zone}"]
 
     def s(path: str, value: object) -> None:
         out.append(f"set {path}={_uci_quote(value)}")

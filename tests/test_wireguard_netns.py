@@ -24,7 +24,7 @@ from components import home_configs, home_files, tunnel
 from components.home_configs import EdgePeer
 from components.wireguard_key import generate_keypair
 from tests.conftest import require_root, require_tool
-from tests.netns import Lab, wait_for
+from components.netns import Lab, wait_for
 
 pytestmark = pytest.mark.netns
 

@@ -1,4 +1,4 @@
-"""Network namespaces for tests that run real daemons, with guaranteed cleanup.
+"""Network namespaces for the lab and the tests: real daemons, guaranteed cleanup.
 
 A ``Node`` is a network namespace plus a private mount namespace in which
 ``/run/wireguard`` and ``/etc/wireguard`` are empty tmpfs mounts.  The private
@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shlex
 import signal
 import subprocess
 import time
@@ -116,7 +117,8 @@ class Node:
 
     def write(self, path: str, content: str, mode: int = 0o600) -> None:
         """Write a file as seen inside the node (its private dirs included)."""
-        self.run("sh", "-c", f"umask 077 && cat > {path} && chmod {mode:o} {path}", input=content)
+        q = shlex.quote(path)
+        self.run("sh", "-c", f"umask 077 && cat > {q} && chmod {mode:o} {q}", input=content)
 
     def sysctl(self, key: str, value: str | int) -> None:
         self.run("sysctl", "-qw", f"{key}={value}")
