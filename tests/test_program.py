@@ -15,6 +15,7 @@ from tests.conftest import ROOT, stack_raw
 
 STACK = ROOT / "Pulumi.dev.yaml"
 WG_KEY = "pulumi-python:dynamic/cgnat-edge:WireGuardKey"
+HOST_KEY = "pulumi-python:dynamic/cgnat-edge:SshHostKey"
 SERVER_TYPES = ("hcloud:index/server:Server", "digitalocean:index/droplet:Droplet")
 
 
@@ -34,7 +35,8 @@ def test_resource_graph(run):
     assert counts == {
         "cgnat-edge:index:EdgeFleet": 1,
         "cgnat-edge:index:EdgeNode": 2,
-        WG_KEY: 3,  # WireGuard keys: home + one per edge
+        WG_KEY: 3,
+        HOST_KEY: 2,  # SSH host key per edge, pinned by the SSH steps  # WireGuard keys: home + one per edge
         "hcloud:index/sshKey:SshKey": 1,
         "hcloud:index/primaryIp:PrimaryIp": 2,
         "hcloud:index/firewall:Firewall": 1,
@@ -112,9 +114,9 @@ def test_outputs(run):
 
 
 def test_no_private_key_in_plain_outputs_or_inputs(run):
-    keys = [r for r in run.resources if r.type == WG_KEY]
+    keys = [r for r in run.resources if r.type in (WG_KEY, HOST_KEY)]
     privates = [offline.reveal(r.outputs["private_key"]) for r in keys]
-    assert len(privates) == 3 and all(len(p) == 44 for p in privates)
+    assert len(privates) == 5 and sum(len(p) == 44 for p in privates) == 3
     for r in keys:
         assert r.additional_secret_outputs == ["private_key"]
     plain = json.dumps(offline.masked(run.outputs)) + json.dumps([offline.masked(r.inputs) for r in run.resources])
@@ -122,6 +124,21 @@ def test_no_private_key_in_plain_outputs_or_inputs(run):
         assert private not in plain
     # ... while the secret home config does carry the home key, for the user to fetch.
     assert privates[[r.name for r in keys].index("home-wireguard-key")] in json.dumps(run.output("homeConfigs"))
+
+
+def test_ssh_steps_pin_the_edge_host_key(run):
+    import yaml
+
+    for edge, server in (("fsn", "fsn-server"), ("ams", "ams-droplet")):
+        host_key = run.one(HOST_KEY, f"{edge}-ssh-host-key")
+        public = host_key.outputs["public_key"]
+        server_type = "hcloud:index/server:Server" if edge == "fsn" else "digitalocean:index/droplet:Droplet"
+        user_data = yaml.safe_load(offline.reveal(run.one(server_type, server).inputs["userData"]))
+        assert user_data["ssh_keys"]["ed25519_public"] == public
+        for step in ("boot", "config"):
+            connection = offline.reveal(run.one("command:remote:Command", f"{edge}-{step}").inputs["connection"])
+            assert connection["hostKey"] == public
+            assert connection["host"] == run.output("edges")[edge]["ipv4"]
 
 
 def test_same_state_gives_identical_inputs(run):
@@ -162,8 +179,9 @@ def test_server_replacement_keeps_wireguard_keys(run):
     bigger[0]["serverType"] = "cax21"
     replaced = offline.run_program(STACK, state=offline.key_state(run), config_overrides={"edges": bigger})
     assert offline.reveal(replaced.one("hcloud:index/server:Server", "fsn-server").inputs)["serverType"] == "cax21"
-    keys_before = {r.name: offline.reveal(r.inputs) for r in run.by_type(WG_KEY)}
-    keys_after = {r.name: offline.reveal(r.inputs) for r in replaced.by_type(WG_KEY)}
+    keys_before = {r.name: offline.reveal(r.inputs) for r in run.resources if r.type in (WG_KEY, HOST_KEY)}
+    keys_after = {r.name: offline.reveal(r.inputs) for r in replaced.resources if r.type in (WG_KEY, HOST_KEY)}
+    assert len(keys_before) == 5
     assert keys_before == keys_after
     assert run.output("edges")["fsn"]["wireguardPublicKey"] == replaced.output("edges")["fsn"]["wireguardPublicKey"]
     assert offline.reveal(run.outputs["homeConfigs"]) == offline.reveal(replaced.outputs["homeConfigs"])

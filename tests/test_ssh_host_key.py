@@ -1,0 +1,79 @@
+"""The host key the program generates is the one the edge's sshd serves, so the
+operator's SSH client (pulumi-command) can pin it from the very first connection."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from components import bootstrap
+from components.netns import Lab, wait_for
+from components.ssh_host_key import SshHostKeyProvider, generate_host_key
+from tests.conftest import require_root, require_tool
+
+
+def test_generated_pair_matches_ssh_keygen(tmp_path):
+    require_tool("ssh-keygen")
+    private, public = generate_host_key()
+    path = tmp_path / "key"
+    path.write_text(private)
+    path.chmod(0o600)
+    derived = subprocess.run(["ssh-keygen", "-y", "-f", str(path)], capture_output=True, text=True, check=True).stdout
+    assert derived.split()[:2] == public.split()[:2]
+    assert public.startswith("ssh-ed25519 ")
+
+
+def test_provider_keeps_the_key_unless_rotated():
+    provider = SshHostKeyProvider()
+    created = provider.create({"rotation": 0})
+    assert created.outs["private_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert provider.diff(created.id, created.outs, {"rotation": 0}).changes is False
+    assert provider.diff(created.id, created.outs, {"rotation": 1}).replaces == ["rotation"]
+
+
+def test_cloud_config_installs_only_that_key(fleet_config):
+    private, public = generate_host_key()
+    doc = yaml.safe_load(bootstrap.user_data(fleet_config, fleet_config.edges[0], "[Interface]\n", (private, public)))
+    assert doc["ssh_keys"] == {"ed25519_private": private, "ed25519_public": public}
+    assert doc["ssh_deletekeys"] is True and "ssh_genkeytypes" not in doc
+
+
+@pytest.fixture
+def lab():
+    require_root()
+    require_tool("sshd", "ssh")
+    with Lab() as lab:
+        yield lab
+
+
+def test_client_pinning_the_key_connects_and_rejects_an_impostor(lab, tmp_path):
+    operator, edge = lab.node("operator"), lab.node("edge")
+    lab.link(operator, "eth0", ["203.0.113.1/24"], edge, "eth0", ["203.0.113.2/24"])
+
+    host_private, host_public = generate_host_key()
+    user_private, user_public = generate_host_key()
+    for name, text in {"host": host_private, "user": user_private, "authorized": user_public}.items():
+        (tmp_path / name).write_text(text if text.endswith("\n") else text + "\n")
+        (tmp_path / name).chmod(0o600)
+    (tmp_path / "sshd_config").write_text(
+        f"HostKey {tmp_path}/host\nAuthorizedKeysFile {tmp_path}/authorized\nListenAddress 203.0.113.2\nPort 2222\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n"
+    )
+    edge.run("mkdir", "-p", "/run/sshd")
+    edge.spawn("/usr/sbin/sshd", "-D", "-e", "-f", str(tmp_path / "sshd_config"))
+
+    def connect(known_host_key: str) -> subprocess.CompletedProcess:
+        (tmp_path / "known_hosts").write_text(f"[203.0.113.2]:2222 {known_host_key}\n")
+        return operator.run(
+            "ssh", "-F", "/dev/null", "-p", "2222", "-i", str(tmp_path / "user"),
+            "-o", f"UserKnownHostsFile={tmp_path}/known_hosts", "-o", "StrictHostKeyChecking=yes",
+            "-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "root@203.0.113.2", "echo pinned-ok",
+            check=False,
+        )
+
+    done = wait_for(lambda: (r := connect(host_public)).returncode == 0 and r, timeout=15, message="sshd to accept the pinned client")
+    assert done.stdout.strip() == "pinned-ok"
+    impostor = connect(generate_host_key()[1])
+    assert impostor.returncode != 0 and "Host key verification failed" in impostor.stderr
