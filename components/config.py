@@ -277,6 +277,17 @@ class _Parser:
 
     # -- small value parsers --------------------------------------------------
 
+    def unique_name(self, key: str, item: dict, seen: set[str], what: str) -> str | None:
+        name = str(item.get("name", ""))
+        if not _NAME_RE.match(name):
+            self.fail(f"{key}.name", f"{name!r} is not a valid {what} name; use 1-24 lowercase letters, digits or hyphens, starting with a letter")
+            return None
+        if name in seen:
+            self.fail(f"{key}.name", f"{what} name {name!r} is used twice; every {what} needs its own name")
+            return None
+        seen.add(name)
+        return name
+
     def network(self, key: str, text: Any) -> IPNetwork | None:
         try:
             return ipaddress.ip_network(str(text), strict=True)
@@ -396,14 +407,9 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
         unknown = set(item) - {"name", "provider", "location", "serverType", "image", "index"}
         for k in sorted(unknown):
             p.fail(f"{key}.{k}", "is not a known edge field; use name, provider, location, serverType, image, index")
-        name = str(item.get("name", ""))
-        if not _NAME_RE.match(name):
-            p.fail(f"{key}.name", f"{name!r} is not a valid edge name; use 1-24 lowercase letters, digits or hyphens, starting with a letter")
+        name = p.unique_name(key, item, seen_names, "edge")
+        if name is None:
             continue
-        if name in seen_names:
-            p.fail(f"{key}.name", f"edge name {name!r} is used twice; every edge needs its own name")
-            continue
-        seen_names.add(name)
         provider = str(item.get("provider", ""))
         if provider not in catalog.PROVIDERS:
             p.fail(f"{key}.provider", f"{provider!r} is not a supported provider; use one of {', '.join(catalog.PROVIDERS)}")
@@ -558,14 +564,9 @@ def _parse_services(p: _Parser, items: list[Any] | None, domain: str | None, tun
         if not isinstance(item, dict):
             p.fail(key, "must be a mapping with name, mode and target")
             continue
-        name = str(item.get("name", ""))
-        if not _NAME_RE.match(name):
-            p.fail(f"{key}.name", f"{name!r} is not a valid service name; use lowercase letters, digits and hyphens")
+        name = p.unique_name(key, item, names, "service")
+        if name is None:
             continue
-        if name in names:
-            p.fail(f"{key}.name", f"service name {name!r} is used twice; every service needs its own name")
-            continue
-        names.add(name)
         mode = str(item.get("mode", "passthrough"))
         if mode not in MODES:
             p.fail(f"{key}.mode", f"{mode!r} is not a mode; use passthrough (TLS ends at home), http (TLS ends on the edge), tcp or udp")

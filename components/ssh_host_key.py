@@ -7,12 +7,10 @@ the key survives a server rebuild like the WireGuard key does."""
 
 from __future__ import annotations
 
-import pulumi
-import pulumi.dynamic
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .wireguard_key import WireGuardKeyProvider
+from .wireguard_key import KeyPair, WireGuardKeyProvider
 
 
 def generate_host_key() -> tuple[str, str]:
@@ -30,15 +28,7 @@ class SshHostKeyProvider(WireGuardKeyProvider):
         return generate_host_key()
 
 
-class SshHostKey(pulumi.dynamic.Resource, module="cgnat-edge", name="SshHostKey"):
-    public_key: pulumi.Output[str]
-    private_key: pulumi.Output[str]
+class SshHostKey(KeyPair, module="cgnat-edge", name="SshHostKey"):
+    """One ed25519 host key pair (OpenSSH formats)."""
 
-    def __init__(self, name: str, rotation: pulumi.Input[int] = 0, opts: pulumi.ResourceOptions | None = None):
-        secret_opts = pulumi.ResourceOptions(additional_secret_outputs=["private_key"])
-        super().__init__(
-            SshHostKeyProvider(),
-            name,
-            {"rotation": rotation, "public_key": None, "private_key": None},
-            pulumi.ResourceOptions.merge(opts, secret_opts) if opts else secret_opts,
-        )
+    provider_class = SshHostKeyProvider

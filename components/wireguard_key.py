@@ -65,8 +65,13 @@ class WireGuardKeyProvider(pulumi.dynamic.ResourceProvider):
         return pulumi.dynamic.ReadResult(id_, props)
 
 
-class WireGuardKey(pulumi.dynamic.Resource, module="cgnat-edge", name="WireGuardKey"):
-    """One X25519 key pair; ``private_key`` is a secret output, ``public_key`` is not."""
+class KeyPair(pulumi.dynamic.Resource):
+    """A key pair made once by ``provider_class``; ``private_key`` is a secret output.
+
+    Subclasses fix the type token with ``module=``/``name=``; that token must never
+    change, or every key of that kind would be replaced (rotated) on the next run."""
+
+    provider_class: type[WireGuardKeyProvider]
 
     public_key: pulumi.Output[str]
     private_key: pulumi.Output[str]
@@ -75,11 +80,17 @@ class WireGuardKey(pulumi.dynamic.Resource, module="cgnat-edge", name="WireGuard
     def __init__(self, name: str, rotation: pulumi.Input[int] = 0, opts: pulumi.ResourceOptions | None = None):
         secret_opts = pulumi.ResourceOptions(additional_secret_outputs=["private_key"])
         super().__init__(
-            WireGuardKeyProvider(),
+            self.provider_class(),
             name,
             {"rotation": rotation, "public_key": None, "private_key": None},
             pulumi.ResourceOptions.merge(opts, secret_opts) if opts else secret_opts,
         )
+
+
+class WireGuardKey(KeyPair, module="cgnat-edge", name="WireGuardKey"):
+    """One X25519 key pair (base64, as ``wg`` prints them)."""
+
+    provider_class = WireGuardKeyProvider
 
 
 def generate_keypair() -> tuple[str, str]:
