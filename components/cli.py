@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -38,20 +37,6 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_home_config(args: argparse.Namespace) -> int:
-    from . import home_files
-
-    if args.source == "-":
-        source: object = json.load(sys.stdin)
-    else:
-        path = Path(args.source)
-        source = path if path.is_dir() else json.loads(path.read_text())
-    written = home_files.write(source, Path(args.out), qr=args.qr)
-    for path in written:
-        print(path)
-    return 0
-
-
 def cmd_policy(args: argparse.Namespace) -> int:
     from . import policy
 
@@ -68,17 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--show-secrets", action="store_true", help="also reveal secret stack outputs in outputs.json")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("home-config", help="write the home router's configs (wg-quick, OpenWrt, RouterOS) to files")
-    p.add_argument("--from", dest="source", default="-",
-                   help="`pulumi stack output --json --show-secrets` saved to a file, a render folder, or - for stdin (default)")
-    p.add_argument("--out", default="home-configs", help="output folder, created 0700 (default: home-configs)")
-    p.add_argument("--qr", action="store_true", help="also write a QR code per wg-quick file")
-    p.set_defaults(func=cmd_home_config)
+    # Parsed by home_files.run itself (see below); listed here for --help.
+    sub.add_parser("home-config", help="write the home router's configs (wg-quick, OpenWrt, RouterOS, JSON) to files")
 
     p = sub.add_parser("policy", help="render the stack offline and fail on policy violations")
     _add_stack_args(p)
     p.set_defaults(func=cmd_policy)
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["home-config"]:
+        from . import home_files
+
+        return home_files.run(argv[1:])
     args = parser.parse_args(argv)
     try:
         return args.func(args)

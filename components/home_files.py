@@ -25,9 +25,11 @@ class HomeConfigError(Exception):
 
 
 def _load(source: dict | str | os.PathLike) -> dict:
+    hidden_fix = "add --show-secrets to `pulumi stack output --json`"
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
+            hidden_fix = "render with `cgnat-edge render --show-secrets`, or use the render's home/ folder"
             path = path / "outputs.json"
         try:
             source = json.loads(path.read_text())
@@ -38,7 +40,7 @@ def _load(source: dict | str | os.PathLike) -> dict:
     configs = source[OUTPUT_KEY]
     if isinstance(configs, str):
         if configs == "[secret]":
-            raise HomeConfigError(f"{OUTPUT_KEY} is hidden; add --show-secrets to `pulumi stack output --json`")
+            raise HomeConfigError(f"{OUTPUT_KEY} is hidden; {hidden_fix}")
         configs = json.loads(configs)
     if not all(k in configs for k in ("structured", "wgQuick", "openwrt", "routeros")):
         raise HomeConfigError(f"{OUTPUT_KEY} lacks one of structured, wgQuick, openwrt, routeros; was it made by another version?")

@@ -30,8 +30,10 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -139,6 +141,21 @@ class Node:
         out = _host("ip", "netns", "pids", self.netns, check=False).stdout
         return [int(p) for p in out.split()]
 
+    def bind(self, path: str, content: str, mode: int = 0o644) -> None:
+        """Show ``content`` at ``path`` (an existing file) to this node only: a file of
+        the lab bind-mounted in the node's private mount namespace, so a node can have
+        its own /etc/resolv.conf or /etc/group while the machine's stay untouched."""
+        src = self.lab.workdir / "binds" / self.name / path.strip("/").replace("/", "_")
+        src.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        src.write_text(content)
+        src.chmod(mode)
+        self.run("mount", "--bind", str(src), path)
+
+    def end_processes(self) -> None:
+        """End every process in the node but the namespace holder, as a crash or a
+        power cut would; the namespace, its links and addresses stay."""
+        _end([p for p in self.pids() if p != self.holder.pid])
+
 
 class Lab:
     """A set of nodes that is torn down as a whole."""
@@ -147,7 +164,15 @@ class Lab:
         self.run_id = f"{PREFIX}{os.getpid()}x{secrets.token_hex(3)}"
         self.nodes: list[Node] = []
         self._procs: list[subprocess.Popen] = []
+        self._workdir: Path | None = None
         sweep_stale()
+
+    @property
+    def workdir(self) -> Path:
+        """A private (0700) folder for the lab's files; removed by ``close``."""
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"{self.run_id}-"))
+        return self._workdir
 
     def node(self, name: str) -> Node:
         node = Node(self, name, f"{self.run_id}-{name}")
@@ -176,6 +201,9 @@ class Lab:
             _host("ip", "netns", "del", node.netns, check=False)
         self.nodes.clear()
         self._procs.clear()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     def __enter__(self) -> "Lab":
         return self

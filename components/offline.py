@@ -192,11 +192,14 @@ class _LogCapture:
     def error(self, msg): self.sink.append(("error", msg))
 
 
-def stack_config(stack_file: Path) -> tuple[dict[str, str], list[str]]:
+def stack_config(stack_file: Path, project_file: Path | None = None) -> tuple[dict[str, str], list[str]]:
     """Config as the Pulumi CLI hands it to a program: project defaults from
     Pulumi.yaml overlaid by the stack file, structured values as JSON strings.
-    Encrypted values cannot be read offline; they become visible placeholders."""
-    project = yaml.safe_load((stack_file.parent / "Pulumi.yaml").read_text())
+    Encrypted values cannot be read offline; they become visible placeholders.
+
+    ``project_file`` defaults to the Pulumi.yaml next to the stack file; a stack kept
+    elsewhere (the lab's test stack) names the project's own file instead of a copy."""
+    project = yaml.safe_load((project_file or stack_file.parent / "Pulumi.yaml").read_text())
     values: dict[str, Any] = {}
     for key, decl in (project.get("config") or {}).items():
         if isinstance(decl, dict) and "default" in decl:
@@ -219,6 +222,7 @@ def run_program(
     program: Path = ROOT / "__main__.py",
     state: Mapping[str, dict] | None = None,
     config_overrides: Mapping[str, Any] | None = None,
+    project_file: Path | None = None,
 ) -> Run:
     """Run ``program`` once for the stack described by ``stack_file``.
 
@@ -226,8 +230,9 @@ def run_program(
     the engine's checkpoint so a second run sees the keys the first one created."""
     stack_file = Path(stack_file)
     stack_name = stack_file.name.removeprefix("Pulumi.").removesuffix(".yaml")
-    project = yaml.safe_load((stack_file.parent / "Pulumi.yaml").read_text())["name"]
-    values, secret_keys = stack_config(stack_file)
+    project_file = Path(project_file) if project_file else stack_file.parent / "Pulumi.yaml"
+    project = yaml.safe_load(project_file.read_text())["name"]
+    values, secret_keys = stack_config(stack_file, project_file)
     for key, value in (config_overrides or {}).items():
         full = key if ":" in key else f"{NAMESPACE}:{key}"
         if value is None:

@@ -7,6 +7,8 @@ produced by the same code."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import os
 from pathlib import Path
@@ -35,6 +37,20 @@ def _user_data(run: offline.Run) -> dict[str, str]:
             edge = r.parent.rsplit("::", 1)[-1]
             out[edge] = offline.reveal(r.inputs.get("userData", ""))
     return out
+
+
+def file_content(entry: dict) -> str:
+    """A ``write_files`` entry's text as it lands on disk: big files travel gzipped in
+    the cloud-config (see ``bootstrap.PLAIN_TEXT_BUDGET``) and cloud-init decodes them."""
+    content = entry.get("content", "")
+    encoding = entry.get("encoding", "text/plain")
+    if encoding in ("gz+b64", "gzip+base64", "gz+base64", "gzip+b64"):
+        return gzip.decompress(base64.b64decode(content)).decode()
+    if encoding in ("b64", "base64"):
+        return base64.b64decode(content).decode()
+    if encoding in ("gz", "gzip"):
+        raise ValueError(f"{entry.get('path')}: raw gzip content cannot travel in YAML text")
+    return content
 
 
 def resource_table(run: offline.Run) -> list[dict]:
@@ -69,7 +85,7 @@ def write(run: offline.Run, out: Path, show_secrets: bool = False) -> list[Path]
         written.append(_write(node / "user-data.yaml", user_data, private=True))
         doc = yaml.safe_load(user_data.split("\n", 1)[1]) if user_data.startswith("#cloud-config") else {}
         for entry in doc.get("write_files", []) if isinstance(doc, dict) else []:
-            written.append(_write(node / "files" / entry["path"].lstrip("/"), entry.get("content", ""), private=True))
+            written.append(_write(node / "files" / entry["path"].lstrip("/"), file_content(entry), private=True))
 
     dns = run.output("dns")
     written.append(_write(out / "dns" / "records.json", json.dumps(dns["records"], indent=2) + "\n"))
@@ -82,6 +98,6 @@ def write(run: offline.Run, out: Path, show_secrets: bool = False) -> list[Path]
     return written
 
 
-def render(stack_file: Path, out: Path, show_secrets: bool = False) -> tuple[offline.Run, list[Path]]:
-    run = offline.run_program(stack_file)
+def render(stack_file: Path, out: Path, show_secrets: bool = False, project_file: Path | None = None) -> tuple[offline.Run, list[Path]]:
+    run = offline.run_program(stack_file, project_file=project_file)
     return run, write(run, out, show_secrets)
