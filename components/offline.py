@@ -216,6 +216,21 @@ def stack_config(stack_file: Path, project_file: Path | None = None) -> tuple[di
     return out, secret_keys
 
 
+def config_values(
+    stack_file: Path, project_file: Path | None = None, config_overrides: Mapping[str, Any] | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """``stack_config`` with ``config_overrides`` applied (a value of None removes the
+    key, so the project default applies): the config a run of the program sees."""
+    values, secret_keys = stack_config(Path(stack_file), project_file)
+    for key, value in (config_overrides or {}).items():
+        full = key if ":" in key else f"{NAMESPACE}:{key}"
+        if value is None:
+            values.pop(full, None)
+        else:
+            values[full] = value if isinstance(value, str) else json.dumps(value)
+    return values, secret_keys
+
+
 def run_program(
     stack_file: Path | str,
     *,
@@ -232,13 +247,7 @@ def run_program(
     stack_name = stack_file.name.removeprefix("Pulumi.").removesuffix(".yaml")
     project_file = Path(project_file) if project_file else stack_file.parent / "Pulumi.yaml"
     project = yaml.safe_load(project_file.read_text())["name"]
-    values, secret_keys = stack_config(stack_file, project_file)
-    for key, value in (config_overrides or {}).items():
-        full = key if ":" in key else f"{NAMESPACE}:{key}"
-        if value is None:
-            values.pop(full, None)
-        else:
-            values[full] = value if isinstance(value, str) else json.dumps(value)
+    values, secret_keys = config_values(stack_file, project_file, config_overrides)
 
     mocks = CloudMocks(state)
     monitor = RecordingMonitor(mocks)

@@ -1,0 +1,74 @@
+"""`cgnat-edge render`: the offline render a user inspects before paying for a VPS."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import yaml
+
+from components import cli
+from tests.conftest import ROOT
+
+
+def test_render_writes_every_artifact(tmp_path, capsys):
+    out = tmp_path / "dev"
+    assert cli.main(["render", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--out", str(out)]) == 0
+    assert "rendered 22 resources" in capsys.readouterr().out
+
+    for edge in ("fsn", "ams"):
+        user_data = out / "nodes" / edge / "user-data.yaml"
+        assert stat.S_IMODE(user_data.stat().st_mode) == 0o600
+        doc = yaml.safe_load(user_data.read_text())
+        files = {e["path"] for e in doc["write_files"]}
+        for path in files:
+            assert (out / "nodes" / edge / "files" / path.lstrip("/")).is_file(), path
+        wg = (out / "nodes" / edge / "files/etc/wireguard/wg0.conf").read_text()
+        assert "ListenPort = 51820" in wg and "PrivateKey = " in wg
+    assert {p.name for p in (out / "home").iterdir()} == {"wg-fsn.conf", "wg-ams.conf", "openwrt.uci", "routeros.rsc", "home.json"}
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (out / "home").iterdir())
+    assert "IN A" in (out / "dns" / "zone-fragment.db").read_text()
+
+    outputs = json.loads((out / "outputs.json").read_text())
+    assert outputs["homeConfigs"] == "[secret]" and outputs["edges"]["fsn"]["arch"] == "arm64"
+    assert json.loads((out / "secret_outputs.json").read_text()) == ["homeConfigs"]
+    resources = json.loads((out / "resources.json").read_text())
+    server = next(r for r in resources if r["name"] == "fsn-server")
+    assert server["inputs"]["userData"] == "[secret]" and server["ignoreChanges"] == ["userData", "sshKeys"]
+    # Nothing secret in the files meant to be shared (resources, outputs).
+    private = (out / "home" / "wg-fsn.conf").read_text().split("PrivateKey = ")[1].split()[0]
+    assert private not in (out / "resources.json").read_text() + (out / "outputs.json").read_text()
+
+
+def test_home_config_from_a_render_needs_its_secrets(tmp_path, capsys):
+    out = tmp_path / "dev"
+    cli.main(["render", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--out", str(out)])
+    assert cli.main(["home-config", str(out), "--out", str(tmp_path / "home")]) == 1
+    assert "render with `cgnat-edge render --show-secrets`" in capsys.readouterr().err
+    cli.main(["render", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--out", str(out), "--show-secrets"])
+    assert cli.main(["home-config", str(out), "--out", str(tmp_path / "home")]) == 0
+    assert (tmp_path / "home" / "wg-ams.conf").read_text().startswith("# cgnat-edge")
+
+
+def test_bad_stack_exits_with_the_config_message(tmp_path, capsys):
+    stack = tmp_path / "Pulumi.bad.yaml"
+    data = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())
+    data["config"]["cgnat-edge:tunnelMtu"] = 9000
+    stack.write_text(yaml.safe_dump(data))
+    (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    assert cli.main(["render", "--stack-file", str(stack), "--out", str(tmp_path / "out")]) == 2
+    assert "cgnat-edge:tunnelMtu: 9000 is out of range" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compressed_files_are_rendered_as_the_edge_writes_them(tmp_path):
+    from components import offline, render
+    from tests.conftest import stack_raw
+
+    services = [{"name": f"svc{i}", "mode": "tcp", "port": 10000 + i, "target": f"192.168.1.{i % 250 + 1}:{20000 + i}"} for i in range(150)]
+    run = offline.run_program(ROOT / "Pulumi.dev.yaml", config_overrides={"services": stack_raw()["services"] + services})
+    render.write(run, tmp_path)
+    doc = yaml.safe_load((tmp_path / "nodes/fsn/user-data.yaml").read_text())
+    assert any(e.get("encoding") == "gz+b64" for e in doc["write_files"])
+    dynamic = (tmp_path / "nodes/fsn/files/etc/traefik/dynamic/cgnat-edge.yaml").read_text()
+    assert "svc149" in yaml.safe_load(dynamic)["tcp"]["routers"]
