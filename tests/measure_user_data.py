@@ -10,30 +10,25 @@ checks that the example stays well under the limit.
 from __future__ import annotations
 
 import copy
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from components import bootstrap, config  # noqa: E402
+from components import bootstrap, config, tunnel  # noqa: E402
+from components.ssh_host_key import generate_host_key  # noqa: E402
+from components.wireguard_key import generate_keypair  # noqa: E402
 from conftest import stack_raw  # noqa: E402
 
+HOST_KEY = generate_host_key()
 
-def wg_conf() -> str:
-    key = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
-    # A full edge config: interface plus the home peer, the size the real renderer makes.
-    return (
-        "[Interface]\n"
-        f"PrivateKey = {key}\n"
-        "ListenPort = 51820\n"
-        "Address = 10.254.0.1/30, fd12:3456:789a::1/126\n"
-        "MTU = 1380\n\n"
-        "[Peer]\n"
-        "PublicKey = " + "A" * 43 + "=\n"
-        "AllowedIPs = 10.254.0.2/32, fd12:3456:789a::2/128, 192.168.1.0/24\n"
-    )
+
+def wg_conf(cfg: config.FleetConfig, edge: config.EdgeSpec) -> str:
+    """The edge's real WireGuard config, from the program's own renderer."""
+    edge_private, _ = generate_keypair()
+    _, home_public = generate_keypair()
+    return tunnel.edge_wg_conf(cfg, edge, edge_private, home_public)
 
 
 def with_services(raw: dict, extra: int) -> dict:
@@ -52,23 +47,23 @@ def with_services(raw: dict, extra: int) -> dict:
     return raw
 
 
-def size(raw: dict, wg: str) -> tuple[int, str]:
+def size(raw: dict) -> tuple[int, str]:
+    """Bytes of the first edge's cloud-config, with real keys and the pinned host key."""
     cfg = config.parse(raw)
     edge = cfg.edges[0]
-    return len(bootstrap.user_data(cfg, edge, wg).encode()), edge.name
+    return len(bootstrap.user_data(cfg, edge, wg_conf(cfg, edge), HOST_KEY).encode()), edge.name
 
 
 def main() -> None:
     base = stack_raw()
-    wg = wg_conf()
     limit = bootstrap.USER_DATA_LIMIT
     n_example = len(base["services"])
-    b, edge = size(base, wg)
+    b, edge = size(base)
     print(f"limit: {limit} bytes (Hetzner Cloud user data)")
     print(f"example stack ({n_example} services), edge {edge}: {b} bytes = {100 * b / limit:.1f}% of the limit")
     for extra in (10, 45, 95, 295):
         try:
-            b, _ = size(with_services(base, extra), wg)
+            b, _ = size(with_services(base, extra))
             print(f"{n_example + extra} services: {b} bytes = {100 * b / limit:.1f}%")
         except bootstrap.UserDataTooLarge as exc:
             print(f"{n_example + extra} services: refused: {exc}")
@@ -76,7 +71,7 @@ def main() -> None:
     while lo < hi:
         mid = (lo + hi + 1) // 2
         try:
-            size(with_services(base, mid), wg)
+            size(with_services(base, mid))
             lo = mid
         except bootstrap.UserDataTooLarge:
             hi = mid - 1
