@@ -193,3 +193,15 @@ def test_bad_config_registers_nothing():
     with pytest.raises(ConfigError, match=r"cgnat-edge:edges\[0\].provider"):
         offline.run_program(STACK, config_overrides={"edges": [{"name": "x", "provider": "aws", "location": "us-east-1"}]})
     assert settings.get_monitor().registrations == []
+
+
+def test_prod_stack_manages_round_robin_records_in_the_hetzner_zone():
+    prod = offline.run_program(ROOT / "Pulumi.prod.yaml")
+    by_urn = {r.urn: r for r in prod.resources}
+    rrsets = prod.by_type("hcloud:index/zoneRrset:ZoneRrset")
+    assert rrsets and all(by_urn[r.parent].type == "cgnat-edge:index:ManagedDns" for r in rrsets)
+    edges = prod.output("edges")
+    blog_a = offline.reveal(prod.one("hcloud:index/zoneRrset:ZoneRrset", "dns-blog.example.com-a").inputs)
+    assert (blog_a["zone"], blog_a["name"], blog_a["ttl"]) == ("example.com", "blog", 60)
+    assert sorted(r["value"] for r in blog_a["records"]) == sorted(e["ipv4"] for e in edges.values())
+    assert len(edges) == 3 and {e["provider"] for e in edges.values()} == {"hetzner", "digitalocean"}
