@@ -20,7 +20,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from . import nftables, traefik
+from . import nftables, traefik, tunnel
 from .config import EdgeSpec, FleetConfig
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "cloud-init"
@@ -38,6 +38,8 @@ SSHD_DROPIN_PATH = "/etc/ssh/sshd_config.d/50-cgnat-edge.conf"
 AUTO_UPGRADES_PATH = "/etc/apt/apt.conf.d/20auto-upgrades"
 UNATTENDED_PATH = "/etc/apt/apt.conf.d/52cgnat-edge-unattended-upgrades"
 INSTALL_TRAEFIK_PATH = "/usr/local/sbin/cgnat-edge-install-traefik"
+WG_ENDPOINT_PATH = tunnel.WG_ENDPOINT_HOOK
+WG_ENDPOINT_UNIT = "cgnat-edge-wg-endpoint"
 
 _jinja = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES)),
@@ -79,6 +81,11 @@ def _dump(data: object, header: str) -> str:
     return header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
 
 
+def wg_endpoint_hook() -> str:
+    """The script behind wg0.conf's PostUp/PreDown (``tunnel.WG_ENDPOINT_HOOK``)."""
+    return _template("wg-endpoint.sh")
+
+
 def reboot_time(edge: EdgeSpec) -> str:
     """Unattended-upgrade reboots one edge per hour from 02:30 UTC on, so the fleet
     keeps serving while each edge takes its kernel update."""
@@ -96,6 +103,9 @@ def node_files(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str) -> list[NodeFile]
         # Basic-auth hashes live here: readable by Traefik, not by everyone.
         NodeFile(traefik.DYNAMIC_PATH, _dump(traefik.dynamic_config(cfg), header), "0640", "root:traefik"),
         NodeFile(TRAEFIK_UNIT_PATH, _template("traefik.service"), "0644"),
+        NodeFile(WG_ENDPOINT_PATH, wg_endpoint_hook(), "0755"),
+        NodeFile(f"/etc/systemd/system/{WG_ENDPOINT_UNIT}.service", _template(f"{WG_ENDPOINT_UNIT}.service"), "0644"),
+        NodeFile(f"/etc/systemd/system/{WG_ENDPOINT_UNIT}.timer", _template(f"{WG_ENDPOINT_UNIT}.timer"), "0644"),
         NodeFile(SSHD_DROPIN_PATH, _template("sshd-hardening.conf.j2", permit_root_login=permit_root), "0644"),
         NodeFile(AUTO_UPGRADES_PATH, _template("20auto-upgrades"), "0644"),
         NodeFile(UNATTENDED_PATH, _template("52cgnat-edge-upgrades.j2", reboot_time=reboot_time(edge)), "0644"),
@@ -158,6 +168,7 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str, host_key: tuple[st
         ["systemctl", "enable", "--now", "nftables.service"],
         ["systemctl", "enable", "--now", "wg-quick@wg0.service"],
         ["systemctl", "enable", "--now", "traefik.service"],
+        ["systemctl", "enable", "--now", f"{WG_ENDPOINT_UNIT}.timer"],
         ["systemctl", "reload-or-restart", "ssh.service"],
     ]
     text = _dump(doc, "#cloud-config\n")

@@ -39,6 +39,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -292,6 +293,9 @@ class Edge:
     def boot(self) -> None:
         """What the edge's runcmd does after write_files: firewall, tunnel, Traefik."""
         self.node.run("nft", "-f", str(self.path("/etc/nftables.conf")))
+        # The tunnel's PostUp/PreDown hook sits where cloud-init puts it (the node's
+        # private /usr/local/sbin); its saved state survives a crash like a disk does.
+        self.node.write(bootstrap.WG_ENDPOINT_PATH, self.path(bootstrap.WG_ENDPOINT_PATH).read_text(), 0o755)
         self.node.run("wg-quick", "up", str(self.path(bootstrap.WG_CONF_PATH)))
         self.start_traefik()
 
@@ -339,6 +343,12 @@ class Edge:
             if cmd and cmd[0].endswith(b"wireguard-go") and b"wg0" in cmd:
                 return pid
         return None
+
+    def fire_timer(self, unit: str) -> None:
+        """What systemd does when ``unit``'s timer fires: run the service's ExecStart."""
+        text = self.path(f"/etc/systemd/system/{unit}.service").read_text()
+        exec_start = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart="))
+        self.node.run(*shlex.split(exec_start))
 
     # -- updates ----------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Network namespaces for the lab and the tests: real daemons, guaranteed cleanup.
 
 A ``Node`` is a network namespace plus a private mount namespace in which
-``/run/wireguard`` and ``/etc/wireguard`` are empty tmpfs mounts.  The private
-mounts matter: wireguard-go's control sockets live in ``/run/wireguard/<ifname>.sock``
+``/run/wireguard``, ``/etc/wireguard``, ``/usr/local/sbin`` and ``/var/lib/cgnat-edge``
+are empty tmpfs mounts, so each edge has its own hook scripts and saved state where a
+real edge keeps them.  The private mounts matter: wireguard-go's control sockets live in ``/run/wireguard/<ifname>.sock``
 on a filesystem every network namespace shares, so two nodes that both run ``wg0``
 (two edges) would otherwise take each other's socket, and tests would write keys into
 the machine's real ``/etc/wireguard``.
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 PREFIX = "cge"
-PRIVATE_DIRS = ("/run/wireguard", "/etc/wireguard")
+PRIVATE_DIRS = ("/run/wireguard", "/etc/wireguard", "/usr/local/sbin", "/var/lib/cgnat-edge")
 _NAME_RE = re.compile(rf"^{PREFIX}(\d+)x[0-9a-f]+-")
 
 

@@ -80,11 +80,18 @@ def edge_allowed_ips(cfg: FleetConfig, edge: EdgeSpec) -> list[ipaddress.IPv4Net
     return addrs.home_hosts + list(lans)
 
 
+WG_ENDPOINT_HOOK = "/usr/local/sbin/cgnat-edge-wg-endpoint"
+"""Installed by the edge's cloud-config from ``cloud-init/wg-endpoint.sh``."""
+
+
 def edge_wg_conf(cfg: FleetConfig, edge: EdgeSpec, edge_private_key: str, home_public_key: str) -> str:
     """/etc/wireguard/wg0.conf on ``edge``.
 
-    The edge only listens: home sits behind CGNAT and cannot be dialled, so the peer has
-    no Endpoint and no keepalive; WireGuard learns home's address from its handshakes."""
+    The edge listens: home sits behind CGNAT and cannot be dialled, so the peer has no
+    Endpoint; WireGuard learns home's address from its handshakes.  The hooks save that
+    address and, after a reboot, dial it back through the mapping home's keepalives
+    hold open (see cloud-init/wg-endpoint.sh), so a rebuilt or rebooted edge is back
+    within a keepalive interval instead of waiting for home's two-minute rekey."""
     addrs = addresses(cfg.tunnel, edge)
     lines = [
         f"# cgnat-edge {cfg.project}/{cfg.stack}: edge {edge.name}, tunnel to home",
@@ -93,6 +100,8 @@ def edge_wg_conf(cfg: FleetConfig, edge: EdgeSpec, edge_private_key: str, home_p
         f"ListenPort = {cfg.tunnel.listen_port}",
         f"MTU = {cfg.tunnel.mtu}",
         f"PrivateKey = {edge_private_key}",
+        f"PostUp = {WG_ENDPOINT_HOOK} restore %i {cfg.tunnel.keepalive}",
+        f"PreDown = {WG_ENDPOINT_HOOK} save %i",
         "",
         "[Peer]",
         "# home",

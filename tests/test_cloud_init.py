@@ -116,7 +116,7 @@ def test_user_data_carries_node_files_keys_and_hardening(fleet_config, keys):
     assert "PasswordAuthentication no" in sshd and "PermitRootLogin prohibit-password" in sshd
     assert 'APT::Periodic::Unattended-Upgrade "1";' in files[bootstrap.AUTO_UPGRADES_PATH].content
     enabled = [c[-1] for c in doc["runcmd"] if c[:3] == ["systemctl", "enable", "--now"]]
-    assert enabled == ["nftables.service", "wg-quick@wg0.service", "traefik.service"]
+    assert enabled == ["nftables.service", "wg-quick@wg0.service", "traefik.service", "cgnat-edge-wg-endpoint.timer"]
     assert any(u.get("name") == "traefik" and u.get("system") for u in doc["users"] if isinstance(u, dict))
 
 
@@ -386,3 +386,48 @@ def test_readiness_reports_a_failed_cloud_init(edge_ns, tmp_path):
     res = edge_ns.run("env", f"PATH={stubs}:{os.environ['PATH']}", "bash", str(script), timeout=30, check=False)
     assert res.returncode == 1
     assert "cloud-init did not finish successfully" in res.stderr and "status: error" in res.stderr
+
+
+# ---------------------------------------------------------------------------
+# Home endpoint memory (wg0 PostUp/PreDown hook and its timer)
+# ---------------------------------------------------------------------------
+
+
+def test_endpoint_timer_and_service_verify(tmp_path):
+    require_tool("systemd-analyze")
+    for suffix in ("service", "timer"):
+        (tmp_path / f"{bootstrap.WG_ENDPOINT_UNIT}.{suffix}").write_text(bootstrap._template(f"{bootstrap.WG_ENDPOINT_UNIT}.{suffix}"))
+    hook = tmp_path / "hook"
+    hook.write_text(bootstrap.wg_endpoint_hook())
+    hook.chmod(0o755)
+    service = tmp_path / f"{bootstrap.WG_ENDPOINT_UNIT}.service"
+    service.write_text(service.read_text().replace(bootstrap.WG_ENDPOINT_PATH, str(hook)))
+    res = subprocess.run(["systemd-analyze", "verify", str(service), str(tmp_path / f"{bootstrap.WG_ENDPOINT_UNIT}.timer")],
+                         capture_output=True, text=True)
+    # wg-quick@wg0 is not installed on a test machine; anything else is a real finding.
+    problems = [l for l in res.stderr.splitlines() if l.strip() and "wg-quick@wg0.service" not in l]
+    assert problems == [], res.stderr
+
+
+def test_endpoint_hook_saves_and_restores_only_known_peers(edge_ns, tmp_path):
+    _wg_up(edge_ns)
+    hook = bootstrap.WG_ENDPOINT_PATH
+    edge_ns.write(hook, bootstrap.wg_endpoint_hook(), 0o755)
+    home, stranger = (_wg("pubkey", input=_wg("genkey")) for _ in range(2))
+    edge_ns.run("wg", "set", "wg0", "listen-port", "51820", "private-key", "/dev/stdin", input=_wg("genkey"))
+    edge_ns.run("wg", "set", "wg0", "peer", home, "allowed-ips", "192.0.2.2/32")
+
+    edge_ns.run(hook, "save", "wg0")  # no endpoint known yet: nothing saved
+    assert edge_ns.run("test", "-e", "/var/lib/cgnat-edge/wg0.endpoints", check=False).returncode == 1
+    edge_ns.run("wg", "set", "wg0", "peer", home, "endpoint", "203.0.113.1:40000")
+    edge_ns.run(hook, "save", "wg0")
+    assert edge_ns.run("cat", "/var/lib/cgnat-edge/wg0.endpoints").stdout == f"{home}\t203.0.113.1:40000\n"
+
+    # A reboot: the interface comes back without endpoint or keepalive; a saved line
+    # for a peer the config no longer has must not add that peer.
+    edge_ns.run("wg", "set", "wg0", "peer", home, "remove")
+    edge_ns.run("wg", "set", "wg0", "peer", home, "allowed-ips", "192.0.2.2/32")
+    edge_ns.run("sh", "-c", f"printf '%s\\t%s\\n' {stranger} 203.0.113.9:1 >> /var/lib/cgnat-edge/wg0.endpoints")
+    edge_ns.run(hook, "restore", "wg0", "25")
+    assert edge_ns.run("wg", "show", "wg0", "endpoints").stdout.split() == [home, "203.0.113.1:40000"]
+    assert edge_ns.run("wg", "show", "wg0", "persistent-keepalive").stdout.split() == [home, "25"]

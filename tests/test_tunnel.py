@@ -115,10 +115,14 @@ def test_edge_config_values(fleet_config):
         "ListenPort = 51820",
         "MTU = 1380",
         f"PrivateKey = {edge_priv}",
+        "PostUp = /usr/local/sbin/cgnat-edge-wg-endpoint restore %i 25",
+        "PreDown = /usr/local/sbin/cgnat-edge-wg-endpoint save %i",
         "[Peer]",
         f"PublicKey = {home_pub}",
         f"AllowedIPs = 10.254.0.10/32, {ipaddress.IPv6Address(int(v6) + 10)}/128, 192.168.1.0/24",
     ]
+    # The edge never dials on its own config: the endpoint (and a keepalive) come only
+    # from the saved address of home's last session, restored by the PostUp hook.
     assert "Endpoint" not in text and "PersistentKeepalive" not in text
 
 

@@ -19,6 +19,7 @@ import re
 
 import pytest
 
+from components import bootstrap
 from components import config as config_module
 from components import home_configs, home_files, tunnel
 from components.home_configs import EdgePeer
@@ -99,6 +100,7 @@ def _internet(lab, edges):
 
 
 def _edge_up(cfg, edge_node, spec, edge_private, home_public):
+    edge_node.write(tunnel.WG_ENDPOINT_HOOK, bootstrap.wg_endpoint_hook(), 0o755)
     edge_node.write("/etc/wireguard/wg0.conf", tunnel.edge_wg_conf(cfg, spec, edge_private, home_public))
     edge_node.run("wg-quick", "up", "wg0")
 
