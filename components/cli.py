@@ -1,4 +1,4 @@
-"""``cgnat-edge``: the commands around the Pulumi program (render, home configs, policy)."""
+"""``cgnat-edge``: the commands around the Pulumi program (render, home configs, policy, lab)."""
 
 from __future__ import annotations
 
