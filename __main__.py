@@ -6,11 +6,7 @@ from components import config
 from components.fleet import EdgeFleet
 
 cfg = config.from_pulumi()
-fleet = EdgeFleet(
-    "fleet",
-    cfg,
-    ssh_private_key=pulumi.Config(config.NAMESPACE).get_secret("sshPrivateKey"),
-)
+fleet = EdgeFleet("fleet", cfg, ssh_private_key=config.ssh_private_key())
 
 pulumi.export("edges", fleet.edges)
 pulumi.export("monthlyCost", fleet.monthly_cost)

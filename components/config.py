@@ -675,3 +675,9 @@ def from_pulumi() -> FleetConfig:
         if value is not None:
             raw[full_key[len(prefix):]] = value
     return parse(raw, project=pulumi.get_project(), stack=pulumi.get_stack())
+
+
+def ssh_private_key() -> "pulumi.Output[str] | None":
+    """The one secret key, read apart from ``FleetConfig`` so it stays a Pulumi secret
+    (an Output) and never becomes a plain value in the typed config."""
+    return pulumi.Config(NAMESPACE).get_secret("sshPrivateKey")

@@ -205,3 +205,13 @@ def test_prod_stack_manages_round_robin_records_in_the_hetzner_zone():
     assert (blog_a["zone"], blog_a["name"], blog_a["ttl"]) == ("example.com", "blog", 60)
     assert sorted(r["value"] for r in blog_a["records"]) == sorted(e["ipv4"] for e in edges.values())
     assert len(edges) == 3 and {e["provider"] for e in edges.values()} == {"hetzner", "digitalocean"}
+
+
+def test_ssh_private_key_reaches_the_ssh_steps_only_as_a_secret():
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+    run = offline.run_program(STACK, config_overrides={"sshPrivateKey": key})
+    for step in ("fsn-boot", "fsn-config", "ams-boot", "ams-config"):
+        command = run.one("command:remote:Command", step)
+        assert offline.reveal(command.inputs["connection"])["privateKey"] == key
+    shared = json.dumps([offline.masked(r.inputs) for r in run.resources]) + json.dumps(offline.masked(run.outputs))
+    assert "BEGIN OPENSSH PRIVATE KEY" not in shared
