@@ -18,15 +18,16 @@ SSH_KEY_UPLOADERS = {"hetzner": hetzner.ssh_keys, "digitalocean": digitalocean.s
 
 def monthly_cost(cfg: FleetConfig) -> dict:
     """Per currency, since the providers bill in different ones; no conversion guessed."""
+    per_edge = {
+        e.name: {"amount": catalog.monthly_cost(e.provider, e.server_type.name), "currency": catalog.PROVIDERS[e.provider].currency}
+        for e in cfg.edges
+    }
     totals: dict[str, float] = defaultdict(float)
-    for edge in cfg.edges:
-        totals[catalog.PROVIDERS[edge.provider].currency] += catalog.monthly_cost(edge.provider, edge.server_type.name)
+    for cost in per_edge.values():
+        totals[cost["currency"]] += cost["amount"]
     return {
         "totals": {currency: round(amount, 2) for currency, amount in sorted(totals.items())},
-        "perEdge": {
-            e.name: {"amount": catalog.monthly_cost(e.provider, e.server_type.name), "currency": catalog.PROVIDERS[e.provider].currency}
-            for e in cfg.edges
-        },
+        "perEdge": per_edge,
         "pricesRead": catalog.PRICES_READ,
         "note": "List prices without VAT, server plus its persistent IPv4; traffic beyond the included allowance is extra.",
     }

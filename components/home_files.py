@@ -47,7 +47,9 @@ def _load(source: dict | str | os.PathLike) -> dict:
     return configs
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` readable by its owner only, from the first byte on (no window in
+    which a key is world-readable), and atomically: a reader sees old or new."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, 0o600)
@@ -91,7 +93,7 @@ def write(source: dict | str | os.PathLike, out_dir: Path, qr: bool = False) -> 
 
     def put(name: str, content: str | bytes) -> None:
         path = out_dir / name
-        _write_private(path, content.encode() if isinstance(content, str) else content)
+        write_private(path, content.encode() if isinstance(content, str) else content)
         written.append(path)
 
     interfaces = {t["edge"]: t["interface"] for t in data["tunnels"]}

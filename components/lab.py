@@ -50,7 +50,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from . import bootstrap, geodns, offline, render, traefik
+from . import bootstrap, geodns, home_files, offline, render, traefik
 from .config import NAMESPACE, FleetConfig, ServiceSpec, parse
 from .netns import Lab, Node, wait_for
 
@@ -166,9 +166,7 @@ def _self_signed(hostnames: Iterable[str], directory: Path, stem: str) -> tuple[
     )
     cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    home_files.write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return cert_path, key_path, hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 

@@ -174,6 +174,16 @@ def serve(spec: dict) -> None:
 # ---------------------------------------------------------------------------
 
 
+
+def _http_get(sock, host: str, path: str) -> tuple[int, bytes, bytes]:
+    """One HTTP/1.1 GET on a connected socket: (status, head, body)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return (int(head.split(b" ")[1]) if head else 0), head, body
+
 def _probe_tls(check: dict) -> dict:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # Whose certificate comes back is the point; the caller compares fingerprints.
@@ -182,23 +192,13 @@ def _probe_tls(check: dict) -> dict:
     with socket.create_connection((check["edge"], check.get("port", 443)), timeout=check.get("timeout", 5)) as raw:
         with ctx.wrap_socket(raw, server_hostname=check["sni"]) as tls:
             der = tls.getpeercert(binary_form=True)
-            tls.sendall(f"GET {check.get('path', '/')} HTTP/1.1\r\nHost: {check['sni']}\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ")[1]) if head else 0
+            status, _, body = _http_get(tls, check["sni"], check.get("path", "/"))
     return {"cert_sha256": hashlib.sha256(der).hexdigest(), "status": status, "body": _json_or_text(body)}
 
 
 def _probe_http(check: dict) -> dict:
     with socket.create_connection((check["edge"], check.get("port", 80)), timeout=check.get("timeout", 5)) as s:
-        s.sendall(f"GET {check.get('path', '/')} HTTP/1.1\r\nHost: {check['host']}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ")[1]) if head else 0
+        status, head, body = _http_get(s, check["host"], check.get("path", "/"))
     location = next((l.split(b":", 1)[1].strip().decode() for l in head.split(b"\r\n") if l.lower().startswith(b"location:")), None)
     return {"status": status, "location": location, "body": _json_or_text(body)}
 

@@ -10,21 +10,17 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import os
 from pathlib import Path
 
 import yaml
 
-from . import offline
+from . import home_files, offline
 
 
 def _write(path: Path, text: str, private: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if private:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        home_files.write_private(path, text.encode())
     else:
         path.write_text(text)
     return path
@@ -68,8 +64,6 @@ def resource_table(run: offline.Run) -> list[dict]:
 
 
 def write(run: offline.Run, out: Path, show_secrets: bool = False) -> list[Path]:
-    from . import home_files
-
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     written = []
     resources = resource_table(run)

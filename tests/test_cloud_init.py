@@ -346,14 +346,19 @@ def test_push_refuses_a_broken_ruleset_before_changing_anything(fleet_config, ke
     assert not any(root.rglob("*.conf")) and not any(root.rglob("*.yaml"))
 
 
-def test_readiness_waits_for_tunnel_and_traefik(edge_ns, tmp_path):
+def _cloud_init_stub(tmp_path: Path, status: str, code: int) -> str:
+    """A PATH on which `cloud-init status` reports ``status`` and exits ``code``."""
     stubs = tmp_path / "stubs"
     stubs.mkdir()
-    (stubs / "cloud-init").write_text("#!/bin/sh\necho 'status: done'\n")
+    (stubs / "cloud-init").write_text(f"#!/bin/sh\necho 'status: {status}'\nexit {code}\n")
     (stubs / "cloud-init").chmod(0o755)
+    return f"PATH={stubs}:{os.environ['PATH']}"
+
+
+def test_readiness_waits_for_tunnel_and_traefik(edge_ns, tmp_path):
+    env = _cloud_init_stub(tmp_path, "done", 0)
     script = tmp_path / "ready.sh"
     script.write_text(bootstrap.readiness_script(timeout_s=4))
-    env = f"PATH={stubs}:{os.environ['PATH']}"
 
     nothing = edge_ns.run("env", env, "bash", str(script), timeout=30, check=False)
     assert nothing.returncode == 1
@@ -377,13 +382,10 @@ def test_readiness_waits_for_tunnel_and_traefik(edge_ns, tmp_path):
 
 
 def test_readiness_reports_a_failed_cloud_init(edge_ns, tmp_path):
-    stubs = tmp_path / "stubs"
-    stubs.mkdir()
-    (stubs / "cloud-init").write_text("#!/bin/sh\necho 'status: error'\nexit 1\n")
-    (stubs / "cloud-init").chmod(0o755)
+    env = _cloud_init_stub(tmp_path, "error", 1)
     script = tmp_path / "ready.sh"
     script.write_text(bootstrap.readiness_script(timeout_s=3))
-    res = edge_ns.run("env", f"PATH={stubs}:{os.environ['PATH']}", "bash", str(script), timeout=30, check=False)
+    res = edge_ns.run("env", env, "bash", str(script), timeout=30, check=False)
     assert res.returncode == 1
     assert "cloud-init did not finish successfully" in res.stderr and "status: error" in res.stderr
 
