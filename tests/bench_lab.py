@@ -35,8 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from components import lab as lab_module  # noqa: E402
-from components.netns import wait_for  # noqa: E402
+from components.lab import edge_lab as lab_module  # noqa: E402
+from components.lab.netns import wait_for  # noqa: E402
 
 STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
 IPERF_TARGET = ("192.0.2.30", 5201)
@@ -81,7 +81,17 @@ def iperf(node, host: str, port: int, seconds: int, reverse: bool) -> float:
 
 
 def latency(el, node, host: str, port: int, n: int, proxy: bool) -> list[float]:
-    done = node.run(sys.executable, "-c", LATENCY_CLIENT, host, str(port), "cloud.example.org", str(n), "1" if proxy else "0", timeout=300)
+    done = node.run(
+        sys.executable,
+        "-c",
+        LATENCY_CLIENT,
+        host,
+        str(port),
+        "cloud.example.org",
+        str(n),
+        "1" if proxy else "0",
+        timeout=300,
+    )
     return json.loads(done.stdout)
 
 
@@ -94,7 +104,11 @@ def add_dnat(edge, target: tuple[str, int], https: tuple[str, int]) -> None:
     """Kernel forwarding as the reference: DNAT on the edge straight into the tunnel.
     The edge's own ruleset forwards nothing, so DNATed packets get an accept rule."""
     edge.node.forward()
-    edge.node.run("nft", "-f", "-", input=f"""table ip lab_bench {{
+    edge.node.run(
+        "nft",
+        "-f",
+        "-",
+        input=f"""table ip lab_bench {{
   chain prerouting {{
     type nat hook prerouting priority dstnat;
     tcp dport {DNAT_PORT} dnat to {target[0]}:{target[1]}
@@ -105,17 +119,32 @@ def add_dnat(edge, target: tuple[str, int], https: tuple[str, int]) -> None:
     oifname "wg0" masquerade
   }}
 }}
-""")
+""",
+    )
     edge.node.run("nft", "insert", "rule", "inet", "cgnat_edge", "forward", "ct", "status", "dnat", "accept")
 
 
 def machine() -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            l.split(":", 1)[1].strip()
+            for l in Path("/proc/cpuinfo").read_text().splitlines()
+            if l.startswith("model name")
+        ),
+        platform.processor(),
+    )
     wg_go = subprocess.run(["wireguard-go", "--version"], capture_output=True, text=True).stdout.strip().split("\n")[0]
     traefik_v = subprocess.run([str(lab_module.TRAEFIK_BINARY), "version"], capture_output=True, text=True).stdout
     traefik_v = next((l.split()[-1] for l in traefik_v.splitlines() if l.startswith("Version")), "?")
-    return {"date": datetime.date.today().isoformat(), "nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
-            "wireguard-go": wg_go, "traefik": traefik_v, "iperf3": subprocess.run(["iperf3", "--version"], capture_output=True, text=True).stdout.split("\n")[0]}
+    return {
+        "date": datetime.date.today().isoformat(),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "wireguard-go": wg_go,
+        "traefik": traefik_v,
+        "iperf3": subprocess.run(["iperf3", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
+    }
 
 
 def main() -> int:
@@ -131,7 +160,9 @@ def main() -> int:
 
     overrides = {"tunnelMtu": args.mtu} if args.mtu else None
     with tempfile.TemporaryDirectory(prefix="cgnat-edge-bench-") as tmp:
-        rendered = lab_module.render_stack(STACK, Path(tmp) / "render", project_file=ROOT / "Pulumi.yaml", config_overrides=overrides)
+        rendered = lab_module.render_stack(
+            STACK, Path(tmp) / "render", project_file=ROOT / "Pulumi.yaml", config_overrides=overrides
+        )
         target = f"{IPERF_TARGET[0]}:{IPERF_TARGET[1]}"
         with lab_module.build(rendered, exclude_targets=[target]) as el:
             edge = el.edges["fsn"]
@@ -148,7 +179,9 @@ def main() -> int:
             for _ in range(args.reps):
                 for name, (node, host, port) in paths.items():
                     for direction in ("upload", "download"):
-                        throughput[name][direction].append(iperf(node, host, port, args.seconds, reverse=direction == "download"))
+                        throughput[name][direction].append(
+                            iperf(node, host, port, args.seconds, reverse=direction == "download")
+                        )
             lat = {"direct over WireGuard": [], "through the edge": [], "through nftables DNAT": []}
             n = args.requests // args.reps
             for _ in range(args.reps):
@@ -160,8 +193,10 @@ def main() -> int:
     med = {p: {d: statistics.median(v) for d, v in dirs.items()} for p, dirs in throughput.items()}
     info = machine()
     print(f"# cgnat-edge lab benchmark {info['date']}: {info['nproc']} x {info['cpu']}, kernel {info['kernel']}")
-    print(f"# {info['wireguard-go']}; Traefik {info['traefik']}; {info['iperf3']}; tunnel MTU {rendered.cfg.tunnel.mtu}; "
-          f"median of {args.reps} runs x {args.seconds}s, one TCP stream")
+    print(
+        f"# {info['wireguard-go']}; Traefik {info['traefik']}; {info['iperf3']}; tunnel MTU {rendered.cfg.tunnel.mtu}; "
+        f"median of {args.reps} runs x {args.seconds}s, one TCP stream"
+    )
     print(f"{'path':<28} {'upload Gbit/s':>14} {'download Gbit/s':>16}")
     for p, d in med.items():
         print(f"{p:<28} {d['upload']:>14.3f} {d['download']:>16.3f}")
@@ -186,11 +221,19 @@ def main() -> int:
         print(f"{k:<40} {v:6.2f}")
     added = stats["through the edge"]["p50"] - stats["direct over WireGuard"]["p50"]
     print(f"{'added p50 latency through the edge':<40} {added:6.3f} ms")
-    print(f"{'added p50 latency through DNAT':<40} {stats['through nftables DNAT']['p50'] - stats['direct over WireGuard']['p50']:6.3f} ms")
+    print(
+        f"{'added p50 latency through DNAT':<40} {stats['through nftables DNAT']['p50'] - stats['direct over WireGuard']['p50']:6.3f} ms"
+    )
     goal_tp = min(ratios["Traefik / WireGuard-only upload"], ratios["Traefik / WireGuard-only download"]) >= 0.85
-    print(f"goal throughput >= 0.85 x WireGuard-only: {'met' if goal_tp else 'MISSED'}; goal added p50 <= 1 ms: {'met' if added <= 1 else 'MISSED'}")
+    print(
+        f"goal throughput >= 0.85 x WireGuard-only: {'met' if goal_tp else 'MISSED'}; goal added p50 <= 1 ms: {'met' if added <= 1 else 'MISSED'}"
+    )
     if args.json:
-        print(json.dumps({"machine": info, "throughput_gbps": med, "latency_ms": stats, "ratios": ratios, "added_p50_ms": added}))
+        print(
+            json.dumps(
+                {"machine": info, "throughput_gbps": med, "latency_ms": stats, "ratios": ratios, "added_p50_ms": added}
+            )
+        )
     return 0
 
 

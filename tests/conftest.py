@@ -7,19 +7,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
-from components import config as config_module
+from components.model import config as config_module
+from components.model import stack
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI") == "true"
 
 
 def stack_raw(stack_file: Path | str = ROOT / "Pulumi.dev.yaml") -> dict:
-    """Stack file keys of this project, namespace stripped, as the parser sees them."""
-    data = yaml.safe_load(Path(stack_file).read_text())["config"]
-    prefix = config_module.NAMESPACE + ":"
-    return {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
+    """The stack's keys (project defaults included), namespace stripped, as the parser sees them."""
+    return stack.load(stack_file).raw()
 
 
 @pytest.fixture

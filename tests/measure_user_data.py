@@ -16,10 +16,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from components import bootstrap, config, tunnel  # noqa: E402
-from components.ssh_host_key import generate_host_key  # noqa: E402
-from components.wireguard_key import generate_keypair  # noqa: E402
-from conftest import stack_raw  # noqa: E402
+from conftest import stack_raw
+
+from components.model import config
+from components.model.keys import (
+    generate_host_key,
+    generate_keypair,
+)
+from components.renderers import bootstrap, tunnel
 
 HOST_KEY = generate_host_key()
 

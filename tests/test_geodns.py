@@ -13,12 +13,11 @@ from pathlib import Path
 import dns.rdatatype
 import dns.zone
 import pytest
-
-from components import config as config_module
-from components import geodns
-from components.geodns import EdgeEndpoint
-
 from conftest import IN_CI, require_tool
+
+from components.model import config as config_module
+from components.model.deployed import DeployedEdge
+from components.renderers import geodns
 
 ADDRESSES = {
     "fsn": ("203.0.113.10", "2001:db8:1::10"),
@@ -29,8 +28,8 @@ ADDRESSES = {
 }
 
 
-def endpoints_for(cfg) -> list[EdgeEndpoint]:
-    return [EdgeEndpoint(e.name, e, *ADDRESSES[e.name]) for e in cfg.edges]
+def endpoints_for(cfg) -> list[DeployedEdge]:
+    return [DeployedEdge(e, *ADDRESSES[e.name]) for e in cfg.edges]
 
 
 def fleet(raw_config, edges, **overrides):
@@ -41,7 +40,9 @@ def fleet(raw_config, edges, **overrides):
 
 
 def find(records, hostname, rtype, scope, code):
-    matches = [r for r in records if (r["hostname"], r["type"], r["scope"], r["code"]) == (hostname, rtype, scope, code)]
+    matches = [
+        r for r in records if (r["hostname"], r["type"], r["scope"], r["code"]) == (hostname, rtype, scope, code)
+    ]
     assert len(matches) == 1, (hostname, rtype, scope, code, matches)
     return matches[0]
 
@@ -53,7 +54,13 @@ def example(fleet_config):
 
 @pytest.fixture
 def transatlantic(raw_config):
-    cfg = fleet(raw_config, [{"name": "fsn", "provider": "hetzner", "location": "fsn1"}, {"name": "nyc", "provider": "digitalocean", "location": "nyc1"}])
+    cfg = fleet(
+        raw_config,
+        [
+            {"name": "fsn", "provider": "hetzner", "location": "fsn1"},
+            {"name": "nyc", "provider": "digitalocean", "location": "nyc1"},
+        ],
+    )
     return cfg, geodns.policy(cfg, endpoints_for(cfg))
 
 
@@ -85,17 +92,22 @@ def test_one_edge_answers_every_region(raw_config):
     cfg = fleet(raw_config, [{"name": "sgp", "provider": "digitalocean", "location": "sgp1"}], ha=False)
     records = geodns.policy(cfg, endpoints_for(cfg))
     scopes = {(r["scope"], r["code"]) for r in records}
-    assert scopes == {("default", "*"), ("country", "SG")} | {("continent", c) for c in ("AF", "AN", "AS", "EU", "NA", "OC", "SA")}
+    assert scopes == {("default", "*"), ("country", "SG")} | {
+        ("continent", c) for c in ("AF", "AN", "AS", "EU", "NA", "OC", "SA")
+    }
     assert {tuple(r["edges"]) for r in records} == {("sgp",)}
     assert {tuple(r["values"]) for r in records} == {("203.0.113.40",), ("2001:db8:4::40",)}
 
 
 def test_edges_in_one_metro_share_a_continent(raw_config):
-    cfg = fleet(raw_config, [
-        {"name": "fsn", "provider": "hetzner", "location": "fsn1"},
-        {"name": "nyc", "provider": "digitalocean", "location": "nyc1"},
-        {"name": "nyc3", "provider": "digitalocean", "location": "nyc3"},
-    ])
+    cfg = fleet(
+        raw_config,
+        [
+            {"name": "fsn", "provider": "hetzner", "location": "fsn1"},
+            {"name": "nyc", "provider": "digitalocean", "location": "nyc1"},
+            {"name": "nyc3", "provider": "digitalocean", "location": "nyc3"},
+        ],
+    )
     records = geodns.policy(cfg, endpoints_for(cfg))
     assert find(records, "blog.example.org", "A", "continent", "NA")["edges"] == ["nyc", "nyc3"]
     assert find(records, "blog.example.org", "A", "country", "US")["values"] == ["198.51.100.30", "198.51.100.31"]
@@ -108,23 +120,51 @@ def test_aaaa_only_over_edges_with_ipv6(example):
     assert find(records, "cloud.example.org", "AAAA", "default", "*")["edges"] == ["fsn"]
     assert not [r for r in records if r["type"] == "AAAA" and r["scope"] == "country" and r["code"] == "NL"]
     assert find(records, "cloud.example.org", "A", "country", "NL")["edges"] == ["ams"]
-    v4_only = [EdgeEndpoint(e.name, e.edge, e.ipv4, None) for e in endpoints_for(cfg)]
+    v4_only = [DeployedEdge(e.spec, e.ipv4, None) for e in endpoints_for(cfg)]
     assert {r["type"] for r in geodns.policy(cfg, v4_only)} == {"A"}
 
 
 def test_names_and_health_checks(example):
     cfg, records = example
-    assert [h for h, _ in geodns.hostnames(cfg)] == ["blog.example.org", "cloud.example.org", "edge.example.org", "photos.example.org"]
+    assert [h for h, _ in geodns.hostnames(cfg)] == [
+        "blog.example.org",
+        "cloud.example.org",
+        "edge.example.org",
+        "photos.example.org",
+    ]
     assert "example.org" not in {r["hostname"] for r in records}
     cloud = find(records, "cloud.example.org", "A", "default", "*")
     assert cloud["ttl"] == cfg.dns.ttl == 60
     assert cloud["service"] == "cloud"
     assert cloud["health_checks"] == [
-        {"key": "fsn-v4-https-443-cloud.example.org", "edge": "fsn", "address": "203.0.113.10", "protocol": "https", "port": 443, "url": "https://cloud.example.org/status.php"},
-        {"key": "ams-v4-https-443-cloud.example.org", "edge": "ams", "address": "198.51.100.20", "protocol": "https", "port": 443, "url": "https://cloud.example.org/status.php"},
+        {
+            "key": "fsn-v4-https-443-cloud.example.org",
+            "edge": "fsn",
+            "address": "203.0.113.10",
+            "protocol": "https",
+            "port": 443,
+            "url": "https://cloud.example.org/status.php",
+        },
+        {
+            "key": "ams-v4-https-443-cloud.example.org",
+            "edge": "ams",
+            "address": "198.51.100.20",
+            "protocol": "https",
+            "port": 443,
+            "url": "https://cloud.example.org/status.php",
+        },
     ]
     blog = find(records, "blog.example.org", "AAAA", "continent", "EU")
-    assert blog["health_checks"] == [{"key": "fsn-v6-tcp-443", "edge": "fsn", "address": "2001:db8:1::10", "protocol": "tcp", "port": 443, "url": None}]
+    assert blog["health_checks"] == [
+        {
+            "key": "fsn-v6-tcp-443",
+            "edge": "fsn",
+            "address": "2001:db8:1::10",
+            "protocol": "tcp",
+            "port": 443,
+            "url": None,
+        }
+    ]
     # edge.<domain> is for the tcp/udp services; it is checked on the lowest tcp port.
     edge = find(records, "edge.example.org", "A", "default", "*")
     assert edge["service"] is None
@@ -132,7 +172,11 @@ def test_names_and_health_checks(example):
 
 
 def test_udp_only_names_have_no_health_check(raw_config):
-    cfg = fleet(raw_config, raw_config["edges"], services=[{"name": "game", "mode": "udp", "port": 2456, "target": "192.168.1.30:2456"}])
+    cfg = fleet(
+        raw_config,
+        raw_config["edges"],
+        services=[{"name": "game", "mode": "udp", "port": 2456, "target": "192.168.1.30:2456"}],
+    )
     records = geodns.policy(cfg, endpoints_for(cfg))
     assert {r["hostname"] for r in records} == {"edge.example.org"}
     assert all(c is None for r in records for c in r["health_checks"])
@@ -153,14 +197,20 @@ def test_policy_is_deterministic_and_json(example):
 
 def test_adding_an_edge_keeps_the_others_where_they_were(raw_config, transatlantic):
     _, before = transatlantic
-    cfg = fleet(raw_config, [
-        {"name": "fsn", "provider": "hetzner", "location": "fsn1"},
-        {"name": "nyc", "provider": "digitalocean", "location": "nyc1"},
-        {"name": "sgp", "provider": "digitalocean", "location": "sgp1"},
-    ])
+    cfg = fleet(
+        raw_config,
+        [
+            {"name": "fsn", "provider": "hetzner", "location": "fsn1"},
+            {"name": "nyc", "provider": "digitalocean", "location": "nyc1"},
+            {"name": "sgp", "provider": "digitalocean", "location": "sgp1"},
+        ],
+    )
     after = geodns.policy(cfg, endpoints_for(cfg))
     for code in ("EU", "NA", "SA"):
-        assert find(after, "blog.example.org", "A", "continent", code)["edges"] == find(before, "blog.example.org", "A", "continent", code)["edges"]
+        assert (
+            find(after, "blog.example.org", "A", "continent", code)["edges"]
+            == find(before, "blog.example.org", "A", "continent", code)["edges"]
+        )
     assert find(after, "blog.example.org", "A", "continent", "AS")["edges"] == ["sgp"]
     assert find(after, "blog.example.org", "A", "continent", "OC")["edges"] == ["sgp"]
 
@@ -168,9 +218,9 @@ def test_adding_an_edge_keeps_the_others_where_they_were(raw_config, transatlant
 def test_bad_addresses_are_refused(fleet_config):
     edge = fleet_config.edges[0]
     with pytest.raises(ValueError, match="not an IPv4"):
-        geodns.policy(fleet_config, [EdgeEndpoint(edge.name, edge, "2001:db8::1")])
+        geodns.policy(fleet_config, [DeployedEdge(edge, "2001:db8::1")])
     with pytest.raises(ValueError, match="not an IPv6"):
-        geodns.policy(fleet_config, [EdgeEndpoint(edge.name, edge, "192.0.2.1", "192.0.2.2")])
+        geodns.policy(fleet_config, [DeployedEdge(edge, "192.0.2.1", "192.0.2.2")])
 
 
 # -- BIND zone fragment ---------------------------------------------------------
@@ -191,7 +241,11 @@ def test_bind_fragment_loads_in_named_checkzone(example, tmp_path: Path):
     cfg, records = example
     zone_file = tmp_path / "zone"
     zone_file.write_text(wrapped_zone(cfg, geodns.bind_fragment(records, cfg)))
-    result = subprocess.run(["named-checkzone", "-i", "local", "-k", "fail", "-m", "fail", "-n", "fail", cfg.dns.zone, str(zone_file)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["named-checkzone", "-i", "local", "-k", "fail", "-m", "fail", "-n", "fail", cfg.dns.zone, str(zone_file)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().splitlines()[-1] == "OK"
     # It must also refuse a broken one, or the check above proves nothing.
@@ -201,14 +255,26 @@ def test_bind_fragment_loads_in_named_checkzone(example, tmp_path: Path):
 
 def test_bind_fragment_parses_with_dnspython(example):
     cfg, records = example
-    zone = dns.zone.from_text(wrapped_zone(cfg, geodns.bind_fragment(records, cfg)), origin=cfg.dns.zone, relativize=False)
+    zone = dns.zone.from_text(
+        wrapped_zone(cfg, geodns.bind_fragment(records, cfg)), origin=cfg.dns.zone, relativize=False
+    )
     cloud_a = zone.find_rdataset("cloud.example.org.", dns.rdatatype.A)
     assert cloud_a.ttl == 60
     assert sorted(r.address for r in cloud_a) == ["198.51.100.20", "203.0.113.10"]
     assert [r.address for r in zone.find_rdataset("photos.example.org.", dns.rdatatype.AAAA)] == ["2001:db8:1::10"]
-    assert sorted(r.address for r in zone.find_rdataset("edge.example.org.", dns.rdatatype.A)) == ["198.51.100.20", "203.0.113.10"]
+    assert sorted(r.address for r in zone.find_rdataset("edge.example.org.", dns.rdatatype.A)) == [
+        "198.51.100.20",
+        "203.0.113.10",
+    ]
     names = {str(n) for n in zone.nodes}
-    assert names == {"example.org.", "ns1.example.org.", "blog.example.org.", "cloud.example.org.", "edge.example.org.", "photos.example.org."}
+    assert names == {
+        "example.org.",
+        "ns1.example.org.",
+        "blog.example.org.",
+        "cloud.example.org.",
+        "edge.example.org.",
+        "photos.example.org.",
+    }
 
 
 # -- PowerDNS rendering (loaded for real in test_powerdns.py) -------------------
@@ -219,14 +285,19 @@ def test_powerdns_lines(example):
     text = geodns.powerdns_lua(records, cfg)
     lines = [l for l in text.splitlines() if not l.startswith(";")]
     assert len(lines) == 8  # 4 names x A/AAAA
-    assert "cloud.example.org.     60 IN LUA A    \"ifurlup('https://cloud.example.org/status.php', {'203.0.113.10', '198.51.100.20'}, {selector='pickclosest', backupSelector='all'})\"" in lines
+    assert (
+        "cloud.example.org.     60 IN LUA A    \"ifurlup('https://cloud.example.org/status.php', {'203.0.113.10', '198.51.100.20'}, {selector='pickclosest', backupSelector='all'})\""
+        in lines
+    )
     assert any(l.startswith("blog.example.org.") and "LUA AAAA \"ifportup(443, {'2001:db8:1::10'}" in l for l in lines)
-    assert any(l.startswith("edge.example.org.") and "ifportup(2222, {'203.0.113.10', '198.51.100.20'}" in l for l in lines)
+    assert any(
+        l.startswith("edge.example.org.") and "ifportup(2222, {'203.0.113.10', '198.51.100.20'}" in l for l in lines
+    )
 
 
 def test_health_path_cannot_break_out_of_the_strings(raw_config):
     raw = copy.deepcopy(raw_config)
-    raw["services"][0]["healthPath"] = "/it's \"ok\"\\"
+    raw["services"][0]["healthPath"] = '/it\'s "ok"\\'
     cfg = config_module.parse(raw, stack="dev")
     records = geodns.policy(cfg, endpoints_for(cfg))
     text = geodns.powerdns_lua(records, cfg)
@@ -237,15 +308,24 @@ def test_health_path_cannot_break_out_of_the_strings(raw_config):
 
 
 def test_long_lua_content_is_split_into_strings(raw_config):
-    cfg = fleet(raw_config, [{"name": f"e{i}", "provider": "digitalocean", "location": "fra1"} for i in range(8)], ha=False)
-    eps = [EdgeEndpoint(e.name, e, f"198.51.100.{i + 1}", f"2001:db8:aaaa:bbbb:cccc:dddd:eeee:{i + 1:x}") for i, e in enumerate(cfg.edges)]
+    cfg = fleet(
+        raw_config, [{"name": f"e{i}", "provider": "digitalocean", "location": "fra1"} for i in range(8)], ha=False
+    )
+    eps = [
+        DeployedEdge(e, f"198.51.100.{i + 1}", f"2001:db8:aaaa:bbbb:cccc:dddd:eeee:{i + 1:x}")
+        for i, e in enumerate(cfg.edges)
+    ]
     text = geodns.powerdns_lua(geodns.policy(cfg, eps), cfg)
     aaaa = next(l for l in text.splitlines() if l.startswith("blog.") and "LUA AAAA" in l)
     strings = aaaa.split("LUA AAAA ", 1)[1]
     parts = json.loads("[" + strings.replace('" "', '", "') + "]")
     assert len(parts) == 2 and all(len(p) <= 255 for p in parts)
     # PowerDNS joins the strings with whitespace, so the split falls between tokens.
-    record = next(r for r in geodns.policy(cfg, eps) if r["hostname"] == "blog.example.org" and r["type"] == "AAAA" and r["scope"] == "default")
+    record = next(
+        r
+        for r in geodns.policy(cfg, eps)
+        if r["hostname"] == "blog.example.org" and r["type"] == "AAAA" and r["scope"] == "default"
+    )
     assert " ".join(parts) == geodns.lua_snippet(record)
     assert parts[0].endswith("',") and parts[1].startswith("'2001:db8:aaaa")
 
@@ -302,8 +382,19 @@ def test_route53_change_batch_matches_the_api(example, route53):
     assert len(ids) == len(set(ids))
     defaults = [s for s in sets if s["GeoLocation"] == {"CountryCode": "*"}]
     assert len(defaults) == 8  # one per name and type
-    eu = next(s for s in sets if s["Name"] == "cloud.example.org." and s["Type"] == "A" and s["GeoLocation"] == {"ContinentCode": "EU"})
-    assert eu == {"Name": "cloud.example.org.", "Type": "A", "SetIdentifier": "continent-EU", "GeoLocation": {"ContinentCode": "EU"}, "TTL": 60, "ResourceRecords": [{"Value": "203.0.113.10"}]}
+    eu = next(
+        s
+        for s in sets
+        if s["Name"] == "cloud.example.org." and s["Type"] == "A" and s["GeoLocation"] == {"ContinentCode": "EU"}
+    )
+    assert eu == {
+        "Name": "cloud.example.org.",
+        "Type": "A",
+        "SetIdentifier": "continent-EU",
+        "GeoLocation": {"ContinentCode": "EU"},
+        "TTL": 60,
+        "ResourceRecords": [{"Value": "203.0.113.10"}],
+    }
     assert not any("HealthCheckId" in s for s in sets)
 
 
@@ -331,8 +422,14 @@ def test_route53_health_checks_match_the_api_and_attach(example, route53):
     for params in checks.values():
         validate(route53, "CreateHealthCheck", params)
     assert checks["fsn-v4-https-443-cloud.example.org"]["HealthCheckConfig"] == {
-        "IPAddress": "203.0.113.10", "Port": 443, "RequestInterval": 30, "FailureThreshold": 3,
-        "Type": "HTTPS", "FullyQualifiedDomainName": "cloud.example.org", "ResourcePath": "/status.php", "EnableSNI": True,
+        "IPAddress": "203.0.113.10",
+        "Port": 443,
+        "RequestInterval": 30,
+        "FailureThreshold": 3,
+        "Type": "HTTPS",
+        "FullyQualifiedDomainName": "cloud.example.org",
+        "ResourcePath": "/status.php",
+        "EnableSNI": True,
     }
     assert checks["fsn-v6-tcp-2222"]["HealthCheckConfig"]["IPAddress"] == "2001:db8:1::10"
     assert len({c["CallerReference"] for c in checks.values()}) == len(checks)
@@ -344,7 +441,11 @@ def test_route53_health_checks_match_the_api_and_attach(example, route53):
     sets = [c["ResourceRecordSet"] for c in batch["Changes"]]
     with_check = [s for s in sets if "HealthCheckId" in s]
     assert with_check and all(len(s["ResourceRecords"]) == 1 and s["SetIdentifier"] != "default" for s in with_check)
-    eu = next(s for s in sets if s["Name"] == "cloud.example.org." and s["Type"] == "A" and s["SetIdentifier"] == "continent-EU")
+    eu = next(
+        s
+        for s in sets
+        if s["Name"] == "cloud.example.org." and s["Type"] == "A" and s["SetIdentifier"] == "continent-EU"
+    )
     assert eu["HealthCheckId"] == ids["fsn-v4-https-443-cloud.example.org"]
     assert all("HealthCheckId" not in s for s in sets if s["SetIdentifier"] == "default")
 

@@ -11,9 +11,10 @@ import subprocess
 
 import pytest
 
-from components import home_configs, home_files
-from components.home_configs import EdgePeer
-from components.wireguard_key import generate_keypair
+from components.model.deployed import DeployedEdge
+from components.model.keys import generate_keypair
+from components.renderers import home_configs
+from components.tools import home_files
 from tests.conftest import require_tool
 
 
@@ -24,7 +25,7 @@ def keys():
 
 def _peers(cfg, keys):
     ips = {"fsn": ("203.0.113.10", "2001:db8:10::1"), "ams": ("203.0.113.20", None)}
-    return [EdgePeer(e.name, e, keys[e.name][1], *ips[e.name]) for e in cfg.edges]
+    return [DeployedEdge(e, *ips[e.name], keys[e.name][1]) for e in cfg.edges]
 
 
 def _v6(cfg, offset):
@@ -50,21 +51,39 @@ def test_structured_form(fleet_config, keys):
     assert data["lanPrefixes"] == ["192.168.1.0/24"]
     fsn, ams = data["tunnels"]
     assert fsn == {
-        "edge": "fsn", "provider": "hetzner", "location": "fsn1", "country": "DE", "interface": "wg-fsn",
-        "addresses": ["10.254.0.6/30", f"{_v6(fleet_config, 6)}/126"], "mtu": 1380,
+        "edge": "fsn",
+        "provider": "hetzner",
+        "location": "fsn1",
+        "country": "DE",
+        "interface": "wg-fsn",
+        "addresses": ["10.254.0.6/30", f"{_v6(fleet_config, 6)}/126"],
+        "mtu": 1380,
         "peer": {
-            "publicKey": keys["fsn"][1], "endpoint": "203.0.113.10:51820", "endpointIpv6": "[2001:db8:10::1]:51820",
-            "allowedIps": ["10.254.0.5/32", f"{_v6(fleet_config, 5)}/128"], "persistentKeepalive": 25,
+            "publicKey": keys["fsn"][1],
+            "endpoint": "203.0.113.10:51820",
+            "endpointIpv6": "[2001:db8:10::1]:51820",
+            "allowedIps": ["10.254.0.5/32", f"{_v6(fleet_config, 5)}/128"],
+            "persistentKeepalive": 25,
         },
         "routes": ["10.254.0.5/32", f"{_v6(fleet_config, 5)}/128"],
     }
-    assert ams["interface"] == "wg-ams" and ams["peer"]["endpoint"] == "203.0.113.20:51820" and ams["peer"]["endpointIpv6"] is None
+    assert (
+        ams["interface"] == "wg-ams"
+        and ams["peer"]["endpoint"] == "203.0.113.20:51820"
+        and ams["peer"]["endpointIpv6"] is None
+    )
     assert ams["addresses"][0] == "10.254.0.10/30"
     for t in data["tunnels"]:
-        assert not any(ipaddress.ip_network(a).prefixlen == 0 for a in t["peer"]["allowedIps"]), "home must never route everything into a tunnel"
+        assert not any(ipaddress.ip_network(a).prefixlen == 0 for a in t["peer"]["allowedIps"]), (
+            "home must never route everything into a tunnel"
+        )
     assert {(r["address"], r["port"], r["protocol"]) for r in data["forwardAllow"]} == {
-        ("192.168.1.10", 443, "tcp"), ("192.168.1.10", 80, "tcp"), ("192.168.1.20", 8080, "tcp"),
-        ("192.168.1.10", 22, "tcp"), ("192.168.1.30", 25565, "tcp"), ("192.168.1.30", 2456, "udp"),
+        ("192.168.1.10", 443, "tcp"),
+        ("192.168.1.10", 80, "tcp"),
+        ("192.168.1.20", 8080, "tcp"),
+        ("192.168.1.10", 22, "tcp"),
+        ("192.168.1.30", 25565, "tcp"),
+        ("192.168.1.30", 2456, "udp"),
     }
     json.dumps(data)  # the stack output must be JSON
 
@@ -85,7 +104,7 @@ def test_wg_quick_file(fleet_config, keys):
 
 
 def test_user_supplied_home_key_never_needs_the_private_key(raw_config, keys):
-    from components import config as config_module
+    from components.model import config as config_module
 
     raw_config["homePublicKey"] = keys["home"][1]
     cfg = config_module.parse(raw_config)
@@ -102,7 +121,7 @@ def test_user_supplied_home_key_never_needs_the_private_key(raw_config, keys):
 
 
 def test_home_key_must_match_configured_public_key(raw_config, keys):
-    from components import config as config_module
+    from components.model import config as config_module
 
     raw_config["homePublicKey"] = keys["fsn"][1]
     cfg = config_module.parse(raw_config)
@@ -126,7 +145,9 @@ def test_role_host_masquerades(fleet_config, keys):
     assert "add_list firewall.cgnat_edge_masq.src_ip='10.254.0.9/32'" in out["openwrt"]
     assert "/ip firewall nat add chain=srcnat src-address=10.254.0.5/32 action=masquerade" in out["routeros"]
     router = home_configs.render(fleet_config, _peers(fleet_config, keys), keys["home"][0])
-    assert "nft" not in router["wgQuick"]["ams"] and "masq" not in router["openwrt"] and "srcnat" not in router["routeros"]
+    assert (
+        "nft" not in router["wgQuick"]["ams"] and "masq" not in router["openwrt"] and "srcnat" not in router["routeros"]
+    )
 
 
 def test_openwrt_values(fleet_config, keys):
@@ -172,23 +193,27 @@ def test_routeros_values(fleet_config, keys):
         '/ip firewall filter add chain=forward in-interface-list=cgnat-edge dst-address=192.168.1.30 protocol=udp dst-port=2456 action=accept comment="cgnat-edge cgnat-edge/dev: valheim"',
     ]:
         assert expected in lines, expected
-    assert lines.index('/ip firewall filter add chain=forward in-interface-list=cgnat-edge connection-state=new action=drop comment="cgnat-edge cgnat-edge/dev: nothing else"') > max(
-        i for i, l in enumerate(lines) if "action=accept" in l
-    )
+    assert lines.index(
+        '/ip firewall filter add chain=forward in-interface-list=cgnat-edge connection-state=new action=drop comment="cgnat-edge cgnat-edge/dev: nothing else"'
+    ) > max(i for i, l in enumerate(lines) if "action=accept" in l)
 
 
 def test_interface_names_fit_ifnamsiz_and_stay_unique():
-    names = home_configs.interface_names(["fsn", "a-very-long-edge-name-1", "a-very-long-edge-name-2", "exactly-twelv"[:12]])
+    names = home_configs.interface_names(
+        ["fsn", "a-very-long-edge-name-1", "a-very-long-edge-name-2", "exactly-twelv"[:12]]
+    )
     assert names["fsn"] == "wg-fsn"
     assert names["exactly-twelv"[:12]] == "wg-exactly-twel"
     assert all(len(n) <= 15 for n in names.values())
     assert len(set(names.values())) == 4
-    assert names["a-very-long-edge-name-1"].startswith("wg-a-very-") and names == home_configs.interface_names(list(reversed(list(names))))
+    assert names["a-very-long-edge-name-1"].startswith("wg-a-very-") and names == home_configs.interface_names(
+        list(reversed(list(names)))
+    )
 
 
 def test_edge_without_ipv4_uses_ipv6_endpoint(fleet_config, keys):
     peers = _peers(fleet_config, keys)
-    peers[0] = dataclasses.replace(peers[0], public_ipv4=None)
+    peers[0] = dataclasses.replace(peers[0], ipv4=None)
     data = home_configs.render(fleet_config, peers, keys["home"][0])["structured"]
     assert data["tunnels"][0]["peer"]["endpoint"] == "[2001:db8:10::1]:51820"
 
@@ -205,7 +230,15 @@ def test_write_from_stack_output(fleet_config, keys, tmp_path):
     stack_output = json.loads(json.dumps({"homeConfigs": configs, "edges": {"fsn": "203.0.113.10"}}))
     out = tmp_path / "home"
     paths = home_files.write(stack_output, out, qr=True)
-    assert sorted(p.name for p in paths) == ["home.json", "openwrt.uci", "routeros.rsc", "wg-ams.conf", "wg-ams.png", "wg-fsn.conf", "wg-fsn.png"]
+    assert sorted(p.name for p in paths) == [
+        "home.json",
+        "openwrt.uci",
+        "routeros.rsc",
+        "wg-ams.conf",
+        "wg-ams.png",
+        "wg-fsn.conf",
+        "wg-fsn.png",
+    ]
     assert _mode(out) == 0o700
     assert {p.name: _mode(p) for p in paths} == {p.name: 0o600 for p in paths}
     assert (out / "wg-fsn.conf").read_text() == configs["wgQuick"]["fsn"]

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from components import bootstrap
-from components import lab as lab_module
-from components import offline
-from components.netns import PREFIX, wait_for
 from conftest import ROOT, require_root, require_tool
+
+from components.lab import edge_lab as lab_module
+from components.lab.netns import PREFIX, wait_for
+from components.renderers import bootstrap
+from components.tools import offline
 
 pytestmark = pytest.mark.netns
 
@@ -60,7 +60,8 @@ def _failed(results):
 def test_render_decodes_compressed_cloud_config_files():
     """Big stacks gzip their files inside the cloud-config; the render (and so the lab)
     must write what cloud-init would, not the encoded text."""
-    from components import bootstrap, render
+    from components.renderers import bootstrap
+    from components.tools import render
 
     text = "x = 1\n" * 600
     (entry,) = bootstrap._write_files([bootstrap.NodeFile("/etc/big.conf", text)], compress=True)
@@ -88,7 +89,12 @@ def test_every_service_answers_through_every_edge(el):
     per_edge = {name: {r.service for r in results if r.edge == name} for name in el.edges}
     assert per_edge == {name: {s.name for s in el.cfg.services} for name in ("fsn", "ams")}
     # DNS: every hostname answers with both edges.
-    assert {r.service for r in results if r.edge == "dns"} == {"cloud.example.org", "photos.example.org", "blog.example.org", "edge.example.org"}
+    assert {r.service for r in results if r.edge == "dns"} == {
+        "cloud.example.org",
+        "photos.example.org",
+        "blog.example.org",
+        "edge.example.org",
+    }
 
 
 def test_passthrough_tls_ends_at_home_and_home_logs_the_visitor(el):
@@ -97,12 +103,18 @@ def test_passthrough_tls_ends_at_home_and_home_logs_the_visitor(el):
         (r,) = el.probe([{"kind": "tls", "edge": edge.public_ip, "sni": "photos.example.org", "path": f"/via-{name}"}])
         assert r["ok"], r
         assert r["cert_sha256"] == home_fp != el.http_cert[2]
-        assert (r["body"]["client"], r["body"]["peer"], r["body"]["path"]) == (el.client_ip, el.tunnel_ip(name), f"/via-{name}")
+        assert (r["body"]["client"], r["body"]["peer"], r["body"]["path"]) == (
+            el.client_ip,
+            el.tunnel_ip(name),
+            f"/via-{name}",
+        )
     logged = [json.loads(l) for l in el.home_log.read_text().splitlines()]
     seen = {(e.get("path"), e.get("client"), e.get("peer")) for e in logged if e.get("service") == "cloud"}
     assert {("/via-fsn", el.client_ip, el.tunnel_ip("fsn")), ("/via-ams", el.client_ip, el.tunnel_ip("ams"))} <= seen
     # A real client: curl resolves through the lab's DNS and verifies home's certificate.
-    done = el.client.run("curl", "-4", "-sS", "--max-time", "10", "--cacert", str(home_cert), "https://cloud.example.org/by-name")
+    done = el.client.run(
+        "curl", "-4", "-sS", "--max-time", "10", "--cacert", str(home_cert), "https://cloud.example.org/by-name"
+    )
     body = json.loads(done.stdout)
     assert (body["service"], body["sni"], body["client"]) == ("cloud", "cloud.example.org", el.client_ip)
 
@@ -110,17 +122,41 @@ def test_passthrough_tls_ends_at_home_and_home_logs_the_visitor(el):
 def test_http_tcp_and_udp_services_end_to_end(el):
     edge = el.edges["fsn"]
     cert = el.http_cert[0]
-    done = el.client.run("curl", "-4", "-sS", "--max-time", "10", "--cacert", str(cert), "--resolve", f"blog.example.org:443:{edge.public_ip}",
-                         "-H", "X-Forwarded-For: 192.0.2.99", "https://blog.example.org/post")
+    done = el.client.run(
+        "curl",
+        "-4",
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        str(cert),
+        "--resolve",
+        f"blog.example.org:443:{edge.public_ip}",
+        "-H",
+        "X-Forwarded-For: 192.0.2.99",
+        "https://blog.example.org/post",
+    )
     body = json.loads(done.stdout)
     assert (body["service"], body["path"], body["peer"]) == ("blog", "/post", el.tunnel_ip("fsn"))
     assert body["headers"]["x-forwarded-for"] == el.client_ip  # the visitor's own claim is dropped
-    redirect = el.client.run("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H", "Host: blog.example.org", f"http://{edge.public_ip}/x")
+    redirect = el.client.run(
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "-H",
+        "Host: blog.example.org",
+        f"http://{edge.public_ip}/x",
+    )
     assert redirect.stdout == "301 https://blog.example.org/x"
-    tcp, udp = el.probe([
-        {"kind": "tcp", "edge": edge.public_ip, "port": 2222, "payload": "x" * 5000},
-        {"kind": "udp", "edge": edge.public_ip, "port": 2456, "payload": "datagram"},
-    ])
+    tcp, udp = el.probe(
+        [
+            {"kind": "tcp", "edge": edge.public_ip, "port": 2222, "payload": "x" * 5000},
+            {"kind": "udp", "edge": edge.public_ip, "port": 2456, "payload": "datagram"},
+        ]
+    )
     assert (tcp["body"]["service"], tcp["body"]["client"], tcp["echo"]) == ("git-ssh", el.client_ip, "x" * 5000)
     assert (udp["body"]["service"], udp["echo"]) == ("valheim", "datagram")
 
@@ -128,8 +164,15 @@ def test_http_tcp_and_udp_services_end_to_end(el):
 def test_home_is_unreachable_except_through_an_edge(el):
     home_wan = lab_module.CGNAT_INSIDE[1]
     el.home.spawn("socat", f"TCP4-LISTEN:8443,bind={home_wan},fork,reuseaddr", "SYSTEM:echo home")
-    wait_for(lambda: el.nodes["cgnat"].run("socat", "-T2", "-", f"TCP:{home_wan}:8443,connect-timeout=2", check=False, input="").stdout == "home\n",
-             message="home's listener, seen from inside the CGNAT")
+    wait_for(
+        lambda: (
+            el.nodes["cgnat"]
+            .run("socat", "-T2", "-", f"TCP:{home_wan}:8443,connect-timeout=2", check=False, input="")
+            .stdout
+            == "home\n"
+        ),
+        message="home's listener, seen from inside the CGNAT",
+    )
     direct = [
         {"kind": "tcp", "edge": home_wan, "port": 8443, "timeout": 2},
         {"kind": "tcp", "edge": "192.0.2.10", "port": 2022, "timeout": 2},
@@ -146,11 +189,22 @@ def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rend
     for s in services:
         if s["name"] == "git-ssh":
             s["target"] = "192.0.2.10:2023"
-    changed = lab_module.render_stack(STACK, tmp_path / "render", project_file=PROJECT, config_overrides={"services": services},
-                                      state=offline.key_state(el.rendered.run))
-    assert changed.run.output("edges")["fsn"]["wireguardPublicKey"] == rendered.run.output("edges")["fsn"]["wireguardPublicKey"]
+    changed = lab_module.render_stack(
+        STACK,
+        tmp_path / "render",
+        project_file=PROJECT,
+        config_overrides={"services": services},
+        state=offline.key_state(el.rendered.run),
+    )
+    assert (
+        changed.run.output("edges")["fsn"]["wireguardPublicKey"]
+        == rendered.run.output("edges")["fsn"]["wireguardPublicKey"]
+    )
     el.start_home_services(changed)
-    before = {name: (e.wireguard_pid(), e.traefik.pid, e.node.run("cat", "/sys/class/net/wg0/ifindex").stdout) for name, e in el.edges.items()}
+    before = {
+        name: (e.wireguard_pid(), e.traefik.pid, e.node.run("cat", "/sys/class/net/wg0/ifindex").stdout)
+        for name, e in el.edges.items()
+    }
     assert all(b[0] for b in before.values())
     for name, edge in el.edges.items():
         result = edge.push(changed.bundle(name))
@@ -161,11 +215,16 @@ def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rend
         again = edge.push(changed.bundle(name))
         assert "already up to date" in again.output and again.systemctl == []
     for name, edge in el.edges.items():
+
         def answered_by_new_target(ip=edge.public_ip):
             (r,) = el.probe([{"kind": "tcp", "edge": ip, "port": 2222}])
             return r["ok"] and r["body"]["listener"] == "192.0.2.10:2023"
+
         wait_for(answered_by_new_target, timeout=15, message=f"edge {name} forwarding to the new target")
-    after = {name: (e.wireguard_pid(), e.traefik.pid, e.node.run("cat", "/sys/class/net/wg0/ifindex").stdout) for name, e in el.edges.items()}
+    after = {
+        name: (e.wireguard_pid(), e.traefik.pid, e.node.run("cat", "/sys/class/net/wg0/ifindex").stdout)
+        for name, e in el.edges.items()
+    }
     assert after == before, "WireGuard and Traefik kept running"
     assert all(e.traefik.poll() is None for e in el.edges.values())
 
@@ -180,7 +239,10 @@ def test_a_dead_edge_leaves_the_other_serving_and_comes_back_without_touching_ho
     home_before = {t: el.home.run("cat", f"/sys/class/net/{t}/ifindex").stdout for t in ("wg-fsn", "wg-ams")}
     edge.fire_timer(bootstrap.WG_ENDPOINT_UNIT)
     saved = edge.node.run("cat", "/var/lib/cgnat-edge/wg0.endpoints").stdout.split()
-    assert saved == [el.rendered.run.output("homeConfigs")["structured"]["publicKey"], f"{el.cgnat_ip}:{saved[1].rsplit(':', 1)[1]}"]
+    assert saved == [
+        el.rendered.run.output("homeConfigs")["structured"]["publicKey"],
+        f"{el.cgnat_ip}:{saved[1].rsplit(':', 1)[1]}",
+    ]
     last_handshake = el.handshake_time("fsn")
 
     edge.crash()
@@ -190,10 +252,16 @@ def test_a_dead_edge_leaves_the_other_serving_and_comes_back_without_touching_ho
 
     edge.boot()
     booted = time.time()
-    wait_for(lambda: lab_module.smoke(el, edges=["fsn"], services=["valheim"])[0].ok, timeout=keepalive + 5, interval=0.5,
-             message="the rebooted edge's tunnel within the keepalive window")
+    wait_for(
+        lambda: lab_module.smoke(el, edges=["fsn"], services=["valheim"])[0].ok,
+        timeout=keepalive + 5,
+        interval=0.5,
+        message="the rebooted edge's tunnel within the keepalive window",
+    )
     recovered = time.time()
-    print(f"edge fsn served again {recovered - booted:.1f}s after its boot ({recovered - last_handshake:.1f}s after home's last handshake)")
+    print(
+        f"edge fsn served again {recovered - booted:.1f}s after its boot ({recovered - last_handshake:.1f}s after home's last handshake)"
+    )
     assert el.handshake_time("fsn") > last_handshake
     assert not _failed(lab_module.smoke(el, edges=["fsn"]))
     assert {t: el.home.run("cat", f"/sys/class/net/{t}/ifindex").stdout for t in home_before} == home_before
@@ -212,9 +280,15 @@ def test_lab_command_and_teardown(tmp_path, monkeypatch):
         return {l.split()[0] for l in listing.splitlines() if l.startswith(f"{PREFIX}{os.getpid()}x")}
 
     existing = mine()
-    monkeypatch.setattr(lab_module.Edge, "start_traefik", lambda self: (_ for _ in ()).throw(lab_module.LabError("boom")))
+    monkeypatch.setattr(
+        lab_module.Edge, "start_traefik", lambda self: (_ for _ in ()).throw(lab_module.LabError("boom"))
+    )
     rendered = lab_module.render_stack(STACK, tmp_path / "again", project_file=PROJECT)
     with pytest.raises(lab_module.LabError, match="boom"):
         lab_module.build(rendered)
     assert mine() == existing
-    assert not [p for p in Path("/tmp").glob(f"{PREFIX}{os.getpid()}x*") if p.name.split("-")[0] not in {n.split("-")[0] for n in existing}]
+    assert not [
+        p
+        for p in Path("/tmp").glob(f"{PREFIX}{os.getpid()}x*")
+        if p.name.split("-")[0] not in {n.split("-")[0] for n in existing}
+    ]

@@ -8,10 +8,34 @@ import copy
 import pulumi
 import pytest
 
-from components import config as config_module
-from components.managed_dns import ManagedDns, ManagedEndpoint, relative_name
+from components.model import catalog
+from components.model import config as config_module
+from components.model.config import EdgeSpec
+from components.model.deployed import DeployedEdge
+from components.resources.managed_dns import ManagedDns, relative_name
 
-ADDRESSES = {"fsn": ("203.0.113.10", "2001:db8:1::10"), "ams": ("198.51.100.20", None), "nyc": ("198.51.100.30", "2001:db8:3::30")}
+ADDRESSES = {
+    "fsn": ("203.0.113.10", "2001:db8:1::10"),
+    "ams": ("198.51.100.20", None),
+    "nyc": ("198.51.100.30", "2001:db8:3::30"),
+}
+EDGE_SPECS = {
+    name: EdgeSpec(
+        name,
+        provider,
+        catalog.LOCATIONS[(provider, location)],
+        catalog.SERVER_TYPES[(provider, stype)],
+        "debian-12",
+        i + 1,
+    )
+    for i, (name, provider, location, stype) in enumerate(
+        [
+            ("fsn", "hetzner", "fsn1", "cax11"),
+            ("ams", "digitalocean", "ams3", "s-1vcpu-1gb"),
+            ("nyc", "digitalocean", "nyc3", "s-1vcpu-1gb"),
+        ]
+    )
+}
 HOSTS = ["blog.example.org", "cloud.example.org", "edge.example.org", "photos.example.org"]
 
 
@@ -35,7 +59,14 @@ def cfg_with(raw_config, **overrides):
 
 def endpoints(names):
     # Addresses arrive as Outputs, as they do from the server resources.
-    return [ManagedEndpoint(n, pulumi.Output.from_input(ADDRESSES[n][0]), pulumi.Output.from_input(ADDRESSES[n][1]) if ADDRESSES[n][1] else None) for n in names]
+    return [
+        DeployedEdge(
+            EDGE_SPECS[n],
+            pulumi.Output.from_input(ADDRESSES[n][0]),
+            pulumi.Output.from_input(ADDRESSES[n][1]) if ADDRESSES[n][1] else None,
+        )
+        for n in names
+    ]
 
 
 def deploy(cfg, names):
@@ -47,7 +78,9 @@ def deploy(cfg, names):
     @pulumi.runtime.test
     def run():
         dns = ManagedDns("dns", cfg, endpoints(names))
-        return pulumi.Output.all(dns.records, dns.urn, *[r.urn for r in dns.record_resources]).apply(lambda v: seen.update(records=v[0], urn=v[1], child_urns=v[2:]))
+        return pulumi.Output.all(dns.records, dns.urn, *[r.urn for r in dns.record_resources]).apply(
+            lambda v: seen.update(records=v[0], urn=v[1], child_urns=v[2:])
+        )
 
     run()
     components = [a for a in mocks.created if a.typ == "cgnat-edge:index:ManagedDns"]
@@ -84,11 +117,23 @@ def test_digitalocean_records(raw_config):
     created, seen = deploy(cfg, ["fsn", "ams"])
     records = by_type(created, "digitalocean:index/dnsRecord:DnsRecord")
     assert len(created) == len(records) == 4 * 3  # 4 names x (2 A + 1 AAAA)
-    assert records["dns-photos.example.org-a-ams"] == {"domain": "example.org", "name": "photos", "type": "A", "value": "198.51.100.20", "ttl": 60}
+    assert records["dns-photos.example.org-a-ams"] == {
+        "domain": "example.org",
+        "name": "photos",
+        "type": "A",
+        "value": "198.51.100.20",
+        "ttl": 60,
+    }
     assert records["dns-photos.example.org-aaaa-fsn"]["value"] == "2001:db8:1::10"
     assert "dns-photos.example.org-aaaa-ams" not in records
     assert all("cgnat-edge:index:ManagedDns$digitalocean:index/dnsRecord:DnsRecord::" in u for u in seen["child_urns"])
-    assert seen["records"][0] == {"hostname": "blog.example.org", "name": "blog", "type": "A", "ttl": 60, "values": ["203.0.113.10", "198.51.100.20"]}
+    assert seen["records"][0] == {
+        "hostname": "blog.example.org",
+        "name": "blog",
+        "type": "A",
+        "ttl": 60,
+        "values": ["203.0.113.10", "198.51.100.20"],
+    }
     assert [(r["hostname"], r["type"]) for r in seen["records"]] == [(h, t) for h in HOSTS for t in ("A", "AAAA")]
 
 

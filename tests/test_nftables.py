@@ -14,10 +14,10 @@ import sys
 import time
 
 import pytest
-
-from components import config as config_module
-from components import nftables
 from conftest import require_root, require_tool
+
+from components.model import config as config_module
+from components.renderers import nftables
 
 EDGE = "203.0.113.1"
 ALLOWED_ADMIN = "203.0.113.2"  # inside sshAllowedCidrs
@@ -70,7 +70,14 @@ class Pair:
         return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, **kw)
 
     def start(self, ns: str, *cmd: str) -> None:
-        self.procs.append(subprocess.Popen(["ip", "netns", "exec", ns, *cmd], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.procs.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", ns, *cmd],
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
 
     def close(self) -> None:
         for p in self.procs:
@@ -94,7 +101,10 @@ def pair():
         for ns in (p.edge, p.net):
             subprocess.run(["ip", "netns", "add", ns], check=True)
             p.sh(ns, "ip", "link", "set", "lo", "up", check=True)
-        subprocess.run(["ip", "link", "add", "e0", "netns", p.edge, "type", "veth", "peer", "name", "n0", "netns", p.net], check=True)
+        subprocess.run(
+            ["ip", "link", "add", "e0", "netns", p.edge, "type", "veth", "peer", "name", "n0", "netns", p.net],
+            check=True,
+        )
         p.sh(p.edge, "ip", "addr", "add", f"{EDGE}/24", "dev", "e0", check=True)
         p.sh(p.edge, "ip", "link", "set", "e0", "up", check=True)
         for addr in (ALLOWED_ADMIN, STRANGER):

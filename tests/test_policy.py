@@ -6,17 +6,16 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
-from components import catalog, policy
-from components.config import parse
-from components.machine import firewall_rules
-
-from conftest import ROOT, stack_raw
+from components.model import catalog
+from components.model.config import parse
+from components.providers.base import firewall_rules
+from components.tools import policy
 
 
 def wg_keypair() -> tuple[str, str]:
@@ -28,31 +27,54 @@ def wg_keypair() -> tuple[str, str]:
 
 
 def openssh_private_key() -> str:
-    return ed25519.Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    ).decode()
+    return (
+        ed25519.Ed25519PrivateKey.generate()
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+        .decode()
+    )
 
 
 # -- resources shaped like the render's resources.json ------------------------------
 
 
 def hcloud_firewall(rules: list[dict], name: str = "fsn-firewall", parent: str = "urn:edge::fsn") -> dict:
-    return {"type": policy.HCLOUD_FIREWALL, "name": name, "urn": f"urn:fw::{name}", "parent": parent, "inputs": {"rules": rules}}
+    return {
+        "type": policy.HCLOUD_FIREWALL,
+        "name": name,
+        "urn": f"urn:fw::{name}",
+        "parent": parent,
+        "inputs": {"rules": rules},
+    }
 
 
 def do_firewall(inbound: list[dict], name: str = "ams-firewall", parent: str = "urn:edge::ams") -> dict:
     # snake_case on purpose: the check must read both spellings
-    return {"type": policy.DO_FIREWALL, "name": name, "urn": f"urn:fw::{name}", "parent": parent,
-            "inputs": {"inbound_rules": inbound, "outbound_rules": [{"protocol": "tcp", "port_range": "all"}]}}
+    return {
+        "type": policy.DO_FIREWALL,
+        "name": name,
+        "urn": f"urn:fw::{name}",
+        "parent": parent,
+        "inputs": {"inbound_rules": inbound, "outbound_rules": [{"protocol": "tcp", "port_range": "all"}]},
+    }
 
 
 def firewalls_as_built(cfg) -> list[dict]:
     """What the program's provider modules pass, from the same rule list."""
     rules = firewall_rules(cfg)
-    hetzner = [{"direction": "in", "protocol": r.protocol, "port": str(r.port) if r.port else None,
-                "sourceIps": list(r.sources), "description": r.description} for r in rules]
-    digitalocean = [{"protocol": r.protocol, "port_range": str(r.port) if r.port else None,
-                     "source_addresses": list(r.sources)} for r in rules]
+    hetzner = [
+        {
+            "direction": "in",
+            "protocol": r.protocol,
+            "port": str(r.port) if r.port else None,
+            "sourceIps": list(r.sources),
+            "description": r.description,
+        }
+        for r in rules
+    ]
+    digitalocean = [
+        {"protocol": r.protocol, "port_range": str(r.port) if r.port else None, "source_addresses": list(r.sources)}
+        for r in rules
+    ]
     return [hcloud_firewall(hetzner), do_firewall(digitalocean)]
 
 
@@ -71,7 +93,9 @@ def test_firewalls_built_from_the_config_pass(fleet_config):
 
 def test_an_extra_tcp_port_is_named_with_its_fix(fleet_config):
     resources = firewalls_as_built(fleet_config)
-    resources[0]["inputs"]["rules"].append({"direction": "in", "protocol": "tcp", "port": "8080", "sourceIps": ["0.0.0.0/0"]})
+    resources[0]["inputs"]["rules"].append(
+        {"direction": "in", "protocol": "tcp", "port": "8080", "sourceIps": ["0.0.0.0/0"]}
+    )
     assert messages(policy.check_ports(fleet_config, resources)) == [
         "[undeclared-port] hcloud:index/firewall:Firewall fsn-firewall: tcp port 8080 is open inbound but no service "
         "declares it; declare a tcp service with port 8080 in cgnat-edge:services or remove the rule "
@@ -88,7 +112,9 @@ def test_udp_and_tcp_are_not_interchangeable(fleet_config):
     assert violation.message.endswith("(declared udp: 2456, 51820)")
 
 
-@pytest.mark.parametrize("port_range, opened", [("all", "every port"), ("1-65535", "ports 1-65535"), (None, "every port")])
+@pytest.mark.parametrize(
+    "port_range, opened", [("all", "every port"), ("1-65535", "ports 1-65535"), (None, "every port")]
+)
 def test_whole_range_rules_fail_once(fleet_config, port_range, opened):
     resources = [do_firewall([{"protocol": "tcp", "port_range": port_range, "source_addresses": ["::/0"]}])]
     [violation] = policy.check_ports(fleet_config, resources)
@@ -103,15 +129,24 @@ def test_a_range_of_declared_ports_passes(raw_config):
         {"name": f"game-{p}", "mode": "udp", "port": p, "target": "192.168.1.30:2456"} for p in (27015, 27016)
     ]
     cfg = parse(raw_config)
-    assert policy.check_ports(cfg, [do_firewall([{"protocol": "udp", "port_range": "27015-27016", "source_addresses": ["0.0.0.0/0"]}])]) == []
-    [violation] = policy.check_ports(cfg, [do_firewall([{"protocol": "udp", "port_range": "27015-27017", "source_addresses": ["0.0.0.0/0"]}])])
+    assert (
+        policy.check_ports(
+            cfg, [do_firewall([{"protocol": "udp", "port_range": "27015-27016", "source_addresses": ["0.0.0.0/0"]}])]
+        )
+        == []
+    )
+    [violation] = policy.check_ports(
+        cfg, [do_firewall([{"protocol": "udp", "port_range": "27015-27017", "source_addresses": ["0.0.0.0/0"]}])]
+    )
     assert "1 of them declared by no service (first: 27017)" in violation.message
 
 
 def test_ssh_open_wider_than_declared_fails(raw_config):
     raw_config["sshAllowedCidrs"] = ["198.51.100.0/24", "2001:db8:1::/48"]
     cfg = parse(raw_config)
-    narrow = [{"direction": "in", "protocol": "tcp", "port": "22", "sourceIps": ["198.51.100.64/26", "2001:db8:1:2::/64"]}]
+    narrow = [
+        {"direction": "in", "protocol": "tcp", "port": "22", "sourceIps": ["198.51.100.64/26", "2001:db8:1:2::/64"]}
+    ]
     assert policy.check_ports(cfg, [hcloud_firewall(narrow)]) == []
     wide = [{"direction": "in", "protocol": "tcp", "port": "22", "sourceIps": ["198.51.100.0/24", "0.0.0.0/0"]}]
     assert messages(policy.check_ports(cfg, [hcloud_firewall(wide)])) == [
@@ -134,8 +169,18 @@ def test_other_protocols_fail_and_icmp_and_outbound_pass(fleet_config):
 
 
 def test_a_machine_without_a_firewall_fails():
-    server = {"type": policy.HCLOUD_SERVER, "name": "fsn-server", "parent": "urn:edge::fsn", "inputs": {"firewallIds": []}}
-    droplet = {"type": policy.DO_DROPLET, "name": "ams-droplet", "parent": "urn:edge::ams", "inputs": {"tags": ["cgnat-edge"]}}
+    server = {
+        "type": policy.HCLOUD_SERVER,
+        "name": "fsn-server",
+        "parent": "urn:edge::fsn",
+        "inputs": {"firewallIds": []},
+    }
+    droplet = {
+        "type": policy.DO_DROPLET,
+        "name": "ams-droplet",
+        "parent": "urn:edge::ams",
+        "inputs": {"tags": ["cgnat-edge"]},
+    }
     assert messages(policy.check_firewalled([server, droplet])) == [
         "[unfirewalled-machine] hcloud:index/server:Server fsn-server: has no Hetzner Cloud firewall; "
         "pass firewall_ids with a firewall built from machine.firewall_rules",
@@ -212,9 +257,14 @@ def test_a_private_key_in_a_plain_resource_input_fails():
 
 def test_ha_on_one_provider_fails_with_the_fix(fleet_config):
     hetzner_only = tuple(
-        dataclasses.replace(e, provider="hetzner", location=catalog.LOCATIONS[("hetzner", "nbg1")],
-                            server_type=catalog.SERVER_TYPES[("hetzner", "cax11")])
-        if e.provider == "digitalocean" else e
+        dataclasses.replace(
+            e,
+            provider="hetzner",
+            location=catalog.LOCATIONS[("hetzner", "nbg1")],
+            server_type=catalog.SERVER_TYPES[("hetzner", "cax11")],
+        )
+        if e.provider == "digitalocean"
+        else e
         for e in fleet_config.edges
     )
     cfg = dataclasses.replace(fleet_config, edges=hetzner_only)
@@ -236,7 +286,7 @@ def test_the_committed_stacks_pass(stack, capsys):
 
 
 def test_main_checks_a_render_folder_and_fails_on_a_leak(tmp_path, capsys):
-    from components import render
+    from components.tools import render
 
     out = tmp_path / "dev"
     render.render(ROOT / "Pulumi.dev.yaml", out)
@@ -248,7 +298,9 @@ def test_main_checks_a_render_folder_and_fails_on_a_leak(tmp_path, capsys):
     (out / "outputs.json").write_text(json.dumps(outputs))
     resources = json.loads((out / "resources.json").read_text())
     firewall = next(r for r in resources if r["type"] == policy.HCLOUD_FIREWALL)
-    firewall["inputs"]["rules"].append({"direction": "in", "protocol": "tcp", "port": "3306", "sourceIps": ["0.0.0.0/0"]})
+    firewall["inputs"]["rules"].append(
+        {"direction": "in", "protocol": "tcp", "port": "3306", "sourceIps": ["0.0.0.0/0"]}
+    )
     (out / "resources.json").write_text(json.dumps(resources))
 
     capsys.readouterr()

@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dns.message
@@ -31,16 +31,15 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from conftest import require_root, require_tool
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from components import config as config_module
-from components import geodns
-from components.geodns import EdgeEndpoint
-
-from conftest import require_root, require_tool
+from components.model import config as config_module
+from components.model.deployed import DeployedEdge
+from components.renderers import geodns
 
 pytestmark = pytest.mark.netns
 
@@ -64,10 +63,13 @@ def _remove_stale_namespaces() -> None:
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for line in listing.splitlines():
         name = line.split()[0] if line.strip() else ""
-        parts = name[len(NETNS_PREFIX):].split("-")
+        parts = name[len(NETNS_PREFIX) :].split("-")
         if not name.startswith(NETNS_PREFIX) or len(parts) != 2 or not parts[0].isdigit():
             continue
-        if not Path(f"/proc/{parts[0]}").exists() and not subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.strip():
+        if (
+            not Path(f"/proc/{parts[0]}").exists()
+            and not subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.strip()
+        ):
             subprocess.run(["ip", "netns", "del", name], check=False)
 
 
@@ -115,8 +117,12 @@ class Namespace:
         sock = in_netns(self.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         sock.setblocking(False)  # dnspython applies its timeout only to non-blocking sockets
         with sock:
-            response = dns.query.udp(dns.message.make_query(qname, rdtype), DNS_ADDRESS, port=DNS_PORT, timeout=timeout, sock=sock)
-        answers = sorted(r.to_text() for rrset in response.answer if rrset.rdtype == dns.rdatatype.from_text(rdtype) for r in rrset)
+            response = dns.query.udp(
+                dns.message.make_query(qname, rdtype), DNS_ADDRESS, port=DNS_PORT, timeout=timeout, sock=sock
+            )
+        answers = sorted(
+            r.to_text() for rrset in response.answer if rrset.rdtype == dns.rdatatype.from_text(rdtype) for r in rrset
+        )
         return dns.rcode.to_text(response.rcode()), answers
 
 
@@ -141,17 +147,19 @@ def netns():
 def fleet(raw_config):
     """The example services on one edge in Germany and one in the Netherlands."""
     raw = copy.deepcopy(raw_config)
-    raw["edges"] = [{"name": "fsn", "provider": "hetzner", "location": "fsn1"}, {"name": "ams", "provider": "digitalocean", "location": "ams3"}]
+    raw["edges"] = [
+        {"name": "fsn", "provider": "hetzner", "location": "fsn1"},
+        {"name": "ams", "provider": "digitalocean", "location": "ams3"},
+    ]
     cfg = config_module.parse(raw, stack="dev")
-    endpoints = [EdgeEndpoint(e.name, e, *EDGES[e.name]) for e in cfg.edges]
+    endpoints = [DeployedEdge(e, *EDGES[e.name]) for e in cfg.edges]
     return cfg, geodns.policy(cfg, endpoints)
 
 
 def zone_text(cfg, lua_lines: str) -> str:
     return (
         f"$ORIGIN {cfg.dns.zone}.\n$TTL 3600\n"
-        f"@ IN SOA ns1 hostmaster 1 3600 600 604800 60\n@ IN NS ns1\nns1 IN A 192.0.2.53\n"
-        + lua_lines
+        f"@ IN SOA ns1 hostmaster 1 3600 600 604800 60\n@ IN NS ns1\nns1 IN A 192.0.2.53\n" + lua_lines
     )
 
 
@@ -166,14 +174,31 @@ def pdns(netns, fleet, raw_config, tmp_path: Path):
     log = (tmp_path / "pdns.log").open("w")
     proc = subprocess.Popen(
         [
-            "ip", "netns", "exec", netns.name, "pdns_server", "--no-config", "--daemon=no", "--guardian=no",
-            "--launch=bind", f"--bind-config={tmp_path / 'named.conf'}", f"--socket-dir={tmp_path}",
-            f"--local-address={DNS_ADDRESS}", f"--local-port={DNS_PORT}",
-            "--enable-lua-records=yes", "--lua-health-checks-interval=1",
-            "--security-poll-suffix=", "--cache-ttl=0", "--query-cache-ttl=0", "--negquery-cache-ttl=0",
-            "--disable-syslog", "--loglevel=6",
+            "ip",
+            "netns",
+            "exec",
+            netns.name,
+            "pdns_server",
+            "--no-config",
+            "--daemon=no",
+            "--guardian=no",
+            "--launch=bind",
+            f"--bind-config={tmp_path / 'named.conf'}",
+            f"--socket-dir={tmp_path}",
+            f"--local-address={DNS_ADDRESS}",
+            f"--local-port={DNS_PORT}",
+            "--enable-lua-records=yes",
+            "--lua-health-checks-interval=1",
+            "--security-poll-suffix=",
+            "--cache-ttl=0",
+            "--query-cache-ttl=0",
+            "--negquery-cache-ttl=0",
+            "--disable-syslog",
+            "--loglevel=6",
         ],
-        stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent,
     )
     try:
         deadline = time.monotonic() + 15
@@ -202,8 +227,15 @@ def many_edges_lines(raw_config) -> str:
     raw = copy.deepcopy(raw_config)
     raw.update(edges=[{"name": f"e{i}", "provider": "digitalocean", "location": "fra1"} for i in range(8)], ha=False)
     big = config_module.parse(raw, stack="dev")
-    endpoints = [EdgeEndpoint(e.name, e, f"198.51.100.{100 + i}", f"2001:db8:aaaa:bbbb:cccc:dddd:eeee:{i + 1:x}") for i, e in enumerate(big.edges)]
-    records = [dict(r, hostname=f"many.{big.dns.zone}") for r in geodns.policy(big, endpoints) if r["hostname"] == f"blog.{big.dns.zone}"]
+    endpoints = [
+        DeployedEdge(e, f"198.51.100.{100 + i}", f"2001:db8:aaaa:bbbb:cccc:dddd:eeee:{i + 1:x}")
+        for i, e in enumerate(big.edges)
+    ]
+    records = [
+        dict(r, hostname=f"many.{big.dns.zone}")
+        for r in geodns.policy(big, endpoints)
+        if r["hostname"] == f"blog.{big.dns.zone}"
+    ]
     lines = [l for l in geodns.powerdns_lua(records, big).splitlines() if not l.startswith(";")]
     assert any('" "' in l for l in lines), "expected a record split into several strings"
     return "\n".join(lines) + "\n"
@@ -244,16 +276,23 @@ def wait_for(netns: Namespace, qname: str, rdtype: str, expected: list[str], tim
 def self_signed(tmp_path: Path, hostname: str) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(hours=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     key_path.chmod(0o600)
     return cert_path, key_path
 
@@ -344,7 +383,10 @@ def test_ifurlup_checks_the_health_path(pdns, tmp_path):
     netns, cfg, log = pdns
     fsn4, ams4 = EDGES["fsn"][0], EDGES["ams"][0]
     # Both edges accept TLS on 443, but only fsn's home answers /status.php with 200.
-    with https_edge(netns, fsn4, 200, tmp_path, "cloud.example.org") as fsn, https_edge(netns, ams4, 503, tmp_path, "cloud.example.org"):
+    with (
+        https_edge(netns, fsn4, 200, tmp_path, "cloud.example.org") as fsn,
+        https_edge(netns, ams4, 503, tmp_path, "cloud.example.org"),
+    ):
         assert wait_for(netns, "cloud.example.org", "A", [fsn4]) == [fsn4]
         # The port check alone would accept both: blog answers with either.
         assert set(picks(netns, "blog.example.org", 60)) == {fsn4, ams4}

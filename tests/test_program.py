@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from components import offline
-from components.config import ConfigError
+from components.model.config import ConfigError
+from components.tools import offline
 from tests.conftest import ROOT, stack_raw
 
 STACK = ROOT / "Pulumi.dev.yaml"
@@ -59,7 +59,11 @@ def test_every_resource_is_parented_to_a_component(run):
             continue
         assert r.parent in by_urn, f"{r.type} {r.name} is not under a component"
         assert by_urn[r.parent].type.startswith("cgnat-edge:index:")
-    per_edge = {r.name: by_urn[r.parent].name for r in run.resources if by_urn.get(r.parent, fleet).type == "cgnat-edge:index:EdgeNode"}
+    per_edge = {
+        r.name: by_urn[r.parent].name
+        for r in run.resources
+        if by_urn.get(r.parent, fleet).type == "cgnat-edge:index:EdgeNode"
+    }
     assert per_edge["fsn-server"] == "fsn" and per_edge["ams-droplet"] == "ams"
     assert per_edge["fsn-wireguard-key"] == "fsn" and per_edge["ams-config"] == "ams"
 
@@ -68,10 +72,21 @@ def test_hetzner_server_is_arm64_on_persistent_addresses(run):
     server = run.one("hcloud:index/server:Server", "fsn-server")
     ips = {r.name: r for r in run.by_type("hcloud:index/primaryIp:PrimaryIp")}
     inputs = offline.reveal(server.inputs)
-    assert (inputs["name"], inputs["serverType"], inputs["image"], inputs["location"]) == ("cgnat-edge-dev-fsn", "cax11", "debian-12", "fsn1")
-    assert inputs["publicNets"] == [{"ipv4Enabled": True, "ipv4": int(ips["fsn-ipv4"].id), "ipv6Enabled": True, "ipv6": int(ips["fsn-ipv6"].id)}]
+    assert (inputs["name"], inputs["serverType"], inputs["image"], inputs["location"]) == (
+        "cgnat-edge-dev-fsn",
+        "cax11",
+        "debian-12",
+        "fsn1",
+    )
+    assert inputs["publicNets"] == [
+        {"ipv4Enabled": True, "ipv4": int(ips["fsn-ipv4"].id), "ipv6Enabled": True, "ipv6": int(ips["fsn-ipv6"].id)}
+    ]
     for ip in ips.values():
-        assert ip.inputs["autoDelete"] is False and ip.inputs["assigneeType"] == "server" and ip.inputs["location"] == "fsn1"
+        assert (
+            ip.inputs["autoDelete"] is False
+            and ip.inputs["assigneeType"] == "server"
+            and ip.inputs["location"] == "fsn1"
+        )
     assert sorted(server.ignore_changes) == ["sshKeys", "userData"]
     assert inputs["labels"] == {"app": "cgnat-edge", "stack": "dev", "edge": "fsn"}
     assert inputs["userData"].startswith("#cloud-config")
@@ -80,7 +95,12 @@ def test_hetzner_server_is_arm64_on_persistent_addresses(run):
 
 def test_digitalocean_droplet_keeps_its_reserved_ip(run):
     droplet = offline.reveal(run.one("digitalocean:index/droplet:Droplet", "ams-droplet").inputs)
-    assert (droplet["name"], droplet["size"], droplet["region"], droplet["image"]) == ("cgnat-edge-dev-ams", "s-1vcpu-1gb", "ams3", "debian-12-x64")
+    assert (droplet["name"], droplet["size"], droplet["region"], droplet["image"]) == (
+        "cgnat-edge-dev-ams",
+        "s-1vcpu-1gb",
+        "ams3",
+        "debian-12-x64",
+    )
     assert droplet["ipv6"] is True
     assignment = run.one("digitalocean:index/reservedIpAssignment:ReservedIpAssignment", "ams-reserved-ip-assignment")
     reserved = run.one("digitalocean:index/reservedIp:ReservedIp", "ams-reserved-ip")
@@ -92,8 +112,18 @@ def test_digitalocean_droplet_keeps_its_reserved_ip(run):
 def test_provider_firewalls_mirror_declared_ports(run):
     hz = run.one("hcloud:index/firewall:Firewall", "fsn-firewall").inputs["rules"]
     opened = sorted((r["protocol"], r.get("port")) for r in hz)
-    assert opened == sorted([("tcp", "22"), ("tcp", "80"), ("tcp", "443"), ("tcp", "2222"), ("tcp", "25565"),
-                             ("udp", "2456"), ("udp", "51820"), ("icmp", None)])
+    assert opened == sorted(
+        [
+            ("tcp", "22"),
+            ("tcp", "80"),
+            ("tcp", "443"),
+            ("tcp", "2222"),
+            ("tcp", "25565"),
+            ("udp", "2456"),
+            ("udp", "51820"),
+            ("icmp", None),
+        ]
+    )
     do = run.one("digitalocean:index/firewall:Firewall", "ams-firewall").inputs
     assert sorted((r["protocol"], r.get("portRange")) for r in do["inboundRules"]) == opened
     assert {r["protocol"] for r in do["outboundRules"]} == {"tcp", "udp", "icmp"}
@@ -152,7 +182,10 @@ def test_same_state_gives_identical_inputs(run):
 def _replacement_inputs(run: offline.Run) -> dict:
     out = {}
     for r in run.resources:
-        if r.type in SERVER_TYPES or r.type in ("hcloud:index/primaryIp:PrimaryIp", "digitalocean:index/reservedIp:ReservedIp"):
+        if r.type in SERVER_TYPES or r.type in (
+            "hcloud:index/primaryIp:PrimaryIp",
+            "digitalocean:index/reservedIp:ReservedIp",
+        ):
             out[r.name] = {k: v for k, v in offline.reveal(r.inputs).items() if k not in r.ignore_changes}
     return out
 
@@ -161,7 +194,9 @@ def test_service_change_touches_no_server_argument(run):
     changed = offline.run_program(
         STACK,
         state=offline.key_state(run),
-        config_overrides={"services": _services_with({"name": "dns", "mode": "udp", "port": 5353, "target": "192.168.1.53:53"})},
+        config_overrides={
+            "services": _services_with({"name": "dns", "mode": "udp", "port": 5353, "target": "192.168.1.53:53"})
+        },
     )
     assert _replacement_inputs(changed) == _replacement_inputs(run)
     # ... and the change reaches the running nodes through the config push instead.
@@ -191,7 +226,9 @@ def test_bad_config_registers_nothing():
     from pulumi.runtime import settings
 
     with pytest.raises(ConfigError, match=r"cgnat-edge:edges\[0\].provider"):
-        offline.run_program(STACK, config_overrides={"edges": [{"name": "x", "provider": "aws", "location": "us-east-1"}]})
+        offline.run_program(
+            STACK, config_overrides={"edges": [{"name": "x", "provider": "aws", "location": "us-east-1"}]}
+        )
     assert settings.get_monitor().registrations == []
 
 
@@ -208,7 +245,7 @@ def test_prod_stack_manages_round_robin_records_in_the_hetzner_zone():
 
 
 def test_ssh_private_key_reaches_the_ssh_steps_only_as_a_secret():
-    from components.ssh_host_key import generate_host_key
+    from components.model.keys import generate_host_key
 
     key = generate_host_key()[0]  # made at test time: no key material in the repository
     run = offline.run_program(STACK, config_overrides={"sshPrivateKey": key})

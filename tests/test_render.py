@@ -7,7 +7,7 @@ import stat
 
 import yaml
 
-from components import cli
+from components.tools import cli
 from tests.conftest import ROOT
 
 
@@ -25,7 +25,13 @@ def test_render_writes_every_artifact(tmp_path, capsys):
             assert (out / "nodes" / edge / "files" / path.lstrip("/")).is_file(), path
         wg = (out / "nodes" / edge / "files/etc/wireguard/wg0.conf").read_text()
         assert "ListenPort = 51820" in wg and "PrivateKey = " in wg
-    assert {p.name for p in (out / "home").iterdir()} == {"wg-fsn.conf", "wg-ams.conf", "openwrt.uci", "routeros.rsc", "home.json"}
+    assert {p.name for p in (out / "home").iterdir()} == {
+        "wg-fsn.conf",
+        "wg-ams.conf",
+        "openwrt.uci",
+        "routeros.rsc",
+        "home.json",
+    }
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (out / "home").iterdir())
     assert "IN A" in (out / "dns" / "zone-fragment.db").read_text()
 
@@ -62,11 +68,16 @@ def test_bad_stack_exits_with_the_config_message(tmp_path, capsys):
 
 
 def test_compressed_files_are_rendered_as_the_edge_writes_them(tmp_path):
-    from components import offline, render
+    from components.tools import offline, render
     from tests.conftest import stack_raw
 
-    services = [{"name": f"svc{i}", "mode": "tcp", "port": 10000 + i, "target": f"192.168.1.{i % 250 + 1}:{20000 + i}"} for i in range(150)]
-    run = offline.run_program(ROOT / "Pulumi.dev.yaml", config_overrides={"services": stack_raw()["services"] + services})
+    services = [
+        {"name": f"svc{i}", "mode": "tcp", "port": 10000 + i, "target": f"192.168.1.{i % 250 + 1}:{20000 + i}"}
+        for i in range(150)
+    ]
+    run = offline.run_program(
+        ROOT / "Pulumi.dev.yaml", config_overrides={"services": stack_raw()["services"] + services}
+    )
     render.write(run, tmp_path)
     doc = yaml.safe_load((tmp_path / "nodes/fsn/user-data.yaml").read_text())
     assert any(e.get("encoding") == "gz+b64" for e in doc["write_files"])

@@ -8,9 +8,10 @@ import subprocess
 import pytest
 import yaml
 
-from components import bootstrap
-from components.netns import Lab, wait_for
-from components.ssh_host_key import SshHostKeyProvider, generate_host_key
+from components.lab.netns import Lab, wait_for
+from components.model.keys import generate_host_key
+from components.renderers import bootstrap
+from components.resources.keys import SshHostKeyProvider
 from tests.conftest import require_root, require_tool
 
 
@@ -67,13 +68,31 @@ def test_client_pinning_the_key_connects_and_rejects_an_impostor(lab, tmp_path):
     def connect(known_host_key: str) -> subprocess.CompletedProcess:
         (tmp_path / "known_hosts").write_text(f"[203.0.113.2]:2222 {known_host_key}\n")
         return operator.run(
-            "ssh", "-F", "/dev/null", "-p", "2222", "-i", str(tmp_path / "user"),
-            "-o", f"UserKnownHostsFile={tmp_path}/known_hosts", "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "root@203.0.113.2", "echo pinned-ok",
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            "2222",
+            "-i",
+            str(tmp_path / "user"),
+            "-o",
+            f"UserKnownHostsFile={tmp_path}/known_hosts",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=3",
+            "root@203.0.113.2",
+            "echo pinned-ok",
             check=False,
         )
 
-    done = wait_for(lambda: (r := connect(host_public)).returncode == 0 and r, timeout=15, message="sshd to accept the pinned client")
+    done = wait_for(
+        lambda: (r := connect(host_public)).returncode == 0 and r,
+        timeout=15,
+        message="sshd to accept the pinned client",
+    )
     assert done.stdout.strip() == "pinned-ok"
     impostor = connect(generate_host_key()[1])
     assert impostor.returncode != 0 and "Host key verification failed" in impostor.stderr

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, require_root, require_tool
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from components import config as config_module
-from components import traefik
-from conftest import ROOT, require_root, require_tool
+from components.model import config as config_module
+from components.renderers import traefik
 
 TRAEFIK = Path(sys.executable).parent / "traefik"
 EDGE = "203.0.113.1"
@@ -250,17 +250,23 @@ def _wait_for(check, what: str, timeout: float = 20) -> None:
 def _self_signed(hostname: str, directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "test.crt", directory / "test.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -282,7 +288,9 @@ def running(edge_ns, tmp_path_factory):
     # ACME cannot succeed in a closed namespace; a test certificate stands in for the
     # one Let's Encrypt would issue, so the TLS-terminating router can be exercised.
     cert, key = _self_signed("blog.example.org", work)
-    (dynamic_dir / "test-certificate.yaml").write_text(yaml.safe_dump({"tls": {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}}))
+    (dynamic_dir / "test-certificate.yaml").write_text(
+        yaml.safe_dump({"tls": {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}})
+    )
 
     for port in (8080, 8081):
         edge_ns.start(sys.executable, "-c", ECHO_HTTP, HOME, str(port))
@@ -293,7 +301,10 @@ def running(edge_ns, tmp_path_factory):
     log = log_path.open("w")
     proc = edge_ns.start(str(TRAEFIK), f"--configFile={work / 'traefik.yaml'}", stdout=log, stderr=subprocess.STDOUT)
     ping = f"http://{traefik.PING_ADDRESS}/ping"
-    _wait_for(lambda: proc.poll() is not None or edge_ns.run("curl", "-fsS", "--max-time", "1", ping).returncode == 0, "Traefik's ping")
+    _wait_for(
+        lambda: proc.poll() is not None or edge_ns.run("curl", "-fsS", "--max-time", "1", ping).returncode == 0,
+        "Traefik's ping",
+    )
     assert proc.poll() is None, log_path.read_text()
     time.sleep(1)  # let the file provider's first configuration settle
     yield {"cfg": cfg, "log": log_path, "proc": proc, "ns": edge_ns}
@@ -329,7 +340,16 @@ def test_passthrough_hands_the_client_hello_to_home_with_proxy_v2(running):
 
 def test_unknown_sni_never_reaches_home(running):
     ns = running["ns"]
-    receiver = ns.start(sys.executable, "-c", PROXY_V2_RECEIVER.replace("srv.settimeout(15)", "srv.settimeout(4)"), HOME, "8443", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    receiver = ns.start(
+        sys.executable,
+        "-c",
+        PROXY_V2_RECEIVER.replace("srv.settimeout(15)", "srv.settimeout(4)"),
+        HOME,
+        "8443",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert receiver.stdout.readline().strip() == "ready"
     ns.python(TLS_CLIENT, EDGE, CLIENT, "unknown.example.org")
     receiver.wait(timeout=10)
@@ -356,14 +376,36 @@ def test_raw_tcp_and_udp_are_forwarded(running):
 
 def test_port_80_redirects_and_forwards_home_acme_challenges(running):
     ns = running["ns"]
-    redirect = ns.run("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H", "Host: blog.example.org", f"http://{EDGE}/some/page")
+    redirect = ns.run(
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "-H",
+        "Host: blog.example.org",
+        f"http://{EDGE}/some/page",
+    )
     assert redirect.stdout == "301 https://blog.example.org/some/page"
-    challenge = ns.run("curl", "-fsS", "-H", "Host: photos.example.org", f"http://{EDGE}/.well-known/acme-challenge/token123")
+    challenge = ns.run(
+        "curl", "-fsS", "-H", "Host: photos.example.org", f"http://{EDGE}/.well-known/acme-challenge/token123"
+    )
     assert challenge.returncode == 0, challenge.stderr
     body = json.loads(challenge.stdout)
     assert (body["port"], body["path"]) == (8080, "/.well-known/acme-challenge/token123")
     # Challenges for hostnames that are not passthrough ones are not sent home.
-    other = ns.run("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: blog.example.org", f"http://{EDGE}/.well-known/acme-challenge/x")
+    other = ns.run(
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: blog.example.org",
+        f"http://{EDGE}/.well-known/acme-challenge/x",
+    )
     assert other.stdout != "200"
 
 
@@ -380,7 +422,9 @@ def test_tls_terminating_router_applies_middlewares_and_distrusts_forwarded_head
     assert echoed["port"] == 8081 and echoed["path"] == "/hello"
     # The client's own claim is dropped; home sees the real peer address.
     assert echoed["headers"]["x-forwarded-for"] == CLIENT
-    denied = ns.run(*common, "--interface", DENIED_CLIENT, "-o", "/dev/null", "-w", "%{http_code}", "https://blog.example.org/hello")
+    denied = ns.run(
+        *common, "--interface", DENIED_CLIENT, "-o", "/dev/null", "-w", "%{http_code}", "https://blog.example.org/hello"
+    )
     assert denied.stdout.endswith("404")
 
 
@@ -394,4 +438,3 @@ def test_traefik_logged_no_errors(running):
     assert not unexpected, "\n".join(unexpected)
     assert "Starting provider *file.Provider" in log
     assert running["proc"].poll() is None
-

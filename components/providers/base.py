@@ -5,12 +5,12 @@ added without touching the fleet, DNS or home-config code."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import pulumi
 
-from .config import FleetConfig
+from components.model.config import FleetConfig
 
 
 @dataclass

@@ -9,7 +9,7 @@ that starts with ``flush ruleset``: loading it again is how changes are applied.
 
 from __future__ import annotations
 
-from .config import FleetConfig
+from components.model.config import FleetConfig
 
 PATH = "/etc/nftables.conf"
 TUNNEL_INTERFACE = "wg0"

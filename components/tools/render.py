@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from . import home_files, offline
+from components.tools import home_files, offline
 
 
 def _write(path: Path, text: str, private: bool = False) -> Path:
@@ -71,7 +71,9 @@ def write(run: offline.Run, out: Path, show_secrets: bool = False) -> list[Path]
     lines = [f"{r['type']:<62} {r['name']:<36} {r['parent'].rsplit('::', 1)[-1]}" for r in resources]
     written.append(_write(out / "resources.txt", "\n".join(lines) + "\n"))
     shown = offline.reveal(run.outputs) if show_secrets else offline.masked(run.outputs)
-    written.append(_write(out / "outputs.json", json.dumps(shown, indent=2, sort_keys=True) + "\n", private=show_secrets))
+    written.append(
+        _write(out / "outputs.json", json.dumps(shown, indent=2, sort_keys=True) + "\n", private=show_secrets)
+    )
     written.append(_write(out / "secret_outputs.json", json.dumps(run.secret_outputs()) + "\n"))
 
     for edge, user_data in sorted(_user_data(run).items()):
@@ -85,13 +87,19 @@ def write(run: offline.Run, out: Path, show_secrets: bool = False) -> list[Path]
     written.append(_write(out / "dns" / "records.json", json.dumps(dns["records"], indent=2) + "\n"))
     written.append(_write(out / "dns" / "zone-fragment.db", dns["bind"]))
     written.append(_write(out / "dns" / "powerdns-lua.db", dns["powerdnsLua"]))
-    written.append(_write(out / "dns" / "route53-change-batch.json", json.dumps(dns["route53ChangeBatch"], indent=2) + "\n"))
-    written.append(_write(out / "dns" / "route53-health-checks.json", json.dumps(dns["route53HealthChecks"], indent=2) + "\n"))
+    written.append(
+        _write(out / "dns" / "route53-change-batch.json", json.dumps(dns["route53ChangeBatch"], indent=2) + "\n")
+    )
+    written.append(
+        _write(out / "dns" / "route53-health-checks.json", json.dumps(dns["route53HealthChecks"], indent=2) + "\n")
+    )
 
     written += home_files.write({"homeConfigs": run.output("homeConfigs")}, out / "home", qr=False)
     return written
 
 
-def render(stack_file: Path, out: Path, show_secrets: bool = False, project_file: Path | None = None) -> tuple[offline.Run, list[Path]]:
+def render(
+    stack_file: Path, out: Path, show_secrets: bool = False, project_file: Path | None = None
+) -> tuple[offline.Run, list[Path]]:
     run = offline.run_program(stack_file, project_file=project_file)
     return run, write(run, out, show_secrets)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_digitalocean as do
 
-from .config import EdgeSpec, FleetConfig
-from .machine import USER_DATA_IGNORED, Machine, firewall_rules, server_name
+from components.model.config import EdgeSpec, FleetConfig
+from components.providers.base import USER_DATA_IGNORED, Machine, firewall_rules, server_name
 
 
 def ssh_keys(cfg: FleetConfig, parent: pulumi.Resource) -> list[pulumi.Output[str]]:
@@ -77,11 +77,19 @@ def create_machine(
         # A DigitalOcean firewall without outbound rules blocks all egress, which
         # would break apt, ACME and the WireGuard replies.
         outbound_rules=[
-            do.FirewallOutboundRuleArgs(protocol=protocol, port_range="all" if protocol != "icmp" else None,
-                                        destination_addresses=["0.0.0.0/0", "::/0"])
+            do.FirewallOutboundRuleArgs(
+                protocol=protocol,
+                port_range="all" if protocol != "icmp" else None,
+                destination_addresses=["0.0.0.0/0", "::/0"],
+            )
             for protocol in ("tcp", "udp", "icmp")
         ],
         opts=child,
     )
-    return Machine(server=droplet, server_id=droplet.id, ipv4=reserved.ip_address, ipv6=droplet.ipv6_address,
-                   reachable_after=[droplet, assignment, firewall])
+    return Machine(
+        server=droplet,
+        server_id=droplet.id,
+        ipv4=reserved.ip_address,
+        ipv6=droplet.ipv6_address,
+        reachable_after=[droplet, assignment, firewall],
+    )

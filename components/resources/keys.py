@@ -21,14 +21,13 @@ here also applies to keys made by an older version, and never re-creates them.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from typing import Any
 
 import pulumi
 import pulumi.dynamic
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from components.model.keys import generate_host_key, generate_keypair
 
 
 class WireGuardKeyProvider(pulumi.dynamic.ResourceProvider):
@@ -37,7 +36,12 @@ class WireGuardKeyProvider(pulumi.dynamic.ResourceProvider):
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.CheckResult:
         rotation = news.get("rotation", 0)
         failures = []
-        if isinstance(rotation, bool) or not isinstance(rotation, (int, float)) or int(rotation) != rotation or rotation < 0:
+        if (
+            isinstance(rotation, bool)
+            or not isinstance(rotation, (int, float))
+            or int(rotation) != rotation
+            or rotation < 0
+        ):
             failures.append(pulumi.dynamic.CheckFailure("rotation", f"must be a whole number from 0, got {rotation!r}"))
         return pulumi.dynamic.CheckResult(news, failures)
 
@@ -48,7 +52,9 @@ class WireGuardKeyProvider(pulumi.dynamic.ResourceProvider):
         private, public = self.generate()
         # The id is public state: derive it from the public key, never from the private one.
         key_id = hashlib.sha256(public.encode()).hexdigest()[:16]
-        return pulumi.dynamic.CreateResult(key_id, {"rotation": int(props.get("rotation", 0)), "public_key": public, "private_key": private})
+        return pulumi.dynamic.CreateResult(
+            key_id, {"rotation": int(props.get("rotation", 0)), "public_key": public, "private_key": private}
+        )
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
         # Only ``rotation`` matters; in particular a changed pickled provider (new code)
@@ -59,7 +65,13 @@ class WireGuardKeyProvider(pulumi.dynamic.ResourceProvider):
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
         # Reached only if the engine asks for an in-place update anyway: keep the key.
-        return pulumi.dynamic.UpdateResult({"rotation": int(news.get("rotation", 0)), "public_key": olds["public_key"], "private_key": olds["private_key"]})
+        return pulumi.dynamic.UpdateResult(
+            {
+                "rotation": int(news.get("rotation", 0)),
+                "public_key": olds["public_key"],
+                "private_key": olds["private_key"],
+            }
+        )
 
     def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
         return pulumi.dynamic.ReadResult(id_, props)
@@ -93,18 +105,15 @@ class WireGuardKey(KeyPair, module="cgnat-edge", name="WireGuardKey"):
     provider_class = WireGuardKeyProvider
 
 
-def generate_keypair() -> tuple[str, str]:
-    """A fresh key pair as (private, public), base64 as ``wg`` prints them."""
-    key = X25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(private).decode(), base64.b64encode(public).decode()
+class SshHostKeyProvider(WireGuardKeyProvider):
+    """Same lifecycle as the WireGuard keys (made once, replaced only on rotation)."""
+
+    def generate(self) -> tuple[str, str]:
+        return generate_host_key()
 
 
-def public_key_of(private_b64: str) -> str:
-    """What ``wg pubkey`` prints for this private key; lets a caller check a pair."""
-    raw = base64.b64decode(private_b64, validate=True)
-    if len(raw) != 32:
-        raise ValueError("a WireGuard private key is 32 bytes, base64-encoded (44 characters)")
-    public = X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(public).decode()
+class SshHostKey(KeyPair, module="cgnat-edge", name="SshHostKey"):
+    """One ed25519 host key pair (OpenSSH formats): cloud-init installs it and the SSH
+    steps pin it, so not even the first push of WireGuard keys can be intercepted."""
+
+    provider_class = SshHostKeyProvider

@@ -14,12 +14,11 @@ import hashlib
 import ipaddress
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
-import pulumi
-
-from . import catalog
+from components.model import catalog
 
 NAMESPACE = "cgnat-edge"
 
@@ -37,17 +36,21 @@ RESERVED_TCP_PORTS = {80: "HTTP (redirect and ACME)", 443: "HTTPS (passthrough a
 _NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _WG_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
-_SSH_KEY_RE = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$")
+_SSH_KEY_RE = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$"
+)
 _HTPASSWD_RE = re.compile(r"^[^:\s]+:\$(2[aby]|apr1|5|6)\$\S+$")
 
 
-class ConfigError(pulumi.RunError):
+class ConfigError(Exception):
     """Raised with every problem found; each line names the key and the fix."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"cgnat-edge: the stack configuration has {len(problems)} problem(s); nothing was created:\n{lines}")
+        super().__init__(
+            f"cgnat-edge: the stack configuration has {len(problems)} problem(s); nothing was created:\n{lines}"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -194,7 +197,11 @@ KEYS: dict[str, tuple[str, Any, str]] = {
     "ha": ("boolean", True, "Require edges on at least two providers."),
     "homePublicKey": ("string", "", "WireGuard public key of the home peer; empty = generate it as a Pulumi secret."),
     "homeLanPrefixes": ("array", [], "Home LAN prefixes that services may target."),
-    "homeRole": ("string", "router", "router: the home peer is the LAN's gateway; host: a LAN box, masquerade into the LAN."),
+    "homeRole": (
+        "string",
+        "router",
+        "router: the home peer is the LAN's gateway; host: a LAN box, masquerade into the LAN.",
+    ),
     "tunnelIpv4Prefix": ("string", "10.254.0.0/24", "IPv4 prefix for the tunnels; split into one /30 per edge."),
     "tunnelIpv6": ("boolean", True, "Also address the tunnels with IPv6 ULA."),
     "tunnelIpv6Prefix": ("string", "", "IPv6 ULA /64 for the tunnels; empty = derived from project and stack."),
@@ -210,7 +217,11 @@ KEYS: dict[str, tuple[str, Any, str]] = {
     "dnsTtl": ("integer", 60, "TTL of the edge records, short so a dead edge drops out fast."),
     "acmeEmail": ("string", "", "Contact e-mail for Let's Encrypt; required when an http service exists."),
     "acmeChallenge": ("string", "tls", "tls (TLS-ALPN-01) or http (HTTP-01) for certificates of http services."),
-    "acmeCaServer": ("string", "https://acme-v02.api.letsencrypt.org/directory", "ACME directory; use the staging one to test."),
+    "acmeCaServer": (
+        "string",
+        "https://acme-v02.api.letsencrypt.org/directory",
+        "ACME directory; use the staging one to test.",
+    ),
 }
 
 
@@ -242,7 +253,10 @@ class _Parser:
         value = self.raw.get(key)
         if value is None or value == "":
             if default is REQUIRED:
-                self.fail(key, f"is required. Set it with `pulumi config set {'--path ' if kind == 'object-array' else ''}{_fix_key(key)} ...` or in Pulumi.<stack>.yaml ({KEYS[key][2]})")
+                self.fail(
+                    key,
+                    f"is required. Set it with `pulumi config set {'--path ' if kind == 'object-array' else ''}{_fix_key(key)} ...` or in Pulumi.<stack>.yaml ({KEYS[key][2]})",
+                )
                 return None
             return default
         return self.coerce(key, kind, value, default)
@@ -265,7 +279,9 @@ class _Parser:
             return default
         if kind in ("array", "object-array"):
             if not isinstance(value, list):
-                self.fail(key, f"must be a list, got {type(value).__name__}; write it as a YAML list under {_fix_key(key)}")
+                self.fail(
+                    key, f"must be a list, got {type(value).__name__}; write it as a YAML list under {_fix_key(key)}"
+                )
                 return default if default is not REQUIRED else None
             return value
         if kind in ("string", "secret"):
@@ -280,7 +296,10 @@ class _Parser:
     def unique_name(self, key: str, item: dict, seen: set[str], what: str) -> str | None:
         name = str(item.get("name", ""))
         if not _NAME_RE.match(name):
-            self.fail(f"{key}.name", f"{name!r} is not a valid {what} name; use 1-24 lowercase letters, digits or hyphens, starting with a letter")
+            self.fail(
+                f"{key}.name",
+                f"{name!r} is not a valid {what} name; use 1-24 lowercase letters, digits or hyphens, starting with a letter",
+            )
             return None
         if name in seen:
             self.fail(f"{key}.name", f"{what} name {name!r} is used twice; every {what} needs its own name")
@@ -301,7 +320,12 @@ class _Parser:
             return None
 
     def port(self, key: str, value: Any) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit() or not 1 <= int(value) <= 65535:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, str))
+            or not str(value).isdigit()
+            or not 1 <= int(value) <= 65535
+        ):
             self.fail(key, f"{value!r} is not a port; use a number from 1 to 65535")
             return None
         return int(value)
@@ -310,7 +334,9 @@ class _Parser:
         text = str(value or "")
         match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([0-9.]+):(\d+)", text)
         if not match:
-            self.fail(key, f"{value!r} is not an address:port at home; write it like 192.168.1.10:443 or [fd00::10]:443")
+            self.fail(
+                key, f"{value!r} is not an address:port at home; write it like 192.168.1.10:443 or [fd00::10]:443"
+            )
             return None
         host_text, port_text = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
         try:
@@ -325,10 +351,15 @@ class _Parser:
         name = str(value).strip().rstrip(".").lower()
         labels = name.split(".")
         if len(name) > 253 or len(labels) < 2 or not all(_LABEL_RE.match(l) for l in labels) or labels[-1].isdigit():
-            self.fail(key, f"{value!r} is not a hostname; use a fully qualified name like app.example.org (letters, digits, hyphens)")
+            self.fail(
+                key,
+                f"{value!r} is not a hostname; use a fully qualified name like app.example.org (letters, digits, hyphens)",
+            )
             return None
         if domain and not (name == domain or name.endswith("." + domain)):
-            self.fail(key, f"{name} is outside the domain {domain}; use a name under {domain} or change {_fix_key('domain')}")
+            self.fail(
+                key, f"{name} is outside the domain {domain}; use a name under {domain} or change {_fix_key('domain')}"
+            )
             return None
         return name
 
@@ -340,7 +371,11 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
     for key in raw:
         if key not in KEYS:
             close = difflib.get_close_matches(key, KEYS, n=1)
-            p.fail(key, "is not a known key" + (f"; did you mean {_fix_key(close[0])}?" if close else f"; known keys are {', '.join(KEYS)}"))
+            p.fail(
+                key,
+                "is not a known key"
+                + (f"; did you mean {_fix_key(close[0])}?" if close else f"; known keys are {', '.join(KEYS)}"),
+            )
 
     domain = p.hostname("domain", p.get("domain"), None) if p.get("domain") else None
 
@@ -355,7 +390,10 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
     services = _parse_services(p, p.get("services"), domain, tunnel, home)
 
     if any(s.mode == "http" for s in services) and not acme.email:
-        p.fail("acmeEmail", "is required because an http service terminates TLS on the edges; set an address Let's Encrypt may write to")
+        p.fail(
+            "acmeEmail",
+            "is required because an http service terminates TLS on the edges; set an address Let's Encrypt may write to",
+        )
     if acme.email and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", acme.email):
         p.fail("acmeEmail", f"{acme.email!r} is not an e-mail address")
 
@@ -369,7 +407,9 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
             p.fail("dnsZone", f"{zone} does not contain the domain {domain}; use the zone {domain} is delegated in")
     ttl = p.get("dnsTtl")
     if not 30 <= ttl <= 86400:
-        p.fail("dnsTtl", f"{ttl} is out of range; use 30 to 86400 seconds (short, e.g. 60, so a dead edge drops out fast)")
+        p.fail(
+            "dnsTtl", f"{ttl} is out of range; use 30 to 86400 seconds (short, e.g. 60, so a dead edge drops out fast)"
+        )
 
     ha = p.get("ha")
 
@@ -412,36 +452,56 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
             continue
         provider = str(item.get("provider", ""))
         if provider not in catalog.PROVIDERS:
-            p.fail(f"{key}.provider", f"{provider!r} is not a supported provider; use one of {', '.join(catalog.PROVIDERS)}")
+            p.fail(
+                f"{key}.provider",
+                f"{provider!r} is not a supported provider; use one of {', '.join(catalog.PROVIDERS)}",
+            )
             continue
         info = catalog.PROVIDERS[provider]
         code = str(item.get("location", ""))
         location = catalog.LOCATIONS.get((provider, code))
         if location is None:
-            p.fail(f"{key}.location", f"{code!r} is not a {info.label} location; use one of {', '.join(catalog.locations_of(provider))}")
+            p.fail(
+                f"{key}.location",
+                f"{code!r} is not a {info.label} location; use one of {', '.join(catalog.locations_of(provider))}",
+            )
             continue
         type_name = str(item.get("serverType") or info.default_server_type)
         stype = catalog.SERVER_TYPES.get((provider, type_name))
         if stype is None:
-            p.fail(f"{key}.serverType", f"{type_name!r} is not a known {info.label} server type; use one of {', '.join(catalog.server_types_of(provider))}")
+            p.fail(
+                f"{key}.serverType",
+                f"{type_name!r} is not a known {info.label} server type; use one of {', '.join(catalog.server_types_of(provider))}",
+            )
             continue
         if code not in stype.locations:
             arm = catalog.arm64_types_in(provider, code)
-            offered = [t for t in catalog.server_types_of(provider) if code in catalog.SERVER_TYPES[(provider, t)].locations]
-            fix = (f"use {', '.join(arm)}" if arm else
-                   f"{info.label} has no arm64 type there; set serverType to one offered there ({', '.join(offered)}) "
-                   f"or move the edge to {', '.join(sorted(stype.locations))}")
+            offered = [
+                t for t in catalog.server_types_of(provider) if code in catalog.SERVER_TYPES[(provider, t)].locations
+            ]
+            fix = (
+                f"use {', '.join(arm)}"
+                if arm
+                else f"{info.label} has no arm64 type there; set serverType to one offered there ({', '.join(offered)}) "
+                f"or move the edge to {', '.join(sorted(stype.locations))}"
+            )
             p.fail(f"{key}.serverType", f"{type_name} ({stype.arch}) is not offered in {code}; {fix}")
             continue
         if stype.ram_gb < catalog.MIN_RAM_GB:
-            p.fail(f"{key}.serverType", f"{type_name} has {stype.ram_gb:g} GB RAM, too little for Traefik and unattended upgrades; use at least {catalog.MIN_RAM_GB:g} GB, e.g. {info.default_server_type}")
+            p.fail(
+                f"{key}.serverType",
+                f"{type_name} has {stype.ram_gb:g} GB RAM, too little for Traefik and unattended upgrades; use at least {catalog.MIN_RAM_GB:g} GB, e.g. {info.default_server_type}",
+            )
             continue
         index = item.get("index", i + 1)
         if isinstance(index, bool) or not isinstance(index, int) or index < 1:
             p.fail(f"{key}.index", f"{index!r} must be a whole number from 1; it fixes the edge's tunnel addresses")
             continue
         if index in seen_indexes:
-            p.fail(f"{key}.index", f"index {index} is already used by edge {seen_indexes[index]!r}; give each edge its own index")
+            p.fail(
+                f"{key}.index",
+                f"index {index} is already used by edge {seen_indexes[index]!r}; give each edge its own index",
+            )
             continue
         seen_indexes[index] = name
         edges.append(EdgeSpec(name, provider, location, stype, str(item.get("image") or info.default_image), index))
@@ -461,18 +521,25 @@ def _parse_tunnel(p: _Parser, project: str, stack: str, edge_count: int) -> Tunn
         p.fail("tunnelIpv4Prefix", f"{v4} is not IPv4; use a private IPv4 prefix such as 10.254.0.0/24")
         v4 = ipaddress.ip_network(KEYS["tunnelIpv4Prefix"][1])
     elif v4.subnet_of(CGNAT_RANGE):
-        p.fail("tunnelIpv4Prefix", f"{v4} lies in 100.64.0.0/10, the range your ISP's CGNAT uses on your WAN side; use a private prefix such as 10.254.0.0/24")
+        p.fail(
+            "tunnelIpv4Prefix",
+            f"{v4} lies in 100.64.0.0/10, the range your ISP's CGNAT uses on your WAN side; use a private prefix such as 10.254.0.0/24",
+        )
     elif not v4.is_private:
         p.fail("tunnelIpv4Prefix", f"{v4} is public address space; use a private prefix such as 10.254.0.0/24")
     elif v4.prefixlen > 28:
-        p.fail("tunnelIpv4Prefix", f"{v4} is too small; each edge takes a /30, use at most a /28 (a /24 holds 63 edges)")
+        p.fail(
+            "tunnelIpv4Prefix", f"{v4} is too small; each edge takes a /30, use at most a /28 (a /24 holds 63 edges)"
+        )
 
     v6: ipaddress.IPv6Network | None = None
     if p.get("tunnelIpv6"):
         text = p.get("tunnelIpv6Prefix")
         if text:
             net = p.network("tunnelIpv6Prefix", text)
-            if net is not None and (net.version != 6 or not net.subnet_of(ipaddress.ip_network("fc00::/7")) or net.prefixlen > 64):
+            if net is not None and (
+                net.version != 6 or not net.subnet_of(ipaddress.ip_network("fc00::/7")) or net.prefixlen > 64
+            ):
                 p.fail("tunnelIpv6Prefix", f"{net} must be an IPv6 ULA prefix (fd00::/8) of /64 or shorter")
             elif net is not None:
                 v6 = ipaddress.IPv6Network((net.network_address, 64))
@@ -482,19 +549,31 @@ def _parse_tunnel(p: _Parser, project: str, stack: str, edge_count: int) -> Tunn
     port = p.port("wireguardPort", p.get("wireguardPort")) or 51820
     mtu = p.get("tunnelMtu")
     if not 1280 <= mtu <= 1420:
-        p.fail("tunnelMtu", f"{mtu} is out of range; use 1280 (IPv6 minimum) to 1420 (WireGuard over a clean 1500 path); 1380 suits PPPoE and DS-Lite")
+        p.fail(
+            "tunnelMtu",
+            f"{mtu} is out of range; use 1280 (IPv6 minimum) to 1420 (WireGuard over a clean 1500 path); 1380 suits PPPoE and DS-Lite",
+        )
     keepalive = p.get("keepaliveSeconds")
     if not 10 <= keepalive <= 120:
-        p.fail("keepaliveSeconds", f"{keepalive} is out of range; use 10 to 120 seconds (25 keeps most CGNAT mappings open)")
+        p.fail(
+            "keepaliveSeconds",
+            f"{keepalive} is out of range; use 10 to 120 seconds (25 keeps most CGNAT mappings open)",
+        )
     if edge_count and edge_count > 2 ** (30 - v4.prefixlen) - 1:
-        p.fail("tunnelIpv4Prefix", f"{v4} has room for {2 ** (30 - v4.prefixlen) - 1} edges, not {edge_count}; use a shorter prefix")
+        p.fail(
+            "tunnelIpv4Prefix",
+            f"{v4} has room for {2 ** (30 - v4.prefixlen) - 1} edges, not {edge_count}; use a shorter prefix",
+        )
     return TunnelSpec(v4, v6, port, mtu, keepalive)
 
 
 def _parse_home(p: _Parser) -> HomeSpec:
     key = p.get("homePublicKey") or None
     if key and not _WG_KEY_RE.match(key):
-        p.fail("homePublicKey", "is not a WireGuard public key (44 base64 characters ending in '='); print it at home with `wg pubkey < private.key`")
+        p.fail(
+            "homePublicKey",
+            "is not a WireGuard public key (44 base64 characters ending in '='); print it at home with `wg pubkey < private.key`",
+        )
         key = None
     lans: list[IPNetwork] = []
     for i, text in enumerate(p.get("homeLanPrefixes") or []):
@@ -503,7 +582,10 @@ def _parse_home(p: _Parser) -> HomeSpec:
             lans.append(net)
     role = p.get("homeRole")
     if role not in HOME_ROLES:
-        p.fail("homeRole", f"{role!r} is not supported; use router (the WireGuard peer is the LAN's gateway) or host (a box inside the LAN)")
+        p.fail(
+            "homeRole",
+            f"{role!r} is not supported; use router (the WireGuard peer is the LAN's gateway) or host (a box inside the LAN)",
+        )
     return HomeSpec(key, tuple(lans), role)
 
 
@@ -516,13 +598,20 @@ def _check_tunnel_outside_lan(p: _Parser, tunnel: TunnelSpec, home: HomeSpec) ->
             continue
         if lan.version == 4:
             free = next((c for c in _SPARE_TUNNEL_PREFIXES if not any(c.overlaps(l) for l in home.lan_prefixes)), None)
-            fix = f"set {_fix_key('tunnelIpv4Prefix')} to a prefix outside your LAN" + (f", e.g. `pulumi config set {_fix_key('tunnelIpv4Prefix')} {free}`" if free else "")
+            fix = f"set {_fix_key('tunnelIpv4Prefix')} to a prefix outside your LAN" + (
+                f", e.g. `pulumi config set {_fix_key('tunnelIpv4Prefix')} {free}`" if free else ""
+            )
             p.fail("tunnelIpv4Prefix", f"{tunnel_net} overlaps {_fix_key('homeLanPrefixes')}[{i}] {lan}; {fix}")
         else:
-            p.fail("tunnelIpv6Prefix", f"{tunnel_net} overlaps {_fix_key('homeLanPrefixes')}[{i}] {lan}; set {_fix_key('tunnelIpv6Prefix')} to a ULA /64 outside it, or set {_fix_key('tunnelIpv6')} false")
+            p.fail(
+                "tunnelIpv6Prefix",
+                f"{tunnel_net} overlaps {_fix_key('homeLanPrefixes')}[{i}] {lan}; set {_fix_key('tunnelIpv6Prefix')} to a ULA /64 outside it, or set {_fix_key('tunnelIpv6')} false",
+            )
 
 
-_SPARE_TUNNEL_PREFIXES = tuple(ipaddress.ip_network(t) for t in ("10.254.0.0/24", "10.253.0.0/24", "172.31.254.0/24", "192.168.254.0/24"))
+_SPARE_TUNNEL_PREFIXES = tuple(
+    ipaddress.ip_network(t) for t in ("10.254.0.0/24", "10.253.0.0/24", "172.31.254.0/24", "192.168.254.0/24")
+)
 
 
 def _parse_ssh(p: _Parser) -> SshSpec:
@@ -531,21 +620,29 @@ def _parse_ssh(p: _Parser) -> SshSpec:
         p.fail("sshPublicKeys", "is empty; give at least one public key (the contents of ~/.ssh/id_ed25519.pub)")
     for i, k in enumerate(keys):
         if not isinstance(k, str) or not _SSH_KEY_RE.match(k.strip()):
-            p.fail(f"sshPublicKeys[{i}]", "is not an OpenSSH public key; paste one line such as the contents of ~/.ssh/id_ed25519.pub")
+            p.fail(
+                f"sshPublicKeys[{i}]",
+                "is not an OpenSSH public key; paste one line such as the contents of ~/.ssh/id_ed25519.pub",
+            )
     cidrs = []
     for i, text in enumerate(p.get("sshAllowedCidrs") or []):
         net = p.network(f"sshAllowedCidrs[{i}]", text)
         if net is not None:
             cidrs.append(net)
     if not cidrs:
-        p.fail("sshAllowedCidrs", "allows nobody; pulumi needs SSH to push config, list at least the prefix you run pulumi from")
+        p.fail(
+            "sshAllowedCidrs",
+            "allows nobody; pulumi needs SSH to push config, list at least the prefix you run pulumi from",
+        )
     user = p.get("sshUser")
     if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
         p.fail("sshUser", f"{user!r} is not a user name")
     return SshSpec(tuple(k.strip() for k in keys if isinstance(k, str)), tuple(cidrs), user)
 
 
-def _parse_services(p: _Parser, items: list[Any] | None, domain: str | None, tunnel: TunnelSpec, home: HomeSpec) -> list[ServiceSpec]:
+def _parse_services(
+    p: _Parser, items: list[Any] | None, domain: str | None, tunnel: TunnelSpec, home: HomeSpec
+) -> list[ServiceSpec]:
     services: list[ServiceSpec] = []
     names: set[str] = set()
     hostnames: dict[str, str] = {}
@@ -569,10 +666,15 @@ def _parse_services(p: _Parser, items: list[Any] | None, domain: str | None, tun
             continue
         mode = str(item.get("mode", "passthrough"))
         if mode not in MODES:
-            p.fail(f"{key}.mode", f"{mode!r} is not a mode; use passthrough (TLS ends at home), http (TLS ends on the edge), tcp or udp")
+            p.fail(
+                f"{key}.mode",
+                f"{mode!r} is not a mode; use passthrough (TLS ends at home), http (TLS ends on the edge), tcp or udp",
+            )
             continue
         for k in sorted(set(item) - allowed_fields[mode]):
-            p.fail(f"{key}.{k}", f"is not a field of a {mode} service; allowed: {', '.join(sorted(allowed_fields[mode]))}")
+            p.fail(
+                f"{key}.{k}", f"is not a field of a {mode} service; allowed: {', '.join(sorted(allowed_fields[mode]))}"
+            )
         target = p.target(f"{key}.target", item.get("target"))
         if target is not None:
             _check_reachable(p, f"{key}.target", target, tunnel, home)
@@ -588,13 +690,19 @@ def _parse_services(p: _Parser, items: list[Any] | None, domain: str | None, tun
             if isinstance(raw_hosts, str):
                 raw_hosts = [raw_hosts]
             if not raw_hosts:
-                p.fail(f"{key}.hostnames", f"is required for a {mode} service; list the names visitors use, e.g. [app.{domain or 'example.org'}]")
+                p.fail(
+                    f"{key}.hostnames",
+                    f"is required for a {mode} service; list the names visitors use, e.g. [app.{domain or 'example.org'}]",
+                )
             for j, h in enumerate(raw_hosts or []):
                 host = p.hostname(f"{key}.hostnames[{j}]", h, domain)
                 if host is None:
                     continue
                 if host in hostnames:
-                    p.fail(f"{key}.hostnames[{j}]", f"{host} is already served by service {hostnames[host]!r}; a hostname can belong to one service")
+                    p.fail(
+                        f"{key}.hostnames[{j}]",
+                        f"{host} is already served by service {hostnames[host]!r}; a hostname can belong to one service",
+                    )
                     continue
                 hostnames[host] = name
                 spec_hosts.append(host)
@@ -615,17 +723,26 @@ def _parse_services(p: _Parser, items: list[Any] | None, domain: str | None, tun
         if health is not None and not (isinstance(health, str) and health.startswith("/")):
             p.fail(f"{key}.healthPath", f"{health!r} must be a URL path starting with /")
             health = None
-        middlewares = _parse_middlewares(p, f"{key}.middlewares", item.get("middlewares") or {}) if mode == "http" else Middlewares()
+        middlewares = (
+            _parse_middlewares(p, f"{key}.middlewares", item.get("middlewares") or {})
+            if mode == "http"
+            else Middlewares()
+        )
         if target is None:
             continue
-        services.append(ServiceSpec(name, mode, target, tuple(spec_hosts), port, bool(proxy), http_target, middlewares, health))
+        services.append(
+            ServiceSpec(name, mode, target, tuple(spec_hosts), port, bool(proxy), http_target, middlewares, health)
+        )
     return services
 
 
 def _check_reachable(p: _Parser, key: str, target: Target, tunnel: TunnelSpec, home: HomeSpec) -> None:
     if any(target.host in lan for lan in home.lan_prefixes):
         return
-    p.fail(key, f"{target.host} is not in any of {_fix_key('homeLanPrefixes')} ({', '.join(map(str, home.lan_prefixes)) or 'none set'}); add the home LAN prefix that holds it so the edges route it through the tunnel")
+    p.fail(
+        key,
+        f"{target.host} is not in any of {_fix_key('homeLanPrefixes')} ({', '.join(map(str, home.lan_prefixes)) or 'none set'}); add the home LAN prefix that holds it so the edges route it through the tunnel",
+    )
 
 
 def _parse_middlewares(p: _Parser, key: str, raw: Any) -> Middlewares:
@@ -633,51 +750,35 @@ def _parse_middlewares(p: _Parser, key: str, raw: Any) -> Middlewares:
         p.fail(key, "must be a mapping (rateLimit, ipAllowList, ipDenyList, basicAuth, securityHeaders)")
         return Middlewares()
     for k in sorted(set(raw) - {"rateLimit", "ipAllowList", "ipDenyList", "basicAuth", "securityHeaders"}):
-        p.fail(f"{key}.{k}", "is not a middleware; use rateLimit, ipAllowList, ipDenyList, basicAuth or securityHeaders")
+        p.fail(
+            f"{key}.{k}", "is not a middleware; use rateLimit, ipAllowList, ipDenyList, basicAuth or securityHeaders"
+        )
     rate = None
     if raw.get("rateLimit") is not None:
         rl = raw["rateLimit"]
         avg, burst = (rl.get("average"), rl.get("burst", rl.get("average"))) if isinstance(rl, dict) else (None, None)
         if not (isinstance(avg, int) and isinstance(burst, int) and avg > 0 and burst > 0):
-            p.fail(f"{key}.rateLimit", "needs positive whole numbers: {average: 50, burst: 100} (requests per second per client)")
+            p.fail(
+                f"{key}.rateLimit",
+                "needs positive whole numbers: {average: 50, burst: 100} (requests per second per client)",
+            )
         else:
             rate = RateLimit(avg, burst)
-    allow = tuple(n for j, t in enumerate(raw.get("ipAllowList") or []) if (n := p.network(f"{key}.ipAllowList[{j}]", t)))
+    allow = tuple(
+        n for j, t in enumerate(raw.get("ipAllowList") or []) if (n := p.network(f"{key}.ipAllowList[{j}]", t))
+    )
     deny = tuple(n for j, t in enumerate(raw.get("ipDenyList") or []) if (n := p.network(f"{key}.ipDenyList[{j}]", t)))
     if allow and deny:
         p.fail(key, "ipAllowList and ipDenyList together are ambiguous; use one of them")
     users = raw.get("basicAuth") or []
     for j, u in enumerate(users):
         if not isinstance(u, str) or not _HTPASSWD_RE.match(u):
-            p.fail(f"{key}.basicAuth[{j}]", "must be an htpasswd line user:hash with a bcrypt, apr1 or sha-crypt hash (make one with `htpasswd -nB user`)")
+            p.fail(
+                f"{key}.basicAuth[{j}]",
+                "must be an htpasswd line user:hash with a bcrypt, apr1 or sha-crypt hash (make one with `htpasswd -nB user`)",
+            )
     headers = raw.get("securityHeaders", False)
     if not isinstance(headers, bool):
         p.fail(f"{key}.securityHeaders", "must be true or false")
         headers = False
     return Middlewares(rate, allow, deny, tuple(u for u in users if isinstance(u, str)), headers)
-
-
-def from_pulumi() -> FleetConfig:
-    """Read this project's keys from the running Pulumi program.
-
-    Keys in the namespace that the program does not know are passed on too, so a typo
-    such as ``cgnat-edge:edge`` is reported instead of silently ignored."""
-    from pulumi.runtime import config as runtime_config
-
-    prefix = NAMESPACE + ":"
-    known = {f"{prefix}{key}" for key in KEYS}
-    present = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
-    raw: dict[str, Any] = {}
-    for full_key in sorted(present | known):
-        if not full_key.startswith(prefix) or full_key == f"{prefix}sshPrivateKey":
-            continue
-        value = runtime_config.get_config(full_key)
-        if value is not None:
-            raw[full_key[len(prefix):]] = value
-    return parse(raw, project=pulumi.get_project(), stack=pulumi.get_stack())
-
-
-def ssh_private_key() -> "pulumi.Output[str] | None":
-    """The one secret key, read apart from ``FleetConfig`` so it stays a Pulumi secret
-    (an Output) and never becomes a plain value in the typed config."""
-    return pulumi.Config(NAMESPACE).get_secret("sshPrivateKey")

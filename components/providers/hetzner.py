@@ -5,8 +5,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_hcloud as hcloud
 
-from .config import EdgeSpec, FleetConfig
-from .machine import USER_DATA_IGNORED, Machine, firewall_rules, labels, server_name
+from components.model.config import EdgeSpec, FleetConfig
+from components.providers.base import USER_DATA_IGNORED, Machine, firewall_rules, labels, server_name
 
 
 def ssh_keys(cfg: FleetConfig, parent: pulumi.Resource) -> list[pulumi.Output[str]]:
@@ -83,5 +83,10 @@ def create_machine(
         labels=tags,
         opts=pulumi.ResourceOptions(parent=parent, ignore_changes=USER_DATA_IGNORED),
     )
-    return Machine(server=server, server_id=server.id, ipv4=ips["ipv4"].ip_address, ipv6=server.ipv6_address,
-                   reachable_after=[server])
+    return Machine(
+        server=server,
+        server_id=server.id,
+        ipv4=ips["ipv4"].ip_address,
+        ipv6=server.ipv6_address,
+        reachable_after=[server],
+    )

@@ -85,7 +85,10 @@ def _read_http_request(sock) -> tuple[str, dict[str, str]]:
 
 def _http_response(body: dict) -> bytes:
     payload = json.dumps(body).encode()
-    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(payload),
+        payload,
+    )
 
 
 class _Log:
@@ -118,7 +121,13 @@ def _tcp_server(spec: dict, log: _Log) -> socketserver.BaseServer:
             peer = self.client_address[0]
             try:
                 client = read_proxy_v2(sock) if proxy else peer
-                entry = {"service": spec["service"], "kind": kind, "listener": f"{spec['address']}:{spec['port']}", "peer": peer, "client": client}
+                entry = {
+                    "service": spec["service"],
+                    "kind": kind,
+                    "listener": f"{spec['address']}:{spec['port']}",
+                    "peer": peer,
+                    "client": client,
+                }
                 if kind == "tcp-echo":
                     sock.sendall((json.dumps(entry) + "\n").encode())
                     log.write(entry)
@@ -148,7 +157,12 @@ def _udp_server(spec: dict, log: _Log) -> socketserver.BaseServer:
     class Handler(socketserver.BaseRequestHandler):
         def handle(self):
             data, sock = self.request
-            entry = {"service": spec["service"], "kind": "udp-echo", "peer": self.client_address[0], "client": self.client_address[0]}
+            entry = {
+                "service": spec["service"],
+                "kind": "udp-echo",
+                "peer": self.client_address[0],
+                "client": self.client_address[0],
+            }
             log.write(entry)
             sock.sendto((json.dumps(entry) + "\n").encode() + data, self.client_address)
 
@@ -174,7 +188,6 @@ def serve(spec: dict) -> None:
 # ---------------------------------------------------------------------------
 
 
-
 def _http_get(sock, host: str, path: str) -> tuple[int, bytes, bytes]:
     """One HTTP/1.1 GET on a connected socket: (status, head, body)."""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
@@ -183,6 +196,7 @@ def _http_get(sock, host: str, path: str) -> tuple[int, bytes, bytes]:
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return (int(head.split(b" ")[1]) if head else 0), head, body
+
 
 def _probe_tls(check: dict) -> dict:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -199,7 +213,9 @@ def _probe_tls(check: dict) -> dict:
 def _probe_http(check: dict) -> dict:
     with socket.create_connection((check["edge"], check.get("port", 80)), timeout=check.get("timeout", 5)) as s:
         status, head, body = _http_get(s, check["host"], check.get("path", "/"))
-    location = next((l.split(b":", 1)[1].strip().decode() for l in head.split(b"\r\n") if l.lower().startswith(b"location:")), None)
+    location = next(
+        (l.split(b":", 1)[1].strip().decode() for l in head.split(b"\r\n") if l.lower().startswith(b"location:")), None
+    )
     return {"status": status, "location": location, "body": _json_or_text(body)}
 
 
@@ -228,7 +244,7 @@ def _probe_udp(check: dict) -> dict:
             try:
                 data = s.recv(65536)
                 break
-            except socket.timeout:
+            except TimeoutError:
                 continue
         else:
             raise TimeoutError("no UDP answer")

@@ -9,10 +9,10 @@ import shlex
 import pulumi
 import pulumi_command as command
 
-from . import bootstrap, digitalocean, hetzner, tunnel
-from .config import EdgeSpec, FleetConfig
-from .ssh_host_key import SshHostKey
-from .wireguard_key import WireGuardKey
+from components.model.config import EdgeSpec, FleetConfig
+from components.providers import digitalocean, hetzner
+from components.renderers import bootstrap, tunnel
+from components.resources.keys import SshHostKey, WireGuardKey
 
 PROVIDERS = {"hetzner": hetzner, "digitalocean": digitalocean}
 

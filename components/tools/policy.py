@@ -19,11 +19,13 @@ import ipaddress
 import json
 import re
 import sys
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
-from .config import NAMESPACE, FleetConfig, parse
+from components.model import stack
+from components.model.config import NAMESPACE, FleetConfig
 
 SECRET_MARKER = "[secret]"
 SSH_PORT = 22
@@ -104,7 +106,11 @@ def _inbound_rules(resource: Mapping[str, Any]) -> Iterator[tuple[str, Any, list
         for rule in _get(inputs, "rules") or []:
             if str(_get(rule, "direction") or "in").lower() != "in":
                 continue
-            yield str(_get(rule, "protocol") or "").lower(), _get(rule, "port"), list(_get(rule, "sourceIps", "source_ips") or [])
+            yield (
+                str(_get(rule, "protocol") or "").lower(),
+                _get(rule, "port"),
+                list(_get(rule, "sourceIps", "source_ips") or []),
+            )
     elif resource.get("type") == DO_FIREWALL:
         for rule in _get(inputs, "inboundRules", "inbound_rules") or []:
             yield (
@@ -129,22 +135,28 @@ def check_ports(cfg: FleetConfig, resources: list[dict]) -> list[Violation]:
             if protocol == "icmp":
                 continue  # no ports; path MTU discovery needs it
             if protocol not in ("tcp", "udp"):
-                violations.append(Violation(
-                    "undeclared-port", _subject(resource),
-                    f"inbound protocol {protocol or '(none)'!r} is open, but edges only serve tcp and udp; remove the rule",
-                ))
+                violations.append(
+                    Violation(
+                        "undeclared-port",
+                        _subject(resource),
+                        f"inbound protocol {protocol or '(none)'!r} is open, but edges only serve tcp and udp; remove the rule",
+                    )
+                )
                 continue
             span = _port_span(port)
             allowed = declared[protocol] | ({SSH_PORT} if protocol == "tcp" else set())
             if span == (SSH_PORT, SSH_PORT) and protocol == "tcp":
                 wider = [s for s in _networks(sources) if not _within(s, ssh_sources)]
                 if wider:
-                    violations.append(Violation(
-                        "undeclared-port", _subject(resource),
-                        f"tcp port 22 (SSH) is open to {', '.join(map(str, wider))}, outside "
-                        f"{NAMESPACE}:sshAllowedCidrs ({', '.join(map(str, ssh_sources))}); "
-                        "add the prefix to sshAllowedCidrs or take it out of the rule",
-                    ))
+                    violations.append(
+                        Violation(
+                            "undeclared-port",
+                            _subject(resource),
+                            f"tcp port 22 (SSH) is open to {', '.join(map(str, wider))}, outside "
+                            f"{NAMESPACE}:sshAllowedCidrs ({', '.join(map(str, ssh_sources))}); "
+                            "add the prefix to sshAllowedCidrs or take it out of the rule",
+                        )
+                    )
                 continue
             lo, hi = span if span is not None else (1, 65535)
             undeclared = [p for p in range(lo, hi + 1) if p not in allowed]
@@ -154,13 +166,18 @@ def check_ports(cfg: FleetConfig, resources: list[dict]) -> list[Violation]:
                 what = f"{protocol} port {lo} is open inbound but no service declares it"
                 fix = f"declare a {protocol} service with port {lo} in {NAMESPACE}:services or remove the rule"
             else:
-                what = (f"inbound {protocol} is open on {_describe_span(span)}, {len(undeclared)} of them declared by no "
-                        f"service (first: {', '.join(map(str, undeclared[:3]))})")
+                what = (
+                    f"inbound {protocol} is open on {_describe_span(span)}, {len(undeclared)} of them declared by no "
+                    f"service (first: {', '.join(map(str, undeclared[:3]))})"
+                )
                 fix = "open each declared port on its own instead of a range"
-            violations.append(Violation(
-                "undeclared-port", _subject(resource),
-                f"{what}; {fix} (declared {protocol}: {', '.join(map(str, sorted(allowed))) or 'none'})",
-            ))
+            violations.append(
+                Violation(
+                    "undeclared-port",
+                    _subject(resource),
+                    f"{what}; {fix} (declared {protocol}: {', '.join(map(str, sorted(allowed))) or 'none'})",
+                )
+            )
     return violations
 
 
@@ -185,17 +202,23 @@ def check_firewalled(resources: list[dict]) -> list[Violation]:
         siblings = by_parent.get(r.get("parent") or "", set())
         if r.get("type") == HCLOUD_SERVER:
             if not (_get(inputs, "firewallIds", "firewall_ids") or HCLOUD_FIREWALL in siblings):
-                violations.append(Violation(
-                    "unfirewalled-machine", _subject(r),
-                    "has no Hetzner Cloud firewall; pass firewall_ids with a firewall built from machine.firewall_rules",
-                ))
+                violations.append(
+                    Violation(
+                        "unfirewalled-machine",
+                        _subject(r),
+                        "has no Hetzner Cloud firewall; pass firewall_ids with a firewall built from machine.firewall_rules",
+                    )
+                )
         elif r.get("type") == DO_DROPLET:
             tagged = do_firewall_tags & set(_get(inputs, "tags") or [])
             if not (DO_FIREWALL in siblings or tagged):
-                violations.append(Violation(
-                    "unfirewalled-machine", _subject(r),
-                    "has no DigitalOcean firewall; create a digitalocean.Firewall with its droplet_ids next to it",
-                ))
+                violations.append(
+                    Violation(
+                        "unfirewalled-machine",
+                        _subject(r),
+                        "has no DigitalOcean firewall; create a digitalocean.Firewall with its droplet_ids next to it",
+                    )
+                )
     return violations
 
 
@@ -232,11 +255,14 @@ def check_outputs(outputs: Mapping[str, Any], secret_outputs: set[str]) -> list[
         if name in secret_outputs:
             continue
         for path, what in _key_findings(value, name, _is_private_key_name(name)):
-            violations.append(Violation(
-                "private-key-in-output", f"output {path}",
-                f"holds {what} in a plain stack output, printed by every `pulumi stack output`; "
-                f"wrap it with pulumi.Output.secret(...) or export only the public key",
-            ))
+            violations.append(
+                Violation(
+                    "private-key-in-output",
+                    f"output {path}",
+                    f"holds {what} in a plain stack output, printed by every `pulumi stack output`; "
+                    f"wrap it with pulumi.Output.secret(...) or export only the public key",
+                )
+            )
     return violations
 
 
@@ -245,11 +271,14 @@ def check_inputs(resources: list[dict]) -> list[Violation]:
     violations = []
     for r in resources:
         for path, what in _key_findings(r.get("inputs") or {}, ""):
-            violations.append(Violation(
-                "private-key-in-input", f"{_subject(r)} input {path}",
-                f"holds {what} as a plain input (unencrypted in state, shown in previews); "
-                "pass it as a secret (pulumi.Output.secret or a secret config value)",
-            ))
+            violations.append(
+                Violation(
+                    "private-key-in-input",
+                    f"{_subject(r)} input {path}",
+                    f"holds {what} as a plain input (unencrypted in state, shown in previews); "
+                    "pass it as a secret (pulumi.Output.secret or a secret config value)",
+                )
+            )
     return violations
 
 
@@ -262,15 +291,20 @@ def check_ha(cfg: FleetConfig) -> list[Violation]:
     if cfg.ha and len(cfg.providers) < 2:
         only = cfg.providers[0] if cfg.providers else "no provider"
         other = "digitalocean" if only == "hetzner" else "hetzner"
-        return [Violation(
-            "single-provider-ha", f"{NAMESPACE}:edges",
-            f"{NAMESPACE}:ha is true but every edge is on {only}, so one provider outage takes the "
-            f"whole fleet down; add an edge on {other} or set {NAMESPACE}:ha to false",
-        )]
+        return [
+            Violation(
+                "single-provider-ha",
+                f"{NAMESPACE}:edges",
+                f"{NAMESPACE}:ha is true but every edge is on {only}, so one provider outage takes the "
+                f"whole fleet down; add an edge on {other} or set {NAMESPACE}:ha to false",
+            )
+        ]
     return []
 
 
-def check(cfg: FleetConfig, resources: list[dict], outputs: Mapping[str, Any], secret_outputs: set[str]) -> list[Violation]:
+def check(
+    cfg: FleetConfig, resources: list[dict], outputs: Mapping[str, Any], secret_outputs: set[str]
+) -> list[Violation]:
     """Every rule, in a stable order; an empty list means the stack may be previewed."""
     return (
         check_ha(cfg)
@@ -287,19 +321,9 @@ def check(cfg: FleetConfig, resources: list[dict], outputs: Mapping[str, Any], s
 
 
 def load_config(stack_file: Path) -> FleetConfig:
-    """The stack's config as the program parses it (project defaults, then the stack
-    file); encrypted values are unreadable offline and irrelevant to these rules."""
-    from .offline import stack_config
-
-    import yaml
-
-    stack_file = Path(stack_file)
-    project = yaml.safe_load((stack_file.parent / "Pulumi.yaml").read_text())["name"]
-    values, _secret_keys = stack_config(stack_file)
-    prefix = NAMESPACE + ":"
-    raw = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k != f"{prefix}sshPrivateKey"}
-    stack = stack_file.name.removeprefix("Pulumi.").removesuffix(".yaml")
-    return parse(raw, project=project, stack=stack)
+    """The stack's config as the program parses it; encrypted values are unreadable
+    offline and irrelevant to these rules."""
+    return stack.load(stack_file).parse()
 
 
 def load_render(directory: Path) -> tuple[list[dict], dict, set[str]]:
@@ -328,7 +352,7 @@ def report(violations: list[Violation], what: str, out=None, err=None) -> int:
 
 def main_for_stack(stack_file: Path) -> int:
     """Render the stack offline (mock clouds, no credentials) and check it."""
-    from . import offline, render
+    from components.tools import offline, render
 
     stack_file = Path(stack_file)
     cfg = load_config(stack_file)
@@ -354,7 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"policy: {exc}", file=sys.stderr)
         return 2
-    return report(check(cfg, resources, outputs, secret_outputs), f"{render_dir} ({len(resources)} resources, {len(outputs)} outputs)")
+    return report(
+        check(cfg, resources, outputs, secret_outputs),
+        f"{render_dir} ({len(resources)} resources, {len(outputs)} outputs)",
+    )
 
 
 if __name__ == "__main__":

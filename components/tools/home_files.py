@@ -14,8 +14,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 OUTPUT_KEY = "homeConfigs"
 
@@ -34,16 +35,22 @@ def _load(source: dict | str | os.PathLike) -> dict:
         try:
             source = json.loads(path.read_text())
         except FileNotFoundError:
-            raise HomeConfigError(f"{path} does not exist; render the stack first or pass the output of `pulumi stack output --json --show-secrets`") from None
+            raise HomeConfigError(
+                f"{path} does not exist; render the stack first or pass the output of `pulumi stack output --json --show-secrets`"
+            ) from None
     if not isinstance(source, dict) or OUTPUT_KEY not in source:
-        raise HomeConfigError(f"no {OUTPUT_KEY!r} output found; is this the output of `pulumi stack output --json --show-secrets` after `pulumi up`?")
+        raise HomeConfigError(
+            f"no {OUTPUT_KEY!r} output found; is this the output of `pulumi stack output --json --show-secrets` after `pulumi up`?"
+        )
     configs = source[OUTPUT_KEY]
     if isinstance(configs, str):
         if configs == "[secret]":
             raise HomeConfigError(f"{OUTPUT_KEY} is hidden; {hidden_fix}")
         configs = json.loads(configs)
     if not all(k in configs for k in ("structured", "wgQuick", "openwrt", "routeros")):
-        raise HomeConfigError(f"{OUTPUT_KEY} lacks one of structured, wgQuick, openwrt, routeros; was it made by another version?")
+        raise HomeConfigError(
+            f"{OUTPUT_KEY} lacks one of structured, wgQuick, openwrt, routeros; was it made by another version?"
+        )
     return configs
 
 
@@ -109,11 +116,17 @@ def write(source: dict | str | os.PathLike, out_dir: Path, qr: bool = False) -> 
 
 def run(args: Sequence[str] | None = None) -> int:
     """``cgnat-edge home-config [SOURCE] [--out DIR] [--qr] [--qr-terminal EDGE]``."""
-    parser = argparse.ArgumentParser(prog="cgnat-edge home-config", description="Write the home-side WireGuard configs (mode 0600).")
-    parser.add_argument("source", nargs="?", help="render directory or JSON file; '-' reads stdin; default: ask `pulumi stack output`")
+    parser = argparse.ArgumentParser(
+        prog="cgnat-edge home-config", description="Write the home-side WireGuard configs (mode 0600)."
+    )
+    parser.add_argument(
+        "source", nargs="?", help="render directory or JSON file; '-' reads stdin; default: ask `pulumi stack output`"
+    )
     parser.add_argument("--out", default="home-configs", help="directory to write (created with mode 0700)")
     parser.add_argument("--qr", action="store_true", help="also write a PNG QR code of each wg-quick file")
-    parser.add_argument("--qr-terminal", metavar="EDGE", help="print the wg-quick file of EDGE as a QR code on the terminal")
+    parser.add_argument(
+        "--qr-terminal", metavar="EDGE", help="print the wg-quick file of EDGE as a QR code on the terminal"
+    )
     opts = parser.parse_args(args)
     try:
         if opts.source == "-":
@@ -121,7 +134,9 @@ def run(args: Sequence[str] | None = None) -> int:
         elif opts.source:
             source = opts.source
         else:
-            done = subprocess.run(["pulumi", "stack", "output", "--json", "--show-secrets"], capture_output=True, text=True)
+            done = subprocess.run(
+                ["pulumi", "stack", "output", "--json", "--show-secrets"], capture_output=True, text=True
+            )
             if done.returncode:
                 raise HomeConfigError(f"`pulumi stack output` failed: {done.stderr.strip()}")
             source = json.loads(done.stdout)
@@ -129,7 +144,9 @@ def run(args: Sequence[str] | None = None) -> int:
         if opts.qr_terminal:
             configs = _load(source)
             if opts.qr_terminal not in configs["wgQuick"]:
-                raise HomeConfigError(f"no edge {opts.qr_terminal!r}; edges are {', '.join(sorted(configs['wgQuick']))}")
+                raise HomeConfigError(
+                    f"no edge {opts.qr_terminal!r}; edges are {', '.join(sorted(configs['wgQuick']))}"
+                )
             sys.stdout.write(qr_terminal(configs["wgQuick"][opts.qr_terminal]))
     except HomeConfigError as exc:
         print(f"cgnat-edge home-config: {exc}", file=sys.stderr)

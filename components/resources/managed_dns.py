@@ -14,30 +14,19 @@ resources instead of renaming existing ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pulumi
 import pulumi_digitalocean as digitalocean
 import pulumi_hcloud as hcloud
 
-from . import geodns
-from .config import FleetConfig
+from components.model.config import FleetConfig
+from components.model.deployed import DeployedEdge
+from components.renderers import geodns
 
 TYPE_TOKEN = "cgnat-edge:index:ManagedDns"
 PROVIDERS = ("hetzner", "digitalocean")
-
-
-@dataclass(frozen=True)
-class ManagedEndpoint:
-    """An edge's public addresses as Pulumi knows them while deploying.
-
-    ``ipv6=None`` says the edge has no IPv6 address; this has to be known when the
-    program runs (a record cannot be left out once its value is an Output)."""
-
-    name: str
-    ipv4: pulumi.Input[str]
-    ipv6: pulumi.Input[str] | None = None
 
 
 def relative_name(hostname: str, zone: str) -> str:
@@ -48,16 +37,6 @@ def relative_name(hostname: str, zone: str) -> str:
     if not hostname.endswith("." + zone):
         raise ValueError(f"{hostname} is not inside the zone {zone}")
     return hostname[: -len(zone) - 1]
-
-
-def _endpoints(endpoints: Iterable[ManagedEndpoint | Sequence[Any]]) -> list[ManagedEndpoint]:
-    result = []
-    for item in endpoints:
-        result.append(item if isinstance(item, ManagedEndpoint) else ManagedEndpoint(*item))
-    names = [e.name for e in result]
-    if len(set(names)) != len(names):
-        raise ValueError(f"edge names must be unique, got {names}")
-    return result
 
 
 class ManagedDns(pulumi.ComponentResource):
@@ -71,11 +50,17 @@ class ManagedDns(pulumi.ComponentResource):
     """The record resources, for ``depends_on`` elsewhere (e.g. waiting for DNS
     before asking for certificates)."""
 
-    def __init__(self, name: str, cfg: FleetConfig, endpoints: Iterable[ManagedEndpoint | Sequence[Any]], opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        cfg: FleetConfig,
+        edges: Sequence[DeployedEdge[pulumi.Output[str]]],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__(TYPE_TOKEN, name, None, opts)
         self._name = name
         self._cfg = cfg
-        eps = _endpoints(endpoints)
+        eps = list(edges)
         self.record_resources = []
         child = pulumi.ResourceOptions(parent=self)
         summaries: list[pulumi.Output[dict[str, Any]]] = []
@@ -93,7 +78,13 @@ class ManagedDns(pulumi.ComponentResource):
                         self._digitalocean(hostname, rel, rtype, family, child)
                     summaries.append(
                         pulumi.Output.all(*[value for _, value in family]).apply(
-                            lambda values, h=hostname, r=rel, t=rtype: {"hostname": h, "name": r, "type": t, "ttl": cfg.dns.ttl, "values": list(values)}
+                            lambda values, h=hostname, r=rel, t=rtype: {
+                                "hostname": h,
+                                "name": r,
+                                "type": t,
+                                "ttl": cfg.dns.ttl,
+                                "values": list(values),
+                            }
                         )
                     )
         self.records = pulumi.Output.all(*summaries).apply(list) if summaries else pulumi.Output.from_input([])
@@ -102,29 +93,49 @@ class ManagedDns(pulumi.ComponentResource):
     def _resource_name(self, hostname: str, rtype: str, edge: str | None = None) -> str:
         return "-".join(part for part in (self._name, hostname, rtype.lower(), edge) if part)
 
-    def _hetzner(self, hostname: str, rel: str, rtype: str, family: list[tuple[str, pulumi.Input[str]]], opts: pulumi.ResourceOptions) -> None:
+    def _hetzner(
+        self,
+        hostname: str,
+        rel: str,
+        rtype: str,
+        family: list[tuple[str, pulumi.Input[str]]],
+        opts: pulumi.ResourceOptions,
+    ) -> None:
         """One RRSet per name and type (the Cloud API's unit), a record per edge;
         adding an edge updates the RRSet in place."""
-        self.record_resources.append(hcloud.ZoneRrset(
-            self._resource_name(hostname, rtype),
-            zone=self._cfg.dns.zone,
-            name=rel,
-            type=rtype,
-            ttl=self._cfg.dns.ttl,
-            records=[hcloud.ZoneRrsetRecordArgs(value=value, comment=f"cgnat-edge {edge}") for edge, value in family],
-            labels={"managed-by": "cgnat-edge", "stack": self._cfg.stack},
-            opts=opts,
-        ))
-
-    def _digitalocean(self, hostname: str, rel: str, rtype: str, family: list[tuple[str, pulumi.Input[str]]], opts: pulumi.ResourceOptions) -> None:
-        """DigitalOcean keeps one record per value, so one resource per edge."""
-        for edge, value in family:
-            self.record_resources.append(digitalocean.DnsRecord(
-                self._resource_name(hostname, rtype, edge),
-                domain=self._cfg.dns.zone,
+        self.record_resources.append(
+            hcloud.ZoneRrset(
+                self._resource_name(hostname, rtype),
+                zone=self._cfg.dns.zone,
                 name=rel,
                 type=rtype,
-                value=value,
                 ttl=self._cfg.dns.ttl,
+                records=[
+                    hcloud.ZoneRrsetRecordArgs(value=value, comment=f"cgnat-edge {edge}") for edge, value in family
+                ],
+                labels={"managed-by": "cgnat-edge", "stack": self._cfg.stack},
                 opts=opts,
-            ))
+            )
+        )
+
+    def _digitalocean(
+        self,
+        hostname: str,
+        rel: str,
+        rtype: str,
+        family: list[tuple[str, pulumi.Input[str]]],
+        opts: pulumi.ResourceOptions,
+    ) -> None:
+        """DigitalOcean keeps one record per value, so one resource per edge."""
+        for edge, value in family:
+            self.record_resources.append(
+                digitalocean.DnsRecord(
+                    self._resource_name(hostname, rtype, edge),
+                    domain=self._cfg.dns.zone,
+                    name=rel,
+                    type=rtype,
+                    value=value,
+                    ttl=self._cfg.dns.ttl,
+                    opts=opts,
+                )
+            )

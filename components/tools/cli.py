@@ -6,13 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import ConfigError
+from components.model.config import ConfigError
 
 
 def _stack_file(args: argparse.Namespace) -> Path:
     path = Path(args.stack_file) if args.stack_file else Path(args.project_dir) / f"Pulumi.{args.stack}.yaml"
     if not path.is_file():
-        raise SystemExit(f"cgnat-edge: no stack file {path}; pass --stack NAME (reads Pulumi.NAME.yaml) or --stack-file PATH")
+        raise SystemExit(
+            f"cgnat-edge: no stack file {path}; pass --stack NAME (reads Pulumi.NAME.yaml) or --stack-file PATH"
+        )
     if not (path.parent / "Pulumi.yaml").is_file():
         raise SystemExit(f"cgnat-edge: {path.parent} has no Pulumi.yaml; run from the project folder")
     return path
@@ -25,7 +27,7 @@ def _add_stack_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from . import render
+    from components.tools import render
 
     stack_file = _stack_file(args)
     out = Path(args.out or f"build/{stack_file.name.removeprefix('Pulumi.').removesuffix('.yaml')}")
@@ -38,13 +40,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    from . import policy
+    from components.tools import policy
 
     return policy.main_for_stack(_stack_file(args))
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from . import lab
+    from components.lab import edge_lab as lab
 
     try:
         ok, report = lab.run(_stack_file(args))
@@ -52,7 +54,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
         print(f"cgnat-edge lab: {exc}", file=sys.stderr)
         return 1
     print(report)
-    print("lab: every service answered through every edge" if ok else "lab: FAILED, see the rows marked FAIL", file=sys.stderr)
+    print(
+        "lab: every service answered through every edge" if ok else "lab: FAILED, see the rows marked FAIL",
+        file=sys.stderr,
+    )
     return 0 if ok else 1
 
 
@@ -73,13 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_stack_args(p)
     p.set_defaults(func=cmd_policy)
 
-    p = sub.add_parser("lab", help="(root) boot the stack's rendered configs in network namespaces and send traffic through every edge")
+    p = sub.add_parser(
+        "lab", help="(root) boot the stack's rendered configs in network namespaces and send traffic through every edge"
+    )
     _add_stack_args(p)
     p.set_defaults(func=cmd_lab)
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["home-config"]:
-        from . import home_files
+        from components.tools import home_files
 
         return home_files.run(argv[1:])
     args = parser.parse_args(argv)

@@ -34,10 +34,11 @@ import hashlib
 import ipaddress
 import math
 import urllib.parse
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from .config import EdgeSpec, FleetConfig, ServiceSpec
+from components.model.config import FleetConfig, ServiceSpec
+from components.model.deployed import DeployedEdge
 
 PORT_SERVICES_LABEL = "edge"
 """``<label>.<domain>`` is the name for tcp/udp services (see the module docstring)."""
@@ -60,19 +61,6 @@ as nyc1 and nyc3), so a continent gets all of them rather than an arbitrary one.
 
 EARTH_RADIUS_KM = 6371.0
 
-@dataclass(frozen=True)
-class EdgeEndpoint:
-    """An edge as DNS sees it: where it is (from its spec) and its public addresses."""
-
-    name: str
-    edge: EdgeSpec
-    ipv4: str
-    ipv6: str | None = None
-
-    def address(self, rtype: str) -> str | None:
-        return self.ipv4 if rtype == "A" else self.ipv6
-
-
 # ---------------------------------------------------------------------------
 # Policy
 # ---------------------------------------------------------------------------
@@ -85,9 +73,12 @@ def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
 
 
-def nearest(point: tuple[float, float], endpoints: Iterable[EdgeEndpoint]) -> list[EdgeEndpoint]:
+def nearest(point: tuple[float, float], endpoints: Iterable[DeployedEdge[str]]) -> list[DeployedEdge[str]]:
     """The endpoint(s) nearest to ``point``; ties within ``TIE_KM`` all count."""
-    ranked = sorted(((distance_km(point, (e.edge.location.latitude, e.edge.location.longitude)), e) for e in endpoints), key=lambda pair: pair[0])
+    ranked = sorted(
+        ((distance_km(point, (e.spec.location.latitude, e.spec.location.longitude)), e) for e in endpoints),
+        key=lambda pair: pair[0],
+    )
     if not ranked:
         return []
     best = ranked[0][0]
@@ -115,7 +106,9 @@ def _safe_path(path: str) -> str:
     return urllib.parse.quote(path, safe="/:?&=%-._~!$()*+,;@")
 
 
-def _health_check(hostname: str, service: ServiceSpec | None, cfg: FleetConfig, endpoint: EdgeEndpoint, rtype: str) -> dict[str, Any] | None:
+def _health_check(
+    hostname: str, service: ServiceSpec | None, cfg: FleetConfig, endpoint: DeployedEdge[str], rtype: str
+) -> dict[str, Any] | None:
     address = endpoint.address(rtype)
     if service is not None:
         port, protocol, url = service.port, "tcp", None
@@ -130,8 +123,16 @@ def _health_check(hostname: str, service: ServiceSpec | None, cfg: FleetConfig, 
     return {"key": key, "edge": endpoint.name, "address": address, "protocol": protocol, "port": port, "url": url}
 
 
-def _record(hostname: str, service: ServiceSpec | None, rtype: str, scope: str, code: str, chosen: list[EdgeEndpoint], cfg: FleetConfig) -> dict[str, Any]:
-    chosen = sorted(chosen, key=lambda e: (e.edge.index, e.name))
+def _record(
+    hostname: str,
+    service: ServiceSpec | None,
+    rtype: str,
+    scope: str,
+    code: str,
+    chosen: list[DeployedEdge[str]],
+    cfg: FleetConfig,
+) -> dict[str, Any]:
+    chosen = sorted(chosen, key=lambda e: (e.spec.index, e.name))
     return {
         "hostname": hostname,
         "type": rtype,
@@ -145,7 +146,7 @@ def _record(hostname: str, service: ServiceSpec | None, rtype: str, scope: str, 
     }
 
 
-def _normalised(endpoints: Iterable[EdgeEndpoint]) -> list[EdgeEndpoint]:
+def _normalised(endpoints: Iterable[DeployedEdge[str]]) -> list[DeployedEdge[str]]:
     result = []
     seen: set[str] = set()
     for e in endpoints:
@@ -158,11 +159,11 @@ def _normalised(endpoints: Iterable[EdgeEndpoint]) -> list[EdgeEndpoint]:
         v6 = ipaddress.ip_address(e.ipv6) if e.ipv6 else None
         if v6 is not None and v6.version != 6:
             raise ValueError(f"edge {e.name}: ipv6 {e.ipv6!r} is not an IPv6 address")
-        result.append(EdgeEndpoint(e.name, e.edge, str(v4), str(v6) if v6 else None))
-    return sorted(result, key=lambda e: (e.edge.index, e.name))
+        result.append(DeployedEdge(e.spec, str(v4), str(v6) if v6 else None))
+    return sorted(result, key=lambda e: (e.spec.index, e.name))
 
 
-def policy(cfg: FleetConfig, endpoints: Iterable[EdgeEndpoint]) -> list[dict[str, Any]]:
+def policy(cfg: FleetConfig, endpoints: Iterable[DeployedEdge[str]]) -> list[dict[str, Any]]:
     """The GeoDNS policy as records, one per (hostname, type, geo scope).
 
     Keys of each record:
@@ -195,8 +196,18 @@ def policy(cfg: FleetConfig, endpoints: Iterable[EdgeEndpoint]) -> list[dict[str
             records.append(_record(hostname, service, rtype, "default", "*", family, cfg))
             for continent, point in sorted(CONTINENT_POINTS.items()):
                 records.append(_record(hostname, service, rtype, "continent", continent, nearest(point, family), cfg))
-            for country in sorted({e.edge.location.country for e in family}):
-                records.append(_record(hostname, service, rtype, "country", country, [e for e in family if e.edge.location.country == country], cfg))
+            for country in sorted({e.spec.location.country for e in family}):
+                records.append(
+                    _record(
+                        hostname,
+                        service,
+                        rtype,
+                        "country",
+                        country,
+                        [e for e in family if e.spec.location.country == country],
+                        cfg,
+                    )
+                )
     return records
 
 
@@ -227,7 +238,9 @@ def bind_fragment(records: Iterable[Mapping[str, Any]], cfg: FleetConfig) -> str
     width = max((len(_fqdn(r["hostname"])) for r in defaults), default=0)
     for record in defaults:
         for edge, value in zip(record["edges"], record["values"]):
-            lines.append(f"{_fqdn(record['hostname']):<{width}} {record['ttl']:>5} IN {record['type']:<4} {value} ; {edge}")
+            lines.append(
+                f"{_fqdn(record['hostname']):<{width}} {record['ttl']:>5} IN {record['type']:<4} {value} ; {edge}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -296,7 +309,9 @@ def powerdns_lua(records: Iterable[Mapping[str, Any]], cfg: FleetConfig) -> str:
     defaults = _default_records(records)
     width = max((len(_fqdn(r["hostname"])) for r in defaults), default=0)
     for record in defaults:
-        lines.append(f"{_fqdn(record['hostname']):<{width}} {record['ttl']:>5} IN LUA {record['type']:<4} {_zone_strings(lua_snippet(record))}")
+        lines.append(
+            f"{_fqdn(record['hostname']):<{width}} {record['ttl']:>5} IN LUA {record['type']:<4} {_zone_strings(lua_snippet(record))}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -313,7 +328,9 @@ def _geolocation(scope: str, code: str) -> dict[str, str]:
     return {"CountryCode": "*"}
 
 
-def route53_change_batch(records: Iterable[Mapping[str, Any]], cfg: FleetConfig, health_check_ids: Mapping[str, str] | None = None) -> dict[str, Any]:
+def route53_change_batch(
+    records: Iterable[Mapping[str, Any]], cfg: FleetConfig, health_check_ids: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """A ``ChangeBatch`` for ``aws route53 change-resource-record-sets``.
 
     Route 53 answers a visitor with the most specific matching set - country, then
@@ -351,10 +368,20 @@ def route53_health_checks(records: Iterable[Mapping[str, Any]]) -> dict[str, dic
         for check in record["health_checks"]:
             if not check or check["key"] in result:
                 continue
-            config: dict[str, Any] = {"IPAddress": check["address"], "Port": check["port"], "RequestInterval": 30, "FailureThreshold": 3}
+            config: dict[str, Any] = {
+                "IPAddress": check["address"],
+                "Port": check["port"],
+                "RequestInterval": 30,
+                "FailureThreshold": 3,
+            }
             if check["url"]:
                 parsed = urllib.parse.urlsplit(check["url"])
-                config.update(Type="HTTPS", FullyQualifiedDomainName=parsed.hostname, ResourcePath=parsed.path + (f"?{parsed.query}" if parsed.query else ""), EnableSNI=True)
+                config.update(
+                    Type="HTTPS",
+                    FullyQualifiedDomainName=parsed.hostname,
+                    ResourcePath=parsed.path + (f"?{parsed.query}" if parsed.query else ""),
+                    EnableSNI=True,
+                )
             else:
                 config["Type"] = "TCP"
             digest = hashlib.sha256(f"{check['key']}|{check['address']}".encode()).hexdigest()[:20]
@@ -365,7 +392,7 @@ def route53_health_checks(records: Iterable[Mapping[str, Any]]) -> dict[str, dic
 # ---------------------------------------------------------------------------
 
 
-def outputs(cfg: FleetConfig, endpoints: Iterable[EdgeEndpoint]) -> dict[str, Any]:
+def outputs(cfg: FleetConfig, endpoints: Iterable[DeployedEdge[str]]) -> dict[str, Any]:
     """Everything a stack exports about DNS: the records and each rendering."""
     records = policy(cfg, endpoints)
     return {

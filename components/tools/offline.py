@@ -11,23 +11,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-import json
-import runpy
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import dill
 import pulumi
-import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc, settings
 from pulumi.runtime.stack import run_in_stack
 from pulumi.runtime.sync_await import _sync_await
 
-from .config import NAMESPACE
+from components import program as program_module
+from components.model import stack
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "[secret]"
 DYNAMIC_PREFIX = "pulumi-python:dynamic"
 
@@ -130,9 +128,16 @@ class CloudMocks(pulumi.runtime.Mocks):
             else:
                 outputs["ipAddress"] = f"203.0.113.{n % 250 + 2}"
         elif t == "hcloud:index/server:Server":
-            outputs.update(status="running", ipv6Address=f"2001:db8:{n % 0xFFFF:x}::1", ipv4Address=f"203.0.113.{n % 250 + 2}")
+            outputs.update(
+                status="running", ipv6Address=f"2001:db8:{n % 0xFFFF:x}::1", ipv4Address=f"203.0.113.{n % 250 + 2}"
+            )
         elif t == "digitalocean:index/droplet:Droplet":
-            outputs.update(ipv4Address=f"198.51.100.{n % 120 + 2}", ipv6Address=f"2001:db8:d0:{n % 0xFFFF:x}::1", status="active", urn=f"do:droplet:{rid}")
+            outputs.update(
+                ipv4Address=f"198.51.100.{n % 120 + 2}",
+                ipv6Address=f"2001:db8:d0:{n % 0xFFFF:x}::1",
+                status="active",
+                urn=f"do:droplet:{rid}",
+            )
         elif t == "digitalocean:index/reservedIp:ReservedIp":
             outputs.update(ipAddress=f"198.51.100.{n % 120 + 130}", urn=f"do:reservedip:{rid}")
             rid = outputs["ipAddress"]
@@ -186,55 +191,23 @@ class _LogCapture:
     def __init__(self, sink: list):
         self.sink = sink
 
-    def debug(self, msg): pass
-    def info(self, msg): self.sink.append(("info", msg))
-    def warning(self, msg): self.sink.append(("warning", msg))
-    def error(self, msg): self.sink.append(("error", msg))
+    def debug(self, msg):
+        pass
 
+    def info(self, msg):
+        self.sink.append(("info", msg))
 
-def stack_config(stack_file: Path, project_file: Path | None = None) -> tuple[dict[str, str], list[str]]:
-    """Config as the Pulumi CLI hands it to a program: project defaults from
-    Pulumi.yaml overlaid by the stack file, structured values as JSON strings.
-    Encrypted values cannot be read offline; they become visible placeholders.
+    def warning(self, msg):
+        self.sink.append(("warning", msg))
 
-    ``project_file`` defaults to the Pulumi.yaml next to the stack file; a stack kept
-    elsewhere (the lab's test stack) names the project's own file instead of a copy."""
-    project = yaml.safe_load((project_file or stack_file.parent / "Pulumi.yaml").read_text())
-    values: dict[str, Any] = {}
-    for key, decl in (project.get("config") or {}).items():
-        if isinstance(decl, dict) and "default" in decl:
-            values[f"{NAMESPACE}:{key}"] = decl["default"]
-    stack = yaml.safe_load(stack_file.read_text()) or {}
-    values.update(stack.get("config") or {})
-    out: dict[str, str] = {}
-    secret_keys: list[str] = []
-    for key, value in values.items():
-        if isinstance(value, dict) and set(value) == {"secure"}:
-            secret_keys.append(key)
-            value = ""
-        out[key] = value if isinstance(value, str) else json.dumps(value)
-    return out, secret_keys
-
-
-def config_values(
-    stack_file: Path, project_file: Path | None = None, config_overrides: Mapping[str, Any] | None = None
-) -> tuple[dict[str, str], list[str]]:
-    """``stack_config`` with ``config_overrides`` applied (a value of None removes the
-    key, so the project default applies): the config a run of the program sees."""
-    values, secret_keys = stack_config(Path(stack_file), project_file)
-    for key, value in (config_overrides or {}).items():
-        full = key if ":" in key else f"{NAMESPACE}:{key}"
-        if value is None:
-            values.pop(full, None)
-        else:
-            values[full] = value if isinstance(value, str) else json.dumps(value)
-    return values, secret_keys
+    def error(self, msg):
+        self.sink.append(("error", msg))
 
 
 def run_program(
     stack_file: Path | str,
     *,
-    program: Path = ROOT / "__main__.py",
+    program: Callable[[], None] = program_module.main,
     state: Mapping[str, dict] | None = None,
     config_overrides: Mapping[str, Any] | None = None,
     project_file: Path | None = None,
@@ -243,27 +216,23 @@ def run_program(
 
     ``state`` maps dynamic-resource names to earlier (id, outputs), standing in for
     the engine's checkpoint so a second run sees the keys the first one created."""
-    stack_file = Path(stack_file)
-    stack_name = stack_file.name.removeprefix("Pulumi.").removesuffix(".yaml")
-    project_file = Path(project_file) if project_file else stack_file.parent / "Pulumi.yaml"
-    project = yaml.safe_load(project_file.read_text())["name"]
-    values, secret_keys = config_values(stack_file, project_file, config_overrides)
+    loaded = stack.load(stack_file, project_file, config_overrides)
+    project, stack_name = loaded.project, loaded.name
 
     mocks = CloudMocks(state)
     monitor = RecordingMonitor(mocks)
     settings.reset_options()
-    pulumi.runtime.set_mocks(mocks, project=project, stack=stack_name, preview=False, monitor=monitor,
-                             logger=_LogCapture(monitor.logs))
+    pulumi.runtime.set_mocks(
+        mocks, project=project, stack=stack_name, preview=False, monitor=monitor, logger=_LogCapture(monitor.logs)
+    )
     settings.set_root_resource(None)
-    pulumi.runtime.set_all_config(values, secret_keys)
-    _sync_await(run_in_stack(lambda: runpy.run_path(str(program), run_name="__main__")))
+    pulumi.runtime.set_all_config(loaded.values, list(loaded.secret_keys))
+    _sync_await(run_in_stack(program))
     return Run(project, stack_name, monitor.registrations, monitor.stack_outputs, monitor.logs)
 
 
 def key_state(run: Run) -> dict[str, dict]:
     """The dynamic-resource part of a run's state, to feed into the next run."""
     return {
-        r.name: {"id": r.id, "outputs": reveal(r.outputs)}
-        for r in run.resources
-        if r.type.startswith(DYNAMIC_PREFIX)
+        r.name: {"id": r.id, "outputs": reveal(r.outputs)} for r in run.resources if r.type.startswith(DYNAMIC_PREFIX)
     }

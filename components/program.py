@@ -1,0 +1,57 @@
+"""The Pulumi program: the stack's config in, the fleet and its outputs out.
+
+``__main__.py`` calls ``main``; the offline render and the tests call it under
+Pulumi's mocks, so an installed ``cgnat-edge`` runs the same program without the
+project folder.  This is the one place that reads ``pulumi.Config``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from components.model.config import KEYS, NAMESPACE, ConfigError, FleetConfig, parse
+from components.resources.fleet import EdgeFleet
+
+
+class StackConfigError(ConfigError, pulumi.RunError):
+    """A ``RunError``, so the CLI prints the problems without a Python traceback."""
+
+
+def read_config() -> FleetConfig:
+    """This project's keys from the running program, parsed.
+
+    Keys in the namespace that the program does not know are passed on too, so a typo
+    such as ``cgnat-edge:edge`` is reported instead of silently ignored."""
+    from pulumi.runtime import config as runtime_config
+
+    prefix = NAMESPACE + ":"
+    known = {f"{prefix}{key}" for key in KEYS}
+    present = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    raw: dict[str, Any] = {}
+    for full_key in sorted(present | known):
+        if not full_key.startswith(prefix) or full_key == f"{prefix}sshPrivateKey":
+            continue
+        value = runtime_config.get_config(full_key)
+        if value is not None:
+            raw[full_key[len(prefix) :]] = value
+    try:
+        return parse(raw, project=pulumi.get_project(), stack=pulumi.get_stack())
+    except ConfigError as exc:
+        raise StackConfigError(exc.problems) from None
+
+
+def ssh_private_key() -> pulumi.Output[str] | None:
+    """The one secret key, read apart from ``FleetConfig`` so it stays a Pulumi secret
+    (an Output) and never becomes a plain value in the typed config."""
+    return pulumi.Config(NAMESPACE).get_secret("sshPrivateKey")
+
+
+def main() -> None:
+    cfg = read_config()
+    fleet = EdgeFleet("fleet", cfg, ssh_private_key=ssh_private_key())
+
+    pulumi.export("edges", fleet.edges)
+    pulumi.export("monthlyCost", fleet.monthly_cost)
+    pulumi.export("homeConfigs", fleet.home_configs)
+    pulumi.export("dns", fleet.dns)
