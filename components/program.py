@@ -49,6 +49,8 @@ def ssh_private_key() -> pulumi.Output[str] | None:
 
 def main() -> None:
     cfg = read_config()
+    for warning in cfg.warnings:
+        pulumi.log.warn(warning)
     fleet = EdgeFleet("fleet", cfg, ssh_private_key=ssh_private_key())
 
     pulumi.export("edges", fleet.edges)

@@ -8,7 +8,7 @@ import copy
 import pulumi
 import pytest
 
-from components.model import catalog
+from components import providers
 from components.model import config as config_module
 from components.model.config import EdgeSpec
 from components.model.deployed import DeployedEdge
@@ -23,8 +23,8 @@ EDGE_SPECS = {
     name: EdgeSpec(
         name,
         provider,
-        catalog.LOCATIONS[(provider, location)],
-        catalog.SERVER_TYPES[(provider, stype)],
+        providers.get(provider).location(location),
+        providers.get(provider).server_type(stype),
         "debian-12",
         i + 1,
     )

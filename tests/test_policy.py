@@ -4,7 +4,6 @@ exists for, with a message that names the fix.  Keys are generated here, per tes
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 
 import pytest
@@ -12,10 +11,13 @@ from conftest import ROOT
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
-from components.model import catalog
+from components import providers
 from components.model.config import parse
 from components.providers.base import firewall_rules
 from components.tools import policy
+
+HETZNER = providers.get("hetzner")
+DO = providers.get("digitalocean")
 
 
 def wg_keypair() -> tuple[str, str]:
@@ -39,7 +41,7 @@ def openssh_private_key() -> str:
 
 def hcloud_firewall(rules: list[dict], name: str = "fsn-firewall", parent: str = "urn:edge::fsn") -> dict:
     return {
-        "type": policy.HCLOUD_FIREWALL,
+        "type": HETZNER.firewall_resource_type,
         "name": name,
         "urn": f"urn:fw::{name}",
         "parent": parent,
@@ -50,7 +52,7 @@ def hcloud_firewall(rules: list[dict], name: str = "fsn-firewall", parent: str =
 def do_firewall(inbound: list[dict], name: str = "ams-firewall", parent: str = "urn:edge::ams") -> dict:
     # snake_case on purpose: the check must read both spellings
     return {
-        "type": policy.DO_FIREWALL,
+        "type": DO.firewall_resource_type,
         "name": name,
         "urn": f"urn:fw::{name}",
         "parent": parent,
@@ -170,20 +172,20 @@ def test_other_protocols_fail_and_icmp_and_outbound_pass(fleet_config):
 
 def test_a_machine_without_a_firewall_fails():
     server = {
-        "type": policy.HCLOUD_SERVER,
+        "type": HETZNER.server_resource_type,
         "name": "fsn-server",
         "parent": "urn:edge::fsn",
         "inputs": {"firewallIds": []},
     }
     droplet = {
-        "type": policy.DO_DROPLET,
+        "type": DO.server_resource_type,
         "name": "ams-droplet",
         "parent": "urn:edge::ams",
         "inputs": {"tags": ["cgnat-edge"]},
     }
     assert messages(policy.check_firewalled([server, droplet])) == [
         "[unfirewalled-machine] hcloud:index/server:Server fsn-server: has no Hetzner Cloud firewall; "
-        "pass firewall_ids with a firewall built from machine.firewall_rules",
+        "pass firewall_ids with a firewall built from base.firewall_rules",
         "[unfirewalled-machine] digitalocean:index/droplet:Droplet ams-droplet: has no DigitalOcean firewall; "
         "create a digitalocean.Firewall with its droplet_ids next to it",
     ]
@@ -243,7 +245,11 @@ def test_json_encoded_and_pem_keys_are_found():
 def test_a_private_key_in_a_plain_resource_input_fails():
     private, _ = wg_keypair()
     user_data = f"#cloud-config\nwrite_files:\n- path: /etc/wireguard/wg0.conf\n  content: |\n    [Interface]\n    PrivateKey = {private}\n"
-    server = {"type": policy.HCLOUD_SERVER, "name": "fsn-server", "inputs": {"userData": user_data, "firewallIds": [1]}}
+    server = {
+        "type": HETZNER.server_resource_type,
+        "name": "fsn-server",
+        "inputs": {"userData": user_data, "firewallIds": [1]},
+    }
     assert messages(policy.check_inputs([server])) == [
         "[private-key-in-input] hcloud:index/server:Server fsn-server input userData: holds a WireGuard private or "
         "preshared key as a plain input (unencrypted in state, shown in previews); pass it as a secret "
@@ -253,27 +259,6 @@ def test_a_private_key_in_a_plain_resource_input_fails():
 
 
 # -- (c) HA -----------------------------------------------------------------------------
-
-
-def test_ha_on_one_provider_fails_with_the_fix(fleet_config):
-    hetzner_only = tuple(
-        dataclasses.replace(
-            e,
-            provider="hetzner",
-            location=catalog.LOCATIONS[("hetzner", "nbg1")],
-            server_type=catalog.SERVER_TYPES[("hetzner", "cax11")],
-        )
-        if e.provider == "digitalocean"
-        else e
-        for e in fleet_config.edges
-    )
-    cfg = dataclasses.replace(fleet_config, edges=hetzner_only)
-    assert messages(policy.check_ha(cfg)) == [
-        "[single-provider-ha] cgnat-edge:edges: cgnat-edge:ha is true but every edge is on hetzner, so one provider "
-        "outage takes the whole fleet down; add an edge on digitalocean or set cgnat-edge:ha to false"
-    ]
-    assert policy.check_ha(dataclasses.replace(cfg, ha=False)) == []
-    assert policy.check_ha(fleet_config) == []
 
 
 # -- the real program ---------------------------------------------------------------------
@@ -297,7 +282,7 @@ def test_main_checks_a_render_folder_and_fails_on_a_leak(tmp_path, capsys):
     outputs["debugHome"] = f"[Interface]\nPrivateKey = {private}\n"
     (out / "outputs.json").write_text(json.dumps(outputs))
     resources = json.loads((out / "resources.json").read_text())
-    firewall = next(r for r in resources if r["type"] == policy.HCLOUD_FIREWALL)
+    firewall = next(r for r in resources if r["type"] == HETZNER.firewall_resource_type)
     firewall["inputs"]["rules"].append(
         {"direction": "in", "protocol": "tcp", "port": "3306", "sourceIps": ["0.0.0.0/0"]}
     )

@@ -18,7 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from components import providers
 from components.model import catalog
+from components.providers.base import Provider, firewall_rules
 
 NAMESPACE = "cgnat-edge"
 
@@ -26,7 +28,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MODES = ("passthrough", "http", "tcp", "udp")
-DNS_PROVIDERS = ("none", "hetzner", "digitalocean")
 HOME_ROLES = ("router", "host")
 ACME_CHALLENGES = ("http", "tls")
 
@@ -166,6 +167,8 @@ class FleetConfig:
     dns: DnsSpec
     acme: AcmeSpec
     ha: bool
+    warnings: tuple[str, ...] = ()
+    """Choices the parser made that the user did not write (shown by ``pulumi preview``)."""
 
     @property
     def providers(self) -> list[str]:
@@ -189,6 +192,8 @@ class FleetConfig:
 # ---------------------------------------------------------------------------
 
 REQUIRED = object()
+_DNS_NAMES = ["none", *(name for name, provider in providers.REGISTRY.items() if provider.manages_dns)]
+_DNS_CHOICES = f"{', '.join(_DNS_NAMES[:-1])} or {_DNS_NAMES[-1]}"
 
 KEYS: dict[str, tuple[str, Any, str]] = {
     "domain": ("string", REQUIRED, "DNS domain the exposed hostnames live under."),
@@ -212,7 +217,7 @@ KEYS: dict[str, tuple[str, Any, str]] = {
     "sshAllowedCidrs": ("array", ["0.0.0.0/0", "::/0"], "Source prefixes allowed to reach SSH on the edges."),
     "sshUser": ("string", "root", "User pulumi-command logs in as to push config and check readiness."),
     "sshPrivateKey": ("secret", "", "Private key for that login (secret); empty = use the local ssh-agent."),
-    "dnsProvider": ("string", "none", "none, hetzner or digitalocean: create the DNS records there."),
+    "dnsProvider": ("string", "none", f"{_DNS_CHOICES}: create the DNS records there."),
     "dnsZone": ("string", "", "Zone for managed records; empty = the domain."),
     "dnsTtl": ("integer", 60, "TTL of the edge records, short so a dead edge drops out fast."),
     "acmeEmail": ("string", "", "Contact e-mail for Let's Encrypt; required when an http service exists."),
@@ -244,9 +249,13 @@ class _Parser:
     def __init__(self, raw: Mapping[str, Any]):
         self.raw = {k: _parse_json_if_needed(v) for k, v in raw.items()}
         self.problems: list[str] = []
+        self.warnings: list[str] = []
 
     def fail(self, key: str, message: str) -> None:
         self.problems.append(f"{_fix_key(key)}: {message}")
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(f"{_fix_key(key)}: {message}")
 
     def get(self, key: str) -> Any:
         kind, default, _ = KEYS[key]
@@ -398,8 +407,8 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         p.fail("acmeEmail", f"{acme.email!r} is not an e-mail address")
 
     dns_provider = p.get("dnsProvider")
-    if dns_provider not in DNS_PROVIDERS:
-        p.fail("dnsProvider", f"{dns_provider!r} is not supported; use one of {', '.join(DNS_PROVIDERS)}")
+    if dns_provider not in dns_providers():
+        p.fail("dnsProvider", f"{dns_provider!r} is not supported; use one of {', '.join(dns_providers())}")
     zone = p.get("dnsZone") or domain or ""
     if p.get("dnsZone") and domain:
         zone = p.hostname("dnsZone", zone, None) or zone
@@ -416,7 +425,7 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
     if p.problems:
         raise ConfigError(p.problems)
     assert domain is not None
-    return FleetConfig(
+    cfg = FleetConfig(
         project=project,
         stack=stack,
         domain=domain,
@@ -428,14 +437,24 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         dns=DnsSpec(dns_provider, zone, ttl),
         acme=acme,
         ha=ha,
+        warnings=tuple(p.warnings),
     )
+    _check_fleet(p, cfg)
+    if p.problems:
+        raise ConfigError(p.problems)
+    return cfg
 
 
 def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
     if items is None:
         return []
     if not items:
-        p.fail("edges", "is empty; declare at least one edge, e.g. {name: fsn, provider: hetzner, location: fsn1}")
+        example = next(iter(providers.REGISTRY.values()))
+        p.fail(
+            "edges",
+            f"is empty; declare at least one edge, e.g. {{name: edge1, provider: {example.name}, "
+            f"location: {example.locations[0].code}}}",
+        )
     edges: list[EdgeSpec] = []
     seen_names: set[str] = set()
     seen_indexes: dict[int, str] = {}
@@ -450,47 +469,31 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
         name = p.unique_name(key, item, seen_names, "edge")
         if name is None:
             continue
-        provider = str(item.get("provider", ""))
-        if provider not in catalog.PROVIDERS:
+        provider_name = str(item.get("provider", ""))
+        provider = providers.REGISTRY.get(provider_name)
+        if provider is None:
             p.fail(
                 f"{key}.provider",
-                f"{provider!r} is not a supported provider; use one of {', '.join(catalog.PROVIDERS)}",
+                f"{provider_name!r} is not a supported provider; use one of {', '.join(providers.REGISTRY)}",
             )
             continue
-        info = catalog.PROVIDERS[provider]
         code = str(item.get("location", ""))
-        location = catalog.LOCATIONS.get((provider, code))
+        location = provider.location(code)
         if location is None:
             p.fail(
                 f"{key}.location",
-                f"{code!r} is not a {info.label} location; use one of {', '.join(catalog.locations_of(provider))}",
+                f"{code!r} is not a {provider.label} location; use one of {', '.join(loc.code for loc in provider.locations)}",
             )
             continue
-        type_name = str(item.get("serverType") or info.default_server_type)
-        stype = catalog.SERVER_TYPES.get((provider, type_name))
+        stype = _server_type(p, key, item, provider, code)
         if stype is None:
-            p.fail(
-                f"{key}.serverType",
-                f"{type_name!r} is not a known {info.label} server type; use one of {', '.join(catalog.server_types_of(provider))}",
-            )
             continue
-        if code not in stype.locations:
-            arm = catalog.arm64_types_in(provider, code)
-            offered = [
-                t for t in catalog.server_types_of(provider) if code in catalog.SERVER_TYPES[(provider, t)].locations
-            ]
-            fix = (
-                f"use {', '.join(arm)}"
-                if arm
-                else f"{info.label} has no arm64 type there; set serverType to one offered there ({', '.join(offered)}) "
-                f"or move the edge to {', '.join(sorted(stype.locations))}"
-            )
-            p.fail(f"{key}.serverType", f"{type_name} ({stype.arch}) is not offered in {code}; {fix}")
-            continue
-        if stype.ram_gb < catalog.MIN_RAM_GB:
+        image = str(item.get("image") or provider.default_image)
+        if image not in provider.images:
             p.fail(
-                f"{key}.serverType",
-                f"{type_name} has {stype.ram_gb:g} GB RAM, too little for Traefik and unattended upgrades; use at least {catalog.MIN_RAM_GB:g} GB, e.g. {info.default_server_type}",
+                f"{key}.image",
+                f"{image!r} is not an image the edge bootstrap supports on {provider.label}; "
+                f"use {' or '.join(provider.images)} (or leave image out)",
             )
             continue
         index = item.get("index", i + 1)
@@ -504,8 +507,82 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
             )
             continue
         seen_indexes[index] = name
-        edges.append(EdgeSpec(name, provider, location, stype, str(item.get("image") or info.default_image), index))
+        edges.append(EdgeSpec(name, provider.name, location, stype, image, index))
     return edges
+
+
+def _server_type(p: _Parser, key: str, item: dict, provider: Provider, code: str) -> catalog.ServerType | None:
+    """The edge's server type.  Without ``serverType`` the provider's default is used,
+    or, where that is not offered, the cheapest type offered there (with a warning)."""
+    types_here = provider.types_in(code)
+    if not item.get("serverType"):
+        default = provider.server_type(provider.default_server_type)
+        if default is not None and code in default.locations:
+            return default
+        if not types_here:
+            p.fail(f"{key}.location", f"{provider.label} offers no server type big enough for an edge in {code}")
+            return None
+        chosen = types_here[0]
+        p.warn(
+            f"{key}.serverType",
+            f"{provider.default_server_type} is not offered in {code}; using {chosen.name} ({chosen.arch}, "
+            f"{chosen.monthly_price:.2f} {chosen.currency}/month), the cheapest type there. "
+            f"Set serverType to choose another: {', '.join(t.name for t in types_here)}",
+        )
+        return chosen
+    type_name = str(item["serverType"])
+    stype = provider.server_type(type_name)
+    if stype is None:
+        p.fail(
+            f"{key}.serverType",
+            f"{type_name!r} is not a known {provider.label} server type; use one of {', '.join(t.name for t in provider.server_types)}",
+        )
+        return None
+    if code not in stype.locations:
+        arm = [t.name for t in types_here if t.arch == "arm64"]
+        fix = (
+            f"use {', '.join(arm)}"
+            if arm
+            else f"{provider.label} has no arm64 type there; set serverType to one offered there "
+            f"({', '.join(t.name for t in types_here)}) or move the edge to {', '.join(sorted(stype.locations))}"
+        )
+        p.fail(f"{key}.serverType", f"{type_name} ({stype.arch}) is not offered in {code}; {fix}")
+        return None
+    if stype.ram_gb < catalog.MIN_RAM_GB:
+        p.fail(
+            f"{key}.serverType",
+            f"{type_name} has {stype.ram_gb:g} GB RAM, too little for Traefik and unattended upgrades; "
+            f"use at least {catalog.MIN_RAM_GB:g} GB, e.g. {provider.default_server_type}",
+        )
+        return None
+    return stype
+
+
+def _check_fleet(p: _Parser, cfg: FleetConfig) -> None:
+    """Rules over the whole fleet, checked once every part parsed."""
+    if cfg.ha and len(cfg.providers) < 2 and cfg.edges:
+        others = [name for name in providers.REGISTRY if name not in cfg.providers]
+        p.fail(
+            "ha",
+            f"is true but every edge is on {cfg.providers[0]}, so one provider outage takes the whole fleet down; "
+            f"add an edge on {' or '.join(others)} to {_fix_key('edges')}, or set {_fix_key('ha')} false",
+        )
+    for name in cfg.providers:
+        provider = providers.REGISTRY[name]
+        rules = len(firewall_rules(cfg)) + provider.fixed_firewall_rules
+        if rules > provider.firewall_rule_limit:
+            p.fail(
+                "services",
+                f"the declared tcp/udp ports need {rules} rules in each {provider.label} firewall, over its limit of "
+                f"{provider.firewall_rule_limit}; give services consecutive ports (they merge into one range rule) "
+                "or declare fewer port services",
+            )
+    if cfg.dns.provider != "none" and not providers.REGISTRY[cfg.dns.provider].manages_dns:
+        p.fail("dnsProvider", f"{cfg.dns.provider} hosts no DNS zones; use one of {', '.join(dns_providers())}")
+
+
+def dns_providers() -> list[str]:
+    return list(_DNS_NAMES)
 
 
 def _derived_ula(project: str, stack: str) -> ipaddress.IPv6Network:

@@ -1,20 +1,35 @@
-"""What every provider implementation hands back to ``EdgeNode``.
+"""What a provider module supplies, and what every provider shares.
 
-Keeping the provider modules behind this one shape is what lets a third provider be
-added without touching the fleet, DNS or home-config code."""
+A provider is one module in this package with one ``Provider`` subclass: its catalog
+entries, its machine, its SSH key upload, its firewall, its DNS records, the answers
+its resources give under the offline mock engine, and the facts the policy check
+reads.  Nothing outside this package names a provider, so a new one is one module
+and one line in the registry (``components/providers/__init__.py``).
+
+The catalog part is plain data, read by the config parser without Pulumi; the cloud
+SDK of a provider is imported only inside the methods that create resources, so a
+stack that does not use a provider never loads its SDK.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import pulumi
+from components.model.catalog import MIN_RAM_GB, Location, ServerType
 
-from components.model.config import FleetConfig
+if TYPE_CHECKING:
+    import pulumi
+
+    from components.model.config import EdgeSpec, FleetConfig
 
 
 @dataclass
 class Machine:
+    """What every provider hands back to ``EdgeNode``."""
+
     server: pulumi.CustomResource
     server_id: pulumi.Output[str]
     ipv4: pulumi.Output[str]
@@ -27,9 +42,27 @@ class Machine:
 @dataclass(frozen=True)
 class FirewallRule:
     protocol: str  # tcp, udp, icmp
-    port: int | None
+    ports: tuple[int, int] | None
+    """Inclusive port range; None for ICMP."""
     sources: tuple[str, ...]
     description: str
+
+    @property
+    def port(self) -> str | None:
+        """The range as both providers' APIs write it: ``443`` or ``27015-27030``."""
+        if self.ports is None:
+            return None
+        low, high = self.ports
+        return str(low) if low == high else f"{low}-{high}"
+
+
+@dataclass(frozen=True)
+class InboundRule:
+    """An inbound rule as the policy check reads it back from a firewall resource."""
+
+    protocol: str
+    port: Any
+    sources: list[Any]
 
 
 ANYWHERE = ("0.0.0.0/0", "::/0")
@@ -40,27 +73,46 @@ running nodes get changes pushed over SSH (see ``EdgeNode``), so editing a servi
 adding an SSH key never rebuilds a VPS or moves its address."""
 
 
+def _ranges(ports: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive ports merged: a game's 27015-27030 is one firewall rule, not 16."""
+    merged: list[tuple[int, int]] = []
+    for port in sorted(set(ports)):
+        if merged and merged[-1][1] == port - 1:
+            merged[-1] = (merged[-1][0], port)
+        else:
+            merged.append((port, port))
+    return merged
+
+
 def firewall_rules(cfg: FleetConfig) -> list[FirewallRule]:
     """The provider firewall mirrors the host's nftables rules: same ports, same sources."""
-    rules = [FirewallRule("tcp", 22, tuple(str(c) for c in cfg.ssh.allowed_cidrs), "SSH")]
+    rules = [FirewallRule("tcp", (22, 22), tuple(str(c) for c in cfg.ssh.allowed_cidrs), "SSH")]
     for protocol in ("tcp", "udp"):
-        for port in cfg.public_ports(protocol):
-            rules.append(FirewallRule(protocol, port, ANYWHERE, _describe(cfg, protocol, port)))
+        for span in _ranges(cfg.public_ports(protocol)):
+            rules.append(FirewallRule(protocol, span, ANYWHERE, _describe(cfg, protocol, span)))
     rules.append(FirewallRule("icmp", None, ANYWHERE, "ICMP (path MTU discovery, ping)"))
     return rules
 
 
-def _describe(cfg: FleetConfig, protocol: str, port: int) -> str:
-    if protocol == "udp" and port == cfg.tunnel.listen_port:
+def _describe(cfg: FleetConfig, protocol: str, span: tuple[int, int]) -> str:
+    low, high = span
+    if protocol == "udp" and low == high == cfg.tunnel.listen_port:
         return "WireGuard"
-    if protocol == "tcp" and port in (80, 443):
-        return "HTTP" if port == 80 else "HTTPS"
-    names = [s.name for s in cfg.services if s.protocol == protocol and s.port == port]
+    if protocol == "tcp" and low == high and low in (80, 443):
+        return "HTTP" if low == 80 else "HTTPS"
+    names = [s.name for s in cfg.services if s.protocol == protocol and low <= s.port <= high]
+    if protocol == "udp" and low <= cfg.tunnel.listen_port <= high:
+        names.insert(0, "WireGuard")
     return f"service {', '.join(names)}"
 
 
-def labels(cfg: FleetConfig, edge_name: str) -> dict[str, str]:
-    return {"app": "cgnat-edge", "stack": cfg.stack, "edge": edge_name}
+def labels(cfg: FleetConfig, edge_name: str | None = None) -> dict[str, str]:
+    """The one label scheme of everything the stack creates (providers that take
+    tags instead of labels write them as ``key:value``)."""
+    out = {"app": "cgnat-edge", "stack": cfg.stack}
+    if edge_name:
+        out["edge"] = edge_name
+    return out
 
 
 def server_name(cfg: FleetConfig, edge_name: str) -> str:
@@ -68,5 +120,101 @@ def server_name(cfg: FleetConfig, edge_name: str) -> str:
     return f"cgnat-edge-{cfg.stack}-{edge_name}"
 
 
-def ids_as_int(ids: Sequence[pulumi.Output[str]]) -> list[pulumi.Output[int]]:
-    return [i.apply(int) for i in ids]
+class Provider(ABC):
+    """One cloud provider: catalog facts as class attributes, cloud work as methods."""
+
+    name: str
+    label: str
+    currency: str
+    ipv4_monthly: float
+    """Cost of the address that survives a server replacement."""
+    default_server_type: str
+    default_image: str
+    images: tuple[str, ...]
+    """Images the bootstrap is written for (Debian 12); anything else is refused."""
+    locations: tuple[Location, ...]
+    server_types: tuple[ServerType, ...]
+    user_data_limit: int
+    """Largest user data the provider accepts, in bytes."""
+    firewall_rule_limit: int
+    """Rules one firewall may hold (inbound plus any fixed outbound rules)."""
+    fixed_firewall_rules: int = 0
+    """Rules the provider module adds besides ``firewall_rules`` (e.g. outbound)."""
+    manages_dns: bool = False
+    """Whether ``dnsProvider`` may name this provider."""
+    resource_prefix: str
+    """The type-token prefix of this provider's resources (``hcloud:``)."""
+    server_resource_type: str
+    firewall_resource_type: str
+
+    # -- catalog ----------------------------------------------------------------
+
+    def location(self, code: str) -> Location | None:
+        return next((loc for loc in self.locations if loc.code == code), None)
+
+    def server_type(self, name: str) -> ServerType | None:
+        return next((t for t in self.server_types if t.name == name), None)
+
+    def types_in(self, code: str) -> list[ServerType]:
+        """Types offered in ``code`` that are big enough for an edge, cheapest first,
+        arm64 before x86-64 at the same price."""
+        usable = [t for t in self.server_types if code in t.locations and t.ram_gb >= MIN_RAM_GB]
+        return sorted(usable, key=lambda t: (t.monthly_price, t.arch != "arm64", t.name))
+
+    def monthly_cost(self, server_type: str) -> float:
+        """Server plus the address that outlives it."""
+        stype = self.server_type(server_type)
+        assert stype is not None, server_type
+        return round(stype.monthly_price + self.ipv4_monthly, 2)
+
+    # -- cloud resources ------------------------------------------------------------
+
+    @abstractmethod
+    def ssh_keys(self, cfg: FleetConfig, parent: pulumi.Resource) -> list[pulumi.Output[str]]:
+        """Upload the stack's SSH public keys once; the values servers refer to them by."""
+
+    @abstractmethod
+    def create_machine(
+        self,
+        cfg: FleetConfig,
+        edge: EdgeSpec,
+        user_data: pulumi.Input[str],
+        ssh_key_ids: list[pulumi.Output[str]],
+        parent: pulumi.Resource,
+    ) -> Machine:
+        """The server, its persistent addresses and its firewall, children of ``parent``."""
+
+    def dns_records(
+        self,
+        resource_name: str,
+        cfg: FleetConfig,
+        relative_name: str,
+        rtype: str,
+        family: list[tuple[str, pulumi.Input[str]]],
+        opts: pulumi.ResourceOptions,
+    ) -> list[pulumi.CustomResource]:
+        """Records of one name and type in ``cfg.dns.zone``, one value per edge."""
+        raise NotImplementedError(f"{self.label} does not host DNS zones")
+
+    # -- offline mock engine and policy ---------------------------------------------
+
+    @abstractmethod
+    def mock_resource(self, typ: str, n: int, rid: str, inputs: Mapping[str, Any]) -> tuple[str, dict]:
+        """(id, extra outputs) the provider would answer, derived from ``n`` (a hash of
+        type and name) and from documentation address ranges only."""
+
+    @abstractmethod
+    def inbound_rules(self, inputs: Mapping[str, Any]) -> Iterator[InboundRule]:
+        """The inbound rules of one of this provider's firewall resources."""
+
+    @abstractmethod
+    def unfirewalled(self, server: Mapping[str, Any], resources: list[dict]) -> str | None:
+        """Why ``server`` (a rendered resource) has no firewall, or None if it has one."""
+
+
+def get(inputs: Mapping[str, Any], *names: str) -> Any:
+    """Mocks hand inputs over in the wire's camelCase, providers' SDKs in snake_case."""
+    for name in names:
+        if name in inputs and inputs[name] is not None:
+            return inputs[name]
+    return None

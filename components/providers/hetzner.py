@@ -2,91 +2,218 @@
 
 from __future__ import annotations
 
-import pulumi
-import pulumi_hcloud as hcloud
+import ipaddress
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from components.model.config import EdgeSpec, FleetConfig
-from components.providers.base import USER_DATA_IGNORED, Machine, firewall_rules, labels, server_name
+from components.model.catalog import Location, ServerType
+from components.providers.base import (
+    USER_DATA_IGNORED,
+    InboundRule,
+    Machine,
+    Provider,
+    firewall_rules,
+    get,
+    labels,
+    server_name,
+)
+
+if TYPE_CHECKING:
+    import pulumi
+
+    from components.model.config import EdgeSpec, FleetConfig
+
+_EU = frozenset({"fsn1", "nbg1", "hel1"})
+_ALL = frozenset({"fsn1", "nbg1", "hel1", "ash", "hil", "sin"})
 
 
-def ssh_keys(cfg: FleetConfig, parent: pulumi.Resource) -> list[pulumi.Output[str]]:
-    """Uploaded once per stack: Hetzner refuses the same key twice in one project."""
-    return [
-        hcloud.SshKey(
-            f"hetzner-ssh-key-{i}",
-            name=f"cgnat-edge-{cfg.stack}-{i}",
-            public_key=key,
-            labels={"app": "cgnat-edge", "stack": cfg.stack},
-            opts=pulumi.ResourceOptions(parent=parent),
-        ).id
-        for i, key in enumerate(cfg.ssh.public_keys)
-    ]
+def _location(code: str, city: str, country: str, continent: str, lat: float, lon: float) -> Location:
+    return Location("hetzner", code, city, country, continent, lat, lon)
 
 
-def create_machine(
-    cfg: FleetConfig,
-    edge: EdgeSpec,
-    user_data: pulumi.Input[str],
-    ssh_key_ids: list[pulumi.Output[str]],
-    parent: pulumi.Resource,
-) -> Machine:
-    child = pulumi.ResourceOptions(parent=parent)
-    tags = labels(cfg, edge.name)
-    # Primary IPs outlive the server (auto_delete off), so a rebuilt server keeps its
-    # addresses and neither DNS nor the home router's Endpoint has to change.
-    ips = {
-        family: hcloud.PrimaryIp(
-            f"{edge.name}-{family}",
-            name=f"{server_name(cfg, edge.name)}-{family}",
-            type=family,
-            location=edge.location.code,
-            assignee_type="server",
-            auto_delete=False,
+def _type(name: str, arch: str, vcpus: int, ram: float, disk: int, price: float, where: frozenset[str]) -> ServerType:
+    return ServerType("hetzner", name, arch, vcpus, ram, disk, price, "EUR", where)
+
+
+class Hetzner(Provider):
+    name = "hetzner"
+    label = "Hetzner Cloud"
+    currency = "EUR"
+    ipv4_monthly = 0.50
+    default_server_type = "cax11"
+    default_image = "debian-12"
+    images = ("debian-12",)
+    locations = (
+        _location("fsn1", "Falkenstein", "DE", "EU", 50.47, 12.37),
+        _location("nbg1", "Nuremberg", "DE", "EU", 49.45, 11.08),
+        _location("hel1", "Helsinki", "FI", "EU", 60.17, 24.94),
+        _location("ash", "Ashburn", "US", "NA", 39.04, -77.49),
+        _location("hil", "Hillsboro", "US", "NA", 45.52, -122.99),
+        _location("sin", "Singapore", "SG", "AS", 1.35, 103.82),
+    )
+    # Prices as of catalog.PRICES_READ.  Hetzner adjusted its prices on 2026-04-01; until
+    # the table is re-read these figures may be low by a few tens of cents per server.
+    server_types = (
+        # Hetzner's Ampere Altra (arm64) types exist only in its European locations.
+        _type("cax11", "arm64", 2, 4, 40, 3.79, _EU),
+        _type("cax21", "arm64", 4, 8, 80, 6.49, _EU),
+        _type("cax31", "arm64", 8, 16, 160, 12.49, _EU),
+        _type("cx23", "x86_64", 2, 4, 40, 3.49, _EU),
+        _type("cpx11", "x86_64", 2, 2, 40, 5.49, _ALL),
+        _type("cpx21", "x86_64", 3, 4, 80, 9.99, _ALL),
+    )
+    user_data_limit = 32 * 1024
+    firewall_rule_limit = 50
+    manages_dns = True
+    resource_prefix = "hcloud:"
+    server_resource_type = "hcloud:index/server:Server"
+    firewall_resource_type = "hcloud:index/firewall:Firewall"
+
+    def ssh_keys(self, cfg: FleetConfig, parent: pulumi.Resource) -> list[pulumi.Output[str]]:
+        """Uploaded once per stack: Hetzner refuses the same key twice in one project."""
+        import pulumi
+        import pulumi_hcloud as hcloud
+
+        return [
+            hcloud.SshKey(
+                f"hetzner-ssh-key-{i}",
+                name=f"cgnat-edge-{cfg.stack}-{i}",
+                public_key=key,
+                labels=labels(cfg),
+                opts=pulumi.ResourceOptions(parent=parent),
+            ).id
+            for i, key in enumerate(cfg.ssh.public_keys)
+        ]
+
+    def create_machine(
+        self,
+        cfg: FleetConfig,
+        edge: EdgeSpec,
+        user_data: pulumi.Input[str],
+        ssh_key_ids: list[pulumi.Output[str]],
+        parent: pulumi.Resource,
+    ) -> Machine:
+        import pulumi
+        import pulumi_hcloud as hcloud
+
+        child = pulumi.ResourceOptions(parent=parent)
+        tags = labels(cfg, edge.name)
+        # Primary IPs outlive the server (auto_delete off), so a rebuilt server keeps its
+        # addresses and neither DNS nor the home router's Endpoint has to change.
+        ips = {
+            family: hcloud.PrimaryIp(
+                f"{edge.name}-{family}",
+                name=f"{server_name(cfg, edge.name)}-{family}",
+                type=family,
+                location=edge.location.code,
+                assignee_type="server",
+                auto_delete=False,
+                labels=tags,
+                opts=child,
+            )
+            for family in ("ipv4", "ipv6")
+        }
+        firewall = hcloud.Firewall(
+            f"{edge.name}-firewall",
+            name=server_name(cfg, edge.name),
             labels=tags,
+            rules=[
+                hcloud.FirewallRuleArgs(
+                    direction="in",
+                    protocol=rule.protocol,
+                    port=rule.port,
+                    source_ips=list(rule.sources),
+                    description=rule.description,
+                )
+                for rule in firewall_rules(cfg)
+            ],
             opts=child,
         )
-        for family in ("ipv4", "ipv6")
-    }
-    firewall = hcloud.Firewall(
-        f"{edge.name}-firewall",
-        name=server_name(cfg, edge.name),
-        labels=tags,
-        rules=[
-            hcloud.FirewallRuleArgs(
-                direction="in",
-                protocol=rule.protocol,
-                port=str(rule.port) if rule.port is not None else None,
-                source_ips=list(rule.sources),
-                description=rule.description,
+        server = hcloud.Server(
+            f"{edge.name}-server",
+            name=server_name(cfg, edge.name),
+            server_type=edge.server_type.name,
+            image=edge.image,
+            location=edge.location.code,
+            ssh_keys=ssh_key_ids,
+            firewall_ids=[firewall.id.apply(int)],
+            public_nets=[
+                hcloud.ServerPublicNetArgs(
+                    ipv4_enabled=True,
+                    ipv4=ips["ipv4"].id.apply(int),
+                    ipv6_enabled=True,
+                    ipv6=ips["ipv6"].id.apply(int),
+                )
+            ],
+            user_data=user_data,
+            labels=tags,
+            opts=pulumi.ResourceOptions(parent=parent, ignore_changes=USER_DATA_IGNORED),
+        )
+        return Machine(
+            server=server,
+            server_id=server.id,
+            ipv4=ips["ipv4"].ip_address,
+            ipv6=server.ipv6_address,
+            reachable_after=[server],
+        )
+
+    def dns_records(
+        self,
+        resource_name: str,
+        cfg: FleetConfig,
+        relative_name: str,
+        rtype: str,
+        family: list[tuple[str, pulumi.Input[str]]],
+        opts: pulumi.ResourceOptions,
+    ) -> list[pulumi.CustomResource]:
+        """One RRSet per name and type (the Cloud API's unit), a record per edge;
+        adding an edge updates the RRSet in place."""
+        import pulumi_hcloud as hcloud
+
+        return [
+            hcloud.ZoneRrset(
+                resource_name,
+                zone=cfg.dns.zone,
+                name=relative_name,
+                type=rtype,
+                ttl=cfg.dns.ttl,
+                records=[
+                    hcloud.ZoneRrsetRecordArgs(value=value, comment=f"cgnat-edge {edge}") for edge, value in family
+                ],
+                labels=labels(cfg),
+                opts=opts,
             )
-            for rule in firewall_rules(cfg)
-        ],
-        opts=child,
-    )
-    server = hcloud.Server(
-        f"{edge.name}-server",
-        name=server_name(cfg, edge.name),
-        server_type=edge.server_type.name,
-        image=edge.image,
-        location=edge.location.code,
-        ssh_keys=ssh_key_ids,
-        firewall_ids=[firewall.id.apply(int)],
-        public_nets=[
-            hcloud.ServerPublicNetArgs(
-                ipv4_enabled=True,
-                ipv4=ips["ipv4"].id.apply(int),
-                ipv6_enabled=True,
-                ipv6=ips["ipv6"].id.apply(int),
-            )
-        ],
-        user_data=user_data,
-        labels=tags,
-        opts=pulumi.ResourceOptions(parent=parent, ignore_changes=USER_DATA_IGNORED),
-    )
-    return Machine(
-        server=server,
-        server_id=server.id,
-        ipv4=ips["ipv4"].ip_address,
-        ipv6=server.ipv6_address,
-        reachable_after=[server],
-    )
+        ]
+
+    def mock_resource(self, typ: str, n: int, rid: str, inputs: Mapping[str, Any]) -> tuple[str, dict]:
+        if typ == "hcloud:index/primaryIp:PrimaryIp":
+            if inputs.get("type") == "ipv6":
+                net = ipaddress.IPv6Network((0x20010DB8_0000_0000_0000_0000_0000_0000 | (n % 0xFFFF) << 80, 64))
+                return rid, {"ipAddress": str(net.network_address), "ipNetwork": str(net)}
+            return rid, {"ipAddress": f"203.0.113.{n % 250 + 2}"}
+        if typ == self.server_resource_type:
+            return rid, {
+                "status": "running",
+                "ipv6Address": f"2001:db8:{n % 0xFFFF:x}::1",
+                "ipv4Address": f"203.0.113.{n % 250 + 2}",
+            }
+        return rid, {}
+
+    def inbound_rules(self, inputs: Mapping[str, Any]) -> Iterator[InboundRule]:
+        for rule in get(inputs, "rules") or []:
+            if str(get(rule, "direction") or "in").lower() == "in":
+                yield InboundRule(
+                    str(get(rule, "protocol") or "").lower(),
+                    get(rule, "port"),
+                    list(get(rule, "sourceIps", "source_ips") or []),
+                )
+
+    def unfirewalled(self, server: Mapping[str, Any], resources: list[dict]) -> str | None:
+        inputs = server.get("inputs") or {}
+        siblings = {r.get("type") for r in resources if r.get("parent") == server.get("parent")}
+        if get(inputs, "firewallIds", "firewall_ids") or self.firewall_resource_type in siblings:
+            return None
+        return "has no Hetzner Cloud firewall; pass firewall_ids with a firewall built from base.firewall_rules"
+
+
+PROVIDER = Hetzner()

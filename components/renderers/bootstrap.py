@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import yaml
 
 from components.model.config import EdgeSpec, FleetConfig
+from components import providers
 from components.renderers import nftables, templates, traefik, tunnel
 
-USER_DATA_LIMIT = 32 * 1024
-"""Hetzner Cloud rejects user data above 32 KiB; DigitalOcean allows 64 KiB."""
+USER_DATA_LIMIT = min(provider.user_data_limit for provider in providers.REGISTRY.values())
+"""The smallest user-data limit of any provider: what a stack must fit to run anywhere."""
 PLAIN_TEXT_BUDGET = 24 * 1024
 """Up to this size the files stay plain text in the cloud-config, readable in an
 offline render; above it the larger files are gzipped to keep room under the limit."""
@@ -176,10 +177,11 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str, host_key: tuple[st
         doc["write_files"] = _write_files(files, compress=True)
         text = _dump(doc, "#cloud-config\n")
     size = len(text.encode())
-    if size > USER_DATA_LIMIT:
+    provider = providers.get(edge.provider)
+    if size > provider.user_data_limit:
         raise UserDataTooLarge(
-            f"cgnat-edge: the cloud-config of edge {edge.name!r} is {size} bytes, over the {USER_DATA_LIMIT}-byte "
-            f"user-data limit of Hetzner Cloud by {size - USER_DATA_LIMIT} bytes ({len(cfg.services)} services). "
+            f"cgnat-edge: the cloud-config of edge {edge.name!r} is {size} bytes, over the {provider.user_data_limit}-byte "
+            f"user-data limit of {provider.label} by {size - provider.user_data_limit} bytes ({len(cfg.services)} services). "
             "Declare fewer services, shorten hostnames, or split the services over two stacks."
         )
     return text

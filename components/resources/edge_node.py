@@ -9,12 +9,10 @@ import shlex
 import pulumi
 import pulumi_command as command
 
+from components import providers
 from components.model.config import EdgeSpec, FleetConfig
-from components.providers import digitalocean, hetzner
 from components.renderers import bootstrap, tunnel
 from components.resources.keys import SshHostKey, WireGuardKey
-
-PROVIDERS = {"hetzner": hetzner, "digitalocean": digitalocean}
 
 
 def _as_root(cfg: FleetConfig, script: str) -> str:
@@ -56,7 +54,7 @@ class EdgeNode(pulumi.ComponentResource):
                 lambda args: bootstrap.user_data(cfg, edge, args[0], (args[1], args[2]))
             )
         )
-        machine = PROVIDERS[edge.provider].create_machine(cfg, edge, user_data, ssh_key_ids, parent=self)
+        machine = providers.get(edge.provider).create_machine(cfg, edge, user_data, ssh_key_ids, parent=self)
 
         connection = command.remote.ConnectionArgs(
             host=machine.ipv4,

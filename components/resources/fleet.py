@@ -7,24 +7,22 @@ from collections import defaultdict
 
 import pulumi
 
+from components import providers
 from components.model import catalog
 from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
-from components.providers import digitalocean, hetzner
 from components.renderers import geodns, home_configs, tunnel
 from components.resources.edge_node import EdgeNode
 from components.resources.keys import WireGuardKey
 from components.resources.managed_dns import ManagedDns
-
-SSH_KEY_UPLOADERS = {"hetzner": hetzner.ssh_keys, "digitalocean": digitalocean.ssh_keys}
 
 
 def monthly_cost(cfg: FleetConfig) -> dict:
     """Per currency, since the providers bill in different ones; no conversion guessed."""
     per_edge = {
         e.name: {
-            "amount": catalog.monthly_cost(e.provider, e.server_type.name),
-            "currency": catalog.PROVIDERS[e.provider].currency,
+            "amount": providers.get(e.provider).monthly_cost(e.server_type.name),
+            "currency": providers.get(e.provider).currency,
         }
         for e in cfg.edges
     }
@@ -63,7 +61,7 @@ class EdgeFleet(pulumi.ComponentResource):
             home_key = WireGuardKey("home-wireguard-key", opts=child)
             home_public_key, home_private_key = home_key.public_key, home_key.private_key
 
-        key_ids = {provider: SSH_KEY_UPLOADERS[provider](cfg, self) for provider in cfg.providers}
+        key_ids = {name: providers.get(name).ssh_keys(cfg, self) for name in cfg.providers}
         nodes = [
             EdgeNode(cfg, edge, home_public_key, key_ids[edge.provider], ssh_private_key, opts=child)
             for edge in cfg.edges

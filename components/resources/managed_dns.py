@@ -1,5 +1,6 @@
-"""The edges' A/AAAA records, created in the DNS zone the user keeps at Hetzner or
-DigitalOcean, so a new or replaced edge is in DNS without anyone touching a zone file.
+"""The edges' A/AAAA records, created in the DNS zone the user keeps at a provider that
+hosts zones (``dnsProvider``), so a new or replaced edge is in DNS without anyone
+touching a zone file.
 
 Neither provider routes by geography, so every name answers with every edge (round
 robin) - the same set as the ``default`` records of ``geodns.policy``, with the same
@@ -18,15 +19,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import pulumi
-import pulumi_digitalocean as digitalocean
-import pulumi_hcloud as hcloud
 
+from components import providers
 from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
 from components.renderers import geodns
 
 TYPE_TOKEN = "cgnat-edge:index:ManagedDns"
-PROVIDERS = ("hetzner", "digitalocean")
 
 
 def relative_name(hostname: str, zone: str) -> str:
@@ -58,13 +57,12 @@ class ManagedDns(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__(TYPE_TOKEN, name, None, opts)
-        self._name = name
-        self._cfg = cfg
         eps = list(edges)
         self.record_resources = []
         child = pulumi.ResourceOptions(parent=self)
         summaries: list[pulumi.Output[dict[str, Any]]] = []
-        if cfg.dns.provider in PROVIDERS:
+        provider = providers.REGISTRY.get(cfg.dns.provider)
+        if provider is not None:
             for hostname, _service in geodns.hostnames(cfg):
                 rel = relative_name(hostname, cfg.dns.zone)
                 for rtype in ("A", "AAAA"):
@@ -72,10 +70,8 @@ class ManagedDns(pulumi.ComponentResource):
                     family = [(edge, value) for edge, value in family if value is not None]
                     if not family:
                         continue
-                    if cfg.dns.provider == "hetzner":
-                        self._hetzner(hostname, rel, rtype, family, child)
-                    else:
-                        self._digitalocean(hostname, rel, rtype, family, child)
+                    resource_name = f"{name}-{hostname}-{rtype.lower()}"
+                    self.record_resources += provider.dns_records(resource_name, cfg, rel, rtype, family, child)
                     summaries.append(
                         pulumi.Output.all(*[value for _, value in family]).apply(
                             lambda values, h=hostname, r=rel, t=rtype: {
@@ -89,53 +85,3 @@ class ManagedDns(pulumi.ComponentResource):
                     )
         self.records = pulumi.Output.all(*summaries).apply(list) if summaries else pulumi.Output.from_input([])
         self.register_outputs({"records": self.records})
-
-    def _resource_name(self, hostname: str, rtype: str, edge: str | None = None) -> str:
-        return "-".join(part for part in (self._name, hostname, rtype.lower(), edge) if part)
-
-    def _hetzner(
-        self,
-        hostname: str,
-        rel: str,
-        rtype: str,
-        family: list[tuple[str, pulumi.Input[str]]],
-        opts: pulumi.ResourceOptions,
-    ) -> None:
-        """One RRSet per name and type (the Cloud API's unit), a record per edge;
-        adding an edge updates the RRSet in place."""
-        self.record_resources.append(
-            hcloud.ZoneRrset(
-                self._resource_name(hostname, rtype),
-                zone=self._cfg.dns.zone,
-                name=rel,
-                type=rtype,
-                ttl=self._cfg.dns.ttl,
-                records=[
-                    hcloud.ZoneRrsetRecordArgs(value=value, comment=f"cgnat-edge {edge}") for edge, value in family
-                ],
-                labels={"managed-by": "cgnat-edge", "stack": self._cfg.stack},
-                opts=opts,
-            )
-        )
-
-    def _digitalocean(
-        self,
-        hostname: str,
-        rel: str,
-        rtype: str,
-        family: list[tuple[str, pulumi.Input[str]]],
-        opts: pulumi.ResourceOptions,
-    ) -> None:
-        """DigitalOcean keeps one record per value, so one resource per edge."""
-        for edge, value in family:
-            self.record_resources.append(
-                digitalocean.DnsRecord(
-                    self._resource_name(hostname, rtype, edge),
-                    domain=self._cfg.dns.zone,
-                    name=rel,
-                    type=rtype,
-                    value=value,
-                    ttl=self._cfg.dns.ttl,
-                    opts=opts,
-                )
-            )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from pulumi.runtime.stack import run_in_stack
 from pulumi.runtime.sync_await import _sync_await
 
 from components import program as program_module
+from components import providers
 from components.model import stack
 
 SECRET = "[secret]"
@@ -121,29 +121,9 @@ class CloudMocks(pulumi.runtime.Mocks):
             result = provider.create({k: v for k, v in inputs.items() if k != "__provider"})
             outputs.update(result.outs or {})
             rid = result.id
-        elif t == "hcloud:index/primaryIp:PrimaryIp":
-            if inputs.get("type") == "ipv6":
-                net = ipaddress.IPv6Network((0x20010DB8_0000_0000_0000_0000_0000_0000 | (n % 0xFFFF) << 80, 64))
-                outputs.update(ipAddress=str(net.network_address), ipNetwork=str(net))
-            else:
-                outputs["ipAddress"] = f"203.0.113.{n % 250 + 2}"
-        elif t == "hcloud:index/server:Server":
-            outputs.update(
-                status="running", ipv6Address=f"2001:db8:{n % 0xFFFF:x}::1", ipv4Address=f"203.0.113.{n % 250 + 2}"
-            )
-        elif t == "digitalocean:index/droplet:Droplet":
-            outputs.update(
-                ipv4Address=f"198.51.100.{n % 120 + 2}",
-                ipv6Address=f"2001:db8:d0:{n % 0xFFFF:x}::1",
-                status="active",
-                urn=f"do:droplet:{rid}",
-            )
-        elif t == "digitalocean:index/reservedIp:ReservedIp":
-            outputs.update(ipAddress=f"198.51.100.{n % 120 + 130}", urn=f"do:reservedip:{rid}")
-            rid = outputs["ipAddress"]
-        elif t == "digitalocean:index/sshKey:SshKey":
-            blob = base64.b64decode(inputs["publicKey"].split()[1])
-            outputs["fingerprint"] = ":".join(f"{b:02x}" for b in hashlib.md5(blob).digest())
+        elif (provider := providers.for_resource_type(t)) is not None:
+            rid, extra = provider.mock_resource(t, n, rid, inputs)
+            outputs.update(extra)
         elif t == "command:remote:Command":
             outputs.update(stdout="", stderr="")
         return rid, outputs

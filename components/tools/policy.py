@@ -24,16 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components import providers
 from components.model import stack
 from components.model.config import NAMESPACE, FleetConfig
 
 SECRET_MARKER = "[secret]"
 SSH_PORT = 22
 
-HCLOUD_FIREWALL = "hcloud:index/firewall:Firewall"
-HCLOUD_SERVER = "hcloud:index/server:Server"
-DO_FIREWALL = "digitalocean:index/firewall:Firewall"
-DO_DROPLET = "digitalocean:index/droplet:Droplet"
+FIREWALLS = {p.firewall_resource_type: p for p in providers.REGISTRY.values()}
+SERVERS = {p.server_resource_type: p for p in providers.REGISTRY.values()}
 
 _WG_KEY = r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]="
 # "PrivateKey = ..." (wg-quick), "privateKey": "..." (JSON), private_key: ... (YAML):
@@ -61,14 +60,6 @@ class Violation:
 # ---------------------------------------------------------------------------
 # (a) ports nobody declared
 # ---------------------------------------------------------------------------
-
-
-def _get(mapping: Mapping[str, Any], *names: str) -> Any:
-    """Mocks hand inputs over in the wire's camelCase, providers' SDKs in snake_case."""
-    for name in names:
-        if name in mapping and mapping[name] is not None:
-            return mapping[name]
-    return None
 
 
 def _port_span(value: Any) -> tuple[int, int] | None:
@@ -101,23 +92,10 @@ def _networks(values: Iterable[Any]) -> list[ipaddress.IPv4Network | ipaddress.I
 
 def _inbound_rules(resource: Mapping[str, Any]) -> Iterator[tuple[str, Any, list[Any]]]:
     """(protocol, port spec, sources) of every inbound rule, whichever provider."""
-    inputs = resource.get("inputs") or {}
-    if resource.get("type") == HCLOUD_FIREWALL:
-        for rule in _get(inputs, "rules") or []:
-            if str(_get(rule, "direction") or "in").lower() != "in":
-                continue
-            yield (
-                str(_get(rule, "protocol") or "").lower(),
-                _get(rule, "port"),
-                list(_get(rule, "sourceIps", "source_ips") or []),
-            )
-    elif resource.get("type") == DO_FIREWALL:
-        for rule in _get(inputs, "inboundRules", "inbound_rules") or []:
-            yield (
-                str(_get(rule, "protocol") or "").lower(),
-                _get(rule, "portRange", "port_range"),
-                list(_get(rule, "sourceAddresses", "source_addresses") or []),
-            )
+    provider = FIREWALLS.get(str(resource.get("type")))
+    if provider is not None:
+        for rule in provider.inbound_rules(resource.get("inputs") or {}):
+            yield rule.protocol, rule.port, rule.sources
 
 
 def _subject(resource: Mapping[str, Any]) -> str:
@@ -129,7 +107,7 @@ def check_ports(cfg: FleetConfig, resources: list[dict]) -> list[Violation]:
     declared = {p: set(cfg.public_ports(p)) for p in ("tcp", "udp")}
     ssh_sources = list(cfg.ssh.allowed_cidrs)
     for resource in resources:
-        if resource.get("type") not in (HCLOUD_FIREWALL, DO_FIREWALL):
+        if resource.get("type") not in FIREWALLS:
             continue
         for protocol, port, sources in _inbound_rules(resource):
             if protocol == "icmp":
@@ -189,36 +167,12 @@ def _within(net: Any, allowed: list[Any]) -> bool:
 
 def check_firewalled(resources: list[dict]) -> list[Violation]:
     """A machine without a provider firewall exposes whatever happens to listen."""
-    by_parent: dict[str, set[str]] = {}
-    do_firewall_tags: set[str] = set()
-    for r in resources:
-        if r.get("type") in (HCLOUD_FIREWALL, DO_FIREWALL):
-            by_parent.setdefault(r.get("parent") or "", set()).add(r["type"])
-        if r.get("type") == DO_FIREWALL:
-            do_firewall_tags.update(_get(r.get("inputs") or {}, "tags") or [])
     violations = []
     for r in resources:
-        inputs = r.get("inputs") or {}
-        siblings = by_parent.get(r.get("parent") or "", set())
-        if r.get("type") == HCLOUD_SERVER:
-            if not (_get(inputs, "firewallIds", "firewall_ids") or HCLOUD_FIREWALL in siblings):
-                violations.append(
-                    Violation(
-                        "unfirewalled-machine",
-                        _subject(r),
-                        "has no Hetzner Cloud firewall; pass firewall_ids with a firewall built from machine.firewall_rules",
-                    )
-                )
-        elif r.get("type") == DO_DROPLET:
-            tagged = do_firewall_tags & set(_get(inputs, "tags") or [])
-            if not (DO_FIREWALL in siblings or tagged):
-                violations.append(
-                    Violation(
-                        "unfirewalled-machine",
-                        _subject(r),
-                        "has no DigitalOcean firewall; create a digitalocean.Firewall with its droplet_ids next to it",
-                    )
-                )
+        provider = SERVERS.get(str(r.get("type")))
+        why = provider.unfirewalled(r, resources) if provider else None
+        if why:
+            violations.append(Violation("unfirewalled-machine", _subject(r), why))
     return violations
 
 
@@ -287,28 +241,12 @@ def check_inputs(resources: list[dict]) -> list[Violation]:
 # ---------------------------------------------------------------------------
 
 
-def check_ha(cfg: FleetConfig) -> list[Violation]:
-    if cfg.ha and len(cfg.providers) < 2:
-        only = cfg.providers[0] if cfg.providers else "no provider"
-        other = "digitalocean" if only == "hetzner" else "hetzner"
-        return [
-            Violation(
-                "single-provider-ha",
-                f"{NAMESPACE}:edges",
-                f"{NAMESPACE}:ha is true but every edge is on {only}, so one provider outage takes the "
-                f"whole fleet down; add an edge on {other} or set {NAMESPACE}:ha to false",
-            )
-        ]
-    return []
-
-
 def check(
     cfg: FleetConfig, resources: list[dict], outputs: Mapping[str, Any], secret_outputs: set[str]
 ) -> list[Violation]:
     """Every rule, in a stable order; an empty list means the stack may be previewed."""
     return (
-        check_ha(cfg)
-        + check_ports(cfg, resources)
+        check_ports(cfg, resources)
         + check_firewalled(resources)
         + check_outputs(outputs, set(secret_outputs))
         + check_inputs(resources)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from components import providers
 from components.tools import home_files, offline
 
 
@@ -26,10 +27,13 @@ def _write(path: Path, text: str, private: bool = False) -> Path:
     return path
 
 
+SERVER_TYPES = {p.server_resource_type for p in providers.REGISTRY.values()}
+
+
 def _user_data(run: offline.Run) -> dict[str, str]:
     out = {}
     for r in run.resources:
-        if r.type in ("hcloud:index/server:Server", "digitalocean:index/droplet:Droplet"):
+        if r.type in SERVER_TYPES:
             edge = r.parent.rsplit("::", 1)[-1]
             out[edge] = offline.reveal(r.inputs.get("userData", ""))
     return out
