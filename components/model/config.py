@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from components import providers
@@ -27,9 +28,36 @@ NAMESPACE = "cgnat-edge"
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-MODES = ("passthrough", "http", "tcp", "udp")
 HOME_ROLES = ("router", "host")
 ACME_CHALLENGES = ("http", "tls")
+
+
+class Protocol(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class Mode(StrEnum):
+    """How a service crosses the edge."""
+
+    PASSTHROUGH = "passthrough"
+    """TLS ends at home; Traefik routes by SNI on the shared port 443."""
+    HTTP = "http"
+    """TLS ends on the edge (ACME); Traefik routes by Host on the shared ports."""
+    TCP = "tcp"
+    """A public TCP port of its own, forwarded as it is."""
+    UDP = "udp"
+    """A public UDP port of its own, forwarded as it is."""
+
+    @property
+    def by_hostname(self) -> bool:
+        """Routed by name on the shared ports 443/80, rather than by a port of its own."""
+        return self in (Mode.PASSTHROUGH, Mode.HTTP)
+
+    @property
+    def protocol(self) -> Protocol:
+        return Protocol.UDP if self is Mode.UDP else Protocol.TCP
+
 
 CGNAT_RANGE = ipaddress.ip_network("100.64.0.0/10")
 RESERVED_TCP_PORTS = {80: "HTTP (redirect and ACME)", 443: "HTTPS (passthrough and http services)"}
@@ -101,7 +129,7 @@ class Middlewares:
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
-    mode: str
+    mode: Mode
     target: Target
     hostnames: tuple[str, ...] = ()
     port: int = 443
@@ -114,7 +142,7 @@ class ServiceSpec:
 
     @property
     def protocol(self) -> str:
-        return "udp" if self.mode == "udp" else "tcp"
+        return self.mode.protocol
 
 
 @dataclass(frozen=True)
@@ -180,9 +208,9 @@ class FleetConfig:
         if protocol == "udp":
             ports.add(self.tunnel.listen_port)
         else:
-            if any(s.mode in ("passthrough", "http") for s in self.services):
+            if any(s.mode.by_hostname for s in self.services):
                 ports.update((80, 443))
-        ports.update(s.port for s in self.services if s.protocol == protocol and s.mode in ("tcp", "udp"))
+        ports.update(s.port for s in self.services if s.protocol == protocol and not s.mode.by_hostname)
         return sorted(ports)
 
 
@@ -398,7 +426,7 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         p.fail("acmeChallenge", f"{acme.challenge!r} is not supported; use one of {', '.join(ACME_CHALLENGES)}")
     services = _parse_services(p, p.get("services"), domain, tunnel, home)
 
-    if any(s.mode == "http" for s in services) and not acme.email:
+    if any(s.mode is Mode.HTTP for s in services) and not acme.email:
         p.fail(
             "acmeEmail",
             "is required because an http service terminates TLS on the edges; set an address Let's Encrypt may write to",
@@ -728,10 +756,10 @@ def _parse_services(
     reserved[("udp", tunnel.listen_port)] = f"WireGuard ({_fix_key('wireguardPort')})"
     reserved[("tcp", 22)] = "SSH"
     allowed_fields = {
-        "passthrough": {"name", "mode", "hostnames", "target", "proxyProtocol", "httpTarget", "healthPath"},
-        "http": {"name", "mode", "hostnames", "target", "middlewares", "healthPath"},
-        "tcp": {"name", "mode", "port", "target", "proxyProtocol"},
-        "udp": {"name", "mode", "port", "target"},
+        Mode.PASSTHROUGH: {"name", "mode", "hostnames", "target", "proxyProtocol", "httpTarget", "healthPath"},
+        Mode.HTTP: {"name", "mode", "hostnames", "target", "middlewares", "healthPath"},
+        Mode.TCP: {"name", "mode", "port", "target", "proxyProtocol"},
+        Mode.UDP: {"name", "mode", "port", "target"},
     }
     for i, item in enumerate(items or []):
         key = f"services[{i}]"
@@ -741,13 +769,14 @@ def _parse_services(
         name = p.unique_name(key, item, names, "service")
         if name is None:
             continue
-        mode = str(item.get("mode", "passthrough"))
-        if mode not in MODES:
+        mode_text = str(item.get("mode", Mode.PASSTHROUGH))
+        if mode_text not in Mode.__members__.values():
             p.fail(
                 f"{key}.mode",
-                f"{mode!r} is not a mode; use passthrough (TLS ends at home), http (TLS ends on the edge), tcp or udp",
+                f"{mode_text!r} is not a mode; use passthrough (TLS ends at home), http (TLS ends on the edge), tcp or udp",
             )
             continue
+        mode = Mode(mode_text)
         for k in sorted(set(item) - allowed_fields[mode]):
             p.fail(
                 f"{key}.{k}", f"is not a field of a {mode} service; allowed: {', '.join(sorted(allowed_fields[mode]))}"
@@ -762,7 +791,7 @@ def _parse_services(
                 _check_reachable(p, f"{key}.httpTarget", http_target, tunnel, home)
         spec_hosts: list[str] = []
         port = 443
-        if mode in ("passthrough", "http"):
+        if mode.by_hostname:
             raw_hosts = item.get("hostnames")
             if isinstance(raw_hosts, str):
                 raw_hosts = [raw_hosts]
@@ -792,7 +821,7 @@ def _parse_services(
                 p.fail(f"{key}.port", f"{mode} port {port} is already used by {owner}; pick another public port")
                 continue
             ports[(mode, port)] = f"service {name!r}"
-        proxy = item.get("proxyProtocol", mode == "passthrough")
+        proxy = item.get("proxyProtocol", mode is Mode.PASSTHROUGH)
         if not isinstance(proxy, bool):
             p.fail(f"{key}.proxyProtocol", "must be true or false")
             proxy = False
@@ -802,7 +831,7 @@ def _parse_services(
             health = None
         middlewares = (
             _parse_middlewares(p, f"{key}.middlewares", item.get("middlewares") or {})
-            if mode == "http"
+            if mode is Mode.HTTP
             else Middlewares()
         )
         if target is None:

@@ -37,7 +37,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from components.model.config import FleetConfig, ServiceSpec
+from components.model.config import FleetConfig, Mode, Protocol, ServiceSpec
 from components.model.deployed import DeployedEdge
 
 PORT_SERVICES_LABEL = "edge"
@@ -92,10 +92,10 @@ def hostnames(cfg: FleetConfig) -> list[tuple[str, ServiceSpec | None]]:
     passthrough/http service already owns that name, in which case that one wins)."""
     names: dict[str, ServiceSpec | None] = {}
     for service in cfg.services:
-        if service.mode in ("passthrough", "http"):
+        if service.mode.by_hostname:
             for host in service.hostnames:
                 names[host] = service
-    if any(s.mode in ("tcp", "udp") for s in cfg.services):
+    if any(not s.mode.by_hostname for s in cfg.services):
         names.setdefault(f"{PORT_SERVICES_LABEL}.{cfg.domain}", None)
     return sorted(names.items(), key=lambda item: item[0])
 
@@ -115,7 +115,7 @@ def _health_check(
         if service.health_path:
             protocol, url = "https", f"https://{hostname}{_safe_path(service.health_path)}"
     else:
-        tcp_ports = sorted(s.port for s in cfg.services if s.mode == "tcp")
+        tcp_ports = sorted(s.port for s in cfg.services if s.mode is Mode.TCP)
         if not tcp_ports:
             return None  # udp only: nothing a TCP connect or an URL fetch could check
         port, protocol, url = tcp_ports[0], "tcp", None

