@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -17,6 +18,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -304,9 +306,18 @@ def _portable(files: list[bootstrap.NodeFile]) -> list[bootstrap.NodeFile]:
     ]
 
 
-def test_bundle_is_deterministic(fleet_config, keys):
+def test_bundle_is_deterministic(fleet_config, keys, monkeypatch):
+    """The same files give the same bytes on every run, whatever the clock says, so
+    Pulumi pushes nothing until a file changes; and a changed file does change them."""
     files = bootstrap.node_files(fleet_config, fleet_config.edges[0], wg_conf(keys))
-    assert bootstrap.bundle(files) == bootstrap.bundle(files)
+    bundles = []
+    for now in (1_700_000_000.0, 1_800_000_000.0):  # two runs, years apart
+        monkeypatch.setattr(time, "time", lambda now=now: now)
+        bundles.append(bootstrap.bundle(files))
+    monkeypatch.undo()
+    assert bundles[0] == bundles[1]
+    changed = [dataclasses.replace(files[0], content=files[0].content + "\n"), *files[1:]]
+    assert bootstrap.bundle(changed) != bundles[0]
 
 
 def test_push_applies_changes_in_place(raw_config, keys, edge_ns, tmp_path):
