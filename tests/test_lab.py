@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, require_root, require_tool
 
 from components.lab import edge_lab as lab_module
 from components.lab.netns import PREFIX, wait_for
 from components.renderers import bootstrap
 from components.tools import offline
+from tests.support import ROOT, require_root, require_tool
 
 pytestmark = pytest.mark.netns
 

@@ -7,17 +7,15 @@ The edge lives in one namespace, the internet in another, joined by a veth pair 
 from __future__ import annotations
 
 import copy
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import require_root, require_tool
 
+from components.lab.netns import wait_for
 from components.model import config as config_module
 from components.renderers import nftables
+from tests.support import namespaces, require_tool
 
 EDGE = "203.0.113.1"
 ALLOWED_ADMIN = "203.0.113.2"  # inside sshAllowedCidrs
@@ -58,61 +56,13 @@ def test_ruleset_opens_exactly_the_public_ports(cfg):
     assert 'oifname "wg0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu' in text
 
 
-class Pair:
-    """Two namespaces joined by a veth pair: the edge and the internet."""
-
-    def __init__(self, tag: str):
-        self.edge = f"cgnat-nft-edge-{tag}"
-        self.net = f"cgnat-nft-net-{tag}"
-        self.procs: list[subprocess.Popen] = []
-
-    def sh(self, ns: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, **kw)
-
-    def start(self, ns: str, *cmd: str) -> None:
-        self.procs.append(
-            subprocess.Popen(
-                ["ip", "netns", "exec", ns, *cmd],
-                start_new_session=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        for ns in (self.edge, self.net):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
 @pytest.fixture
 def pair():
-    require_root()
-    require_tool("ip", "nft", "socat")
-    p = Pair(str(os.getpid()))
-    try:
-        for ns in (p.edge, p.net):
-            subprocess.run(["ip", "netns", "add", ns], check=True)
-            p.sh(ns, "ip", "link", "set", "lo", "up", check=True)
-        subprocess.run(
-            ["ip", "link", "add", "e0", "netns", p.edge, "type", "veth", "peer", "name", "n0", "netns", p.net],
-            check=True,
-        )
-        p.sh(p.edge, "ip", "addr", "add", f"{EDGE}/24", "dev", "e0", check=True)
-        p.sh(p.edge, "ip", "link", "set", "e0", "up", check=True)
-        for addr in (ALLOWED_ADMIN, STRANGER):
-            p.sh(p.net, "ip", "addr", "add", f"{addr}/24", "dev", "n0", check=True)
-        p.sh(p.net, "ip", "link", "set", "n0", "up", check=True)
-        yield p
-    finally:
-        p.close()
+    """Two namespaces joined by a veth pair: the edge and the internet."""
+    with namespaces("nft", "socat", "ss") as lab:
+        edge, net = lab.node("edge"), lab.node("net")
+        lab.link(edge, "e0", [f"{EDGE}/24"], net, "n0", [f"{ALLOWED_ADMIN}/24", f"{STRANGER}/24"])
+        yield edge, net
 
 
 PROBE = r"""
@@ -133,21 +83,28 @@ except ConnectionRefusedError:
 
 
 def test_ruleset_enforced_in_a_namespace(cfg, pair, tmp_path):
+    edge, net = pair
     path = tmp_path / "nftables.conf"
     path.write_text(nftables.ruleset(cfg))
-    loaded = pair.sh(pair.edge, "nft", "-f", str(path))
+    loaded = edge.run("nft", "-f", str(path), check=False)
     assert loaded.returncode == 0, loaded.stderr
-    assert "policy drop" in pair.sh(pair.edge, "nft", "list", "chain", "inet", "cgnat_edge", "input").stdout
+    assert "policy drop" in edge.run("nft", "list", "chain", "inet", "cgnat_edge", "input").stdout
 
     undeclared_tcp, undeclared_udp = 8080, 5353
     for port in (22, 2222, 443, undeclared_tcp):
-        pair.start(pair.edge, "socat", f"TCP-LISTEN:{port},bind={EDGE},reuseaddr,fork", "EXEC:cat")
+        edge.spawn("socat", f"TCP-LISTEN:{port},bind={EDGE},reuseaddr,fork", "EXEC:cat")
     for port in (2456, undeclared_udp):
-        pair.start(pair.edge, "socat", f"UDP4-RECVFROM:{port},bind={EDGE},fork", "EXEC:cat")
-    time.sleep(0.5)
+        edge.spawn("socat", f"UDP4-RECVFROM:{port},bind={EDGE},fork", "EXEC:cat")
+    listening = [f"{EDGE}:{port}" for port in (22, 2222, 443, undeclared_tcp, 2456, undeclared_udp)]
+    wait_for(
+        lambda: set(listening) <= set(edge.run("ss", "-Hlntu", check=False).stdout.split()),
+        message="socat listening on every port",
+    )
 
     def probe(kind: str, source: str, port: int) -> str:
-        return pair.sh(pair.net, sys.executable, "-c", PROBE, kind, source, EDGE, str(port), timeout=10).stdout.strip()
+        return net.run(
+            sys.executable, "-c", PROBE, kind, source, EDGE, str(port), check=False, timeout=10
+        ).stdout.strip()
 
     assert probe("tcp", STRANGER, 2222) == "open"
     assert probe("tcp", STRANGER, 443) == "open"
@@ -158,5 +115,5 @@ def test_ruleset_enforced_in_a_namespace(cfg, pair, tmp_path):
     assert probe("udp", STRANGER, undeclared_udp) == "dropped"
     # Without the ruleset the same undeclared port answers: the drop above is the
     # firewall's doing, not a missing listener.
-    pair.sh(pair.edge, "nft", "flush", "ruleset", check=True)
+    edge.run("nft", "flush", "ruleset")
     assert probe("tcp", STRANGER, undeclared_tcp) == "open"

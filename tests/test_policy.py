@@ -7,7 +7,6 @@ import base64
 import json
 
 import pytest
-from conftest import ROOT
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
@@ -15,6 +14,7 @@ from components import providers
 from components.model.config import parse
 from components.providers.base import firewall_rules
 from components.tools import policy
+from tests.support import ROOT
 
 HETZNER = providers.get("hetzner")
 DO = providers.get("digitalocean")

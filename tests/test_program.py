@@ -11,7 +11,7 @@ import pytest
 
 from components.model.config import ConfigError
 from components.tools import offline
-from tests.conftest import ROOT, stack_raw
+from tests.support import ROOT, stack_raw
 
 STACK = ROOT / "Pulumi.dev.yaml"
 WG_KEY = "pulumi-python:dynamic/cgnat-edge:WireGuardKey"

@@ -8,7 +8,7 @@ import stat
 import yaml
 
 from components.tools import cli
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def test_render_writes_every_artifact(tmp_path, capsys):
@@ -69,7 +69,7 @@ def test_bad_stack_exits_with_the_config_message(tmp_path, capsys):
 
 def test_compressed_files_are_rendered_as_the_edge_writes_them(tmp_path):
     from components.tools import offline, render
-    from tests.conftest import stack_raw
+    from tests.support import stack_raw
 
     services = [
         {"name": f"svc{i}", "mode": "tcp", "port": 10000 + i, "target": f"192.168.1.{i % 250 + 1}:{20000 + i}"}

@@ -8,11 +8,11 @@ import subprocess
 import pytest
 import yaml
 
-from components.lab.netns import Lab, wait_for
+from components.lab.netns import wait_for
 from components.model.keys import generate_host_key
 from components.renderers import bootstrap
 from components.resources.keys import SshHostKeyProvider
-from tests.conftest import require_root, require_tool
+from tests.support import namespaces, require_tool
 
 
 def test_generated_pair_matches_ssh_keygen(tmp_path):
@@ -43,9 +43,7 @@ def test_cloud_config_installs_only_that_key(fleet_config):
 
 @pytest.fixture
 def lab():
-    require_root()
-    require_tool("sshd", "ssh")
-    with Lab() as lab:
+    with namespaces("sshd", "ssh") as lab:
         yield lab
 
 

@@ -11,12 +11,10 @@ router applies its middlewares without trusting client-sent forwarded headers.
 from __future__ import annotations
 
 import copy
-import datetime
 import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -24,14 +22,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, require_root, require_tool
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from components.lab.certs import self_signed
+from components.lab.netns import Node, wait_for
 from components.model import config as config_module
 from components.renderers import traefik
+from tests.support import ROOT, namespaces, stack_raw
 
 TRAEFIK = Path(sys.executable).parent / "traefik"
 EDGE = "203.0.113.1"
@@ -116,59 +112,19 @@ def _test_raw(raw_config: dict) -> dict:
     return raw
 
 
-def _ns(ns: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, **kw)
-
-
-class Namespace:
-    def __init__(self, name: str):
-        self.name = name
-        self.procs: list[subprocess.Popen] = []
-
-    def run(self, *cmd: str, **kw) -> subprocess.CompletedProcess:
-        return _ns(self.name, *cmd, **kw)
-
-    def python(self, code: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-        return self.run(sys.executable, "-c", code, *args, timeout=timeout)
-
-    def start(self, *cmd: str, **kw) -> subprocess.Popen:
-        proc = subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], start_new_session=True, **kw)
-        self.procs.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def edge_ns():
-    require_root()
-    require_tool("ip", "curl", "socat")
-    ns = Namespace(f"cgnat-traefik-{os.getpid()}")
-    subprocess.run(["ip", "netns", "add", ns.name], check=True)
-    try:
-        for cmd in (
-            # Every address sits on the namespace's loopback: the packets between
-            # visitor, edge and home never leave the namespace.
-            "ip link set lo up",
-            f"ip addr add {EDGE}/32 dev lo",
-            f"ip addr add {CLIENT}/32 dev lo",
-            f"ip addr add {DENIED_CLIENT}/32 dev lo",
-            f"ip addr add {HOME}/32 dev lo",
-        ):
-            ns.run(*cmd.split(), check=True)
-        yield ns
-    finally:
-        ns.close()
+    with namespaces("curl", "socat") as lab:
+        node = lab.node("edge")
+        # Every address sits on the namespace's loopback: the packets between
+        # visitor, edge and home never leave the namespace.
+        node.addresses("lo", [f"{EDGE}/32", f"{CLIENT}/32", f"{DENIED_CLIENT}/32", f"{HOME}/32"])
+        yield node
+
+
+def _python(ns: Node, code: str, *args: str) -> subprocess.CompletedProcess:
+    """A client script whose outcome the test judges itself."""
+    return ns.run(sys.executable, "-c", code, *args, check=False, timeout=20)
 
 
 ECHO_HTTP = r"""
@@ -238,43 +194,9 @@ sys.stdout.write(hello.hex())
 """
 
 
-def _wait_for(check, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _self_signed(hostname: str, directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "test.crt", directory / "test.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture(scope="module")
 def running(edge_ns, tmp_path_factory):
     """Traefik with the generated configuration, and the fake home's backends."""
-    from conftest import stack_raw
-
     cfg = config_module.parse(_test_raw(stack_raw()), stack="dev")
     work = tmp_path_factory.mktemp("traefik")
     dynamic_dir = work / "dynamic"
@@ -287,46 +209,48 @@ def running(edge_ns, tmp_path_factory):
     (dynamic_dir / "cgnat-edge.yaml").write_text(yaml.safe_dump(traefik.dynamic_config(cfg)))
     # ACME cannot succeed in a closed namespace; a test certificate stands in for the
     # one Let's Encrypt would issue, so the TLS-terminating router can be exercised.
-    cert, key = _self_signed("blog.example.org", work)
+    cert, key, _ = self_signed(["blog.example.org"], work)
     (dynamic_dir / "test-certificate.yaml").write_text(
         yaml.safe_dump({"tls": {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}})
     )
 
     for port in (8080, 8081):
-        edge_ns.start(sys.executable, "-c", ECHO_HTTP, HOME, str(port))
-    edge_ns.start("socat", f"TCP-LISTEN:2022,bind={HOME},reuseaddr,fork", "EXEC:cat")
-    edge_ns.start("socat", f"UDP4-RECVFROM:2457,bind={HOME},fork", "EXEC:cat")
+        edge_ns.spawn(sys.executable, "-c", ECHO_HTTP, HOME, str(port))
+    edge_ns.spawn("socat", f"TCP-LISTEN:2022,bind={HOME},reuseaddr,fork", "EXEC:cat")
+    edge_ns.spawn("socat", f"UDP4-RECVFROM:2457,bind={HOME},fork", "EXEC:cat")
 
     log_path = work / "traefik.log"
-    log = log_path.open("w")
-    proc = edge_ns.start(str(TRAEFIK), f"--configFile={work / 'traefik.yaml'}", stdout=log, stderr=subprocess.STDOUT)
+    proc = edge_ns.spawn(str(TRAEFIK), f"--configFile={work / 'traefik.yaml'}", log=log_path)
     ping = f"http://{traefik.PING_ADDRESS}/ping"
-    _wait_for(
-        lambda: proc.poll() is not None or edge_ns.run("curl", "-fsS", "--max-time", "1", ping).returncode == 0,
-        "Traefik's ping",
+    wait_for(
+        lambda: (
+            proc.poll() is not None or edge_ns.run("curl", "-fsS", "--max-time", "1", ping, check=False).returncode == 0
+        ),
+        timeout=20,
+        interval=0.2,
+        message="Traefik's ping",
     )
     assert proc.poll() is None, log_path.read_text()
     time.sleep(1)  # let the file provider's first configuration settle
     yield {"cfg": cfg, "log": log_path, "proc": proc, "ns": edge_ns}
-    log.close()
 
 
 def _error_lines(log: str) -> list[str]:
-    return [l for l in log.splitlines() if re.search(r"\b(ERR|FTL|PNC|error)\b", l)]
+    return [line for line in log.splitlines() if re.search(r"\b(ERR|FTL|PNC|error)\b", line)]
 
 
 def test_ping_answers_on_loopback_only(running):
     ns = running["ns"]
     assert ns.run("curl", "-fsS", f"http://{traefik.PING_ADDRESS}/ping").stdout == "OK"
     port = traefik.PING_ADDRESS.rsplit(":", 1)[1]
-    assert ns.run("curl", "-sS", "--max-time", "2", f"http://{EDGE}:{port}/ping").returncode != 0
+    assert ns.run("curl", "-sS", "--max-time", "2", f"http://{EDGE}:{port}/ping", check=False).returncode != 0
 
 
 def test_passthrough_hands_the_client_hello_to_home_with_proxy_v2(running):
     ns = running["ns"]
-    receiver = ns.start(sys.executable, "-c", PROXY_V2_RECEIVER, HOME, "8443", stdout=subprocess.PIPE, text=True)
+    receiver = ns.spawn(sys.executable, "-c", PROXY_V2_RECEIVER, HOME, "8443", stdout=subprocess.PIPE, text=True)
     assert receiver.stdout.readline().strip() == "ready"
-    hello = ns.python(TLS_CLIENT, EDGE, CLIENT, "photos.example.org")
+    hello = _python(ns, TLS_CLIENT, EDGE, CLIENT, "photos.example.org")
     assert hello.returncode == 0, hello.stderr
     received = json.loads(receiver.stdout.readline())
     receiver.wait(timeout=10)
@@ -340,7 +264,7 @@ def test_passthrough_hands_the_client_hello_to_home_with_proxy_v2(running):
 
 def test_unknown_sni_never_reaches_home(running):
     ns = running["ns"]
-    receiver = ns.start(
+    receiver = ns.spawn(
         sys.executable,
         "-c",
         PROXY_V2_RECEIVER.replace("srv.settimeout(15)", "srv.settimeout(4)"),
@@ -351,7 +275,7 @@ def test_unknown_sni_never_reaches_home(running):
         text=True,
     )
     assert receiver.stdout.readline().strip() == "ready"
-    ns.python(TLS_CLIENT, EDGE, CLIENT, "unknown.example.org")
+    _python(ns, TLS_CLIENT, EDGE, CLIENT, "unknown.example.org")
     receiver.wait(timeout=10)
     assert receiver.returncode != 0 and "timed out" in receiver.stderr.read()
 
@@ -370,7 +294,7 @@ sys.stdout.write(s.recv(100).decode())
 def test_raw_tcp_and_udp_are_forwarded(running):
     ns = running["ns"]
     for kind, port in (("tcp", 2222), ("udp", 2456)):
-        res = ns.python(ECHO_CLIENT, kind, EDGE, str(port))
+        res = _python(ns, ECHO_CLIENT, kind, EDGE, str(port))
         assert res.stdout == f"over {kind}", res.stderr
 
 
@@ -386,10 +310,16 @@ def test_port_80_redirects_and_forwards_home_acme_challenges(running):
         "-H",
         "Host: blog.example.org",
         f"http://{EDGE}/some/page",
+        check=False,
     )
     assert redirect.stdout == "301 https://blog.example.org/some/page"
     challenge = ns.run(
-        "curl", "-fsS", "-H", "Host: photos.example.org", f"http://{EDGE}/.well-known/acme-challenge/token123"
+        "curl",
+        "-fsS",
+        "-H",
+        "Host: photos.example.org",
+        f"http://{EDGE}/.well-known/acme-challenge/token123",
+        check=False,
     )
     assert challenge.returncode == 0, challenge.stderr
     body = json.loads(challenge.stdout)
@@ -405,6 +335,7 @@ def test_port_80_redirects_and_forwards_home_acme_challenges(running):
         "-H",
         "Host: blog.example.org",
         f"http://{EDGE}/.well-known/acme-challenge/x",
+        check=False,
     )
     assert other.stdout != "200"
 
@@ -412,7 +343,15 @@ def test_port_80_redirects_and_forwards_home_acme_challenges(running):
 def test_tls_terminating_router_applies_middlewares_and_distrusts_forwarded_headers(running):
     ns = running["ns"]
     common = ["curl", "-sS", "--cacert", "/dev/null", "-k", "--resolve", f"blog.example.org:443:{EDGE}", "-D", "-"]
-    res = ns.run(*common, "--interface", CLIENT, "-H", "X-Forwarded-For: 192.0.2.99", "https://blog.example.org/hello")
+    res = ns.run(
+        *common,
+        "--interface",
+        CLIENT,
+        "-H",
+        "X-Forwarded-For: 192.0.2.99",
+        "https://blog.example.org/hello",
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     head, _, body = res.stdout.partition("\n\n")
     assert head.startswith("HTTP/2 200") or head.startswith("HTTP/1.1 200"), head
@@ -423,7 +362,15 @@ def test_tls_terminating_router_applies_middlewares_and_distrusts_forwarded_head
     # The client's own claim is dropped; home sees the real peer address.
     assert echoed["headers"]["x-forwarded-for"] == CLIENT
     denied = ns.run(
-        *common, "--interface", DENIED_CLIENT, "-o", "/dev/null", "-w", "%{http_code}", "https://blog.example.org/hello"
+        *common,
+        "--interface",
+        DENIED_CLIENT,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "https://blog.example.org/hello",
+        check=False,
     )
     assert denied.stdout.endswith("404")
 
@@ -434,7 +381,7 @@ def test_traefik_logged_no_errors(running):
     errors = _error_lines(log)
     # The only errors allowed are the ACME resolver failing to reach its CA, which the
     # test made unreachable on purpose; anything else is a configuration problem.
-    unexpected = [l for l in errors if "acme" not in l.lower() and UNREACHABLE_CA not in l and "192.0.2.1" not in l]
+    unexpected = [e for e in errors if "acme" not in e.lower() and UNREACHABLE_CA not in e and "192.0.2.1" not in e]
     assert not unexpected, "\n".join(unexpected)
     assert "Starting provider *file.Provider" in log
     assert running["proc"].poll() is None

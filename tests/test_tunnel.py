@@ -16,7 +16,7 @@ from components.model import config as config_module
 from components.model.keys import generate_keypair, public_key_of
 from components.renderers import tunnel
 from components.resources.keys import WireGuardKey, WireGuardKeyProvider
-from tests.conftest import require_tool
+from tests.support import require_tool
 
 # --- addressing --------------------------------------------------------------
 

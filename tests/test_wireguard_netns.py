@@ -19,13 +19,13 @@ import re
 
 import pytest
 
-from components.lab.netns import Lab, wait_for
+from components.lab.netns import wait_for
 from components.model import config as config_module
 from components.model.deployed import DeployedEdge
 from components.model.keys import generate_keypair
 from components.renderers import bootstrap, home_configs, tunnel
 from components.tools import home_files
-from tests.conftest import require_root, require_tool
+from tests.support import namespaces
 
 pytestmark = pytest.mark.netns
 
@@ -62,13 +62,8 @@ def lab_config(**overrides) -> config_module.FleetConfig:
 
 @pytest.fixture
 def lab():
-    require_root()
-    require_tool("wg", "wg-quick", "wireguard-go", "nft", "ip", "nsenter", "unshare", "socat")
-    lab = Lab()
-    try:
+    with namespaces("wg", "wg-quick", "wireguard-go", "nft", "socat") as lab:
         yield lab
-    finally:
-        lab.close()
 
 
 def _echo_server(node, addr="0.0.0.0", port=ECHO_PORT, family="TCP4"):

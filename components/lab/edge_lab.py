@@ -34,8 +34,6 @@ documentation prefixes only.
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import ipaddress
 import json
 import os
@@ -51,11 +49,12 @@ from typing import Any
 
 import yaml
 
+from components.lab.certs import self_signed as _self_signed
 from components.lab.netns import Lab, Node, wait_for
 from components.model import stack
 from components.model.config import FleetConfig, ServiceSpec
 from components.renderers import bootstrap, geodns, traefik
-from components.tools import home_files, offline, render
+from components.tools import offline, render
 
 TRAEFIK_BINARY = Path(sys.executable).parent / "traefik"
 SERVICES_SCRIPT = Path(__file__).resolve().parent / "services.py"
@@ -139,42 +138,6 @@ def render_stack(
     run = offline.run_program(stack_file, project_file=project_file, config_overrides=overrides, state=state)
     render.write(run, out, show_secrets=False)
     return Rendered(run, stack.load(stack_file, project_file, overrides).parse(), out)
-
-
-# ---------------------------------------------------------------------------
-# Certificates made at lab time
-# ---------------------------------------------------------------------------
-
-
-def _self_signed(hostnames: Iterable[str], directory: Path, stem: str) -> tuple[Path, Path, str]:
-    """(cert, key, SHA-256 of the DER certificate); the key file is 0600."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    hostnames = list(hostnames)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hostnames]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    home_files.write_private(
-        key_path,
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
-    return cert_path, key_path, hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 # ---------------------------------------------------------------------------

@@ -27,6 +27,8 @@ Use only documentation prefixes (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24,
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import re
 import secrets
@@ -35,13 +37,18 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 PREFIX = "cge"
 PRIVATE_DIRS = ("/run/wireguard", "/etc/wireguard", "/usr/local/sbin", "/var/lib/cgnat-edge")
 _NAME_RE = re.compile(rf"^{PREFIX}(\d+)x[0-9a-f]+-")
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
 
 
 class CommandError(AssertionError):
@@ -130,21 +137,46 @@ class Node:
     def sh(self, script: str, **kwargs) -> subprocess.CompletedProcess:
         return self.run("sh", "-c", script, **kwargs)
 
-    def spawn(self, *argv: str, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
-        """Start a daemon in this node; it is ended by ``Lab.close``."""
-        out = open(log, "ab") if log else subprocess.DEVNULL
+    def spawn(self, *argv: str, env: dict | None = None, log: Path | None = None, **popen) -> subprocess.Popen:
+        """Start a daemon in this node; it is ended by ``Lab.close``.  Output goes to
+        ``log`` (appended) or nowhere, unless ``popen`` asks otherwise (``stdout=PIPE``
+        for a process whose answer the caller reads)."""
+        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (closed once the child has it)
+        streams = {"stdout": out, "stderr": subprocess.STDOUT if log else subprocess.DEVNULL}
         proc = subprocess.Popen(
             self._argv(argv),
             stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
             env=env,
             start_new_session=True,
+            **{**streams, **popen},
         )
         if log:
             out.close()
         self.lab._procs.append(proc)
         return proc
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` in this process, on a thread that has joined the node's network
+        namespace: the sockets it makes live in the node, so a test can listen or ask
+        there itself, without a helper process."""
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                with open(f"/run/netns/{self.netns}") as handle:
+                    if _libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
+                        err = ctypes.get_errno()
+                        raise OSError(err, os.strerror(err))
+                box["value"] = fn()
+            except BaseException as exc:  # raised again in the caller's thread
+                box["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     def write(self, path: str, content: str, mode: int = 0o600) -> None:
         """Write a file as seen inside the node (its private dirs included)."""
@@ -244,10 +276,8 @@ class Lab:
 def _end(pids: list[int]) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 3
         while pids and time.monotonic() < deadline:
             pids = [p for p in pids if _pid_alive(p) and not _is_zombie(p)]

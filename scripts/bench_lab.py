@@ -1,8 +1,8 @@
 """Benchmark of the lab's data path (a script, not a test): what the edge costs.
 
-    sudo .venv/bin/python tests/bench_lab.py [--reps 5] [--seconds 5] [--requests 300]
+    uv run --extra lab python scripts/bench_lab.py [--reps 5] [--seconds 5] [--requests 300]
 
-Builds the Edge lab from tests/fixtures/Pulumi.lab.yaml (iperf3 stands in for home's
+Run as root (it builds network namespaces).  Builds the Edge lab from tests/fixtures/Pulumi.lab.yaml (iperf3 stands in for home's
 ``bench`` target) and prints the median of ``--reps`` runs of:
 
 * throughput (iperf3, one TCP stream, both directions):
@@ -32,12 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from components.lab import edge_lab as lab_module
+from components.lab.netns import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from components.lab import edge_lab as lab_module  # noqa: E402
-from components.lab.netns import wait_for  # noqa: E402
-
 STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
 IPERF_TARGET = ("192.0.2.30", 5201)
 DNAT_PORT = 15201
@@ -97,7 +95,7 @@ def latency(el, node, host: str, port: int, n: int, proxy: bool) -> list[float]:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def add_dnat(edge, target: tuple[str, int], https: tuple[str, int]) -> None:
@@ -127,15 +125,15 @@ def add_dnat(edge, target: tuple[str, int], https: tuple[str, int]) -> None:
 def machine() -> dict:
     cpu = next(
         (
-            l.split(":", 1)[1].strip()
-            for l in Path("/proc/cpuinfo").read_text().splitlines()
-            if l.startswith("model name")
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
         ),
         platform.processor(),
     )
     wg_go = subprocess.run(["wireguard-go", "--version"], capture_output=True, text=True).stdout.strip().split("\n")[0]
     traefik_v = subprocess.run([str(lab_module.TRAEFIK_BINARY), "version"], capture_output=True, text=True).stdout
-    traefik_v = next((l.split()[-1] for l in traefik_v.splitlines() if l.startswith("Version")), "?")
+    traefik_v = next((line.split()[-1] for line in traefik_v.splitlines() if line.startswith("Version")), "?")
     return {
         "date": datetime.date.today().isoformat(),
         "nproc": os.cpu_count(),

@@ -1,6 +1,6 @@
 """Print the size of the rendered cloud-config against Hetzner's 32 KiB limit.
 
-    .venv/bin/python tests/measure_user_data.py
+    uv run python scripts/measure_user_data.py
 
 Figures for the example stack, for the example plus N generated services, and the
 largest service count that still fits.  A figure, not a test: the test suite only
@@ -10,21 +10,13 @@ checks that the example stays well under the limit.
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from conftest import stack_raw
-
-from components.model import config
-from components.model.keys import (
-    generate_host_key,
-    generate_keypair,
-)
+from components.model import config, stack
+from components.model.keys import generate_host_key, generate_keypair
 from components.renderers import bootstrap, tunnel
 
+EXAMPLE_STACK = Path(__file__).resolve().parent.parent / "Pulumi.dev.yaml"
 HOST_KEY = generate_host_key()
 
 
@@ -59,7 +51,7 @@ def size(raw: dict) -> tuple[int, str]:
 
 
 def main() -> None:
-    base = stack_raw()
+    base = stack.load(EXAMPLE_STACK).raw()
     limit = bootstrap.USER_DATA_LIMIT
     n_example = len(base["services"])
     b, edge = size(base)

@@ -1,0 +1,57 @@
+"""What the tests share besides fixtures: the project root, the example stack as the
+parser sees it, the rule for missing tools and root (skip on a developer's machine,
+fail in CI), and namespaces for network tests.
+
+Namespaces, certificates and waiting have one implementation each, the lab's own
+(``components.lab.netns``, ``components.lab.certs``, ``netns.wait_for``), so the lab
+and the tests fail and clean up the same way."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from components.lab.netns import Lab
+from components.model import stack
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI") == "true"
+
+
+def stack_raw(stack_file: Path | str = ROOT / "Pulumi.dev.yaml") -> dict:
+    """The stack's keys (project defaults included), namespace stripped, as the parser sees them."""
+    return stack.load(stack_file).raw()
+
+
+def require_tool(*names: str) -> None:
+    """Skip when a system tool is missing on a developer's machine; in CI, where
+    .ci/run installs them all, a missing tool is a failure, never a silent skip."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        message = f"missing tools: {', '.join(missing)} (sudo .ci/run installs them)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("CI runs as root; this test needs network namespaces")
+        pytest.skip("needs root for network namespaces")
+
+
+@contextlib.contextmanager
+def namespaces(*tools: str) -> Iterator[Lab]:
+    """A lab for a test's own nodes, once root and ``tools`` (besides what every node
+    needs) are there; closed however the test ends: its processes ended, its
+    namespaces deleted."""
+    require_root()
+    require_tool("ip", "nsenter", "unshare", *tools)
+    with Lab() as lab:
+        yield lab
