@@ -27,8 +27,9 @@ def monthly_cost(cfg: FleetConfig) -> dict:
         for e in cfg.edges
     }
     totals: dict[str, float] = defaultdict(float)
-    for cost in per_edge.values():
-        totals[cost["currency"]] += cost["amount"]
+    for e in cfg.edges:
+        provider = providers.get(e.provider)
+        totals[provider.currency] += provider.monthly_cost(e.server_type.name)
     return {
         "totals": {currency: round(amount, 2) for currency, amount in sorted(totals.items())},
         "perEdge": per_edge,
@@ -71,7 +72,7 @@ class EdgeFleet(pulumi.ComponentResource):
 
         def summary(values: list) -> dict:
             out = {}
-            for edge, (ipv4, ipv6, public_key) in zip(cfg.edges, values):
+            for edge, (ipv4, ipv6, public_key) in zip(cfg.edges, values, strict=True):
                 addrs = tunnel.addresses(cfg.tunnel, edge)
                 out[edge.name] = {
                     "provider": edge.provider,
@@ -93,7 +94,8 @@ class EdgeFleet(pulumi.ComponentResource):
 
         def deployed(values: list) -> list[DeployedEdge[str]]:
             return [
-                DeployedEdge(edge, ipv4, ipv6, public_key) for edge, (ipv4, ipv6, public_key) in zip(cfg.edges, values)
+                DeployedEdge(edge, ipv4, ipv6, public_key)
+                for edge, (ipv4, ipv6, public_key) in zip(cfg.edges, values, strict=True)
             ]
 
         self.home_configs = pulumi.Output.secret(
@@ -104,7 +106,10 @@ class EdgeFleet(pulumi.ComponentResource):
         self.dns = endpoints.apply(lambda values: geodns.outputs(cfg, deployed(values)))
         if cfg.dns.provider != "none":
             ManagedDns(
-                "dns", cfg, [DeployedEdge(edge, n.ipv4, n.ipv6) for edge, n in zip(cfg.edges, nodes)], opts=child
+                "dns",
+                cfg,
+                [DeployedEdge(edge, n.ipv4, n.ipv6) for edge, n in zip(cfg.edges, nodes, strict=True)],
+                opts=child,
             )
 
         self.monthly_cost = monthly_cost(cfg)

@@ -15,6 +15,7 @@ resources instead of renaming existing ones.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,10 @@ def relative_name(hostname: str, zone: str) -> str:
     if not hostname.endswith("." + zone):
         raise ValueError(f"{hostname} is not inside the zone {zone}")
     return hostname[: -len(zone) - 1]
+
+
+def _with_values(summary: dict[str, Any], values: list[str]) -> dict[str, Any]:
+    return {**summary, "values": list(values)}
 
 
 class ManagedDns(pulumi.ComponentResource):
@@ -66,22 +71,15 @@ class ManagedDns(pulumi.ComponentResource):
             for hostname, _service in geodns.hostnames(cfg):
                 rel = relative_name(hostname, cfg.dns.zone)
                 for rtype in ("A", "AAAA"):
-                    family = [(e.name, e.ipv4 if rtype == "A" else e.ipv6) for e in eps]
-                    family = [(edge, value) for edge, value in family if value is not None]
+                    family: list[tuple[str, pulumi.Input[str]]] = [
+                        (e.name, value) for e in eps if (value := e.address(rtype)) is not None
+                    ]
                     if not family:
                         continue
                     resource_name = f"{name}-{hostname}-{rtype.lower()}"
                     self.record_resources += provider.dns_records(resource_name, cfg, rel, rtype, family, child)
-                    summaries.append(
-                        pulumi.Output.all(*[value for _, value in family]).apply(
-                            lambda values, h=hostname, r=rel, t=rtype: {
-                                "hostname": h,
-                                "name": r,
-                                "type": t,
-                                "ttl": cfg.dns.ttl,
-                                "values": list(values),
-                            }
-                        )
-                    )
+                    summary = {"hostname": hostname, "name": rel, "type": rtype, "ttl": cfg.dns.ttl}
+                    values = pulumi.Output.all(*[value for _, value in family])
+                    summaries.append(values.apply(functools.partial(_with_values, summary)))
         self.records = pulumi.Output.all(*summaries).apply(list) if summaries else pulumi.Output.from_input([])
         self.register_outputs({"records": self.records})

@@ -203,9 +203,14 @@ def run_program(
     monitor = RecordingMonitor(mocks)
     settings.reset_options()
     pulumi.runtime.set_mocks(
-        mocks, project=project, stack=stack_name, preview=False, monitor=monitor, logger=_LogCapture(monitor.logs)
+        mocks,
+        project=project,
+        stack=stack_name,
+        preview=False,
+        monitor=monitor,
+        logger=_LogCapture(monitor.logs),  # type: ignore[arg-type]
     )
-    settings.set_root_resource(None)
+    settings.set_root_resource(None)  # type: ignore[arg-type]  # a fresh run has no root stack yet
     pulumi.runtime.set_all_config(loaded.values, list(loaded.secret_keys))
     _sync_await(run_in_stack(program))
     return Run(project, stack_name, monitor.registrations, monitor.stack_outputs, monitor.logs)
