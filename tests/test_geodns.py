@@ -34,7 +34,7 @@ def endpoints_for(cfg) -> list[DeployedEdge]:
 
 def fleet(raw_config, edges, **overrides):
     raw = copy.deepcopy(raw_config)
-    raw["edges"] = edges
+    raw["edges"] = [{"index": i + 1, **e} for i, e in enumerate(edges)]
     raw.update(overrides)
     return config_module.parse(raw, stack="dev")
 

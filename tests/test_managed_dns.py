@@ -140,7 +140,7 @@ def test_digitalocean_records(raw_config):
 def test_adding_an_edge_keeps_resource_names(raw_config):
     cfg = cfg_with(raw_config, dnsProvider="digitalocean")
     before, _ = deploy(cfg, ["fsn", "ams"])
-    three = raw_config["edges"] + [{"name": "nyc", "provider": "digitalocean", "location": "nyc1"}]
+    three = raw_config["edges"] + [{"name": "nyc", "provider": "digitalocean", "location": "nyc1", "index": 3}]
     bigger = cfg_with(raw_config, dnsProvider="digitalocean", edges=three)
     after, _ = deploy(bigger, ["fsn", "ams", "nyc"])
     names_before, names_after = {a.name for a in before}, {a.name for a in after}

@@ -79,8 +79,8 @@ def fleet(raw_config):
     """The example services on one edge in Germany and one in the Netherlands."""
     raw = copy.deepcopy(raw_config)
     raw["edges"] = [
-        {"name": "fsn", "provider": "hetzner", "location": "fsn1"},
-        {"name": "ams", "provider": "digitalocean", "location": "ams3"},
+        {"name": "fsn", "provider": "hetzner", "location": "fsn1", "index": 1},
+        {"name": "ams", "provider": "digitalocean", "location": "ams3", "index": 2},
     ]
     cfg = config_module.parse(raw, stack="dev")
     endpoints = [DeployedEdge(e, *EDGES[e.name]) for e in cfg.edges]

@@ -53,7 +53,12 @@ def test_addresses_do_not_depend_on_other_edges(raw_config):
 def test_every_edge_gets_a_disjoint_subnet(raw_config):
     raw_config["tunnelIpv4Prefix"] = "10.254.0.0/26"
     raw_config["edges"] = [
-        {"name": f"e{i}", "provider": "hetzner" if i % 2 else "digitalocean", "location": "fsn1" if i % 2 else "fra1"}
+        {
+            "name": f"e{i}",
+            "provider": "hetzner" if i % 2 else "digitalocean",
+            "location": "fsn1" if i % 2 else "fra1",
+            "index": i,
+        }
         for i in range(1, 16)
     ]
     cfg = config_module.parse(raw_config)

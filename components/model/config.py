@@ -524,6 +524,13 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
                 f"use {' or '.join(provider.images)} (or leave image out)",
             )
             continue
+        if "index" not in item and len(items) > 1:
+            p.fail(
+                f"{key}.index",
+                f"is required when the fleet has more than one edge: it fixes the edge's tunnel addresses, so "
+                f"removing another edge never moves them; set index: {i + 1} (its place in the list today)",
+            )
+            continue
         index = item.get("index", i + 1)
         if isinstance(index, bool) or not isinstance(index, int) or index < 1:
             p.fail(f"{key}.index", f"{index!r} must be a whole number from 1; it fixes the edge's tunnel addresses")

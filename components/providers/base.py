@@ -67,6 +67,11 @@ class InboundRule:
 
 ANYWHERE = ("0.0.0.0/0", "::/0")
 
+KEEP = {"protect": True}
+"""Options of what must never go by accident (addresses people and DNS point at,
+keys the home router trusts): ``pulumi destroy`` or dropping an edge stops at them
+until they are unprotected on purpose (see the README, "Deleting for real")."""
+
 USER_DATA_IGNORED = ["userData", "sshKeys"]
 """Both force a new server at either provider.  Fresh nodes get the current cloud-init;
 running nodes get changes pushed over SSH (see ``EdgeNode``), so editing a service or

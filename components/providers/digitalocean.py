@@ -11,6 +11,7 @@ from components.model.catalog import Location, ServerType
 from components.providers.base import (
     ANYWHERE,
     USER_DATA_IGNORED,
+    KEEP,
     InboundRule,
     Machine,
     Provider,
@@ -129,7 +130,9 @@ class DigitalOcean(Provider):
         )
         # The reserved IP is its own resource and only its assignment follows the Droplet,
         # so replacing the Droplet keeps the public IPv4.
-        reserved = do.ReservedIp(f"{edge.name}-reserved-ip", region=edge.location.code, opts=child)
+        reserved = do.ReservedIp(
+            f"{edge.name}-reserved-ip", region=edge.location.code, opts=pulumi.ResourceOptions(parent=parent, **KEEP)
+        )
         assignment = do.ReservedIpAssignment(
             f"{edge.name}-reserved-ip-assignment",
             ip_address=reserved.ip_address,

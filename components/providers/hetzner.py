@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from components.model.catalog import Location, ServerType
 from components.providers.base import (
     USER_DATA_IGNORED,
+    KEEP,
     InboundRule,
     Machine,
     Provider,
@@ -109,7 +110,7 @@ class Hetzner(Provider):
                 assignee_type="server",
                 auto_delete=False,
                 labels=tags,
-                opts=child,
+                opts=pulumi.ResourceOptions(parent=parent, **KEEP),
             )
             for family in ("ipv4", "ipv6")
         }
@@ -147,7 +148,9 @@ class Hetzner(Provider):
             ],
             user_data=user_data,
             labels=tags,
-            opts=pulumi.ResourceOptions(parent=parent, ignore_changes=USER_DATA_IGNORED),
+            # The name is unique in the project and the Primary IPs can be assigned to one
+            # server at a time: a replacement must wait for the old server to go.
+            opts=pulumi.ResourceOptions(parent=parent, ignore_changes=USER_DATA_IGNORED, delete_before_replace=True),
         )
         return Machine(
             server=server,

@@ -5,7 +5,8 @@ new server type, a provider outage) never changes a key and the home side keeps
 working with the configs it already has.  Keys are made once and then left alone:
 ``diff`` ignores everything except ``rotation``.
 
-Rotating a key is an explicit act, in one of two ways:
+Rotating a key is an explicit act.  Keys are protected, so first
+``pulumi state unprotect <urn of the key>``, then one of:
 
 * bump the ``rotation`` input of that key (the program passes it through), then
   ``pulumi up``; the change is visible in code review, or
@@ -90,7 +91,9 @@ class KeyPair(pulumi.dynamic.Resource):
     rotation: pulumi.Output[int]
 
     def __init__(self, name: str, rotation: pulumi.Input[int] = 0, opts: pulumi.ResourceOptions | None = None):
-        secret_opts = pulumi.ResourceOptions(additional_secret_outputs=["private_key"])
+        # Protected: a key lives only in state, so deleting it by accident (dropping an
+        # edge, `pulumi destroy`) would lose what the home router trusts.
+        secret_opts = pulumi.ResourceOptions(additional_secret_outputs=["private_key"], protect=True)
         super().__init__(
             self.provider_class(),
             name,

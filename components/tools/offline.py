@@ -43,6 +43,8 @@ class Registration:
     ignore_changes: list[str]
     additional_secret_outputs: list[str]
     dependencies: list[str]
+    protect: bool = False
+    delete_before_replace: bool = False
 
 
 @dataclass
@@ -155,6 +157,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     inputs=rpc.deserialize_properties(request.object),
                     outputs=rpc.deserialize_properties(response.object) if request.custom else {},
                     ignore_changes=list(request.ignoreChanges),
+                    protect=bool(request.protect),
+                    delete_before_replace=bool(request.deleteBeforeReplace),
                     additional_secret_outputs=list(request.additionalSecretOutputs),
                     dependencies=list(request.dependencies),
                 )
