@@ -14,7 +14,7 @@ import pytest
 from components.model.deployed import DeployedEdge
 from components.model.keys import generate_keypair
 from components.renderers import home_configs
-from components.tools import home_files
+from components.tools import cli, home_files
 from tests.support import require_tool
 
 
@@ -278,11 +278,13 @@ def test_write_from_render_dir_and_refuses_hidden_secrets(fleet_config, keys, tm
         home_files.write({"edges": {}}, tmp_path / "x")
 
 
-def test_run_reads_stdin(fleet_config, keys, tmp_path, monkeypatch, capsys):
+def test_home_config_command_reads_stdin(fleet_config, keys, tmp_path, monkeypatch, capsys):
     configs = home_configs.render(fleet_config, _peers(fleet_config, keys), keys["home"][0])
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"homeConfigs": configs})))
-    assert home_files.run(["-", "--out", str(tmp_path / "o"), "--qr-terminal", "ams"]) == 0
+    assert cli.main(["home-config", "-", "--out", str(tmp_path / "o"), "--qr-terminal", "ams"]) == 0
     printed = capsys.readouterr().out
     assert str(tmp_path / "o" / "wg-ams.conf") in printed and {"█", "▀", "▄"} & set(printed)
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"homeConfigs": configs})))
-    assert home_files.run(["-", "--out", str(tmp_path / "o"), "--qr-terminal", "nope"]) == 1
+    assert cli.main(["home-config", "-", "--out", str(tmp_path / "new"), "--qr-terminal", "nope"]) == 2
+    assert capsys.readouterr().err == "cgnat-edge home-config: no edge 'nope'; edges are ams, fsn\n"
+    assert not (tmp_path / "new").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from components import providers
 from components.model.config import parse
 from components.providers.base import firewall_rules
-from components.tools import policy
+from components.tools import cli, policy
 from tests.support import ROOT
 
 HETZNER = providers.get("hetzner")
@@ -266,16 +267,25 @@ def test_a_private_key_in_a_plain_resource_input_fails():
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_the_committed_stacks_pass(stack, capsys):
-    assert policy.main_for_stack(ROOT / f"Pulumi.{stack}.yaml") == 0
-    assert f"policy: stack {stack} (" in capsys.readouterr().out
+    assert cli.main(["policy", "--stack", stack, "--project-dir", str(ROOT)]) == 0
+    assert capsys.readouterr().out.startswith(f"policy: stack {stack} (")
 
 
-def test_main_checks_a_render_folder_and_fails_on_a_leak(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def dev_render(tmp_path_factory):
     from components.tools import render
 
-    out = tmp_path / "dev"
+    out = tmp_path_factory.mktemp("render") / "dev"
     render.render(ROOT / "Pulumi.dev.yaml", out)
-    assert policy.main(["--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--render-dir", str(out)]) == 0
+    return out
+
+
+def test_the_command_checks_a_render_folder_and_fails_on_a_leak(dev_render, tmp_path, capsys):
+    out = tmp_path / "dev"
+    shutil.copytree(dev_render, out)
+    command = ["policy", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--render-dir", str(out)]
+    assert cli.main(command) == 0
+    assert capsys.readouterr().out == f"policy: {out} (22 resources, 4 outputs): no violations\n"
 
     outputs = json.loads((out / "outputs.json").read_text())
     private, _ = wg_keypair()
@@ -288,8 +298,7 @@ def test_main_checks_a_render_folder_and_fails_on_a_leak(tmp_path, capsys):
     )
     (out / "resources.json").write_text(json.dumps(resources))
 
-    capsys.readouterr()
-    assert policy.main(["--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--render-dir", str(out)]) == 1
+    assert cli.main(command) == 1
     err = capsys.readouterr().err
     assert "2 violation(s)" in err
     assert "[undeclared-port]" in err and "tcp port 3306" in err
@@ -297,6 +306,30 @@ def test_main_checks_a_render_folder_and_fails_on_a_leak(tmp_path, capsys):
     assert private not in err
 
 
-def test_main_without_a_render_says_how_to_make_one(tmp_path, capsys):
-    assert policy.main(["--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--render-dir", str(tmp_path / "none")]) == 2
-    assert "run `cgnat-edge render --stack <stack> --out" in capsys.readouterr().err
+def test_the_command_without_a_render_says_how_to_make_one(tmp_path, capsys):
+    none = tmp_path / "none"
+    assert cli.main(["policy", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--render-dir", str(none)]) == 2
+    assert capsys.readouterr().err == (
+        f"cgnat-edge policy: {none} has no resources.json, outputs.json, secret_outputs.json; "
+        f"run `cgnat-edge render --stack <stack> --out {none}` first\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("outputs.json", "{not json"),
+        ("resources.json", '{"a": 1}'),
+        ("resources.json", "[1, 2]"),
+        ("secret_outputs.json", b"\xff\xfe"),
+    ],
+)
+def test_the_command_refuses_a_damaged_render(dev_render, tmp_path, capsys, name, content):
+    out = tmp_path / "dev"
+    shutil.copytree(dev_render, out)
+    (out / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert cli.main(["policy", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--render-dir", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"cgnat-edge policy: {out / name} is not what `cgnat-edge render` writes; "
+        f"render again with `cgnat-edge render --stack <stack> --out {out}`\n"
+    )

@@ -49,8 +49,13 @@ def test_render_writes_every_artifact(tmp_path, capsys):
 def test_home_config_from_a_render_needs_its_secrets(tmp_path, capsys):
     out = tmp_path / "dev"
     cli.main(["render", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--out", str(out)])
-    assert cli.main(["home-config", str(out), "--out", str(tmp_path / "home")]) == 1
-    assert "render with `cgnat-edge render --show-secrets`" in capsys.readouterr().err
+    capsys.readouterr()
+    assert cli.main(["home-config", str(out), "--out", str(tmp_path / "home")]) == 2
+    assert capsys.readouterr().err == (
+        "cgnat-edge home-config: homeConfigs is hidden; render with `cgnat-edge render --show-secrets`, "
+        "or use the render's home/ folder\n"
+    )
+    assert not (tmp_path / "home").exists()
     cli.main(["render", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--out", str(out), "--show-secrets"])
     assert cli.main(["home-config", str(out), "--out", str(tmp_path / "home")]) == 0
     assert (tmp_path / "home" / "wg-ams.conf").read_text().startswith("# cgnat-edge")

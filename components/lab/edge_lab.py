@@ -750,7 +750,9 @@ def run(stack_file: Path, project_file: Path | None = None, out: Path | None = N
     import tempfile
 
     if os.geteuid() != 0:
-        raise LabError("the lab needs root for network namespaces; run it with sudo")
+        raise LabError(
+            "the lab needs root for network namespaces; run it as root, or with `sudo .venv/bin/cgnat-edge lab ...`"
+        )
     missing = missing_tools()
     if missing:
         raise LabError(f"missing tools: {', '.join(missing)}")

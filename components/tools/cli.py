@@ -1,4 +1,9 @@
-"""``cgnat-edge``: the commands around the Pulumi program (render, home configs, policy, lab)."""
+"""``cgnat-edge``: the commands around the Pulumi program (render, home configs, policy, lab).
+
+One parser for every command, so options, stack selection and errors behave the same
+everywhere.  Exit status: 0 done, 1 the command ran and found a problem (a policy
+violation, a failed lab check), 2 it could not run (bad input, a missing tool); the
+reason is one message on stderr, never a traceback."""
 
 from __future__ import annotations
 
@@ -6,32 +11,39 @@ import argparse
 import sys
 from pathlib import Path
 
+from components.model import stack
 from components.model.config import ConfigError
+from components.tools import home_files, policy
+
+DEFAULT_STACK = "dev"
 
 
-def _stack_file(args: argparse.Namespace) -> Path:
-    path = Path(args.stack_file) if args.stack_file else Path(args.project_dir) / f"Pulumi.{args.stack}.yaml"
-    if not path.is_file():
-        raise SystemExit(
-            f"cgnat-edge: no stack file {path}; pass --stack NAME (reads Pulumi.NAME.yaml) or --stack-file PATH"
-        )
-    if not (path.parent / "Pulumi.yaml").is_file():
-        raise SystemExit(f"cgnat-edge: {path.parent} has no Pulumi.yaml; run from the project folder")
-    return path
+class _Unusable(Exception):
+    """Input or environment the command cannot work with; the message names the fix."""
+
+
+def _stack(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """The stack file and the project file the options select (None: the Pulumi.yaml beside the stack file)."""
+    project_file = Path(args.project_dir) / "Pulumi.yaml" if args.project_dir else None
+    if args.stack_file:
+        return Path(args.stack_file), project_file
+    return stack.find(args.stack or DEFAULT_STACK, args.project_dir or "."), project_file
 
 
 def _add_stack_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stack", default="dev", help="stack name; reads Pulumi.<stack>.yaml (default: dev)")
-    p.add_argument("--stack-file", help="explicit path to a Pulumi.<stack>.yaml")
-    p.add_argument("--project-dir", default=".", help="folder holding Pulumi.yaml (default: .)")
+    which = p.add_mutually_exclusive_group()
+    # No argparse default: argparse lets an option given with its default value past the exclusive group.
+    which.add_argument("--stack", help=f"stack name; reads Pulumi.<stack>.yaml (default: {DEFAULT_STACK})")
+    which.add_argument("--stack-file", help="explicit path to a Pulumi.<stack>.yaml")
+    p.add_argument("--project-dir", help="folder holding Pulumi.yaml and the stack files (default: .)")
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     from components.tools import render
 
-    stack_file = _stack_file(args)
-    out = Path(args.out or f"build/{stack_file.name.removeprefix('Pulumi.').removesuffix('.yaml')}")
-    run, written = render.render(stack_file, out, show_secrets=args.show_secrets)
+    stack_file, project_file = _stack(args)
+    out = Path(args.out or f"build/{stack.stack_name(stack_file)}")
+    run, written = render.render(stack_file, out, show_secrets=args.show_secrets, project_file=project_file)
     for level, message in run.logs:
         print(f"{level}: {message}", file=sys.stderr)
     print(f"rendered {len(run.resources)} resources, {len(written)} files into {out}/")
@@ -39,20 +51,32 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_policy(args: argparse.Namespace) -> int:
-    from components.tools import policy
+def cmd_home_config(args: argparse.Namespace) -> int:
+    configs = home_files.load(home_files.read_source(args.source))
+    # Checked before anything is written: a typo must not leave a half-done folder.
+    qr_text = home_files.wg_quick(configs, args.qr_terminal) if args.qr_terminal else None
+    for path in home_files.write({home_files.OUTPUT_KEY: configs}, Path(args.out), args.qr):
+        print(path)
+    if qr_text is not None:
+        sys.stdout.write(home_files.qr_terminal(qr_text))
+    return 0
 
-    return policy.main_for_stack(_stack_file(args))
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    stack_file, project_file = _stack(args)
+    if args.render_dir:
+        return policy.main_for_render(stack_file, Path(args.render_dir), project_file)
+    return policy.main_for_stack(stack_file, project_file)
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
     from components.lab import edge_lab as lab
 
+    stack_file, project_file = _stack(args)
     try:
-        ok, report = lab.run(_stack_file(args))
+        ok, report = lab.run(stack_file, project_file)
     except lab.LabError as exc:
-        print(f"cgnat-edge lab: {exc}", file=sys.stderr)
-        return 1
+        raise _Unusable(exc) from None
     print(report)
     print(
         "lab: every service answered through every edge" if ok else "lab: FAILED, see the rows marked FAIL",
@@ -61,9 +85,13 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cgnat-edge", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="cgnat-edge",
+        description="The commands around the cgnat-edge Pulumi program: offline render, home router configs, "
+        "policy check, network-namespace lab.",
+    )
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("render", help="run the program offline (mock clouds) and write every generated artifact")
     _add_stack_args(p)
@@ -71,11 +99,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--show-secrets", action="store_true", help="also reveal secret stack outputs in outputs.json")
     p.set_defaults(func=cmd_render)
 
-    # Parsed by home_files.run itself (see below); listed here for --help.
-    sub.add_parser("home-config", help="write the home router's configs (wg-quick, OpenWrt, RouterOS, JSON) to files")
+    p = sub.add_parser(
+        "home-config", help="write the home router's configs (wg-quick, OpenWrt, RouterOS, JSON), mode 0600"
+    )
+    p.add_argument(
+        "source",
+        nargs="?",
+        help="saved `pulumi stack output --json --show-secrets`, or a render folder made with --show-secrets; "
+        "'-' reads stdin; default: ask the Pulumi CLI for the selected stack's outputs",
+    )
+    p.add_argument("--out", default="home-configs", help="directory to write (created with mode 0700)")
+    p.add_argument("--qr", action="store_true", help="also write a PNG QR code of each wg-quick file")
+    p.add_argument("--qr-terminal", metavar="EDGE", help="print the wg-quick file of EDGE as a QR code on the terminal")
+    p.set_defaults(func=cmd_home_config)
 
     p = sub.add_parser("policy", help="render the stack offline and fail on policy violations")
     _add_stack_args(p)
+    p.add_argument(
+        "--render-dir", metavar="DIR", help="check this folder from `cgnat-edge render` instead of rendering again"
+    )
     p.set_defaults(func=cmd_policy)
 
     p = sub.add_parser(
@@ -83,18 +125,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_stack_args(p)
     p.set_defaults(func=cmd_lab)
+    return top
 
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["home-config"]:
-        from components.tools import home_files
 
-        return home_files.run(argv[1:])
-    args = parser.parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        print(exc, file=sys.stderr)  # already "cgnat-edge: ..." with one line per problem
+    except (stack.StackFileError, home_files.HomeConfigError, policy.RenderDirError, _Unusable) as exc:
+        print(f"cgnat-edge {args.command}: {exc}", file=sys.stderr)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"cgnat-edge {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

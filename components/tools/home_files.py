@@ -7,25 +7,81 @@ first and renamed into place, so there is no moment where a key is readable by o
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 OUTPUT_KEY = "homeConfigs"
+PULUMI_STACK_OUTPUT = ("pulumi", "stack", "output", "--json", "--show-secrets")
+_OR_SAVED = (
+    "or pass a saved copy of the outputs: run `pulumi stack output --json --show-secrets > outputs.json` "
+    "where Pulumi works and give that file (or `-` to read it from stdin)"
+)
 
 
 class HomeConfigError(Exception):
     """The source does not hold usable home configs; the message says what to run."""
 
 
-def _load(source: dict | str | os.PathLike) -> dict:
+def _parse_json(text: str | bytes, where: str) -> Any:
+    if not text.strip():
+        raise HomeConfigError(f"{where} is empty; pass what `pulumi stack output --json --show-secrets` prints")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HomeConfigError(
+            f"{where} is not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); pass what "
+            "`pulumi stack output --json --show-secrets` prints, or a render folder made with --show-secrets"
+        ) from None
+    except ValueError:  # not UTF-8 at all
+        raise HomeConfigError(
+            f"{where} is not JSON text; pass what `pulumi stack output --json --show-secrets` prints"
+        ) from None
+
+
+def read_source(source: str | None) -> dict | Path:
+    """What ``home-config`` was pointed at: ``-`` is stdin, a path stays a path (a render
+    folder or a saved JSON file, read by ``load``); without a source the Pulumi CLI is
+    asked for the selected stack's outputs, the usual case right after ``pulumi up``."""
+    if source == "-":
+        return _parse_json(sys.stdin.read(), "stdin")
+    if source:
+        return Path(source)
+    try:
+        done = subprocess.run(PULUMI_STACK_OUTPUT, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise HomeConfigError(
+            "the Pulumi CLI is not installed (no `pulumi` on PATH), so the stack outputs cannot be read; "
+            f"install it (https://www.pulumi.com/docs/install/), {_OR_SAVED}"
+        ) from None
+    if done.returncode:
+        raise HomeConfigError(
+            f"`{' '.join(PULUMI_STACK_OUTPUT)}` failed: {done.stderr.strip() or f'exit {done.returncode}'}; "
+            f"select the deployed stack (`pulumi stack select NAME`), {_OR_SAVED}"
+        )
+    return _parse_json(done.stdout, f"the output of `{' '.join(PULUMI_STACK_OUTPUT)}`")
+
+
+def _well_formed(configs: Any) -> bool:
+    try:
+        interfaces = {t["edge"]: t["interface"] for t in configs["structured"]["tunnels"]}
+        return (
+            all(isinstance(v, str) for v in (configs["openwrt"], configs["routeros"], *interfaces.values()))
+            and isinstance(configs["wgQuick"], dict)
+            and all(edge in interfaces and isinstance(text, str) for edge, text in configs["wgQuick"].items())
+        )
+    except (KeyError, TypeError):
+        return False
+
+
+def load(source: dict | str | os.PathLike) -> dict:
+    """The ``homeConfigs`` output out of ``source``: the parsed JSON of ``pulumi stack
+    output --json --show-secrets``, a path to such a file, or a render folder."""
     hidden_fix = "add --show-secrets to `pulumi stack output --json`"
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -33,7 +89,7 @@ def _load(source: dict | str | os.PathLike) -> dict:
             hidden_fix = "render with `cgnat-edge render --show-secrets`, or use the render's home/ folder"
             path = path / "outputs.json"
         try:
-            source = json.loads(path.read_text())
+            source = _parse_json(path.read_bytes(), str(path))
         except FileNotFoundError:
             raise HomeConfigError(
                 f"{path} does not exist; render the stack first or pass the output of `pulumi stack output --json --show-secrets`"
@@ -46,12 +102,24 @@ def _load(source: dict | str | os.PathLike) -> dict:
     if isinstance(configs, str):
         if configs == "[secret]":
             raise HomeConfigError(f"{OUTPUT_KEY} is hidden; {hidden_fix}")
-        configs = json.loads(configs)
-    if not all(k in configs for k in ("structured", "wgQuick", "openwrt", "routeros")):
+        configs = _parse_json(configs, f"the {OUTPUT_KEY} output")
+    if not isinstance(configs, dict) or not all(k in configs for k in ("structured", "wgQuick", "openwrt", "routeros")):
         raise HomeConfigError(
             f"{OUTPUT_KEY} lacks one of structured, wgQuick, openwrt, routeros; was it made by another version?"
         )
+    if not _well_formed(configs):
+        raise HomeConfigError(
+            f"{OUTPUT_KEY} does not have the shape this version writes (a tunnel per wgQuick edge, text configs); "
+            "was it made by another version? Run `pulumi up` with this version first"
+        )
     return configs
+
+
+def wg_quick(configs: dict, edge: str) -> str:
+    """The wg-quick file of ``edge``, or an error listing the edges there are."""
+    if edge not in configs["wgQuick"]:
+        raise HomeConfigError(f"no edge {edge!r}; edges are {', '.join(sorted(configs['wgQuick']))}")
+    return configs["wgQuick"][edge]
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -91,7 +159,7 @@ def write(source: dict | str | os.PathLike, out_dir: Path, qr: bool = False) -> 
 
     ``source`` is the parsed JSON of ``pulumi stack output --json --show-secrets``, or
     an offline render directory (its ``outputs.json``), or a path to such a JSON file."""
-    configs = _load(source)
+    configs = load(source)
     data = configs["structured"]
     out_dir = Path(out_dir)
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -112,45 +180,3 @@ def write(source: dict | str | os.PathLike, out_dir: Path, qr: bool = False) -> 
     put("routeros.rsc", configs["routeros"])
     put("home.json", json.dumps(data, indent=2) + "\n")
     return written
-
-
-def run(args: Sequence[str] | None = None) -> int:
-    """``cgnat-edge home-config [SOURCE] [--out DIR] [--qr] [--qr-terminal EDGE]``."""
-    parser = argparse.ArgumentParser(
-        prog="cgnat-edge home-config", description="Write the home-side WireGuard configs (mode 0600)."
-    )
-    parser.add_argument(
-        "source", nargs="?", help="render directory or JSON file; '-' reads stdin; default: ask `pulumi stack output`"
-    )
-    parser.add_argument("--out", default="home-configs", help="directory to write (created with mode 0700)")
-    parser.add_argument("--qr", action="store_true", help="also write a PNG QR code of each wg-quick file")
-    parser.add_argument(
-        "--qr-terminal", metavar="EDGE", help="print the wg-quick file of EDGE as a QR code on the terminal"
-    )
-    opts = parser.parse_args(args)
-    try:
-        if opts.source == "-":
-            source: Any = json.load(sys.stdin)
-        elif opts.source:
-            source = opts.source
-        else:
-            done = subprocess.run(
-                ["pulumi", "stack", "output", "--json", "--show-secrets"], capture_output=True, text=True
-            )
-            if done.returncode:
-                raise HomeConfigError(f"`pulumi stack output` failed: {done.stderr.strip()}")
-            source = json.loads(done.stdout)
-        paths = write(source, Path(opts.out), opts.qr)
-        if opts.qr_terminal:
-            configs = _load(source)
-            if opts.qr_terminal not in configs["wgQuick"]:
-                raise HomeConfigError(
-                    f"no edge {opts.qr_terminal!r}; edges are {', '.join(sorted(configs['wgQuick']))}"
-                )
-            sys.stdout.write(qr_terminal(configs["wgQuick"][opts.qr_terminal]))
-    except HomeConfigError as exc:
-        print(f"cgnat-edge home-config: {exc}", file=sys.stderr)
-        return 1
-    for p in paths:
-        print(p)
-    return 0

@@ -97,6 +97,21 @@ def masked(value: Any) -> Any:
     return value
 
 
+def as_cli_reads(value: Any) -> Any:
+    """A value off the engine's wire as the Pulumi CLI reads it.  The wire is a protobuf
+    ``Struct``: every number a double (a port the program wrote as 443 arrives as 443.0)
+    and mappings in no fixed order.  The CLI prints such a number as ``443`` and sorts
+    keys (Go's JSON encoding); the recordings of the mock engine are read the same way,
+    so a render shows what ``pulumi stack output --json`` would, in the same order every run."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: as_cli_reads(v) for k, v in sorted(value.items())}
+    if isinstance(value, list):
+        return [as_cli_reads(v) for v in value]
+    return value
+
+
 def _digest(*parts: str) -> int:
     return int.from_bytes(hashlib.sha256("/".join(parts).encode()).digest()[:4], "big")
 
@@ -154,8 +169,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     name=request.name,
                     parent=request.parent,
                     custom=request.custom,
-                    inputs=rpc.deserialize_properties(request.object),
-                    outputs=rpc.deserialize_properties(response.object) if request.custom else {},
+                    inputs=as_cli_reads(rpc.deserialize_properties(request.object)),
+                    outputs=as_cli_reads(rpc.deserialize_properties(response.object)) if request.custom else {},
                     ignore_changes=list(request.ignoreChanges),
                     protect=bool(request.protect),
                     delete_before_replace=bool(request.deleteBeforeReplace),
@@ -167,7 +182,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
 
     def RegisterResourceOutputs(self, request):
         if "::pulumi:pulumi:Stack::" in request.urn:
-            self.stack_outputs = rpc.deserialize_properties(request.outputs)
+            self.stack_outputs = as_cli_reads(rpc.deserialize_properties(request.outputs))
         return super().RegisterResourceOutputs(request)
 
 

@@ -14,7 +14,6 @@ providers; this needs neither, and the render it reads is the same program run.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import json
 import re
@@ -258,23 +257,41 @@ def check(
 # ---------------------------------------------------------------------------
 
 
-def load_config(stack_file: Path) -> FleetConfig:
+class RenderDirError(Exception):
+    """The folder is not a render; the message says how to make one."""
+
+
+def load_config(stack_file: Path, project_file: Path | None = None) -> FleetConfig:
     """The stack's config as the program parses it; encrypted values are unreadable
     offline and irrelevant to these rules."""
-    return stack.load(stack_file).parse()
+    return stack.load(stack_file, project_file).parse()
 
 
 def load_render(directory: Path) -> tuple[list[dict], dict, set[str]]:
     directory = Path(directory)
     missing = [n for n in ("resources.json", "outputs.json", "secret_outputs.json") if not (directory / n).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise RenderDirError(
             f"{directory} has no {', '.join(missing)}; run `cgnat-edge render --stack <stack> --out {directory}` first"
         )
-    resources = json.loads((directory / "resources.json").read_text())
-    outputs = json.loads((directory / "outputs.json").read_text())
-    secret_outputs = set(json.loads((directory / "secret_outputs.json").read_text()))
-    return resources, outputs, secret_outputs
+    resources = _read_json(directory / "resources.json", list, dict)
+    outputs = _read_json(directory / "outputs.json", dict, object)
+    secret_outputs = _read_json(directory / "secret_outputs.json", list, str)
+    return resources, outputs, set(secret_outputs)
+
+
+def _read_json(path: Path, kind: type[list] | type[dict], item: type) -> Any:
+    """A render file of the shape ``cgnat-edge render`` writes, or an error saying to render again."""
+    try:
+        value = json.loads(path.read_bytes())
+    except ValueError:
+        value = None
+    if not isinstance(value, kind) or not all(isinstance(v, item) for v in value):
+        raise RenderDirError(
+            f"{path} is not what `cgnat-edge render` writes; render again with "
+            f"`cgnat-edge render --stack <stack> --out {path.parent}`"
+        )
+    return value
 
 
 def report(violations: list[Violation], what: str, out=None, err=None) -> int:
@@ -288,39 +305,22 @@ def report(violations: list[Violation], what: str, out=None, err=None) -> int:
     return 0
 
 
-def main_for_stack(stack_file: Path) -> int:
+def main_for_stack(stack_file: Path, project_file: Path | None = None) -> int:
     """Render the stack offline (mock clouds, no credentials) and check it."""
     from components.tools import offline, render
 
     stack_file = Path(stack_file)
-    cfg = load_config(stack_file)
-    run = offline.run_program(stack_file)
+    cfg = load_config(stack_file, project_file)
+    run = offline.run_program(stack_file, project_file=project_file)
     resources = render.resource_table(run)
     outputs = offline.masked(run.outputs)
     violations = check(cfg, resources, outputs, set(run.secret_outputs()))
     return report(violations, f"stack {cfg.stack} ({len(resources)} resources, {len(outputs)} outputs)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Check a render folder written earlier by ``cgnat-edge render``."""
-    parser = argparse.ArgumentParser(prog="cgnat-edge-policy", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stack", default="dev", help="stack name; reads Pulumi.<stack>.yaml (default: dev)")
-    parser.add_argument("--stack-file", help="explicit path to a Pulumi.<stack>.yaml")
-    parser.add_argument("--render-dir", help="folder from `cgnat-edge render` (default: build/<stack>)")
-    args = parser.parse_args(argv)
-    stack_file = Path(args.stack_file or f"Pulumi.{args.stack}.yaml")
-    render_dir = Path(args.render_dir or f"build/{args.stack}")
-    try:
-        cfg = load_config(stack_file)
-        resources, outputs, secret_outputs = load_render(render_dir)
-    except FileNotFoundError as exc:
-        print(f"policy: {exc}", file=sys.stderr)
-        return 2
-    return report(
-        check(cfg, resources, outputs, secret_outputs),
-        f"{render_dir} ({len(resources)} resources, {len(outputs)} outputs)",
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def main_for_render(stack_file: Path, render_dir: Path, project_file: Path | None = None) -> int:
+    """Check a folder written earlier by ``cgnat-edge render`` against the stack's config."""
+    cfg = load_config(stack_file, project_file)
+    resources, outputs, secret_outputs = load_render(render_dir)
+    violations = check(cfg, resources, outputs, secret_outputs)
+    return report(violations, f"{render_dir} ({len(resources)} resources, {len(outputs)} outputs)")
