@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+
+from tests.support import ROOT
 
 PYPROJECT = ROOT / "pyproject.toml"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, require_tool
 
 from components.tools import cli
+from tests.support import ROOT, require_tool
 
 STACK_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml")
 # What a checkout holds besides the sources; none of it goes into a build.

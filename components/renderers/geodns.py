@@ -37,7 +37,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from components.model.config import FleetConfig, Mode, Protocol, ServiceSpec
+from components.model.config import FleetConfig, Mode, ServiceSpec
 from components.model.deployed import DeployedEdge
 
 PORT_SERVICES_LABEL = "edge"
