@@ -360,7 +360,7 @@ def test_push_applies_changes_in_place(raw_config, keys, edge_ns, tmp_path):
     files2 = _portable(bootstrap.node_files(cfg2, edge, wg_conf(keys, "10.254.0.2/32, 192.168.1.0/24, 192.168.2.0/24")))
     third = _push(edge_ns, root, stubs, files2)
     assert third.returncode == 0, third.stderr
-    updated = sorted(l.split("updated ", 1)[1] for l in third.stdout.splitlines() if "updated " in l)
+    updated = sorted(line.split("updated ", 1)[1] for line in third.stdout.splitlines() if "updated " in line)
     assert updated == sorted([traefik.DYNAMIC_PATH, bootstrap.WG_CONF_PATH])
     assert "restart" not in (stubs / "calls").read_text()
     assert "192.168.2.0/24" in edge_ns.run("wg", "show", "wg0", "allowed-ips").stdout
@@ -467,7 +467,7 @@ def test_endpoint_timer_and_service_verify(tmp_path):
         text=True,
     )
     # wg-quick@wg0 is not installed on a test machine; anything else is a real finding.
-    problems = [l for l in res.stderr.splitlines() if l.strip() and "wg-quick@wg0.service" not in l]
+    problems = [line for line in res.stderr.splitlines() if line.strip() and "wg-quick@wg0.service" not in line]
     assert problems == [], res.stderr
 
 

@@ -283,15 +283,18 @@ def test_bind_fragment_parses_with_dnspython(example):
 def test_powerdns_lines(example):
     cfg, records = example
     text = geodns.powerdns_lua(records, cfg)
-    lines = [l for l in text.splitlines() if not l.startswith(";")]
+    lines = [line for line in text.splitlines() if not line.startswith(";")]
     assert len(lines) == 8  # 4 names x A/AAAA
     assert (
         "cloud.example.org.     60 IN LUA A    \"ifurlup('https://cloud.example.org/status.php', {'203.0.113.10', '198.51.100.20'}, {selector='pickclosest', backupSelector='all'})\""
         in lines
     )
-    assert any(l.startswith("blog.example.org.") and "LUA AAAA \"ifportup(443, {'2001:db8:1::10'}" in l for l in lines)
     assert any(
-        l.startswith("edge.example.org.") and "ifportup(2222, {'203.0.113.10', '198.51.100.20'}" in l for l in lines
+        line.startswith("blog.example.org.") and "LUA AAAA \"ifportup(443, {'2001:db8:1::10'}" in line for line in lines
+    )
+    assert any(
+        line.startswith("edge.example.org.") and "ifportup(2222, {'203.0.113.10', '198.51.100.20'}" in line
+        for line in lines
     )
 
 
@@ -316,7 +319,7 @@ def test_long_lua_content_is_split_into_strings(raw_config):
         for i, e in enumerate(cfg.edges)
     ]
     text = geodns.powerdns_lua(geodns.policy(cfg, eps), cfg)
-    aaaa = next(l for l in text.splitlines() if l.startswith("blog.") and "LUA AAAA" in l)
+    aaaa = next(line for line in text.splitlines() if line.startswith("blog.") and "LUA AAAA" in line)
     strings = aaaa.split("LUA AAAA ", 1)[1]
     parts = json.loads("[" + strings.replace('" "', '", "') + "]")
     assert len(parts) == 2 and all(len(p) <= 255 for p in parts)

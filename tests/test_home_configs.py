@@ -175,8 +175,8 @@ def test_openwrt_values(fleet_config, keys):
         "set firewall.cgnat_edge_allow5.proto='udp'",
     ]:
         assert expected in lines, expected
-    assert not any("allowed_ips='0.0.0.0/0'" in l for l in lines)
-    commands = [l.split()[0] for l in lines if l and not l.startswith("#")]
+    assert not any("allowed_ips='0.0.0.0/0'" in line for line in lines)
+    commands = [line.split()[0] for line in lines if line and not line.startswith("#")]
     assert set(commands) <= {"set", "add_list", "delete"}
 
 
@@ -195,7 +195,7 @@ def test_routeros_values(fleet_config, keys):
         assert expected in lines, expected
     assert lines.index(
         '/ip firewall filter add chain=forward in-interface-list=cgnat-edge connection-state=new action=drop comment="cgnat-edge cgnat-edge/dev: nothing else"'
-    ) > max(i for i, l in enumerate(lines) if "action=accept" in l)
+    ) > max(i for i, line in enumerate(lines) if "action=accept" in line)
 
 
 def test_interface_names_fit_ifnamsiz_and_stay_unique():

@@ -108,7 +108,7 @@ def test_passthrough_tls_ends_at_home_and_home_logs_the_visitor(el):
             el.tunnel_ip(name),
             f"/via-{name}",
         )
-    logged = [json.loads(l) for l in el.home_log.read_text().splitlines()]
+    logged = [json.loads(line) for line in el.home_log.read_text().splitlines()]
     seen = {(e.get("path"), e.get("client"), e.get("peer")) for e in logged if e.get("service") == "cloud"}
     assert {("/via-fsn", el.client_ip, el.tunnel_ip("fsn")), ("/via-ams", el.client_ip, el.tunnel_ip("ams"))} <= seen
     # A real client: curl resolves through the lab's DNS and verifies home's certificate.
@@ -179,7 +179,7 @@ def test_home_is_unreachable_except_through_an_edge(el):
         {"kind": "tcp", "edge": el.cgnat_ip, "port": 2222, "timeout": 2},
         {"kind": "udp", "edge": el.cgnat_ip, "port": 2456, "timeout": 1},
     ]
-    results = el.probe(direct + [{"kind": "tcp", "edge": el.edges["ams"].public_ip, "port": 2222}])
+    results = el.probe([*direct, {"kind": "tcp", "edge": el.edges["ams"].public_ip, "port": 2222}])
     assert [r["ok"] for r in results] == [False, False, False, False, True], results
     assert "timed out" in results[0]["error"], results[0]  # dropped by the CGNAT, not refused by home
 
@@ -277,7 +277,7 @@ def test_lab_command_and_teardown(tmp_path, monkeypatch):
 
     def mine():
         listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        return {l.split()[0] for l in listing.splitlines() if l.startswith(f"{PREFIX}{os.getpid()}x")}
+        return {line.split()[0] for line in listing.splitlines() if line.startswith(f"{PREFIX}{os.getpid()}x")}
 
     existing = mine()
     monkeypatch.setattr(

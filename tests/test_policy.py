@@ -202,7 +202,7 @@ def test_a_machine_without_a_firewall_fails():
 
 def test_wg_quick_text_with_a_private_key_in_a_plain_output_fails():
     private, public = wg_keypair()
-    peer_private, peer_public = wg_keypair()
+    _peer_private, peer_public = wg_keypair()
     conf = f"[Interface]\nPrivateKey = {private}\nAddress = 10.254.0.2/30\n\n[Peer]\nPublicKey = {peer_public}\n"
     outputs = {"homeConfigs": {"fsn": {"wgQuick": conf}}, "edges": {"fsn": {"publicKey": public}}}
     assert messages(policy.check_outputs(outputs, set())) == [

@@ -125,7 +125,7 @@ def test_edge_config_values(fleet_config):
     _, home_pub = generate_keypair()
     text = tunnel.edge_wg_conf(fleet_config, fleet_config.edges[1], edge_priv, home_pub)
     v6 = fleet_config.tunnel.ipv6_prefix.network_address
-    lines = [l for l in text.splitlines() if l and not l.startswith("#")]
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert lines == [
         "[Interface]",
         f"Address = 10.254.0.9/30, {ipaddress.IPv6Address(int(v6) + 9)}/126",

@@ -14,6 +14,7 @@ edges never learn an endpoint except from home's handshakes.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -148,13 +149,16 @@ def test_generated_configs_load_into_wireguard_go(lab, tmp_path):
         node.spawn(
             "wireguard-go", "-f", ifname, env={"WG_PROCESS_FOREGROUND": "1", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         )
-        wait_for(lambda: node.run("wg", "show", ifname, check=False).returncode == 0, message=f"wireguard-go {ifname}")
+        wait_for(
+            lambda ifname=ifname: node.run("wg", "show", ifname, check=False).returncode == 0,
+            message=f"wireguard-go {ifname}",
+        )
         stripped = node.run("wg-quick", "strip", f"/etc/wireguard/{ifname}.conf").stdout
         node.run("wg", "setconf", ifname, "/dev/stdin", input=stripped)
 
     def dump(ifname):
         lines = node.run("wg", "show", ifname, "dump").stdout.splitlines()
-        return lines[0].split("\t"), [l.split("\t") for l in lines[1:]]
+        return lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
 
     (priv, pub, port, _), peers = dump("wg-fsn")
     assert (priv, pub) == (home_key[0], home_key[1])
@@ -203,7 +207,7 @@ def test_home_behind_cgnat_reaches_two_edges(lab, tmp_path):
     assert re.search(r"^198\.51\.100\.8/30 dev wg-ams .*src 198\.51\.100\.10", routes, re.M), routes
 
     for name, ifname in (("fsn", "wg-fsn"), ("ams", "wg-ams")):
-        wait_for(lambda: _handshake(home, ifname), timeout=15, message=f"handshake on {ifname}")
+        wait_for(functools.partial(_handshake, home, ifname), timeout=15, message=f"handshake on {ifname}")
         # The edge learnt home's address from the handshake: the CGNAT's public side.
         endpoint = edges[name].run("wg", "show", "wg0", "endpoints").stdout.split()[1]
         assert endpoint.startswith(f"{CGNAT_PUBLIC}:"), endpoint

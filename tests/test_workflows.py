@@ -210,8 +210,8 @@ def test_readme_documents_every_command_the_workflows_run():
     readme = (ROOT / "README.md").read_text()
     commands = workflow_commands()
     assert {
-        "uv sync",
-        "uv run cgnat-edge policy --stack <stack>",
+        "uv sync --locked",
+        "uv run --locked cgnat-edge policy --stack <stack>",
         "pulumi preview --stack <stack>",
         "pulumi up --stack <stack>",
     } <= commands
@@ -222,5 +222,36 @@ def test_readme_documents_every_command_the_workflows_run():
 def test_readme_test_command_is_what_ci_runs():
     ci_run = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     readme = (ROOT / "README.md").read_text()
-    assert ci_run[-1] == "uv run --extra test pytest"
+    assert ci_run[-1] == "uv run --locked --extra test pytest"
     assert ci_run[-1] in readme
+
+
+# -- uv.lock ------------------------------------------------------------------------------
+
+
+def ci_uv_commands() -> list[str]:
+    """Every uv command CI runs: the workflows' steps and .ci/run (installing uv aside)."""
+    commands = [c for c in workflow_commands() if c.startswith("uv ")]
+    for line in (ROOT / ".ci" / "run").read_text().splitlines():
+        if line.strip().startswith("uv "):
+            commands.append(line.strip())
+    return commands
+
+
+def test_ci_installs_and_runs_only_the_locked_versions():
+    commands = ci_uv_commands()
+    assert "uv sync --locked --extra test" in commands and "uv sync --locked" in commands
+    unlocked = [c for c in commands if c.split()[1] in ("sync", "run") and "--locked" not in c.split()]
+    assert not unlocked, f"without --locked, uv resolves afresh instead of using uv.lock: {unlocked}"
+
+
+def test_lock_file_is_committed_and_matches_pyproject():
+    require_tool("uv")
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "uv.lock"], cwd=ROOT, capture_output=True)
+    if tracked.returncode == 128 and b"not a git repository" in tracked.stderr:
+        pytest.skip("not a git checkout")
+    assert tracked.returncode == 0, "uv.lock is not committed"
+    result = subprocess.run(
+        ["uv", "lock", "--check", "--offline"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, f"uv.lock is stale; run `uv lock` and commit it:\n{result.stderr}"

@@ -34,6 +34,7 @@ documentation prefixes only.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -294,17 +295,17 @@ class Edge:
             cert, key, _ = self.lab.http_cert
             standin = {"tls": {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}}
             self.path(f"{traefik.DYNAMIC_DIR}/lab-acme-standin.yaml").write_text(yaml.safe_dump(standin))
-        self.traefik = self.node.spawn(str(TRAEFIK_BINARY), f"--configFile={lab_static}", log=self.traefik_log)
+        self.traefik = proc = self.node.spawn(str(TRAEFIK_BINARY), f"--configFile={lab_static}", log=self.traefik_log)
         ping = f"http://{traefik.PING_ADDRESS}/ping"
         wait_for(
             lambda: (
-                self.traefik.poll() is not None
+                proc.poll() is not None
                 or self.node.run("curl", "-fsS", "--max-time", "1", ping, check=False).stdout == "OK"
             ),
             timeout=20,
             message=f"Traefik on edge {self.name}",
         )
-        if self.traefik.poll() is not None:
+        if proc.poll() is not None:
             raise LabError(f"Traefik on edge {self.name} exited:\n{self.traefik_log.read_text()[-3000:]}")
 
     def stop_traefik(self) -> None:
@@ -342,7 +343,7 @@ class Edge:
             "LANG": "C.UTF-8",
         }
         done = self.node.run("bash", "-c", bootstrap.push_script(), input=bundle, env=env, timeout=60)
-        calls = [l for l in self.systemctl_log.read_text().splitlines() if l]
+        calls = [line for line in self.systemctl_log.read_text().splitlines() if line]
         for call in calls:
             if call == "start wg-quick@wg0":
                 self.node.run("wg-quick", "up", str(self.path(bootstrap.WG_CONF_PATH)))
@@ -413,18 +414,18 @@ class EdgeLab:
             if s.mode == "passthrough" and s.name not in self.home_certs:
                 self.home_certs[s.name] = _self_signed(s.hostnames, self.lab.workdir, f"home-{s.name}")
         listeners = [
-            l
-            for l in home_listeners(cfg, self.home_certs, exclude)
-            if f"{l['kind']}:{l['address']}:{l['port']}" not in self.served
+            listener
+            for listener in home_listeners(cfg, self.home_certs, exclude)
+            if f"{listener['kind']}:{listener['address']}:{listener['port']}" not in self.served
         ]
         if not listeners:
             return []
         have = self.server.run("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
-        for l in listeners:
-            if f" {l['address']}/" not in have:
-                lan = next(n for n in cfg.home.lan_prefixes if ipaddress.ip_address(l["address"]) in n)
-                self.server.addresses("eth0", [f"{l['address']}/{lan.prefixlen}"])
-                have += f" {l['address']}/"
+        for listener in listeners:
+            if f" {listener['address']}/" not in have:
+                lan = next(n for n in cfg.home.lan_prefixes if ipaddress.ip_address(listener["address"]) in n)
+                self.server.addresses("eth0", [f"{listener['address']}/{lan.prefixlen}"])
+                have += f" {listener['address']}/"
         spec = self.lab.workdir / f"home-services-{len(self.served)}.json"
         spec.write_text(json.dumps({"log": str(self.home_log), "listeners": listeners}))
         out = self.lab.workdir / f"home-services-{len(self.served)}.out"
@@ -432,7 +433,7 @@ class EdgeLab:
         wait_for(lambda: proc.poll() is not None or "ready" in out.read_text(), timeout=15, message="home services")
         if proc.poll() is not None:
             raise LabError(f"home services exited:\n{out.read_text()[-3000:]}")
-        self.served |= {f"{l['kind']}:{l['address']}:{l['port']}" for l in listeners}
+        self.served |= {f"{listener['kind']}:{listener['address']}:{listener['port']}" for listener in listeners}
         return listeners
 
     def handshake_time(self, edge: str) -> int:
@@ -606,7 +607,8 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
         home.write(f"/etc/wireguard/{iface}.conf", (rendered.out / "home" / f"{iface}.conf").read_text())
         home.run("wg-quick", "up", iface)
     for name in el.edges:
-        wait_for(lambda: el.handshake_time(name) > 0, timeout=20, message=f"home's handshake with edge {name}")
+        # handshake_time is 0 until home's first handshake with the edge
+        wait_for(functools.partial(el.handshake_time, name), timeout=20, message=f"home's handshake with edge {name}")
     wait_for(
         lambda: el.probe([{"kind": "resolve", "name": f"ns1.{cfg.dns.zone}"}])[0].get("addresses") == [el.dns_ip],
         timeout=15,
@@ -647,7 +649,7 @@ def _expect_tls(el: EdgeLab, s: ServiceSpec, host: str, r: dict) -> tuple[bool, 
         return True, "401: basic auth asks for credentials (the lab has none)"
     if m.ip_allow_list and not any(ipaddress.ip_address(el.client_ip) in n for n in m.ip_allow_list):
         return r["status"] == 403, f"{r['status']}: client outside ipAllowList"
-    if r["cert_sha256"] != el.http_cert[2]:
+    if el.http_cert is None or r["cert_sha256"] != el.http_cert[2]:
         return False, "edge did not present the stand-in certificate"
     if r["status"] != 200 or body.get("service") != s.name:
         return False, f"HTTP {r['status']}: {str(r['body'])[:120]}"
@@ -725,7 +727,7 @@ def smoke(el: EdgeLab, edges: Iterable[str] | None = None, services: Iterable[st
                 )
             )
     results = []
-    for (edge, service, what, judge), r in zip(judges, el.probe(checks)):
+    for (edge, service, what, judge), r in zip(judges, el.probe(checks), strict=True):
         ok, detail = judge(r)
         results.append(Result(edge, service, what, bool(ok), detail, r["ms"]))
     return results
@@ -735,7 +737,9 @@ def table(results: list[Result]) -> str:
     rows = [("EDGE", "SERVICE", "CHECK", "RESULT", "MS", "DETAIL")]
     rows += [(r.edge, r.service, r.check, "ok" if r.ok else "FAIL", f"{r.ms:.1f}", r.detail) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5] for row in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5] for row in rows
+    )
 
 
 def missing_tools() -> list[str]:

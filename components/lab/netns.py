@@ -116,10 +116,12 @@ class Node:
             stderr=subprocess.PIPE,
             text=True,
         )
-        line = self.holder.stdout.readline()
+        stdout, stderr = self.holder.stdout, self.holder.stderr
+        assert stdout is not None and stderr is not None  # both are pipes (above)
+        line = stdout.readline()
         if line.strip() != "ready":
             raise CommandError(
-                f"namespace {netns} did not start: {self.holder.stderr.read() if self.holder.poll() is not None else line}"
+                f"namespace {netns} did not start: {stderr.read() if self.holder.poll() is not None else line}"
             )
         self.run("ip", "link", "set", "lo", "up")
 
@@ -141,17 +143,16 @@ class Node:
         """Start a daemon in this node; it is ended by ``Lab.close``.  Output goes to
         ``log`` (appended) or nowhere, unless ``popen`` asks otherwise (``stdout=PIPE``
         for a process whose answer the caller reads)."""
-        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (closed once the child has it)
-        streams = {"stdout": out, "stderr": subprocess.STDOUT if log else subprocess.DEVNULL}
-        proc = subprocess.Popen(
-            self._argv(argv),
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-            **{**streams, **popen},
-        )
-        if log:
-            out.close()
+        # The child keeps its own copy of the log's descriptor; ours closes once it started.
+        with open(log, "ab") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
+            streams = {"stdout": out, "stderr": subprocess.STDOUT if log else subprocess.DEVNULL}
+            proc = subprocess.Popen(
+                self._argv(argv),
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                **{**streams, **popen},
+            )
         self.lab._procs.append(proc)
         return proc
 

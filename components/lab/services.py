@@ -203,10 +203,14 @@ def _probe_tls(check: dict) -> dict:
     # Whose certificate comes back is the point; the caller compares fingerprints.
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    with socket.create_connection((check["edge"], check.get("port", 443)), timeout=check.get("timeout", 5)) as raw:
-        with ctx.wrap_socket(raw, server_hostname=check["sni"]) as tls:
-            der = tls.getpeercert(binary_form=True)
-            status, _, body = _http_get(tls, check["sni"], check.get("path", "/"))
+    with (
+        socket.create_connection((check["edge"], check.get("port", 443)), timeout=check.get("timeout", 5)) as raw,
+        ctx.wrap_socket(raw, server_hostname=check["sni"]) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        if der is None:
+            raise ssl.SSLError(f"{check['sni']}: the edge presented no certificate")
+        status, _, body = _http_get(tls, check["sni"], check.get("path", "/"))
     return {"cert_sha256": hashlib.sha256(der).hexdigest(), "status": status, "body": _json_or_text(body)}
 
 
@@ -214,7 +218,7 @@ def _probe_http(check: dict) -> dict:
     with socket.create_connection((check["edge"], check.get("port", 80)), timeout=check.get("timeout", 5)) as s:
         status, head, body = _http_get(s, check["host"], check.get("path", "/"))
     location = next(
-        (l.split(b":", 1)[1].strip().decode() for l in head.split(b"\r\n") if l.lower().startswith(b"location:")), None
+        (h.split(b":", 1)[1].strip().decode() for h in head.split(b"\r\n") if h.lower().startswith(b"location:")), None
     )
     return {"status": status, "location": location, "body": _json_or_text(body)}
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from components.model.config import EdgeSpec, FleetConfig
 from components import providers
+from components.model.config import EdgeSpec, FleetConfig
 from components.renderers import nftables, templates, traefik, tunnel
 
 USER_DATA_LIMIT = min(provider.user_data_limit for provider in providers.REGISTRY.values())

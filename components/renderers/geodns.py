@@ -37,7 +37,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from components.model.config import FleetConfig, Mode, Protocol, ServiceSpec
+from components.model.config import FleetConfig, Mode, ServiceSpec
 from components.model.deployed import DeployedEdge
 
 PORT_SERVICES_LABEL = "edge"
@@ -237,7 +237,7 @@ def bind_fragment(records: Iterable[Mapping[str, Any]], cfg: FleetConfig) -> str
     defaults = _default_records(records)
     width = max((len(_fqdn(r["hostname"])) for r in defaults), default=0)
     for record in defaults:
-        for edge, value in zip(record["edges"], record["values"]):
+        for edge, value in zip(record["edges"], record["values"], strict=True):
             lines.append(
                 f"{_fqdn(record['hostname']):<{width}} {record['ttl']:>5} IN {record['type']:<4} {value} ; {edge}"
             )

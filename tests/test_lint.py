@@ -1,0 +1,46 @@
+"""ruff (lint and format) and mypy on the project, with the settings in pyproject.toml:
+clean, or the findings are the failure message. No cache is written into the checkout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+
+PYPROJECT = ROOT / "pyproject.toml"
+
+
+def _run(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def _checks(cache: Path) -> dict[str, list[str]]:
+    return {
+        "ruff check": ["ruff", "check", "--no-cache", "--output-format", "concise"],
+        "ruff format": ["ruff", "format", "--check", "--diff", "--no-cache"],
+        "mypy": ["mypy", "--cache-dir", str(cache)],
+    }
+
+
+@pytest.mark.parametrize("name", list(_checks(Path())))
+def test_project_is_clean(name, tmp_path):
+    result = _run(_checks(tmp_path / "mypy-cache")[name])
+    assert result.returncode == 0, f"`{name}` found problems:\n{result.stdout}{result.stderr}"
+
+
+def test_the_checks_catch_a_finding(tmp_path):
+    """The checks above mean something only if these tools, with this config, do report findings."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(a: list[int], b: list[int]) -> int:\n    l = list(zip(a,b))\n    return l\n")
+    lint = _run(["ruff", "check", "--no-cache", "--config", str(PYPROJECT), "--output-format", "concise", str(bad)])
+    assert lint.returncode == 1 and "E741" in lint.stdout and "B905" in lint.stdout, lint.stdout + lint.stderr
+    fmt = _run(["ruff", "format", "--check", "--no-cache", "--config", str(PYPROJECT), str(bad)])
+    assert fmt.returncode == 1 and "bad.py" in fmt.stdout, fmt.stdout + fmt.stderr
+    types = _run(["mypy", "--config-file", str(PYPROJECT), "--cache-dir", str(tmp_path / "cache"), str(bad)], tmp_path)
+    assert types.returncode == 1 and 'Incompatible return value type (got "list[tuple[int, int]]"' in types.stdout, (
+        types.stdout + types.stderr
+    )
