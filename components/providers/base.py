@@ -67,11 +67,6 @@ class InboundRule:
 
 ANYWHERE = ("0.0.0.0/0", "::/0")
 
-KEEP = {"protect": True}
-"""Options of what must never go by accident (addresses people and DNS point at,
-keys the home router trusts): ``pulumi destroy`` or dropping an edge stops at them
-until they are unprotected on purpose (see the README, "Deleting for real")."""
-
 USER_DATA_IGNORED = ["userData", "sshKeys"]
 """Both force a new server at either provider.  Fresh nodes get the current cloud-init;
 running nodes get changes pushed over SSH (see ``EdgeNode``), so editing a service or
@@ -187,7 +182,11 @@ class Provider(ABC):
         ssh_key_ids: list[pulumi.Output[str]],
         parent: pulumi.Resource,
     ) -> Machine:
-        """The server, its persistent addresses and its firewall, children of ``parent``."""
+        """The server, its persistent addresses and its firewall, children of ``parent``.
+
+        The addresses are created with ``protect=True``: DNS and the home router point at
+        them, so ``pulumi destroy`` or dropping an edge stops there until they are
+        unprotected on purpose (see the README, "Deleting for real")."""
 
     def dns_records(
         self,

@@ -11,7 +11,6 @@ from components.model.catalog import Location, ServerType
 from components.providers.base import (
     ANYWHERE,
     USER_DATA_IGNORED,
-    KEEP,
     InboundRule,
     Machine,
     Provider,
@@ -131,7 +130,7 @@ class DigitalOcean(Provider):
         # The reserved IP is its own resource and only its assignment follows the Droplet,
         # so replacing the Droplet keeps the public IPv4.
         reserved = do.ReservedIp(
-            f"{edge.name}-reserved-ip", region=edge.location.code, opts=pulumi.ResourceOptions(parent=parent, **KEEP)
+            f"{edge.name}-reserved-ip", region=edge.location.code, opts=pulumi.ResourceOptions(parent=parent, protect=True)
         )
         assignment = do.ReservedIpAssignment(
             f"{edge.name}-reserved-ip-assignment",

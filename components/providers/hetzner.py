@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 from components.model.catalog import Location, ServerType
 from components.providers.base import (
     USER_DATA_IGNORED,
-    KEEP,
     InboundRule,
     Machine,
     Provider,
@@ -110,7 +109,7 @@ class Hetzner(Provider):
                 assignee_type="server",
                 auto_delete=False,
                 labels=tags,
-                opts=pulumi.ResourceOptions(parent=parent, **KEEP),
+                opts=pulumi.ResourceOptions(parent=parent, protect=True),
             )
             for family in ("ipv4", "ipv6")
         }
