@@ -138,7 +138,10 @@ def pdns(netns, fleet, raw_config, tmp_path: Path):
 def many_edges_lines(raw_config) -> str:
     """A LUA record long enough to be split into two zone-file strings."""
     raw = copy.deepcopy(raw_config)
-    raw.update(edges=[{"name": f"e{i}", "provider": "digitalocean", "location": "fra1"} for i in range(8)], ha=False)
+    raw.update(
+        edges=[{"name": f"e{i}", "provider": "digitalocean", "location": "fra1", "index": i + 1} for i in range(8)],
+        ha=False,
+    )
     big = config_module.parse(raw, stack="dev")
     endpoints = [
         DeployedEdge(e, f"198.51.100.{100 + i}", f"2001:db8:aaaa:bbbb:cccc:dddd:eeee:{i + 1:x}")

@@ -1,0 +1,71 @@
+"""Nothing the user owns is lost by accident (whole program under mocks): addresses and
+keys are protected, removing an edge moves no other edge, and servers whose name or
+addresses must be unique are replaced delete-first."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from components import providers
+from components.model.config import ConfigError
+from components.model import stack
+from components.tools import offline
+from tests.support import ROOT
+
+PROD = ROOT / "Pulumi.prod.yaml"  # three edges on two providers
+KEY_TYPES = ("pulumi-python:dynamic/cgnat-edge:WireGuardKey", "pulumi-python:dynamic/cgnat-edge:SshHostKey")
+ADDRESS_TYPES = ("hcloud:index/primaryIp:PrimaryIp", "digitalocean:index/reservedIp:ReservedIp")
+
+
+@pytest.fixture(scope="module")
+def prod() -> offline.Run:
+    return offline.run_program(PROD)
+
+
+def test_every_address_and_key_is_protected_and_nothing_else(prod):
+    kept = [r for r in prod.resources if r.type in KEY_TYPES + ADDRESS_TYPES]
+    # host keys, WireGuard keys (3 edges + home), Primary IPv4+IPv6 of fsn, reserved IPs of fra and nyc
+    assert len(kept) == 3 + 3 + 1 + 2 + 2
+    assert [r.name for r in kept if not r.protect] == []
+    # Servers, firewalls and records stay replaceable: protecting them would block every rebuild.
+    assert [r.name for r in prod.resources if r.protect and r.type not in KEY_TYPES + ADDRESS_TYPES] == []
+
+
+def test_replacement_is_delete_first_where_the_provider_needs_unique_names_or_addresses(prod):
+    servers = {
+        r.type: r for r in prod.resources if r.type in {p.server_resource_type for p in providers.REGISTRY.values()}
+    }
+    # Hetzner: the server name is unique per project and a Primary IP has one assignee.
+    assert servers["hcloud:index/server:Server"].delete_before_replace is True
+    # DigitalOcean: names need not be unique and the reserved IP follows its assignment,
+    # so the new Droplet is up before the old one goes.
+    assert servers["digitalocean:index/droplet:Droplet"].delete_before_replace is False
+
+
+def _edges_and_keys(run: offline.Run) -> dict[str, tuple]:
+    edges = run.output("edges")
+    return {name: (e["tunnelIpv4"], e["tunnelIpv6"], e["wireguardPublicKey"], e["ipv4"]) for name, e in edges.items()}
+
+
+def test_removing_the_middle_edge_moves_no_other_edge():
+    first = offline.run_program(PROD)
+    edges = copy.deepcopy(stack.load(PROD).raw()["edges"])
+    assert [e["name"] for e in edges] == ["fsn", "fra", "nyc"]
+    second = offline.run_program(PROD, state=offline.key_state(first), config_overrides={"edges": [edges[0], edges[2]]})
+    before, after = _edges_and_keys(first), _edges_and_keys(second)
+    assert set(after) == {"fsn", "nyc"}
+    for name in after:
+        assert after[name] == before[name], name  # tunnel addresses, key and public address unchanged
+
+
+def test_an_edge_without_index_in_a_fleet_is_refused_with_its_current_place():
+    edges = copy.deepcopy(stack.load(PROD).raw()["edges"])
+    del edges[1]["index"]
+    with pytest.raises(ConfigError) as info:
+        offline.run_program(PROD, config_overrides={"edges": edges})
+    assert info.value.problems == [
+        "cgnat-edge:edges[1].index: is required when the fleet has more than one edge: it fixes the edge's tunnel "
+        "addresses, so removing another edge never moves them; set index: 2 (its place in the list today)"
+    ]
