@@ -209,3 +209,78 @@ def test_pulumi_yaml_declares_the_same_defaults():
             assert "default" not in decl
         else:
             assert decl["default"] == default, key
+
+
+def _openssh(key) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def _security_key_lines() -> list[str]:
+    """The two FIDO key types as ssh-keygen -t ed25519-sk / ecdsa-sk writes them (RFC 4251
+    strings: type, key, then the application, "ssh:")."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    def string(b: bytes) -> bytes:
+        return len(b).to_bytes(4, "big") + b
+
+    point = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
+    bodies = {
+        "sk-ssh-ed25519@openssh.com": string(bytes(range(1, 33))),
+        "sk-ecdsa-sha2-nistp256@openssh.com": string(b"nistp256") + string(point),
+    }
+    return [
+        f"{kind} {base64.b64encode(string(kind.encode()) + body + string(b'ssh:')).decode()} yubikey"
+        for kind, body in bodies.items()
+    ]
+
+
+def test_real_keys_of_every_type_are_accepted(raw_config):
+    """The key checks refuse damaged keys, not real ones: one key of every type sshd takes."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    from components.model import keys
+
+    lines = [
+        _openssh(ed25519.Ed25519PrivateKey.generate()) + " a@b",
+        _openssh(ec.generate_private_key(ec.SECP256R1())),
+        _openssh(ec.generate_private_key(ec.SECP384R1())),
+        _openssh(ec.generate_private_key(ec.SECP521R1())),
+        _openssh(rsa.generate_private_key(public_exponent=65537, key_size=2048)) + " with a spaced comment",
+        *_security_key_lines(),
+    ]
+    raw_config["sshPublicKeys"] = lines
+    raw_config["homePublicKey"] = keys.generate_keypair()[1]
+    cfg = config.parse(raw_config)
+    assert cfg.ssh.public_keys == tuple(lines)
+    assert cfg.home.public_key == raw_config["homePublicKey"]
+    assert {line.split()[0] for line in lines} == set(config.SSH_KEY_TYPES)
+
+
+def test_index_at_the_end_of_the_prefix_fits(raw_config):
+    """63 is the last /30 of a /24: accepted, and the tunnel addresses exist."""
+    from components.renderers import tunnel
+
+    raw_config["edges"][1]["index"] = 63
+    cfg = config.parse(raw_config)
+    assert str(tunnel.addresses(cfg.tunnel, cfg.edges[1]).edge_v4) == "10.254.0.253/30"
+    raw_config["edges"][1]["index"] = 64
+    assert problems(raw_config) == [
+        "cgnat-edge:edges[1].index: 64 does not fit in cgnat-edge:tunnelIpv4Prefix 10.254.0.0/24, which has room for "
+        "indexes 1 to 63 (one /30 each); use a free index in that range or a shorter prefix"
+    ]
+
+
+def test_ha_false_allows_one_provider(raw_config):
+    raw_config["edges"] = raw_config["edges"][:1]
+    assert any(p.startswith("cgnat-edge:ha:") for p in problems(raw_config))
+    raw_config["ha"] = False
+    assert [e.provider for e in config.parse(raw_config).edges] == ["hetzner"]

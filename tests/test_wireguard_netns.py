@@ -47,8 +47,8 @@ def lab_config(**overrides) -> config_module.FleetConfig:
     raw = {
         "domain": "example.org",
         "edges": [
-            {"name": "fsn", "provider": "hetzner", "location": "fsn1"},
-            {"name": "ams", "provider": "digitalocean", "location": "ams3"},
+            {"name": "fsn", "provider": "hetzner", "location": "fsn1", "index": 1},
+            {"name": "ams", "provider": "digitalocean", "location": "ams3", "index": 2},
         ],
         "sshPublicKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGqxVQIfSWZkNgKOGy4QDZWNWQXUdqSrhLrsrfJKPFB+ lab"],
         "homeLanPrefixes": ["192.0.2.0/24"],

@@ -9,15 +9,24 @@ never ``pulumi.Config``.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import difflib
 import hashlib
 import ipaddress
 import json
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from components import providers
 from components.model import catalog
@@ -65,8 +74,35 @@ RESERVED_TCP_PORTS = {80: "HTTP (redirect and ACME)", 443: "HTTPS (passthrough a
 _NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _WG_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
-_SSH_KEY_RE = re.compile(
-    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$"
+SSH_KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-rsa",
+)
+MIN_RSA_BITS = 1024
+"""sshd refuses shorter RSA keys (RequiredRSASize, OpenSSH 9.1 and later)."""
+
+# Addresses that mean something else on every host: routed into a tunnel or used as a
+# target they would point an edge at itself (127.0.0.1:22 is the edge's own sshd,
+# published past sshAllowedCidrs) or at nothing.
+_SPECIAL_RANGES = tuple(
+    (ipaddress.ip_network(net), what)
+    for net, what in (
+        ("0.0.0.0/8", "'this network' (unspecified), never a host"),
+        ("127.0.0.0/8", "loopback: on an edge it is the edge itself, its own sshd included"),
+        ("169.254.0.0/16", "link-local: it never leaves the wire it is on"),
+        ("224.0.0.0/4", "multicast, not a host"),
+        ("240.0.0.0/4", "reserved address space, not a host"),
+        ("::/128", "the unspecified address, never a host"),
+        ("::1/128", "loopback: on an edge it is the edge itself, its own sshd included"),
+        ("::ffff:0:0/96", "IPv4-mapped IPv6, which names IPv4 hosts"),
+        ("fe80::/10", "link-local: it never leaves the wire it is on"),
+        ("ff00::/8", "multicast, not a host"),
+    )
 )
 _HTPASSWD_RE = re.compile(r"^[^:\s]+:\$(2[aby]|apr1|5|6)\$\S+$")
 
@@ -280,7 +316,24 @@ class _Parser:
         self.warnings: list[str] = []
 
     def fail(self, key: str, message: str) -> None:
-        self.problems.append(f"{_fix_key(key)}: {message}")
+        problem = f"{_fix_key(key)}: {message}"
+        if problem not in self.problems:  # a key read twice reports its problem once
+            self.problems.append(problem)
+
+    def has_problem(self, key: str) -> bool:
+        return any(p.startswith(f"{_fix_key(key)}:") for p in self.problems)
+
+    def items(self, key: str, value: Any, what: str) -> list[Any]:
+        """A list inside a structured value (hostnames, ipAllowList ...); anything else
+        is reported once instead of being iterated character by character."""
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(
+                key, f"must be a list of {what}, got {type(value).__name__}; write it as [a, b] or one item per line"
+            )
+            return []
+        return value
 
     def warn(self, key: str, message: str) -> None:
         self.warnings.append(f"{_fix_key(key)}: {message}")
@@ -292,39 +345,41 @@ class _Parser:
             if default is REQUIRED:
                 self.fail(
                     key,
-                    f"is required. Set it with `pulumi config set {'--path ' if kind == 'object-array' else ''}{_fix_key(key)} ...` or in Pulumi.<stack>.yaml ({KEYS[key][2]})",
+                    f"is required; set it with `pulumi config set {'--path ' if kind == 'object-array' else ''}{_fix_key(key)} ...` or in Pulumi.<stack>.yaml ({KEYS[key][2]})",
                 )
                 return None
             return default
         return self.coerce(key, kind, value, default)
 
     def coerce(self, key: str, kind: str, value: Any, default: Any) -> Any:
+        """``value`` as ``kind``; on a problem the default (None for a required key)."""
+        fallback = None if default is REQUIRED else default
         if kind == "integer":
             try:
-                if isinstance(value, bool):
-                    raise ValueError
+                if isinstance(value, (bool, float)):
+                    raise ValueError  # the CLI hands 1380.5 over as a string int() refuses too
                 return int(value)
             except (TypeError, ValueError):
-                self.fail(key, f"must be a whole number, got {value!r}")
-                return default
+                self.fail(key, f"must be a whole number, got {value!r}; write digits only, e.g. {default}")
+                return fallback
         if kind == "boolean":
             if isinstance(value, bool):
                 return value
             if str(value).lower() in ("true", "false"):
                 return str(value).lower() == "true"
-            self.fail(key, f"must be true or false, got {value!r}")
-            return default
+            self.fail(key, f"must be true or false, got {value!r}; write true or false ({KEYS[key][2]})")
+            return fallback
         if kind in ("array", "object-array"):
             if not isinstance(value, list):
                 self.fail(
                     key, f"must be a list, got {type(value).__name__}; write it as a YAML list under {_fix_key(key)}"
                 )
-                return default if default is not REQUIRED else None
+                return fallback
             return value
         if kind in ("string", "secret"):
             if not isinstance(value, str):
-                self.fail(key, f"must be a string, got {type(value).__name__}")
-                return default
+                self.fail(key, f"must be a string, got {type(value).__name__}; write one value, in quotes if need be")
+                return fallback
             return value.strip()
         raise AssertionError(kind)
 
@@ -348,12 +403,10 @@ class _Parser:
         try:
             return ipaddress.ip_network(str(text), strict=True)
         except ValueError as exc:
-            hint = ""
-            try:
-                hint = f"; did you mean {ipaddress.ip_network(str(text), strict=False)}?"
-            except ValueError:
-                pass
-            self.fail(key, f"{text!r} is not a valid CIDR prefix ({exc}){hint}")
+            fix = "; write it as address/length, e.g. 192.168.1.0/24"
+            with contextlib.suppress(ValueError):
+                fix = f" ({exc}); did you mean {ipaddress.ip_network(str(text), strict=False)}?"
+            self.fail(key, f"{text!r} is not a valid CIDR prefix{fix}")
             return None
 
     def port(self, key: str, value: Any) -> int | None:
@@ -368,7 +421,10 @@ class _Parser:
         return int(value)
 
     def target(self, key: str, value: Any) -> Target | None:
-        text = str(value or "")
+        if value is None or value == "":
+            self.fail(key, "is required; give the address:port at home it forwards to, like 192.168.1.10:443")
+            return None
+        text = str(value)
         match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([0-9.]+):(\d+)", text)
         if not match:
             self.fail(
@@ -387,7 +443,12 @@ class _Parser:
     def hostname(self, key: str, value: Any, domain: str | None) -> str | None:
         name = str(value).strip().rstrip(".").lower()
         labels = name.split(".")
-        if len(name) > 253 or len(labels) < 2 or not all(_LABEL_RE.match(l) for l in labels) or labels[-1].isdigit():
+        if (
+            len(name) > 253
+            or len(labels) < 2
+            or not all(_LABEL_RE.match(label) for label in labels)
+            or labels[-1].isdigit()
+        ):
             self.fail(
                 key,
                 f"{value!r} is not a hostname; use a fully qualified name like app.example.org (letters, digits, hyphens)",
@@ -416,14 +477,19 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
 
     domain = p.hostname("domain", p.get("domain"), None) if p.get("domain") else None
 
-    edges = _parse_edges(p, p.get("edges"))
+    edge_items = p.get("edges")
+    edges = _parse_edges(p, edge_items)
+    ha = p.get("ha")
+    _check_ha(p, ha, edges, edge_items)
     tunnel = _parse_tunnel(p, project, stack, len(edges))
+    _check_indexes_fit(p, edges, edge_items, tunnel)
     home = _parse_home(p)
     _check_tunnel_outside_lan(p, tunnel, home)
     ssh = _parse_ssh(p)
     acme = AcmeSpec(email=p.get("acmeEmail") or None, challenge=p.get("acmeChallenge"), ca_server=p.get("acmeCaServer"))
     if acme.challenge not in ACME_CHALLENGES:
         p.fail("acmeChallenge", f"{acme.challenge!r} is not supported; use one of {', '.join(ACME_CHALLENGES)}")
+    _check_acme_directory(p, acme.ca_server)
     services = _parse_services(p, p.get("services"), domain, tunnel, home)
 
     if any(s.mode is Mode.HTTP for s in services) and not acme.email:
@@ -432,23 +498,24 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
             "is required because an http service terminates TLS on the edges; set an address Let's Encrypt may write to",
         )
     if acme.email and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", acme.email):
-        p.fail("acmeEmail", f"{acme.email!r} is not an e-mail address")
+        p.fail(
+            "acmeEmail",
+            f"{acme.email!r} is not an e-mail address; give one Let's Encrypt can write to, e.g. admin@example.org",
+        )
 
     dns_provider = p.get("dnsProvider")
     if dns_provider not in dns_providers():
         p.fail("dnsProvider", f"{dns_provider!r} is not supported; use one of {', '.join(dns_providers())}")
     zone = p.get("dnsZone") or domain or ""
     if p.get("dnsZone") and domain:
-        zone = p.hostname("dnsZone", zone, None) or zone
-        if not (domain == zone or domain.endswith("." + zone)):
+        zone = p.hostname("dnsZone", zone, None) or ""
+        if zone and not (domain == zone or domain.endswith("." + zone)):
             p.fail("dnsZone", f"{zone} does not contain the domain {domain}; use the zone {domain} is delegated in")
     ttl = p.get("dnsTtl")
     if not 30 <= ttl <= 86400:
         p.fail(
             "dnsTtl", f"{ttl} is out of range; use 30 to 86400 seconds (short, e.g. 60, so a dead edge drops out fast)"
         )
-
-    ha = p.get("ha")
 
     if p.problems:
         raise ConfigError(p.problems)
@@ -489,7 +556,10 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
     for i, item in enumerate(items):
         key = f"edges[{i}]"
         if not isinstance(item, dict):
-            p.fail(key, "must be a mapping with name, provider and location")
+            p.fail(
+                key,
+                "must be a mapping with name, provider and location; write it like {name: fsn, provider: hetzner, location: fsn1}",
+            )
             continue
         unknown = set(item) - {"name", "provider", "location", "serverType", "image", "index"}
         for k in sorted(unknown):
@@ -595,13 +665,6 @@ def _server_type(p: _Parser, key: str, item: dict, provider: Provider, code: str
 
 def _check_fleet(p: _Parser, cfg: FleetConfig) -> None:
     """Rules over the whole fleet, checked once every part parsed."""
-    if cfg.ha and len(cfg.providers) < 2 and cfg.edges:
-        others = [name for name in providers.REGISTRY if name not in cfg.providers]
-        p.fail(
-            "ha",
-            f"is true but every edge is on {cfg.providers[0]}, so one provider outage takes the whole fleet down; "
-            f"add an edge on {' or '.join(others)} to {_fix_key('edges')}, or set {_fix_key('ha')} false",
-        )
     for name in cfg.providers:
         provider = providers.REGISTRY[name]
         rules = len(firewall_rules(cfg)) + provider.fixed_firewall_rules
@@ -618,6 +681,57 @@ def _check_fleet(p: _Parser, cfg: FleetConfig) -> None:
 
 def dns_providers() -> list[str]:
     return list(_DNS_NAMES)
+
+
+def _check_ha(p: _Parser, ha: bool, edges: list[EdgeSpec], items: list[Any] | None) -> None:
+    """``ha`` promises that one provider's outage leaves an edge up; checked only when
+    every edge parsed, so a typo in one edge is not also reported as an HA problem."""
+    if not ha or not edges or len(edges) != len(items or []):
+        return
+    used = sorted({e.provider for e in edges})
+    if len(used) > 1:
+        return
+    others = [name for name in providers.REGISTRY if name not in used]
+    p.fail(
+        "ha",
+        f"is true but every edge is on {used[0]}, so one provider outage takes the whole fleet down; "
+        f"add an edge on {' or '.join(others)} to {_fix_key('edges')}, or set {_fix_key('ha')} to false",
+    )
+
+
+def _check_indexes_fit(p: _Parser, edges: list[EdgeSpec], items: list[Any] | None, tunnel: TunnelSpec) -> None:
+    """An index past the tunnel prefix has no /30 to take; caught here it is a config
+    error, later it would stop ``pulumi up`` halfway, after resources were created."""
+    if p.has_problem("tunnelIpv4Prefix"):
+        return
+    room = 2 ** (30 - tunnel.ipv4_prefix.prefixlen) - 1
+    position: dict[Any, int] = {}
+    for i, item in enumerate(items or []):
+        if isinstance(item, dict):
+            position.setdefault(item.get("name"), i)
+    for edge in edges:
+        if edge.index > room:
+            p.fail(
+                f"edges[{position[edge.name]}].index",
+                f"{edge.index} does not fit in {_fix_key('tunnelIpv4Prefix')} {tunnel.ipv4_prefix}, which has room "
+                f"for indexes 1 to {room} (one /30 each); use a free index in that range or a shorter prefix",
+            )
+
+
+def _check_acme_directory(p: _Parser, url: str) -> None:
+    """ACME runs over HTTPS only (RFC 8555, section 6.1); an http:// directory would
+    fail at the first certificate, long after the edges were built."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        parts, host = None, None
+    if parts is None or parts.scheme != "https" or not host:
+        p.fail(
+            "acmeCaServer",
+            f"{url!r} is not an https:// URL; ACME directories are served over https only, e.g. "
+            f"{KEYS['acmeCaServer'][1]} or https://acme-staging-v02.api.letsencrypt.org/directory to test",
+        )
 
 
 def _derived_ula(project: str, stack: str) -> ipaddress.IPv6Network:
@@ -652,7 +766,10 @@ def _parse_tunnel(p: _Parser, project: str, stack: str, edge_count: int) -> Tunn
             if net is not None and (
                 net.version != 6 or not net.subnet_of(ipaddress.ip_network("fc00::/7")) or net.prefixlen > 64
             ):
-                p.fail("tunnelIpv6Prefix", f"{net} must be an IPv6 ULA prefix (fd00::/8) of /64 or shorter")
+                p.fail(
+                    "tunnelIpv6Prefix",
+                    f"{net} must be an IPv6 ULA prefix (fd00::/8) of /64 or shorter; use one such as fd12:3456:789a::/64, or leave it empty to derive one",
+                )
             elif net is not None:
                 v6 = ipaddress.IPv6Network((net.network_address, 64))
         else:
@@ -671,7 +788,7 @@ def _parse_tunnel(p: _Parser, project: str, stack: str, edge_count: int) -> Tunn
             "keepaliveSeconds",
             f"{keepalive} is out of range; use 10 to 120 seconds (25 keeps most CGNAT mappings open)",
         )
-    if edge_count and edge_count > 2 ** (30 - v4.prefixlen) - 1:
+    if edge_count and edge_count > 2 ** (30 - v4.prefixlen) - 1 and not p.has_problem("tunnelIpv4Prefix"):
         p.fail(
             "tunnelIpv4Prefix",
             f"{v4} has room for {2 ** (30 - v4.prefixlen) - 1} edges, not {edge_count}; use a shorter prefix",
@@ -687,11 +804,33 @@ def _parse_home(p: _Parser) -> HomeSpec:
             "is not a WireGuard public key (44 base64 characters ending in '='); print it at home with `wg pubkey < private.key`",
         )
         key = None
+    elif key and _is_low_order(base64.b64decode(key)):
+        p.fail(
+            "homePublicKey",
+            "is a low-order point (all zeros or one of its kind), not a real key: every handshake with it would "
+            "fail; print the home's key with `wg pubkey < private.key`, or leave it empty to have one generated",
+        )
+        key = None
     lans: list[IPNetwork] = []
     for i, text in enumerate(p.get("homeLanPrefixes") or []):
         net = p.network(f"homeLanPrefixes[{i}]", text)
-        if net is not None:
-            lans.append(net)
+        if net is None:
+            continue
+        if net.prefixlen == 0:
+            p.fail(
+                f"homeLanPrefixes[{i}]",
+                f"{net} is every address: the edges would route all their traffic, SSH replies included, into the "
+                "tunnel; list the prefix of your home LAN, e.g. 192.168.1.0/24",
+            )
+            continue
+        special = next(((r, what) for r, what in _SPECIAL_RANGES if r.version == net.version and r.overlaps(net)), None)
+        if special:
+            p.fail(
+                f"homeLanPrefixes[{i}]",
+                f"{net} overlaps {special[0]}, {special[1]}; list the prefix of your home LAN, e.g. 192.168.1.0/24",
+            )
+            continue
+        lans.append(net)
     role = p.get("homeRole")
     if role not in HOME_ROLES:
         p.fail(
@@ -699,6 +838,18 @@ def _parse_home(p: _Parser) -> HomeSpec:
             f"{role!r} is not supported; use router (the WireGuard peer is the LAN's gateway) or host (a box inside the LAN)",
         )
     return HomeSpec(key, tuple(lans), role)
+
+
+def _is_low_order(public: bytes) -> bool:
+    """X25519 with a low-order point yields the all-zero secret for every private key
+    (the 0, 1 and order-8 points and their non-canonical forms); the exchange refuses
+    exactly those, as WireGuard does."""
+    probe = X25519PrivateKey.from_private_bytes(hashlib.sha256(b"cgnat-edge low-order probe").digest())
+    try:
+        probe.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return True
+    return False
 
 
 def _check_tunnel_outside_lan(p: _Parser, tunnel: TunnelSpec, home: HomeSpec) -> None:
@@ -709,7 +860,9 @@ def _check_tunnel_outside_lan(p: _Parser, tunnel: TunnelSpec, home: HomeSpec) ->
         if tunnel_net is None or not tunnel_net.overlaps(lan):
             continue
         if lan.version == 4:
-            free = next((c for c in _SPARE_TUNNEL_PREFIXES if not any(c.overlaps(l) for l in home.lan_prefixes)), None)
+            free = next(
+                (c for c in _SPARE_TUNNEL_PREFIXES if not any(c.overlaps(other) for other in home.lan_prefixes)), None
+            )
             fix = f"set {_fix_key('tunnelIpv4Prefix')} to a prefix outside your LAN" + (
                 f", e.g. `pulumi config set {_fix_key('tunnelIpv4Prefix')} {free}`" if free else ""
             )
@@ -728,14 +881,22 @@ _SPARE_TUNNEL_PREFIXES = tuple(
 
 def _parse_ssh(p: _Parser) -> SshSpec:
     keys = p.get("sshPublicKeys") or []
-    if p.raw.get("sshPublicKeys") is not None and not keys:
+    if p.raw.get("sshPublicKeys") is not None and not keys and not p.has_problem("sshPublicKeys"):
         p.fail("sshPublicKeys", "is empty; give at least one public key (the contents of ~/.ssh/id_ed25519.pub)")
+    seen: dict[bytes, int] = {}
     for i, k in enumerate(keys):
-        if not isinstance(k, str) or not _SSH_KEY_RE.match(k.strip()):
+        problem = _ssh_key_problem(k)
+        if problem:
+            p.fail(f"sshPublicKeys[{i}]", problem)
+            continue
+        blob = base64.b64decode(k.split()[1])
+        if blob in seen:
             p.fail(
                 f"sshPublicKeys[{i}]",
-                "is not an OpenSSH public key; paste one line such as the contents of ~/.ssh/id_ed25519.pub",
+                f"is the same key as {_fix_key('sshPublicKeys')}[{seen[blob]}] (comments aside); the providers refuse "
+                "to store one key twice, remove one of them",
             )
+        seen.setdefault(blob, i)
     cidrs = []
     for i, text in enumerate(p.get("sshAllowedCidrs") or []):
         net = p.network(f"sshAllowedCidrs[{i}]", text)
@@ -748,8 +909,64 @@ def _parse_ssh(p: _Parser) -> SshSpec:
         )
     user = p.get("sshUser")
     if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
-        p.fail("sshUser", f"{user!r} is not a user name")
+        p.fail(
+            "sshUser",
+            f"{user!r} is not a user name; use a login such as root or admin (lowercase letters, digits, _ and -)",
+        )
     return SshSpec(tuple(k.strip() for k in keys if isinstance(k, str)), tuple(cidrs), user)
+
+
+def _ssh_string(data: bytes) -> tuple[bytes, bytes] | None:
+    """The first length-prefixed string of an SSH wire blob and the rest (RFC 4251)."""
+    if len(data) < 4:
+        return None
+    size = int.from_bytes(data[:4], "big")
+    if len(data) < 4 + size:
+        return None
+    return data[4 : 4 + size], data[4 + size :]
+
+
+def _ssh_key_problem(line: Any) -> str | None:
+    """Why ``line`` is not a public key the edges' sshd accepts, or None.  Messages never
+    echo the key data: a pasted private key must not end up in a log."""
+    paste = "paste one line such as the contents of ~/.ssh/id_ed25519.pub"
+    head = "is not an OpenSSH public key"
+    if not isinstance(line, str):
+        return f"{head} (got {type(line).__name__} {line!r}); {paste}"
+    if "PRIVATE KEY" in line:
+        return f"{head}: it is a PRIVATE key, which must never leave your machine; paste the public one (~/.ssh/id_ed25519.pub) instead"
+    if "\n" in line.strip():
+        return f"{head}: it holds several lines; list each key as its own item, one line each"
+    parts = line.split(maxsplit=2)
+    if len(parts) < 2:
+        return f"{head} (type, base64 key data, optional comment); {paste}"
+    kind, data = parts[0], parts[1]
+    if kind == "ssh-dss":
+        return "is a DSA key, which OpenSSH no longer accepts; make an ed25519 key with `ssh-keygen -t ed25519` and paste its .pub"
+    if kind not in SSH_KEY_TYPES:
+        # Named only when it cannot be key material: base64 has no hyphen, every key type has one.
+        named = f"{kind!r} is not a key type" if re.fullmatch(r"[a-z0-9@.]*-[a-z0-9@.-]*", kind[:40]) else "no key type"
+        return f"{head}: {named} (use {', '.join(SSH_KEY_TYPES)}); {paste}"
+    try:
+        blob = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return f"{head}: the key data after {kind} is not base64; {paste}, unchanged"
+    first = _ssh_string(blob)
+    if first is None or not first[0]:
+        return f"{head}: the {kind} key data is cut short ({len(blob)} bytes); {paste}, the whole line"
+    if first[0] != kind.encode():
+        inner = first[0].decode("ascii", "replace")[:40]
+        return f"{head}: the line says {kind} but the key data is a {inner!r} key; {paste}, unchanged"
+    try:
+        key = serialization.load_ssh_public_key(f"{kind} {data}".encode())
+    except (ValueError, UnsupportedAlgorithm):
+        return f"{head}: the {kind} key data is damaged; {paste}, unchanged"
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        return (
+            f"is an RSA key of {key.key_size} bits and sshd refuses RSA keys under {MIN_RSA_BITS}; "
+            "make an ed25519 key with `ssh-keygen -t ed25519` and paste its .pub"
+        )
+    return None
 
 
 def _parse_services(
@@ -771,7 +988,10 @@ def _parse_services(
     for i, item in enumerate(items or []):
         key = f"services[{i}]"
         if not isinstance(item, dict):
-            p.fail(key, "must be a mapping with name, mode and target")
+            p.fail(
+                key,
+                "must be a mapping with name, mode and target; write it like {name: app, mode: tcp, port: 8443, target: 192.168.1.10:8443}",
+            )
             continue
         name = p.unique_name(key, item, names, "service")
         if name is None:
@@ -807,7 +1027,7 @@ def _parse_services(
                     f"{key}.hostnames",
                     f"is required for a {mode} service; list the names visitors use, e.g. [app.{domain or 'example.org'}]",
                 )
-            for j, h in enumerate(raw_hosts or []):
+            for j, h in enumerate(p.items(f"{key}.hostnames", raw_hosts, "hostnames")):
                 host = p.hostname(f"{key}.hostnames[{j}]", h, domain)
                 if host is None:
                     continue
@@ -820,6 +1040,12 @@ def _parse_services(
                 hostnames[host] = name
                 spec_hosts.append(host)
         else:
+            if item.get("port") is None:
+                p.fail(
+                    f"{key}.port",
+                    f"is required for a {mode} service; give the public port on the edges, e.g. port: 2222",
+                )
+                continue
             port = p.port(f"{key}.port", item.get("port"))
             if port is None:
                 continue
@@ -830,11 +1056,14 @@ def _parse_services(
             ports[(mode, port)] = f"service {name!r}"
         proxy = item.get("proxyProtocol", mode is Mode.PASSTHROUGH)
         if not isinstance(proxy, bool):
-            p.fail(f"{key}.proxyProtocol", "must be true or false")
+            p.fail(
+                f"{key}.proxyProtocol",
+                "must be true or false; true sends the visitor's address to home in a PROXY header",
+            )
             proxy = False
         health = item.get("healthPath")
         if health is not None and not (isinstance(health, str) and health.startswith("/")):
-            p.fail(f"{key}.healthPath", f"{health!r} must be a URL path starting with /")
+            p.fail(f"{key}.healthPath", f"{health!r} must be a URL path starting with /; write it like /status.php")
             health = None
         middlewares = (
             _parse_middlewares(p, f"{key}.middlewares", item.get("middlewares") or {})
@@ -850,8 +1079,33 @@ def _parse_services(
 
 
 def _check_reachable(p: _Parser, key: str, target: Target, tunnel: TunnelSpec, home: HomeSpec) -> None:
-    if any(target.host in lan for lan in home.lan_prefixes):
+    host = target.host
+    if isinstance(host, ipaddress.IPv6Address) and host.ipv4_mapped:
+        p.fail(key, f"{host} is an IPv4-mapped IPv6 address; write {host.ipv4_mapped}:{target.port}")
         return
+    special = next((what for net, what in _SPECIAL_RANGES if host in net), None)
+    if special:
+        p.fail(key, f"{host} is {special}; use the address of the host at home, e.g. 192.168.1.10:{target.port}")
+        return
+    if host.version == 6 and tunnel.ipv6_prefix is None:
+        p.fail(
+            key,
+            f"{host} is IPv6 but {_fix_key('tunnelIpv6')} is false, so the tunnels carry no IPv6; use the host's IPv4 "
+            f"address or set {_fix_key('tunnelIpv6')} to true",
+        )
+        return
+    if any(host in lan for lan in home.lan_prefixes):
+        return  # a LAN prefix overlapping the tunnel prefix is reported once, as such
+    tunnel_net = tunnel.ipv4_prefix if host.version == 4 else tunnel.ipv6_prefix
+    if tunnel_net is not None and host in tunnel_net:
+        p.fail(
+            key,
+            f"{host} is inside the tunnel prefix {tunnel_net}; each edge reaches home at its own tunnel address, "
+            "so use the host's LAN address",
+        )
+        return
+    if any(problem.startswith(_fix_key("homeLanPrefixes")) for problem in p.problems):
+        return  # every target would repeat that problem
     p.fail(
         key,
         f"{target.host} is not in any of {_fix_key('homeLanPrefixes')} ({', '.join(map(str, home.lan_prefixes)) or 'none set'}); add the home LAN prefix that holds it so the edges route it through the tunnel",
@@ -860,7 +1114,7 @@ def _check_reachable(p: _Parser, key: str, target: Target, tunnel: TunnelSpec, h
 
 def _parse_middlewares(p: _Parser, key: str, raw: Any) -> Middlewares:
     if not isinstance(raw, dict):
-        p.fail(key, "must be a mapping (rateLimit, ipAllowList, ipDenyList, basicAuth, securityHeaders)")
+        p.fail(key, "must be a mapping; write it like {rateLimit: {average: 50, burst: 100}, securityHeaders: true}")
         return Middlewares()
     for k in sorted(set(raw) - {"rateLimit", "ipAllowList", "ipDenyList", "basicAuth", "securityHeaders"}):
         p.fail(
@@ -870,28 +1124,35 @@ def _parse_middlewares(p: _Parser, key: str, raw: Any) -> Middlewares:
     if raw.get("rateLimit") is not None:
         rl = raw["rateLimit"]
         avg, burst = (rl.get("average"), rl.get("burst", rl.get("average"))) if isinstance(rl, dict) else (None, None)
-        if not (isinstance(avg, int) and isinstance(burst, int) and avg > 0 and burst > 0):
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (avg, burst)):
             p.fail(
                 f"{key}.rateLimit",
-                "needs positive whole numbers: {average: 50, burst: 100} (requests per second per client)",
+                "needs positive whole numbers; write it like {average: 50, burst: 100} (requests per second per client)",
             )
         else:
             rate = RateLimit(avg, burst)
-    allow = tuple(
-        n for j, t in enumerate(raw.get("ipAllowList") or []) if (n := p.network(f"{key}.ipAllowList[{j}]", t))
+    allow, deny = (
+        tuple(
+            n
+            for j, t in enumerate(p.items(f"{key}.{name}", raw.get(name), "CIDR prefixes"))
+            if (n := p.network(f"{key}.{name}[{j}]", t))
+        )
+        for name in ("ipAllowList", "ipDenyList")
     )
-    deny = tuple(n for j, t in enumerate(raw.get("ipDenyList") or []) if (n := p.network(f"{key}.ipDenyList[{j}]", t)))
     if allow and deny:
         p.fail(key, "ipAllowList and ipDenyList together are ambiguous; use one of them")
-    users = raw.get("basicAuth") or []
+    users = p.items(f"{key}.basicAuth", raw.get("basicAuth"), "htpasswd lines")
     for j, u in enumerate(users):
         if not isinstance(u, str) or not _HTPASSWD_RE.match(u):
             p.fail(
                 f"{key}.basicAuth[{j}]",
-                "must be an htpasswd line user:hash with a bcrypt, apr1 or sha-crypt hash (make one with `htpasswd -nB user`)",
+                "must be an htpasswd line user:hash with a bcrypt, apr1 or sha-crypt hash; make one with `htpasswd -nB user`",
             )
     headers = raw.get("securityHeaders", False)
     if not isinstance(headers, bool):
-        p.fail(f"{key}.securityHeaders", "must be true or false")
+        p.fail(
+            f"{key}.securityHeaders",
+            "must be true or false; write true to send HSTS and related security headers, or leave it out",
+        )
         headers = False
     return Middlewares(rate, allow, deny, tuple(u for u in users if isinstance(u, str)), headers)

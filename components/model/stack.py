@@ -7,6 +7,7 @@ offline).  What ``parse`` then sees is what ``pulumi up`` would give it."""
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,17 +45,71 @@ def find(stack: str, project_dir: Path | str = ".") -> Path:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; the Pulumi CLI refuses the file.  Refusing
+    here too means a second ``cgnat-edge:services:`` never silently replaces the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` may override keys; that is not a duplicate
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: construct_mapping reports it
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key} appears twice (first at line {first}); keep one of them", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path, what: str) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise StackFileError(f"{path} does not exist; {what}") from None
+    except UnicodeDecodeError as exc:
+        raise StackFileError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 and run again") from None
+    except OSError as exc:
+        raise StackFileError(f"{path} cannot be read ({exc.strerror}); {what}") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        tabs = " (YAML does not allow tabs for indentation; indent with spaces)" if "\t" in path.read_text() else ""
+        lines = text.splitlines()
+        near = lines[mark.line] if mark and mark.line < len(lines) else text
+        tabs = " (YAML does not allow tabs for indentation; indent with spaces)" if "\t" in near else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start and mark and start.line != mark.line:
+            problem += f" ({context} at line {start.line + 1})"
         raise StackFileError(f"{path} is not valid YAML{where}: {problem}{tabs}; fix the file and run again") from None
+
+
+def _check_keys(stack_file: Path, config: dict[Any, Any], top: dict[Any, Any]) -> None:
+    """Keys the parser would never see: without a namespace, in a misspelt one, or
+    outside ``config:``; the Pulumi CLI refuses the first, the others vanish silently."""
+    for key in top:
+        if isinstance(key, str) and key.startswith(NAMESPACE + ":"):
+            raise StackFileError(
+                f"{stack_file}: {key} is outside the config: section, so it would be ignored; indent it under config:"
+            )
+    for key in config:
+        if not isinstance(key, str) or ":" not in key:
+            raise StackFileError(
+                f"{stack_file}: config key {key!r} has no namespace, which the Pulumi CLI refuses; "
+                f"write it as {NAMESPACE}:{key}"
+            )
+        namespace, _, name = key.partition(":")
+        if namespace != NAMESPACE and difflib.get_close_matches(namespace, [NAMESPACE], n=1, cutoff=0.8):
+            raise StackFileError(
+                f"{stack_file}: config key {key} is in namespace {namespace!r}, which this project does not read; "
+                f"did you mean {NAMESPACE}:{name}?"
+            )
 
 
 @dataclass(frozen=True)
@@ -100,6 +155,7 @@ def load(
     stack = _read_yaml(stack_file, "pass --stack NAME for an existing Pulumi.NAME.yaml, or --stack-file PATH") or {}
     if not isinstance(stack, dict) or not isinstance(stack.get("config") or {}, dict):
         raise StackFileError(f"{stack_file} must be a mapping with a config: section, as `pulumi config set` writes it")
+    _check_keys(stack_file, stack.get("config") or {}, stack)
 
     values: dict[str, Any] = {}
     for key, decl in (project.get("config") or {}).items():
