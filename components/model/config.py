@@ -68,7 +68,7 @@ class Mode(StrEnum):
         return Protocol.UDP if self is Mode.UDP else Protocol.TCP
 
 
-CGNAT_RANGE = ipaddress.ip_network("100.64.0.0/10")
+CGNAT_RANGE = ipaddress.IPv4Network("100.64.0.0/10")
 RESERVED_TCP_PORTS = {80: "HTTP (redirect and ACME)", 443: "HTTPS (passthrough and http services)"}
 
 _NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
@@ -742,10 +742,11 @@ def _derived_ula(project: str, stack: str) -> ipaddress.IPv6Network:
 
 
 def _parse_tunnel(p: _Parser, project: str, stack: str, edge_count: int) -> TunnelSpec:
-    v4 = p.network("tunnelIpv4Prefix", p.get("tunnelIpv4Prefix")) or ipaddress.ip_network(KEYS["tunnelIpv4Prefix"][1])
-    if v4.version != 4:
-        p.fail("tunnelIpv4Prefix", f"{v4} is not IPv4; use a private IPv4 prefix such as 10.254.0.0/24")
-        v4 = ipaddress.ip_network(KEYS["tunnelIpv4Prefix"][1])
+    default_v4 = ipaddress.IPv4Network(KEYS["tunnelIpv4Prefix"][1])
+    given = p.network("tunnelIpv4Prefix", p.get("tunnelIpv4Prefix")) or default_v4
+    v4 = given if isinstance(given, ipaddress.IPv4Network) else default_v4
+    if given.version != 4:
+        p.fail("tunnelIpv4Prefix", f"{given} is not IPv4; use a private IPv4 prefix such as 10.254.0.0/24")
     elif v4.subnet_of(CGNAT_RANGE):
         p.fail(
             "tunnelIpv4Prefix",
@@ -764,7 +765,9 @@ def _parse_tunnel(p: _Parser, project: str, stack: str, edge_count: int) -> Tunn
         if text:
             net = p.network("tunnelIpv6Prefix", text)
             if net is not None and (
-                net.version != 6 or not net.subnet_of(ipaddress.ip_network("fc00::/7")) or net.prefixlen > 64
+                not isinstance(net, ipaddress.IPv6Network)
+                or not net.subnet_of(ipaddress.IPv6Network("fc00::/7"))
+                or net.prefixlen > 64
             ):
                 p.fail(
                     "tunnelIpv6Prefix",
@@ -1046,9 +1049,10 @@ def _parse_services(
                     f"is required for a {mode} service; give the public port on the edges, e.g. port: 2222",
                 )
                 continue
-            port = p.port(f"{key}.port", item.get("port"))
-            if port is None:
+            public_port = p.port(f"{key}.port", item.get("port"))
+            if public_port is None:
                 continue
+            port = public_port
             owner = reserved.get((mode, port)) or ports.get((mode, port))
             if owner:
                 p.fail(f"{key}.port", f"{mode} port {port} is already used by {owner}; pick another public port")
@@ -1130,7 +1134,7 @@ def _parse_middlewares(p: _Parser, key: str, raw: Any) -> Middlewares:
                 "needs positive whole numbers; write it like {average: 50, burst: 100} (requests per second per client)",
             )
         else:
-            rate = RateLimit(avg, burst)
+            rate = RateLimit(int(avg), int(burst))  # type: ignore[arg-type]  # both checked to be int above
     allow, deny = (
         tuple(
             n

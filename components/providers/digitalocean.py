@@ -130,7 +130,9 @@ class DigitalOcean(Provider):
         # The reserved IP is its own resource and only its assignment follows the Droplet,
         # so replacing the Droplet keeps the public IPv4.
         reserved = do.ReservedIp(
-            f"{edge.name}-reserved-ip", region=edge.location.code, opts=pulumi.ResourceOptions(parent=parent, protect=True)
+            f"{edge.name}-reserved-ip",
+            region=edge.location.code,
+            opts=pulumi.ResourceOptions(parent=parent, protect=True),
         )
         assignment = do.ReservedIpAssignment(
             f"{edge.name}-reserved-ip-assignment",

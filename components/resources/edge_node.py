@@ -44,12 +44,12 @@ class EdgeNode(pulumi.ComponentResource):
         # keeps the edge's WireGuard identity, so the home router needs no change.
         key = WireGuardKey(f"{edge.name}-wireguard-key", opts=child)
         host_key = SshHostKey(f"{edge.name}-ssh-host-key", opts=child)
-        wg_conf = pulumi.Output.secret(
+        wg_conf: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(key.private_key, home_public_key).apply(
                 lambda keys: tunnel.edge_wg_conf(cfg, edge, keys[0], keys[1])
             )
         )
-        user_data = pulumi.Output.secret(
+        user_data: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(wg_conf, host_key.private_key, host_key.public_key).apply(
                 lambda args: bootstrap.user_data(cfg, edge, args[0], (args[1], args[2]))
             )
@@ -76,7 +76,7 @@ class EdgeNode(pulumi.ComponentResource):
         )
         # Every later change to services, tunnel or SSH keys lands here, in place (no
         # rebuild, same IP), and the step ends only when the edge serves again.
-        bundle = pulumi.Output.secret(
+        bundle: pulumi.Output[str] = pulumi.Output.secret(
             wg_conf.apply(lambda conf: bootstrap.bundle(bootstrap.node_files(cfg, edge, conf)))
         )
         command.remote.Command(
