@@ -28,7 +28,8 @@ def wg_conf(cfg: config.FleetConfig, edge: config.EdgeSpec) -> str:
 
 
 def with_services(raw: dict, extra: int) -> dict:
-    """The example plus ``extra`` services mixing the four modes."""
+    """The example plus ``extra`` services mixing the four modes (port services on
+    consecutive ports, as the provider firewalls' rule limits want them)."""
     raw = copy.deepcopy(raw)
     for i in range(extra):
         mode = ("passthrough", "http", "tcp", "udp")[i % 4]
@@ -36,7 +37,7 @@ def with_services(raw: dict, extra: int) -> dict:
         if mode in ("passthrough", "http"):
             svc["hostnames"] = [f"svc{i}.example.org"]
         else:
-            svc["port"] = 30000 + i
+            svc["port"] = 30000 + i // 4  # consecutive per protocol: one firewall range rule
         if mode == "http":
             svc["middlewares"] = {"rateLimit": {"average": 50, "burst": 100}, "securityHeaders": True}
         raw["services"].append(svc)

@@ -544,12 +544,7 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
     if items is None:
         return []
     if not items:
-        example = next(iter(providers.REGISTRY.values()))
-        p.fail(
-            "edges",
-            f"is empty; declare at least one edge, e.g. {{name: edge1, provider: {example.name}, "
-            f"location: {example.locations[0].code}}}",
-        )
+        p.fail("edges", f"is empty; declare at least one edge, e.g. {_example_edge()}")
     edges: list[EdgeSpec] = []
     seen_names: set[str] = set()
     seen_indexes: dict[int, str] = {}
@@ -558,7 +553,7 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
         if not isinstance(item, dict):
             p.fail(
                 key,
-                "must be a mapping with name, provider and location; write it like {name: fsn, provider: hetzner, location: fsn1}",
+                f"must be a mapping with name, provider and location; write it like {_example_edge()}",
             )
             continue
         unknown = set(item) - {"name", "provider", "location", "serverType", "image", "index"}
@@ -614,6 +609,12 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
         seen_indexes[index] = name
         edges.append(EdgeSpec(name, provider.name, location, stype, image, index))
     return edges
+
+
+def _example_edge() -> str:
+    provider = next(iter(providers.REGISTRY.values()))
+    location = provider.locations[0].code
+    return f"{{name: {location[:3]}, provider: {provider.name}, location: {location}}}"
 
 
 def _server_type(p: _Parser, key: str, item: dict, provider: Provider, code: str) -> catalog.ServerType | None:
