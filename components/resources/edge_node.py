@@ -4,7 +4,6 @@ its configuration current after the first boot."""
 from __future__ import annotations
 
 import hashlib
-import shlex
 
 import pulumi
 import pulumi_command as command
@@ -15,12 +14,6 @@ from components.renderers import bootstrap, tunnel
 from components.resources.keys import SshHostKey, WireGuardKey
 
 PROVIDERS = {"hetzner": hetzner, "digitalocean": digitalocean}
-
-
-def _as_root(cfg: FleetConfig, script: str) -> str:
-    """The scripts need root; a non-root login gets passwordless sudo from cloud-init."""
-    run = f"bash -c {shlex.quote(script)}"
-    return run if cfg.ssh.user == "root" else f"sudo -n {run}"
 
 
 class EdgeNode(pulumi.ComponentResource):
@@ -66,7 +59,7 @@ class EdgeNode(pulumi.ComponentResource):
             dial_error_limit=40,
             per_dial_timeout=15,
         )
-        ready = _as_root(cfg, bootstrap.readiness_script())
+        ready = bootstrap.as_root(cfg.ssh.user, bootstrap.readiness_script())
         # First boot: cloud-init has built the node from user data; wait until it serves.
         # Re-runs only for a new server.
         booted = command.remote.Command(
@@ -79,12 +72,14 @@ class EdgeNode(pulumi.ComponentResource):
         # Every later change to services, tunnel or SSH keys lands here, in place (no
         # rebuild, same IP), and the step ends only when the edge serves again.
         bundle = pulumi.Output.secret(
-            wg_conf.apply(lambda conf: bootstrap.bundle(bootstrap.node_files(cfg, edge, conf)))
+            pulumi.Output.all(wg_conf, host_key.private_key, host_key.public_key).apply(
+                lambda args: bootstrap.bundle(bootstrap.node_files(cfg, edge, args[0], (args[1], args[2])))
+            )
         )
         command.remote.Command(
             f"{edge.name}-config",
             connection=connection,
-            create=f"{_as_root(cfg, bootstrap.push_script())} && {ready}",
+            create=bootstrap.config_command(cfg.ssh.user),
             stdin=bundle,
             triggers=[machine.server_id, bundle.apply(lambda b: hashlib.sha256(b.encode()).hexdigest())],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[booted]),
