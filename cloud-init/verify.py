@@ -193,7 +193,7 @@ def check_ssh(desired: dict) -> list[str]:
         scan = subprocess.run(
             ["ssh-keyscan", "-T", "2", "-t", "rsa,ecdsa,ed25519", "127.0.0.1"], capture_output=True, text=True
         ).stdout
-        served = sorted(" ".join(l.split()[1:3]) for l in scan.splitlines() if l and not l.startswith("#"))
+        served = sorted(" ".join(s.split()[1:3]) for s in scan.splitlines() if s and not s.startswith("#"))
         if served:
             break
         time.sleep(0.1)

@@ -104,7 +104,11 @@ def test_user_data_carries_node_files_keys_and_hardening(fleet_config, keys):
     text = bootstrap.user_data(fleet_config, edge, wg_conf(keys))
     assert text.startswith("#cloud-config\n")
     doc = yaml.safe_load(text)
-    files = {f.path: f for f in bootstrap.node_files(fleet_config, edge, wg_conf(keys))}
+    files = {
+        f.path: f
+        for f in bootstrap.node_files(fleet_config, edge, wg_conf(keys))
+        if f.path not in bootstrap.NOT_IN_USER_DATA
+    }
     written = {w["path"]: w for w in doc["write_files"]}
     for path, f in files.items():
         assert render.file_content(written[path]) == f.content
@@ -303,14 +307,19 @@ def test_readiness_waits_for_tunnel_and_traefik(edge_ns, tmp_path):
     edge_ns.spawn(str(TRAEFIK_BIN), f"--configFile={static}")
     script.write_text(bootstrap.readiness_script(timeout_s=20))
     ready = edge_ns.run("env", env, "bash", str(script), timeout=60, check=False)
+    assert ready.returncode == 0, ready.stderr
     assert ready.stdout.splitlines() == [
         "cgnat-edge readiness: cloud-init finished",
         "cgnat-edge readiness: wg0 is up",
         "cgnat-edge readiness: Traefik answers its ping",
     ]
-    # A namespace with a bare Traefik is not an edge: the last step compares what runs
-    # with the edge's files (cgnat-edge-verify; the lab passes it over SSH).
-    assert ready.returncode == 1 and "the edge does not run what its files declare" in ready.stderr
+    # Once a push has installed the verifier, readiness also compares what runs with
+    # the edge's files; a bare Traefik in a namespace is not what they declare.
+    edge_ns.write(bootstrap.VERIFY_PATH, "#!/bin/sh\necho 'DIFFERS: nftables' >&2\nexit 1\n", 0o755)
+    script.write_text(bootstrap.readiness_script(timeout_s=3))
+    differs = edge_ns.run("env", env, "bash", str(script), timeout=60, check=False)
+    assert differs.returncode == 1 and "the edge does not run what its files declare" in differs.stderr
+    assert "DIFFERS: nftables" in differs.stderr
 
 
 def test_readiness_reports_a_failed_cloud_init(edge_ns, tmp_path):

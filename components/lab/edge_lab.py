@@ -117,11 +117,22 @@ class Rendered:
     def home(self) -> dict:
         return json.loads((self.out / "home" / "home.json").read_text())
 
-    def write_files(self, edge: str) -> list[dict]:
-        """The edge's cloud-config ``write_files``, contents decoded."""
+    def cloud_config(self, edge: str) -> dict:
         text = (self.out / "nodes" / edge / "user-data.yaml").read_text()
-        doc = yaml.safe_load(text.split("\n", 1)[1])
-        return [{**entry, "content": render.file_content(entry)} for entry in doc["write_files"]]
+        return yaml.safe_load(text.split("\n", 1)[1])
+
+    def write_files(self, edge: str) -> list[dict]:
+        """The edge's cloud-config ``write_files``, contents decoded, and its pinned host
+        key where cloud-init's ``ssh_keys`` puts it."""
+        doc = self.cloud_config(edge)
+        files = [{**entry, "content": render.file_content(entry)} for entry in doc["write_files"]]
+        keys = doc.get("ssh_keys") or {}
+        if keys:
+            files += [
+                {"path": bootstrap.HOST_KEY_PATH, "content": keys["ed25519_private"], "permissions": "0600"},
+                {"path": f"{bootstrap.HOST_KEY_PATH}.pub", "content": keys["ed25519_public"], "permissions": "0644"},
+            ]
+        return files
 
     def bundle(self, edge: str) -> str:
         """The stdin the program's SSH step feeds to the push script on ``edge``."""
@@ -409,7 +420,7 @@ class Edge:
             return
         if unit.startswith("traefik@"):
             text = self.read(bootstrap.TRAEFIK_UNIT_PATH)
-            exec_start = next(l.split("=", 1)[1] for l in text.splitlines() if l.startswith("ExecStart="))
+            exec_start = next(x.split("=", 1)[1] for x in text.splitlines() if x.startswith("ExecStart="))
             slot = unit.split("@")[1].split(".")[0]
             argv = shlex.split(exec_start.replace("%i", slot))
             self.node.run("mkdir", "-p", "-m", "0700", traefik.STATE_DIR)
@@ -505,9 +516,19 @@ class Edge:
             logs = "".join(p.read_text()[-3000:] for p in self.work.glob("traefik-*.log"))
             raise LabError(f"Traefik on edge {self.name} exited:\n{logs}")
         # Ping answers before the routers are loaded: wait for those too.
-        done = self.node.run("python3", bootstrap.VERIFY_PATH, "traefik", "20", check=False)
-        if done.returncode:
-            raise LabError(f"Traefik on edge {self.name} did not load its routers: {done.stderr}")
+        dynamic = yaml.safe_load(self.read(traefik.DYNAMIC_PATH))
+
+        def routers_loaded() -> bool:
+            for proto in ("http", "tcp", "udp"):
+                want = {f"{name}@file" for name in dynamic.get(proto, {}).get("routers", {})}
+                url = f"http://{traefik.PING_ADDRESS}/api/{proto}/routers"
+                done = self.node.run("curl", "-fsS", "--max-time", "1", url, check=False)
+                have = {r["name"] for r in json.loads(done.stdout or "[]")} if done.returncode == 0 else set()
+                if not want <= have:
+                    return False
+            return True
+
+        wait_for(routers_loaded, timeout=20, message=f"Traefik's routers on edge {self.name}")
 
     @property
     def traefik(self) -> subprocess.Popen | None:
@@ -561,7 +582,7 @@ class Edge:
         self.systemctl_log.write_text("")
         command = bootstrap.config_command(self.lab.cfg.ssh.user, readiness_timeout)
         done = self.ssh(command, input=bundle, host_key=host_key)
-        calls = [l for l in self.systemctl_log.read_text().splitlines() if l]
+        calls = [c for c in self.systemctl_log.read_text().splitlines() if c]
         return PushResult(done.returncode == 0, done.stdout + done.stderr, calls)
 
 
@@ -836,6 +857,11 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
         home.run("wg-quick", "up", iface)
     for name in el.edges:
         wait_for(lambda: el.handshake_time(name) > 0, timeout=20, message=f"home's handshake with edge {name}")
+    # `pulumi up` runs each edge's config step right after its boot step: the first push.
+    for name, edge in el.edges.items():
+        first = edge.push(rendered.bundle(name))
+        if not first.ok:
+            raise LabError(f"the first push to edge {name} failed:\n{first.output[-3000:]}")
     wait_for(
         lambda: el.probe([{"kind": "resolve", "name": f"ns1.{cfg.dns.zone}"}])[0].get("addresses") == [el.dns_ip],
         timeout=15,

@@ -157,7 +157,7 @@ def node_files(
         NodeFile(VERIFY_PATH, templates.text("verify.py"), "0755"),
         NodeFile(
             DESIRED_PATH,
-            json.dumps(desired_state(cfg, edge, host_key[1] if host_key else None), indent=2) + "\n",
+            json.dumps(desired_state(cfg, edge, host_key[1] if host_key else None), indent=1) + "\n",
             "0644",
         ),
     ]
@@ -195,9 +195,12 @@ def _users(cfg: FleetConfig) -> list[object]:
     return users
 
 
-ALWAYS_COMPRESSED = (VERIFY_PATH,)
-"""Tools that are the same on every edge travel gzipped, leaving the user-data room
-to the stack's own files (which stay readable text up to ``PLAIN_TEXT_BUDGET``)."""
+ALWAYS_COMPRESSED = (TRAEFIK_UNIT_PATH, WG_ENDPOINT_PATH, INSTALL_TRAEFIK_PATH)
+"""Files that are the same on every edge travel gzipped, leaving the user-data room to
+the stack's own files (which stay readable text up to ``PLAIN_TEXT_BUDGET``)."""
+NOT_IN_USER_DATA = (VERIFY_PATH, DESIRED_PATH, HOST_KEY_PATH, f"{HOST_KEY_PATH}.pub")
+"""The host key reaches a new node through ``ssh_keys``; the verifier and its desired
+state arrive with the first push, which the same ``pulumi up`` runs right after boot."""
 
 
 def _write_files(files: list[NodeFile], compress: bool) -> list[dict[str, object]]:
@@ -233,7 +236,7 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str, host_key: tuple[st
     doc["disable_root"] = cfg.ssh.user != "root"
     doc["users"] = _users(cfg)
 
-    files = node_files(cfg, edge, wg_conf, host_key)
+    files = [f for f in node_files(cfg, edge, wg_conf, host_key) if f.path not in NOT_IN_USER_DATA]
     files.append(NodeFile(INSTALL_TRAEFIK_PATH, templates.render("install-traefik.sh"), "0755"))
     doc["write_files"] = _write_files(files, compress=False)
     doc["runcmd"] = [
