@@ -31,7 +31,10 @@ class EdgeNode(pulumi.ComponentResource):
         ssh_key_ids: list[pulumi.Output[str]],
         ssh_private_key: pulumi.Input[str] | None,
         opts: pulumi.ResourceOptions | None = None,
+        after: pulumi.Resource | None = None,
     ):
+        """``after``: the previous edge's config step; this edge's push starts only once
+        that edge verifiably runs the new configuration (one edge at a time)."""
         super().__init__("cgnat-edge:index:EdgeNode", edge.name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -76,13 +79,13 @@ class EdgeNode(pulumi.ComponentResource):
                 lambda args: bootstrap.bundle(bootstrap.node_files(cfg, edge, args[0], (args[1], args[2])))
             )
         )
-        command.remote.Command(
+        self.config_step = command.remote.Command(
             f"{edge.name}-config",
             connection=connection,
             create=bootstrap.config_command(cfg.ssh.user),
             stdin=bundle,
             triggers=[machine.server_id, bundle.apply(lambda b: hashlib.sha256(b.encode()).hexdigest())],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[booted]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[booted, *([after] if after else [])]),
         )
 
         self.ipv4 = machine.ipv4

@@ -1,0 +1,43 @@
+"""One edge at a time, proven on the whole program under Pulumi's mocks: each edge's
+config step (push, verify, readiness) depends on the previous edge's, so a failed
+edge stops the rollout and the edges after it keep serving the old configuration."""
+
+from __future__ import annotations
+
+import copy
+
+from conftest import ROOT, stack_raw
+
+from components.tools import offline
+
+
+def _three_edges() -> dict:
+    raw = copy.deepcopy(stack_raw())
+    third = {"name": "hel", "provider": "hetzner", "location": "hel1"}
+    return {"edges": raw["edges"] + [third]}
+
+
+def test_each_config_step_waits_for_the_previous_edges():
+    run = offline.run_program(ROOT / "Pulumi.dev.yaml", config_overrides=_three_edges())
+    steps = {
+        r.name.removesuffix("-config"): r for r in run.by_type("command:remote:Command") if r.name.endswith("-config")
+    }
+    order = [e["name"] for e in _three_edges()["edges"]]
+    assert list(steps) == order
+    for previous, edge in zip(order, order[1:]):
+        assert steps[previous].urn in steps[edge].dependencies, f"{edge} does not wait for {previous}"
+    first = steps[order[0]]
+    assert not any(s.urn in first.dependencies for s in steps.values()), "the first edge waits for nobody"
+    boot = run.one("command:remote:Command", f"{order[1]}-boot")
+    assert boot.urn in steps[order[1]].dependencies
+    # Boots are not chained: new servers come up in parallel, only pushes are serial.
+    assert not any(s.urn in boot.dependencies for s in steps.values())
+
+
+def test_the_config_step_pushes_then_verifies_then_waits_for_readiness():
+    run = offline.run_program(ROOT / "Pulumi.dev.yaml")
+    step = run.one("command:remote:Command", "fsn-config")
+    create = step.inputs["create"]
+    assert "cgnat-edge push" in create and "cgnat-edge-verify" in create and "cgnat-edge readiness" in create
+    assert create.index("cgnat-edge push") < create.index("cgnat-edge readiness")
+    assert offline.is_secret(step.inputs["stdin"])
