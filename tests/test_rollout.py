@@ -5,6 +5,7 @@ edge stops the rollout and the edges after it keep serving the old configuration
 from __future__ import annotations
 
 import copy
+import itertools
 
 from conftest import ROOT, stack_raw
 
@@ -24,7 +25,7 @@ def test_each_config_step_waits_for_the_previous_edges():
     }
     order = [e["name"] for e in _three_edges()["edges"]]
     assert list(steps) == order
-    for previous, edge in zip(order, order[1:]):
+    for previous, edge in itertools.pairwise(order):
         assert steps[previous].urn in steps[edge].dependencies, f"{edge} does not wait for {previous}"
     first = steps[order[0]]
     assert not any(s.urn in first.dependencies for s in steps.values()), "the first edge waits for nobody"
