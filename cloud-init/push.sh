@@ -291,16 +291,16 @@ enabled_traefik() {
   return 0
 }
 
-wait_listeners_closed() { # pid
+wait_sockets_closed() { # pid ss-flags: until that process has no such socket
   local i
   for i in $(seq 100); do
-    ss -Hltnp 2>/dev/null | grep -q "pid=$1," || return 0
+    ss "-H$2p" 2>/dev/null | grep -q "pid=$1," || return 0
     sleep 0.05
   done
-  warn "Traefik $1 still listens after 5 s"
+  warn "Traefik $1 still has sockets (ss -$2) after 5 s"
 }
 
-start_slot() { # unit: started, and serving every declared router
+start_slot() { # unit: started, and serving every declared router and service
   systemctl start "$1" && python3 "$verify" traefik 15
 }
 
@@ -319,7 +319,7 @@ traefik_handover() {
     # SIGTERM: Traefik closes its listeners at once and keeps serving its established
     # connections up to the entrypoints' graceTimeOut, then exits.
     systemctl kill --signal=SIGTERM "$old"
-    [[ -n $pid && $pid != 0 ]] && wait_listeners_closed "$pid"
+    [[ -n $pid && $pid != 0 ]] && wait_sockets_closed "$pid" ltn
   fi
   if ! start_slot "$new"; then
     systemctl stop "$new" || true
@@ -341,6 +341,8 @@ traefik_handover() {
     new=$old
   fi
   release_connections
+  # The old UDP sockets share their ports with the new ones until they close (1 s).
+  [[ -n ${pid:-} && $pid != 0 && $old != "$new" ]] && wait_sockets_closed "$pid" lun
   systemctl enable --quiet "$new"
   [[ -n $old && $old != "$new" ]] && systemctl disable --quiet "$old"
   if [[ $old == "$legacy_traefik" ]]; then

@@ -122,19 +122,31 @@ def api(path: str):
 
 
 def traefik_routers(desired: dict) -> tuple[list[str], bool]:
-    """(problems, whether Traefik has loaded the declared set of routers at all)."""
+    """(problems, whether Traefik runs the declared routers and services at all).
+
+    Names, rules and each service's servers must be the declared ones (so a changed
+    target counts only once Traefik has reloaded it), and every router enabled."""
     problems, loaded = [], True
     for proto in ("http", "tcp", "udp"):
         running = {r["name"]: r for r in api(f"{proto}/routers")}
-        want = {f"{name}@file" for name in desired["traefik"]["routers"][proto]}
-        have = {name for name in running if name.endswith("@file")}
+        want = {f"{name}@file": rule for name, rule in desired["traefik"]["routers"][proto].items()}
+        have = {name: r.get("rule", "") for name, r in running.items() if name.endswith("@file")}
         if have != want:
             loaded = False
-            problems.append(f"Traefik {proto} routers {sorted(have)}, want {sorted(want)}")
-        for name in sorted(want & have):
+            problems.append(f"Traefik {proto} routers {sorted(have)}, want {sorted(want)} (or their rules differ)")
+        for name in sorted(set(want) & set(have)):
             if running[name].get("status") != "enabled":
                 why = running[name].get("error") or running[name].get("status")
                 problems.append(f"Traefik {proto} router {name}: {why}")
+        servers = {
+            s["name"]: sorted(x.get("url") or x.get("address") for x in s.get("loadBalancer", {}).get("servers", []))
+            for s in api(f"{proto}/services")
+            if s["name"].endswith("@file")
+        }
+        want_servers = {f"{name}@file": v for name, v in desired["traefik"]["services"][proto].items()}
+        if servers != want_servers:
+            loaded = False
+            problems.append(f"Traefik {proto} services {servers}, want {want_servers}")
     return problems, loaded
 
 

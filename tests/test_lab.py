@@ -179,7 +179,7 @@ def test_home_is_unreachable_except_through_an_edge(el):
         {"kind": "tcp", "edge": el.cgnat_ip, "port": 2222, "timeout": 2},
         {"kind": "udp", "edge": el.cgnat_ip, "port": 2456, "timeout": 1},
     ]
-    results = el.probe(direct + [{"kind": "tcp", "edge": el.edges["ams"].public_ip, "port": 2222}])
+    results = el.probe([*direct, {"kind": "tcp", "edge": el.edges["ams"].public_ip, "port": 2222}])
     assert [r["ok"] for r in results] == [False, False, False, False, True], results
     assert "timed out" in results[0]["error"], results[0]  # dropped by the CGNAT, not refused by home
 
@@ -242,9 +242,11 @@ def _tampered(bundle: str, path: str, edit) -> str:
     import io
     import tarfile
 
-    src = tarfile.open(fileobj=io.BytesIO(base64.b64decode(bundle)), mode="r:gz")
     raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w:gz") as dst:
+    with (
+        tarfile.open(fileobj=io.BytesIO(base64.b64decode(bundle)), mode="r:gz") as src,
+        tarfile.open(fileobj=raw, mode="w:gz") as dst,
+    ):
         for member in src.getmembers():
             data = src.extractfile(member).read()
             if member.name == f"files{path}":
@@ -346,13 +348,30 @@ def test_a_dead_edge_leaves_the_other_serving_and_comes_back_without_touching_ho
     assert {t: el.home.run("cat", f"/sys/class/net/{t}/ifindex").stdout for t in home_before} == home_before
 
 
-def test_lab_command_and_teardown(tmp_path, monkeypatch):
-    """``cgnat-edge lab`` end to end, then a build that fails half way: both leave no
-    namespace and no process behind."""
+def test_lab_change_matrix_report_and_teardown(tmp_path, monkeypatch):
+    """``cgnat-edge lab --changes --report FILE`` end to end: every kind of change is
+    pushed into the running edges over SSH and checked on them, a prober runs through
+    every rolling push; then a build that fails half way.  Neither leaves a namespace
+    or a process behind."""
     _require_lab()
-    ok, report = lab_module.run(STACK, project_file=PROJECT, out=tmp_path)
+    report_file = tmp_path / "report.json"
+    ok, report = lab_module.run(STACK, project_file=PROJECT, out=tmp_path, changes=True, report=report_file)
+    rows = {c["name"]: c for c in json.loads(report_file.read_text())["checks"]}
     assert ok, report
-    assert report.count(" ok ") >= 2 * 7 + 4 and "FAIL" not in report
+    assert all(set(c) == {"name", "ok", "value", "unit", "detail"} for c in rows.values())
+    assert sum(name.startswith("smoke:") for name in rows) >= 2 * 7 + 4
+    kinds = [
+        "add-ssh-key", "remove-ssh-key", "rotate-host-key", "add-lan-prefix", "mtu", "tunnel-prefix",
+        *(f"{verb}-service-{mode}" for verb in ("add", "remove") for mode in ("passthrough", "http", "tcp", "udp")),
+        "traefik-static", "service-target", "remove-edge",
+    ]  # fmt: skip
+    for kind in kinds:
+        assert rows[f"change:{kind}"]["ok"], rows[f"change:{kind}"]
+    assert "Permission denied" in rows["change:remove-ssh-key"]["detail"]
+    assert rows["change:mtu"]["value"] == 1320 and rows["change:traefik-static"]["value"] == "kept"
+    rolling = rows["rolling:failed-requests"]
+    assert rolling["ok"] and rolling["value"] == 0 and rolling["unit"] == "requests", rolling
+    print(rolling["detail"])
 
     def mine():
         listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

@@ -1000,9 +1000,19 @@ def missing_tools() -> list[str]:
     return missing
 
 
-def run(stack_file: Path, project_file: Path | None = None, out: Path | None = None) -> tuple[bool, str]:
-    """The ``cgnat-edge lab`` command: render, build, smoke-check, tear down."""
+def run(
+    stack_file: Path,
+    project_file: Path | None = None,
+    out: Path | None = None,
+    *,
+    changes: bool = False,
+    report: Path | None = None,
+) -> tuple[bool, str]:
+    """The ``cgnat-edge lab`` command: render, build, smoke-check, with ``changes`` the
+    change matrix (components/lab/changes.py), tear down; ``report`` gets every row."""
     import tempfile
+
+    from components.lab import changes as change_matrix
 
     if os.geteuid() != 0:
         raise LabError("the lab needs root for network namespaces; run it with sudo")
@@ -1013,4 +1023,18 @@ def run(stack_file: Path, project_file: Path | None = None, out: Path | None = N
         rendered = render_stack(stack_file, Path(out or tmp) / "render", project_file=project_file)
         with build(rendered) as el:
             results = smoke(el)
-    return all(r.ok for r in results), table(results)
+            rows = [
+                change_matrix.Check(f"smoke:{r.edge}:{r.service}:{r.check}", r.ok, r.ms, "ms", r.detail)
+                for r in results
+            ]
+            if changes:
+                rows += change_matrix.run_matrix(el, stack_file, project_file)
+    if report is not None:
+        change_matrix.write_report(report, rows)
+    text = table(results)
+    if changes:
+        text += "\n\n" + "\n".join(
+            f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<34} {c.value!s:>8} {c.unit:<8} {c.detail}"
+            for c in rows[len(results) :]
+        )
+    return all(c.ok for c in rows), text

@@ -99,7 +99,17 @@ def desired_state(cfg: FleetConfig, edge: EdgeSpec, host_public_key: str | None)
         "traefik": {
             "slots": list(TRAEFIK_SLOTS),
             "entryPoints": {name: ep["address"] for name, ep in traefik.static_config(cfg)["entryPoints"].items()},
-            "routers": {proto: sorted(dynamic.get(proto, {}).get("routers", {})) for proto in ("http", "tcp", "udp")},
+            "routers": {
+                proto: {name: r.get("rule", "") for name, r in dynamic.get(proto, {}).get("routers", {}).items()}
+                for proto in ("http", "tcp", "udp")
+            },
+            "services": {
+                proto: {
+                    name: sorted(srv.get("url") or srv.get("address") for srv in svc["loadBalancer"]["servers"])
+                    for name, svc in dynamic.get(proto, {}).get("services", {}).items()
+                }
+                for proto in ("http", "tcp", "udp")
+            },
         },
         "ssh": {
             "user": cfg.ssh.user,

@@ -53,6 +53,9 @@ UDP_SESSION_TIMEOUT = "120s"
 DRAIN_TIMEOUT = "3600s"
 """How long a Traefik replaced by a static change keeps serving the connections it
 already has (its listeners close at once).  Longer-lived connections are cut then."""
+UDP_DRAIN_TIMEOUT = "1s"
+"""A replaced Traefik's UDP socket takes no new flows but shares the port with the new
+process until it closes, so it closes almost at once; UDP has no connection to keep."""
 API_ROUTER = "cgnat-edge-api"
 
 
@@ -121,6 +124,7 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
         ep: dict[str, Any] = {"address": f":{s.port}/{s.protocol}"}
         if s.protocol == "udp":
             ep["udp"] = {"timeout": UDP_SESSION_TIMEOUT}
+            ep["transport"] = {"lifeCycle": {"graceTimeOut": UDP_DRAIN_TIMEOUT}}
         else:
             ep["transport"] = {"lifeCycle": {"graceTimeOut": DRAIN_TIMEOUT}}
         entry_points[entrypoint_name(s)] = ep

@@ -49,7 +49,9 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from components.lab import edge_lab as lab
 
     try:
-        ok, report = lab.run(_stack_file(args))
+        ok, report = lab.run(
+            _stack_file(args), changes=args.changes, report=Path(args.report) if args.report else None
+        )
     except lab.LabError as exc:
         print(f"cgnat-edge lab: {exc}", file=sys.stderr)
         return 1
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         "lab", help="(root) boot the stack's rendered configs in network namespaces and send traffic through every edge"
     )
     _add_stack_args(p)
+    p.add_argument("--changes", action="store_true", help="then push every kind of change into the running edges")
+    p.add_argument("--report", help="write every check as JSON to this file")
     p.set_defaults(func=cmd_lab)
 
     argv = sys.argv[1:] if argv is None else argv
