@@ -42,3 +42,27 @@ def test_the_config_step_pushes_then_verifies_then_waits_for_readiness():
     assert "cgnat-edge push" in create and "cgnat-edge-verify" in create and "cgnat-edge readiness" in create
     assert create.index("cgnat-edge push") < create.index("cgnat-edge readiness")
     assert offline.is_secret(step.inputs["stdin"])
+
+
+def test_a_rotated_host_key_is_installed_over_a_connection_pinning_the_old_one():
+    """sshHostKeyRotation rotates the key in place: the ``<edge>-host-key`` step pins the
+    key the server still presents (the replaced one) and installs the new one; the
+    config step and every later run pin the new key."""
+    first = offline.run_program(ROOT / "Pulumi.dev.yaml")
+    old = offline.reveal(first.one("command:remote:Command", "fsn-config").inputs["connection"])["hostKey"]
+    step = first.one("command:remote:Command", "fsn-host-key")
+    assert offline.reveal(step.inputs["connection"])["hostKey"] == old  # nothing to rotate from yet
+    rotated = offline.run_program(
+        ROOT / "Pulumi.dev.yaml", config_overrides={"sshHostKeyRotation": 1}, state=offline.key_state(first)
+    )
+    step = rotated.one("command:remote:Command", "fsn-host-key")
+    config = rotated.one("command:remote:Command", "fsn-config")
+    new = offline.reveal(config.inputs["connection"])["hostKey"]
+    assert new != old and offline.reveal(step.inputs["connection"])["hostKey"] == old
+    assert offline.is_secret(step.inputs["stdin"]) and "cgnat-edge host key" in step.inputs["create"]
+    assert step.urn in config.dependencies
+    # The WireGuard keys did not change with it.
+    wg = [r for r in rotated.resources if r.name.endswith("-wireguard-key")]
+    assert {r.name: r.outputs["public_key"] for r in wg} == {
+        r.name: r.outputs["public_key"] for r in first.resources if r.name.endswith("-wireguard-key")
+    }

@@ -31,7 +31,12 @@ def test_provider_keeps_the_key_unless_rotated():
     created = provider.create({"rotation": 0})
     assert created.outs["private_key"].startswith("-----BEGIN OPENSSH " + "PRIVATE KEY-----")
     assert provider.diff(created.id, created.outs, {"rotation": 0}).changes is False
-    assert provider.diff(created.id, created.outs, {"rotation": 1}).replaces == ["rotation"]
+    assert created.outs["previous_public_key"] == ""
+    rotation = provider.diff(created.id, created.outs, {"rotation": 1})
+    assert rotation.changes is True and rotation.replaces == []  # in place: the old key is remembered
+    rotated = provider.update(created.id, created.outs, {"rotation": 1}).outs
+    assert rotated["previous_public_key"] == created.outs["public_key"] != rotated["public_key"]
+    assert rotated["private_key"] != created.outs["private_key"] and rotated["rotation"] == 1
 
 
 def test_cloud_config_installs_only_that_key(fleet_config):

@@ -323,20 +323,32 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
 
         # -- host key rotation ------------------------------------------------------
         old_keys = {e: el.rendered.host_key(e) for e in edges}
-        for e in edges:
-            stack.state.pop(f"{e}-ssh-host-key", None)
-        rotated = stack.render()
+        rotated = stack.render(sshHostKeyRotation=1)
         stack.state = offline.key_state(rotated.run)
         ok, detail = True, []
         for e in edges:
-            # The push connects pinning the key the server has now (the old one).
-            result = el.edges[e].push(rotated.bundle(e), host_key=old_keys[e])
+            # As the program does: the <edge>-host-key step pins the key the server has
+            # now (the old one) and installs the new; the push then pins the new one.
+            step = rotated.run.one("command:remote:Command", f"{e}-host-key")
+            pinned = offline.reveal(step.inputs["connection"])["hostKey"]
+            installed = el.edges[e].ssh(
+                step.inputs["create"], host_key=pinned, input=offline.reveal(step.inputs["stdin"])
+            )
+            result = el.edges[e].push(rotated.bundle(e), host_key=rotated.host_key(e))
+            result.ok &= installed.returncode == 0
             new = " ".join(rotated.host_key(e).split()[:2])
             served = _served_host_key(el, e)
             old_refused = el.edges[e].ssh("true", host_key=old_keys[e]).returncode != 0
             new_ok = el.edges[e].ssh("true", host_key=rotated.host_key(e)).returncode == 0
-            ok &= result.ok and served == new and old_refused and new_ok
-            detail.append(f"{e}: serves {'the new key only' if served == new else served!r}")
+            pinned_old = pinned.strip() == old_keys[e].strip() != rotated.host_key(e).strip()
+            ok &= result.ok and served == new and old_refused and new_ok and pinned_old
+            detail.append(
+                f"{e}: the host-key step pinned {'the old key' if pinned_old else 'ANOTHER key'} and "
+                f"{'installed the new one' if installed.returncode == 0 else 'FAILED: ' + installed.stderr[-200:]}; "
+                f"sshd serves {'the new key only' if served == new else served!r}; pinning the old key is "
+                f"{'refused' if old_refused else 'STILL ACCEPTED'}; the push {'pinning the new key ' if new_ok else ''}"
+                f"{'passed' if result.ok else 'FAILED: ' + result.output[-300:]}"
+            )
         el.rendered = rotated
         checks.append(Check("change:rotate-host-key", ok, len(edges), "edges", "; ".join(detail)))
 

@@ -302,6 +302,11 @@ def push_script() -> str:
     return templates.text("push.sh")
 
 
+def host_key_script() -> str:
+    """Bash that installs a rotated host key read from stdin (the ``<edge>-host-key`` step)."""
+    return templates.text("host-key.sh")
+
+
 def as_root(user: str, script: str) -> str:
     """The scripts need root; a non-root login gets passwordless sudo from cloud-init."""
     run = f"bash -c {shlex.quote(script)}"

@@ -41,7 +41,7 @@ class EdgeNode(pulumi.ComponentResource):
         # The key is a sibling of the server, not derived from it: rebuilding the VPS
         # keeps the edge's WireGuard identity, so the home router needs no change.
         key = WireGuardKey(f"{edge.name}-wireguard-key", opts=child)
-        host_key = SshHostKey(f"{edge.name}-ssh-host-key", opts=child)
+        host_key = SshHostKey(f"{edge.name}-ssh-host-key", rotation=cfg.ssh.host_key_rotation, opts=child)
         wg_conf = pulumi.Output.secret(
             pulumi.Output.all(key.private_key, home_public_key).apply(
                 lambda keys: tunnel.edge_wg_conf(cfg, edge, keys[0], keys[1])
@@ -79,13 +79,34 @@ class EdgeNode(pulumi.ComponentResource):
                 lambda args: bootstrap.bundle(bootstrap.node_files(cfg, edge, args[0], (args[1], args[2])))
             )
         )
+        # A rotated host key (sshHostKeyRotation) reaches the server over a connection that
+        # still pins the key the server presents now, the one it replaces; the push below
+        # already pins the new one.  Its inputs change only on rotation.
+        previous_connection = command.remote.ConnectionArgs(
+            host=machine.ipv4,
+            user=cfg.ssh.user,
+            private_key=ssh_private_key,
+            host_key=pulumi.Output.all(host_key.previous_public_key, host_key.public_key).apply(
+                lambda keys: keys[0] or keys[1]
+            ),
+            dial_error_limit=40,
+            per_dial_timeout=15,
+        )
+        rotated = command.remote.Command(
+            f"{edge.name}-host-key",
+            connection=previous_connection,
+            create=bootstrap.as_root(cfg.ssh.user, bootstrap.host_key_script()),
+            stdin=pulumi.Output.secret(host_key.private_key),
+            triggers=[host_key.public_key],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[booted, *([after] if after else [])]),
+        )
         self.config_step = command.remote.Command(
             f"{edge.name}-config",
             connection=connection,
             create=bootstrap.config_command(cfg.ssh.user),
             stdin=bundle,
             triggers=[machine.server_id, bundle.apply(lambda b: hashlib.sha256(b.encode()).hexdigest())],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[booted, *([after] if after else [])]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[booted, rotated, *([after] if after else [])]),
         )
 
         self.ipv4 = machine.ipv4

@@ -49,9 +49,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from components.lab import edge_lab as lab
 
     try:
-        ok, report = lab.run(
-            _stack_file(args), changes=args.changes, report=Path(args.report) if args.report else None
-        )
+        ok, report = lab.run(_stack_file(args), changes=args.changes, report=Path(args.report) if args.report else None)
     except lab.LabError as exc:
         print(f"cgnat-edge lab: {exc}", file=sys.stderr)
         return 1
