@@ -115,6 +115,9 @@ class Rollout:
     requests: int
     seconds: float
     failures: list[str]
+    slowest_ms: dict[str, float]
+    """Per edge, the slowest answered request while that edge was being changed (a
+    connection held back during a Traefik handover is answered about 1 s late)."""
 
 
 def rollout(el: EdgeLab, rendered: Rendered, edges: list[str] | None = None, probe: bool = True) -> Rollout:
@@ -146,6 +149,7 @@ def rollout(el: EdgeLab, rendered: Rendered, edges: list[str] | None = None, pro
     failed_unaffected = dict.fromkeys(sorted(el.edges), 0)
     requests = 0
     failures: list[str] = []
+    slowest_ms = dict.fromkeys(sorted(el.edges), 0.0)
     if prober is not None:
         time.sleep(0.5)
         stop.write_text("")
@@ -153,17 +157,19 @@ def rollout(el: EdgeLab, rendered: Rendered, edges: list[str] | None = None, pro
         for rec in json.loads(out.read_text()):
             check = checks[rec["i"]]
             requests += 1
-            if _answered(check, rec["r"]):
-                continue
             edge = check["lab_edge"]
             t0, t1 = windows.get(edge, (0, 0))
             changing = t0 <= rec["t"] <= t1 + 0.5
+            if _answered(check, rec["r"]):
+                if changing:
+                    slowest_ms[edge] = max(slowest_ms[edge], rec["r"].get("ms") or 0.0)
+                continue
             (failed_changed if changing else failed_unaffected)[edge] += 1
             failures.append(
                 f"{edge}/{check['service']} at +{rec['t'] - start:.2f}s"
                 f"{' (changing)' if changing else ''}: {rec['r'].get('error') or rec['r'].get('status')}"
             )
-    return Rollout(ok, windows, outputs, failed_changed, failed_unaffected, requests, seconds, failures)
+    return Rollout(ok, windows, outputs, failed_changed, failed_unaffected, requests, seconds, failures, slowest_ms)
 
 
 # ---------------------------------------------------------------------------

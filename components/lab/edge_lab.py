@@ -3,15 +3,17 @@
 Before paying for a VPS, a user (``sudo cgnat-edge lab``) or the test suite builds,
 in network namespaces, everything between a visitor and home::
 
-    client ─┐                       ┌─ edge <a>  (its public IPv4 from the render)
-    dns   ──┼── inet (the internet) ┼─ edge <b>  ...
-            │                       └─ cgnat ── home ── server (the service targets)
-            │                          masquerade, nothing gets in unasked
+    client   ─┐                       ┌─ edge <a>  (its public IPv4 from the render)
+    dns      ─┼── inet (the internet) ┼─ edge <b>  ...
+    operator ─┘ (where pulumi runs)   └─ cgnat ── home ── server (the service targets)
+                                         masquerade, nothing gets in unasked
 
-Each edge runs wireguard-go, the nftables ruleset and the real Traefik binary, with
-the files taken out of the edge's rendered cloud-config (never hand-written copies),
-installed under a private root folder with the modes and owners cloud-init would
-give them.  Home brings its tunnels up with the generated wg-quick files and dials
+Each edge runs wireguard-go, the nftables ruleset, the real Traefik binary and the
+machine's sshd, with the files taken out of the edge's rendered cloud-config (never
+hand-written copies), at their real paths in the edge's own /etc and /var/lib
+(overlays of the machine's) with the modes and owners cloud-init would give them.
+Then the operator runs the first push over SSH, as ``pulumi up`` does after the
+boot step; every later push (``Edge.push``) goes the same way.  Home brings its tunnels up with the generated wg-quick files and dials
 out through the CGNAT; nothing can dial in.  ``server`` holds every service target
 address and runs ``services``.  The render's DNS zone is served by PowerDNS, and
 every node resolves through it (its own /etc/resolv.conf), so no lab process asks a
@@ -19,13 +21,13 @@ resolver outside the lab.
 
 What the lab changes on the edge, and why (everything else is byte for byte):
 
-* Traefik reads a copy of the static file in which only the on-disk locations point
-  into the edge's root folder (``providers.file.directory``, the ACME storage), so
-  several edges can run on one machine without writing to /etc or /var.
 * ACME cannot succeed in a closed lab: a lab certificate for the ``http`` hostnames
   is added to the dynamic folder, standing in for Let's Encrypt's.
-* ``systemctl`` is a recording stub for the push script; the lab then does what
-  systemd would (restart Traefik, start the tunnel).
+* ``systemctl`` asks a stand-in for systemd in the lab process, which starts, signals
+  and stops the same processes systemd would (``Edge._systemctl``); ``cloud-init
+  status`` answers done.
+* sshd runs without PAM and without a pid file (they would reach the machine's logind
+  and /run); the operator's key is added to ``sshPublicKeys`` by ``render_stack``.
 
 Only documentation prefixes, 100.64.0.0/10 and the stack's own (private) tunnel
 and home prefixes are used; the test stack (tests/fixtures/Pulumi.lab.yaml) uses

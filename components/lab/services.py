@@ -293,7 +293,7 @@ def watch(checks: list[dict], out: str, stop: str) -> None:
         for i, check in enumerate(checks):
             t = time.time()
             (r,) = probe([check])
-            records.append({"t": t, "i": i, "r": {k: r.get(k) for k in ("ok", "status", "echo", "error")}})
+            records.append({"t": t, "i": i, "r": {k: r.get(k) for k in ("ok", "status", "echo", "error", "ms")}})
     with open(out, "w") as f:
         json.dump(records, f)
 
