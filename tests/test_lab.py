@@ -310,6 +310,30 @@ def test_a_change_the_edge_cannot_run_is_rolled_back(el, tmp_path):
     assert not _failed(lab_module.smoke(el, edges=["ams"]))
 
 
+def test_an_edge_of_the_single_unit_days_is_handed_over_to_the_slots(el):
+    """An edge set up before the two Traefik slots runs ``traefik.service`` and has no
+    saved manifest: its first push hands Traefik over to a slot and removes the unit."""
+    edge = el.edges["fsn"]
+    unit = "/etc/systemd/system/traefik.service"
+    single = edge.read(bootstrap.TRAEFIK_UNIT_PATH).replace("%i", "single")
+    edge.node.write(unit, single, 0o644)
+    with edge._lock:
+        for slot in bootstrap.TRAEFIK_SLOTS:
+            edge._stop(slot)
+            edge.enabled.discard(slot)
+        edge.enabled.add("traefik.service")
+        edge._start("traefik.service")
+    edge.node.run("rm", "-f", "/var/lib/cgnat-edge/MANIFEST")
+    wait_for(lambda: lab_module.smoke(el, edges=["fsn"], services=["git-ssh"])[0].ok, message="the single unit")
+
+    result = edge.push(el.rendered.bundle("fsn"))
+    assert result.ok, result.output
+    assert "Traefik handed over from traefik.service to traefik@" in result.output
+    assert edge.node.run("test", "-e", unit, check=False).returncode == 1
+    assert "traefik.service" not in edge.enabled and len(edge.enabled & set(bootstrap.TRAEFIK_SLOTS)) == 1
+    assert not _failed(lab_module.smoke(el, edges=["fsn"]))
+
+
 def test_a_dead_edge_leaves_the_other_serving_and_comes_back_without_touching_home(el):
     """Kill one edge: the other serves.  Restart it: the tunnel is back within the
     keepalive window, home untouched.  Home cannot be dialled, but the edge saved the

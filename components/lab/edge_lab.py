@@ -404,7 +404,7 @@ class Edge:
         self.lab.servers.append(server)
 
     def _active(self, unit: str) -> bool:
-        if unit.startswith("traefik@"):
+        if unit.startswith("traefik"):
             proc = self.units.get(unit)
             return proc is not None and proc.poll() is None
         if unit == "ssh.service":
@@ -420,13 +420,14 @@ class Edge:
         unit = unit if "." in unit else unit + ".service"
         if self._active(unit):
             return
-        if unit.startswith("traefik@"):
-            text = self.read(bootstrap.TRAEFIK_UNIT_PATH)
+        if unit.startswith("traefik"):  # a slot (traefik@a) or an older edge's single unit
+            slot = unit.split("@")[1].split(".")[0] if "@" in unit else ""
+            path = bootstrap.TRAEFIK_UNIT_PATH if slot else f"/etc/systemd/system/{unit}"
+            text = self.read(path)
             exec_start = next(x.split("=", 1)[1] for x in text.splitlines() if x.startswith("ExecStart="))
-            slot = unit.split("@")[1].split(".")[0]
             argv = shlex.split(exec_start.replace("%i", slot))
             self.node.run("mkdir", "-p", "-m", "0700", traefik.STATE_DIR)
-            self.units[unit] = self.node.spawn(*argv, log=self.work / f"traefik-{slot}.log")
+            self.units[unit] = self.node.spawn(*argv, log=self.work / f"traefik-{slot or 'single'}.log")
         elif unit.startswith("wg-quick@"):
             iface = unit.split("@")[1].split(".")[0]
             self.node.run("wg-quick", "up", iface)
