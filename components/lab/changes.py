@@ -211,6 +211,12 @@ def _wg(el: EdgeLab, edge: str) -> tuple[int, list[str]]:
     return mtu, sorted(line.split()[3] for line in addrs.splitlines())
 
 
+def _interface(el: EdgeLab, edge: str) -> tuple[str, int | None]:
+    """(wg0's ifindex, its wireguard-go process): both unchanged = changed in place."""
+    e = el.edges[edge]
+    return e.node.run("cat", "/sys/class/net/wg0/ifindex").stdout.strip(), e.wireguard_pid()
+
+
 def _apply_home(el: EdgeLab, rendered: Rendered) -> None:
     """What the user does after a tunnel change: write home's configs again, bring the
     tunnels up with them (the lab plays the home router)."""
@@ -383,18 +389,21 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
 
         # -- MTU ------------------------------------------------------------------------
         mtu = int(stack.values.get("tunnelMtu", 1380)) - 60
+        interfaces = {e: _interface(el, e) for e in edges}
         r = push("mtu", stack.render(tunnelMtu=mtu), probe=False)
         if r:
             running = {e: _wg(el, e)[0] for e in edges}
+            in_place = interfaces == {e: _interface(el, e) for e in edges}
             _apply_home(el, stack.render())
             _settle(el, el.rendered, edges)
             checks.append(
                 Check(
                     "change:mtu",
-                    set(running.values()) == {mtu},
+                    set(running.values()) == {mtu} and in_place,
                     mtu,
                     "bytes",
-                    f"wg0 MTU on the running edges: {running}",
+                    f"wg0 MTU on the running edges: {running}; "
+                    + ("same interface and wireguard-go process" if in_place else "the interface was RECREATED"),
                 )
             )
 
@@ -404,9 +413,11 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
             ipaddress.ip_network((int(old_prefix.network_address) + old_prefix.num_addresses, old_prefix.prefixlen))
         )
         before = {e: _wg(el, e)[1] for e in edges}
+        interfaces = {e: _interface(el, e) for e in edges}
         r = push("tunnel-prefix", stack.render(tunnelIpv4Prefix=new_prefix), probe=False)
         if r:
             after = {e: _wg(el, e)[1] for e in edges}
+            in_place = interfaces == {e: _interface(el, e) for e in edges}
             _apply_home(el, stack.render())
             _settle(el, el.rendered, edges)
             answers = {e: _probe_service(el, e, {"mode": "tcp", "port": 2222}) for e in edges}
@@ -424,10 +435,12 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
             checks.append(
                 Check(
                     "change:tunnel-prefix",
-                    ok,
+                    ok and in_place,
                     new_prefix,
                     "",
-                    f"wg0 addresses {before} -> {after}, same interface; home sees the edges as {peers}",
+                    f"wg0 addresses {before} -> {after}, "
+                    + ("same interface and wireguard-go process" if in_place else "the interface was RECREATED")
+                    + f"; home sees the edges as {peers}",
                 )
             )
 
