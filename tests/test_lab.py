@@ -195,6 +195,7 @@ def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rend
         project_file=PROJECT,
         config_overrides={"services": services},
         state=offline.key_state(el.rendered.run),
+        operator_key=el.rendered.operator_key,
     )
     assert (
         changed.run.output("edges")["fsn"]["wireguardPublicKey"]
@@ -206,14 +207,20 @@ def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rend
         for name, e in el.edges.items()
     }
     assert all(b[0] for b in before.values())
+
+    def acted(result):
+        return [c for c in result.systemctl if c.split()[0] in ("start", "stop", "kill", "restart", "reload")]
+
     for name, edge in el.edges.items():
         result = edge.push(changed.bundle(name))
+        assert result.ok, result.output
         assert "updated /etc/traefik/dynamic/cgnat-edge.yaml" in result.output, result.output
         assert "updated /etc/wireguard/wg0.conf" not in result.output
         assert "WireGuard peers of wg0 synced" in result.output
-        assert result.systemctl == [], "nothing to restart for a new service target"
+        assert "cgnat-edge verify: traefik runs as declared" in result.output
+        assert acted(result) == [], "nothing to restart for a new service target"
         again = edge.push(changed.bundle(name))
-        assert "already up to date" in again.output and again.systemctl == []
+        assert again.ok and "already up to date" in again.output and acted(again) == []
     for name, edge in el.edges.items():
 
         def answered_by_new_target(ip=edge.public_ip):
@@ -227,6 +234,104 @@ def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rend
     }
     assert after == before, "WireGuard and Traefik kept running"
     assert all(e.traefik.poll() is None for e in el.edges.values())
+
+
+def _tampered(bundle: str, path: str, edit) -> str:
+    """``bundle`` with the file at ``path`` changed by ``edit`` (text -> text)."""
+    import base64
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(base64.b64decode(bundle)), mode="r:gz") as src,
+        tarfile.open(fileobj=raw, mode="w:gz") as dst,
+    ):
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if member.name == f"files{path}":
+                data = edit(data.decode()).encode()
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    return base64.b64encode(raw.getvalue()).decode()
+
+
+def test_push_refuses_bad_files_before_changing_anything(el):
+    """sshd -t runs on the NEW drop-in, nft -c on the new ruleset, a scratch Traefik on
+    the new static and dynamic files: a bad one stops the push before any swap."""
+    edge = el.edges["ams"]
+    bundle = el.rendered.bundle("ams")
+    before = edge.read("/etc/ssh/sshd_config.d/50-cgnat-edge.conf"), edge.read("/etc/nftables.conf")
+    cases = {
+        "/etc/ssh/sshd_config.d/50-cgnat-edge.conf": (lambda t: t + "NoSuchOption yes\n", "fails sshd -t"),
+        "/etc/nftables.conf": (lambda t: t.replace("policy drop;", "policy dorp;"), "ruleset does not load"),
+        "/etc/traefik/dynamic/cgnat-edge.yaml": (
+            lambda t: t.replace("service: valheim", "service: nowhere"),
+            "Traefik configuration does not load",
+        ),
+    }
+    for path, (edit, message) in cases.items():
+        result = edge.push(_tampered(bundle, path, edit))
+        assert not result.ok and message in result.output and "nothing was changed" in result.output, result.output
+        assert "updated" not in result.output and "sshd reloaded" not in result.output
+    assert (edge.read("/etc/ssh/sshd_config.d/50-cgnat-edge.conf"), edge.read("/etc/nftables.conf")) == before
+    assert edge.push(bundle).ok
+
+
+def test_a_change_the_edge_cannot_run_is_rolled_back(el, tmp_path):
+    """A new port that something else on the edge already holds: the scratch check
+    passes (the port is free there), but the new Traefik cannot bind it, so verify
+    fails; the push puts the previous files back, hands Traefik back, verifies again
+    and exits non-zero.  The edge serves the previous config throughout."""
+    services = yaml.safe_load(STACK.read_text())["config"]["cgnat-edge:services"]
+    services.append({"name": "mqtt", "mode": "tcp", "port": 8883, "target": "192.0.2.10:8883"})
+    changed = lab_module.render_stack(
+        STACK,
+        tmp_path / "render",
+        project_file=PROJECT,
+        config_overrides={"services": services},
+        state=offline.key_state(el.rendered.run),
+        operator_key=el.rendered.operator_key,
+    )
+    edge = el.edges["ams"]
+    old_static = edge.read("/etc/traefik/traefik.yaml")
+    squatter = edge.node.spawn("socat", "TCP-LISTEN:8883,fork,reuseaddr", "SYSTEM:echo squatter")
+    wait_for(lambda: ":8883 " in edge.node.run("ss", "-Hltn").stdout, message="the squatter on 8883")
+    try:
+        result = edge.push(changed.bundle("ams"))
+    finally:
+        squatter.terminate()
+    assert not result.ok, result.output
+    assert "DIFFERS: Traefik" in result.output or "does not serve the configuration" in result.output
+    assert "FAILED" in result.output and "runs the previous one again" in result.output
+    assert edge.read("/etc/traefik/traefik.yaml") == old_static
+    assert "8883" not in edge.node.run("nft", "list", "ruleset").stdout
+    assert edge.ssh("python3 /usr/local/sbin/cgnat-edge-verify").returncode == 0
+    assert not _failed(lab_module.smoke(el, edges=["ams"]))
+
+
+def test_an_edge_of_the_single_unit_days_is_handed_over_to_the_slots(el):
+    """An edge set up before the two Traefik slots runs ``traefik.service`` and has no
+    saved manifest: its first push hands Traefik over to a slot and removes the unit."""
+    edge = el.edges["fsn"]
+    unit = "/etc/systemd/system/traefik.service"
+    single = edge.read(bootstrap.TRAEFIK_UNIT_PATH).replace("%i", "single")
+    edge.node.write(unit, single, 0o644)
+    with edge._lock:
+        for slot in bootstrap.TRAEFIK_SLOTS:
+            edge._stop(slot)
+            edge.enabled.discard(slot)
+        edge.enabled.add("traefik.service")
+        edge._start("traefik.service")
+    edge.node.run("rm", "-f", "/var/lib/cgnat-edge/MANIFEST")
+    wait_for(lambda: lab_module.smoke(el, edges=["fsn"], services=["git-ssh"])[0].ok, message="the single unit")
+
+    result = edge.push(el.rendered.bundle("fsn"))
+    assert result.ok, result.output
+    assert "Traefik handed over from traefik.service to traefik@" in result.output
+    assert edge.node.run("test", "-e", unit, check=False).returncode == 1
+    assert "traefik.service" not in edge.enabled and len(edge.enabled & set(bootstrap.TRAEFIK_SLOTS)) == 1
+    assert not _failed(lab_module.smoke(el, edges=["fsn"]))
 
 
 def test_a_dead_edge_leaves_the_other_serving_and_comes_back_without_touching_home(el):
@@ -267,13 +372,30 @@ def test_a_dead_edge_leaves_the_other_serving_and_comes_back_without_touching_ho
     assert {t: el.home.run("cat", f"/sys/class/net/{t}/ifindex").stdout for t in home_before} == home_before
 
 
-def test_lab_command_and_teardown(tmp_path, monkeypatch):
-    """``cgnat-edge lab`` end to end, then a build that fails half way: both leave no
-    namespace and no process behind."""
+def test_lab_change_matrix_report_and_teardown(tmp_path, monkeypatch):
+    """``cgnat-edge lab --changes --report FILE`` end to end: every kind of change is
+    pushed into the running edges over SSH and checked on them, a prober runs through
+    every rolling push; then a build that fails half way.  Neither leaves a namespace
+    or a process behind."""
     _require_lab()
-    ok, report = lab_module.run(STACK, project_file=PROJECT, out=tmp_path)
+    report_file = tmp_path / "report.json"
+    ok, report = lab_module.run(STACK, project_file=PROJECT, out=tmp_path, changes=True, report=report_file)
+    rows = {c["name"]: c for c in json.loads(report_file.read_text())["checks"]}
     assert ok, report
-    assert report.count(" ok ") >= 2 * 7 + 4 and "FAIL" not in report
+    assert all(set(c) == {"name", "ok", "value", "unit", "detail"} for c in rows.values())
+    assert sum(name.startswith("smoke:") for name in rows) >= 2 * 7 + 4
+    kinds = [
+        "add-ssh-key", "remove-ssh-key", "rotate-host-key", "add-lan-prefix", "mtu", "tunnel-prefix",
+        *(f"{verb}-service-{mode}" for verb in ("add", "remove") for mode in ("passthrough", "http", "tcp", "udp")),
+        "traefik-static", "service-target", "remove-edge",
+    ]  # fmt: skip
+    for kind in kinds:
+        assert rows[f"change:{kind}"]["ok"], rows[f"change:{kind}"]
+    assert "Permission denied" in rows["change:remove-ssh-key"]["detail"]
+    assert rows["change:mtu"]["value"] == 1320 and rows["change:traefik-static"]["value"] == "kept"
+    rolling = rows["rolling:failed-requests"]
+    assert rolling["ok"] and rolling["value"] == 0 and rolling["unit"] == "requests", rolling
+    print(rolling["detail"])
 
     def mine():
         listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -281,7 +403,7 @@ def test_lab_command_and_teardown(tmp_path, monkeypatch):
 
     existing = mine()
     monkeypatch.setattr(
-        lab_module.Edge, "start_traefik", lambda self: (_ for _ in ()).throw(lab_module.LabError("boom"))
+        lab_module.Edge, "wait_serving", lambda self: (_ for _ in ()).throw(lab_module.LabError("boom"))
     )
     rendered = lab_module.render_stack(STACK, tmp_path / "again", project_file=PROJECT)
     with pytest.raises(lab_module.LabError, match="boom"):

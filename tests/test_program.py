@@ -46,7 +46,7 @@ def test_resource_graph(run):
         "digitalocean:index/reservedIp:ReservedIp": 1,
         "digitalocean:index/reservedIpAssignment:ReservedIpAssignment": 1,
         "digitalocean:index/firewall:Firewall": 1,
-        "command:remote:Command": 4,  # first-boot readiness + config push per edge
+        "command:remote:Command": 6,  # per edge: first-boot readiness, host-key rotation, config push
     }
 
 

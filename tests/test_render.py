@@ -14,7 +14,7 @@ from tests.support import ROOT
 def test_render_writes_every_artifact(tmp_path, capsys):
     out = tmp_path / "dev"
     assert cli.main(["render", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--out", str(out)]) == 0
-    assert "rendered 22 resources" in capsys.readouterr().out
+    assert "rendered 24 resources" in capsys.readouterr().out
 
     for edge in ("fsn", "ams"):
         user_data = out / "nodes" / edge / "user-data.yaml"
@@ -88,3 +88,40 @@ def test_compressed_files_are_rendered_as_the_edge_writes_them(tmp_path):
     assert any(e.get("encoding") == "gz+b64" for e in doc["write_files"])
     dynamic = (tmp_path / "nodes/fsn/files/etc/traefik/dynamic/cgnat-edge.yaml").read_text()
     assert "svc149" in yaml.safe_load(dynamic)["tcp"]["routers"]
+
+
+def test_each_edge_bundle_is_written_unpacked_with_the_desired_state(tmp_path):
+    """``nodes/<edge>/bundle/`` is what a push puts on that edge: every file, with the
+    MANIFEST of modes and owners; removing an SSH key from the stack removes it there."""
+    from components.tools import offline, render
+    from tests.support import stack_raw
+
+    keys = stack_raw()["sshPublicKeys"]
+    extra = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ removed-later"
+    run = offline.run_program(ROOT / "Pulumi.dev.yaml", config_overrides={"sshPublicKeys": [*keys, extra]})
+    render.write(run, tmp_path / "a")
+    bundle = tmp_path / "a" / "nodes" / "fsn" / "bundle"
+    manifest = [line.split("\t") for line in (bundle / "MANIFEST").read_text().splitlines()]
+    paths = {p for _, _, p in manifest}
+    for path in ("/etc/wireguard/wg0.conf", "/etc/nftables.conf", "/etc/traefik/traefik.yaml",
+                 "/etc/traefik/dynamic/cgnat-edge.yaml", "/etc/ssh/sshd_config.d/50-cgnat-edge.conf",
+                 "/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/cgnat-edge-authorized-keys/root",
+                 "/etc/systemd/system/traefik@.service", "/etc/systemd/system/cgnat-edge-wg-endpoint.timer",
+                 "/etc/cgnat-edge/desired.json"):  # fmt: skip
+        assert path in paths and (bundle / "files" / path.lstrip("/")).is_file(), path
+    assert ("0600", "root:root", "/etc/ssh/ssh_host_ed25519_key") in [tuple(m) for m in manifest]
+    assert (bundle / "files/etc/ssh/ssh_host_ed25519_key").stat().st_mode & 0o777 == 0o600
+    authorized = (bundle / "files/etc/ssh/cgnat-edge-authorized-keys/root").read_text()
+    assert extra in authorized
+    host_pub = (bundle / "files/etc/ssh/ssh_host_ed25519_key.pub").read_text().strip()
+    connection = offline.reveal(run.one("command:remote:Command", "fsn-config").inputs["connection"])
+    assert host_pub == connection["hostKey"].strip()
+    dropin = (bundle / "files/etc/ssh/sshd_config.d/50-cgnat-edge.conf").read_text()
+    assert "HostKey /etc/ssh/ssh_host_ed25519_key\n" in dropin
+    assert "AuthorizedKeysFile /etc/ssh/cgnat-edge-authorized-keys/%u\n" in dropin
+
+    again = offline.run_program(
+        ROOT / "Pulumi.dev.yaml", config_overrides={"sshPublicKeys": keys}, state=offline.key_state(run)
+    )
+    render.write(again, tmp_path / "b")
+    assert extra not in (tmp_path / "b/nodes/fsn/bundle/files/etc/ssh/cgnat-edge-authorized-keys/root").read_text()

@@ -31,7 +31,12 @@ def test_provider_keeps_the_key_unless_rotated():
     created = provider.create({"rotation": 0})
     assert created.outs["private_key"].startswith("-----BEGIN OPENSSH " + "PRIVATE KEY-----")
     assert provider.diff(created.id, created.outs, {"rotation": 0}).changes is False
-    assert provider.diff(created.id, created.outs, {"rotation": 1}).replaces == ["rotation"]
+    assert created.outs["previous_public_key"] == ""
+    rotation = provider.diff(created.id, created.outs, {"rotation": 1})
+    assert rotation.changes is True and rotation.replaces == []  # in place: the old key is remembered
+    rotated = provider.update(created.id, created.outs, {"rotation": 1}).outs
+    assert rotated["previous_public_key"] == created.outs["public_key"] != rotated["public_key"]
+    assert rotated["private_key"] != created.outs["private_key"] and rotated["rotation"] == 1
 
 
 def test_cloud_config_installs_only_that_key(fleet_config):
@@ -94,3 +99,57 @@ def test_client_pinning_the_key_connects_and_rejects_an_impostor(lab, tmp_path):
     assert done.stdout.strip() == "pinned-ok"
     impostor = connect(generate_host_key()[1])
     assert impostor.returncode != 0 and "Host key verification failed" in impostor.stderr
+
+
+def test_an_openssh_upgrade_never_adds_a_served_host_key(tmp_path):
+    """Debian's openssh-server postinst creates the RSA and ECDSA host keys when they
+    are missing (it reads HostKey from sshd_config only, not from drop-ins).  With the
+    edge's drop-in sshd still serves the pinned ed25519 key alone, and the edge's apt
+    hook (run by dpkg after every upgrade) deletes the new keys again."""
+    import re
+    from pathlib import Path
+
+    from components.model import config as config_module
+    from tests.support import stack_raw
+
+    require_tool("sshd", "ssh-keyscan", "apt-config", "ssh-keygen")
+    postinst = Path("/var/lib/dpkg/info/openssh-server.postinst")
+    if not postinst.is_file():
+        pytest.skip("openssh-server is not installed from Debian's package")
+    text = postinst.read_text()
+    functions = text[text.index("get_config_option() {") : text.index("new_config=")]
+    cfg = config_module.parse(stack_raw(), stack="dev")
+    files = {f.path: f for f in bootstrap.node_files(cfg, cfg.edges[0], "[Interface]\n", generate_host_key())}
+    with namespaces() as lab:
+        edge = lab.node("edge")
+        edge.overlay("/etc")
+        edge.run("sh", "-c", "rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub /etc/ssh/sshd_config.d/*")
+        for path in (
+            bootstrap.SSHD_DROPIN_PATH,
+            bootstrap.HOST_KEY_PATH,
+            f"{bootstrap.HOST_KEY_PATH}.pub",
+            bootstrap.HOST_KEYS_HOOK_PATH,
+        ):
+            edge.run("mkdir", "-p", str(Path(path).parent))
+            edge.write(path, files[path].content, int(files[path].mode, 8))
+
+        edge.run("sh", "-c", functions + "\ncreate_keys")  # what the upgrade runs
+        created = edge.run("sh", "-c", "ls /etc/ssh/ssh_host_*_key").stdout.split()
+        assert {"/etc/ssh/ssh_host_rsa_key", "/etc/ssh/ssh_host_ecdsa_key"} <= set(created), created
+
+        edge.run("mkdir", "-p", "/run/sshd")
+        edge.spawn("/usr/sbin/sshd", "-D", "-e", "-p", "2222", "-o", "PidFile=none", "-o", "UsePAM=no")
+        pinned = " ".join(files[f"{bootstrap.HOST_KEY_PATH}.pub"].content.split()[:2])
+
+        def served():
+            scan = edge.run("ssh-keyscan", "-p", "2222", "-t", "rsa,ecdsa,ed25519", "127.0.0.1", check=False).stdout
+            return sorted(" ".join(line.split()[1:3]) for line in scan.splitlines() if line and line[0] != "#")
+
+        assert wait_for(served, timeout=10, message="sshd answering") == [pinned]
+
+        # apt reads the hook from apt.conf.d (the machine may have hooks of its own).
+        hook = edge.run("apt-config", "dump", "DPkg::Post-Invoke").stdout
+        (command,) = {c for c in re.findall(r'^DPkg::Post-Invoke:: "(.*)";$', hook, re.M) if "ssh_host_" in c}
+        edge.run("sh", "-c", command)
+        left = edge.run("sh", "-c", "ls /etc/ssh/ssh_host_*_key*").stdout.split()
+        assert left == [bootstrap.HOST_KEY_PATH, f"{bootstrap.HOST_KEY_PATH}.pub"]

@@ -64,10 +64,14 @@ def test_release_urls_follow_the_node_architecture():
         traefik.release_url("riscv64")
 
 
-def test_no_api_dashboard_or_trusted_headers(fleet_config):
+def test_no_dashboard_api_on_loopback_only_no_trusted_headers(fleet_config):
     static = traefik.static_config(fleet_config)
-    assert "api" not in static
+    assert static["api"] == {"dashboard": False}
     assert static["entryPoints"]["ping"]["address"].startswith("127.0.0.1:")
+    api_routers = [
+        r for r in traefik.dynamic_config(fleet_config)["http"]["routers"].values() if r["service"] == "api@internal"
+    ]
+    assert api_routers == [{"entryPoints": ["ping"], "rule": "PathPrefix(`/api`)", "service": "api@internal"}]
     for name, ep in static["entryPoints"].items():
         assert "proxyProtocol" not in ep, name
         assert ep.get("forwardedHeaders", {}).get("insecure", False) is False

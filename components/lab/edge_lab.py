@@ -3,15 +3,17 @@
 Before paying for a VPS, a user (``sudo cgnat-edge lab``) or the test suite builds,
 in network namespaces, everything between a visitor and home::
 
-    client ─┐                       ┌─ edge <a>  (its public IPv4 from the render)
-    dns   ──┼── inet (the internet) ┼─ edge <b>  ...
-            │                       └─ cgnat ── home ── server (the service targets)
-            │                          masquerade, nothing gets in unasked
+    client   ─┐                       ┌─ edge <a>  (its public IPv4 from the render)
+    dns      ─┼── inet (the internet) ┼─ edge <b>  ...
+    operator ─┘ (where pulumi runs)   └─ cgnat ── home ── server (the service targets)
+                                         masquerade, nothing gets in unasked
 
-Each edge runs wireguard-go, the nftables ruleset and the real Traefik binary, with
-the files taken out of the edge's rendered cloud-config (never hand-written copies),
-installed under a private root folder with the modes and owners cloud-init would
-give them.  Home brings its tunnels up with the generated wg-quick files and dials
+Each edge runs wireguard-go, the nftables ruleset, the real Traefik binary and the
+machine's sshd, with the files taken out of the edge's rendered cloud-config (never
+hand-written copies), at their real paths in the edge's own /etc and /var/lib
+(overlays of the machine's) with the modes and owners cloud-init would give them.
+Then the operator runs the first push over SSH, as ``pulumi up`` does after the
+boot step; every later push (``Edge.push``) goes the same way.  Home brings its tunnels up with the generated wg-quick files and dials
 out through the CGNAT; nothing can dial in.  ``server`` holds every service target
 address and runs ``services``.  The render's DNS zone is served by PowerDNS, and
 every node resolves through it (its own /etc/resolv.conf), so no lab process asks a
@@ -19,13 +21,13 @@ resolver outside the lab.
 
 What the lab changes on the edge, and why (everything else is byte for byte):
 
-* Traefik reads a copy of the static file in which only the on-disk locations point
-  into the edge's root folder (``providers.file.directory``, the ACME storage), so
-  several edges can run on one machine without writing to /etc or /var.
 * ACME cannot succeed in a closed lab: a lab certificate for the ``http`` hostnames
   is added to the dynamic folder, standing in for Let's Encrypt's.
-* ``systemctl`` is a recording stub for the push script; the lab then does what
-  systemd would (restart Traefik, start the tunnel).
+* ``systemctl`` asks a stand-in for systemd in the lab process, which starts, signals
+  and stops the same processes systemd would (``Edge._systemctl``); ``cloud-init
+  status`` answers done.
+* sshd runs without PAM and without a pid file (they would reach the machine's logind
+  and /run); the operator's key is added to ``sshPublicKeys`` by ``render_stack``.
 
 Only documentation prefixes, 100.64.0.0/10 and the stack's own (private) tunnel
 and home prefixes are used; the test stack (tests/fixtures/Pulumi.lab.yaml) uses
@@ -40,8 +42,11 @@ import json
 import os
 import shlex
 import shutil
+import signal
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -54,8 +59,9 @@ from components.lab.certs import self_signed as _self_signed
 from components.lab.netns import Lab, Node, wait_for
 from components.model import stack
 from components.model.config import FleetConfig, ServiceSpec
-from components.renderers import bootstrap, geodns, traefik
-from components.tools import offline, render
+from components.model.keys import generate_host_key
+from components.renderers import bootstrap, geodns, nftables, traefik
+from components.tools import home_files, offline, render
 
 TRAEFIK_BINARY = Path(sys.executable).parent / "traefik"
 SERVICES_SCRIPT = Path(__file__).resolve().parent / "services.py"
@@ -102,6 +108,8 @@ class Rendered:
     run: offline.Run
     cfg: FleetConfig
     out: Path
+    operator_key: tuple[str, str]
+    """The lab operator's SSH key pair (private, public), listed in sshPublicKeys."""
 
     @property
     def edges(self) -> dict[str, dict]:
@@ -111,15 +119,30 @@ class Rendered:
     def home(self) -> dict:
         return json.loads((self.out / "home" / "home.json").read_text())
 
-    def write_files(self, edge: str) -> list[dict]:
-        """The edge's cloud-config ``write_files``, contents decoded."""
+    def cloud_config(self, edge: str) -> dict:
         text = (self.out / "nodes" / edge / "user-data.yaml").read_text()
-        doc = yaml.safe_load(text.split("\n", 1)[1])
-        return [{**entry, "content": render.file_content(entry)} for entry in doc["write_files"]]
+        return yaml.safe_load(text.split("\n", 1)[1])
+
+    def write_files(self, edge: str) -> list[dict]:
+        """The edge's cloud-config ``write_files``, contents decoded, and its pinned host
+        key where cloud-init's ``ssh_keys`` puts it."""
+        doc = self.cloud_config(edge)
+        files = [{**entry, "content": render.file_content(entry)} for entry in doc["write_files"]]
+        keys = doc.get("ssh_keys") or {}
+        if keys:
+            files += [
+                {"path": bootstrap.HOST_KEY_PATH, "content": keys["ed25519_private"], "permissions": "0600"},
+                {"path": f"{bootstrap.HOST_KEY_PATH}.pub", "content": keys["ed25519_public"], "permissions": "0644"},
+            ]
+        return files
 
     def bundle(self, edge: str) -> str:
         """The stdin the program's SSH step feeds to the push script on ``edge``."""
         return offline.reveal(self.run.one("command:remote:Command", f"{edge}-config").inputs["stdin"])
+
+    def host_key(self, edge: str) -> str:
+        """The public host key the program's SSH steps pin for ``edge``."""
+        return offline.reveal(self.run.one("command:remote:Command", f"{edge}-config").inputs["connection"])["hostKey"]
 
 
 def render_stack(
@@ -129,16 +152,25 @@ def render_stack(
     project_file: Path | None = None,
     config_overrides: Mapping[str, Any] | None = None,
     state: Mapping[str, dict] | None = None,
+    operator_key: tuple[str, str] | None = None,
 ) -> Rendered:
     """Render the stack offline for the lab.
 
     The home key is always generated (``homePublicKey`` is dropped): the lab plays
     home, so it needs the private key, which a stack that names only the public key
-    never has.  Everything else is the stack as written."""
+    never has.  The lab's operator key (``operator_key``, made here when not given) is
+    added to ``sshPublicKeys``, so the lab can log in as pulumi does.  Everything else
+    is the stack as written."""
+    operator_key = operator_key or generate_host_key()
     overrides = {"homePublicKey": None, **(config_overrides or {})}
+    keys = overrides.get("sshPublicKeys", stack.load(stack_file, project_file, overrides).raw().get("sshPublicKeys"))
+    keys = json.loads(keys) if isinstance(keys, str) else list(keys or [])
+    if operator_key[1] not in keys:
+        keys.append(operator_key[1])
+    overrides["sshPublicKeys"] = keys
     run = offline.run_program(stack_file, project_file=project_file, config_overrides=overrides, state=state)
     render.write(run, out, show_secrets=False)
-    return Rendered(run, stack.load(stack_file, project_file, overrides).parse(), out)
+    return Rendered(run, stack.load(stack_file, project_file, overrides).parse(), out, operator_key)
 
 
 # ---------------------------------------------------------------------------
@@ -150,6 +182,22 @@ def _gateway(ip: str) -> str:
     """The internet router's address facing ``ip``: .1 of its /24 (never an edge's:
     the mock engine hands out .2 and up)."""
     return str(ipaddress.ip_network(f"{ip}/24", strict=False).network_address + 1)
+
+
+def _operator_address(cfg: FleetConfig, taken: set[str]) -> str:
+    """An address for the lab's operator (where pulumi runs) that the edges let in on
+    SSH: inside ``sshAllowedCidrs``, in a documentation range, clear of home's prefixes."""
+    inside = [n for n in (*cfg.home.lan_prefixes, cfg.tunnel.ipv4_prefix) if n.version == 4]
+    for pool in (*INTERNET_POOLS, ipaddress.ip_network("192.0.2.0/24")):
+        for host in reversed(list(pool.hosts())):
+            if (
+                str(host) not in taken
+                and str(host) != _gateway(str(host))
+                and any(host in n for n in cfg.ssh.allowed_cidrs if n.version == 4)
+                and not any(host in n for n in inside)
+            ):
+                return str(host)
+    raise LabError("sshAllowedCidrs holds no documentation address for the lab's operator; allow one of 192.0.2.0/24")
 
 
 def _free_internet_addresses(taken: set[str], count: int) -> list[str]:
@@ -225,94 +273,243 @@ def home_listeners(
 
 @dataclass
 class PushResult:
+    ok: bool
     output: str
     systemctl: list[str]
 
 
+STAND_IN_CLIENT = """#!{python}
+# The lab's systemctl: asks the lab's stand-in for systemd (components/lab/edge_lab.py).
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect({sock!r})
+s.sendall(json.dumps(sys.argv[1:]).encode() + b"\\n")
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+r = json.loads(data)
+sys.stdout.write(r["out"])
+sys.stderr.write(r["err"])
+sys.exit(r["rc"])
+"""
+CLOUD_INIT_STUB = (
+    "#!/bin/sh\n# The lab's cloud-init: the edge was built by the lab, as cloud-init would.\necho 'status: done'\n"
+)
+
+
 class Edge:
-    """One edge as its cloud-config would build it, in a namespace."""
+    """One edge as its cloud-config would build it, in a namespace.
+
+    The node gets its own /etc and /var/lib (overlays of the machine's), so every file
+    sits at its real path and the push script runs unchanged, over SSH, as root; sshd
+    is the machine's own with the rendered drop-in and host key.  systemd is the one
+    thing a namespace cannot have: ``systemctl`` asks a stand-in in the lab process
+    (``_systemctl``) that starts and signals the same processes systemd would."""
 
     def __init__(self, lab: EdgeLab, name: str, node: Node, public_ip: str, files: list[dict]):
         self.lab, self.name, self.node, self.public_ip = lab, name, node, public_ip
         self.work = lab.lab.workdir / "edges" / name
-        self.root = self.work / "root"
-        self.root.mkdir(parents=True, mode=0o700)
-        self.traefik_log = self.work / "traefik.log"
+        self.work.mkdir(parents=True, mode=0o700)
         self.systemctl_log = self.work / "systemctl.log"
-        self.traefik: subprocess.Popen | None = None
+        self.systemctl_log.write_text("")
+        self.units: dict[str, subprocess.Popen] = {}
+        self.enabled: set[str] = set()
+        self.sshd: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        node.overlay("/etc")
+        node.overlay("/var/lib")
+        for private in ("/etc/wireguard", "/usr/local/bin"):
+            node.run("mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", private)
+        node.run("ln", "-s", str(TRAEFIK_BINARY), traefik.BINARY_PATH)
+        node.sh(
+            "grep -q '^traefik:' /etc/group || echo 'traefik:x:64990:' >> /etc/group; "
+            "grep -q '^traefik:' /etc/passwd || echo 'traefik:x:64990:64990::/var/lib/traefik:/usr/sbin/nologin' >> /etc/passwd"
+        )
+        self._serve_systemctl()
+        self.node.write(
+            "/usr/local/sbin/systemctl",
+            STAND_IN_CLIENT.format(python=sys.executable, sock=str(self.work / "systemd.sock")),
+            0o755,
+        )
+        self.node.write("/usr/local/sbin/cloud-init", CLOUD_INIT_STUB, 0o755)
         self._install(files)
-        self._stubs()
+        if lab.http_cert is not None:
+            cert, key, _ = lab.http_cert
+            standin = {"tls": {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}}
+            self.node.write(f"{traefik.DYNAMIC_DIR}/lab-acme-standin.yaml", yaml.safe_dump(standin), 0o644)
 
-    def path(self, absolute: str) -> Path:
-        return self.root / absolute.lstrip("/")
+    def read(self, path: str) -> str:
+        return self.node.run("cat", path).stdout
 
     def _install(self, files: list[dict]) -> None:
-        """cloud-init's write_files, into the edge's root folder."""
+        """cloud-init's write_files, at the real paths inside the node."""
         for entry in files:
-            dst = self.path(entry["path"])
-            dst.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            dst.write_text(entry["content"])
-            user, _, group = str(entry.get("owner", "root:root")).partition(":")
-            os.chown(
-                dst, 0 if user == "root" else self.lab.traefik_gid, 0 if group in ("", "root") else self.lab.traefik_gid
-            )
-            dst.chmod(int(str(entry.get("permissions", "0644")), 8))
+            path = entry["path"]
+            self.node.run("mkdir", "-p", str(Path(path).parent))
+            self.node.write(path, entry["content"], int(str(entry.get("permissions", "0644")), 8))
+            self.node.run("chown", str(entry.get("owner", "root:root")), path)
 
-    def _stubs(self) -> None:
-        bin_dir = self.work / "bin"
-        bin_dir.mkdir()
-        stub = bin_dir / "systemctl"
-        stub.write_text(f'#!/bin/sh\necho "$*" >> {self.systemctl_log}\n')
-        stub.chmod(0o755)
+    # -- the stand-in for systemd ----------------------------------------------------
+
+    def _serve_systemctl(self) -> None:
+        sock_path = self.work / "systemd.sock"
+        edge = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                argv = json.loads(self.rfile.readline())
+                with edge._lock:
+                    rc, out, err = edge._systemctl(argv)
+                self.wfile.write(json.dumps({"rc": rc, "out": out, "err": err}).encode())
+
+        server = socketserver.ThreadingUnixStreamServer(str(sock_path), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.lab.servers.append(server)
+
+    def _active(self, unit: str) -> bool:
+        if unit.startswith("traefik"):
+            proc = self.units.get(unit)
+            return proc is not None and proc.poll() is None
+        if unit == "ssh.service":
+            return self.sshd is not None and self.sshd.poll() is None
+        if unit.startswith("wg-quick@"):
+            return (
+                self.node.run("ip", "link", "show", "dev", unit.split("@")[1].split(".")[0], check=False).returncode
+                == 0
+            )
+        return unit in self.enabled
+
+    def _start(self, unit: str) -> None:
+        unit = unit if "." in unit else unit + ".service"
+        if self._active(unit):
+            return
+        if unit.startswith("traefik"):  # a slot (traefik@a) or an older edge's single unit
+            slot = unit.split("@")[1].split(".")[0] if "@" in unit else ""
+            path = bootstrap.TRAEFIK_UNIT_PATH if slot else f"/etc/systemd/system/{unit}"
+            text = self.read(path)
+            exec_start = next(x.split("=", 1)[1] for x in text.splitlines() if x.startswith("ExecStart="))
+            argv = shlex.split(exec_start.replace("%i", slot))
+            self.node.run("mkdir", "-p", "-m", "0700", traefik.STATE_DIR)
+            self.units[unit] = self.node.spawn(*argv, log=self.work / f"traefik-{slot or 'single'}.log")
+        elif unit.startswith("wg-quick@"):
+            iface = unit.split("@")[1].split(".")[0]
+            self.node.run("wg-quick", "up", iface)
+        elif unit == "ssh.service":
+            self.node.run("mkdir", "-p", "/run/sshd")
+            # The machine's sshd and /etc/ssh/sshd_config (with the edge's drop-in);
+            # no pid file and no PAM, which would reach the machine's own /run and logind.
+            self.sshd = self.node.spawn(
+                "/usr/sbin/sshd", "-D", "-e", "-o", "PidFile=none", "-o", "UsePAM=no", log=self.work / "sshd.log"
+            )
+
+    def _systemctl(self, argv: list[str]) -> tuple[int, str, str]:
+        with open(self.systemctl_log, "a") as f:
+            f.write(" ".join(argv) + "\n")
+        flags = {a for a in argv if a.startswith("-")}
+        words = [a for a in argv if not a.startswith("-")]
+        signal_name = next((a.split("=", 1)[1] for a in argv if a.startswith("--signal=")), "SIGTERM")
+        if "-p" in argv:
+            words.remove(argv[argv.index("-p") + 1])
+        verb, units = (words[0], words[1:]) if words else ("", [])
+        units = [u if "." in u else u + ".service" for u in units]
+        if verb == "daemon-reload":
+            return 0, "", ""
+        if verb == "is-enabled":
+            return (0 if all(u in self.enabled for u in units) else 1), "", ""
+        if verb == "is-active":
+            return (0 if all(self._active(u) for u in units) else 3), "", ""
+        if verb == "show":
+            proc = self.units.get(units[0])
+            return 0, f"{proc.pid if proc is not None and proc.poll() is None else 0}\n", ""
+        for unit in units:
+            if verb == "enable":
+                self.enabled.add(unit)
+                if "--now" in flags:
+                    self._start(unit)
+            elif verb == "disable":
+                self.enabled.discard(unit)
+            elif verb in ("start", "restart", "reload-or-restart") and not unit.startswith("ssh"):
+                if verb == "restart":
+                    self._stop(unit)
+                self._start(unit)
+            elif verb in ("reload", "reload-or-restart") and unit == "ssh.service":
+                self.sshd.send_signal(signal.SIGHUP)
+            elif verb == "stop":
+                self._stop(unit)
+            elif verb == "kill":
+                proc = self.units.get(unit)
+                if proc is not None and proc.poll() is None:
+                    proc.send_signal(getattr(signal, signal_name))
+            else:
+                return 1, "", f"lab systemctl: {verb} {unit} is not something the lab's systemd stand-in does\n"
+        return 0, "", ""
+
+    def _stop(self, unit: str) -> None:
+        proc = self.units.get(unit)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)  # TimeoutStopSec
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     # -- boot and crash ---------------------------------------------------------
 
     def boot(self) -> None:
-        """What the edge's runcmd does after write_files: firewall, tunnel, Traefik."""
-        self.node.run("nft", "-f", str(self.path("/etc/nftables.conf")))
-        # The tunnel's PostUp/PreDown hook sits where cloud-init puts it (the node's
-        # private /usr/local/sbin); its saved state survives a crash like a disk does.
-        self.node.write(bootstrap.WG_ENDPOINT_PATH, self.path(bootstrap.WG_ENDPOINT_PATH).read_text(), 0o755)
-        self.node.run("wg-quick", "up", str(self.path(bootstrap.WG_CONF_PATH)))
-        self.start_traefik()
+        """What the edge's runcmd does after write_files: firewall, tunnel, Traefik, sshd."""
+        self.node.run("nft", "-f", nftables.PATH)
+        with self._lock:
+            self._start("wg-quick@wg0.service")
+            self.enabled |= {bootstrap.TRAEFIK_SLOTS[0], f"{bootstrap.WG_ENDPOINT_UNIT}.timer"}
+            self._start(bootstrap.TRAEFIK_SLOTS[0])
+            self.node.sh("rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* /etc/ssh/ssh_host_dsa_key*")
+            self._start("ssh.service")
+        self.wait_serving()
 
-    def crash(self) -> None:
-        """Power cut: every process ends, the kernel state of a booted node is gone."""
-        self.node.end_processes()
-        self.traefik = None
-        self.node.run("ip", "link", "del", "wg0", check=False)
-        self.node.run("nft", "flush", "ruleset")
-
-    def start_traefik(self) -> None:
-        static = yaml.safe_load(self.path(traefik.STATIC_PATH).read_text())
-        static["providers"]["file"]["directory"] = str(self.path(traefik.DYNAMIC_DIR))
-        for resolver in (static.get("certificatesResolvers") or {}).values():
-            resolver["acme"]["storage"] = str(self.path(traefik.ACME_STORAGE))
-        self.path(traefik.STATE_DIR).mkdir(parents=True, exist_ok=True, mode=0o700)
-        lab_static = self.work / "traefik-lab.yaml"
-        lab_static.write_text(yaml.safe_dump(static, sort_keys=False))
-        if self.lab.http_cert is not None:
-            cert, key, _ = self.lab.http_cert
-            standin = {"tls": {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}}
-            self.path(f"{traefik.DYNAMIC_DIR}/lab-acme-standin.yaml").write_text(yaml.safe_dump(standin))
-        self.traefik = proc = self.node.spawn(str(TRAEFIK_BINARY), f"--configFile={lab_static}", log=self.traefik_log)
+    def wait_serving(self) -> None:
         ping = f"http://{traefik.PING_ADDRESS}/ping"
         wait_for(
             lambda: (
-                proc.poll() is not None
+                self.traefik is None
+                or self.traefik.poll() is not None
                 or self.node.run("curl", "-fsS", "--max-time", "1", ping, check=False).stdout == "OK"
             ),
             timeout=20,
             message=f"Traefik on edge {self.name}",
         )
-        if proc.poll() is not None:
-            raise LabError(f"Traefik on edge {self.name} exited:\n{self.traefik_log.read_text()[-3000:]}")
+        if self.traefik is None or self.traefik.poll() is not None:
+            logs = "".join(p.read_text()[-3000:] for p in self.work.glob("traefik-*.log"))
+            raise LabError(f"Traefik on edge {self.name} exited:\n{logs}")
+        # Ping answers before the routers are loaded: wait for those too.
+        dynamic = yaml.safe_load(self.read(traefik.DYNAMIC_PATH))
 
-    def stop_traefik(self) -> None:
-        if self.traefik is not None and self.traefik.poll() is None:
-            self.traefik.terminate()
-            self.traefik.wait(timeout=10)
-        self.traefik = None
+        def routers_loaded() -> bool:
+            for proto in ("http", "tcp", "udp"):
+                want = {f"{name}@file" for name in dynamic.get(proto, {}).get("routers", {})}
+                url = f"http://{traefik.PING_ADDRESS}/api/{proto}/routers"
+                done = self.node.run("curl", "-fsS", "--max-time", "1", url, check=False)
+                have = {r["name"] for r in json.loads(done.stdout or "[]")} if done.returncode == 0 else set()
+                if not want <= have:
+                    return False
+            return True
+
+        wait_for(routers_loaded, timeout=20, message=f"Traefik's routers on edge {self.name}")
+
+    @property
+    def traefik(self) -> subprocess.Popen | None:
+        """The Traefik of the enabled slot."""
+        slot = next((u for u in bootstrap.TRAEFIK_SLOTS if u in self.enabled), None)
+        return self.units.get(slot) if slot else None
+
+    def crash(self) -> None:
+        """Power cut: every process ends, the kernel state of a booted node is gone."""
+        self.node.end_processes()
+        self.units.clear()
+        self.sshd = None
+        self.node.run("ip", "link", "del", "wg0", check=False)
+        self.node.run("nft", "flush", "ruleset")
 
     def wireguard_pid(self) -> int | None:
         """The wireguard-go process serving wg0 (it daemonizes, so it is looked up)."""
@@ -327,30 +524,33 @@ class Edge:
 
     def fire_timer(self, unit: str) -> None:
         """What systemd does when ``unit``'s timer fires: run the service's ExecStart."""
-        text = self.path(f"/etc/systemd/system/{unit}.service").read_text()
+        text = self.read(f"/etc/systemd/system/{unit}.service")
         exec_start = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart="))
         self.node.run(*shlex.split(exec_start))
 
     # -- updates ----------------------------------------------------------------
 
-    def push(self, bundle: str) -> PushResult:
-        """Apply ``bundle`` with the real push script, as the program's SSH step does,
-        then do what the recorded systemctl calls ask of systemd."""
+    def ssh(
+        self,
+        command: str,
+        *,
+        key: Path | None = None,
+        host_key: str | None = None,
+        input: str | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess:
+        """``command`` on this edge over SSH from the operator, pinning ``host_key``
+        (default: the rendered one), as pulumi-command connects."""
+        return self.lab.operator_ssh(self, command, key=key, host_key=host_key, input=input, timeout=timeout)
+
+    def push(self, bundle: str, *, host_key: str | None = None, readiness_timeout: int = 60) -> PushResult:
+        """The program's ``<edge>-config`` step: the real push script and readiness
+        script, over SSH, as root, with the bundle on stdin."""
         self.systemctl_log.write_text("")
-        env = {
-            "PATH": f"{self.work / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "CGNAT_EDGE_ROOT": str(self.root),
-            "LANG": "C.UTF-8",
-        }
-        done = self.node.run("bash", "-c", bootstrap.push_script(), input=bundle, env=env, timeout=60)
-        calls = [line for line in self.systemctl_log.read_text().splitlines() if line]
-        for call in calls:
-            if call == "start wg-quick@wg0":
-                self.node.run("wg-quick", "up", str(self.path(bootstrap.WG_CONF_PATH)))
-            elif call == "restart traefik.service":
-                self.stop_traefik()
-                self.start_traefik()
-        return PushResult(done.stdout + done.stderr, calls)
+        command = bootstrap.config_command(self.lab.cfg.ssh.user, readiness_timeout)
+        done = self.ssh(command, input=bundle, host_key=host_key)
+        calls = [c for c in self.systemctl_log.read_text().splitlines() if c]
+        return PushResult(done.returncode == 0, done.stdout + done.stderr, calls)
 
 
 @dataclass
@@ -359,10 +559,11 @@ class EdgeLab:
 
     lab: Lab
     rendered: Rendered
-    traefik_gid: int
     client_ip: str = ""
     dns_ip: str = ""
     cgnat_ip: str = ""
+    operator_ip: str = ""
+    servers: list = field(default_factory=list)
     nodes: dict[str, Node] = field(default_factory=dict)
     edges: dict[str, Edge] = field(default_factory=dict)
     home_certs: dict[str, tuple[Path, Path, str]] = field(default_factory=dict)
@@ -395,7 +596,41 @@ class EdgeLab:
     def tunnel_ip(self, edge: str) -> str:
         return self.rendered.edges[edge]["tunnelIpv4"]
 
+    @property
+    def operator(self) -> Node:
+        """Where pulumi runs: an address inside ``sshAllowedCidrs``."""
+        return self.nodes["operator"]
+
+    def operator_ssh(
+        self,
+        edge: Edge,
+        command: str,
+        *,
+        key: Path | None = None,
+        host_key: str | None = None,
+        input: str | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess:
+        known = self.lab.workdir / f"known_hosts-{time.monotonic_ns()}"
+        known.write_text(f"{edge.public_ip} {host_key or self.rendered.host_key(edge.name)}\n")
+        if key is None:
+            key = self.lab.workdir / "operator-key"
+            if not key.exists():
+                home_files.write_private(key, self.rendered.operator_key[0].encode())
+        argv = [
+            "ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=5", f"{self.cfg.ssh.user}@{edge.public_ip}", command,
+        ]  # fmt: skip
+        try:
+            return self.operator.run(*argv, input=input, timeout=timeout, check=False)
+        finally:
+            known.unlink()
+
     def close(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
         self.lab.close()
 
     def __enter__(self) -> EdgeLab:
@@ -457,25 +692,6 @@ class EdgeLab:
 # ---------------------------------------------------------------------------
 
 
-def _traefik_gid() -> int:
-    """A group id for ``traefik`` inside the edges' own /etc/group (the machine's is
-    left alone); the push script installs the dynamic file as root:traefik."""
-    import grp
-
-    try:
-        return grp.getgrnam("traefik").gr_gid
-    except KeyError:
-        used = {g.gr_gid for g in grp.getgrall()}
-        return next(g for g in range(64990, 60000, -1) if g not in used)
-
-
-def _group_file(gid: int) -> str:
-    text = Path("/etc/group").read_text()
-    if not any(line.startswith("traefik:") for line in text.splitlines()):
-        text = text.rstrip("\n") + f"\ntraefik:x:{gid}:\n"
-    return text
-
-
 def _attach(lab: Lab, inet: Node, node: Node, ifname: str, ip: str) -> None:
     """A point-to-point link from the internet router to ``node`` (address ``ip``/32)."""
     gw = _gateway(ip)
@@ -520,7 +736,7 @@ def _start_dns(el: EdgeLab, node: Node) -> None:
 def build(rendered: Rendered, *, exclude_targets: Iterable[str] = ()) -> EdgeLab:
     """Build and boot the lab for ``rendered``; on any failure it is torn down again."""
     lab = Lab()
-    el = EdgeLab(lab, rendered, _traefik_gid())
+    el = EdgeLab(lab, rendered)
     try:
         _build(el, exclude_targets)
     except BaseException:
@@ -535,13 +751,15 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
     if len(set(edge_ips.values())) != len(edge_ips):
         raise LabError(f"two edges got the same mock address {edge_ips}; rename one")
     el.client_ip, el.dns_ip, el.cgnat_ip = _free_internet_addresses(set(edge_ips.values()), 3)
+    el.operator_ip = _operator_address(cfg, set(edge_ips.values()) | {el.client_ip, el.dns_ip, el.cgnat_ip})
 
     inet = el.nodes["inet"] = lab.node("inet")
     inet.forward()
-    for name in ("client", "dns", "cgnat"):
+    for name in ("client", "dns", "cgnat", "operator"):
         el.nodes[name] = lab.node(name)
     _attach(lab, inet, el.nodes["client"], "i-client", el.client_ip)
     _attach(lab, inet, el.nodes["dns"], "i-dns", el.dns_ip)
+    _attach(lab, inet, el.nodes["operator"], "i-operator", el.operator_ip)
     cgnat = el.nodes["cgnat"]
     lab.link(inet, "i-cgnat", [f"{_gateway(el.cgnat_ip)}/32"], cgnat, "wan", [f"{el.cgnat_ip}/32"])
     inet.route(f"{el.cgnat_ip}/32", "dev", "i-cgnat")
@@ -583,7 +801,6 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
     server.route("default", "via", server_gw)
 
     resolv = f"nameserver {el.dns_ip}\n"
-    group = _group_file(el.traefik_gid)
     if any(s.mode == "http" for s in cfg.services):
         el.http_cert = _self_signed(
             [h for s in cfg.services if s.mode == "http" for h in s.hostnames], lab.workdir, "edge-acme-standin"
@@ -591,7 +808,6 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
     for i, (name, ip) in enumerate(sorted(edge_ips.items())):
         node = lab.node(f"edge-{name}")
         _attach(lab, inet, node, f"i-edge{i}", ip)
-        node.bind("/etc/group", group)
         el.edges[name] = Edge(el, name, node, ip, rendered.write_files(name))
     for node in el.nodes.values() if Path("/etc/resolv.conf").is_file() else ():
         node.bind("/etc/resolv.conf", resolv)
@@ -609,6 +825,11 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
     for name in el.edges:
         # handshake_time is 0 until home's first handshake with the edge
         wait_for(functools.partial(el.handshake_time, name), timeout=20, message=f"home's handshake with edge {name}")
+    # `pulumi up` runs each edge's config step right after its boot step: the first push.
+    for name, edge in el.edges.items():
+        first = edge.push(rendered.bundle(name))
+        if not first.ok:
+            raise LabError(f"the first push to edge {name} failed:\n{first.output[-3000:]}")
     wait_for(
         lambda: el.probe([{"kind": "resolve", "name": f"ns1.{cfg.dns.zone}"}])[0].get("addresses") == [el.dns_ip],
         timeout=15,
@@ -749,9 +970,19 @@ def missing_tools() -> list[str]:
     return missing
 
 
-def run(stack_file: Path, project_file: Path | None = None, out: Path | None = None) -> tuple[bool, str]:
-    """The ``cgnat-edge lab`` command: render, build, smoke-check, tear down."""
+def run(
+    stack_file: Path,
+    project_file: Path | None = None,
+    out: Path | None = None,
+    *,
+    changes: bool = False,
+    report: Path | None = None,
+) -> tuple[bool, str]:
+    """The ``cgnat-edge lab`` command: render, build, smoke-check, with ``changes`` the
+    change matrix (components/lab/changes.py), tear down; ``report`` gets every row."""
     import tempfile
+
+    from components.lab import changes as change_matrix
 
     if os.geteuid() != 0:
         raise LabError(
@@ -764,4 +995,18 @@ def run(stack_file: Path, project_file: Path | None = None, out: Path | None = N
         rendered = render_stack(stack_file, Path(out or tmp) / "render", project_file=project_file)
         with build(rendered) as el:
             results = smoke(el)
-    return all(r.ok for r in results), table(results)
+            rows = [
+                change_matrix.Check(f"smoke:{r.edge}:{r.service}:{r.check}", r.ok, r.ms, "ms", r.detail)
+                for r in results
+            ]
+            if changes:
+                rows += change_matrix.run_matrix(el, stack_file, project_file)
+    if report is not None:
+        change_matrix.write_report(report, rows)
+    text = table(results)
+    if changes:
+        text += "\n\n" + "\n".join(
+            f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<34} {c.value!s:>8} {c.unit:<8} {c.detail}"
+            for c in rows[len(results) :]
+        )
+    return all(c.ok for c in rows), text

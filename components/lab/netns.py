@@ -213,6 +213,18 @@ class Node:
         src.chmod(mode)
         self.run("mount", "--bind", str(src), path)
 
+    def overlay(self, path: str) -> Path:
+        """Make ``path`` (a directory of the machine) writable for this node only: an
+        overlay whose upper layer lives in the lab's folder, so a node can be given an
+        edge's /etc or /var/lib at their real paths while the machine's stay untouched.
+        Returns the upper layer (what the node changed)."""
+        base = self.lab.workdir / "overlays" / self.name / path.strip("/").replace("/", "_")
+        upper, work = base / "upper", base / "work"
+        upper.mkdir(parents=True)
+        work.mkdir()
+        self.run("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={path},upperdir={upper},workdir={work}", path)
+        return upper
+
     def end_processes(self) -> None:
         """End every process in the node but the namespace holder, as a crash or a
         power cut would; the namespace, its links and addresses stay."""

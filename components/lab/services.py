@@ -11,6 +11,10 @@ namespace needs nothing but a Python), in one of two roles:
     and every answer and log line says which client address home learnt: the proof
     that the visitor's address survived the edge.
 
+``watch CHECKS.json OUT.json STOP``
+    The prober of a rolling push: the checks over and over, each result stamped with
+    the wall-clock time, until the file STOP exists; then all of them go to OUT.json.
+
 ``probe CHECKS.json``
     What a visitor does: resolve a name, open TLS to an edge and note whose
     certificate came back, fetch over HTTP, exchange TCP and UDP echoes.  Results are
@@ -284,6 +288,20 @@ def probe(checks: list[dict]) -> list[dict]:
     return results
 
 
+def watch(checks: list[dict], out: str, stop: str) -> None:
+    import os
+
+    records = []
+    open(os.path.splitext(out)[0] + ".started", "w").close()
+    while not os.path.exists(stop):
+        for i, check in enumerate(checks):
+            t = time.time()
+            (r,) = probe([check])
+            records.append({"t": t, "i": i, "r": {k: r.get(k) for k in ("ok", "status", "echo", "error", "ms")}})
+    with open(out, "w") as f:
+        json.dump(records, f)
+
+
 def main(argv: list[str]) -> int:
     role, path = argv[1], argv[2]
     with open(path) as f:
@@ -292,6 +310,8 @@ def main(argv: list[str]) -> int:
         serve(data)
     elif role == "probe":
         json.dump(probe(data), sys.stdout)
+    elif role == "watch":
+        watch(data, argv[3], argv[4])
     else:
         raise SystemExit(f"unknown role {role!r}")
     return 0

@@ -202,6 +202,7 @@ class SshSpec:
     public_keys: tuple[str, ...]
     allowed_cidrs: tuple[IPNetwork, ...]
     user: str
+    host_key_rotation: int = 0
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,11 @@ KEYS: dict[str, tuple[str, Any, str]] = {
     "keepaliveSeconds": ("integer", 25, "PersistentKeepalive from home, keeps the CGNAT mapping open."),
     "sshPublicKeys": ("array", REQUIRED, "SSH public keys allowed to log in to the edges."),
     "sshAllowedCidrs": ("array", ["0.0.0.0/0", "::/0"], "Source prefixes allowed to reach SSH on the edges."),
+    "sshHostKeyRotation": (
+        "integer",
+        0,
+        "Bump to give every edge a new SSH host key; the push that installs it trusts the old one.",
+    ),
     "sshUser": ("string", "root", "User pulumi-command logs in as to push config and check readiness."),
     "sshPrivateKey": ("secret", "", "Private key for that login (secret); empty = use the local ssh-agent."),
     "dnsProvider": ("string", "none", f"{_DNS_CHOICES}: create the DNS records there."),
@@ -917,7 +923,10 @@ def _parse_ssh(p: _Parser) -> SshSpec:
             "sshUser",
             f"{user!r} is not a user name; use a login such as root or admin (lowercase letters, digits, _ and -)",
         )
-    return SshSpec(tuple(k.strip() for k in keys if isinstance(k, str)), tuple(cidrs), user)
+    rotation = p.get("sshHostKeyRotation")
+    if rotation < 0:
+        p.fail("sshHostKeyRotation", f"{rotation} must be 0 or more; raise it by one to rotate the host keys")
+    return SshSpec(tuple(k.strip() for k in keys if isinstance(k, str)), tuple(cidrs), user, max(rotation, 0))
 
 
 def _ssh_string(data: bytes) -> tuple[bytes, bytes] | None:

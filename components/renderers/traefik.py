@@ -4,8 +4,12 @@ The edge is a dumb forwarder.  ``passthrough`` services are routed on the TLS SN
 alone, so TLS ends at home and the edge never sees plaintext; ``http`` services are
 the one place where TLS ends on the edge (with an ACME certificate).  Nothing from the
 internet is trusted: no forwarded headers, no PROXY protocol on the entrypoints, no
-API or dashboard.  Only the dynamic file changes when services change, and Traefik's
-file provider picks it up without a restart.
+dashboard, and the API answers on the loopback ping entrypoint only (the push and
+readiness scripts read it to see which routers Traefik really runs).  Only the dynamic
+file changes when services change, and Traefik's file provider picks it up without a
+restart.  A static change (a new port, ACME settings) starts a second Traefik beside
+the first: every entrypoint sets ``reusePort`` so both can hold the ports, and the old
+process keeps its established connections for ``DRAIN_TIMEOUT`` (see cloud-init/push.sh).
 """
 
 from __future__ import annotations
@@ -46,6 +50,13 @@ HTTP_READ_TIMEOUT = "600s"
 large uploads over slow home upstreams.  It does not cut long-lived TCP sessions:
 for TCP routers Traefik applies it only until the router is chosen."""
 UDP_SESSION_TIMEOUT = "120s"
+DRAIN_TIMEOUT = "3600s"
+"""How long a Traefik replaced by a static change keeps serving the connections it
+already has (its listeners close at once).  Longer-lived connections are cut then."""
+UDP_DRAIN_TIMEOUT = "1s"
+"""A replaced Traefik's UDP socket takes no new flows but shares the port with the new
+process until it closes, so it closes almost at once; UDP has no connection to keep."""
+API_ROUTER = "cgnat-edge-api"
 
 
 def go_arch(arch: str) -> str:
@@ -88,7 +99,10 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
             # Traefik's own HTTP-01 responder for the passthrough hostnames.
             "allowACMEByPass": any(s.http_target for s in web_services),
             "http": {"aliasHeadersStrategy": "delete"},
-            "transport": {"respondingTimeouts": {"readTimeout": "30s", "idleTimeout": "60s"}},
+            "transport": {
+                "respondingTimeouts": {"readTimeout": "30s", "idleTimeout": "60s"},
+                "lifeCycle": {"graceTimeOut": DRAIN_TIMEOUT},
+            },
         }
         entry_points["websecure"] = {
             "address": ":443/tcp",
@@ -103,19 +117,26 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
                     "readTimeout": HTTP_READ_TIMEOUT,
                     "idleTimeout": "180s",
                 },
+                "lifeCycle": {"graceTimeOut": DRAIN_TIMEOUT},
             },
         }
     for s in raw_services:
         ep: dict[str, Any] = {"address": f":{s.port}/{s.protocol}"}
         if s.protocol is Protocol.UDP:
             ep["udp"] = {"timeout": UDP_SESSION_TIMEOUT}
+            ep["transport"] = {"lifeCycle": {"graceTimeOut": UDP_DRAIN_TIMEOUT}}
+        else:
+            ep["transport"] = {"lifeCycle": {"graceTimeOut": DRAIN_TIMEOUT}}
         entry_points[entrypoint_name(s)] = ep
     entry_points["ping"] = {"address": PING_ADDRESS}
+    for ep in entry_points.values():
+        ep["reusePort"] = True
 
     static: dict[str, Any] = {
         "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
         "log": {"level": "INFO", "noColor": True},
         "ping": {"entryPoint": "ping"},
+        "api": {"dashboard": False},
         "entryPoints": entry_points,
         "providers": {"file": {"directory": DYNAMIC_DIR, "watch": True}},
     }
@@ -224,6 +245,10 @@ def dynamic_config(cfg: FleetConfig) -> dict[str, Any]:
         http["middlewares"]["to-https"] = {"redirectScheme": {"scheme": "https", "permanent": True}}
     if any(s.proxy_protocol and s.mode in (Mode.PASSTHROUGH, Mode.TCP) for s in cfg.services):
         tcp["serversTransports"] = {"proxy-v2": {"proxyProtocol": {"version": 2}}}
+
+    # The API, on the loopback ping entrypoint only: what the push checks a new
+    # Traefik against before it takes over, and what readiness compares with the file.
+    http["routers"][API_ROUTER] = {"entryPoints": ["ping"], "rule": "PathPrefix(`/api`)", "service": "api@internal"}
 
     dynamic: dict[str, Any] = {}
     for key, section in (("http", http), ("tcp", tcp), ("udp", udp)):

@@ -4,7 +4,6 @@ its configuration current after the first boot."""
 from __future__ import annotations
 
 import hashlib
-import shlex
 
 import pulumi
 import pulumi_command as command
@@ -13,12 +12,6 @@ from components import providers
 from components.model.config import EdgeSpec, FleetConfig
 from components.renderers import bootstrap, tunnel
 from components.resources.keys import SshHostKey, WireGuardKey
-
-
-def _as_root(cfg: FleetConfig, script: str) -> str:
-    """The scripts need root; a non-root login gets passwordless sudo from cloud-init."""
-    run = f"bash -c {shlex.quote(script)}"
-    return run if cfg.ssh.user == "root" else f"sudo -n {run}"
 
 
 class EdgeNode(pulumi.ComponentResource):
@@ -36,14 +29,17 @@ class EdgeNode(pulumi.ComponentResource):
         ssh_key_ids: list[pulumi.Output[str]],
         ssh_private_key: pulumi.Input[str] | None,
         opts: pulumi.ResourceOptions | None = None,
+        after: pulumi.Resource | None = None,
     ):
+        """``after``: the previous edge's config step; this edge's push starts only once
+        that edge verifiably runs the new configuration (one edge at a time)."""
         super().__init__("cgnat-edge:index:EdgeNode", edge.name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
         # The key is a sibling of the server, not derived from it: rebuilding the VPS
         # keeps the edge's WireGuard identity, so the home router needs no change.
         key = WireGuardKey(f"{edge.name}-wireguard-key", opts=child)
-        host_key = SshHostKey(f"{edge.name}-ssh-host-key", opts=child)
+        host_key = SshHostKey(f"{edge.name}-ssh-host-key", rotation=cfg.ssh.host_key_rotation, opts=child)
         wg_conf: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(key.private_key, home_public_key).apply(
                 lambda keys: tunnel.edge_wg_conf(cfg, edge, keys[0], keys[1])
@@ -64,7 +60,7 @@ class EdgeNode(pulumi.ComponentResource):
             dial_error_limit=40,
             per_dial_timeout=15,
         )
-        ready = _as_root(cfg, bootstrap.readiness_script())
+        ready = bootstrap.as_root(cfg.ssh.user, bootstrap.readiness_script())
         # First boot: cloud-init has built the node from user data; wait until it serves.
         # Re-runs only for a new server.
         booted = command.remote.Command(
@@ -77,15 +73,38 @@ class EdgeNode(pulumi.ComponentResource):
         # Every later change to services, tunnel or SSH keys lands here, in place (no
         # rebuild, same IP), and the step ends only when the edge serves again.
         bundle: pulumi.Output[str] = pulumi.Output.secret(
-            wg_conf.apply(lambda conf: bootstrap.bundle(bootstrap.node_files(cfg, edge, conf)))
+            pulumi.Output.all(wg_conf, host_key.private_key, host_key.public_key).apply(
+                lambda args: bootstrap.bundle(bootstrap.node_files(cfg, edge, args[0], (args[1], args[2])))
+            )
         )
-        command.remote.Command(
+        # A rotated host key (sshHostKeyRotation) reaches the server over a connection that
+        # still pins the key the server presents now, the one it replaces; the push below
+        # already pins the new one.  Its inputs change only on rotation.
+        previous_connection = command.remote.ConnectionArgs(
+            host=machine.ipv4,
+            user=cfg.ssh.user,
+            private_key=ssh_private_key,
+            host_key=pulumi.Output.all(host_key.previous_public_key, host_key.public_key).apply(
+                lambda keys: keys[0] or keys[1]
+            ),
+            dial_error_limit=40,
+            per_dial_timeout=15,
+        )
+        rotated = command.remote.Command(
+            f"{edge.name}-host-key",
+            connection=previous_connection,
+            create=bootstrap.as_root(cfg.ssh.user, bootstrap.host_key_script()),
+            stdin=pulumi.Output.secret(host_key.private_key),
+            triggers=[host_key.public_key],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[booted, *([after] if after else [])]),
+        )
+        self.config_step = command.remote.Command(
             f"{edge.name}-config",
             connection=connection,
-            create=f"{_as_root(cfg, bootstrap.push_script())} && {ready}",
+            create=bootstrap.config_command(cfg.ssh.user),
             stdin=bundle,
             triggers=[machine.server_id, bundle.apply(lambda b: hashlib.sha256(b.encode()).hexdigest())],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[booted]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[booted, rotated, *([after] if after else [])]),
         )
 
         self.ipv4 = machine.ipv4

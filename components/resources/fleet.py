@@ -63,10 +63,11 @@ class EdgeFleet(pulumi.ComponentResource):
             home_public_key, home_private_key = home_key.public_key, home_key.private_key
 
         key_ids = {name: providers.get(name).ssh_keys(cfg, self) for name in cfg.providers}
-        nodes = [
-            EdgeNode(cfg, edge, home_public_key, key_ids[edge.provider], ssh_private_key, opts=child)
-            for edge in cfg.edges
-        ]
+        # One edge at a time: each config step waits for the previous edge's verified one.
+        nodes: list[EdgeNode] = []
+        for edge in cfg.edges:
+            after = nodes[-1].config_step if nodes else None
+            nodes.append(EdgeNode(cfg, edge, home_public_key, key_ids[edge.provider], ssh_private_key, child, after))
 
         endpoints = pulumi.Output.all(*[pulumi.Output.all(n.ipv4, n.ipv6, n.public_key) for n in nodes])
 

@@ -109,10 +109,34 @@ class WireGuardKey(KeyPair, module="cgnat-edge", name="WireGuardKey"):
 
 
 class SshHostKeyProvider(WireGuardKeyProvider):
-    """Same lifecycle as the WireGuard keys (made once, replaced only on rotation)."""
+    """Made once like the WireGuard keys, but rotated in place: the new key keeps the
+    one it replaces as ``previous_public_key``, which the push that installs the new
+    key on the server pins (the server still presents the old one until then)."""
 
     def generate(self) -> tuple[str, str]:
         return generate_host_key()
+
+    def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
+        created = super().create(props)
+        return pulumi.dynamic.CreateResult(created.id, {**created.outs, "previous_public_key": ""})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
+        if int(olds.get("rotation", 0)) != int(news.get("rotation", 0)):
+            return pulumi.dynamic.DiffResult(changes=True, replaces=[], delete_before_replace=False)
+        return pulumi.dynamic.DiffResult(changes=False, replaces=[], stables=["public_key", "private_key"])
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
+        if int(olds.get("rotation", 0)) == int(news.get("rotation", 0)):
+            return super().update(_id, olds, news)
+        private, public = self.generate()
+        return pulumi.dynamic.UpdateResult(
+            {
+                "rotation": int(news.get("rotation", 0)),
+                "public_key": public,
+                "private_key": private,
+                "previous_public_key": olds["public_key"],
+            }
+        )
 
 
 class SshHostKey(KeyPair, module="cgnat-edge", name="SshHostKey"):
@@ -120,3 +144,14 @@ class SshHostKey(KeyPair, module="cgnat-edge", name="SshHostKey"):
     steps pin it, so not even the first push of WireGuard keys can be intercepted."""
 
     provider_class = SshHostKeyProvider
+    previous_public_key: pulumi.Output[str]
+
+    def __init__(self, name: str, rotation: pulumi.Input[int] = 0, opts: pulumi.ResourceOptions | None = None):
+        secret_opts = pulumi.ResourceOptions(additional_secret_outputs=["private_key"])
+        pulumi.dynamic.Resource.__init__(
+            self,
+            self.provider_class(),
+            name,
+            {"rotation": rotation, "public_key": None, "private_key": None, "previous_public_key": None},
+            pulumi.ResourceOptions.merge(opts, secret_opts) if opts else secret_opts,
+        )

@@ -74,7 +74,9 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
     stack_file, project_file = _stack(args)
     try:
-        ok, report = lab.run(stack_file, project_file)
+        ok, report = lab.run(
+            stack_file, project_file, changes=args.changes, report=Path(args.report) if args.report else None
+        )
     except lab.LabError as exc:
         raise _Unusable(exc) from None
     print(report)
@@ -124,6 +126,8 @@ def parser() -> argparse.ArgumentParser:
         "lab", help="(root) boot the stack's rendered configs in network namespaces and send traffic through every edge"
     )
     _add_stack_args(p)
+    p.add_argument("--changes", action="store_true", help="then push every kind of change into the running edges")
+    p.add_argument("--report", help="write every check as JSON to this file")
     p.set_defaults(func=cmd_lab)
     return top
 

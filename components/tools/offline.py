@@ -131,11 +131,18 @@ class CloudMocks(pulumi.runtime.Mocks):
         outputs = dict(inputs)
         t = args.typ
         if t.startswith(DYNAMIC_PREFIX):
+            provider = dill.loads(base64.b64decode(inputs["__provider"]))
+            news = {k: v for k, v in inputs.items() if k != "__provider"}
             previous = self.state.get(args.name)
             if previous is not None:
-                return previous["id"], previous["outputs"]
-            provider = dill.loads(base64.b64decode(inputs["__provider"]))
-            result = provider.create({k: v for k, v in inputs.items() if k != "__provider"})
+                # What the engine does with the checkpoint: keep, update in place, or replace.
+                diff = provider.diff(previous["id"], previous["outputs"], news)
+                if not diff.changes:
+                    return previous["id"], previous["outputs"]
+                if not diff.replaces:
+                    updated = provider.update(previous["id"], previous["outputs"], news)
+                    return previous["id"], {**previous["outputs"], **(updated.outs or {})}
+            result = provider.create(news)
             outputs.update(result.outs or {})
             rid = result.id
         elif (provider := providers.for_resource_type(t)) is not None:

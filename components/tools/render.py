@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import yaml
@@ -36,6 +38,25 @@ def _user_data(run: offline.Run) -> dict[str, str]:
         if r.type in SERVER_TYPES:
             edge = r.parent.rsplit("::", 1)[-1]
             out[edge] = offline.reveal(r.inputs.get("userData", ""))
+    return out
+
+
+def _bundles(run: offline.Run) -> dict[str, str]:
+    """Each edge's push bundle: the stdin of its ``<edge>-config`` step."""
+    return {
+        r.name.removesuffix("-config"): offline.reveal(r.inputs.get("stdin", ""))
+        for r in run.resources
+        if r.type == "command:remote:Command" and r.name.endswith("-config")
+    }
+
+
+def unpack_bundle(bundle: str) -> dict[str, bytes]:
+    """A bundle's ``MANIFEST`` and its ``files/<path>`` (``bootstrap.bundle``), by name."""
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(bundle)), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            if member.isfile():
+                out[member.name] = tar.extractfile(member).read()
     return out
 
 
@@ -86,6 +107,11 @@ def write(run: offline.Run, out: Path, show_secrets: bool = False) -> list[Path]
         doc = yaml.safe_load(user_data.split("\n", 1)[1]) if user_data.startswith("#cloud-config") else {}
         for entry in doc.get("write_files", []) if isinstance(doc, dict) else []:
             written.append(_write(node / "files" / entry["path"].lstrip("/"), file_content(entry), private=True))
+
+    # What a push puts on each running edge (MANIFEST: mode, owner, path), unpacked.
+    for edge, bundle in sorted(_bundles(run).items()):
+        for name, data in unpack_bundle(bundle).items():
+            written.append(_write(out / "nodes" / edge / "bundle" / name, data.decode(), private=True))
 
     dns = run.output("dns")
     written.append(_write(out / "dns" / "records.json", json.dumps(dns["records"], indent=2) + "\n"))

@@ -1,0 +1,32 @@
+#!/bin/bash
+# Install a rotated SSH host key on a running edge: the program runs this over a
+# connection that still pins the key the server presents now; the next step (the
+# push) already pins the new one.  stdin: the new ed25519 private key (OpenSSH).
+# The key is checked, sshd -t must pass with it, and the old key comes back if not.
+set -euo pipefail
+
+key=/etc/ssh/ssh_host_ed25519_key
+die() {
+  echo "cgnat-edge host key: $*" >&2
+  exit 1
+}
+
+umask 077
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cat >"$work/key"
+ssh-keygen -y -f "$work/key" >"$work/key.pub" 2>/dev/null || die "stdin is not an OpenSSH private key; nothing was changed"
+[[ $(cut -d' ' -f1 "$work/key.pub") == ssh-ed25519 ]] || die "the new host key is not ed25519; nothing was changed"
+if cmp -s "$work/key" "$key"; then
+  echo "cgnat-edge host key: already installed"
+  exit 0
+fi
+cp -p "$key" "$work/old" && cp -p "$key.pub" "$work/old.pub"
+install -m 0600 -o root -g root "$work/key" "$key.cgnat-edge-new" && mv -f "$key.cgnat-edge-new" "$key"
+install -m 0644 -o root -g root "$work/key.pub" "$key.pub.cgnat-edge-new" && mv -f "$key.pub.cgnat-edge-new" "$key.pub"
+if ! sshd -t; then
+  mv -f "$work/old" "$key" && mv -f "$work/old.pub" "$key.pub"
+  die "sshd -t fails with the new host key; the old one is back"
+fi
+systemctl reload ssh.service
+echo "cgnat-edge host key: new key installed, sshd reloaded ($(ssh-keygen -l -f "$key.pub" | cut -d' ' -f2))"

@@ -1,0 +1,246 @@
+#!/usr/bin/python3
+"""cgnat-edge-verify: does this edge RUN what its files say?
+
+Compares the running state with the desired one that the last push installed:
+wg0 (addresses, MTU, routes, keys, peers and allowed IPs), the nftables ruleset,
+Traefik (the enabled slot is running, its entrypoints and routers are the declared
+ones, every router enabled) and sshd (only the pinned ed25519 host key is served, only
+the listed keys may log in).  Prints one line per check; exits 1 when any differs.
+Standard library only: every edge has python3 (cloud-init runs on it).
+
+    cgnat-edge-verify                      everything
+    cgnat-edge-verify traefik [TIMEOUT]    Traefik's routers only, waiting up to TIMEOUT s
+    (CGNAT_EDGE_DESIRED=path overrides the desired-state file, for a staged bundle)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+DESIRED = os.environ.get("CGNAT_EDGE_DESIRED", "/etc/cgnat-edge/desired.json")
+API = os.environ.get("CGNAT_EDGE_API", "http://127.0.0.1:8082/api")
+
+
+def run(*argv: str, input: str | None = None) -> str:
+    done = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=30)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(argv[:3])} exited {done.returncode}: {done.stderr.strip()[:300]}")
+    return done.stdout
+
+
+def wg_conf(path: str) -> dict:
+    """wg0.conf: the interface's keys and the peers' (secrets stay in this process)."""
+    out: dict = {"Address": [], "peers": []}
+    section: dict = out
+    with open(path) as f:
+        text = f.read()
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line == "[Peer]":
+            section = {"AllowedIPs": []}
+            out["peers"].append(section)
+        elif "=" in line:
+            key, value = (p.strip() for p in line.split("=", 1))
+            if key in ("Address", "AllowedIPs"):
+                section[key] += [v.strip() for v in value.split(",") if v.strip()]
+            else:
+                section[key] = value
+    return out
+
+
+def check_wireguard(desired: dict) -> list[str]:
+    iface = desired["interface"]
+    conf = wg_conf(desired["wgConf"])
+    problems = []
+    link = json.loads(run("ip", "-j", "link", "show", "dev", iface))[0]
+    if "UP" not in link.get("flags", []):
+        problems.append(f"{iface} is down")
+    if "MTU" in conf and link["mtu"] != int(conf["MTU"]):
+        problems.append(f"{iface} MTU {link['mtu']}, want {conf['MTU']}")
+    have = {
+        f"{a['local']}/{a['prefixlen']}"
+        for a in json.loads(run("ip", "-j", "addr", "show", "dev", iface))[0].get("addr_info", [])
+        if a.get("scope") == "global"
+    }
+    want = {str(ipaddress.ip_interface(a)) for a in conf["Address"]}
+    if have != want:
+        problems.append(f"{iface} addresses {sorted(have)}, want {sorted(want)}")
+    allowed = {str(ipaddress.ip_network(n, strict=False)) for p in conf["peers"] for n in p["AllowedIPs"]}
+    routes = []
+    for family in ("-4", "-6"):
+        for r in json.loads(run("ip", family, "-j", "route", "show", "dev", iface) or "[]"):
+            if r.get("dst") in (None, "default"):
+                continue
+            net = ipaddress.ip_network(
+                r["dst"] if "/" in r["dst"] else r["dst"] + ("/32" if family == "-4" else "/128")
+            )
+            routes.append((net, r.get("protocol")))
+    for n in sorted(allowed):
+        net = ipaddress.ip_network(n)
+        if not any(r.version == net.version and net.subnet_of(r) for r, _ in routes):
+            problems.append(f"no route to {n} on {iface}")
+    stale = sorted(str(r) for r, proto in routes if proto != "kernel" and str(r) not in allowed)
+    if stale:
+        problems.append(f"stale routes on {iface}: {stale}")
+    dump = [line.split("\t") for line in run("wg", "show", iface, "dump").splitlines()]
+    own, peers = dump[0], dump[1:]
+    if own[1] != run("wg", "pubkey", input=conf["PrivateKey"] + "\n").strip():
+        problems.append(f"{iface} runs another private key than {desired['wgConf']}")
+    if "ListenPort" in conf and own[2] != conf["ListenPort"]:
+        problems.append(f"{iface} listens on {own[2]}, want {conf['ListenPort']}")
+    running = {p[0]: sorted(a for a in p[3].split(",") if a != "(none)") for p in peers}
+    wanted = {
+        p["PublicKey"]: sorted(str(ipaddress.ip_network(a, strict=False)) for a in p["AllowedIPs"])
+        for p in conf["peers"]
+    }
+    if running != wanted:
+        problems.append(f"{iface} peers/allowed IPs {running}, want {wanted}")
+    return problems
+
+
+def check_nftables(desired: dict) -> list[str]:
+    """The live ruleset against the file loaded into a scratch network namespace,
+    so both are listed by the same nft in the same canonical form."""
+    want = run("unshare", "--net", "sh", "-c", 'nft -f "$1" && nft list ruleset', "sh", desired["nftConf"])
+    have = run("nft", "list", "ruleset")
+    if have == want:
+        return []
+    extra = sorted(set(have.splitlines()) - set(want.splitlines()))[:5]
+    missing = sorted(set(want.splitlines()) - set(have.splitlines()))[:5]
+    return [f"nftables ruleset differs from {desired['nftConf']}: running has {extra}, lacks {missing}"]
+
+
+def api(path: str):
+    with urllib.request.urlopen(f"{API}/{path}", timeout=2) as r:
+        return json.load(r)
+
+
+def traefik_routers(desired: dict) -> tuple[list[str], bool]:
+    """(problems, whether Traefik runs the declared routers and services at all).
+
+    Names, rules and each service's servers must be the declared ones (so a changed
+    target counts only once Traefik has reloaded it), and every router enabled."""
+    problems, loaded = [], True
+    for proto in ("http", "tcp", "udp"):
+        running = {r["name"]: r for r in api(f"{proto}/routers")}
+        want = {f"{name}@file": rule for name, rule in desired["traefik"]["routers"][proto].items()}
+        have = {name: r.get("rule", "") for name, r in running.items() if name.endswith("@file")}
+        if have != want:
+            loaded = False
+            problems.append(f"Traefik {proto} routers {sorted(have)}, want {sorted(want)} (or their rules differ)")
+        for name in sorted(set(want) & set(have)):
+            if running[name].get("status") != "enabled":
+                why = running[name].get("error") or running[name].get("status")
+                problems.append(f"Traefik {proto} router {name}: {why}")
+        servers = {
+            s["name"]: sorted(x.get("url") or x.get("address") for x in s.get("loadBalancer", {}).get("servers", []))
+            for s in api(f"{proto}/services")
+            if s["name"].endswith("@file")
+        }
+        want_servers = {f"{name}@file": v for name, v in desired["traefik"]["services"][proto].items()}
+        if servers != want_servers:
+            loaded = False
+            problems.append(f"Traefik {proto} services {servers}, want {want_servers}")
+    return problems, loaded
+
+
+def wait_traefik(desired: dict, timeout: float) -> list[str]:
+    """Until Traefik has loaded the declared routers (a router in error then stays in
+    error: no point waiting), or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            problems, loaded = traefik_routers(desired)
+        except OSError as exc:
+            problems, loaded = [f"Traefik API {API}: {exc}"], False
+        if loaded or time.monotonic() >= deadline:
+            return problems
+        time.sleep(0.05)
+
+
+def check_traefik(desired: dict) -> list[str]:
+    slots = desired["traefik"]["slots"]
+    enabled = [s for s in slots if subprocess.run(["systemctl", "is-enabled", "--quiet", s]).returncode == 0]
+    if len(enabled) != 1:
+        return [f"Traefik: enabled slots {enabled}, want exactly one of {slots}"]
+    if subprocess.run(["systemctl", "is-active", "--quiet", enabled[0]]).returncode != 0:
+        return [f"Traefik: {enabled[0]} is enabled but not running"]
+    problems = wait_traefik(desired, 10)
+    running = {e["name"]: e["address"] for e in api("entrypoints")}
+    if running != desired["traefik"]["entryPoints"]:
+        problems.append(
+            f"Traefik runs entrypoints {running}, want {desired['traefik']['entryPoints']} (static config not applied)"
+        )
+    return problems
+
+
+def check_ssh(desired: dict) -> list[str]:
+    problems = []
+    user = desired["ssh"]["user"]
+    effective = run("sshd", "-T", "-C", f"user={user},host=localhost,addr=127.0.0.1")
+    lines = effective.splitlines()
+    keys_files = [line.split(None, 1)[1] for line in lines if line.startswith("authorizedkeysfile ")]
+    host_keys = [line.split(None, 1)[1] for line in lines if line.startswith("hostkey ")]
+    want_file = desired["ssh"]["authorizedKeysFile"]
+    if keys_files != [want_file.replace("%u", user)] and keys_files != [want_file]:
+        problems.append(f"sshd reads authorized keys from {keys_files}, want {want_file}")
+    path = want_file.replace("%u", user)
+    have = []
+    if os.path.exists(path):
+        with open(path) as f:
+            have = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    if sorted(have) != sorted(desired["ssh"]["authorizedKeys"]):
+        problems.append(f"{path} holds {len(have)} keys, not the {len(desired['ssh']['authorizedKeys'])} listed")
+    if host_keys != [desired["ssh"]["hostKey"]]:
+        problems.append(f"sshd loads host keys {host_keys}, want only {desired['ssh']['hostKey']}")
+    # What the running sshd presents (it may still be re-executing after a reload).
+    served: list[str] = []
+    for _ in range(20):
+        scan = subprocess.run(
+            ["ssh-keyscan", "-T", "2", "-t", "rsa,ecdsa,ed25519", "127.0.0.1"], capture_output=True, text=True
+        ).stdout
+        served = sorted(" ".join(s.split()[1:3]) for s in scan.splitlines() if s and not s.startswith("#"))
+        if served:
+            break
+        time.sleep(0.1)
+    want_key = " ".join(desired["ssh"]["hostPublicKey"].split()[:2])
+    if served != [want_key]:
+        problems.append(
+            f"sshd serves {len(served)} host keys {[s.split()[0] for s in served]}, want only the pinned one"
+        )
+    return problems
+
+
+CHECKS = {"wireguard": check_wireguard, "nftables": check_nftables, "traefik": check_traefik, "ssh": check_ssh}
+
+
+def main(argv: list[str]) -> int:
+    with open(DESIRED) as f:
+        desired = json.load(f)
+    if argv[1:2] == ["traefik"]:
+        problems = wait_traefik(desired, float(argv[2]) if len(argv) > 2 else 20)
+        for p in problems:
+            print(f"cgnat-edge verify: DIFFERS: {p}", file=sys.stderr)
+        return 1 if problems else 0
+    failed = False
+    for name, check in CHECKS.items():
+        try:
+            problems = check(desired)
+        except (OSError, RuntimeError, ValueError, KeyError, IndexError) as exc:
+            problems = [f"could not read the running state: {exc}"]
+        for p in problems:
+            print(f"cgnat-edge verify: DIFFERS: {name}: {p}", file=sys.stderr)
+        if not problems:
+            print(f"cgnat-edge verify: {name} runs as declared")
+        failed |= bool(problems)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,614 @@
+"""Day 2 in the Edge lab: every kind of change, pushed into running edges.
+
+``cgnat-edge lab --changes`` boots the lab, then for each change kind re-renders the
+stack with the change (same keys: the render continues from the first one's key
+state, as ``pulumi up`` continues from its state), pushes every edge's new bundle with
+the real push script over SSH, one edge at a time as the program's config steps do,
+and checks the effect on the running edges: a removed key is refused at login, the new
+host key is the one sshd presents, a new LAN target answers, wg0 runs the new MTU and
+addresses, a new service answers through every edge and a removed one does not, a
+static Traefik change keeps an open connection alive.  While a rolling push runs, a
+prober sends requests to every service through every edge; failures are counted per
+edge, split by whether that edge was being changed at the time.
+
+Each result is a ``Check`` (a row of the ``--report`` JSON).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.lab import edge_lab
+from components.lab.edge_lab import SERVICES_SCRIPT, EdgeLab, Rendered
+from components.lab.netns import wait_for
+from components.model.keys import generate_host_key
+from components.renderers import traefik
+from components.tools import home_files, offline
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    value: float | int | str | None = None
+    unit: str = ""
+    detail: str = ""
+
+
+def write_report(path: Path, checks: list[Check]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"checks": [asdict(c) for c in checks]}, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------
+# Rendering a change
+# ---------------------------------------------------------------------------
+
+
+class Stack:
+    """The lab's stack as config values; ``render`` applies changes on top."""
+
+    def __init__(self, el: EdgeLab, stack_file: Path, project_file: Path | None, work: Path):
+        self.el, self.stack_file, self.project_file, self.work = el, stack_file, project_file, work
+        config = yaml.safe_load(stack_file.read_text())["config"]
+        self.values: dict[str, Any] = {k.split(":", 1)[1]: v for k, v in config.items()}
+        self.state = offline.key_state(el.rendered.run)
+        self.n = 0
+
+    def render(self, **changes: Any) -> Rendered:
+        self.values.update(changes)
+        self.n += 1
+        return edge_lab.render_stack(
+            self.stack_file,
+            self.work / f"render-{self.n}",
+            project_file=self.project_file,
+            config_overrides=dict(self.values),
+            state=self.state,
+            operator_key=self.el.rendered.operator_key,
+        )
+
+
+# ---------------------------------------------------------------------------
+# Pushing, one edge at a time, with a prober running
+# ---------------------------------------------------------------------------
+
+
+def _watch_checks(el: EdgeLab, edges: list[str], rendered: Rendered) -> list[dict]:
+    """Every service that the edges serve before and after the change, through every edge."""
+    after = {s.name for s in rendered.cfg.services}
+    checks = []
+    for name in edges:
+        ip = el.edges[name].public_ip
+        for s in (s for s in el.cfg.services if s.name in after):
+            base = {"edge": ip, "timeout": 2, "lab_edge": name, "service": s.name}
+            if s.mode in ("passthrough", "http"):
+                checks.append({**base, "kind": "tls", "sni": s.hostnames[0], "path": "/prober"})
+            else:
+                checks.append({**base, "kind": s.protocol, "port": s.port, "payload": f"p-{name}-{s.name}"})
+    return checks
+
+
+def _answered(check: dict, r: dict) -> bool:
+    if not r.get("ok"):
+        return False
+    if check["kind"] == "tls":
+        return r.get("status") in (200, 401, 403)
+    return r.get("echo") == check["payload"]
+
+
+@dataclass
+class Rollout:
+    ok: bool
+    windows: dict[str, tuple[float, float]]
+    outputs: dict[str, str]
+    failed_changed: dict[str, int]
+    failed_unaffected: dict[str, int]
+    requests: int
+    seconds: float
+    failures: list[str]
+    slowest_ms: dict[str, float]
+    """Per edge, the slowest answered request while that edge was being changed (a
+    connection held back during a Traefik handover is answered about 1 s late)."""
+
+
+def rollout(el: EdgeLab, rendered: Rendered, edges: list[str] | None = None, probe: bool = True) -> Rollout:
+    """Push ``rendered`` to ``edges`` (default all) in order; stop at the first failure."""
+    edges = edges or sorted(el.edges)
+    work = el.lab.workdir
+    stop = work / f"prober-stop-{time.monotonic_ns()}"
+    out = work / f"prober-out-{time.monotonic_ns()}.json"
+    spec = work / f"prober-{time.monotonic_ns()}.json"
+    checks = _watch_checks(el, sorted(el.edges), rendered)
+    prober = None
+    if probe:
+        spec.write_text(json.dumps(checks))
+        prober = el.client.spawn(sys.executable, str(SERVICES_SCRIPT), "watch", str(spec), str(out), str(stop))
+        wait_for(lambda: out.with_suffix(".started").exists(), timeout=15, message="the prober")
+        time.sleep(0.5)
+    windows, outputs, ok = {}, {}, True
+    start = time.time()
+    for name in edges:
+        t0 = time.time()
+        result = el.edges[name].push(rendered.bundle(name))
+        windows[name] = (t0, time.time())
+        outputs[name] = result.output
+        if not result.ok:
+            ok = False
+            break
+    seconds = time.time() - start
+    failed_changed = dict.fromkeys(sorted(el.edges), 0)
+    failed_unaffected = dict.fromkeys(sorted(el.edges), 0)
+    requests = 0
+    failures: list[str] = []
+    slowest_ms = dict.fromkeys(sorted(el.edges), 0.0)
+    if prober is not None:
+        time.sleep(0.5)
+        stop.write_text("")
+        prober.wait(timeout=30)
+        for rec in json.loads(out.read_text()):
+            check = checks[rec["i"]]
+            requests += 1
+            edge = check["lab_edge"]
+            t0, t1 = windows.get(edge, (0, 0))
+            changing = t0 <= rec["t"] <= t1 + 0.5
+            if _answered(check, rec["r"]):
+                if changing:
+                    slowest_ms[edge] = max(slowest_ms[edge], rec["r"].get("ms") or 0.0)
+                continue
+            (failed_changed if changing else failed_unaffected)[edge] += 1
+            failures.append(
+                f"{edge}/{check['service']} at +{rec['t'] - start:.2f}s"
+                f"{' (changing)' if changing else ''}: {rec['r'].get('error') or rec['r'].get('status')}"
+            )
+    return Rollout(ok, windows, outputs, failed_changed, failed_unaffected, requests, seconds, failures, slowest_ms)
+
+
+# ---------------------------------------------------------------------------
+# Observations on the running edges
+# ---------------------------------------------------------------------------
+
+
+def _login(el: EdgeLab, edge: str, key: Path, host_key: str | None = None) -> tuple[bool, str]:
+    done = el.edges[edge].ssh("echo logged-in", key=key, host_key=host_key, timeout=30)
+    return done.returncode == 0 and done.stdout.strip() == "logged-in", (done.stderr.strip().splitlines() or [""])[-1]
+
+
+def _served_host_key(el: EdgeLab, edge: str) -> str:
+    scan = el.operator.run("ssh-keyscan", "-T", "3", "-t", "ed25519,rsa,ecdsa", el.edges[edge].public_ip, check=False)
+    keys = [" ".join(line.split()[1:3]) for line in scan.stdout.splitlines() if line and not line.startswith("#")]
+    return "\n".join(sorted(keys))
+
+
+def _probe_service(el: EdgeLab, edge: str, s: dict) -> dict:
+    ip = el.edges[edge].public_ip
+    if s["mode"] in ("passthrough", "http"):
+        check = {"kind": "tls", "edge": ip, "sni": s["hostnames"][0], "path": "/change", "timeout": 3}
+    else:
+        check = {"kind": "udp" if s["mode"] == "udp" else "tcp", "edge": ip, "port": s["port"], "payload": "chg"}
+        check["timeout"] = 2
+    (r,) = el.probe([check])
+    return r
+
+
+def _service_answers(r: dict, name: str) -> bool:
+    body = r.get("body") if isinstance(r.get("body"), dict) else {}
+    return bool(r.get("ok")) and body.get("service") == name
+
+
+def _wg(el: EdgeLab, edge: str) -> tuple[int, list[str]]:
+    node = el.edges[edge].node
+    mtu = int(node.run("cat", "/sys/class/net/wg0/mtu").stdout)
+    addrs = node.run("ip", "-o", "addr", "show", "dev", "wg0", "scope", "global").stdout
+    return mtu, sorted(line.split()[3] for line in addrs.splitlines())
+
+
+def _interface(el: EdgeLab, edge: str) -> tuple[str, int | None]:
+    """(wg0's ifindex, its wireguard-go process): both unchanged = changed in place."""
+    e = el.edges[edge]
+    return e.node.run("cat", "/sys/class/net/wg0/ifindex").stdout.strip(), e.wireguard_pid()
+
+
+def _apply_home(el: EdgeLab, rendered: Rendered) -> None:
+    """What the user does after a tunnel change: write home's configs again, bring the
+    tunnels up with them (the lab plays the home router)."""
+    home = el.home
+    for tunnel in el.rendered.home["tunnels"]:
+        home.run("wg-quick", "down", tunnel["interface"], check=False)
+    for tunnel in rendered.home["tunnels"]:
+        iface = tunnel["interface"]
+        home.write(f"/etc/wireguard/{iface}.conf", (rendered.out / "home" / f"{iface}.conf").read_text())
+        home.run("wg-quick", "up", iface)
+    el.rendered = rendered
+
+
+def _settle(el: EdgeLab, rendered: Rendered, edges: list[str]) -> None:
+    el.rendered = rendered
+    el.start_home_services(rendered)
+    for name in edges:
+        wait_for(
+            lambda n=name: all(r.ok for r in edge_lab.smoke(el, edges=[n], services=["git-ssh"])),
+            timeout=30,
+            interval=0.5,
+            message=f"edge {name} serving again",
+        )
+
+
+def _stand_in_certificate(el: EdgeLab, rendered: Rendered) -> None:
+    """The lab's stand-in for ACME covers every http hostname of ``rendered``."""
+    hosts = [h for s in rendered.cfg.services if s.mode == "http" for h in s.hostnames]
+    el.http_cert = edge_lab._self_signed(hosts, el.lab.workdir, f"edge-acme-standin-{time.monotonic_ns()}")
+    cert, key, _ = el.http_cert
+    standin = yaml.safe_dump({"tls": {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}})
+    path = f"{traefik.DYNAMIC_DIR}/lab-acme-standin.yaml"
+    for edge in el.edges.values():
+        # Renamed into place: Traefik watches the folder and must never read half a file.
+        edge.node.write(f"{path}.new", standin, 0o644)
+        edge.node.run("mv", "-f", f"{path}.new", path)
+
+
+def _rollout_detail(r: Rollout) -> str:
+    failed = [f"{e}: {n} while changing, {r.failed_unaffected[e]} otherwise" for e, n in r.failed_changed.items()]
+    text = f"pushed {', '.join(r.windows)} in {r.seconds:.1f}s; {r.requests} probes; " + "; ".join(failed)
+    return text + (f" [{'; '.join(r.failures[:40])}]" if r.failures else "")
+
+
+def _rollout_failed(r: Rollout) -> str:
+    name = next((e for e in r.windows if e not in r.outputs or "FAILED" in r.outputs[e]), "")
+    bad = [line for out in r.outputs.values() for line in out.splitlines() if "FAILED" in line or "DIFFERS" in line]
+    return f"push failed on {name or '?'}: {' | '.join(bad)[:400]}"
+
+
+# ---------------------------------------------------------------------------
+# The matrix
+# ---------------------------------------------------------------------------
+
+
+NEW_SERVICES = [
+    {"name": "wiki", "mode": "passthrough", "hostnames": ["wiki.example.org"], "target": "192.0.2.11:443"},
+    {"name": "shop", "mode": "http", "hostnames": ["shop.example.org"], "target": "192.0.2.21:8080"},
+    {"name": "mqtt", "mode": "tcp", "port": 8883, "target": "192.0.2.10:8883"},
+    {"name": "voice", "mode": "udp", "port": 9987, "target": "192.0.2.30:9987"},
+]
+NEW_LAN = (
+    "192.0.2.128/26",
+    "192.0.2.129/26",
+    {"name": "nas", "mode": "tcp", "port": 2300, "target": "192.0.2.140:2300"},
+)
+
+
+def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) -> list[Check]:
+    checks: list[Check] = []
+    with tempfile.TemporaryDirectory(prefix="cgnat-edge-changes-") as tmp:
+        stack = Stack(el, stack_file, project_file, Path(tmp))
+        edges = sorted(el.edges)
+        rollouts: list[tuple[str, Rollout]] = []
+
+        def push(kind: str, rendered: Rendered, probe: bool = True) -> Rollout | None:
+            r = rollout(el, rendered, probe=probe)
+            if probe:
+                rollouts.append((kind, r))
+            if not r.ok:
+                checks.append(Check(f"change:{kind}", False, detail=_rollout_failed(r)))
+                return None
+            return r
+
+        # -- SSH keys -------------------------------------------------------------
+        second_private, second_public = generate_host_key()
+        second = el.lab.workdir / "second-operator-key"
+        home_files.write_private(second, second_private.encode())
+        keys = [*list(stack.values["sshPublicKeys"]), el.rendered.operator_key[1]]
+        r = push("add-ssh-key", stack.render(sshPublicKeys=[*keys, second_public]))
+        if r:
+            logins = {e: _login(el, e, second) for e in edges}
+            checks.append(
+                Check(
+                    "change:add-ssh-key",
+                    all(ok for ok, _ in logins.values()),
+                    sum(ok for ok, _ in logins.values()),
+                    "edges",
+                    "the added key logs in on " + ", ".join(e for e, (ok, _) in logins.items() if ok),
+                )
+            )
+        r = push("remove-ssh-key", stack.render(sshPublicKeys=keys))
+        if r:
+            logins = {e: _login(el, e, second) for e in edges}
+            still = {e: _login(el, e, el.lab.workdir / "operator-key")[0] for e in edges}
+            refused = [e for e, (ok, why) in logins.items() if not ok and "Permission denied" in why]
+            checks.append(
+                Check(
+                    "change:remove-ssh-key",
+                    refused == edges and all(still.values()),
+                    len(refused),
+                    "edges",
+                    f"the removed key is refused ('Permission denied') on {', '.join(refused)}; the kept key logs in",
+                )
+            )
+
+        # -- host key rotation ------------------------------------------------------
+        old_keys = {e: el.rendered.host_key(e) for e in edges}
+        rotated = stack.render(sshHostKeyRotation=1)
+        stack.state = offline.key_state(rotated.run)
+        ok, detail = True, []
+        for e in edges:
+            # As the program does: the <edge>-host-key step pins the key the server has
+            # now (the old one) and installs the new; the push then pins the new one.
+            step = rotated.run.one("command:remote:Command", f"{e}-host-key")
+            pinned = offline.reveal(step.inputs["connection"])["hostKey"]
+            installed = el.edges[e].ssh(
+                step.inputs["create"], host_key=pinned, input=offline.reveal(step.inputs["stdin"])
+            )
+            result = el.edges[e].push(rotated.bundle(e), host_key=rotated.host_key(e))
+            result.ok &= installed.returncode == 0
+            new = " ".join(rotated.host_key(e).split()[:2])
+            served = _served_host_key(el, e)
+            old_refused = el.edges[e].ssh("true", host_key=old_keys[e]).returncode != 0
+            new_ok = el.edges[e].ssh("true", host_key=rotated.host_key(e)).returncode == 0
+            pinned_old = pinned.strip() == old_keys[e].strip() != rotated.host_key(e).strip()
+            ok &= result.ok and served == new and old_refused and new_ok and pinned_old
+            detail.append(
+                f"{e}: the host-key step pinned {'the old key' if pinned_old else 'ANOTHER key'} and "
+                f"{'installed the new one' if installed.returncode == 0 else 'FAILED: ' + installed.stderr[-200:]}; "
+                f"sshd serves {'the new key only' if served == new else served!r}; pinning the old key is "
+                f"{'refused' if old_refused else 'STILL ACCEPTED'}; the push {'pinning the new key ' if new_ok else ''}"
+                f"{'passed' if result.ok else 'FAILED: ' + result.output[-300:]}"
+            )
+        el.rendered = rotated
+        checks.append(Check("change:rotate-host-key", ok, len(edges), "edges", "; ".join(detail)))
+
+        # -- a new LAN prefix with a target in it -------------------------------------
+        prefix, router_address, nas = NEW_LAN
+        el.home.addresses("lan" if el.cfg.home.role == "router" else "eth0", [router_address])
+        lan = [*list(stack.values["homeLanPrefixes"]), prefix]
+        services = [*list(stack.values["services"]), nas]
+        r = push("add-lan-prefix", stack.render(homeLanPrefixes=lan, services=services), probe=False)
+        if r:
+            _apply_home(el, stack.render())
+            _settle(el, el.rendered, edges)
+            answers = {e: _probe_service(el, e, nas) for e in edges}
+            routed = {e: el.edges[e].node.run("ip", "route", "get", "192.0.2.140").stdout.split()[2] for e in edges}
+            ok = all(_service_answers(a, "nas") for a in answers.values()) and set(routed.values()) == {"wg0"}
+            checks.append(
+                Check(
+                    "change:add-lan-prefix",
+                    ok,
+                    sum(_service_answers(a, "nas") for a in answers.values()),
+                    "edges",
+                    f"192.0.2.140 routed via {routed}; the new target answers: "
+                    + ", ".join(f"{e}={a.get('error') or 'yes'}" for e, a in answers.items()),
+                )
+            )
+
+        # -- MTU ------------------------------------------------------------------------
+        mtu = int(stack.values.get("tunnelMtu", 1380)) - 60
+        interfaces = {e: _interface(el, e) for e in edges}
+        r = push("mtu", stack.render(tunnelMtu=mtu), probe=False)
+        if r:
+            running = {e: _wg(el, e)[0] for e in edges}
+            in_place = interfaces == {e: _interface(el, e) for e in edges}
+            _apply_home(el, stack.render())
+            _settle(el, el.rendered, edges)
+            checks.append(
+                Check(
+                    "change:mtu",
+                    set(running.values()) == {mtu} and in_place,
+                    mtu,
+                    "bytes",
+                    f"wg0 MTU on the running edges: {running}; "
+                    + ("same interface and wireguard-go process" if in_place else "the interface was RECREATED"),
+                )
+            )
+
+        # -- tunnel prefix ----------------------------------------------------------------
+        old_prefix = ipaddress.ip_network(stack.values["tunnelIpv4Prefix"])
+        new_prefix = str(
+            ipaddress.ip_network((int(old_prefix.network_address) + old_prefix.num_addresses, old_prefix.prefixlen))
+        )
+        before = {e: _wg(el, e)[1] for e in edges}
+        interfaces = {e: _interface(el, e) for e in edges}
+        r = push("tunnel-prefix", stack.render(tunnelIpv4Prefix=new_prefix), probe=False)
+        if r:
+            after = {e: _wg(el, e)[1] for e in edges}
+            in_place = interfaces == {e: _interface(el, e) for e in edges}
+            _apply_home(el, stack.render())
+            _settle(el, el.rendered, edges)
+            answers = {e: _probe_service(el, e, {"mode": "tcp", "port": 2222}) for e in edges}
+            peers = {
+                e: (a.get("body") or {}).get("peer") if isinstance(a.get("body"), dict) else None
+                for e, a in answers.items()
+            }
+            v4_before = {e: {a for a in before[e] if "." in a} for e in edges}
+            ok = all(
+                any(ipaddress.ip_interface(a).ip in ipaddress.ip_network(new_prefix) for a in after[e])
+                and not v4_before[e] & {a for a in after[e] if "." in a}
+                and peers[e] == el.tunnel_ip(e)
+                for e in edges
+            )
+            checks.append(
+                Check(
+                    "change:tunnel-prefix",
+                    ok and in_place,
+                    new_prefix,
+                    "",
+                    f"wg0 addresses {before} -> {after}, "
+                    + ("same interface and wireguard-go process" if in_place else "the interface was RECREATED")
+                    + f"; home sees the edges as {peers}",
+                )
+            )
+
+        # -- services of every mode: added, then removed (static changes: new ports) --------
+        long_conn = _open_long_connection(el, edges[0])
+        with_new = stack.render(services=list(stack.values["services"]) + NEW_SERVICES)
+        _stand_in_certificate(el, with_new)
+        el.start_home_services(with_new)
+        r = push("add-services", with_new)
+        if r:
+            el.rendered = with_new
+            for s in NEW_SERVICES:
+                answers = {e: _probe_service(el, e, s) for e in edges}
+                checks.append(
+                    Check(
+                        f"change:add-service-{s['mode']}",
+                        all(_service_answers(a, s["name"]) for a in answers.values()),
+                        sum(_service_answers(a, s["name"]) for a in answers.values()),
+                        "edges",
+                        f"{s['name']} answers: "
+                        + ", ".join(f"{e}={a.get('error') or 'yes'}" for e, a in answers.items()),
+                    )
+                )
+        survived = _long_connection_alive(el, long_conn)
+        checks.append(
+            Check(
+                "change:traefik-static",
+                bool(r) and survived,
+                "kept" if survived else "cut",
+                "",
+                "new entrypoints through a Traefik handover on every edge; a TCP connection opened before it "
+                + ("still echoes" if survived else "was cut"),
+            )
+        )
+        r = push(
+            "remove-services", stack.render(services=[s for s in stack.values["services"] if s not in NEW_SERVICES])
+        )
+        if r:
+            el.rendered = stack.render()
+            for s in NEW_SERVICES:
+                answers = {e: _probe_service(el, e, s) for e in edges}
+                gone = {e: not _service_answers(a, s["name"]) for e, a in answers.items()}
+                checks.append(
+                    Check(
+                        f"change:remove-service-{s['mode']}",
+                        all(gone.values()),
+                        sum(gone.values()),
+                        "edges",
+                        f"{s['name']} no longer answers: "
+                        + ", ".join(
+                            f"{e}={(a.get('error') or a.get('status') or 'answered')}" for e, a in answers.items()
+                        ),
+                    )
+                )
+
+        # -- a dynamic-only change: a service's target moves --------------------------------
+        moved = [dict(s, target="192.0.2.10:2023") if s["name"] == "git-ssh" else s for s in stack.values["services"]]
+        rendered = stack.render(services=moved)
+        el.start_home_services(rendered)
+        r = push("service-target", rendered)
+        if r:
+            el.rendered = rendered
+            answers = {e: _probe_service(el, e, {"mode": "tcp", "port": 2222}) for e in edges}
+            listeners = {
+                e: (a.get("body") or {}).get("listener") if isinstance(a.get("body"), dict) else None
+                for e, a in answers.items()
+            }
+            checks.append(
+                Check(
+                    "change:service-target",
+                    set(listeners.values()) == {"192.0.2.10:2023"},
+                    sum(v == "192.0.2.10:2023" for v in listeners.values()),
+                    "edges",
+                    f"git-ssh answered by {listeners}",
+                )
+            )
+
+        # -- remove an edge -------------------------------------------------------------------
+        # The last edge of the stack's list: the others keep their index and addresses.
+        gone = stack.values["edges"][-1]["name"]
+        kept = [e for e in edges if e != gone]
+        remaining = [e for e in stack.values["edges"] if e["name"] != gone]
+        rendered = stack.render(edges=remaining)
+        before = {e: _wg(el, e) for e in kept}
+        r = rollout(el, rendered, edges=kept, probe=False)
+        unchanged = all("already up to date" in out for out in r.outputs.values())
+        el.edges[gone].crash()
+        _apply_home(el, rendered)
+        home_links = el.home.run("ip", "-o", "link", "show").stdout
+        served = all(all(x.ok for x in edge_lab.smoke(el, edges=[e], services=["git-ssh", "valheim"])) for e in kept)
+        checks.append(
+            Check(
+                "change:remove-edge",
+                r.ok
+                and unchanged
+                and before == {e: _wg(el, e) for e in kept}
+                and served
+                and f"wg-{gone}" not in home_links,
+                len(kept),
+                "edges",
+                f"{gone} removed; {', '.join(kept)} got the same bundle (nothing changed), same tunnel addresses, "
+                f"still serving; home has no tunnel to {gone}",
+            )
+        )
+        del el.edges[gone]
+
+        # -- the prober over every rolling push ----------------------------------------------
+        unaffected = sum(sum(r.failed_unaffected.values()) for _, r in rollouts)
+        dynamic = sum(
+            sum(r.failed_changed.values())
+            for k, r in rollouts
+            if k in ("service-target", "add-ssh-key", "remove-ssh-key")
+        )
+        static = {k: sum(r.failed_changed.values()) for k, r in rollouts if k in ("add-services", "remove-services")}
+        checks.append(
+            Check(
+                "rolling:failed-requests",
+                unaffected == 0 and dynamic == 0,
+                unaffected,
+                "requests",
+                f"failed on edges not being changed: {unaffected}; on the changed edge during dynamic-only pushes: "
+                f"{dynamic}; during static changes (Traefik handover): {static}. "
+                + " | ".join(f"{k}: {_rollout_detail(r)}" for k, r in rollouts),
+            )
+        )
+    return checks
+
+
+LONG_CLIENT = r"""
+import socket, sys, threading, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.recv(4096)
+state = {"echoes": 0, "cut": None}
+def keep():  # one byte a second, as a chatty long-lived session would
+    while state["cut"] is None:
+        try:
+            s.sendall(b"x")
+            if s.recv(16) != b"x":
+                state["cut"] = "closed"
+            state["echoes"] += 1
+        except OSError as exc:
+            state["cut"] = str(exc)
+        time.sleep(1)
+threading.Thread(target=keep, daemon=True).start()
+print("open", flush=True)
+for line in sys.stdin:
+    print(f"cut {state['cut']}" if state["cut"] else f"alive {state['echoes']}", flush=True)
+"""
+
+
+def _open_long_connection(el: EdgeLab, edge: str):
+    """A raw TCP connection through ``edge`` to home's echo, held open across changes."""
+    import subprocess
+
+    proc = subprocess.Popen(
+        ["nsenter", "-t", str(el.client.holder.pid), "-n", "-m", "--", sys.executable, "-c", LONG_CLIENT,
+         el.edges[edge].public_ip, "2222"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    el.lab._procs.append(proc)
+    assert proc.stdout.readline().strip() == "open"
+    return proc
+
+
+def _long_connection_alive(el: EdgeLab, proc) -> bool:
+    try:
+        proc.stdin.write("status\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().startswith("alive")
+    except (BrokenPipeError, OSError):
+        return False

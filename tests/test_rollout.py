@@ -1,0 +1,68 @@
+"""One edge at a time, proven on the whole program under Pulumi's mocks: each edge's
+config step (push, verify, readiness) depends on the previous edge's, so a failed
+edge stops the rollout and the edges after it keep serving the old configuration."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+from tests.support import ROOT, stack_raw
+
+from components.tools import offline
+
+
+def _three_edges() -> dict:
+    raw = copy.deepcopy(stack_raw())
+    third = {"name": "hel", "provider": "hetzner", "location": "hel1"}
+    return {"edges": raw["edges"] + [third]}
+
+
+def test_each_config_step_waits_for_the_previous_edges():
+    run = offline.run_program(ROOT / "Pulumi.dev.yaml", config_overrides=_three_edges())
+    steps = {
+        r.name.removesuffix("-config"): r for r in run.by_type("command:remote:Command") if r.name.endswith("-config")
+    }
+    order = [e["name"] for e in _three_edges()["edges"]]
+    assert list(steps) == order
+    for previous, edge in itertools.pairwise(order):
+        assert steps[previous].urn in steps[edge].dependencies, f"{edge} does not wait for {previous}"
+    first = steps[order[0]]
+    assert not any(s.urn in first.dependencies for s in steps.values()), "the first edge waits for nobody"
+    boot = run.one("command:remote:Command", f"{order[1]}-boot")
+    assert boot.urn in steps[order[1]].dependencies
+    # Boots are not chained: new servers come up in parallel, only pushes are serial.
+    assert not any(s.urn in boot.dependencies for s in steps.values())
+
+
+def test_the_config_step_pushes_then_verifies_then_waits_for_readiness():
+    run = offline.run_program(ROOT / "Pulumi.dev.yaml")
+    step = run.one("command:remote:Command", "fsn-config")
+    create = step.inputs["create"]
+    assert "cgnat-edge push" in create and "cgnat-edge-verify" in create and "cgnat-edge readiness" in create
+    assert create.index("cgnat-edge push") < create.index("cgnat-edge readiness")
+    assert offline.is_secret(step.inputs["stdin"])
+
+
+def test_a_rotated_host_key_is_installed_over_a_connection_pinning_the_old_one():
+    """sshHostKeyRotation rotates the key in place: the ``<edge>-host-key`` step pins the
+    key the server still presents (the replaced one) and installs the new one; the
+    config step and every later run pin the new key."""
+    first = offline.run_program(ROOT / "Pulumi.dev.yaml")
+    old = offline.reveal(first.one("command:remote:Command", "fsn-config").inputs["connection"])["hostKey"]
+    step = first.one("command:remote:Command", "fsn-host-key")
+    assert offline.reveal(step.inputs["connection"])["hostKey"] == old  # nothing to rotate from yet
+    rotated = offline.run_program(
+        ROOT / "Pulumi.dev.yaml", config_overrides={"sshHostKeyRotation": 1}, state=offline.key_state(first)
+    )
+    step = rotated.one("command:remote:Command", "fsn-host-key")
+    config = rotated.one("command:remote:Command", "fsn-config")
+    new = offline.reveal(config.inputs["connection"])["hostKey"]
+    assert new != old and offline.reveal(step.inputs["connection"])["hostKey"] == old
+    assert offline.is_secret(step.inputs["stdin"]) and "cgnat-edge host key" in step.inputs["create"]
+    assert step.urn in config.dependencies
+    # The WireGuard keys did not change with it.
+    wg = [r for r in rotated.resources if r.name.endswith("-wireguard-key")]
+    assert {r.name: r.outputs["public_key"] for r in wg} == {
+        r.name: r.outputs["public_key"] for r in first.resources if r.name.endswith("-wireguard-key")
+    }
