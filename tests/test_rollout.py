@@ -7,14 +7,13 @@ from __future__ import annotations
 import copy
 import itertools
 
-from tests.support import ROOT, stack_raw
-
 from components.tools import offline
+from tests.support import ROOT, stack_raw
 
 
 def _three_edges() -> dict:
     raw = copy.deepcopy(stack_raw())
-    third = {"name": "hel", "provider": "hetzner", "location": "hel1"}
+    third = {"name": "hel", "provider": "hetzner", "location": "hel1", "index": 3}
     return {"edges": raw["edges"] + [third]}
 
 

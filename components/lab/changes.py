@@ -16,6 +16,7 @@ Each result is a ``Check`` (a row of the ``--report`` JSON).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import sys
@@ -200,8 +201,8 @@ def _probe_service(el: EdgeLab, edge: str, s: dict) -> dict:
 
 
 def _service_answers(r: dict, name: str) -> bool:
-    body = r.get("body") if isinstance(r.get("body"), dict) else {}
-    return bool(r.get("ok")) and body.get("service") == name
+    body = r.get("body")
+    return bool(r.get("ok")) and isinstance(body, dict) and body.get("service") == name
 
 
 def _wg(el: EdgeLab, edge: str) -> tuple[int, list[str]]:
@@ -230,12 +231,16 @@ def _apply_home(el: EdgeLab, rendered: Rendered) -> None:
     el.rendered = rendered
 
 
+def _serves(el: EdgeLab, edge: str) -> bool:
+    return all(r.ok for r in edge_lab.smoke(el, edges=[edge], services=["git-ssh"]))
+
+
 def _settle(el: EdgeLab, rendered: Rendered, edges: list[str]) -> None:
     el.rendered = rendered
     el.start_home_services(rendered)
     for name in edges:
         wait_for(
-            lambda n=name: all(r.ok for r in edge_lab.smoke(el, edges=[n], services=["git-ssh"])),
+            functools.partial(_serves, el, name),
             timeout=30,
             interval=0.5,
             message=f"edge {name} serving again",
@@ -272,7 +277,7 @@ def _rollout_failed(r: Rollout) -> str:
 # ---------------------------------------------------------------------------
 
 
-NEW_SERVICES = [
+NEW_SERVICES: list[dict[str, Any]] = [
     {"name": "wiki", "mode": "passthrough", "hostnames": ["wiki.example.org"], "target": "192.0.2.11:443"},
     {"name": "shop", "mode": "http", "hostnames": ["shop.example.org"], "target": "192.0.2.21:8080"},
     {"name": "mqtt", "mode": "tcp", "port": 8883, "target": "192.0.2.10:8883"},
@@ -482,12 +487,12 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
             el.rendered = stack.render()
             for s in NEW_SERVICES:
                 answers = {e: _probe_service(el, e, s) for e in edges}
-                gone = {e: not _service_answers(a, s["name"]) for e, a in answers.items()}
+                absent = {e: not _service_answers(a, s["name"]) for e, a in answers.items()}
                 checks.append(
                     Check(
                         f"change:remove-service-{s['mode']}",
-                        all(gone.values()),
-                        sum(gone.values()),
+                        all(absent.values()),
+                        sum(absent.values()),
                         "edges",
                         f"{s['name']} no longer answers: "
                         + ", ".join(
@@ -523,21 +528,22 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
         gone = stack.values["edges"][-1]["name"]
         kept = [e for e in edges if e != gone]
         remaining = [e for e in stack.values["edges"] if e["name"] != gone]
-        rendered = stack.render(edges=remaining)
-        before = {e: _wg(el, e) for e in kept}
+        # A fleet left on one provider must say so (ha: false), or the parser refuses it.
+        rendered = stack.render(edges=remaining, ha=len({e["provider"] for e in remaining}) > 1)
+        tunnels_before = {e: _wg(el, e) for e in kept}
         r = rollout(el, rendered, edges=kept, probe=False)
-        unchanged = all("already up to date" in out for out in r.outputs.values())
+        untouched = all("already up to date" in out for out in r.outputs.values())
         el.edges[gone].crash()
         _apply_home(el, rendered)
         home_links = el.home.run("ip", "-o", "link", "show").stdout
-        served = all(all(x.ok for x in edge_lab.smoke(el, edges=[e], services=["git-ssh", "valheim"])) for e in kept)
+        serving = all(all(x.ok for x in edge_lab.smoke(el, edges=[e], services=["git-ssh", "valheim"])) for e in kept)
         checks.append(
             Check(
                 "change:remove-edge",
                 r.ok
-                and unchanged
-                and before == {e: _wg(el, e) for e in kept}
-                and served
+                and untouched
+                and tunnels_before == {e: _wg(el, e) for e in kept}
+                and serving
                 and f"wg-{gone}" not in home_links,
                 len(kept),
                 "edges",
@@ -601,7 +607,7 @@ def _open_long_connection(el: EdgeLab, edge: str):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     el.lab._procs.append(proc)
-    assert proc.stdout.readline().strip() == "open"
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
     return proc
 
 

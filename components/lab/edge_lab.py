@@ -433,7 +433,7 @@ class Edge:
                 if verb == "restart":
                     self._stop(unit)
                 self._start(unit)
-            elif verb in ("reload", "reload-or-restart") and unit == "ssh.service":
+            elif verb in ("reload", "reload-or-restart") and unit == "ssh.service" and self.sshd is not None:
                 self.sshd.send_signal(signal.SIGHUP)
             elif verb == "stop":
                 self._stop(unit)

@@ -90,11 +90,12 @@ class EdgeNode(pulumi.ComponentResource):
             dial_error_limit=40,
             per_dial_timeout=15,
         )
+        host_private_key: pulumi.Output[str] = pulumi.Output.secret(host_key.private_key)
         rotated = command.remote.Command(
             f"{edge.name}-host-key",
             connection=previous_connection,
             create=bootstrap.as_root(cfg.ssh.user, bootstrap.host_key_script()),
-            stdin=pulumi.Output.secret(host_key.private_key),
+            stdin=host_private_key,
             triggers=[host_key.public_key],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[booted, *([after] if after else [])]),
         )

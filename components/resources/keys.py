@@ -118,7 +118,7 @@ class SshHostKeyProvider(WireGuardKeyProvider):
 
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
         created = super().create(props)
-        return pulumi.dynamic.CreateResult(created.id, {**created.outs, "previous_public_key": ""})
+        return pulumi.dynamic.CreateResult(created.id, {**(created.outs or {}), "previous_public_key": ""})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
         if int(olds.get("rotation", 0)) != int(news.get("rotation", 0)):
@@ -147,7 +147,7 @@ class SshHostKey(KeyPair, module="cgnat-edge", name="SshHostKey"):
     previous_public_key: pulumi.Output[str]
 
     def __init__(self, name: str, rotation: pulumi.Input[int] = 0, opts: pulumi.ResourceOptions | None = None):
-        secret_opts = pulumi.ResourceOptions(additional_secret_outputs=["private_key"])
+        secret_opts = pulumi.ResourceOptions(additional_secret_outputs=["private_key"], protect=True)
         pulumi.dynamic.Resource.__init__(
             self,
             self.provider_class(),

@@ -55,8 +55,9 @@ def unpack_bundle(bundle: str) -> dict[str, bytes]:
     out = {}
     with tarfile.open(fileobj=io.BytesIO(base64.b64decode(bundle)), mode="r:gz") as tar:
         for member in tar.getmembers():
-            if member.isfile():
-                out[member.name] = tar.extractfile(member).read()
+            data = tar.extractfile(member) if member.isfile() else None
+            if data is not None:
+                out[member.name] = data.read()
     return out
 
 
