@@ -6,8 +6,10 @@ import dataclasses
 import io
 import ipaddress
 import json
+import re
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -91,7 +93,8 @@ def test_structured_form(fleet_config, keys):
 def test_wg_quick_file(fleet_config, keys):
     out = home_configs.render(fleet_config, _peers(fleet_config, keys), keys["home"][0])
     assert set(out["wgQuick"]) == {"fsn", "ams"}
-    assert _wg_values(out["wgQuick"]["fsn"]) == [
+    settings = [v for v in _wg_values(out["wgQuick"]["fsn"]) if v[1] not in ("PreUp", "PostDown")]
+    assert settings == [
         ("Interface", "Address", f"10.254.0.6/30, {_v6(fleet_config, 6)}/126"),
         ("Interface", "MTU", "1380"),
         ("Interface", "PrivateKey", keys["home"][0]),
@@ -129,30 +132,76 @@ def test_home_key_must_match_configured_public_key(raw_config, keys):
         home_configs.render(cfg, _peers(cfg, keys), keys["home"][0])
 
 
+def _hooks(text):
+    return [(k, v) for _, k, v in _wg_values(text) if k in ("PreUp", "PostUp", "PreDown", "PostDown")]
+
+
+def test_wg_quick_lets_the_edge_reach_only_the_declared_targets(fleet_config, keys):
+    text = home_configs.render(fleet_config, _peers(fleet_config, keys), keys["home"][0])["wgQuick"]["fsn"]
+    t = "cgnat_edge_wg_fsn"
+    assert _hooks(text) == [
+        ("PreUp", f"nft 'add table inet {t}; delete table inet {t}; add table inet {t}'"),
+        ("PreUp", f"nft 'add chain inet {t} from_edge'"),
+        ("PreUp", f"nft 'add rule inet {t} from_edge ct state established,related accept'"),
+        ("PreUp", f"nft 'add rule inet {t} from_edge ip daddr 192.168.1.10 tcp dport 443 accept'"),
+        ("PreUp", f"nft 'add rule inet {t} from_edge ip daddr 192.168.1.10 tcp dport 80 accept'"),  # httpTarget
+        ("PreUp", f"nft 'add rule inet {t} from_edge ip daddr 192.168.1.20 tcp dport 8080 accept'"),
+        ("PreUp", f"nft 'add rule inet {t} from_edge ip daddr 192.168.1.10 tcp dport 22 accept'"),
+        ("PreUp", f"nft 'add rule inet {t} from_edge ip daddr 192.168.1.30 tcp dport 25565 accept'"),
+        ("PreUp", f"nft 'add rule inet {t} from_edge ip daddr 192.168.1.30 udp dport 2456 accept'"),
+        ("PreUp", f"nft 'add rule inet {t} from_edge meta l4proto tcp reject with tcp reset'"),
+        ("PreUp", f"nft 'add rule inet {t} from_edge reject'"),
+        ("PreUp", f"nft 'add chain inet {t} input {{ type filter hook input priority filter; }}'"),
+        ("PreUp", f"nft 'add rule inet {t} input iifname \"%i\" jump from_edge'"),
+        ("PreUp", f"nft 'add chain inet {t} forward {{ type filter hook forward priority filter; }}'"),
+        ("PreUp", f"nft 'add rule inet {t} forward iifname \"%i\" jump from_edge'"),
+        ("PostDown", f"nft delete table inet {t}"),
+    ]
+    # IPv6 targets are matched as ip6
+    data = home_configs.render(fleet_config, _peers(fleet_config, keys), keys["home"][0])["structured"]
+    data["forwardAllow"] = [{"service": "v6", "address": "fd00:1::10", "port": 443, "protocol": "tcp"}]
+    assert "from_edge ip6 daddr fd00:1::10 tcp dport 443 accept'" in home_configs.wg_quick(data, data["tunnels"][0])
+
+
 def test_role_host_masquerades(fleet_config, keys):
     cfg = dataclasses.replace(fleet_config, home=dataclasses.replace(fleet_config.home, role="host"))
     out = home_configs.render(cfg, _peers(cfg, keys), keys["home"][0])
     assert out["structured"]["masquerade"] is True
-    hooks = [(k, v) for s, k, v in _wg_values(out["wgQuick"]["ams"]) if k in ("PreUp", "PostUp", "PostDown")]
-    assert hooks == [
-        ("PreUp", "sysctl -qw net.ipv4.ip_forward=1"),
-        ("PostUp", "nft add table inet cgnat_edge_wg_ams"),
-        ("PostUp", "nft 'add chain inet cgnat_edge_wg_ams postrouting { type nat hook postrouting priority srcnat; }'"),
-        ("PostUp", "nft 'add rule inet cgnat_edge_wg_ams postrouting iifname \"%i\" masquerade'"),
-        ("PostDown", "nft delete table inet cgnat_edge_wg_ams"),
+    hooks = _hooks(out["wgQuick"]["ams"])
+    t = "cgnat_edge_wg_ams"
+    assert hooks[0] == ("PreUp", "sysctl -qw net.ipv4.ip_forward=1")
+    assert hooks[-3:] == [
+        ("PreUp", f"nft 'add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; }}'"),
+        ("PreUp", f"nft 'add rule inet {t} postrouting iifname \"%i\" masquerade'"),
+        ("PostDown", f"nft delete table inet {t}"),
     ]
-    assert "set firewall.cgnat_edge_masq=nat" in out["openwrt"]
-    assert "add_list firewall.cgnat_edge_masq.src_ip='10.254.0.9/32'" in out["openwrt"]
-    assert "/ip firewall nat add chain=srcnat src-address=10.254.0.5/32 action=masquerade" in out["routeros"]
+    batch = _uci_batch(out["openwrt"])
+    assert "set firewall.cgnat_edge_masq_wg_ams_0=nat" in batch
+    assert "set firewall.cgnat_edge_masq_wg_ams_0.src_ip='10.254.0.9/32'" in batch
+    assert not [x for x in batch if ".src_ip=" in x and x.startswith("add_list")], "firewall4: src_ip is no list"
+    assert (
+        '/ip firewall nat add chain=srcnat src-address=10.254.0.5/32 action=masquerade comment="cgnat-edge cgnat-edge/dev: role host, edge fsn"'
+        in out["routeros"].splitlines()
+    )
     router = home_configs.render(fleet_config, _peers(fleet_config, keys), keys["home"][0])
     assert (
-        "nft" not in router["wgQuick"]["ams"] and "masq" not in router["openwrt"] and "srcnat" not in router["routeros"]
+        "masquerade" not in router["wgQuick"]["ams"]
+        and "masq" not in router["openwrt"]
+        and "srcnat" not in router["routeros"]
     )
+
+
+def _uci_batch(script):
+    """The `uci batch` input inside the OpenWrt script."""
+    lines = script.splitlines()
+    start = lines.index("uci batch <<'EOF'")
+    return lines[start + 1 : lines.index("EOF", start)]
 
 
 def test_openwrt_values(fleet_config, keys):
     text = home_configs.render(fleet_config, _peers(fleet_config, keys), keys["home"][0])["openwrt"]
-    lines = text.splitlines()
+    assert text.startswith("#!/bin/sh\n")
+    lines = _uci_batch(text)
     for expected in [
         "set network.wg_fsn=interface",
         "set network.wg_fsn.proto='wireguard'",
@@ -176,26 +225,31 @@ def test_openwrt_values(fleet_config, keys):
     ]:
         assert expected in lines, expected
     assert not any("allowed_ips='0.0.0.0/0'" in line for line in lines)
-    commands = [line.split()[0] for line in lines if line and not line.startswith("#")]
-    assert set(commands) <= {"set", "add_list", "delete"}
+    assert {line.split()[0] for line in lines} == {"set", "add_list"}
+    # the commit names its packages: the user's other staged changes stay staged
+    assert text.rstrip().splitlines()[-3:] == ["uci commit network", "uci commit firewall", "reload_config"]
 
 
 def test_routeros_values(fleet_config, keys):
     text = home_configs.render(fleet_config, _peers(fleet_config, keys), keys["home"][0])["routeros"]
     lines = text.splitlines()
     v6 = _v6(fleet_config, 5)
+    tag = "cgnat-edge cgnat-edge/dev"
     for expected in [
-        f'/interface wireguard add name=wg-fsn mtu=1380 private-key="{keys["home"][0]}" comment="cgnat-edge cgnat-edge/dev: tunnel to edge fsn"',
+        f'/interface wireguard add name=wg-fsn mtu=1380 private-key="{keys["home"][0]}" comment="{tag}: tunnel to edge fsn"',
         f'/interface wireguard peers add interface=wg-fsn public-key="{keys["fsn"][1]}" endpoint-address=203.0.113.10 endpoint-port=51820 '
-        f'allowed-address=10.254.0.5/32,{v6}/128 persistent-keepalive=25s comment="cgnat-edge cgnat-edge/dev"',
-        '/ip address add address=10.254.0.6/30 interface=wg-fsn comment="cgnat-edge cgnat-edge/dev"',
-        f'/ipv6 address add address={_v6(fleet_config, 6)}/126 interface=wg-fsn advertise=no comment="cgnat-edge cgnat-edge/dev"',
-        '/ip firewall filter add chain=forward in-interface-list=cgnat-edge dst-address=192.168.1.30 protocol=udp dst-port=2456 action=accept comment="cgnat-edge cgnat-edge/dev: valheim"',
+        f'allowed-address=10.254.0.5/32,{v6}/128 persistent-keepalive=25s comment="{tag}: edge fsn"',
+        f'/ip address add address=10.254.0.6/30 interface=wg-fsn comment="{tag}: wg-fsn"',
+        f'/ipv6 address add address={_v6(fleet_config, 6)}/126 interface=wg-fsn advertise=no comment="{tag}: wg-fsn"',
+        "/ip firewall filter add chain=forward in-interface-list=cgnat-edge dst-address=192.168.1.30 protocol=udp dst-port=2456 "
+        f'action=accept comment="{tag}: valheim" place-before=[:pick [/ip firewall filter find where comment="{tag}: nothing else"] 0]',
+        f'/ip firewall filter remove [find where comment~"^{tag}(:|\\$)"]',
     ]:
         assert expected in lines, expected
-    assert lines.index(
-        '/ip firewall filter add chain=forward in-interface-list=cgnat-edge connection-state=new action=drop comment="cgnat-edge cgnat-edge/dev: nothing else"'
-    ) > max(i for i, line in enumerate(lines) if "action=accept" in line)
+    # every item the script adds carries the tag its removals look for
+    adds = [i for i, line in enumerate(lines) if " add " in line]
+    assert adds and all(f'comment="{tag}: ' in lines[i] for i in adds)
+    assert max(i for i, line in enumerate(lines) if " remove " in line) < min(adds)
 
 
 def test_interface_names_fit_ifnamsiz_and_stay_unique():
@@ -216,6 +270,492 @@ def test_edge_without_ipv4_uses_ipv6_endpoint(fleet_config, keys):
     peers[0] = dataclasses.replace(peers[0], ipv4=None)
     data = home_configs.render(fleet_config, peers, keys["home"][0])["structured"]
     assert data["tunnels"][0]["peer"]["endpoint"] == "[2001:db8:10::1]:51820"
+
+
+# --- re-applying: the OpenWrt script against a model of uci ------------------------
+#
+# No OpenWrt binaries run on Debian, so the real script runs under the real sh and sed
+# with `uci` and `reload_config` replaced by the small model below: named sections only,
+# changes staged until `uci commit <package>`, batch errors reported and skipped like
+# uci's own batch mode does.
+
+FAKE_UCI = r"""
+import json, os, re, shlex, sys
+
+STATE = os.environ["UCI_MODEL_STATE"]
+state = json.load(open(STATE))
+NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+class UciError(Exception):
+    pass
+
+
+def split(path):
+    parts = path.split(".")
+    if not 2 <= len(parts) <= 3 or not all(NAME.match(p) for p in parts):
+        raise UciError(f"Invalid argument: {path}")
+    return parts
+
+
+def section(pkg, sec, create_type=None):
+    sections = state["staged"].setdefault(pkg, {})
+    if sec not in sections:
+        if create_type is None:
+            raise UciError(f"Entry not found: {pkg}.{sec}")
+        sections[sec] = {}
+    if create_type is not None:
+        sections[sec][".type"] = create_type
+    return sections[sec]
+
+
+def assign(cmd, arg):
+    path, eq, value = arg.partition("=")
+    if not eq:
+        raise UciError(f"Invalid argument: {arg}")
+    parts = split(path)
+    if len(parts) == 2:
+        if cmd != "set" or not NAME.match(value):
+            raise UciError(f"Invalid argument: {arg}")
+        section(*parts, create_type=value)
+        return
+    options = section(*parts[:2])
+    if cmd == "set":
+        options[parts[2]] = value
+    else:
+        old = options.get(parts[2], [])
+        options[parts[2]] = (old if isinstance(old, list) else [old]) + [value]
+
+
+def delete(path):
+    parts = split(path)
+    sections = state["staged"].get(parts[0], {})
+    if parts[1] not in sections or (len(parts) == 3 and parts[2] not in sections[parts[1]]):
+        raise UciError(f"Entry not found: {path}")
+    if len(parts) == 2:
+        del sections[parts[1]]
+    else:
+        del sections[parts[1]][parts[2]]
+
+
+def fmt(value):
+    return " ".join(f"'{v}'" for v in value) if isinstance(value, list) else f"'{value}'"
+
+
+def run(args):
+    cmd, rest = args[0], args[1:]
+    if cmd == "get":
+        parts = split(rest[0])
+        options = section(*parts[:2])
+        if len(parts) == 2:
+            return options[".type"]
+        if parts[2] not in options:
+            raise UciError(f"Entry not found: {rest[0]}")
+        value = options[parts[2]]
+        return " ".join(value) if isinstance(value, list) else value
+    if cmd == "show":
+        if rest[0] not in state["staged"]:
+            raise UciError(f"Entry not found: {rest[0]}")
+        lines = []
+        for name, options in state["staged"][rest[0]].items():
+            lines.append(f"{rest[0]}.{name}={options['.type']}")
+            lines += [f"{rest[0]}.{name}.{k}={fmt(v)}" for k, v in options.items() if k != ".type"]
+        return "\n".join(lines)
+    if cmd == "delete":
+        delete(rest[0])
+        return None
+    if cmd in ("set", "add_list"):
+        assign(cmd, rest[0])
+        return None
+    if cmd == "commit":
+        state["committed"][rest[0]] = json.loads(json.dumps(state["staged"].get(rest[0], {})))
+        state["commits"].append(rest[0])
+        return None
+    if cmd == "batch":
+        for line in sys.stdin:
+            words = shlex.split(line, comments=True)
+            if not words:
+                continue
+            try:
+                if words[0] not in ("set", "add_list", "delete") or len(words) != 2:
+                    raise UciError(f"Unknown command: {line.strip()}")
+                run(words)
+            except UciError as e:
+                state["errors"].append(str(e))
+                print(f"uci: {e}", file=sys.stderr)
+        return None
+    raise UciError(f"Unknown command: {cmd}")
+
+
+args = sys.argv[1:]
+quiet = bool(args) and args[0] == "-q"
+args = args[1:] if quiet else args
+try:
+    out = run(args)
+    code = 0
+except UciError as e:
+    out, code = None, 1
+    if not quiet:
+        print(f"uci: {e}", file=sys.stderr)
+json.dump(state, open(STATE, "w"))
+if out is not None:
+    print(out)
+sys.exit(code)
+"""
+
+# What a fresh OpenWrt has, plus a WireGuard tunnel and a rule of the user's own.
+OPENWRT_BASE = {
+    "network": {
+        "loopback": {".type": "interface", "device": "lo", "proto": "static"},
+        "lan": {".type": "interface", "device": "br-lan", "proto": "static", "ipaddr": "192.168.1.1"},
+        "wan": {".type": "interface", "device": "eth1", "proto": "dhcp"},
+        "wg_vpn": {".type": "interface", "proto": "wireguard", "addresses": ["10.9.0.1/24"]},
+        "vpn_phone": {".type": "wireguard_wg_vpn", "public_key": "phone", "allowed_ips": ["10.9.0.2/32"]},
+    },
+    "firewall": {
+        "cfg01e63d": {".type": "defaults", "input": "REJECT", "output": "ACCEPT", "forward": "REJECT"},
+        "cfg02dc81": {".type": "zone", "name": "lan", "network": ["lan", "wg_vpn"], "input": "ACCEPT"},
+        "cfg03dc81": {".type": "zone", "name": "wan", "network": ["wan"], "input": "REJECT", "masq": "1"},
+        "allow_ssh_from_work": {".type": "rule", "src": "wan", "dest_port": "22", "target": "ACCEPT"},
+    },
+}
+
+# firewall4's parse_zone / parse_rule / parse_nat: the options each section type takes
+# and which of them may be lists (any other option given as a list: "must not be a list").
+FW4_OPTIONS = {
+    "zone": ({"name", "input", "output", "forward"}, {"network"}),
+    "rule": ({"name", "src", "dest", "target"}, {"dest_ip", "dest_port", "proto"}),
+    "nat": ({"name", "src", "src_ip", "target"}, {"proto"}),
+}
+# netifd's wireguard protocol handler (interface) and its peer sections
+WIREGUARD_OPTIONS = {
+    "interface": ({"proto", "private_key", "mtu"}, {"addresses"}),
+    "peer": (
+        {"description", "public_key", "endpoint_host", "endpoint_port", "persistent_keepalive", "route_allowed_ips"},
+        {"allowed_ips"},
+    ),
+}
+
+
+class OpenWrtModel:
+    def __init__(self, tmp_path):
+        self.bin = tmp_path / "bin"
+        self.bin.mkdir(parents=True)
+        self.state = tmp_path / "uci-state.json"
+        self.state.write_text(
+            json.dumps({"staged": OPENWRT_BASE, "committed": OPENWRT_BASE, "errors": [], "commits": []})
+        )
+        (self.bin / "uci").write_text(f"#!{sys.executable}\n{FAKE_UCI}")
+        (self.bin / "reload_config").write_text('#!/bin/sh\necho reload >> "$UCI_MODEL_STATE.reloads"\n')
+        for tool in self.bin.iterdir():
+            tool.chmod(0o755)
+        self.script = tmp_path / "openwrt.uci"
+
+    def apply(self, script: str) -> dict:
+        self.script.write_text(script)
+        env = {"PATH": f"{self.bin}:/usr/bin:/bin", "UCI_MODEL_STATE": str(self.state)}
+        done = subprocess.run(["sh", str(self.script)], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        state = json.loads(self.state.read_text())
+        assert state["errors"] == [] and done.stderr == "", done.stderr
+        assert state["commits"][-2:] == ["network", "firewall"]
+        return state["committed"]
+
+
+def _home(raw_config, keys, **changes):
+    from components.model import config as config_module
+
+    raw = {**raw_config, **changes}
+    cfg = config_module.parse(raw, stack="dev")
+    return home_configs.render(cfg, _peers(cfg, {**keys}), keys["home"][0])
+
+
+def _without_ams_and_games(raw_config):
+    return {
+        "edges": [e for e in raw_config["edges"] if e["name"] != "ams"],
+        "services": [s for s in raw_config["services"] if s["name"] not in ("minecraft", "valheim")],
+    }
+
+
+def _owned(state):
+    """The sections the script made, by package."""
+    base = {pkg: set(sections) for pkg, sections in OPENWRT_BASE.items()}
+    return {pkg: {n for n in sections if n not in base[pkg]} for pkg, sections in state.items()}
+
+
+def test_openwrt_script_replaces_everything_an_earlier_run_made(raw_config, keys, tmp_path):
+    require_tool("sh", "sed")
+    full = _home(raw_config, keys, homeRole="host")
+    smaller = _home(raw_config, keys, homeRole="router", **_without_ams_and_games(raw_config))
+
+    model = OpenWrtModel(tmp_path / "a")
+    first = model.apply(full["openwrt"])
+    assert _owned(first)["network"] == {"wg_fsn", "wg_fsn_edge", "wg_ams", "wg_ams_edge"}
+    assert _owned(first)["firewall"] == (
+        {"cgnat_edge"}
+        | {f"cgnat_edge_allow{i}" for i in range(6)}
+        | {f"cgnat_edge_masq_wg_{e}_{n}" for e in ("fsn", "ams") for n in (0, 1)}
+    )
+    assert first["firewall"]["cgnat_edge_masq_wg_ams_0"]["src_ip"] == "10.254.0.9/32"
+
+    # an edge, two services and the role are gone: so are their sections
+    second = model.apply(smaller["openwrt"])
+    assert _owned(second) == {
+        "network": {"wg_fsn", "wg_fsn_edge"},
+        "firewall": {"cgnat_edge", "cgnat_edge_allow0", "cgnat_edge_allow1", "cgnat_edge_allow2", "cgnat_edge_allow3"},
+    }
+    assert second["firewall"]["cgnat_edge"]["network"] == ["wg_fsn"]
+    # the same as applying the smaller stack to a fresh router, and again is a no-op
+    fresh = OpenWrtModel(tmp_path / "b").apply(smaller["openwrt"])
+    assert second == fresh
+    assert model.apply(smaller["openwrt"]) == second
+    # nothing of the user's own was touched
+    for pkg, sections in OPENWRT_BASE.items():
+        assert {n: second[pkg][n] for n in sections} == sections
+    assert (tmp_path / "a" / "uci-state.json.reloads").read_text() == "reload\n" * 3
+
+
+def test_openwrt_sections_follow_firewall4_and_netifd(raw_config, keys, tmp_path):
+    """Every option the script writes is one firewall4 / netifd's wireguard handler
+    reads, and only those that take lists get lists (firewall4 rejects a nat section's
+    src_ip given as a list: the masquerade would silently do nothing)."""
+    require_tool("sh", "sed")
+    state = OpenWrtModel(tmp_path).apply(_home(raw_config, keys, homeRole="host")["openwrt"])
+    owned = _owned(state)
+    checked = set()
+    for pkg, names in owned.items():
+        for name in names:
+            options = dict(state[pkg][name])
+            kind = options.pop(".type")
+            if pkg == "firewall":
+                single, lists = FW4_OPTIONS[kind]
+            else:
+                single, lists = WIREGUARD_OPTIONS["peer" if kind.startswith("wireguard_") else kind]
+            for key, value in options.items():
+                assert key in single | lists, f"{pkg}.{name}: {key} is no {kind} option"
+                assert not isinstance(value, list) or key in lists, f"{pkg}.{name}: option '{key}' must not be a list"
+            checked.add(kind)
+    assert checked == {"zone", "rule", "nat", "interface", "wireguard_wg_fsn", "wireguard_wg_ams"}
+
+
+# --- re-applying: the RouterOS script against a model of its menus ----------------------
+
+
+class RouterOSModel:
+    """The few RouterOS 7 script forms the script uses: ``/menu add k=v``,
+    ``/menu remove [find where ...]``, ``place-before=[:pick [/menu find where ...] 0]``
+    and ``:if ([:len [...]] > 0) do={...} else={...}``.  Removing an item that others
+    still use fails, as it does on a router; so does ``place-before`` with nothing."""
+
+    MENUS = (
+        "/interface wireguard peers",
+        "/interface wireguard",
+        "/interface list member",
+        "/interface list",
+        "/ipv6 firewall filter",
+        "/ipv6 firewall nat",
+        "/ipv6 address",
+        "/ip firewall filter",
+        "/ip firewall nat",
+        "/ip address",
+    )
+
+    def __init__(self, items: dict[str, list[dict]]):
+        self.items = {m: [dict(i) for i in items.get(m, [])] for m in self.MENUS}
+        self.next_id = 1
+        for menu_items in self.items.values():
+            for item in menu_items:
+                item[".id"] = self._id()
+
+    def _id(self):
+        self.next_id += 1
+        return f"*{self.next_id:X}"
+
+    @staticmethod
+    def _words(text):
+        """Split on spaces outside quotes, brackets and braces."""
+        words, depth, quoted, cur = [], 0, False, ""
+        for ch in text:
+            if ch == '"':
+                quoted = not quoted
+            elif not quoted and ch in "[{(":
+                depth += 1
+            elif not quoted and ch in "]})":
+                depth -= 1
+            if ch == " " and not quoted and depth == 0:
+                if cur:
+                    words.append(cur)
+                cur = ""
+            else:
+                cur += ch
+        assert not quoted and depth == 0, text
+        return words + ([cur] if cur else [])
+
+    def _menu(self, line):
+        for menu in self.MENUS:
+            if line.startswith(menu + " "):
+                return menu, line[len(menu) + 1 :]
+        raise AssertionError(f"unknown menu in {line!r}")
+
+    def _matches(self, item, where):
+        tokens = re.findall(r'\(|\)|!|[\w-]+[=~]"[^"]*"|[\w-]+=[^\s()]+|\band\b|\bor\b', where)
+        assert re.sub(r"\s", "", "".join(tokens)) == re.sub(r"\s", "", where), f"cannot read {where!r}"
+        py = []
+        for tok in tokens:
+            if tok in ("(", ")", "and", "or"):
+                py.append(f" {tok} ")
+            elif tok == "!":
+                py.append(" not ")
+            else:
+                key, op, value = re.fullmatch(r"([\w-]+)([=~])(.*)", tok).groups()
+                value = value.strip('"').replace("\\$", "$")
+                have = item.get(key, "no" if key in ("dynamic", "disabled") else "")
+                py.append(str(bool(re.search(value, have)) if op == "~" else have == value))
+        return eval("".join(py))  # only True, False, and, or, not and parentheses
+
+    def _value(self, text):
+        """A value: "quoted", [/menu find where ...], [:pick [...] 0], [:len [...]] or a word."""
+        if text.startswith('"'):
+            return text[1:-1].replace("\\$", "$")
+        if text.startswith("[:pick ") and text.endswith(" 0]"):
+            found = self._value(text[len("[:pick ") : -len(" 0]")])
+            return found[0] if found else None
+        if text.startswith("[:len "):
+            return len(self._value(text[len("[:len ") : -1]))
+        found = re.fullmatch(r"\[(?:(/.+?) )?find where (.*)\]", text)
+        if found:
+            menu = found.group(1) or self._context
+            assert menu in self.MENUS, text
+            return [i[".id"] for i in self.items[menu] if self._matches(i, found.group(2))]
+        return text
+
+    def _remove(self, menu, ids):
+        name_of = {i[".id"]: i.get("name") for i in self.items[menu]}
+        for item_id in ids:
+            name = name_of[item_id]
+            users = {
+                "/interface wireguard": [
+                    ("/interface wireguard peers", "interface"),
+                    ("/interface list member", "interface"),
+                    ("/ip address", "interface"),
+                    ("/ipv6 address", "interface"),
+                ],
+                "/interface list": [
+                    ("/interface list member", "list"),
+                    ("/ip firewall filter", "in-interface-list"),
+                    ("/ipv6 firewall filter", "in-interface-list"),
+                ],
+            }.get(menu, [])
+            for user_menu, key in users:
+                assert not [i for i in self.items[user_menu] if i.get(key) == name], f"{name} is still used"
+        self.items[menu] = [i for i in self.items[menu] if i[".id"] not in ids]
+
+    def run(self, line):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            return
+        m = re.fullmatch(r":if \(\[:len (.*)\] > 0\) do=\{(.*)\} else=\{(.*)\}", line)
+        if m:
+            self.run(m.group(2) if self._value(m.group(1)) else m.group(3))
+            return
+        menu, rest = self._menu(line)
+        self._context = menu
+        cmd, *words = self._words(rest)
+        if cmd == "remove":
+            [target] = words
+            self._remove(menu, self._value(target))
+        elif cmd == "add":
+            item = {}
+            for word in words:
+                key, _, value = word.partition("=")
+                item[key] = self._value(value)
+            before = item.pop("place-before", "append")
+            assert before is not None, f"place-before found nothing: {line}"
+            item[".id"] = self._id()
+            if before == "append":
+                self.items[menu].append(item)
+            else:
+                ids = [i[".id"] for i in self.items[menu]]
+                self.items[menu].insert(ids.index(before), item)
+        else:
+            raise AssertionError(f"unexpected command {cmd!r}")
+
+    def apply(self, script):
+        for line in script.splitlines():
+            self.run(line)
+        return self.view()
+
+    def view(self):
+        return {m: [{k: v for k, v in i.items() if k != ".id"} for i in items] for m, items in self.items.items()}
+
+
+# RouterOS 7's default configuration (the firewall parts that matter here), plus a
+# WireGuard tunnel of the user's own.
+ROUTEROS_DEFCONF = {
+    "/interface list": [{"name": "WAN", "comment": "defconf"}, {"name": "LAN", "comment": "defconf"}],
+    "/interface wireguard": [{"name": "wg-mine", "mtu": "1420"}],
+    "/ip firewall filter": [
+        {"chain": "forward", "action": "passthrough", "dynamic": "yes", "comment": "special dummy rule"},
+        {"chain": "input", "action": "accept", "connection-state": "established,related,untracked"},
+        {"chain": "input", "action": "drop", "in-interface-list": "!LAN", "comment": "defconf: drop all not from LAN"},
+        {"chain": "forward", "action": "fasttrack-connection", "connection-state": "established,related"},
+        {"chain": "forward", "action": "accept", "connection-state": "established,related,untracked"},
+        {"chain": "forward", "action": "drop", "connection-state": "invalid", "comment": "defconf: drop invalid"},
+        {"chain": "forward", "action": "drop", "in-interface-list": "WAN", "comment": "defconf: drop from WAN"},
+    ],
+    "/ipv6 firewall filter": [
+        {"chain": "forward", "action": "accept", "connection-state": "established,related,untracked"},
+        {"chain": "forward", "action": "drop", "in-interface-list": "!LAN", "comment": "defconf: drop not from LAN"},
+    ],
+}
+
+
+def _forward(view, family="ip"):
+    return [r for r in view[f"/{family} firewall filter"] if r["chain"] == "forward"]
+
+
+def test_routeros_rules_go_before_the_routers_drops_and_are_replaced(raw_config, keys):
+    tag = "cgnat-edge cgnat-edge/dev: "
+    full = _home(raw_config, keys, homeRole="host")["routeros"]
+    smaller = _home(raw_config, keys, **_without_ams_and_games(raw_config))["routeros"]
+    router = RouterOSModel(ROUTEROS_DEFCONF)
+    first = router.apply(full)
+
+    forward = _forward(first)
+    ours = [i for i, r in enumerate(forward) if r.get("comment", "").startswith(tag)]
+    first_drop = min(i for i, r in enumerate(forward) if r["action"] == "drop" and not r["comment"].startswith(tag))
+    assert len(ours) == 7 and max(ours) < first_drop, forward
+    assert [forward[i]["action"] for i in ours] == ["accept"] * 6 + ["drop"]
+    assert [forward[i]["dst-port"] for i in ours[:-1]] == ["443", "80", "8080", "22", "25565", "2456"]
+    assert forward[ours[-1]]["connection-state"] == "new"
+    v6 = _forward(first, "ipv6")
+    assert v6[1]["comment"] == tag + "nothing else" and v6[2]["comment"] == "defconf: drop not from LAN"
+    assert {i["name"] for i in first["/interface wireguard"]} == {"wg-mine", "wg-fsn", "wg-ams"}
+    assert len(first["/ip firewall nat"]) == 2
+
+    # importing again replaces: nothing doubles
+    assert router.apply(full) == first
+    # an edge, two services and the role are gone: so is everything of theirs
+    second = router.apply(smaller)
+    assert second == RouterOSModel(ROUTEROS_DEFCONF).apply(smaller)
+    assert {i["name"] for i in second["/interface wireguard"]} == {"wg-mine", "wg-fsn"}
+    assert [r["dst-port"] for r in _forward(second) if r["action"] == "accept" and "dst-port" in r] == [
+        "443",
+        "80",
+        "8080",
+        "22",
+    ]
+    assert second["/ip firewall nat"] == [] and second["/ipv6 firewall nat"] == []
+    assert not [i for items in second.values() for i in items if "ams" in str(i)]
+    # nothing of the router's own was touched
+    for menu, items in ROUTEROS_DEFCONF.items():
+        assert [i for i in second[menu] if not i.get("comment", "").startswith(tag)] == items
+
+
+def test_routeros_rules_without_any_drop_rule(raw_config, keys):
+    view = RouterOSModel({}).apply(_home(raw_config, keys)["routeros"])
+    assert [r["action"] for r in _forward(view)] == ["accept"] * 6 + ["drop"]
+    assert [r["action"] for r in _forward(view, "ipv6")] == ["drop"]
 
 
 # --- files -----------------------------------------------------------------------

@@ -225,7 +225,7 @@ def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rend
 
         def answered_by_new_target(ip=edge.public_ip):
             (r,) = el.probe([{"kind": "tcp", "edge": ip, "port": 2222}])
-            return r["ok"] and r["body"]["listener"] == "192.0.2.10:2023"
+            return r["ok"] and isinstance(r["body"], dict) and r["body"]["listener"] == "192.0.2.10:2023"
 
         wait_for(answered_by_new_target, timeout=15, message=f"edge {name} forwarding to the new target")
     after = {

@@ -9,7 +9,9 @@ The lab (documentation and CGNAT addresses only)::
                                             edge fsn 203.0.113.10   edge ams 203.0.113.18
 
 Tunnels use 198.51.100.0/24 and fd00:cafe::/64.  Home dials out through the CGNAT; the
-edges never learn an endpoint except from home's handshakes.
+edges never learn an endpoint except from home's handshakes.  The LAN host answers on
+declared targets (echo 8443/tcp, web 9443/tcp with its httpTarget 9080/tcp, game
+9999/udp) and on ports and an address nobody declared: the edges must reach only the first.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ pytestmark = pytest.mark.netns
 EDGE_IPS = {"fsn": "203.0.113.10", "ams": "203.0.113.18"}
 CGNAT_PUBLIC = "203.0.113.1"
 LAN_HOST = "192.0.2.10"
+LAN_OTHER = "192.0.2.11"  # a second LAN address no service names
 ECHO_PORT = 8443
+WEB_PORT, WEB_HTTP_PORT, GAME_PORT = 9443, 9080, 9999
+UNDECLARED_PORT = 8444
 MASQUERADE_WAN = """table ip {table} {{
   chain post {{
     type nat hook postrouting priority srcnat;
@@ -55,7 +60,17 @@ def lab_config(**overrides) -> config_module.FleetConfig:
         "tunnelIpv4Prefix": "198.51.100.0/24",
         "tunnelIpv6Prefix": "fd00:cafe::/64",
         "keepaliveSeconds": 10,
-        "services": [{"name": "echo", "mode": "tcp", "port": 2222, "target": f"{LAN_HOST}:{ECHO_PORT}"}],
+        "services": [
+            {"name": "echo", "mode": "tcp", "port": 2222, "target": f"{LAN_HOST}:{ECHO_PORT}"},
+            {
+                "name": "web",
+                "mode": "passthrough",
+                "hostnames": ["web.example.org"],
+                "target": f"{LAN_HOST}:{WEB_PORT}",
+                "httpTarget": f"{LAN_HOST}:{WEB_HTTP_PORT}",
+            },
+            {"name": "game", "mode": "udp", "port": 2456, "target": f"{LAN_HOST}:{GAME_PORT}"},
+        ],
     }
     raw.update(overrides)
     return config_module.parse(raw, stack="lab")
@@ -70,6 +85,42 @@ def lab():
 def _echo_server(node, addr="0.0.0.0", port=ECHO_PORT, family="TCP4"):
     """Answers every connection with the source address it saw, then closes."""
     node.spawn("socat", f"{family}-LISTEN:{port},bind={addr},fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR")
+
+
+def _udp_echo_server(node, port=GAME_PORT):
+    node.spawn("socat", f"UDP4-RECVFROM:{port},fork", "SYSTEM:echo $SOCAT_PEERADDR")
+
+
+def _ask_udp(node, target, timeout=3):
+    done = node.run("socat", f"-t{timeout}", "-", f"UDP4:{target}", check=False, timeout=timeout + 5, input="hi\n")
+    text = done.stdout.strip()
+    return str(ipaddress.ip_address(text)) if done.returncode == 0 and text else None
+
+
+def _refused(node, target):
+    """True when the connection is refused at once (a TCP reset), not left to time out:
+    what the home's filter answers for anything the edge has no business with."""
+    done = node.run("socat", "-", f"TCP:{target},connect-timeout=3", check=False, timeout=10, input="")
+    return done.returncode != 0 and "Connection refused" in done.stderr
+
+
+def _lan_services(lan):
+    """Declared targets and undeclared ports on the same host, all answering."""
+    for port in (ECHO_PORT, WEB_PORT, WEB_HTTP_PORT, UNDECLARED_PORT, GAME_PORT):
+        _echo_server(lan, port=port)  # GAME_PORT: tcp is not declared there, only udp
+    _udp_echo_server(lan)
+
+
+def _assert_only_declared_targets(edge, tunnel_source, lan_side):
+    """From ``edge``: every declared target answers (seen from ``tunnel_source``), every
+    undeclared one is refused, although ``lan_side`` shows they all answer."""
+    for port in (ECHO_PORT, WEB_PORT, WEB_HTTP_PORT):
+        assert wait_for(lambda port=port: _ask(edge, f"{LAN_HOST}:{port}"), message=f"edge -> {port}") == tunnel_source
+    assert wait_for(lambda: _ask_udp(edge, f"{LAN_HOST}:{GAME_PORT}"), message="edge -> game/udp") == tunnel_source
+    undeclared = [f"{LAN_HOST}:{UNDECLARED_PORT}", f"{LAN_OTHER}:{ECHO_PORT}", f"{LAN_HOST}:{GAME_PORT}"]
+    for target in undeclared:
+        assert wait_for(lambda target=target: _ask(lan_side, target), message=f"{target} inside the LAN")
+        assert _refused(edge, target), f"the edge reached {target}, which no service declares"
 
 
 def _ask(node, target, timeout=3):
@@ -190,9 +241,9 @@ def test_home_behind_cgnat_reaches_two_edges(lab, tmp_path):
     home.forward()
     lab.link(home, "wan", ["100.64.0.2/24"], cgnat, "inside", ["100.64.0.1/24"])
     home.route("default", "via", "100.64.0.1")
-    lab.link(home, "lan", ["192.0.2.1/24"], lan, "eth0", [f"{LAN_HOST}/24"])
+    lab.link(home, "lan", ["192.0.2.1/24"], lan, "eth0", [f"{LAN_HOST}/24", f"{LAN_OTHER}/24"])
     lan.route("default", "via", "192.0.2.1")
-    _echo_server(lan)
+    _lan_services(lan)
 
     for spec in cfg.edges:
         _edge_up(cfg, edges[spec.name], spec, edge_keys[spec.name][0], home_key[1])
@@ -214,17 +265,21 @@ def test_home_behind_cgnat_reaches_two_edges(lab, tmp_path):
         assert "mtu 1380" in edges[name].run("ip", "link", "show", "wg0").stdout
         assert "mtu 1380" in home.run("ip", "link", "show", ifname).stdout
 
-    # Traffic from each edge to the LAN target; the answer's source shows the reply went
+    # Traffic from each edge to the LAN targets; the answer's source shows the reply went
     # back through the same edge's tunnel (a wrong path would be dropped by WireGuard).
-    assert wait_for(lambda: _ask(edges["fsn"], f"{LAN_HOST}:{ECHO_PORT}"), message="fsn -> LAN") == "198.51.100.5"
-    assert wait_for(lambda: _ask(edges["ams"], f"{LAN_HOST}:{ECHO_PORT}"), message="ams -> LAN") == "198.51.100.9"
-    # IPv6 inside the tunnel, and home -> edge
+    # Anything not declared is refused: other ports, other hosts, the other protocol.
+    _assert_only_declared_targets(edges["fsn"], "198.51.100.5", lan_side=home)
+    _assert_only_declared_targets(edges["ams"], "198.51.100.9", lan_side=home)
+    # The home router itself is no target either, over IPv4 or IPv6 ...
     _echo_server(home, addr="[fd00:cafe::6]", port=9000, family="TCP6")
-    assert (
-        wait_for(lambda: _ask(edges["fsn"], "[fd00:cafe::6]:9000"), message="fsn -> home over IPv6") == "fd00:cafe::5"
-    )
+    _echo_server(home, addr="192.0.2.1", port=9000)
+    assert wait_for(lambda: _ask(lan, "192.0.2.1:9000"), message="LAN -> home router") == LAN_HOST
+    assert _refused(edges["fsn"], "[fd00:cafe::6]:9000") and _refused(edges["fsn"], "192.0.2.1:9000")
+    # ... but what home opens towards an edge works, over IPv4 and IPv6 inside the tunnel.
     _echo_server(edges["ams"], addr="198.51.100.9", port=9001)
     assert wait_for(lambda: _ask(home, "198.51.100.9:9001"), message="home -> ams") == "198.51.100.10"
+    _echo_server(edges["fsn"], addr="[fd00:cafe::5]", port=9001, family="TCP6")
+    assert wait_for(lambda: _ask(home, "[fd00:cafe::5]:9001"), message="home -> fsn over IPv6") == "fd00:cafe::6"
 
     # Losing one edge leaves the other tunnel alone.
     edges["fsn"].run("wg-quick", "down", "wg0")
@@ -233,6 +288,7 @@ def test_home_behind_cgnat_reaches_two_edges(lab, tmp_path):
     for name in ("wg-fsn", "wg-ams"):
         home.run("wg-quick", "down", name)
     assert _routes(home) == before
+    assert "cgnat_edge" not in home.run("nft", "list", "tables").stdout, "wg-quick down removes the filters"
     assert configs["structured"]["role"] == "router"
 
 
@@ -255,12 +311,12 @@ def test_role_host_with_a_home_key_that_never_left_home(lab, tmp_path):
     router.run("nft", "-f", "-", input=MASQUERADE_WAN.format(table="home"))
     router.run("ip", "link", "add", "br0", "type", "bridge")
     router.addresses("br0", ["192.0.2.1/24"])
-    for node, addr in ((box, "192.0.2.2/24"), (lan, f"{LAN_HOST}/24")):
+    for node, addrs in ((box, ["192.0.2.2/24"]), (lan, [f"{LAN_HOST}/24", f"{LAN_OTHER}/24"])):
         port = f"p-{node.name}"
-        lab.link(router, port, [], node, "eth0", [addr])
+        lab.link(router, port, [], node, "eth0", addrs)
         router.run("ip", "link", "set", port, "master", "br0")
         node.route("default", "via", "192.0.2.1")
-    _echo_server(lan)
+    _lan_services(lan)
 
     _edge_up(cfg, edges["fsn"], cfg.edges[0], edge_keys["fsn"][0], home_key[1])
     configs = _render_home(cfg, edge_keys, None, tmp_path)
@@ -272,12 +328,15 @@ def test_role_host_with_a_home_key_that_never_left_home(lab, tmp_path):
     assert _routes(box) == before
     wait_for(lambda: _handshake(box, "wg-fsn"), timeout=15, message="handshake with a key from the key file")
 
-    assert wait_for(lambda: _ask(edges["fsn"], f"{LAN_HOST}:{ECHO_PORT}"), message="fsn -> LAN via box") == "192.0.2.2"
+    # Through the box, masqueraded: the LAN host sees the box; only declared targets,
+    # and neither the box itself nor the LAN's router.
+    _assert_only_declared_targets(edges["fsn"], "192.0.2.2", lan_side=box)
+    _echo_server(box, addr="192.0.2.2", port=9000)
+    assert wait_for(lambda: _ask(lan, "192.0.2.2:9000"), message="LAN -> box") == LAN_HOST
+    assert _refused(edges["fsn"], "192.0.2.2:9000") and _refused(edges["fsn"], "192.0.2.1:22")
     table = "cgnat_edge_wg_fsn"
-    assert table in box.run("nft", "list", "tables").stdout
     # Prove the masquerade is what makes it work: without it the LAN host answers the router.
-    box.run("nft", "delete", "table", "inet", table)
+    box.run("nft", "flush", "chain", "inet", table, "postrouting")
     assert _ask(edges["fsn"], f"{LAN_HOST}:{ECHO_PORT}", timeout=2) is None
-    box.run("nft", "add", "table", "inet", table)  # PostDown deletes it again
     box.run("wg-quick", "down", "wg-fsn")
     assert table not in box.run("nft", "list", "tables").stdout

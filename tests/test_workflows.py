@@ -122,6 +122,7 @@ def test_preview_runs_per_stack_and_comments():
     workflow = load("preview.yml")
     assert list(workflow["on"]) == ["pull_request"]
     job = workflow["jobs"]["preview"]
+    assert job["environment"] == "preview"
     assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"]
     assert job["permissions"] == {"contents": "read", "pull-requests": "write"}
     [preview] = [s for _, s in steps(workflow) if str(s.get("uses", "")).startswith("pulumi/actions@")]
@@ -170,6 +171,126 @@ def test_secrets_come_from_github_secrets_only():
             run = str(step.get("run", ""))
             assert "${{ secrets." not in run, f"{path.name}: secrets belong in env, not interpolated into scripts"
             assert not re.search(r">\s*\S*(id_|\.pem|\.key)", run), f"{path.name}: writes a key to a file"
+
+
+# -- secrets and pull requests --------------------------------------------------------------
+
+PR_TRIGGERS = {"pull_request", "pull_request_target", "pull_request_review", "pull_request_review_comment"}
+"""Events whose workflows run (or can be made to run) a pull request's code."""
+_SECRET_REF = re.compile(r"\bsecrets\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[)")
+_PR_HEAD = re.compile(r"pull_request\.head|github\.head_ref|refs/pull/|pull/\$\{\{|gh pr checkout", re.I)
+
+
+def triggers(workflow: dict) -> set[str]:
+    on = workflow["on"]
+    return {on} if isinstance(on, str) else set(on)
+
+
+def reviewed_environments(readme: str) -> set[str]:
+    """The environments the README's table marks as having required reviewers."""
+    return set(re.findall(r"^\|\s*`([\w-]+)`\s*\|\s*yes\s*\|", readme, re.M))
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    else:
+        yield str(node)
+
+
+def secrets_used(node) -> set[str]:
+    """Secret names an expression anywhere under ``node`` reads; ``secrets[...]`` and a
+    job's ``secrets: inherit`` count as every secret ("*")."""
+    names = {m.group(1) or "*" for text in _strings(node) for m in _SECRET_REF.finditer(text)}
+    if isinstance(node, dict) and node.get("secrets") == "inherit":
+        names.add("*")
+    return names
+
+
+def pull_request_violations(workflow: dict, reviewed: set[str]) -> list[str]:
+    """What lets pull-request code near deploy secrets: a job triggered by a pull request
+    that reads a secret other than GITHUB_TOKEN outside an environment with required
+    reviewers, and any pull_request_target job that checks out the pull request's head
+    (it runs with the base repository's secrets and a write token)."""
+    events = triggers(workflow) & PR_TRIGGERS
+    if not events:
+        return []
+    found = []
+    shared = secrets_used({k: v for k, v in workflow.items() if k != "jobs"})
+    for job_id, job in workflow["jobs"].items():
+        used = (secrets_used(job) | shared) - {"GITHUB_TOKEN"}
+        environment = job.get("environment")
+        if isinstance(environment, dict):
+            environment = environment.get("name")
+        if used and environment not in reviewed:
+            found.append(
+                f"job {job_id} ({', '.join(sorted(events))}) reads secrets {sorted(used)} "
+                f"outside an environment with required reviewers (has {environment!r})"
+            )
+        if "pull_request_target" in events:
+            for step in job.get("steps", []):
+                checkout = str(step.get("uses", "")).startswith("actions/checkout@")
+                text = " ".join(_strings(step.get("with", {}) if checkout else step.get("run", "")))
+                if _PR_HEAD.search(text):
+                    found.append(f"job {job_id} checks out the pull request's head under pull_request_target")
+    return found
+
+
+def test_no_pull_request_job_gets_secrets_without_approval():
+    reviewed = reviewed_environments((ROOT / "README.md").read_text())
+    assert reviewed == {"production", "preview"}
+    for path in workflow_files():
+        assert pull_request_violations(load(path.name), reviewed) == [], path.name
+    # the job that needs secrets for a pull request is there, behind approval
+    assert load("preview.yml")["jobs"]["preview"]["environment"] == "preview"
+    assert load("deploy.yml")["jobs"]["up"]["environment"] == "production"
+
+
+def test_the_pull_request_rule_catches_unsafe_workflows():
+    reviewed = {"production", "preview"}
+    preview = load("preview.yml")
+    without = {
+        **preview,
+        "jobs": {"preview": {k: v for k, v in preview["jobs"]["preview"].items() if k != "environment"}},
+    }
+    [problem] = pull_request_violations(without, reviewed)
+    assert "job preview (pull_request) reads secrets" in problem and "'PULUMI_CONFIG_PASSPHRASE'" in problem
+    elsewhere = {**preview, "jobs": {"preview": {**preview["jobs"]["preview"], "environment": {"name": "staging"}}}}
+    assert pull_request_violations(elsewhere, reviewed)
+    # the same job on push needs no approval from this rule (deploy.yml has its own)
+    assert pull_request_violations({**without, "on": {"push": {"branches": ["main"]}}}, reviewed) == []
+
+    def workflow(on, job, **top):
+        return {"on": on, "permissions": {"contents": "read"}, **top, "jobs": {"j": job}}
+
+    token_only = {"steps": [{"run": "gh pr comment", "env": {"GH_TOKEN": "${{ secrets.GITHUB_TOKEN }}"}}]}
+    assert pull_request_violations(workflow(["pull_request"], token_only), reviewed) == []
+    indexed = {"steps": [{"run": "x", "env": {"T": "${{ secrets[format('{0}_TOKEN', 'HCLOUD')] }}"}}]}
+    assert pull_request_violations(workflow("pull_request", indexed), reviewed)
+    inherit = {"uses": "./.github/workflows/deploy.yml", "secrets": "inherit"}
+    assert pull_request_violations(workflow({"pull_request": None}, inherit), reviewed)
+    top_env = workflow(["pull_request"], {"steps": [{"run": "x"}]}, env={"T": "${{ secrets.HCLOUD_TOKEN }}"})
+    assert pull_request_violations(top_env, reviewed)
+    head = {
+        "environment": "preview",
+        "steps": [
+            {"uses": "actions/checkout@x", "with": {"ref": "${{ github.event.pull_request.head.sha }}"}},
+            {"run": "make", "env": {"T": "${{ secrets.HCLOUD_TOKEN }}"}},
+        ],
+    }
+    [problem] = pull_request_violations(workflow(["pull_request_target"], head), reviewed)
+    assert "checks out the pull request's head" in problem
+    fetch = {
+        "steps": [{"uses": "actions/checkout@x"}, {"run": "git fetch origin pull/${{ github.event.number }}/head"}]
+    }
+    assert pull_request_violations(workflow(["pull_request_target"], fetch), reviewed)
+    base_only = {"steps": [{"uses": "actions/checkout@x", "with": {"persist-credentials": False}}]}
+    assert pull_request_violations(workflow(["pull_request_target"], base_only), reviewed) == []
 
 
 def test_tests_run_through_ci_run_on_debian_12():

@@ -641,10 +641,24 @@ class EdgeLab:
 
     # -- home -------------------------------------------------------------------
 
+    def apply_home_filters(self, rendered: Rendered) -> None:
+        """Home's part of a changed stack: the wg-quick files' nftables table again (from
+        each edge only the declared targets), without taking the tunnels down."""
+        for tunnel in rendered.home["tunnels"]:
+            iface = tunnel["interface"]
+            conf = rendered.out / "home" / f"{iface}.conf"
+            if not conf.is_file():
+                continue
+            for line in conf.read_text().splitlines():
+                if line.startswith("PreUp = nft "):
+                    self.home.run("bash", "-c", line.split(" = ", 1)[1].replace("%i", iface))
+
     def start_home_services(self, rendered: Rendered | None = None, exclude: Iterable[str] = ()) -> list[dict]:
         """Run listeners for every target of ``rendered`` (default: the lab's render)
         that is not served yet; a changed stack brings its new targets along."""
         cfg = (rendered or self.rendered).cfg
+        if rendered is not None:
+            self.apply_home_filters(rendered)
         for s in cfg.services:
             if s.mode == "passthrough" and s.name not in self.home_certs:
                 self.home_certs[s.name] = _self_signed(s.hostnames, self.lab.workdir, f"home-{s.name}")

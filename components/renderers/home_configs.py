@@ -10,9 +10,16 @@ default route and the rest of its routing table are never touched.
     {
       "structured": {...},            # documented below; feed any other router from it
       "wgQuick":   {"<edge>": "..."},  # /etc/wireguard/<interface>.conf, one per edge
-      "openwrt":   "...",             # `uci batch` input
+      "openwrt":   "...",             # OpenWrt shell script: cleanup, `uci batch`, commit, reload
       "routeros":  "...",             # RouterOS 7 script (/import)
     }
+
+Every form lets an edge reach only the declared service targets (address, protocol and
+port, ``forwardAllow``): an edge is a server on the internet, and if it is taken over it
+must not see the rest of the LAN.  Every form can be applied again after an edge or a
+service was removed and leaves nothing of it behind: the OpenWrt script deletes the
+sections an earlier run made before it writes the current ones, the RouterOS script
+removes every item carrying its comment tag before it adds them again.
 
 ``structured`` (version 1)::
 
@@ -158,6 +165,51 @@ def _nft_table(interface: str) -> str:
     return "cgnat_edge_" + _uci_name(interface)
 
 
+def _nft_match(rule: dict) -> str:
+    family = "ip6" if ipaddress.ip_address(rule["address"]).version == 6 else "ip"
+    return f"{family} daddr {rule['address']} {rule['protocol']} dport {rule['port']}"
+
+
+def _wg_quick_firewall(data: dict, iface: str) -> list[str]:
+    """nftables rules for one tunnel, in one table of their own.
+
+    They go in as PreUp, before the interface exists (nft matches iifname by string), so
+    there is no moment in which the edge's packets meet no filter; PostDown removes the
+    table after the interface is gone.  The first PreUp empties the table if a crash left
+    one behind.  The input hook is filtered too: the box running wg-quick is a LAN host
+    like any other, reachable only where it is a declared target."""
+    table = _nft_table(iface)
+
+    def nft(command: str) -> str:
+        return f"PreUp = nft {shlex.quote(command)}"
+
+    lines = [
+        "# Edge -> LAN: only the declared service targets; anything else the edge sends is refused.",
+        nft(f"add table inet {table}; delete table inet {table}; add table inet {table}"),
+        nft(f"add chain inet {table} from_edge"),
+        nft(f"add rule inet {table} from_edge ct state established,related accept"),
+    ]
+    for rule in data["forwardAllow"]:
+        lines += [f"# service {rule['service']}", nft(f"add rule inet {table} from_edge {_nft_match(rule)} accept")]
+    lines += [
+        nft(f"add rule inet {table} from_edge meta l4proto tcp reject with tcp reset"),
+        nft(f"add rule inet {table} from_edge reject"),
+    ]
+    for hook in ("input", "forward"):
+        lines += [
+            nft(f"add chain inet {table} {hook} {{ type filter hook {hook} priority filter; }}"),
+            nft(f'add rule inet {table} {hook} iifname "%i" jump from_edge'),
+        ]
+    if data["masquerade"]:
+        lines += [
+            "# role host: tunnel traffic into the LAN leaves with this box's address, so LAN hosts reply to this box.",
+            nft(f"add chain inet {table} postrouting {{ type nat hook postrouting priority srcnat; }}"),
+            nft(f'add rule inet {table} postrouting iifname "%i" masquerade'),
+        ]
+    lines.append(f"PostDown = nft delete table inet {table}")
+    return lines
+
+
 def wg_quick(data: dict, tunnel: dict) -> str:
     """One wg-quick file.  wg-quick's default table handling routes exactly AllowedIPs,
     which are host routes to the edge: the default route stays where it was."""
@@ -166,6 +218,7 @@ def wg_quick(data: dict, tunnel: dict) -> str:
     lines = [
         f"# cgnat-edge {data['project']}/{data['stack']}: home end of the tunnel to edge {tunnel['edge']} ({tunnel['provider']} {tunnel['location']}, {tunnel['country']})",
         f"# Install as /etc/wireguard/{iface}.conf (mode 0600), then: systemctl enable --now wg-quick@{iface}",
+        "# Needs nft (package nftables).",
         "[Interface]",
         f"Address = {', '.join(tunnel['addresses'])}",
         f"MTU = {tunnel['mtu']}",
@@ -179,10 +232,9 @@ def wg_quick(data: dict, tunnel: dict) -> str:
             f"PostUp = wg set %i private-key {data['privateKeyFile']}",
         ]
     if data["masquerade"]:
-        table = _nft_table(iface)
         has_v6_lan = any(ipaddress.ip_network(n).version == 6 for n in data["lanPrefixes"])
         lines += [
-            "# role host: this box forwards tunnel traffic into the LAN and masquerades it, so LAN hosts reply to this box.",
+            "# role host: this box forwards tunnel traffic into the LAN.",
             "PreUp = sysctl -qw net.ipv4.ip_forward=1",
         ]
         if has_v6_lan:
@@ -190,14 +242,7 @@ def wg_quick(data: dict, tunnel: dict) -> str:
                 "# IPv6 forwarding makes Linux ignore router advertisements unless accept_ra=2 on the LAN interface.",
                 "PreUp = sysctl -qw net.ipv6.conf.all.forwarding=1",
             ]
-        chain = f"add chain inet {table} postrouting {{ type nat hook postrouting priority srcnat; }}"
-        rule = f'add rule inet {table} postrouting iifname "%i" masquerade'
-        lines += [
-            f"PostUp = nft add table inet {table}",
-            f"PostUp = nft {shlex.quote(chain)}",
-            f"PostUp = nft {shlex.quote(rule)}",
-            f"PostDown = nft delete table inet {table}",
-        ]
+    lines += _wg_quick_firewall(data, iface)
     lines += [
         "",
         "[Peer]",
@@ -224,26 +269,54 @@ def _uci_quote(value: object) -> str:
     return f"'{text}'"
 
 
+OPENWRT_ZONE = "cgnat_edge"
+"""The firewall zone of the tunnels; every firewall section the OpenWrt script owns is
+named with this prefix, and the zone's network list names the interfaces it owns."""
+
+_OPENWRT_CLEANUP = r"""# 1. Delete what an earlier run made.  UCI has no wildcard delete, so the script finds
+#    its own sections: the interfaces listed in the zone {zone} (plus the names used
+#    now, in case a section of that name exists already), the peer sections of those
+#    interfaces (type wireguard_<interface>), and every firewall section named {zone}*.
+for iface in $(uci -q get firewall.{zone}.network || true) {current}; do
+	for peer in $(uci -q show network | sed -n "s/^network\.\([A-Za-z0-9_]*\)=wireguard_$iface\$/\1/p"); do
+		uci delete "network.$peer"
+	done
+	uci -q delete "network.$iface" || true
+done
+for section in $(uci -q show firewall | sed -n "s/^firewall\.\({zone}[A-Za-z0-9_]*\)=.*/\1/p"); do
+	uci delete "firewall.$section"
+done
+"""
+
+
 def openwrt(data: dict) -> str:
-    """``uci batch`` input: one interface per edge, a firewall zone for all of them that
-    may reach only the service targets, and for role host a masquerade into the LAN."""
+    """An OpenWrt shell script: one interface per edge, a firewall zone for all of them
+    that may reach only the service targets, and for role host a masquerade into the LAN.
+
+    A script rather than bare ``uci batch`` input because re-applying must delete the
+    sections of removed edges and services, whose names the current stack no longer
+    knows: the script finds them with ``uci show`` (see ``_OPENWRT_CLEANUP``), then feeds
+    the current sections to ``uci batch`` and commits only network and firewall."""
+    zone = OPENWRT_ZONE
+    sections = [_uci_name(t["interface"]) for t in data["tunnels"]]
     out = [
-        f"# cgnat-edge {data['project']}/{data['stack']}: OpenWrt 22.03+ (package wireguard-tools, kmod-wireguard).",
-        "# Apply: uci batch < this-file && uci commit && service network reload && service firewall reload",
-        "# Re-applying replaces the sections below; the LAN firewall zone is assumed to be named 'lan'.",
+        "#!/bin/sh",
+        f"# cgnat-edge {data['project']}/{data['stack']}: OpenWrt 22.03+ with firewall4 (packages wireguard-tools, kmod-wireguard).",
+        "# Run on the router as root: sh openwrt.uci",
+        "# Re-running it replaces everything an earlier run made, including edges and services removed since.",
+        "# The LAN firewall zone is assumed to be named 'lan'.",
     ]
     if not data["privateKey"]:
         out.append(
             f"# Replace {PRIVATE_KEY_PLACEHOLDER} with the private key kept at home (public key {data['publicKey']})."
         )
-    zone = "cgnat_edge"
+    out += ["set -eu", _OPENWRT_CLEANUP.format(zone=zone, current=" ".join(sections)).rstrip("\n")]
+    out += ["# 2. Write the current sections (staged until the commit below).", "uci batch <<'EOF'"]
 
     def s(path: str, value: object) -> None:
         out.append(f"set {path}={_uci_quote(value)}")
 
-    for t in data["tunnels"]:
-        sec = _uci_name(t["interface"])
-        out += [f"delete network.{sec}", f"delete network.{sec}_edge"]
+    for t, sec in zip(data["tunnels"], sections, strict=True):
         out.append(f"set network.{sec}=interface")
         s(f"network.{sec}.proto", "wireguard")
         s(f"network.{sec}.private_key", data["privateKey"] or PRIVATE_KEY_PLACEHOLDER)
@@ -262,17 +335,16 @@ def openwrt(data: dict) -> str:
         for a in peer["allowedIps"]:
             out.append(f"add_list network.{sec}_edge.allowed_ips={_uci_quote(a)}")
 
-    out.append(f"delete firewall.{zone}")
     out.append(f"set firewall.{zone}=zone")
     s(f"firewall.{zone}.name", zone)
     s(f"firewall.{zone}.input", "REJECT")
     s(f"firewall.{zone}.output", "ACCEPT")
     s(f"firewall.{zone}.forward", "REJECT")
-    for t in data["tunnels"]:
-        out.append(f"add_list firewall.{zone}.network={_uci_quote(_uci_name(t['interface']))}")
+    for sec in sections:
+        out.append(f"add_list firewall.{zone}.network={_uci_quote(sec)}")
     for i, rule in enumerate(data["forwardAllow"]):
         sec = f"{zone}_allow{i}"
-        out += [f"delete firewall.{sec}", f"set firewall.{sec}=rule"]
+        out.append(f"set firewall.{sec}=rule")
         s(f"firewall.{sec}.name", f"cgnat-edge {rule['service']}")
         s(f"firewall.{sec}.src", zone)
         s(f"firewall.{sec}.dest", "lan")
@@ -281,15 +353,24 @@ def openwrt(data: dict) -> str:
         s(f"firewall.{sec}.proto", rule["protocol"])
         s(f"firewall.{sec}.target", "ACCEPT")
     if data["masquerade"]:
-        sec = f"{zone}_masq"
-        out += [f"delete firewall.{sec}", f"set firewall.{sec}=nat"]
-        s(f"firewall.{sec}.name", "cgnat-edge: tunnel traffic into the LAN answers to this box")
-        s(f"firewall.{sec}.src", "lan")
-        s(f"firewall.{sec}.proto", "all")
-        s(f"firewall.{sec}.target", "MASQUERADE")
-        for t in data["tunnels"]:
-            for a in t["peer"]["allowedIps"]:
-                out.append(f"add_list firewall.{sec}.src_ip={_uci_quote(a)}")
+        # firewall4 takes one src_ip per nat section ("must not be a list"): one section
+        # per tunnel address of each edge.  `src lan` is the zone the traffic leaves by.
+        for t, iface_sec in zip(data["tunnels"], sections, strict=True):
+            for n, a in enumerate(t["peer"]["allowedIps"]):
+                sec = f"{zone}_masq_{iface_sec}_{n}"
+                out.append(f"set firewall.{sec}=nat")
+                s(f"firewall.{sec}.name", f"cgnat-edge {t['edge']}: tunnel traffic into the LAN answers to this box")
+                s(f"firewall.{sec}.src", "lan")
+                s(f"firewall.{sec}.src_ip", a)
+                s(f"firewall.{sec}.proto", "all")
+                s(f"firewall.{sec}.target", "MASQUERADE")
+    out += [
+        "EOF",
+        "# 3. Commit only what this script changed, and let procd reload network and firewall.",
+        "uci commit network",
+        "uci commit firewall",
+        "reload_config",
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -300,48 +381,88 @@ def _ros(value: object) -> str:
     return f'"{text}"'
 
 
+def _ros_regex(text: str) -> str:
+    """``text`` as a RouterOS (POSIX) regex matching itself: a dot only matches a dot."""
+    return re.sub(r"([.+*?()\[\]{}|])", r"[\1]", text)
+
+
+_ROS_MENUS_IN_REMOVAL_ORDER = (
+    "/ip firewall nat",
+    "/ipv6 firewall nat",
+    "/ip firewall filter",
+    "/ipv6 firewall filter",
+    "/ip address",
+    "/ipv6 address",
+    "/interface list member",
+    "/interface wireguard peers",
+    "/interface wireguard",
+    "/interface list",
+)
+"""Every menu the script adds to, users of an item before the item they use."""
+
+
 def routeros(data: dict) -> str:
     """RouterOS 7 script: interfaces, peers, addresses, forward rules for the service
-    targets only, and for role host a masquerade of tunnel traffic into the LAN."""
+    targets only, and for role host a masquerade of tunnel traffic into the LAN.
+
+    Every item's comment starts with ``cgnat-edge <project>/<stack>:``; the script first
+    removes every item with that tag, so importing it again replaces, never duplicates,
+    and leaves nothing of a removed edge or service.  The forward rules go before the
+    first drop or reject rule of the forward chain (RouterOS's default configuration ends
+    it with drops that would otherwise catch tunnel traffic first): the final drop is
+    placed there, then each accept is placed before that drop."""
     tag = f"cgnat-edge {data['project']}/{data['stack']}"
+    # "(:|\$)": items of scripts that tagged with the bare tag are replaced too.
+    owned = f'comment~"^{_ros_regex(tag)}(:|\\$)"'
+
+    def comment(what: str) -> str:
+        return f"comment={_ros(f'{tag}: {what}')}"
+
     out = [
-        f'# {tag}: RouterOS 7. Apply: /import file-name=<this file>. Re-importing adds duplicates; remove entries with comment~"cgnat-edge" first.',
+        f"# {tag}: RouterOS 7. Apply: /import file-name=routeros.rsc",
+        f'# Importing it again replaces what an earlier import made: every item here has a comment starting "{tag}:".',
     ]
     if not data["privateKey"]:
         out.append(
             f"# Replace {PRIVATE_KEY_PLACEHOLDER} with the private key kept at home (public key {data['publicKey']})."
         )
-    out += [f"/interface list add name=cgnat-edge comment={_ros(tag)}"]
+    out += [f"{menu} remove [find where {owned}]" for menu in _ROS_MENUS_IN_REMOVAL_ORDER]
+    out.append(f"/interface list add name=cgnat-edge {comment('the edge tunnels')}")
     for t in data["tunnels"]:
         iface, peer = t["interface"], t["peer"]
         host, _, port = peer["endpoint"].rpartition(":")
         out += [
-            f"/interface wireguard add name={iface} mtu={t['mtu']} private-key={_ros(data['privateKey'] or PRIVATE_KEY_PLACEHOLDER)} comment={_ros(f'{tag}: tunnel to edge ' + t['edge'])}",
+            f"/interface wireguard add name={iface} mtu={t['mtu']} private-key={_ros(data['privateKey'] or PRIVATE_KEY_PLACEHOLDER)} {comment('tunnel to edge ' + t['edge'])}",
             f"/interface wireguard peers add interface={iface} public-key={_ros(peer['publicKey'])} endpoint-address={host.strip('[]')} endpoint-port={port} "
-            f"allowed-address={','.join(peer['allowedIps'])} persistent-keepalive={peer['persistentKeepalive']}s comment={_ros(tag)}",
-            f"/interface list member add list=cgnat-edge interface={iface} comment={_ros(tag)}",
+            f"allowed-address={','.join(peer['allowedIps'])} persistent-keepalive={peer['persistentKeepalive']}s {comment('edge ' + t['edge'])}",
+            f"/interface list member add list=cgnat-edge interface={iface} {comment(iface)}",
         ]
         for a in t["addresses"]:
             if ipaddress.ip_interface(a).version == 4:
-                out.append(f"/ip address add address={a} interface={iface} comment={_ros(tag)}")
+                out.append(f"/ip address add address={a} interface={iface} {comment(iface)}")
             else:
-                out.append(f"/ipv6 address add address={a} interface={iface} advertise=no comment={_ros(tag)}")
-    for rule in data["forwardAllow"]:
-        family = "ipv6" if ipaddress.ip_address(rule["address"]).version == 6 else "ip"
-        out.append(
-            f"/{family} firewall filter add chain=forward in-interface-list=cgnat-edge dst-address={rule['address']} protocol={rule['protocol']} "
-            f"dst-port={rule['port']} action=accept comment={_ros(tag + ': ' + rule['service'])}"
-        )
+                out.append(f"/ipv6 address add address={a} interface={iface} advertise=no {comment(iface)}")
     for family in ("ip", "ipv6"):
-        out.append(
-            f"/{family} firewall filter add chain=forward in-interface-list=cgnat-edge connection-state=new action=drop comment={_ros(tag + ': nothing else')}"
+        menu = f"/{family} firewall filter"
+        first_drop = (
+            f"[{menu} find where chain=forward and (action=drop or action=reject) and dynamic=no and disabled=no]"
         )
+        drop = f"{menu} add chain=forward in-interface-list=cgnat-edge connection-state=new action=drop {comment('nothing else')}"
+        out.append(f":if ([:len {first_drop}] > 0) do={{{drop} place-before=[:pick {first_drop} 0]}} else={{{drop}}}")
+        before_ours = f"place-before=[:pick [{menu} find where comment={_ros(f'{tag}: nothing else')}] 0]"
+        for rule in data["forwardAllow"]:
+            if (ipaddress.ip_address(rule["address"]).version == 6) != (family == "ipv6"):
+                continue
+            out.append(
+                f"{menu} add chain=forward in-interface-list=cgnat-edge dst-address={rule['address']} protocol={rule['protocol']} "
+                f"dst-port={rule['port']} action=accept {comment(rule['service'])} {before_ours}"
+            )
     if data["masquerade"]:
         for t in data["tunnels"]:
             for a in t["peer"]["allowedIps"]:
                 family = "ipv6" if ipaddress.ip_network(a).version == 6 else "ip"
                 out.append(
-                    f"/{family} firewall nat add chain=srcnat src-address={a} action=masquerade comment={_ros(tag + ': role host')}"
+                    f"/{family} firewall nat add chain=srcnat src-address={a} action=masquerade {comment('role host, edge ' + t['edge'])}"
                 )
     return "\n".join(out) + "\n"
 
