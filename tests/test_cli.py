@@ -17,7 +17,7 @@ from tests.support import ROOT
 
 DEV = str(ROOT / "Pulumi.dev.yaml")
 WG_KEY = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
-SSH_KEY = re.compile(r"ssh-ed25519 AAAA[A-Za-z0-9+/]+=*")
+SSH_KEY = re.compile(r"ssh-ed25519 AAAA[A-Za-z0-9+/]+=*|(?:[0-9a-f]{2}:){15}[0-9a-f]{2}")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_project_dir_gives_the_project_for_a_stack_file_elsewhere(tmp_path, caps
     stack = tmp_path / "Pulumi.dev.yaml"
     stack.write_text((ROOT / "Pulumi.dev.yaml").read_text())
     assert cli.main(["policy", "--stack-file", str(stack), "--project-dir", str(ROOT)]) == 0
-    assert capsys.readouterr().out.startswith("policy: stack dev (24 resources, 4 outputs): no violations")
+    assert capsys.readouterr().out.startswith("policy: stack dev (25 resources, 4 outputs): no violations")
 
 
 def test_a_config_error_is_the_message_alone(tmp_path, capsys):

@@ -473,6 +473,7 @@ def _home(raw_config, keys, **changes):
 def _without_ams_and_games(raw_config):
     return {
         "edges": [e for e in raw_config["edges"] if e["name"] != "ams"],
+        "ha": False,  # one provider left
         "services": [s for s in raw_config["services"] if s["name"] not in ("minecraft", "valheim")],
     }
 

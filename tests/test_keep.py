@@ -15,7 +15,7 @@ from components.tools import offline
 from tests.support import ROOT
 
 PROD = ROOT / "Pulumi.prod.yaml"  # three edges on two providers
-KEY_TYPES = ("pulumi-python:dynamic/cgnat-edge:WireGuardKey", "pulumi-python:dynamic/cgnat-edge:SshHostKey")
+KEY_TYPES = tuple(f"pulumi-python:dynamic/cgnat-edge:{k}" for k in ("WireGuardKey", "SshHostKey", "StackSshKey"))
 ADDRESS_TYPES = ("hcloud:index/primaryIp:PrimaryIp", "digitalocean:index/reservedIp:ReservedIp")
 
 
@@ -26,8 +26,8 @@ def prod() -> offline.Run:
 
 def test_every_address_and_key_is_protected_and_nothing_else(prod):
     kept = [r for r in prod.resources if r.type in KEY_TYPES + ADDRESS_TYPES]
-    # host keys, WireGuard keys (3 edges + home), Primary IPv4+IPv6 of fsn, reserved IPs of fra and nyc
-    assert len(kept) == 3 + 3 + 1 + 2 + 2
+    # host keys, WireGuard keys (3 edges + home), the stack key, Primary IPv4+IPv6 of fsn, reserved IPs of fra and nyc
+    assert len(kept) == 3 + 3 + 1 + 1 + 2 + 2
     assert [r.name for r in kept if not r.protect] == []
     # Servers, firewalls and records stay replaceable: protecting them would block every rebuild.
     assert [r.name for r in prod.resources if r.protect and r.type not in KEY_TYPES + ADDRESS_TYPES] == []
@@ -69,3 +69,26 @@ def test_an_edge_without_index_in_a_fleet_is_refused_with_its_current_place():
         "cgnat-edge:edges[1].index: is required when the fleet has more than one edge: it fixes the edge's tunnel "
         "addresses, so removing another edge never moves them; set index: 2 (its place in the list today)"
     ]
+
+
+def _provider_keys(run: offline.Run) -> dict[str, dict]:
+    return {r.type: r.inputs for r in run.resources if r.type.endswith("/sshKey:SshKey")}
+
+
+def test_provider_ssh_keys_are_the_stacks_own_so_stacks_and_key_edits_never_collide():
+    dev = offline.run_program(ROOT / "Pulumi.dev.yaml")
+    prod = offline.run_program(PROD)
+    dev_keys, prod_keys = _provider_keys(dev), _provider_keys(prod)
+    assert set(dev_keys) == set(prod_keys) == {"hcloud:index/sshKey:SshKey", "digitalocean:index/sshKey:SshKey"}
+    for typ in dev_keys:
+        # The user's keys are the same in both stacks; what the providers get is not.
+        assert dev_keys[typ]["name"] == "cgnat-edge-dev" and prod_keys[typ]["name"] == "cgnat-edge-prod"
+        assert dev_keys[typ]["publicKey"] != prod_keys[typ]["publicKey"]
+        assert dev_keys[typ]["publicKey"] not in stack.load(PROD).raw()["sshPublicKeys"]
+    # Adding and removing a user key changes no provider resource: it travels in the pushes.
+    user_keys = stack.load(ROOT / "Pulumi.dev.yaml").raw()["sshPublicKeys"]
+    extra = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ other"
+    again = offline.run_program(
+        ROOT / "Pulumi.dev.yaml", state=offline.key_state(dev), config_overrides={"sshPublicKeys": [extra]}
+    )
+    assert extra not in user_keys and _provider_keys(again) == dev_keys

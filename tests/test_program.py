@@ -36,6 +36,7 @@ def test_resource_graph(run):
         "cgnat-edge:index:EdgeFleet": 1,
         "cgnat-edge:index:EdgeNode": 2,
         WG_KEY: 3,
+        WG_KEY.replace("WireGuardKey", "StackSshKey"): 1,  # the one key the providers get, for every edge
         HOST_KEY: 2,  # SSH host key per edge, pinned by the SSH steps  # WireGuard keys: home + one per edge
         "hcloud:index/sshKey:SshKey": 1,
         "hcloud:index/primaryIp:PrimaryIp": 2,

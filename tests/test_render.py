@@ -14,7 +14,7 @@ from tests.support import ROOT
 def test_render_writes_every_artifact(tmp_path, capsys):
     out = tmp_path / "dev"
     assert cli.main(["render", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--out", str(out)]) == 0
-    assert "rendered 24 resources" in capsys.readouterr().out
+    assert "rendered 25 resources" in capsys.readouterr().out
 
     for edge in ("fsn", "ams"):
         user_data = out / "nodes" / edge / "user-data.yaml"

@@ -115,6 +115,11 @@ def labels(cfg: FleetConfig, edge_name: str | None = None) -> dict[str, str]:
     return out
 
 
+def stack_key_name(cfg: FleetConfig) -> str:
+    """Unique per project and stack, as both providers want key names."""
+    return f"{cfg.project}-{cfg.stack}"
+
+
 def server_name(cfg: FleetConfig, edge_name: str) -> str:
     """Provider-side name: deterministic, so the console shows what the stack owns."""
     return f"cgnat-edge-{cfg.stack}-{edge_name}"
@@ -170,8 +175,10 @@ class Provider(ABC):
     # -- cloud resources ------------------------------------------------------------
 
     @abstractmethod
-    def ssh_keys(self, cfg: FleetConfig, parent: pulumi.Resource) -> list[pulumi.Output[str]]:
-        """Upload the stack's SSH public keys once; the values servers refer to them by."""
+    def ssh_keys(
+        self, cfg: FleetConfig, public_key: pulumi.Output[str], parent: pulumi.Resource
+    ) -> list[pulumi.Output[str]]:
+        """Register the stack's own key (``StackSshKey``) once; what servers refer to it by."""
 
     @abstractmethod
     def create_machine(

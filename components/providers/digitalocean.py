@@ -18,6 +18,7 @@ from components.providers.base import (
     get,
     labels,
     server_name,
+    stack_key_name,
 )
 
 if TYPE_CHECKING:
@@ -81,20 +82,19 @@ class DigitalOcean(Provider):
     server_resource_type = "digitalocean:index/droplet:Droplet"
     firewall_resource_type = "digitalocean:index/firewall:Firewall"
 
-    def ssh_keys(self, cfg: FleetConfig, parent: pulumi.Resource) -> list[pulumi.Output[str]]:
-        """Uploaded once per stack: DigitalOcean refuses the same fingerprint twice."""
+    def ssh_keys(
+        self, cfg: FleetConfig, public_key: pulumi.Output[str], parent: pulumi.Resource
+    ) -> list[pulumi.Output[str]]:
         import pulumi
         import pulumi_digitalocean as do
 
-        return [
-            do.SshKey(
-                f"digitalocean-ssh-key-{i}",
-                name=f"cgnat-edge-{cfg.stack}-{i}",
-                public_key=key,
-                opts=pulumi.ResourceOptions(parent=parent),
-            ).fingerprint
-            for i, key in enumerate(cfg.ssh.public_keys)
-        ]
+        key = do.SshKey(
+            "digitalocean-ssh-key",
+            name=stack_key_name(cfg),
+            public_key=public_key,
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+        return [key.fingerprint]
 
     def create_machine(
         self,

@@ -16,6 +16,7 @@ from components.providers.base import (
     get,
     labels,
     server_name,
+    stack_key_name,
 )
 
 if TYPE_CHECKING:
@@ -69,21 +70,20 @@ class Hetzner(Provider):
     server_resource_type = "hcloud:index/server:Server"
     firewall_resource_type = "hcloud:index/firewall:Firewall"
 
-    def ssh_keys(self, cfg: FleetConfig, parent: pulumi.Resource) -> list[pulumi.Output[str]]:
-        """Uploaded once per stack: Hetzner refuses the same key twice in one project."""
+    def ssh_keys(
+        self, cfg: FleetConfig, public_key: pulumi.Output[str], parent: pulumi.Resource
+    ) -> list[pulumi.Output[str]]:
         import pulumi
         import pulumi_hcloud as hcloud
 
-        return [
-            hcloud.SshKey(
-                f"hetzner-ssh-key-{i}",
-                name=f"cgnat-edge-{cfg.stack}-{i}",
-                public_key=key,
-                labels=labels(cfg),
-                opts=pulumi.ResourceOptions(parent=parent),
-            ).id
-            for i, key in enumerate(cfg.ssh.public_keys)
-        ]
+        key = hcloud.SshKey(
+            "hetzner-ssh-key",
+            name=stack_key_name(cfg),
+            public_key=public_key,
+            labels=labels(cfg),
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+        return [key.id]
 
     def create_machine(
         self,

@@ -13,7 +13,7 @@ from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
 from components.renderers import geodns, home_configs, tunnel
 from components.resources.edge_node import EdgeNode
-from components.resources.keys import WireGuardKey
+from components.resources.keys import StackSshKey, WireGuardKey
 from components.resources.managed_dns import ManagedDns
 
 
@@ -62,7 +62,8 @@ class EdgeFleet(pulumi.ComponentResource):
             home_key = WireGuardKey("home-wireguard-key", opts=child)
             home_public_key, home_private_key = home_key.public_key, home_key.private_key
 
-        key_ids = {name: providers.get(name).ssh_keys(cfg, self) for name in cfg.providers}
+        stack_key = StackSshKey("stack-ssh-key", opts=child)
+        key_ids = {name: providers.get(name).ssh_keys(cfg, stack_key.public_key, self) for name in cfg.providers}
         # One edge at a time: each config step waits for the previous edge's verified one.
         nodes: list[EdgeNode] = []
         for edge in cfg.edges:

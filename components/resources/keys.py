@@ -155,3 +155,22 @@ class SshHostKey(KeyPair, module="cgnat-edge", name="SshHostKey"):
             {"rotation": rotation, "public_key": None, "private_key": None, "previous_public_key": None},
             pulumi.ResourceOptions.merge(opts, secret_opts) if opts else secret_opts,
         )
+
+
+class OpenSshKeyProvider(WireGuardKeyProvider):
+    """An ed25519 pair in OpenSSH formats with the WireGuard keys' lifecycle."""
+
+    def generate(self) -> tuple[str, str]:
+        return generate_host_key()
+
+
+class StackSshKey(KeyPair, module="cgnat-edge", name="StackSshKey"):
+    """The one SSH key a stack registers at its providers.
+
+    Servers need some key at creation or the providers mail a root password; the user's
+    keys reach the edges through cloud-init and every push instead (so removing one
+    revokes it).  A key of its own per stack has a name and a fingerprint no other
+    stack uses, so two stacks of one project never collide, and editing
+    ``sshPublicKeys`` never touches a provider resource.  Its private half is never used."""
+
+    provider_class = OpenSshKeyProvider
