@@ -202,6 +202,7 @@ def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rend
         == rendered.run.output("edges")["fsn"]["wireguardPublicKey"]
     )
     el.start_home_services(changed)
+    el.lift_home_filters()  # old and new target reachable while the edges switch
     before = {
         name: (e.wireguard_pid(), e.traefik.pid, e.node.run("cat", "/sys/class/net/wg0/ifindex").stdout)
         for name, e in el.edges.items()
@@ -221,6 +222,7 @@ def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rend
         assert acted(result) == [], "nothing to restart for a new service target"
         again = edge.push(changed.bundle(name))
         assert again.ok and "already up to date" in again.output and acted(again) == []
+    el.apply_home_filters(changed)
     for name, edge in el.edges.items():
 
         def answered_by_new_target(ip=edge.public_ip):
@@ -234,6 +236,11 @@ def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rend
     }
     assert after == before, "WireGuard and Traefik kept running"
     assert all(e.traefik.poll() is None for e in el.edges.values())
+    # Leave the shared lab as the other tests expect it: the stack as rendered, on the
+    # edges and in home's filter (which now lets the edges reach the new target only).
+    for name, edge in el.edges.items():
+        assert edge.push(rendered.bundle(name)).ok
+    el.apply_home_filters(rendered)
 
 
 def _tampered(bundle: str, path: str, edit) -> str:

@@ -454,6 +454,7 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
         with_new = stack.render(services=list(stack.values["services"]) + NEW_SERVICES)
         _stand_in_certificate(el, with_new)
         el.start_home_services(with_new)
+        el.apply_home_filters(with_new)  # home first lets the edges reach the new targets
         r = push("add-services", with_new)
         if r:
             el.rendered = with_new
@@ -505,7 +506,9 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
         moved = [dict(s, target="192.0.2.10:2023") if s["name"] == "git-ssh" else s for s in stack.values["services"]]
         rendered = stack.render(services=moved)
         el.start_home_services(rendered)
+        el.lift_home_filters()
         r = push("service-target", rendered)
+        el.apply_home_filters(rendered)
         if r:
             el.rendered = rendered
             answers = {e: _probe_service(el, e, {"mode": "tcp", "port": 2222}) for e in edges}

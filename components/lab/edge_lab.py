@@ -653,12 +653,18 @@ class EdgeLab:
                 if line.startswith("PreUp = nft "):
                     self.home.run("bash", "-c", line.split(" = ", 1)[1].replace("%i", iface))
 
+    def lift_home_filters(self) -> None:
+        """What a user does around a moved target: home lets the edges reach the old and
+        the new target while the edges switch (the lab lifts its filter for that push)."""
+        for line in self.home.run("nft", "list", "tables").stdout.splitlines():
+            family, _, name = line.removeprefix("table ").partition(" ")
+            if name.startswith("cgnat_edge"):
+                self.home.run("nft", "delete", "table", family, name)
+
     def start_home_services(self, rendered: Rendered | None = None, exclude: Iterable[str] = ()) -> list[dict]:
         """Run listeners for every target of ``rendered`` (default: the lab's render)
         that is not served yet; a changed stack brings its new targets along."""
         cfg = (rendered or self.rendered).cfg
-        if rendered is not None:
-            self.apply_home_filters(rendered)
         for s in cfg.services:
             if s.mode == "passthrough" and s.name not in self.home_certs:
                 self.home_certs[s.name] = _self_signed(s.hostnames, self.lab.workdir, f"home-{s.name}")
