@@ -449,7 +449,7 @@ class OpenWrtModel:
         (self.bin / "reload_config").write_text('#!/bin/sh\necho reload >> "$UCI_MODEL_STATE.reloads"\n')
         for tool in self.bin.iterdir():
             tool.chmod(0o755)
-        self.script = tmp_path / "openwrt.uci"
+        self.script = tmp_path / "openwrt.sh"
 
     def apply(self, script: str) -> dict:
         self.script.write_text(script)
@@ -773,7 +773,7 @@ def test_write_from_stack_output(fleet_config, keys, tmp_path):
     paths = home_files.write(stack_output, out, qr=True)
     assert sorted(p.name for p in paths) == [
         "home.json",
-        "openwrt.uci",
+        "openwrt.sh",
         "routeros.rsc",
         "wg-ams.conf",
         "wg-ams.png",

@@ -28,7 +28,7 @@ def test_render_writes_every_artifact(tmp_path, capsys):
     assert {p.name for p in (out / "home").iterdir()} == {
         "wg-fsn.conf",
         "wg-ams.conf",
-        "openwrt.uci",
+        "openwrt.sh",
         "routeros.rsc",
         "home.json",
     }

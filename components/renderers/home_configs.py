@@ -302,7 +302,7 @@ def openwrt(data: dict) -> str:
     out = [
         "#!/bin/sh",
         f"# cgnat-edge {data['project']}/{data['stack']}: OpenWrt 22.03+ with firewall4 (packages wireguard-tools, kmod-wireguard).",
-        "# Run on the router as root: sh openwrt.uci",
+        "# Run on the router as root: sh openwrt.sh",
         "# Re-running it replaces everything an earlier run made, including edges and services removed since.",
         "# The LAN firewall zone is assumed to be named 'lan'.",
     ]

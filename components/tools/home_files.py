@@ -176,7 +176,7 @@ def write(source: dict | str | os.PathLike, out_dir: Path, qr: bool = False) -> 
         put(f"{interfaces[edge]}.conf", text)
         if qr:
             put(f"{interfaces[edge]}.png", qr_png(text))
-    put("openwrt.uci", configs["openwrt"])
+    put("openwrt.sh", configs["openwrt"])
     put("routeros.rsc", configs["routeros"])
     put("home.json", json.dumps(data, indent=2) + "\n")
     return written
