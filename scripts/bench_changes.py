@@ -54,7 +54,7 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
     config = yaml.safe_load(STACK.read_text())["config"]
-    edges = (config["cgnat-edge:edges"] + EXTRA_EDGES)[: args.edges]
+    edges = [{**e, "index": i} for i, e in enumerate((config["cgnat-edge:edges"] + EXTRA_EDGES)[: args.edges], 1)]
     services = config["cgnat-edge:services"]
     with tempfile.TemporaryDirectory(prefix="cgnat-edge-bench-") as tmp:
         first = edge_lab.render_stack(
@@ -76,7 +76,11 @@ def main() -> int:
                     for step in steps:
                         rendered = stack.render(services=step)
                         el.start_home_services(rendered)
+                        # Home lets the edges reach old and new targets while they switch
+                        # (see the README, "Home side"), then takes the new filter.
+                        el.lift_home_filters()
                         r = changes.rollout(el, rendered)
+                        el.apply_home_filters(rendered)
                         if not r.ok:
                             print(changes._rollout_failed(r), file=sys.stderr)
                             return 1
