@@ -115,3 +115,28 @@ def test_whole_program_registers_nothing(name):
     assert result.resources == []
     assert len(raised) == 1 and isinstance(raised[0], program.StackConfigError), raised
     assert raised[0].problems == error_of(path).problems
+
+
+@pytest.mark.parametrize("kind", ["openssh", "wireguard"])
+def test_a_pasted_private_key_is_refused_and_never_echoed(kind, tmp_path):
+    """Made at run time, so no private key block sits in the repository."""
+    import yaml
+
+    from components.model.keys import generate_host_key, generate_keypair
+
+    private = generate_host_key()[0] if kind == "openssh" else generate_keypair()[0] + " x"
+    data = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())
+    data["config"]["cgnat-edge:sshPublicKeys"] = [private]
+    path = tmp_path / "Pulumi.pasted.yaml"
+    path.write_text(yaml.safe_dump(data))
+    error = error_of(path)
+    assert isinstance(error, ConfigError) and len(error.problems) == 1
+    expected = (
+        "it is a PRIVATE key, which must never leave your machine"
+        if kind == "openssh"
+        else "no key type (use ssh-ed25519"
+    )
+    assert error.problems[0].startswith("cgnat-edge:sshPublicKeys[0]: is not an OpenSSH public key: ")
+    assert expected in error.problems[0]
+    body = private.split()[0] if kind == "wireguard" else private.splitlines()[1]
+    assert body not in str(error)
