@@ -184,12 +184,9 @@ def test_home_is_unreachable_except_through_an_edge(el):
     assert "timed out" in results[0]["error"], results[0]  # dropped by the CGNAT, not refused by home
 
 
-def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rendered, tmp_path):
-    services = yaml.safe_load(STACK.read_text())["config"]["cgnat-edge:services"]
-    for s in services:
-        if s["name"] == "git-ssh":
-            s["target"] = "192.0.2.10:2023"
-    changed = lab_module.render_stack(
+def _with_services(el, tmp_path, services):
+    """The lab's stack with other services, rendered with the running lab's keys."""
+    return lab_module.render_stack(
         STACK,
         tmp_path / "render",
         project_file=PROJECT,
@@ -197,6 +194,14 @@ def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rend
         state=offline.key_state(el.rendered.run),
         operator_key=el.rendered.operator_key,
     )
+
+
+def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rendered, tmp_path):
+    services = yaml.safe_load(STACK.read_text())["config"]["cgnat-edge:services"]
+    for s in services:
+        if s["name"] == "git-ssh":
+            s["target"] = "192.0.2.10:2023"
+    changed = _with_services(el, tmp_path, services)
     assert (
         changed.run.output("edges")["fsn"]["wireguardPublicKey"]
         == rendered.run.output("edges")["fsn"]["wireguardPublicKey"]
@@ -292,14 +297,7 @@ def test_a_change_the_edge_cannot_run_is_rolled_back(el, tmp_path):
     and exits non-zero.  The edge serves the previous config throughout."""
     services = yaml.safe_load(STACK.read_text())["config"]["cgnat-edge:services"]
     services.append({"name": "mqtt", "mode": "tcp", "port": 8883, "target": "192.0.2.10:8883"})
-    changed = lab_module.render_stack(
-        STACK,
-        tmp_path / "render",
-        project_file=PROJECT,
-        config_overrides={"services": services},
-        state=offline.key_state(el.rendered.run),
-        operator_key=el.rendered.operator_key,
-    )
+    changed = _with_services(el, tmp_path, services)
     edge = el.edges["ams"]
     old_static = edge.read("/etc/traefik/traefik.yaml")
     squatter = edge.node.spawn("socat", "TCP-LISTEN:8883,fork,reuseaddr", "SYSTEM:echo squatter")
