@@ -363,6 +363,9 @@ reconcile() {
   if was_changed "$nft_conf" || ! nft list table inet cgnat_edge >/dev/null 2>&1; then
     nft -f "$nft_conf"
     log "nftables ruleset loaded"
+    # The reload (flush ruleset) removed CrowdSec's bouncer tables; on start it rebuilds
+    # them with every current ban.
+    systemctl try-restart crowdsec-firewall-bouncer.service 2>/dev/null || true
   fi
   for p in "${changed[@]}"; do
     [[ $p == /etc/systemd/system/* ]] && units=true
@@ -370,6 +373,7 @@ reconcile() {
   if $units; then
     systemctl daemon-reload
     systemctl enable --now --quiet "$timer"
+    [[ -f /etc/systemd/system/cgnat-edge-geo-sets.timer ]] && systemctl enable --now --quiet cgnat-edge-geo-sets.timer
   fi
   reconcile_wireguard
   local running

@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from components import providers
-from components.model import catalog
+from components.model import catalog, protection
+from components.model.protection import ForwardAuth, GeoPolicy, ProtectionSpec
 from components.providers.base import Provider, firewall_rules
 
 NAMESPACE = "cgnat-edge"
@@ -175,6 +176,9 @@ class ServiceSpec:
     """passthrough: where port-80 ACME HTTP-01 challenges for these hostnames go."""
     middlewares: Middlewares = field(default_factory=Middlewares)
     health_path: str | None = None
+    geo: GeoPolicy | None = None
+    """The service's own countries; None: the fleet default (``FleetConfig.protection.geo``)."""
+    forward_auth: ForwardAuth | None = None
 
     @property
     def protocol(self) -> str:
@@ -234,6 +238,7 @@ class FleetConfig:
     ha: bool
     warnings: tuple[str, ...] = ()
     """Choices the parser made that the user did not write (shown by ``pulumi preview``)."""
+    protection: ProtectionSpec = field(default_factory=ProtectionSpec)
 
     @property
     def providers(self) -> list[str]:
@@ -297,6 +302,14 @@ KEYS: dict[str, tuple[str, Any, str]] = {
         "https://acme-v02.api.letsencrypt.org/directory",
         "ACME directory; use the staging one to test.",
     ),
+    "allowCountries": ("array", [], "Fleet default: only visitors from these ISO 3166 countries reach the services."),
+    "denyCountries": ("array", [], "Fleet default: visitors from these ISO 3166 countries are dropped."),
+    "geoSources": (
+        "array",
+        list(protection.RIR_SOURCES),
+        "Country prefix lists: RIR delegated-extended statistics files, each with an .md5 beside it.",
+    ),
+    "crowdsec": ("string", "off", "off, offline (bans from the edge's own logs) or online (plus the community list)."),
 }
 
 
@@ -497,6 +510,8 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         p.fail("acmeChallenge", f"{acme.challenge!r} is not supported; use one of {', '.join(ACME_CHALLENGES)}")
     _check_acme_directory(p, acme.ca_server)
     services = _parse_services(p, p.get("services"), domain, tunnel, home)
+    protect = protection.parse_fleet(p)
+    protection.check_shared_ports(p, services, protect)
 
     if any(s.mode is Mode.HTTP for s in services) and not acme.email:
         p.fail(
@@ -539,6 +554,7 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         acme=acme,
         ha=ha,
         warnings=tuple(p.warnings),
+        protection=protect,
     )
     _check_fleet(p, cfg)
     if p.problems:
@@ -998,6 +1014,8 @@ def _parse_services(
         Mode.TCP: {"name", "mode", "port", "target", "proxyProtocol"},
         Mode.UDP: {"name", "mode", "port", "target"},
     }
+    for fields in allowed_fields.values():  # forwardAuth outside http is refused with its reason
+        fields |= {"allowCountries", "denyCountries", "forwardAuth"}
     for i, item in enumerate(items or []):
         key = f"services[{i}]"
         if not isinstance(item, dict):
@@ -1084,10 +1102,23 @@ def _parse_services(
             if mode is Mode.HTTP
             else Middlewares()
         )
+        geo, forward_auth = protection.parse_service(p, key, item, mode, home)
         if target is None:
             continue
         services.append(
-            ServiceSpec(name, mode, target, tuple(spec_hosts), port, bool(proxy), http_target, middlewares, health)
+            ServiceSpec(
+                name,
+                mode,
+                target,
+                tuple(spec_hosts),
+                port,
+                bool(proxy),
+                http_target,
+                middlewares,
+                health,
+                geo,
+                forward_auth,
+            )
         )
     return services
 
