@@ -15,6 +15,13 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -q crowdsec crowdsec-firewall-bouncer
 # Traefik's access log (http routers); sshd comes through Debian's journald acquisition.
-cscli --error collections install crowdsecurity/traefik || true
+# Enabled as Debian's postinst enables items, by links into its offline hub: `cscli
+# collections install` asks the online hub first, which an offline edge cannot reach.
+hub=/var/lib/crowdsec/hub
+for item in parsers/s01-parse/crowdsecurity/traefik-logs.yaml collections/crowdsecurity/traefik.yaml; do
+  link=/etc/crowdsec/$(dirname "$(dirname "$item")")/$(basename "$item")
+  mkdir -p "$(dirname "$link")"
+  [[ -e $link ]] || ln -s "$hub/$item" "$link"
+done
 systemctl restart crowdsec.service
 systemctl enable --now crowdsec-firewall-bouncer.service

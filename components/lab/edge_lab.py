@@ -58,7 +58,7 @@ import yaml
 from components.lab.certs import self_signed as _self_signed
 from components.lab.netns import Lab, Node, wait_for
 from components.model import stack
-from components.model.config import FleetConfig, ServiceSpec
+from components.model.config import FleetConfig, ServiceSpec, Target
 from components.model.keys import generate_host_key
 from components.renderers import bootstrap, geodns, nftables, traefik
 from components.tools import home_files, offline, render
@@ -259,6 +259,9 @@ def home_listeners(
                 add("tcp", s.http_target, {"kind": "http", "service": s.name})
         elif s.mode == "http":
             add("tcp", s.target, {"kind": "http", "service": s.name})
+            if s.forward_auth is not None and s.forward_auth.at_home:
+                fa = s.forward_auth
+                add("tcp", Target(fa.host, fa.port), {"kind": "idp", "service": f"{s.name}-signin"})
         elif s.mode == "tcp":
             add("tcp", s.target, {"kind": "tcp-echo", "service": s.name, "proxy": s.proxy_protocol})
         else:
@@ -886,6 +889,8 @@ def _expect_tls(el: EdgeLab, s: ServiceSpec, host: str, r: dict) -> tuple[bool, 
         return True, f"home's certificate; home saw client {body.get('client')}"
     # http: TLS ends on the edge, with the lab's stand-in for the ACME certificate.
     m = s.middlewares
+    if s.forward_auth is not None and r["status"] in (302, 401):
+        return True, f"{r['status']}: sign-in asked by the identity provider ({r.get('location')})"
     if m.basic_auth and r["status"] == 401:
         return True, "401: basic auth asks for credentials (the lab has none)"
     if m.ip_allow_list and not any(ipaddress.ip_address(el.client_ip) in n for n in m.ip_allow_list):
@@ -996,6 +1001,7 @@ def run(
     out: Path | None = None,
     *,
     changes: bool = False,
+    protection: bool = False,
     report: Path | None = None,
 ) -> tuple[bool, str]:
     """The ``cgnat-edge lab`` command: render, build, smoke-check, with ``changes`` the
@@ -1021,10 +1027,14 @@ def run(
             ]
             if changes:
                 rows += change_matrix.run_matrix(el, stack_file, project_file)
+            if protection:
+                from components.lab import protection as protection_lab
+
+                rows += protection_lab.run_protection(el)
     if report is not None:
         change_matrix.write_report(report, rows)
     text = table(results)
-    if changes:
+    if changes or protection:
         text += "\n\n" + "\n".join(
             f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<34} {c.value!s:>8} {c.unit:<8} {c.detail}"
             for c in rows[len(results) :]
