@@ -373,7 +373,9 @@ reconcile() {
   if $units; then
     systemctl daemon-reload
     systemctl enable --now --quiet "$timer"
-    [[ -f /etc/systemd/system/cgnat-edge-geo-sets.timer ]] && systemctl enable --now --quiet cgnat-edge-geo-sets.timer
+    if [[ -f /etc/systemd/system/cgnat-edge-geo-sets.timer ]]; then
+      systemctl enable --now --quiet cgnat-edge-geo-sets.timer
+    fi
   fi
   reconcile_wireguard
   local running

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -241,15 +242,13 @@ def _crowdsec(el: EdgeLab) -> dict[str, dict]:
         node.run("bash", "-c", _enable_traefik_parser())
         lapi = node.spawn("crowdsec", "-c", "/etc/crowdsec/config.yaml", log=work / "crowdsec.out")
         wait_for(
-            lambda n=node: n.run("cscli", "decisions", "list", check=False).returncode == 0,
+            functools.partial(_succeeds, node, "cscli", "decisions", "list"),
             20,
             message=f"CrowdSec's Local API on edge {name}",
         )
         bouncer = node.spawn("crowdsec-firewall-bouncer", "-c", str(work / "bouncer.yaml"), log=work / "bouncer.out")
         wait_for(
-            lambda n=node: (
-                n.run("nft", "list", "set", "ip", "crowdsec", "crowdsec-blacklists", check=False).returncode == 0
-            ),
+            functools.partial(_succeeds, node, "nft", "list", "set", "ip", "crowdsec", "crowdsec-blacklists"),
             20,
             message=f"the bouncer's table on edge {name}",
         )
@@ -262,6 +261,10 @@ def _enable_traefik_parser() -> str:
     script = templates.text("crowdsec-setup.sh")
     start = script.index("hub=/var/lib/crowdsec/hub\n")
     return script[start : script.index("\ndone\n", start) + len("\ndone\n")]
+
+
+def _succeeds(node: Node, *argv: str) -> bool:
+    return node.run(*argv, check=False).returncode == 0
 
 
 def _rss_mb(pid: int) -> float:
@@ -374,7 +377,7 @@ def _forward_auth_row(el: EdgeLab) -> Check:
             problems.append(f"{name}: no session answered {anon.get('status')} {anon.get('error', '')}")
         if forged_anon.get("status") not in (302, 401):
             problems.append(f"{name}: a forged Remote-User without session answered {forged_anon.get('status')}")
-        body = signed.get("body") if isinstance(signed.get("body"), dict) else {}
+        body: dict = signed["body"] if isinstance(signed.get("body"), dict) else {}
         user = body.get("headers", {}).get("remote-user")
         if signed.get("status") != 200 or body.get("service") != s.name or user != "alice":
             problems.append(f"{name}: signed in answered {signed.get('status')}, home saw Remote-User {user!r}")
