@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from components.lab.protection import rir_file
 from components.model import config as config_module
@@ -217,3 +218,24 @@ def test_loader_keeps_the_last_good_sets_on_a_bad_source(tmp_path):
     status = json.loads((state / "status.json").read_text())
     assert status["ok"] is False and "MD5" in status["error"] and status["counts"] == {"AQ": {"v4": 1, "v6": 1}}
     assert "203.0.113.0/28" in (state / "aq.nft").read_text()
+
+
+def test_protected_user_data_passes_cloud_init_schema(tmp_path):
+    """The lab stack (country filters, CrowdSec offline, forward-auth) as each provider
+    gets it: the CrowdSec setup runs from runcmd, its script travels compressed."""
+    require_tool("cloud-init")
+    from components.tools import offline
+    from tests.support import ROOT
+
+    run = offline.run_program(ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml", project_file=ROOT / "Pulumi.yaml")
+    servers = run.by_type("hcloud:index/server:Server") + run.by_type("digitalocean:index/droplet:Droplet")
+    assert servers
+    for server in servers:
+        path = tmp_path / f"{server.name}.yaml"
+        text = offline.reveal(server.inputs["userData"])
+        path.write_text(text)
+        doc = yaml.safe_load(text)
+        assert [protection.CROWDSEC_SETUP_PATH, "offline"] in doc["runcmd"]
+        assert not any(f["path"] in protection.PUSHED_ONLY for f in doc["write_files"])
+        res = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
+        assert res.returncode == 0 and "Valid cloud-config" in res.stdout, res.stdout + res.stderr
