@@ -33,7 +33,6 @@ from pathlib import Path
 
 from components.lab import edge_lab as lab_module
 from components.lab import protection as protection_lab
-from components.lab.netns import wait_for
 from components.renderers import protection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +89,22 @@ def bans(count: int) -> str:
     return "duration,scope,value\n" + "".join(f"24h,ip,{ipaddress.IPv4Address(base + 1 + i)}\n" for i in range(count))
 
 
+def settle(count, want: int, timeout: float = 300) -> int:
+    """``count()`` once it reaches ``want`` or has not grown for 10 s."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = count()
+        if n >= want:
+            return n
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since > 10:
+            return n
+        time.sleep(1)
+    return last
+
+
 def measure(el, edge, n: int) -> dict:
     done = el.client.run(sys.executable, "-c", CLIENT, edge.public_ip, str(SERVICE_PORT), str(n), timeout=600)
     r = json.loads(done.stdout)
@@ -122,13 +137,15 @@ def main() -> int:
             pids = protection_lab._crowdsec(el)
             t0 = time.monotonic()
             lines = bans(args.bans).splitlines(keepends=True)
-            for i in range(1, len(lines), 1000):  # SQLite refuses very large batches ("database is locked")
+            for i in range(1, len(lines), 500):  # SQLite refuses large batches ("database is locked")
                 csv = edge.work / f"bans-{i}.csv"
-                csv.write_text(lines[0] + "".join(lines[i : i + 1000]))
-                for _ in range(5):
+                csv.write_text(lines[0] + "".join(lines[i : i + 500]))
+                for _ in range(10):
                     if edge.node.run("cscli", "decisions", "import", "-i", str(csv), check=False).returncode == 0:
                         break
-                    time.sleep(1)
+                    time.sleep(2)
+                else:
+                    raise SystemExit(f"cscli decisions import kept failing for {csv}")
 
             def elements() -> int:
                 done = edge.node.run("nft", "-j", "list", "set", "ip", "crowdsec", "crowdsec-blacklists", check=False)
@@ -138,7 +155,7 @@ def main() -> int:
                 sets = [x["set"] for x in json.loads(out)["nftables"] if "set" in x]
                 return len(sets[0].get("elem", [])) if sets else 0
 
-            wait_for(lambda: elements() >= args.bans, 300, interval=1, message="the bouncer to load the bans")
+            loaded = settle(elements, args.bans)
             ban_s = time.monotonic() - t0
             geo_rules = edge.node.run("nft", "list", "chain", "inet", "cgnat_edge", "geo").stdout
             rss = {k: round(protection_lab._rss_mb(pid), 1) for k, pid in pids["fsn"].items()}
@@ -159,7 +176,7 @@ def main() -> int:
                 config = edge.work / "crowdsec" / "bouncer.yaml"
                 proc = edge.node.spawn("crowdsec-firewall-bouncer", "-c", str(config), log=edge.work / "bouncer2.out")
                 bouncer["pid"] = proc.pid
-                wait_for(lambda: elements() >= args.bans, 300, interval=1, message="the bouncer's bans again")
+                settle(elements, loaded)
 
             results: dict[str, list[dict]] = {"on": [], "off": []}
             measure(el, edge, 50)  # warm-up
@@ -174,7 +191,8 @@ def main() -> int:
     print(f"# cgnat-edge protection benchmark {time.strftime('%Y-%m-%d')}: {os.cpu_count()} CPUs, {os.uname().release}")
     print(
         f"# country {country}: {status.get('counts')} ranges loaded in {load_s:.1f} s "
-        f"(fetch, MD5, parse, one transaction); {args.bans} CrowdSec bans in the bouncer's set after {ban_s:.1f} s"
+        f"(fetch, MD5, parse, one transaction); {loaded} of {args.bans} imported CrowdSec bans in the bouncer's set "
+        f"after {ban_s:.1f} s"
     )
     print("# the edge's country chain:\n# " + "\n# ".join(geo_rules.strip().splitlines()))
     print(f"# RSS on the edge: {json.dumps(rss)} MB")
