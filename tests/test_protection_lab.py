@@ -2,7 +2,7 @@
 
 The lab stack (tests/fixtures/Pulumi.lab.yaml) denies the test country AQ on every
 port, takes its country lists from a mirror inside the lab, runs CrowdSec offline and
-puts the ``wiki`` http service behind forward-auth to an identity provider at home.
+puts the ``notes`` http service behind forward-auth to an identity provider at home.
 """
 
 from __future__ import annotations
