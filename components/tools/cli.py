@@ -87,6 +87,31 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    from components.lab import rehearse
+
+    stack_file, project_file = _stack(args)
+    try:
+        ok, checks = rehearse.run(
+            stack_file,
+            project_file,
+            only=args.edge,
+            report=Path(args.report) if args.report else None,
+            cache=Path(args.cache) if args.cache else None,
+            keep=args.keep,
+        )
+    except rehearse.RehearsalError as exc:
+        raise _Unusable(exc) from None
+    print(rehearse.table(checks))
+    print(
+        "rehearse: every edge's first boot did what its user-data says"
+        if ok
+        else "rehearse: FAILED, see the rows marked FAIL",
+        file=sys.stderr,
+    )
+    return 0 if ok else 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="cgnat-edge",
@@ -129,6 +154,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--changes", action="store_true", help="then push every kind of change into the running edges")
     p.add_argument("--report", help="write every check as JSON to this file")
     p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser(
+        "rehearse",
+        help="(root) boot each edge's user-data with the real cloud-init in a Debian 12 chroot, and check it",
+    )
+    _add_stack_args(p)
+    p.add_argument("--report", help="write every check as JSON to this file")
+    p.add_argument("--edge", action="append", help="only this edge (repeatable; default: every edge)")
+    p.add_argument(
+        "--cache",
+        help="where the Debian root and packages are cached (default: $CGNAT_EDGE_CACHE or /var/cache/cgnat-edge)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the booted roots (under the cache folder) to look into")
+    p.set_defaults(func=cmd_rehearse)
     return top
 
 
