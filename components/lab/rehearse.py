@@ -81,8 +81,12 @@ LOCALE_SETUP = "sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' /etc/locale.
 CACHE_ENV = "CGNAT_EDGE_CACHE"
 DEFAULT_CACHE = Path("/var/cache/cgnat-edge")
 TRAEFIK_BINARY = Path(sys.executable).parent / "traefik"
-STAGES = (("init-local", "init --local"), ("init", "init"), ("modules-config", "modules --mode=config"))
-STAGES += (("modules-final", "modules --mode=final"),)
+STAGES: tuple[tuple[str, str], ...] = (
+    ("init-local", "init --local"),
+    ("init", "init"),
+    ("modules-config", "modules --mode=config"),
+    ("modules-final", "modules --mode=final"),
+)
 SERVER_ADDRESS = "127.13.0.1"
 """The release server listens here (port 443) on this machine's loopback; the root's
 /etc/hosts points the release host at it."""
@@ -559,7 +563,18 @@ def _readiness(b: Boot, timeout_s: int) -> subprocess.CompletedProcess:
     a network namespace of its own, a veth named wg0 stands in for the tunnel, so the script
     gets to the step that decides (Traefik)."""
     script = bootstrap.readiness_script(timeout_s=timeout_s)
-    cmd = ["unshare", "--net", "--uts", "bash", "-c", READINESS_SCRIPT, "ready", b.root, b.edge, script]
+    cmd: list[str | Path] = [
+        "unshare",
+        "--net",
+        "--uts",
+        "bash",
+        "-c",
+        READINESS_SCRIPT,
+        "ready",
+        b.root,
+        b.edge,
+        script,
+    ]
     return _run(cmd, timeout=timeout_s + 60)
 
 

@@ -112,6 +112,21 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from components.tools import status
+
+    try:
+        edges, hosts = status.status(
+            status.load(args.source),
+            Path(args.identity) if args.identity else None,
+            cert_warn_days=args.cert_warn_days,
+        )
+    except status.StatusError as exc:
+        raise _Unusable(exc) from None
+    print(status.as_json(edges, hosts) if args.json else status.table(edges, hosts))
+    return 1 if any(e.problems for e in edges) or any(h.problems for h in hosts) else 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="cgnat-edge",
@@ -168,6 +183,23 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--keep", action="store_true", help="keep the booted roots (under the cache folder) to look into")
     p.set_defaults(func=cmd_rehearse)
+
+    p = sub.add_parser("status", help="log in to every deployed edge (pinned host key) and report what is wrong")
+    p.add_argument(
+        "source",
+        nargs="?",
+        help="saved `pulumi stack output --json --show-secrets`; '-' reads stdin; "
+        "default: ask the Pulumi CLI for the selected stack's outputs",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON for scripts instead of the table")
+    p.add_argument("--identity", metavar="FILE", help="SSH private key to log in with (default: ssh's own)")
+    p.add_argument(
+        "--cert-warn-days",
+        type=int,
+        default=14,
+        help="report certificates expiring within this many days (default: 14)",
+    )
+    p.set_defaults(func=cmd_status)
     return top
 
 
