@@ -284,7 +284,7 @@ def check_dns(hostnames: list[str], edges: dict[str, dict]) -> list[HostStatus]:
     out = []
     for host in hostnames:
         try:
-            answers = sorted({a[4][0] for a in socket.getaddrinfo(host, 443, socket.AF_INET, socket.SOCK_STREAM)})
+            answers = sorted({str(a[4][0]) for a in socket.getaddrinfo(host, 443, socket.AF_INET, socket.SOCK_STREAM)})
         except OSError:
             answers = []
         hs = HostStatus(host, answers, expected)
