@@ -87,9 +87,10 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("modules-config", "modules --mode=config"),
     ("modules-final", "modules --mode=final"),
 )
-SERVER_ADDRESS = "127.13.0.1"
-"""The release server listens here (port 443) on this machine's loopback; the root's
-/etc/hosts points the release host at it."""
+SERVER_ADDRESSES = [f"127.13.0.{n}" for n in range(1, 33)]
+"""The release server listens on the first free one of these (port 443) on this
+machine's loopback, so rehearsals can run side by side; the root's /etc/hosts points
+the release host at it."""
 TOOLS = ("debootstrap", "unshare", "chroot", "tar", "zstd", "mount")
 
 IMPOSSIBLE_IN_CHROOT: dict[str, str] = {}
@@ -236,7 +237,7 @@ def _ca(directory: Path, host: str) -> tuple[Path, Path, Path]:
 
 
 class ReleaseServer:
-    """HTTPS on ``SERVER_ADDRESS``:443 answering every GET with ``payload`` (404 when None)."""
+    """HTTPS on a loopback address, port 443, answering every GET with ``payload`` (404 when None)."""
 
     def __init__(self, directory: Path, host: str):
         self.host = host
@@ -263,10 +264,15 @@ class ReleaseServer:
 
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
-        try:
-            self.httpd = ThreadingHTTPServer((SERVER_ADDRESS, 443), Handler)
-        except OSError as exc:
-            raise RehearsalError(f"cannot listen on {SERVER_ADDRESS}:443 for the Traefik release: {exc}") from None
+        for address in SERVER_ADDRESSES:
+            try:
+                self.httpd = ThreadingHTTPServer((address, 443), Handler)
+                break
+            except OSError as exc:
+                error = exc
+        else:
+            raise RehearsalError(f"cannot listen on any of 127.13.0.1-32:443 for the Traefik release: {error}")
+        self.address = address
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -343,7 +349,7 @@ def boot(tarball: Path, root: Path, edge: str, user_data: str, server: ReleaseSe
     policy.chmod(0o755)
     shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
     with (root / "etc/hosts").open("a") as hosts:
-        hosts.write(f"{SERVER_ADDRESS} {server.host}\n")
+        hosts.write(f"{server.address} {server.host}\n")
     shutil.copyfile(server.ca, root / "usr/local/share/ca-certificates/cgnat-edge-rehearsal.crt")
     apt_cache.mkdir(parents=True, exist_ok=True)
     (apt_cache / "partial").mkdir(exist_ok=True)
