@@ -259,7 +259,7 @@ def home_listeners(
                 add("tcp", s.http_target, {"kind": "http", "service": s.name})
         elif s.mode == "http":
             add("tcp", s.target, {"kind": "http", "service": s.name})
-        elif s.mode == "tcp":
+        elif s.mode == "tcp" or (s.mode == "forward" and s.protocol == "tcp"):
             add("tcp", s.target, {"kind": "tcp-echo", "service": s.name, "proxy": s.proxy_protocol})
         else:
             add("udp", s.target, {"kind": "udp-echo", "service": s.name})
@@ -906,7 +906,7 @@ def _expect_echo(el: EdgeLab, s: ServiceSpec, token: str, r: dict) -> tuple[bool
     body = r["body"] if isinstance(r["body"], dict) else {}
     if body.get("service") != s.name or r["echo"] != token:
         return False, f"answer {str(r['body'])[:80]!r} echo {r['echo'][:40]!r}"
-    if s.proxy_protocol and body.get("client") != el.client_ip:
+    if (s.proxy_protocol or s.mode == "forward") and body.get("client") != el.client_ip:
         return False, f"home saw client {body.get('client')}, not {el.client_ip}"
     return True, f"echoed; home saw {body.get('client')}"
 
@@ -996,6 +996,7 @@ def run(
     out: Path | None = None,
     *,
     changes: bool = False,
+    forward: bool = False,
     report: Path | None = None,
 ) -> tuple[bool, str]:
     """The ``cgnat-edge lab`` command: render, build, smoke-check, with ``changes`` the
@@ -1019,12 +1020,16 @@ def run(
                 change_matrix.Check(f"smoke:{r.edge}:{r.service}:{r.check}", r.ok, r.ms, "ms", r.detail)
                 for r in results
             ]
+            if forward:
+                from components.lab import forward as forward_checks
+
+                rows += forward_checks.run_checks(el)
             if changes:
                 rows += change_matrix.run_matrix(el, stack_file, project_file)
     if report is not None:
         change_matrix.write_report(report, rows)
     text = table(results)
-    if changes:
+    if changes or forward:
         text += "\n\n" + "\n".join(
             f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<34} {c.value!s:>8} {c.unit:<8} {c.detail}"
             for c in rows[len(results) :]

@@ -60,6 +60,7 @@ import shlex
 from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
 from components.model.keys import public_key_of
+from components.renderers import forwarding
 from components.renderers import tunnel as tunnel_module
 
 HOME_KEY_FILE = "/etc/wireguard/cgnat-edge-home.key"
@@ -108,9 +109,10 @@ def _forward_allow(cfg: FleetConfig) -> list[dict]:
             if key in seen:
                 continue
             seen.add(key)
-            rules.append(
-                {"service": svc.name, "address": str(target.host), "port": target.port, "protocol": svc.protocol}
-            )
+            rule = {"service": svc.name, "address": str(target.host), "port": target.port, "protocol": svc.protocol}
+            if svc.port_end:
+                rule["portEnd"] = svc.port_end
+            rules.append(rule)
     return rules
 
 
@@ -127,6 +129,9 @@ def structured(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_ke
         addrs = tunnel_module.addresses(cfg.tunnel, peer.spec)
         endpoint, endpoint_v6 = _endpoints(peer, cfg.tunnel.listen_port)
         allowed = [str(n) for n in addrs.edge_hosts]
+        policy = forwarding.home_tunnel(cfg, peer.spec.index)
+        # Forwarded packets keep the visitor's source: the edge peer must accept any.
+        accepted = ["0.0.0.0/0"] + (["::/0"] if addrs.home_v6 else []) if policy else allowed
         tunnels.append(
             {
                 "edge": peer.name,
@@ -140,10 +145,11 @@ def structured(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_ke
                     "publicKey": peer.public_key,
                     "endpoint": endpoint,
                     "endpointIpv6": endpoint_v6,
-                    "allowedIps": allowed,
+                    "allowedIps": accepted,
                     "persistentKeepalive": cfg.tunnel.keepalive,
                 },
                 "routes": allowed,
+                "policyRouting": policy,
             }
         )
     return {
@@ -167,7 +173,11 @@ def _nft_table(interface: str) -> str:
 
 def _nft_match(rule: dict) -> str:
     family = "ip6" if ipaddress.ip_address(rule["address"]).version == 6 else "ip"
-    return f"{family} daddr {rule['address']} {rule['protocol']} dport {rule['port']}"
+    return f"{family} daddr {rule['address']} {rule['protocol']} dport {_ports(rule)}"
+
+
+def _ports(rule: dict) -> str:
+    return f"{rule['port']}-{rule['portEnd']}" if rule.get("portEnd") else str(rule["port"])
 
 
 def _wg_quick_firewall(data: dict, iface: str) -> list[str]:
@@ -243,6 +253,7 @@ def wg_quick(data: dict, tunnel: dict) -> str:
                 "PreUp = sysctl -qw net.ipv6.conf.all.forwarding=1",
             ]
     lines += _wg_quick_firewall(data, iface)
+    lines += forwarding.wg_quick_lines(data, tunnel)
     lines += [
         "",
         "[Peer]",
@@ -278,7 +289,8 @@ _OPENWRT_CLEANUP = r"""# 1. Delete what an earlier run made.  UCI has no wildcar
 #    now, in case a section of that name exists already), the peer sections of those
 #    interfaces (type wireguard_<interface>), and every firewall section named {zone}*.
 for iface in $(uci -q get firewall.{zone}.network || true) {current}; do
-	for peer in $(uci -q show network | sed -n "s/^network\.\([A-Za-z0-9_]*\)=wireguard_$iface\$/\1/p"); do
+	for peer in $(uci -q show network | sed -n -e "s/^network\.\([A-Za-z0-9_]*\)=wireguard_$iface\$/\1/p" \
+		-e "s/^network\.\(${{iface}}_[A-Za-z0-9_]*\)=\(route\|route6\|rule\|rule6\)\$/\1/p"); do
 		uci delete "network.$peer"
 	done
 	uci -q delete "network.$iface" || true
@@ -331,9 +343,11 @@ def openwrt(data: dict) -> str:
         s(f"network.{sec}_edge.endpoint_host", host.strip("[]"))
         s(f"network.{sec}_edge.endpoint_port", port)
         s(f"network.{sec}_edge.persistent_keepalive", peer["persistentKeepalive"])
-        s(f"network.{sec}_edge.route_allowed_ips", 1)
+        s(f"network.{sec}_edge.route_allowed_ips", 0 if t.get("policyRouting") else 1)
         for a in peer["allowedIps"]:
             out.append(f"add_list network.{sec}_edge.allowed_ips={_uci_quote(a)}")
+        for op, path, value in forwarding.openwrt_sections(t, sec):
+            out.append(f"set {path}={value}" if op == "section" else f"set {path}={_uci_quote(value)}")
 
     out.append(f"set firewall.{zone}=zone")
     s(f"firewall.{zone}.name", zone)
@@ -349,14 +363,14 @@ def openwrt(data: dict) -> str:
         s(f"firewall.{sec}.src", zone)
         s(f"firewall.{sec}.dest", "lan")
         s(f"firewall.{sec}.dest_ip", rule["address"])
-        s(f"firewall.{sec}.dest_port", rule["port"])
+        s(f"firewall.{sec}.dest_port", _ports(rule))
         s(f"firewall.{sec}.proto", rule["protocol"])
         s(f"firewall.{sec}.target", "ACCEPT")
     if data["masquerade"]:
         # firewall4 takes one src_ip per nat section ("must not be a list"): one section
         # per tunnel address of each edge.  `src lan` is the zone the traffic leaves by.
         for t, iface_sec in zip(data["tunnels"], sections, strict=True):
-            for n, a in enumerate(t["peer"]["allowedIps"]):
+            for n, a in enumerate(t["routes"]):
                 sec = f"{zone}_masq_{iface_sec}_{n}"
                 out.append(f"set firewall.{sec}=nat")
                 s(f"firewall.{sec}.name", f"cgnat-edge {t['edge']}: tunnel traffic into the LAN answers to this box")
@@ -364,8 +378,18 @@ def openwrt(data: dict) -> str:
                 s(f"firewall.{sec}.src_ip", a)
                 s(f"firewall.{sec}.proto", "all")
                 s(f"firewall.{sec}.target", "MASQUERADE")
+    out.append("EOF")
+    marks = forwarding.openwrt_nft(data)
+    out.append(f"rm -f {forwarding.OPENWRT_NFT_PATH}")
+    if marks:
+        out += [
+            "# Forward services: mark each tunnel's connections so replies leave through it (firewall4 include).",
+            f"mkdir -p {forwarding.OPENWRT_NFT_PATH.rsplit('/', 1)[0]}",
+            f"cat >{forwarding.OPENWRT_NFT_PATH} <<'EOF'",
+            marks.rstrip("\n"),
+            "EOF",
+        ]
     out += [
-        "EOF",
         "# 3. Commit only what this script changed, and let procd reload network and firewall.",
         "uci commit network",
         "uci commit firewall",
@@ -387,6 +411,11 @@ def _ros_regex(text: str) -> str:
 
 
 _ROS_MENUS_IN_REMOVAL_ORDER = (
+    "/ip firewall mangle",
+    "/ipv6 firewall mangle",
+    "/ip route",
+    "/ipv6 route",
+    "/routing table",
     "/ip firewall nat",
     "/ipv6 firewall nat",
     "/ip firewall filter",
@@ -455,11 +484,12 @@ def routeros(data: dict) -> str:
                 continue
             out.append(
                 f"{menu} add chain=forward in-interface-list=cgnat-edge dst-address={rule['address']} protocol={rule['protocol']} "
-                f"dst-port={rule['port']} action=accept {comment(rule['service'])} {before_ours}"
+                f"dst-port={_ports(rule)} action=accept {comment(rule['service'])} {before_ours}"
             )
+    out += forwarding.routeros_lines(data, comment)
     if data["masquerade"]:
         for t in data["tunnels"]:
-            for a in t["peer"]["allowedIps"]:
+            for a in t["routes"]:
                 family = "ipv6" if ipaddress.ip_network(a).version == 6 else "ip"
                 out.append(
                     f"/{family} firewall nat add chain=srcnat src-address={a} action=masquerade {comment('role host, edge ' + t['edge'])}"
