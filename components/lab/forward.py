@@ -57,7 +57,7 @@ def _real_ip(el: EdgeLab, protocol: str) -> Check:
     results = el.probe(checks)
     seen, problems = [], []
     for (name, s, port, token), r in zip(labels, results, strict=True):
-        body = r.get("body") if isinstance(r.get("body"), dict) else {}
+        body: dict = r["body"] if isinstance(r.get("body"), dict) else {}
         if not r.get("ok") or r.get("echo") != token or body.get("service") != s.name:
             problems.append(f"{name}:{port} no echo ({r.get('error') or str(r.get('body'))[:60]})")
             continue

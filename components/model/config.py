@@ -1048,7 +1048,7 @@ def _parse_services(
             if http_target is not None:
                 _check_reachable(p, f"{key}.httpTarget", http_target, tunnel, home)
         spec_hosts: list[str] = []
-        port, port_end, proto = 443, 0, mode.protocol
+        port, port_end, proto = 443, 0, str(mode.protocol)
         if mode.by_hostname:
             raw_hosts = item.get("hostnames")
             if isinstance(raw_hosts, str):
@@ -1086,7 +1086,7 @@ def _parse_services(
                 public_port = p.port(f"{key}.port", item.get("port"))
                 if public_port is None:
                     continue
-                proto, port, port_end = mode.protocol, public_port, 0
+                proto, port, port_end = str(mode.protocol), public_port, 0
             taken = next(
                 (
                     (q, o)
