@@ -187,7 +187,8 @@ def _gateway(ip: str) -> str:
 def _operator_address(cfg: FleetConfig, taken: set[str]) -> str:
     """An address for the lab's operator (where pulumi runs) that the edges let in on
     SSH: inside ``sshAllowedCidrs``, in a documentation range, clear of home's prefixes."""
-    inside = [n for n in (*cfg.home.lan_prefixes, cfg.tunnel.ipv4_prefix) if n.version == 4]
+    pool = (cfg.road_warriors.pool,) if cfg.road_warriors else ()
+    inside = [n for n in (*cfg.home.lan_prefixes, cfg.tunnel.ipv4_prefix, *pool) if n.version == 4]
     for pool in (*INTERNET_POOLS, ipaddress.ip_network("192.0.2.0/24")):
         for host in reversed(list(pool.hosts())):
             if (
@@ -1022,8 +1023,10 @@ def run(
             ]
             if forward:
                 from components.lab import forward as forward_checks
+                from components.lab import vpn
 
                 rows += forward_checks.run_checks(el)
+                rows += vpn.run_checks(el)
             if changes:
                 rows += change_matrix.run_matrix(el, stack_file, project_file)
     if report is not None:

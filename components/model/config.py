@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from components import providers
-from components.model import catalog
+from components.model import catalog, road_warriors
 from components.providers.base import Provider, firewall_rules
 
 NAMESPACE = "cgnat-edge"
@@ -250,6 +250,7 @@ class FleetConfig:
     ha: bool
     warnings: tuple[str, ...] = ()
     """Choices the parser made that the user did not write (shown by ``pulumi preview``)."""
+    road_warriors: road_warriors.RoadWarriorsSpec | None = None
 
     @property
     def providers(self) -> list[str]:
@@ -306,6 +307,13 @@ KEYS: dict[str, tuple[str, Any, str]] = {
     "dnsProvider": ("string", "none", f"{_DNS_CHOICES}: create the DNS records there."),
     "dnsZone": ("string", "", "Zone for managed records; empty = the domain."),
     "dnsTtl": ("integer", 60, "TTL of the edge records, short so a dead edge drops out fast."),
+    "roadWarriors": (
+        "object-array",
+        [],
+        "Devices that reach the home LAN through any edge: name, optional publicKey, allowedPrefixes, internet.",
+    ),
+    "roadWarriorPool": ("string", road_warriors.DEFAULT_POOL, "IPv4 prefix the road warriors' addresses come from."),
+    "roadWarriorDns": ("string", "", "DNS server the road-warrior configs push; empty = none."),
     "acmeEmail": ("string", "", "Contact e-mail for Let's Encrypt; required when an http service exists."),
     "acmeChallenge": ("string", "tls", "tls (TLS-ALPN-01) or http (HTTP-01) for certificates of http services."),
     "acmeCaServer": (
@@ -513,6 +521,15 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         p.fail("acmeChallenge", f"{acme.challenge!r} is not supported; use one of {', '.join(ACME_CHALLENGES)}")
     _check_acme_directory(p, acme.ca_server)
     services = _parse_services(p, p.get("services"), domain, tunnel, home)
+    warriors = road_warriors.parse(
+        p, p.get("roadWarriors"), p.get("roadWarriorPool"), p.get("roadWarriorDns"), home.lan_prefixes, tunnel
+    )
+    if home.role == "host" and any(s.mode is Mode.FORWARD for s in services):
+        p.warn(
+            "homeRole",
+            "is host: forwarded connections to other LAN hosts are masqueraded by the WireGuard box, so only a "
+            "target on the box itself sees the visitor's address",
+        )
 
     if any(s.mode is Mode.HTTP for s in services) and not acme.email:
         p.fail(
@@ -555,6 +572,7 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         acme=acme,
         ha=ha,
         warnings=tuple(p.warnings),
+        road_warriors=warriors,
     )
     _check_fleet(p, cfg)
     if p.problems:

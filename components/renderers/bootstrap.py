@@ -172,7 +172,7 @@ def node_files(
             "0644",
         ),
     ]
-    if forwarding.services(cfg):
+    if forwarding.needs_ip_forward(cfg):
         files.append(NodeFile(forwarding.SYSCTL_PATH, forwarding.SYSCTL, "0644"))
     if host_key is not None:
         private, public = host_key

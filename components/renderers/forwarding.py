@@ -47,7 +47,12 @@ def services(cfg: FleetConfig) -> list[ServiceSpec]:
 def policy_routing(cfg: FleetConfig) -> bool:
     """Whether home needs the per-tunnel reply routing: something arrives from a tunnel
     with a source address that is not the edge's own."""
-    return bool(services(cfg))
+    return bool(services(cfg)) or bool(cfg.road_warriors)
+
+
+def needs_ip_forward(cfg: FleetConfig) -> bool:
+    """The edge routes packets itself: forward services or road warriors."""
+    return bool(services(cfg)) or bool(cfg.road_warriors)
 
 
 def mark(index: int) -> int:
@@ -72,7 +77,7 @@ def port_text(s: ServiceSpec) -> str:
 def edge_forward_rules(cfg: FleetConfig) -> list[str]:
     """Rules of the edge's forward chain (policy drop): the DNATed connections go into
     the tunnel, their replies come back; nothing else is routed."""
-    if not services(cfg):
+    if not needs_ip_forward(cfg):
         return []
     wg = tunnel.EDGE_INTERFACE
     return [

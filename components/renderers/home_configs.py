@@ -60,7 +60,7 @@ import shlex
 from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
 from components.model.keys import public_key_of
-from components.renderers import forwarding
+from components.renderers import forwarding, road_warriors
 from components.renderers import tunnel as tunnel_module
 
 HOME_KEY_FILE = "/etc/wireguard/cgnat-edge-home.key"
@@ -163,6 +163,7 @@ def structured(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_ke
         "lanPrefixes": [str(n) for n in cfg.home.lan_prefixes],
         "masquerade": cfg.home.role == "host",
         "forwardAllow": _forward_allow(cfg),
+        "roadWarriorAllow": road_warriors.home_allow(cfg),
         "tunnels": tunnels,
     }
 
@@ -201,6 +202,12 @@ def _wg_quick_firewall(data: dict, iface: str) -> list[str]:
     ]
     for rule in data["forwardAllow"]:
         lines += [f"# service {rule['service']}", nft(f"add rule inet {table} from_edge {_nft_match(rule)} accept")]
+    for rw in data.get("roadWarriorAllow", []):
+        v4 = [n for n in rw["prefixes"] if ":" not in n]
+        lines += [
+            f"# road warrior {rw['name']}: its LAN prefixes",
+            nft(f"add rule inet {table} from_edge ip saddr {rw['address']} ip daddr {{ {', '.join(v4)} }} accept"),
+        ]
     lines += [
         nft(f"add rule inet {table} from_edge meta l4proto tcp reject with tcp reset"),
         nft(f"add rule inet {table} from_edge reject"),
@@ -366,6 +373,17 @@ def openwrt(data: dict) -> str:
         s(f"firewall.{sec}.dest_port", _ports(rule))
         s(f"firewall.{sec}.proto", rule["protocol"])
         s(f"firewall.{sec}.target", "ACCEPT")
+    for i, rw in enumerate(data.get("roadWarriorAllow", [])):
+        sec = f"{zone}_rw{i}"
+        out.append(f"set firewall.{sec}=rule")
+        s(f"firewall.{sec}.name", f"cgnat-edge road warrior {rw['name']}")
+        s(f"firewall.{sec}.src", zone)
+        s(f"firewall.{sec}.dest", "lan")
+        s(f"firewall.{sec}.src_ip", rw["address"])
+        for prefix in rw["prefixes"]:
+            out.append(f"add_list firewall.{sec}.dest_ip={_uci_quote(prefix)}")
+        s(f"firewall.{sec}.proto", "all")
+        s(f"firewall.{sec}.target", "ACCEPT")
     if data["masquerade"]:
         # firewall4 takes one src_ip per nat section ("must not be a list"): one section
         # per tunnel address of each edge.  `src lan` is the zone the traffic leaves by.
@@ -486,6 +504,14 @@ def routeros(data: dict) -> str:
                 f"{menu} add chain=forward in-interface-list=cgnat-edge dst-address={rule['address']} protocol={rule['protocol']} "
                 f"dst-port={_ports(rule)} action=accept {comment(rule['service'])} {before_ours}"
             )
+        for rw in data.get("roadWarriorAllow", []):
+            for prefix in rw["prefixes"]:
+                if (":" in prefix) != (family == "ipv6"):
+                    continue
+                out.append(
+                    f"{menu} add chain=forward in-interface-list=cgnat-edge src-address={rw['address']} "
+                    f"dst-address={prefix} action=accept {comment('road warrior ' + rw['name'])} {before_ours}"
+                )
     out += forwarding.routeros_lines(data, comment)
     if data["masquerade"]:
         for t in data["tunnels"]:
@@ -497,12 +523,21 @@ def routeros(data: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def render(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_key: str | None) -> dict:
-    """Every home rendering, as the JSON-serialisable secret output ``homeConfigs``."""
+def render(
+    cfg: FleetConfig,
+    peers: list[DeployedEdge[str]],
+    home_private_key: str | None,
+    road_warrior_keys: dict[str, str | None] | None = None,
+) -> dict:
+    """Every home rendering, as the JSON-serialisable secret output ``homeConfigs``;
+    with road warriors also their device files (``roadWarriors``: device -> edge -> file)."""
     data = structured(cfg, peers, home_private_key)
-    return {
+    out = {
         "structured": data,
         "wgQuick": {t["edge"]: wg_quick(data, t) for t in data["tunnels"]},
         "openwrt": openwrt(data),
         "routeros": routeros(data),
     }
+    if cfg.road_warriors:
+        out["roadWarriors"] = road_warriors.device_configs(cfg, peers, road_warrior_keys or {})
+    return out

@@ -10,7 +10,7 @@ that starts with ``flush ruleset``: loading it again is how changes are applied.
 from __future__ import annotations
 
 from components.model.config import FleetConfig
-from components.renderers import forwarding, tunnel
+from components.renderers import forwarding, road_warriors, tunnel
 
 PATH = "/etc/nftables.conf"
 METADATA_ADDRESS = "169.254.169.254"
@@ -62,6 +62,7 @@ def ruleset(cfg: FleetConfig) -> str:
         "    chain forward {",
         "        type filter hook forward priority filter; policy drop;",
         *(f"        {r}" for r in forwarding.edge_forward_rules(cfg)),
+        *(f"        {r}" for r in road_warriors.edge_forward_rules(cfg)),
         "    }",
         "",
         "    chain output {",
@@ -79,6 +80,7 @@ def ruleset(cfg: FleetConfig) -> str:
         f'        oifname "{tunnel.EDGE_INTERFACE}" tcp flags syn / syn,rst tcp option maxseg size set rt mtu',
         "    }",
         *forwarding.edge_chains(cfg),
+        *road_warriors.edge_chains(cfg),
         "}",
         "",
     ]

@@ -116,7 +116,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="home-configs", help="directory to write (created with mode 0700)")
     p.add_argument("--qr", action="store_true", help="also write a PNG QR code of each wg-quick file")
-    p.add_argument("--qr-terminal", metavar="EDGE", help="print the wg-quick file of EDGE as a QR code on the terminal")
+    p.add_argument(
+        "--qr-terminal",
+        metavar="EDGE",
+        help="print the wg-quick file of EDGE (or a road warrior's, DEVICE/EDGE) as a QR code on the terminal",
+    )
     p.set_defaults(func=cmd_home_config)
 
     p = sub.add_parser("policy", help="render the stack offline and fail on policy violations")

@@ -116,7 +116,15 @@ def load(source: dict | str | os.PathLike) -> dict:
 
 
 def wg_quick(configs: dict, edge: str) -> str:
-    """The wg-quick file of ``edge``, or an error listing the edges there are."""
+    """The wg-quick file of ``edge`` (or ``device/edge``: a road warrior's), or an error
+    listing the ones there are."""
+    if "/" in edge:
+        device, _, name = edge.partition("/")
+        files = configs.get("roadWarriors", {})
+        if name not in files.get(device, {}):
+            known = [f"{d}/{e}" for d, per_edge in sorted(files.items()) for e in sorted(per_edge)]
+            raise HomeConfigError(f"no road warrior {edge!r}; there are {', '.join(known) or 'none'}")
+        return files[device][name]
     if edge not in configs["wgQuick"]:
         raise HomeConfigError(f"no edge {edge!r}; edges are {', '.join(sorted(configs['wgQuick']))}")
     return configs["wgQuick"][edge]
@@ -176,6 +184,11 @@ def write(source: dict | str | os.PathLike, out_dir: Path, qr: bool = False) -> 
         put(f"{interfaces[edge]}.conf", text)
         if qr:
             put(f"{interfaces[edge]}.png", qr_png(text))
+    for device, per_edge in sorted(configs.get("roadWarriors", {}).items()):
+        for edge, text in sorted(per_edge.items()):
+            put(f"road-warrior-{device}-{edge}.conf", text)
+            if qr:
+                put(f"road-warrior-{device}-{edge}.png", qr_png(text))
     put("openwrt.sh", configs["openwrt"])
     put("routeros.rsc", configs["routeros"])
     put("home.json", json.dumps(data, indent=2) + "\n")
