@@ -128,7 +128,9 @@ def test_without_forward_services_home_is_unchanged(fleet_config):
 def test_lab_forward_report(tmp_path):
     """``cgnat-edge lab --forward --report FILE``: both edges forward at once; home logs
     the visitor's own address for tcp and udp, and replies leave through the edge the
-    request came in by while home's default route stays the ISP's."""
+    request came in by while home's default route stays the ISP's.  The road warrior
+    reaches the LAN through one edge, then the other when the first is dark, and is
+    refused outside its prefixes and towards the internet."""
     require_root()
     require_tool(*lab_module.TOOLS)
     report_file = tmp_path / "report.json"
@@ -140,8 +142,20 @@ def test_lab_forward_report(tmp_path):
         report=report_file,
     )
     rows = {c["name"]: c for c in json.loads(report_file.read_text())["checks"]}
-    for name in ("forward:tcp:real-ip", "forward:udp:real-ip", "forward:reply-path"):
+    names = (
+        "forward:tcp:real-ip",
+        "forward:udp:real-ip",
+        "forward:reply-path",
+        "vpn:reach",
+        "vpn:failover",
+        "vpn:denied",
+    )
+    for name in names:
         assert rows[name]["ok"], rows[name]
+    assert (
+        "home saw 192.0.2.161" in rows["vpn:reach"]["detail"] and "through edge ams" in rows["vpn:failover"]["detail"]
+    )
+    assert rows["vpn:denied"]["value"] == 0 and "answers" in rows["vpn:denied"]["detail"]
     assert rows["forward:tcp:real-ip"]["value"] == 2 and rows["forward:udp:real-ip"]["value"] == 2
     assert "others 0 B" in rows["forward:reply-path"]["detail"]
     assert ok, text

@@ -33,8 +33,11 @@ removes every item carrying its comment tag before it adds them again.
     publicKey        home public key (the edges' peer key)
     lanPrefixes      home LAN prefixes the edges route into the tunnels
     masquerade       true when role is host
-    forwardAllow     [{"service", "address", "port", "protocol"}]: the only LAN
+    forwardAllow     [{"service", "address", "port", "protocol"[, "portEnd"]}]: the only LAN
                      destinations the edges need; a firewall may allow just these
+                     (portEnd: the last port of a forward service's range)
+    roadWarriorAllow [{"name", "address", "prefixes"}]: road-warrior devices (their pool
+                     address) and the LAN prefixes each may reach through a tunnel
     tunnels          one per edge:
       edge, provider, location, country
       interface      Linux-safe interface name (<= 15 characters)
@@ -47,7 +50,18 @@ removes every item carrying its comment tag before it adds them again.
                              endpoint when the home has IPv6 and the CGNAT is IPv4-only
         allowedIps           the edge's tunnel addresses (host routes), nothing more
         persistentKeepalive  seconds; keeps the CGNAT mapping open
-      routes         prefixes to route into this interface (= allowedIps)
+      routes         prefixes to route into this interface (= allowedIps without
+                     forward services or road warriors)
+      policyRouting  null, or with forward services or road warriors {"mark", "table",
+                     "priority"}: the peer then accepts any source (allowedIps
+                     0.0.0.0/0, ::/0, never routed as such); mark each connection
+                     arriving on this interface (conntrack mark), route packets of
+                     marked connections by rule "priority": main without its default
+                     route, rule "priority"+1: table "table" = default dev <interface>
+                     (see components/renderers/forwarding.py)
+
+With road warriors the output also holds ``roadWarriors``: {device: {edge: wg-quick
+file}}, the files for the devices' WireGuard apps (see renderers/road_warriors.py).
 """
 
 from __future__ import annotations

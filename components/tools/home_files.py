@@ -153,6 +153,16 @@ def qr_png(text: str) -> bytes:
     return buf.getvalue()
 
 
+def _fits_qr(text: str) -> bool:
+    import segno
+
+    try:
+        segno.make(text, error="l")
+    except segno.DataOverflowError:
+        return False
+    return True
+
+
 def qr_terminal(text: str) -> str:
     """The same QR code as UTF-8 half blocks, to scan straight off a terminal."""
     import segno
@@ -182,7 +192,7 @@ def write(source: dict | str | os.PathLike, out_dir: Path, qr: bool = False) -> 
     interfaces = {t["edge"]: t["interface"] for t in data["tunnels"]}
     for edge, text in sorted(configs["wgQuick"].items()):
         put(f"{interfaces[edge]}.conf", text)
-        if qr:
+        if qr and _fits_qr(text):  # a home with many services and filters outgrows a QR code
             put(f"{interfaces[edge]}.png", qr_png(text))
     for device, per_edge in sorted(configs.get("roadWarriors", {}).items()):
         for edge, text in sorted(per_edge.items()):
