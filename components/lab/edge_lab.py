@@ -187,8 +187,8 @@ def _gateway(ip: str) -> str:
 def _operator_address(cfg: FleetConfig, taken: set[str]) -> str:
     """An address for the lab's operator (where pulumi runs) that the edges let in on
     SSH: inside ``sshAllowedCidrs``, in a documentation range, clear of home's prefixes."""
-    pool = (cfg.road_warriors.pool,) if cfg.road_warriors else ()
-    inside = [n for n in (*cfg.home.lan_prefixes, cfg.tunnel.ipv4_prefix, *pool) if n.version == 4]
+    pools = [cfg.road_warriors.pool] if cfg.road_warriors else []
+    inside = [n for n in (*cfg.home.lan_prefixes, cfg.tunnel.ipv4_prefix, *pools) if n.version == 4]
     for pool in (*INTERNET_POOLS, ipaddress.ip_network("192.0.2.0/24")):
         for host in reversed(list(pool.hosts())):
             if (
