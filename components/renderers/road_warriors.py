@@ -89,7 +89,8 @@ def device_configs(
         return out
     for rw in spec.peers:
         private = private_keys.get(rw.name)
-        allowed = [str(n) for n in rw.allowed] + (["0.0.0.0/0"] if rw.internet else [])
+        # internet: everything into the tunnel (the edge is the exit); else the LAN prefixes only.
+        allowed = ["0.0.0.0/0"] if rw.internet else [str(n) for n in rw.allowed]
         files = {}
         for edge in sorted(edges, key=lambda e: e.spec.index):
             lines = [
