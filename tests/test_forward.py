@@ -153,7 +153,7 @@ def test_lab_forward_report(tmp_path):
     for name in names:
         assert rows[name]["ok"], rows[name]
     assert (
-        "home saw 192.0.2.161" in rows["vpn:reach"]["detail"] and "through edge ams" in rows["vpn:failover"]["detail"]
+        "home saw 192.0.2.225" in rows["vpn:reach"]["detail"] and "through edge ams" in rows["vpn:failover"]["detail"]
     )
     assert rows["vpn:denied"]["value"] == 0 and "answers" in rows["vpn:denied"]["detail"]
     assert rows["forward:tcp:real-ip"]["value"] == 2 and rows["forward:udp:real-ip"]["value"] == 2

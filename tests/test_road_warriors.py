@@ -78,7 +78,7 @@ def test_generated_device_keys_are_secret_and_files_written(tmp_path):
         assert "PrivateKey = " in text and "<the private key" not in text
         assert f"Endpoint = {edges[edge]['ipv4']}:51820" in text
         assert f"PublicKey = {edges[edge]['wireguardPublicKey']}" in text
-        assert "AllowedIPs = 192.0.2.0/26" in text and "Address = 192.0.2.161/32" in text
+        assert "AllowedIPs = 192.0.2.0/26" in text and "Address = 192.0.2.225/32" in text
     written = home_files.write({"homeConfigs": configs}, tmp_path / "out", qr=True)
     names = {p.name for p in written}
     assert {"road-warrior-phone-fsn.conf", "road-warrior-phone-ams.png"} <= names
