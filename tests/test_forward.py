@@ -94,7 +94,7 @@ def test_wg_quick_routes_replies_back_through_their_tunnel(cfg):
         marks.add(pr["mark"])
         assert "Table = off" in text, "wg-quick must not install a default route for AllowedIPs 0.0.0.0/0"
         assert "AllowedIPs = 0.0.0.0/0" in text
-        assert f'iifname "%i" ct state new ct mark set {pr["mark"]:#x}' in text
+        assert f'iifname "%i" ct mark set {pr["mark"]:#x}' in text
         assert f"fwmark {pr['mark']:#x} lookup main suppress_prefixlength 0" in text
         assert f"PostUp = ip -4 route replace default dev %i table {pr['table']}" in text
         for route in tunnel["routes"]:
@@ -103,13 +103,27 @@ def test_wg_quick_routes_replies_back_through_their_tunnel(cfg):
     assert len(marks) == len(out["structured"]["tunnels"]), "every tunnel needs a mark of its own"
 
 
+@pytest.mark.netns
+def test_wg_quick_nft_lines_load(cfg):
+    """The reply-mark table (one self-contained nft transaction) parses, as wg-quick runs it."""
+    require_tool("nft")
+    for edge, text in _home(cfg)["wgQuick"].items():
+        for line in text.splitlines():
+            if line.startswith("PreUp = nft ") and "cgnat_replies" in line:
+                command = line.split(" = ", 1)[1].replace("%i", f"wg-{edge}")
+                res = subprocess.run(
+                    ["bash", "-c", command.replace("nft ", "nft -c ", 1)], capture_output=True, text=True
+                )
+                assert res.returncode == 0, f"{command}: {res.stderr}"
+
+
 def test_openwrt_and_routeros_get_the_same_reply_routing(cfg):
     out = _home(cfg)
     tunnel = out["structured"]["tunnels"][0]
     sec, pr = tunnel["interface"].replace("-", "_"), tunnel["policyRouting"]
     assert f"set network.{sec}_edge.route_allowed_ips='0'" in out["openwrt"]
     assert f"set network.{sec}_pr4b.lookup='{pr['table']}'" in out["openwrt"]
-    assert f'iifname "{tunnel["interface"]}" ct state new ct mark set {pr["mark"]:#x}' in out["openwrt"]
+    assert f'iifname "{tunnel["interface"]}" ct mark set {pr["mark"]:#x}' in out["openwrt"]
     assert "dest_port='27015-27030'" in out["openwrt"]
     ros = out["routeros"]
     assert f"new-connection-mark=cgnat-edge-{tunnel['interface']}" in ros

@@ -656,11 +656,12 @@ class EdgeLab:
 
     def lift_home_filters(self) -> None:
         """What a user does around a moved target: home lets the edges reach the old and
-        the new target while the edges switch (the lab lifts its filter for that push)."""
+        the new target while the edges switch (the lab lifts its filter for that push).
+        Only the filter: the tables' reply routing marks (forward services) stay."""
         for line in self.home.run("nft", "list", "tables").stdout.splitlines():
             family, _, name = line.removeprefix("table ").partition(" ")
             if name.startswith("cgnat_edge"):
-                self.home.run("nft", "delete", "table", family, name)
+                self.home.run("nft", "insert", "rule", family, name, "from_edge", "accept")
 
     def start_home_services(self, rendered: Rendered | None = None, exclude: Iterable[str] = ()) -> list[dict]:
         """Run listeners for every target of ``rendered`` (default: the lab's render)

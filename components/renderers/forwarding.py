@@ -9,7 +9,10 @@ the rewrite on the replies.  Any tcp or udp protocol keeps the visitor's address
 That only works if home sends each reply back through the tunnel its request came in
 on, not out of the ISP default route (the visitor would get an answer from an address
 it never wrote to, and the CGNAT would drop it anyway).  Home therefore marks every
-connection that arrives on a tunnel interface with that tunnel's mark (conntrack mark),
+connection that arrives on a tunnel interface with that tunnel's mark (conntrack mark;
+set again by every packet that arrives, so a visitor whose flow moves to another edge
+with the same addresses and ports, as a game client does after a failover, is answered
+through the edge its packets come from now, not the one they came from first),
 copies the mark onto the packets of the connection, and routes marked packets with a
 table of their own whose only route is the default into that tunnel::
 
@@ -53,6 +56,11 @@ def policy_routing(cfg: FleetConfig) -> bool:
 def needs_ip_forward(cfg: FleetConfig) -> bool:
     """The edge routes packets itself: forward services or road warriors."""
     return bool(services(cfg)) or bool(cfg.road_warriors)
+
+
+def reply_table(interface: str) -> str:
+    """The home's nft table of one tunnel's reply marks (beside its filter table)."""
+    return "cgnat_replies_" + interface.replace("-", "_")
 
 
 def mark(index: int) -> int:
@@ -144,12 +152,13 @@ def home_tunnel(cfg: FleetConfig, index: int) -> dict | None:
 
 
 def wg_quick_lines(data: dict, tun: dict) -> list[str]:
-    """wg-quick lines of one tunnel: the mark rules go into the tunnel's own nft table
-    (made by the firewall PreUps before), the rules and routes around the interface."""
+    """wg-quick lines of one tunnel: the mark rules in a table of their own, replaced in
+    one nft transaction (reloading the tunnel's filter table never leaves a moment in
+    which replies lose their way), the ip rules and routes around the interface."""
     pr = tun.get("policyRouting")
     if not pr:
         return []
-    nft_table = "cgnat_edge_" + tun["interface"].replace("-", "_")
+    nft_table = reply_table(tun["interface"])
     m, t, prio = pr["mark"], pr["table"], pr["priority"]
     v6 = any(":" in a for a in tun["addresses"])
     families = ["-4", "-6"] if v6 else ["-4"]
@@ -160,11 +169,13 @@ def wg_quick_lines(data: dict, tun: dict) -> list[str]:
     lines = [
         "# forward services: replies leave through the tunnel their request came in on (mark, table of their own).",
         "Table = off",
-        nft(f"add chain inet {nft_table} mark_in {{ type filter hook prerouting priority mangle; }}"),
-        nft(f'add rule inet {nft_table} mark_in iifname "%i" ct state new ct mark set {m:#x}'),
-        nft(f"add rule inet {nft_table} mark_in ct mark {m:#x} meta mark set ct mark"),
-        nft(f"add chain inet {nft_table} mark_out {{ type route hook output priority mangle; }}"),
-        nft(f"add rule inet {nft_table} mark_out ct mark {m:#x} meta mark set ct mark"),
+        nft(
+            f"add table inet {nft_table}; delete table inet {nft_table}; table inet {nft_table} {{ "
+            f"chain mark_in {{ type filter hook prerouting priority mangle; "
+            f'iifname "%i" ct mark set {m:#x}; ct mark {m:#x} meta mark set ct mark; }}; '
+            f"chain mark_out {{ type route hook output priority mangle; ct mark {m:#x} meta mark set ct mark; }}; }}"
+        ),
+        f"PostDown = nft delete table inet {nft_table}",
         # rp_filter looks the visitor's address up with the packet's mark.
         "PreUp = sysctl -qw net.ipv4.conf.all.src_valid_mark=1",
     ]
@@ -233,7 +244,7 @@ def openwrt_nft(data: dict) -> str | None:
         [
             "chain cgnat_edge_mark_in {",
             "\ttype filter hook prerouting priority mangle; policy accept;",
-            *(f'\tiifname "{i}" ct state new ct mark set {m:#x}' for i, m in marks),
+            *(f'\tiifname "{i}" ct mark set {m:#x}' for i, m in marks),
             *(f"\tct mark {m:#x} meta mark set ct mark" for _, m in marks),
             "}",
             "chain cgnat_edge_mark_out {",
@@ -258,7 +269,7 @@ def routeros_lines(data: dict, comment) -> list[str]:
         out.append(f"/routing table add name={name} fib {comment(iface)}")
         for fam in ("ip", "ipv6") if v6 else ("ip",):
             out += [
-                f"/{fam} firewall mangle add chain=prerouting in-interface={iface} connection-state=new "
+                f"/{fam} firewall mangle add chain=prerouting in-interface={iface} "
                 f"action=mark-connection new-connection-mark={name} passthrough=yes {comment(iface)}",
                 f"/{fam} firewall mangle add chain=prerouting connection-mark={name} in-interface-list=!cgnat-edge "
                 f"action=mark-routing new-routing-mark={name} passthrough=no {comment(iface)}",
