@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from components.lab import edge_lab as lab_module
+from components.lab.netns import wait_for
 from components.model.keys import generate_host_key
 from components.tools import offline
 from tests.support import ROOT, require_root, require_tool
@@ -35,6 +36,8 @@ def el(tmp_path_factory):
             # The lab's edges share the machine's /var/lib/apt: the timer's stamp stands in.
             edge.node.run("mkdir", "-p", "/var/lib/apt/periodic")
             edge.node.write("/var/lib/apt/periodic/unattended-upgrades-stamp", "", 0o644)
+        # Home dials out once its tunnels are up: a fleet is healthy from its first handshake on.
+        wait_for(lambda: all(edge_lab.handshake_time(e) > 0 for e in edge_lab.edges), 60, 0.5, "home's handshakes")
         yield edge_lab
     finally:
         edge_lab.close()

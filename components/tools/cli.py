@@ -1,4 +1,5 @@
-"""``cgnat-edge``: the commands around the Pulumi program (render, home configs, policy, lab).
+"""``cgnat-edge``: the commands around the Pulumi program (render, home configs, policy, lab,
+rehearse, status).
 
 One parser for every command, so options, stack selection and errors behave the same
 everywhere.  Exit status: 0 done, 1 the command ran and found a problem (a policy
@@ -135,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="cgnat-edge",
         description="The commands around the cgnat-edge Pulumi program: offline render, home router configs, "
-        "policy check, network-namespace lab.",
+        "policy check, network-namespace lab, first-boot rehearsal, fleet status.",
     )
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
