@@ -33,6 +33,7 @@ host_key=/etc/ssh/ssh_host_ed25519_key
 desired=/etc/cgnat-edge/desired.json
 verify=/usr/local/sbin/cgnat-edge-verify
 timer=cgnat-edge-wg-endpoint.timer
+forward_sysctl=/etc/sysctl.d/60-cgnat-edge-forward.conf # only with forward services
 
 log() { echo "cgnat-edge push: $*"; }
 warn() { echo "cgnat-edge push: $*" >&2; }
@@ -366,6 +367,10 @@ reconcile() {
     # The reload (flush ruleset) removed CrowdSec's bouncer tables; on start it rebuilds
     # them with every current ban.
     systemctl try-restart crowdsec-firewall-bouncer.service 2>/dev/null || true
+  fi
+  if [[ -f $forward_sysctl ]] && [[ $(sysctl -n net.ipv4.ip_forward) != 1 ]]; then
+    sysctl -q -p "$forward_sysctl"
+    log "IPv4 forwarding on (forward services)"
   fi
   for p in "${changed[@]}"; do
     [[ $p == /etc/systemd/system/* ]] && units=true

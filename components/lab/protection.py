@@ -155,7 +155,8 @@ def _geo_rows(el: EdgeLab, blocked: Node, blocked_ip: str, country: str) -> list
     )
     bad = _matrix(el, blocked)
     good = _matrix(el, el.client)
-    for mode in ("passthrough", "http", "tcp", "udp"):
+    forward = ["forward"] if any(s.mode == "forward" for s in el.cfg.services) else []
+    for mode in ("passthrough", "http", "tcp", "udp", *forward):
         services = [s for s in el.cfg.services if s.mode == mode]
         if not services or country not in effective_geo(services[0], el.cfg.protection).countries:
             rows.append(Check(f"protect:geo:{mode}", False, None, "", f"no {mode} service filters {country}"))

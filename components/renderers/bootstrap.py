@@ -22,7 +22,7 @@ import yaml
 
 from components import providers
 from components.model.config import EdgeSpec, FleetConfig
-from components.renderers import nftables, protection, templates, traefik, tunnel
+from components.renderers import forwarding, nftables, protection, templates, traefik, tunnel
 
 USER_DATA_LIMIT = min(provider.user_data_limit for provider in providers.REGISTRY.values())
 """The smallest user-data limit of any provider: what a stack must fit to run anywhere."""
@@ -45,6 +45,8 @@ HOST_KEYS_HOOK_PATH = "/etc/apt/apt.conf.d/53cgnat-edge-host-keys"
 DESIRED_PATH = "/etc/cgnat-edge/desired.json"
 VERIFY_PATH = "/usr/local/sbin/cgnat-edge-verify"
 INSTALL_TRAEFIK_PATH = "/usr/local/sbin/cgnat-edge-install-traefik"
+TRAEFIK_BINARY_PATH = "/usr/local/bin/traefik"
+"""Where install-traefik.sh puts the pinned executable (traefik@.service runs it)."""
 WG_ENDPOINT_PATH = tunnel.WG_ENDPOINT_HOOK
 WG_ENDPOINT_UNIT = "cgnat-edge-wg-endpoint"
 
@@ -174,6 +176,8 @@ def node_files(
         ),
     ]
     files += [NodeFile(path, content, mode) for path, content, mode in protection.node_files(cfg)]
+    if forwarding.needs_ip_forward(cfg):
+        files.append(NodeFile(forwarding.SYSCTL_PATH, forwarding.SYSCTL, "0644"))
     if host_key is not None:
         private, public = host_key
         files += [
@@ -339,4 +343,5 @@ def readiness_script(timeout_s: int = 600) -> str:
         interface="wg0",
         ping_url=f"http://{traefik.PING_ADDRESS}/ping",
         verify=VERIFY_PATH,
+        traefik=TRAEFIK_BINARY_PATH,
     )

@@ -1,8 +1,8 @@
 """Protection on the edge: country sets in nftables, CrowdSec, sign-in in Traefik.
 
-Country filters are nftables rules on the public ports, in a base chain of the
-edge's own table that runs before the input chain accepts the port: a dropped packet
-never reaches Traefik, whatever the mode.  The sets start empty and are filled by
+Country filters are nftables rules on the public ports, in a prerouting base chain of
+the edge's own table that runs before the forward services' DNAT and before the input
+chain accepts a port: a dropped packet never reaches Traefik or home, whatever the mode.  The sets start empty and are filled by
 ``cloud-init/geo-sets.py`` (a timer), which keeps one cached file per country; the
 ruleset includes those files, so a reload of the ruleset (every push) brings the last
 good sets straight back.  CrowdSec's firewall bouncer keeps its own tables; the
@@ -16,6 +16,7 @@ from typing import Any
 
 from components.model.config import FleetConfig, Mode, ServiceSpec
 from components.model.protection import GeoPolicy, effective_geo
+from components.renderers import tunnel
 
 GEO_CONFIG_PATH = "/etc/cgnat-edge/geo.json"
 GEO_SCRIPT_PATH = "/usr/local/sbin/cgnat-edge-geo-sets"
@@ -53,7 +54,7 @@ def geo_rules(cfg: FleetConfig) -> list[tuple[str, tuple[int, ...], GeoPolicy]]:
         policy = effective_geo(s, cfg.protection)
         if not policy.active:
             continue
-        ports = {80, 443} if s.mode.by_hostname else {s.port}
+        ports = {80, 443} if s.mode.by_hostname else set(s.ports)
         groups.setdefault((str(s.protocol), policy), set()).update(ports)
     return [(proto, tuple(sorted(ports)), policy) for (proto, policy), ports in groups.items()]
 
@@ -80,13 +81,14 @@ def nft_table_lines(cfg: FleetConfig) -> list[str]:
             lines.append(f"    set {set_name(country, family)} {{ type {kind}; flags interval; }}")
     lines += [
         "    chain geo {",
-        "        # Before the input chain accepts the port: a dropped visitor never reaches Traefik.",
-        "        type filter hook input priority filter - 10; policy accept;",
+        "        # Before the forward services' DNAT and before the input chain accepts a port:",
+        "        # a dropped visitor never reaches Traefik or home.",
+        "        type filter hook prerouting priority dstnat - 10; policy accept;",
+        f'        iifname "{tunnel.EDGE_INTERFACE}" accept',
         "        ct state established,related accept",
     ]
     for i, (proto, ports, _) in enumerate(rules):
-        port_expr = str(ports[0]) if len(ports) == 1 else "{ " + ", ".join(map(str, ports)) + " }"
-        lines.append(f"        {proto} dport {port_expr} jump geo_{i}")
+        lines.append(f"        {proto} dport {_port_expr(ports)} jump geo_{i}")
     lines.append("    }")
     for i, (_, _, policy) in enumerate(rules):
         verdict = "return" if policy.allow else "drop"
@@ -99,6 +101,18 @@ def nft_table_lines(cfg: FleetConfig) -> list[str]:
             lines.append("        drop")
         lines.append("    }")
     return lines
+
+
+def _port_expr(ports: tuple[int, ...]) -> str:
+    """``443``, or ``{ 80, 443, 27015-27030 }``: consecutive ports as one range."""
+    spans: list[list[int]] = []
+    for port in ports:
+        if spans and port == spans[-1][1] + 1:
+            spans[-1][1] = port
+        else:
+            spans.append([port, port])
+    items = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in spans]
+    return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
 
 
 def nft_after_table(cfg: FleetConfig) -> list[str]:

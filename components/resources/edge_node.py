@@ -30,6 +30,7 @@ class EdgeNode(pulumi.ComponentResource):
         ssh_private_key: pulumi.Input[str] | None,
         opts: pulumi.ResourceOptions | None = None,
         after: pulumi.Resource | None = None,
+        road_warrior_keys: pulumi.Input[dict] | None = None,
     ):
         """``after``: the previous edge's config step; this edge's push starts only once
         that edge verifiably runs the new configuration (one edge at a time)."""
@@ -41,8 +42,8 @@ class EdgeNode(pulumi.ComponentResource):
         key = WireGuardKey(f"{edge.name}-wireguard-key", opts=child)
         host_key = SshHostKey(f"{edge.name}-ssh-host-key", rotation=cfg.ssh.host_key_rotation, opts=child)
         wg_conf: pulumi.Output[str] = pulumi.Output.secret(
-            pulumi.Output.all(key.private_key, home_public_key).apply(
-                lambda keys: tunnel.edge_wg_conf(cfg, edge, keys[0], keys[1])
+            pulumi.Output.all(key.private_key, home_public_key, road_warrior_keys or {}).apply(
+                lambda keys: tunnel.edge_wg_conf(cfg, edge, keys[0], keys[1], keys[2])
             )
         )
         user_data: pulumi.Output[str] = pulumi.Output.secret(
@@ -111,4 +112,15 @@ class EdgeNode(pulumi.ComponentResource):
         self.ipv4 = machine.ipv4
         self.ipv6 = machine.ipv6
         self.public_key = key.public_key
+        self.host_public_key = host_key.public_key
+        # What `cgnat-edge status` compares the edge's files with: digests only, so the
+        # output needs no secret.
+        self.pushed_files: pulumi.Output[dict] = pulumi.Output.unsecret(
+            pulumi.Output.all(wg_conf, host_key.private_key, host_key.public_key).apply(
+                lambda args: {
+                    f.path: hashlib.sha256(f.content.encode()).hexdigest()
+                    for f in bootstrap.node_files(cfg, edge, args[0], (args[1], args[2]))
+                }
+            )
+        )
         self.register_outputs({"ipv4": self.ipv4, "ipv6": self.ipv6, "publicKey": self.public_key})
