@@ -48,7 +48,7 @@ def test_a_visitor_from_a_denied_country_is_dropped_on_every_mode(rows):
     assert set(names) <= set(rows), sorted(rows)
     assert all(rows[n].ok for n in names), _failed(rows, names)
     assert all(rows[f"protect:geo:{m}"].value == 2 for m in MODES)  # dropped by both edges
-    assert rows["protect:geo:lifted"].ok and rows["protect:geo:lifted"].value == 8, rows["protect:geo:lifted"].detail
+    assert rows["protect:geo:lifted"].ok and rows["protect:geo:lifted"].value >= 8, rows["protect:geo:lifted"].detail
 
 
 def test_a_crowdsec_ban_drops_the_visitor_on_every_mode_until_lifted(rows):
