@@ -239,3 +239,17 @@ def test_protected_user_data_passes_cloud_init_schema(tmp_path):
         assert not any(f["path"] in protection.PUSHED_ONLY for f in doc["write_files"])
         res = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
         assert res.returncode == 0 and "Valid cloud-config" in res.stdout, res.stdout + res.stderr
+
+
+def test_verifier_ignores_the_bouncers_tables_only():
+    spec = importlib.util.spec_from_file_location("verify", templates.DIRECTORY / "verify.py")
+    verify = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verify)
+    listing = (
+        "table inet cgnat_edge {\n\tchain input {\n\t}\n}\n"
+        "table ip crowdsec {\n\tset crowdsec-blacklists {\n\t\telements = { 203.0.113.9 }\n\t}\n}\n"
+        "table ip6 crowdsec6 {\n\tchain crowdsec6-chain {\n\t}\n}\n"
+        "table ip other {\n}\n"
+    )
+    kept = verify.without_tables(listing, list(protection.CROWDSEC_TABLES))
+    assert kept == "table inet cgnat_edge {\n\tchain input {\n\t}\n}\ntable ip other {\n}\n"
