@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -104,17 +105,24 @@ def check_wireguard(desired: dict) -> list[str]:
     return problems
 
 
-def without_tables(listing: str, tables: list[str]) -> str:
-    """``listing`` minus the tables another program owns (CrowdSec's bouncer keeps
-    its bans in its own tables, which the file does not declare)."""
-    out, skip = [], False
+def without_elements(listing: str, sets: list[str]) -> str:
+    """``listing`` minus the elements of the sets another program fills (CrowdSec's
+    bouncer keeps its bans in sets the ruleset declares empty)."""
+    out, table, in_set, in_elements = [], "", False, False
     for line in listing.splitlines(keepends=True):
+        text = line.strip()
         if line.startswith("table "):
-            skip = line[len("table ") :].rstrip(" {\n") in tables
-        if not skip:
+            table = line[len("table ") :].rstrip(" {\n")
+        elif text.startswith("set ") and text.endswith("{"):
+            in_set = f"{table} {text[4:-1].strip()}" in sets
+        elif in_set and text == "}":
+            in_set = False
+        if in_set and text.startswith("elements = {"):
+            in_elements = True
+        if not in_elements:
             out.append(line)
-        if skip and line.startswith("}"):
-            skip = False
+        elif text.endswith("}"):
+            in_elements = False
     return "".join(out)
 
 
@@ -122,7 +130,9 @@ def check_nftables(desired: dict) -> list[str]:
     """The live ruleset against the file loaded into a scratch network namespace,
     so both are listed by the same nft in the same canonical form."""
     want = run("unshare", "--net", "sh", "-c", 'nft -f "$1" && nft list ruleset', "sh", desired["nftConf"])
-    have = without_tables(run("nft", "list", "ruleset"), desired.get("nftForeignTables", []))
+    have = without_elements(run("nft", "list", "ruleset"), desired.get("nftFilledSets", []))
+    # Counters count (the bans chain's drops); their values are no configuration.
+    want, have = (re.sub(r"counter packets \d+ bytes \d+", "counter", x) for x in (want, have))
     if have == want:
         return []
     extra = sorted(set(have.splitlines()) - set(want.splitlines()))[:5]

@@ -99,7 +99,7 @@ def desired_state(cfg: FleetConfig, edge: EdgeSpec, host_public_key: str | None)
         "interface": tunnel.EDGE_INTERFACE,
         "wgConf": WG_CONF_PATH,
         "nftConf": nftables.PATH,
-        "nftForeignTables": list(protection.CROWDSEC_TABLES) if cfg.protection.crowdsec != "off" else [],
+        "nftFilledSets": protection.crowdsec_sets(cfg),
         "traefik": {
             "slots": list(TRAEFIK_SLOTS),
             "entryPoints": {name: ep["address"] for name, ep in traefik.static_config(cfg)["entryPoints"].items()},
