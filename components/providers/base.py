@@ -260,6 +260,10 @@ class Provider(ABC):
         """(id, extra outputs) the provider would answer, derived from ``n`` (a hash of
         type and name) and from documentation address ranges only."""
 
+    def user_data(self, inputs: Mapping[str, Any]) -> str:
+        """The cloud-config a server resource (its rendered inputs) boots with."""
+        return str(get(inputs, "userData", "user_data") or "")
+
     def mock_call(self, token: str, args: Mapping[str, Any]) -> dict:
         """What a data source (invoke) of this provider answers under the mock engine."""
         return {}

@@ -496,6 +496,10 @@ class Oracle(Provider):
             return ocid, {"state": "RUNNING", "privateIp": "10.0.0.2"}
         return ocid, {}
 
+    def user_data(self, inputs: Mapping[str, Any]) -> str:
+        packed = (get(inputs, "metadata") or {}).get("user_data")
+        return gzip.decompress(base64.b64decode(packed)).decode() if packed else ""
+
     def mock_call(self, token: str, args: Mapping[str, Any]) -> dict:
         if token == "oci:Identity/getAvailabilityDomains:getAvailabilityDomains":
             return {"availabilityDomains": [{"name": f"Mock:REGION-AD-{i}", "id": f"ad-{i}"} for i in (1, 2, 3)]}
