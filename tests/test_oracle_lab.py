@@ -78,6 +78,18 @@ def test_a_reboot_in_either_loader_order_keeps_the_rendered_ruleset(el, order):
     assert not _failed(results), "\n".join(_failed(results))
 
 
+def test_the_lab_command_reports_the_platform_firewall_rows(el):
+    rows = platform_firewall.checks(el)
+    assert [r.name for r in rows] == [
+        f"platform-firewall:fra:{when}:{what}"
+        for when in ("boot", "reboot-nftables-then-image", "reboot-image-then-nftables")
+        for what in ("ruleset", "services")
+    ]
+    assert all(r.ok for r in rows), [(r.name, r.detail) for r in rows if not r.ok]
+    per_service = [len(s.hostnames) + bool(s.http_target) if s.mode.by_hostname else 1 for s in el.cfg.services]
+    assert {r.value for r in rows if r.name.endswith(":services")} == {sum(per_service)}
+
+
 def test_without_the_takeover_the_image_rules_reject_the_services(el):
     """The negative control: the image as it comes, rebooted with netfilter-persistent
     after nftables.  The quirk the takeover exists for is real in the reproduction."""

@@ -1026,12 +1026,13 @@ def run(
                 change_matrix.Check(f"smoke:{r.edge}:{r.service}:{r.check}", r.ok, r.ms, "ms", r.detail)
                 for r in results
             ]
+            rows += platform_firewall.checks(el)
             if changes:
                 rows += change_matrix.run_matrix(el, stack_file, project_file)
     if report is not None:
         change_matrix.write_report(report, rows)
     text = table(results)
-    if changes:
+    if rows[len(results) :]:
         text += "\n\n" + "\n".join(
             f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<34} {c.value!s:>8} {c.unit:<8} {c.detail}"
             for c in rows[len(results) :]

@@ -18,6 +18,7 @@ from components.providers.base import ImageTraits
 from components.renderers import nftables
 
 if TYPE_CHECKING:
+    from components.lab.changes import Check
     from components.lab.edge_lab import Edge, EdgeLab
 
 LOADER = "netfilter-persistent.service"
@@ -89,3 +90,40 @@ def ruleset_differences(edge: Edge) -> list[str]:
     extra = sorted(set(have.splitlines()) - set(want.splitlines()))
     missing = sorted(set(want.splitlines()) - set(have.splitlines()))
     return [f"+ {line.strip()}" for line in extra] + [f"- {line.strip()}" for line in missing]
+
+
+def checks(el: EdgeLab) -> list[Check]:
+    """Report rows for every edge whose image ships a boot-time firewall: the running
+    ruleset against the rendered one after its boot and after a reboot in each loader
+    order, and the services answering through it after each (``cgnat-edge lab``)."""
+    from components.lab.changes import Check
+    from components.lab.edge_lab import smoke
+
+    rows: list[Check] = []
+    for name, edge in sorted(el.edges.items()):
+        if not traits(el, name).boot_firewall:
+            continue
+        for when, order in (("boot", None), *((f"reboot-{'-then-'.join(o)}", o) for o in ORDERS)):
+            loaded = reboot(edge, order) if order else []
+            differences = ruleset_differences(edge)
+            rows.append(
+                Check(
+                    f"platform-firewall:{name}:{when}:ruleset",
+                    not differences and not loaded,
+                    len(differences),
+                    "lines",
+                    "exactly the rendered ruleset" if not differences else "; ".join(differences[:5]),
+                )
+            )
+            results = smoke(el, edges=[name])
+            failed = [f"{r.service} {r.check}: {r.detail}" for r in results if not r.ok]
+            rows.append(
+                Check(
+                    f"platform-firewall:{name}:{when}:services",
+                    bool(results) and not failed,
+                    len(results) - len(failed),
+                    "answered",
+                    "; ".join(failed[:5]) or f"all {len(results)} checks answered",
+                )
+            )
+    return rows
