@@ -175,3 +175,39 @@ def test_a_large_stack_still_fits_the_metadata_limit():
 def test_too_much_metadata_is_refused_naming_the_edge():
     with pytest.raises(bootstrap.UserDataTooLarge, match=r"edge 'ams'.*over Oracle Cloud's 32000-byte limit"):
         oracle.PROVIDER._metadata(stack.load(PROD).parse().edges[3], "x" * 10, ["ssh-ed25519 " + "A" * 40_000])
+
+
+def _frankfurt_edges() -> list[dict]:
+    edges = copy.deepcopy(stack.load(PROD).raw()["edges"])
+    edges[3]["location"] = "eu-frankfurt-1"  # three availability domains
+    return edges
+
+
+def _a1_only_in(monkeypatch, domains: set[str]) -> None:
+    answer = oracle.PROVIDER.mock_call
+
+    def mock_call(token, args):
+        if token == "oci:Core/getShapes:getShapes":
+            return {"shapes": [{"name": oracle.SHAPE}] if args["availabilityDomain"] in domains else []}
+        return answer(token, args)
+
+    monkeypatch.setattr(oracle.PROVIDER, "mock_call", mock_call)
+
+
+def test_without_availability_domain_the_first_that_offers_a1_is_taken(monkeypatch):
+    _a1_only_in(monkeypatch, {"Mock:REGION-AD-2", "Mock:REGION-AD-3"})
+    run = offline.run_program(PROD, config_overrides={"edges": _frankfurt_edges()})
+    assert _inputs(run, INSTANCE)["availabilityDomain"] == "Mock:REGION-AD-2"
+    edges = _frankfurt_edges()
+    edges[3]["availabilityDomain"] = 3
+    run = offline.run_program(PROD, config_overrides={"edges": edges})
+    assert _inputs(run, INSTANCE)["availabilityDomain"] == "Mock:REGION-AD-3"
+
+
+def test_a_region_whose_domains_offer_no_a1_is_refused_naming_other_regions(monkeypatch):
+    _a1_only_in(monkeypatch, set())
+    with pytest.raises(
+        Exception, match=r"edge 'ams': no availability domain of eu-frankfurt-1 offers VM\.Standard"
+    ) as info:
+        offline.run_program(PROD, config_overrides={"edges": _frankfurt_edges()})
+    assert "another region with A1 (eu-amsterdam-1, uk-london-1" in str(info.value)

@@ -120,7 +120,8 @@ class OracleEdge:
     """The Oracle-only fields of an edge (``EdgeSpec.options``)."""
 
     compartment: str
-    availability_domain: int
+    availability_domain: int | None
+    """1-based; None: the first of the region's domains that offers the A1 shape."""
     always_free: bool
 
 
@@ -163,6 +164,24 @@ def _a1(ocpus: int, memory_gb: int) -> ServerType:
     # One A1 OCPU is one Ampere core; inside the allowance the list price is 0.
     return ServerType(
         "oracle", f"A1.Flex-{ocpus}-{memory_gb}", "arm64", ocpus, memory_gb, BOOT_VOLUME_GB, 0.0, "USD", _ALL
+    )
+
+
+def _field(result: Any, name: str) -> Any:
+    """A field of a data-source result, which arrives typed or as a plain mapping."""
+    return result.get(name) if isinstance(result, Mapping) else getattr(result, name, None)
+
+
+def first_offering(edge: EdgeSpec, names: Sequence[str], offers: Sequence[Sequence[Any]]) -> str:
+    """The first availability domain whose shape list has A1, or a clear error."""
+    for name, shapes in zip(names, offers, strict=False):
+        if any(_field(s, "name") == SHAPE for s in shapes or []):
+            return name
+    others = ", ".join(code for code in _DOMAINS if code != edge.location.code)
+    raise ValueError(
+        f"cgnat-edge: edge {edge.name!r}: no availability domain of {edge.location.code} offers {SHAPE} to this "
+        f"tenancy; move the edge to another region with A1 ({others}); an Always Free edge must stay in the "
+        "tenancy's home region"
     )
 
 
@@ -239,8 +258,8 @@ class Oracle(Provider):
             return None
         code = str(item.get("location", ""))
         domains = _DOMAINS.get(code, 1)
-        domain = item.get("availabilityDomain", 1)
-        if isinstance(domain, bool) or not isinstance(domain, int) or not 1 <= domain <= domains:
+        domain = item.get("availabilityDomain")
+        if domain is not None and (isinstance(domain, bool) or not isinstance(domain, int) or not 1 <= domain <= domains):
             fail(
                 "availabilityDomain",
                 f"{domain!r} is not an availability domain of {code}, which has "
@@ -376,7 +395,7 @@ class Oracle(Provider):
             freeform_tags=tags,
             opts=child,
         )
-        domains = oci.identity.get_availability_domains_output(compartment_id=opts.compartment, opts=invoke)
+        availability_domain = self._availability_domain(oci, edge, invoke)
         image = oci.core.get_images_output(
             compartment_id=opts.compartment,
             operating_system="Canonical Ubuntu",
@@ -392,7 +411,7 @@ class Oracle(Provider):
         instance = oci.core.Instance(
             f"{edge.name}-instance",
             compartment_id=opts.compartment,
-            availability_domain=domains.availability_domains[opts.availability_domain - 1].name,
+            availability_domain=availability_domain,
             display_name=display,
             shape=SHAPE,
             shape_config=oci.core.InstanceShapeConfigArgs(
@@ -437,7 +456,9 @@ class Oracle(Provider):
             f"{edge.name}-reserved-ip",
             compartment_id=opts.compartment,
             lifetime="RESERVED",
-            private_ip_id=private_ips.private_ips.apply(lambda ips: next(ip.id for ip in ips if ip.is_primary)),
+            private_ip_id=private_ips.private_ips.apply(
+                lambda ips: next(_field(ip, "id") for ip in ips if _field(ip, "is_primary"))
+            ),
             display_name=f"{display}-ipv4",
             freeform_tags=tags,
             opts=pulumi.ResourceOptions(parent=parent, provider=region, protect=True),
@@ -449,6 +470,27 @@ class Oracle(Provider):
             ipv6=ipv6,
             reachable_after=[instance, public_ip],
         )
+
+    def _availability_domain(self, oci: Any, edge: EdgeSpec, invoke: Any) -> pulumi.Output[str]:
+        """The configured domain, or the first of the region's that offers the A1 shape
+        to this tenancy (looked up on each run; the instance ignores later changes)."""
+        import pulumi
+
+        opts: OracleEdge = edge.options
+        domains = oci.identity.get_availability_domains_output(compartment_id=opts.compartment, opts=invoke)
+        names = domains.availability_domains.apply(lambda ads: [ad.name for ad in ads])
+        if opts.availability_domain is not None:
+            return names.apply(lambda n: n[opts.availability_domain - 1])
+        offers = [
+            oci.core.get_shapes_output(
+                compartment_id=opts.compartment,
+                availability_domain=names.apply(lambda n, i=i: n[i]),
+                shape=SHAPE,
+                opts=invoke,
+            ).shapes
+            for i in range(_DOMAINS[edge.location.code])
+        ]
+        return pulumi.Output.all(names, *offers).apply(lambda found: first_offering(edge, found[0], found[1:]))
 
     @staticmethod
     def _ingress(oci: Any, rule: FirewallRule, source: str) -> Any:
@@ -503,6 +545,8 @@ class Oracle(Provider):
     def mock_call(self, token: str, args: Mapping[str, Any]) -> dict:
         if token == "oci:Identity/getAvailabilityDomains:getAvailabilityDomains":
             return {"availabilityDomains": [{"name": f"Mock:REGION-AD-{i}", "id": f"ad-{i}"} for i in (1, 2, 3)]}
+        if token == "oci:Core/getShapes:getShapes":
+            return {"shapes": [{"name": SHAPE}]}
         if token == "oci:Core/getImages:getImages":
             return {"images": [{"id": "ocid1.image.oc1.mock.ubuntu-24-04-aarch64", "displayName": "mock"}]}
         if token == "oci:Core/getVnicAttachments:getVnicAttachments":
