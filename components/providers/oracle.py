@@ -259,7 +259,9 @@ class Oracle(Provider):
         code = str(item.get("location", ""))
         domains = _DOMAINS.get(code, 1)
         domain = item.get("availabilityDomain")
-        if domain is not None and (isinstance(domain, bool) or not isinstance(domain, int) or not 1 <= domain <= domains):
+        if domain is not None and (
+            isinstance(domain, bool) or not isinstance(domain, int) or not 1 <= domain <= domains
+        ):
             fail(
                 "availabilityDomain",
                 f"{domain!r} is not an availability domain of {code}, which has "
