@@ -33,6 +33,7 @@ host_key=/etc/ssh/ssh_host_ed25519_key
 desired=/etc/cgnat-edge/desired.json
 verify=/usr/local/sbin/cgnat-edge-verify
 timer=cgnat-edge-wg-endpoint.timer
+forward_sysctl=/etc/sysctl.d/60-cgnat-edge-forward.conf # only with forward services
 
 log() { echo "cgnat-edge push: $*"; }
 warn() { echo "cgnat-edge push: $*" >&2; }
@@ -363,6 +364,10 @@ reconcile() {
   if was_changed "$nft_conf" || ! nft list table inet cgnat_edge >/dev/null 2>&1; then
     nft -f "$nft_conf"
     log "nftables ruleset loaded"
+  fi
+  if [[ -f $forward_sysctl ]] && [[ $(sysctl -n net.ipv4.ip_forward) != 1 ]]; then
+    sysctl -q -p "$forward_sysctl"
+    log "IPv4 forwarding on (forward services)"
   fi
   for p in "${changed[@]}"; do
     [[ $p == /etc/systemd/system/* ]] && units=true

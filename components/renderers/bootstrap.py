@@ -23,7 +23,7 @@ import yaml
 from components import providers
 from components.model.config import EdgeSpec, FleetConfig
 from components.providers.base import ImageTraits
-from components.renderers import nftables, templates, traefik, tunnel
+from components.renderers import forwarding, nftables, templates, traefik, tunnel
 
 USER_DATA_LIMIT = min(provider.user_data_limit for provider in providers.REGISTRY.values())
 """The smallest user-data limit of any provider: what a stack must fit to run anywhere."""
@@ -186,6 +186,8 @@ def node_files(
             "0644",
         ),
     ]
+    if forwarding.needs_ip_forward(cfg):
+        files.append(NodeFile(forwarding.SYSCTL_PATH, forwarding.SYSCTL, "0644"))
     if host_key is not None:
         private, public = host_key
         files += [

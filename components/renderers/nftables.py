@@ -10,7 +10,7 @@ that starts with ``flush ruleset``: loading it again is how changes are applied.
 from __future__ import annotations
 
 from components.model.config import FleetConfig
-from components.renderers import tunnel
+from components.renderers import forwarding, road_warriors, tunnel
 
 PATH = "/etc/nftables.conf"
 METADATA_ADDRESS = "169.254.169.254"
@@ -21,8 +21,8 @@ def _set(items: list) -> str:
 
 
 def ruleset(cfg: FleetConfig) -> str:
-    tcp_ports = cfg.public_ports("tcp")
-    udp_ports = cfg.public_ports("udp")
+    tcp_ports = [p for p in cfg.public_ports("tcp") if p not in forwarding.input_ports_excluded(cfg, "tcp")]
+    udp_ports = [p for p in cfg.public_ports("udp") if p not in forwarding.input_ports_excluded(cfg, "udp")]
     ssh_v4 = [n for n in cfg.ssh.allowed_cidrs if n.version == 4]
     ssh_v6 = [n for n in cfg.ssh.allowed_cidrs if n.version == 6]
 
@@ -58,9 +58,11 @@ def ruleset(cfg: FleetConfig) -> str:
         *(f"        {r}" for r in input_rules),
         "    }",
         "",
-        "    # The edge proxies in user space (Traefik); it never routes packets.",
+        "    # The edge proxies in user space (Traefik); it routes only forward services' packets.",
         "    chain forward {",
         "        type filter hook forward priority filter; policy drop;",
+        *(f"        {r}" for r in forwarding.edge_forward_rules(cfg)),
+        *(f"        {r}" for r in road_warriors.edge_forward_rules(cfg)),
         "    }",
         "",
         "    chain output {",
@@ -77,6 +79,8 @@ def ruleset(cfg: FleetConfig) -> str:
         "        type filter hook postrouting priority mangle; policy accept;",
         f'        oifname "{tunnel.EDGE_INTERFACE}" tcp flags syn / syn,rst tcp option maxseg size set rt mtu',
         "    }",
+        *forwarding.edge_chains(cfg),
+        *road_warriors.edge_chains(cfg),
         "}",
         "",
     ]

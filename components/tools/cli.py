@@ -75,7 +75,11 @@ def cmd_lab(args: argparse.Namespace) -> int:
     stack_file, project_file = _stack(args)
     try:
         ok, report = lab.run(
-            stack_file, project_file, changes=args.changes, report=Path(args.report) if args.report else None
+            stack_file,
+            project_file,
+            changes=args.changes,
+            forward=args.forward,
+            report=Path(args.report) if args.report else None,
         )
     except lab.LabError as exc:
         raise _Unusable(exc) from None
@@ -112,7 +116,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="home-configs", help="directory to write (created with mode 0700)")
     p.add_argument("--qr", action="store_true", help="also write a PNG QR code of each wg-quick file")
-    p.add_argument("--qr-terminal", metavar="EDGE", help="print the wg-quick file of EDGE as a QR code on the terminal")
+    p.add_argument(
+        "--qr-terminal",
+        metavar="EDGE",
+        help="print the wg-quick file of EDGE (or a road warrior's, DEVICE/EDGE) as a QR code on the terminal",
+    )
     p.set_defaults(func=cmd_home_config)
 
     p = sub.add_parser("policy", help="render the stack offline and fail on policy violations")
@@ -127,6 +135,11 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_stack_args(p)
     p.add_argument("--changes", action="store_true", help="then push every kind of change into the running edges")
+    p.add_argument(
+        "--forward",
+        action="store_true",
+        help="then prove the forward services: visitor's real address, replies through the edge they came in by",
+    )
     p.add_argument("--report", help="write every check as JSON to this file")
     p.set_defaults(func=cmd_lab)
     return top
