@@ -59,7 +59,7 @@ from components.lab import platform_firewall
 from components.lab.certs import self_signed as _self_signed
 from components.lab.netns import Lab, Node, wait_for
 from components.model import stack
-from components.model.config import FleetConfig, ServiceSpec
+from components.model.config import FleetConfig, ServiceSpec, Target
 from components.model.keys import generate_host_key
 from components.renderers import bootstrap, geodns, nftables, traefik
 from components.tools import home_files, offline, render
@@ -261,6 +261,9 @@ def home_listeners(
                 add("tcp", s.http_target, {"kind": "http", "service": s.name})
         elif s.mode == "http":
             add("tcp", s.target, {"kind": "http", "service": s.name})
+            if s.forward_auth is not None and s.forward_auth.at_home:
+                fa = s.forward_auth
+                add("tcp", Target(fa.host, fa.port), {"kind": "idp", "service": f"{s.name}-signin"})
         elif s.mode == "tcp" or (s.mode == "forward" and s.protocol == "tcp"):
             add("tcp", s.target, {"kind": "tcp-echo", "service": s.name, "proxy": s.proxy_protocol})
         else:
@@ -895,6 +898,8 @@ def _expect_tls(el: EdgeLab, s: ServiceSpec, host: str, r: dict) -> tuple[bool, 
         return True, f"home's certificate; home saw client {body.get('client')}"
     # http: TLS ends on the edge, with the lab's stand-in for the ACME certificate.
     m = s.middlewares
+    if s.forward_auth is not None and r["status"] in (302, 401):
+        return True, f"{r['status']}: sign-in asked by the identity provider ({r.get('location')})"
     if m.basic_auth and r["status"] == 401:
         return True, "401: basic auth asks for credentials (the lab has none)"
     if m.ip_allow_list and not any(ipaddress.ip_address(el.client_ip) in n for n in m.ip_allow_list):
@@ -1005,6 +1010,7 @@ def run(
     out: Path | None = None,
     *,
     changes: bool = False,
+    protection: bool = False,
     forward: bool = False,
     report: Path | None = None,
 ) -> tuple[bool, str]:
@@ -1038,6 +1044,10 @@ def run(
                 rows += vpn.run_checks(el)
             if changes:
                 rows += change_matrix.run_matrix(el, stack_file, project_file)
+            if protection:
+                from components.lab import protection as protection_lab
+
+                rows += protection_lab.run_protection(el)
     if report is not None:
         change_matrix.write_report(report, rows)
     text = table(results)

@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from components import providers
-from components.model import catalog, road_warriors
+from components.model import catalog, protection, road_warriors
+from components.model.protection import ForwardAuth, GeoPolicy, ProtectionSpec
 from components.providers.base import Provider, firewall_rules
 
 NAMESPACE = "cgnat-edge"
@@ -189,6 +190,9 @@ class ServiceSpec:
     """forward: the last public port of a range (0: the one port ``port``)."""
     forward_protocol: Protocol | None = None
     """forward: the one protocol the range carries."""
+    geo: GeoPolicy | None = None
+    """The service's own countries; None: the fleet default (``FleetConfig.protection.geo``)."""
+    forward_auth: ForwardAuth | None = None
 
     @property
     def protocol(self) -> str:
@@ -253,6 +257,7 @@ class FleetConfig:
     ha: bool
     warnings: tuple[str, ...] = ()
     """Choices the parser made that the user did not write (shown by ``pulumi preview``)."""
+    protection: ProtectionSpec = field(default_factory=ProtectionSpec)
     road_warriors: road_warriors.RoadWarriorsSpec | None = None
 
     @property
@@ -324,6 +329,14 @@ KEYS: dict[str, tuple[str, Any, str]] = {
         "https://acme-v02.api.letsencrypt.org/directory",
         "ACME directory; use the staging one to test.",
     ),
+    "allowCountries": ("array", [], "Fleet default: only visitors from these ISO 3166 countries reach the services."),
+    "denyCountries": ("array", [], "Fleet default: visitors from these ISO 3166 countries are dropped."),
+    "geoSources": (
+        "array",
+        list(protection.RIR_SOURCES),
+        "Country prefix lists: RIR delegated-extended statistics files, each with an .md5 beside it.",
+    ),
+    "crowdsec": ("string", "off", "off, offline (bans from the edge's own logs) or online (plus the community list)."),
 }
 
 
@@ -524,6 +537,8 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         p.fail("acmeChallenge", f"{acme.challenge!r} is not supported; use one of {', '.join(ACME_CHALLENGES)}")
     _check_acme_directory(p, acme.ca_server)
     services = _parse_services(p, p.get("services"), domain, tunnel, home)
+    protect = protection.parse_fleet(p)
+    protection.check_shared_ports(p, services, protect)
     warriors = road_warriors.parse(
         p, p.get("roadWarriors"), p.get("roadWarriorPool"), p.get("roadWarriorDns"), home.lan_prefixes, tunnel
     )
@@ -575,6 +590,7 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         acme=acme,
         ha=ha,
         warnings=tuple(p.warnings),
+        protection=protect,
         road_warriors=warriors,
     )
     _check_fleet(p, cfg)
@@ -1046,6 +1062,8 @@ def _parse_services(
         Mode.UDP: {"name", "mode", "port", "target"},
         Mode.FORWARD: {"name", "mode", "protocol", "port", "target"},
     }
+    for fields in allowed_fields.values():  # forwardAuth outside http is refused with its reason
+        fields |= {"allowCountries", "denyCountries", "forwardAuth"}
     for i, item in enumerate(items or []):
         key = f"services[{i}]"
         if not isinstance(item, dict):
@@ -1148,6 +1166,7 @@ def _parse_services(
             if mode is Mode.HTTP
             else Middlewares()
         )
+        geo, forward_auth = protection.parse_service(p, key, item, mode, home)
         if target is None:
             continue
         services.append(
@@ -1163,6 +1182,8 @@ def _parse_services(
                 health,
                 port_end,
                 Protocol(proto) if mode is Mode.FORWARD else None,
+                geo=geo,
+                forward_auth=forward_auth,
             )
         )
     return services

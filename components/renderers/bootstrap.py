@@ -23,7 +23,7 @@ import yaml
 from components import providers
 from components.model.config import EdgeSpec, FleetConfig
 from components.providers.base import ImageTraits
-from components.renderers import forwarding, nftables, templates, traefik, tunnel
+from components.renderers import forwarding, nftables, protection, templates, traefik, tunnel
 
 USER_DATA_LIMIT = min(provider.user_data_limit for provider in providers.REGISTRY.values())
 """The smallest user-data limit of any provider: what a stack must fit to run anywhere."""
@@ -105,6 +105,7 @@ def desired_state(cfg: FleetConfig, edge: EdgeSpec, host_public_key: str | None)
         "interface": tunnel.EDGE_INTERFACE,
         "wgConf": WG_CONF_PATH,
         "nftConf": nftables.PATH,
+        "nftForeignTables": list(protection.CROWDSEC_TABLES) if cfg.protection.crowdsec != "off" else [],
         "traefik": {
             "slots": list(TRAEFIK_SLOTS),
             "entryPoints": {name: ep["address"] for name, ep in traefik.static_config(cfg)["entryPoints"].items()},
@@ -188,6 +189,7 @@ def node_files(
             "0644",
         ),
     ]
+    files += [NodeFile(path, content, mode) for path, content, mode in protection.node_files(cfg)]
     if forwarding.needs_ip_forward(cfg):
         files.append(NodeFile(forwarding.SYSCTL_PATH, forwarding.SYSCTL, "0644"))
     if host_key is not None:
@@ -224,10 +226,15 @@ def _users(cfg: FleetConfig) -> list[object]:
     return users
 
 
-ALWAYS_COMPRESSED = (TRAEFIK_UNIT_PATH, WG_ENDPOINT_PATH, INSTALL_TRAEFIK_PATH)
+ALWAYS_COMPRESSED = (
+    TRAEFIK_UNIT_PATH,
+    WG_ENDPOINT_PATH,
+    INSTALL_TRAEFIK_PATH,
+    protection.CROWDSEC_SETUP_PATH,
+)
 """Files that are the same on every edge travel gzipped, leaving the user-data room to
 the stack's own files (which stay readable text up to ``PLAIN_TEXT_BUDGET``)."""
-NOT_IN_USER_DATA = (VERIFY_PATH, DESIRED_PATH, HOST_KEY_PATH, f"{HOST_KEY_PATH}.pub")
+NOT_IN_USER_DATA = (VERIFY_PATH, DESIRED_PATH, HOST_KEY_PATH, f"{HOST_KEY_PATH}.pub", *protection.PUSHED_ONLY)
 """The host key reaches a new node through ``ssh_keys``; the verifier and its desired
 state arrive with the first push, which the same ``pulumi up`` runs right after boot."""
 
@@ -276,6 +283,7 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str, host_key: tuple[st
         ["systemctl", "enable", "--now", "wg-quick@wg0.service"],
         ["systemctl", "enable", "--now", TRAEFIK_SLOTS[0]],
         ["systemctl", "enable", "--now", f"{WG_ENDPOINT_UNIT}.timer"],
+        *protection.runcmd(cfg),
         # An openssh-server upgrade during the first boot (package_upgrade) recreates
         # RSA/ECDSA keys before the apt hook that removes them is in place.
         ["sh", "-c", "rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* /etc/ssh/ssh_host_dsa_key*"],

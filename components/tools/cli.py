@@ -79,6 +79,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             stack_file,
             project_file,
             changes=args.changes,
+            protection=args.protection,
             forward=args.forward,
             report=Path(args.report) if args.report else None,
         )
@@ -176,6 +177,11 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_stack_args(p)
     p.add_argument("--changes", action="store_true", help="then push every kind of change into the running edges")
+    p.add_argument(
+        "--protection",
+        action="store_true",
+        help="then check country filters, CrowdSec bans and forward-auth sign-in with real packets",
+    )
     p.add_argument(
         "--forward",
         action="store_true",
