@@ -62,7 +62,18 @@ def test_an_oracle_edge_is_its_own_network_and_an_always_free_a1_instance(prod):
     edge = prod.output("edges")["ams"]
     assert edge["serverType"] == "A1.Flex-1-6" and edge["arch"] == "arm64"
     assert edge["ipv6"].endswith("::ed6e")
-    assert prod.output("monthlyCost")["perEdge"]["ams"] == {"amount": 0, "currency": "USD"}
+    cost = prod.output("monthlyCost")["perEdge"]["ams"]
+    assert (cost["amount"], cost["currency"]) == (0, "USD") and cost["note"].startswith("Always Free")
+
+
+def test_an_edge_outside_the_allowance_costs_a1s_list_price():
+    edges = copy.deepcopy(stack.load(PROD).raw()["edges"])
+    for edge in edges:
+        if edge["provider"] == "oracle":
+            edge.update(alwaysFree=False, serverType="A1.Flex-2-12")
+    cost = offline.run_program(PROD, config_overrides={"edges": edges}).output("monthlyCost")["perEdge"]["ams"]
+    # 730 h x (2 OCPU x 0.01 + 12 GB x 0.0015)
+    assert cost["amount"] == 27.74 and "pay-as-you-go" in cost["note"]
 
 
 def test_the_reserved_ipv4_is_protected_and_moves_to_a_replaced_instance(prod):

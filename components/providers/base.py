@@ -201,6 +201,11 @@ class Provider(ABC):
         assert stype is not None, server_type
         return round(stype.monthly_price + self.ipv4_monthly, 2)
 
+    def edge_cost(self, edge: EdgeSpec) -> tuple[float, str | None]:
+        """What one edge costs a month, and a note when the list price is not the whole
+        story (a free allowance, say)."""
+        return self.monthly_cost(edge.server_type.name), None
+
     def firewall_rule_count(self, rules: Sequence[FirewallRule]) -> int:
         """Rules ``rules`` take in one of this provider's firewalls."""
         return len(rules) + self.fixed_firewall_rules

@@ -160,6 +160,12 @@ _DOMAINS = {r.location.code: r.domains for r in _REGIONS}
 _ALL = frozenset(_DOMAINS)
 
 
+A1_OCPU_HOUR = 0.01
+A1_GB_HOUR = 0.0015
+"""A1.Flex pay-as-you-go list prices (USD) beyond the Always Free allowance."""
+HOURS_A_MONTH = 730
+
+
 def _a1(ocpus: int, memory_gb: int) -> ServerType:
     # One A1 OCPU is one Ampere core; inside the allowance the list price is 0.
     return ServerType(
@@ -237,6 +243,15 @@ class Oracle(Provider):
 
     def image_traits(self, image: str) -> ImageTraits:
         return UBUNTU
+
+    def edge_cost(self, edge: EdgeSpec) -> tuple[float, str | None]:
+        """0 inside the allowance (the fleet check keeps the stack's free edges in it);
+        outside it, A1's pay-as-you-go list price per OCPU-hour and GB-hour."""
+        if edge.options is None or edge.options.always_free:
+            return 0.0, "Always Free: inside the tenancy's Ampere A1 allowance (4 OCPU, 24 GB, 200 GB block volume)"
+        t = edge.server_type
+        amount = HOURS_A_MONTH * (t.vcpus * A1_OCPU_HOUR + t.ram_gb * A1_GB_HOUR)
+        return round(amount, 2), "alwaysFree: false: A1 pay-as-you-go list price; the boot volume stays inside 200 GB free"
 
     # -- config -------------------------------------------------------------------
 
