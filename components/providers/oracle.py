@@ -251,7 +251,8 @@ class Oracle(Provider):
             return 0.0, "Always Free: inside the tenancy's Ampere A1 allowance (4 OCPU, 24 GB, 200 GB block volume)"
         t = edge.server_type
         amount = HOURS_A_MONTH * (t.vcpus * A1_OCPU_HOUR + t.ram_gb * A1_GB_HOUR)
-        return round(amount, 2), "alwaysFree: false: A1 pay-as-you-go list price; the boot volume stays inside 200 GB free"
+        note = "alwaysFree: false: A1 pay-as-you-go list price; the boot volume stays inside 200 GB free"
+        return round(amount, 2), note
 
     # -- config -------------------------------------------------------------------
 
