@@ -242,7 +242,7 @@ def test_prod_stack_manages_round_robin_records_in_the_hetzner_zone():
     blog_a = offline.reveal(prod.one("hcloud:index/zoneRrset:ZoneRrset", "dns-blog.example.com-a").inputs)
     assert (blog_a["zone"], blog_a["name"], blog_a["ttl"]) == ("example.com", "blog", 60)
     assert sorted(r["value"] for r in blog_a["records"]) == sorted(e["ipv4"] for e in edges.values())
-    assert len(edges) == 3 and {e["provider"] for e in edges.values()} == {"hetzner", "digitalocean"}
+    assert len(edges) == 4 and {e["provider"] for e in edges.values()} == {"hetzner", "digitalocean", "oracle"}
 
 
 def test_ssh_private_key_reaches_the_ssh_steps_only_as_a_secret():

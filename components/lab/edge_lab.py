@@ -55,6 +55,7 @@ from typing import Any
 
 import yaml
 
+from components.lab import platform_firewall
 from components.lab.certs import self_signed as _self_signed
 from components.lab.netns import Lab, Node, wait_for
 from components.model import stack
@@ -310,6 +311,9 @@ class Edge:
     thing a namespace cannot have: ``systemctl`` asks a stand-in in the lab process
     (``_systemctl``) that starts and signals the same processes systemd would."""
 
+    takeover: tuple[str, ...] = ()
+    """The image's ``firewall_takeover`` commands, run first at boot (runcmd order)."""
+
     def __init__(self, lab: EdgeLab, name: str, node: Node, public_ip: str, files: list[dict]):
         self.lab, self.name, self.node, self.public_ip = lab, name, node, public_ip
         self.work = lab.lab.workdir / "edges" / name
@@ -463,6 +467,8 @@ class Edge:
 
     def boot(self) -> None:
         """What the edge's runcmd does after write_files: firewall, tunnel, Traefik, sshd."""
+        for command in self.takeover:
+            self.node.sh(command)
         self.node.run("nft", "-f", nftables.PATH)
         with self._lock:
             self._start("wg-quick@wg0.service")
@@ -834,6 +840,7 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
         node = lab.node(f"edge-{name}")
         _attach(lab, inet, node, f"i-edge{i}", ip)
         el.edges[name] = Edge(el, name, node, ip, rendered.write_files(name))
+        platform_firewall.prepare(el.edges[name], platform_firewall.traits(el, name))
     for node in el.nodes.values() if Path("/etc/resolv.conf").is_file() else ():
         node.bind("/etc/resolv.conf", resolv)
     for edge in el.edges.values() if Path("/etc/resolv.conf").is_file() else ():
@@ -1028,6 +1035,7 @@ def run(
                 change_matrix.Check(f"smoke:{r.edge}:{r.service}:{r.check}", r.ok, r.ms, "ms", r.detail)
                 for r in results
             ]
+            rows += platform_firewall.checks(el)
             if forward:
                 from components.lab import forward as forward_checks
                 from components.lab import vpn
@@ -1043,7 +1051,7 @@ def run(
     if report is not None:
         change_matrix.write_report(report, rows)
     text = table(results)
-    if changes or protection or forward:
+    if rows[len(results) :]:
         text += "\n\n" + "\n".join(
             f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<34} {c.value!s:>8} {c.unit:<8} {c.detail}"
             for c in rows[len(results) :]

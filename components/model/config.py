@@ -13,6 +13,7 @@ import base64
 import binascii
 import contextlib
 import difflib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -140,6 +141,8 @@ class EdgeSpec:
     image: str
     index: int
     """Position in the tunnel prefix; fixes this edge's tunnel addresses."""
+    options: Any = None
+    """The provider's own edge fields as its ``parse_edge`` returned them."""
 
     @property
     def arch(self) -> str:
@@ -612,9 +615,10 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
                 f"must be a mapping with name, provider and location; write it like {_example_edge()}",
             )
             continue
-        unknown = set(item) - {"name", "provider", "location", "serverType", "image", "index"}
-        for k in sorted(unknown):
-            p.fail(f"{key}.{k}", "is not a known edge field; use name, provider, location, serverType, image, index")
+        own = getattr(providers.REGISTRY.get(str(item.get("provider", ""))), "edge_fields", ())
+        known = ("name", "provider", "location", "serverType", "image", "index", *own)
+        for k in sorted(set(item) - set(known)):
+            p.fail(f"{key}.{k}", f"is not a known edge field; use {', '.join(known)}")
         name = p.unique_name(key, item, seen_names, "edge")
         if name is None:
             continue
@@ -631,7 +635,7 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
         if location is None:
             p.fail(
                 f"{key}.location",
-                f"{code!r} is not a {provider.label} location; use one of {', '.join(loc.code for loc in provider.locations)}",
+                f"{code!r} is not a {provider.label} location{provider.locations_note}; use one of {', '.join(loc.code for loc in provider.locations)}",
             )
             continue
         stype = _server_type(p, key, item, provider, code)
@@ -662,9 +666,17 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
                 f"index {index} is already used by edge {seen_indexes[index]!r}; give each edge its own index",
             )
             continue
+        failed = len(p.problems)
+        options = provider.parse_edge(item, functools.partial(_fail_field, p, key))
+        if len(p.problems) > failed:
+            continue
         seen_indexes[index] = name
-        edges.append(EdgeSpec(name, provider.name, location, stype, image, index))
+        edges.append(EdgeSpec(name, provider.name, location, stype, image, index, options))
     return edges
+
+
+def _fail_field(p: _Parser, key: str, field: str, message: str) -> None:
+    p.fail(f"{key}.{field}", message)
 
 
 def _example_edge() -> str:
@@ -724,7 +736,7 @@ def _check_fleet(p: _Parser, cfg: FleetConfig) -> None:
     """Rules over the whole fleet, checked once every part parsed."""
     for name in cfg.providers:
         provider = providers.REGISTRY[name]
-        rules = len(firewall_rules(cfg)) + provider.fixed_firewall_rules
+        rules = provider.firewall_rule_count(firewall_rules(cfg))
         if rules > provider.firewall_rule_limit:
             p.fail(
                 "services",
@@ -732,6 +744,7 @@ def _check_fleet(p: _Parser, cfg: FleetConfig) -> None:
                 f"{provider.firewall_rule_limit}; give services consecutive ports (they merge into one range rule) "
                 "or declare fewer port services",
             )
+        provider.check_fleet([e for e in cfg.edges if e.provider == name], p.fail)
     if cfg.dns.provider != "none" and not providers.REGISTRY[cfg.dns.provider].manages_dns:
         p.fail("dnsProvider", f"{cfg.dns.provider} hosts no DNS zones; use one of {', '.join(dns_providers())}")
 

@@ -22,6 +22,7 @@ import yaml
 
 from components import providers
 from components.model.config import EdgeSpec, FleetConfig
+from components.providers.base import ImageTraits
 from components.renderers import forwarding, nftables, protection, templates, traefik, tunnel
 
 USER_DATA_LIMIT = min(provider.user_data_limit for provider in providers.REGISTRY.values())
@@ -82,6 +83,11 @@ def _dump(data: object, header: str) -> str:
 def wg_endpoint_hook() -> str:
     """The script behind wg0.conf's PostUp/PreDown (``tunnel.WG_ENDPOINT_HOOK``)."""
     return templates.render("wg-endpoint.sh")
+
+
+def image_traits(edge: EdgeSpec) -> ImageTraits:
+    """What the edge's image needs beyond the Debian 12 defaults (its provider knows)."""
+    return providers.get(edge.provider).image_traits(edge.image)
 
 
 def reboot_time(edge: EdgeSpec) -> str:
@@ -166,7 +172,15 @@ def node_files(
             "0644",
         ),
         NodeFile(AUTO_UPGRADES_PATH, templates.render("20auto-upgrades"), "0644"),
-        NodeFile(UNATTENDED_PATH, templates.render("52cgnat-edge-upgrades.j2", reboot_time=reboot_time(edge)), "0644"),
+        NodeFile(
+            UNATTENDED_PATH,
+            templates.render(
+                "52cgnat-edge-upgrades.j2",
+                reboot_time=reboot_time(edge),
+                security_origins=image_traits(edge).security_origins,
+            ),
+            "0644",
+        ),
         NodeFile(HOST_KEYS_HOOK_PATH, templates.text("53cgnat-edge-host-keys"), "0644"),
         NodeFile(VERIFY_PATH, templates.text("verify.py"), "0755"),
         NodeFile(
@@ -264,6 +278,7 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str, host_key: tuple[st
     doc["runcmd"] = [
         [INSTALL_TRAEFIK_PATH, traefik.binary_sha256(edge.arch), traefik.release_url(edge.arch)],
         ["systemctl", "daemon-reload"],
+        *(["sh", "-c", command] for command in image_traits(edge).firewall_takeover),
         ["systemctl", "enable", "--now", "nftables.service"],
         ["systemctl", "enable", "--now", "wg-quick@wg0.service"],
         ["systemctl", "enable", "--now", TRAEFIK_SLOTS[0]],
