@@ -364,9 +364,12 @@ reconcile() {
   if was_changed "$nft_conf" || ! nft list table inet cgnat_edge >/dev/null 2>&1; then
     nft -f "$nft_conf"
     log "nftables ruleset loaded"
-    # The reload (flush ruleset) removed CrowdSec's bouncer tables; on start it rebuilds
-    # them with every current ban.
-    systemctl try-restart crowdsec-firewall-bouncer.service 2>/dev/null || true
+    # The reload (flush ruleset) emptied CrowdSec's ban sets; on start the bouncer fills
+    # them with every current ban.  restart, not try-restart: a bouncer that had failed
+    # comes back too.
+    if systemctl is-enabled -q crowdsec-firewall-bouncer.service 2>/dev/null; then
+      systemctl restart crowdsec-firewall-bouncer.service || log "crowdsec-firewall-bouncer did not restart: bans are not enforced"
+    fi
   fi
   if [[ -f $forward_sysctl ]] && [[ $(sysctl -n net.ipv4.ip_forward) != 1 ]]; then
     sysctl -q -p "$forward_sysctl"
