@@ -75,7 +75,11 @@ def cmd_lab(args: argparse.Namespace) -> int:
     stack_file, project_file = _stack(args)
     try:
         ok, report = lab.run(
-            stack_file, project_file, changes=args.changes, report=Path(args.report) if args.report else None
+            stack_file,
+            project_file,
+            changes=args.changes,
+            faults=args.faults,
+            report=Path(args.report) if args.report else None,
         )
     except lab.LabError as exc:
         raise _Unusable(exc) from None
@@ -127,6 +131,11 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_stack_args(p)
     p.add_argument("--changes", action="store_true", help="then push every kind of change into the running edges")
+    p.add_argument(
+        "--faults",
+        action="store_true",
+        help="then break an edge, a tunnel and a service (dnsMode edges) and time the nameservers' failover",
+    )
     p.add_argument("--report", help="write every check as JSON to this file")
     p.set_defaults(func=cmd_lab)
     return top
