@@ -11,8 +11,8 @@ never probes home more often than once per interval, however many ask.
        answers 502/504 when home is unreachable).  The handshake alone, for
        passthrough, already needs home: TLS ends there.
   tcp  A TCP connect to the target, routed through the tunnel.
-  udp  A datagram to home's tunnel address: any answer (ICMP port unreachable from
-       home's filter or kernel) proves the tunnel carries packets both ways; then one
+  udp  A TCP SYN to home's tunnel address (port 9): any answer (a reset from home's
+       filter or kernel) proves the tunnel carries packets both ways; then a datagram
        to the target, down only when it says port unreachable.
 
 Config: /etc/cgnat-edge/health.json (rendered by components/renderers/edge_dns.py).
@@ -77,9 +77,16 @@ def _udp_answer(address, timeout):
 
 
 def check_udp(spec, cfg):
-    tunnel = _udp_answer((spec["home"], 9), min(cfg["timeout"], 2))
-    if tunnel == "silent":
-        raise OSError(f"no answer from home's tunnel address {spec['home']}: the tunnel is down")
+    # The tunnel: a TCP SYN to home's tunnel address on the discard port.  Home answers
+    # it either way (a reset from its filter or kernel, or a connection), through the
+    # tunnel, at once; resets are not rate-limited the way ICMP errors are.
+    try:
+        with socket.create_connection((spec["home"], 9), timeout=min(cfg["timeout"], 2)):
+            pass
+    except ConnectionRefusedError:
+        pass
+    except TimeoutError:
+        raise OSError(f"no answer from home's tunnel address {spec['home']}: the tunnel is down") from None
     target = _udp_answer((spec["host"], spec["port"]), 1)
     if target == "refused":
         raise OSError(f"{spec['host']}:{spec['port']} answers port unreachable")

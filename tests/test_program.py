@@ -116,10 +116,13 @@ def test_provider_firewalls_mirror_declared_ports(run):
     assert opened == sorted(
         [
             ("tcp", "22"),
+            ("tcp", "53"),  # dnsMode edges: the edges are the nameservers
             ("tcp", "80"),
             ("tcp", "443"),
             ("tcp", "2222"),
+            ("tcp", "8053"),  # the health agents (nftables lets only the fleet in)
             ("tcp", "25565"),
+            ("udp", "53"),
             ("udp", "2456"),
             ("udp", "51820"),
             ("icmp", None),

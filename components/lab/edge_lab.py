@@ -479,6 +479,10 @@ class Edge:
             self._start(bootstrap.TRAEFIK_SLOTS[0])
             self.node.sh("rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* /etc/ssh/ssh_host_dsa_key*")
             self._start("ssh.service")
+            # A rebooted edge: systemd starts the enabled DNS units (dnsMode edges) too.
+            for unit in SPAWNED_UNITS:
+                if unit in self.enabled:
+                    self._start(unit)
         self.wait_serving()
 
     def wait_serving(self) -> None:

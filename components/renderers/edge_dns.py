@@ -20,10 +20,11 @@ Health that sees the whole path: each edge runs a small agent
 (``cloud-init/cgnat-edge-health.py``) that checks, every second, each service through
 that edge: TLS (SNI, optional ``healthPath``) to its own Traefik, so through Traefik,
 the tunnel and home, for passthrough/http services; a TCP connect to the target
-through the tunnel for tcp services; for udp services a datagram to home's tunnel
-address (any answer, normally ICMP port unreachable from home's filter, proves the
-tunnel carries packets both ways) and one to the target (an ICMP port unreachable
-means the service is down; silence is all a generic UDP probe can get).  Every edge's
+through the tunnel for tcp services; for udp services a TCP SYN to home's tunnel
+address (any answer, a reset from home's filter or kernel, proves the tunnel carries
+packets both ways; resets are not rate-limited like ICMP errors) and a datagram to the
+target (an ICMP port unreachable means the service is down; silence is all a generic
+UDP probe can get).  Every edge's
 PowerDNS asks every edge's agent (``ifurlup``), so all nameservers answer alike; the
 agent answers only the fleet's addresses (nftables).  Each edge lists itself first.
 """
@@ -149,6 +150,8 @@ def pdns_conf(cfg: FleetConfig) -> str:
         "version-string=anonymous",
         "security-poll-suffix=",
         "enable-lua-records=yes",
+        # Keep the order the zone gives (this edge first); resolvers may still reorder.
+        "no-shuffle=yes",
         f"lua-health-checks-interval={CHECK_INTERVAL_S}",
         # A check nobody asked for in an hour stops (a removed name).
         "lua-health-checks-expire-delay=3600",
