@@ -876,10 +876,10 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
         if not first.ok:
             raise LabError(f"the first push to edge {name} failed:\n{first.output[-3000:]}")
     if edge_served:
-        first = edge_dns.nameserver(cfg, cfg.edges[0])
+        ns_name = edge_dns.nameserver(cfg, cfg.edges[0])
         want = [ip for name, ip in edge_ips.items() if name == cfg.edges[0].name]
         wait_for(
-            lambda: el.probe([{"kind": "resolve", "name": first}])[0].get("addresses") == want,
+            lambda: el.probe([{"kind": "resolve", "name": ns_name}])[0].get("addresses") == want,
             timeout=15,
             message="the edges' nameservers",
         )

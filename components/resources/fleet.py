@@ -4,6 +4,7 @@ from the outside (home router configs, DNS records, the monthly bill)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import pulumi
 
@@ -76,7 +77,10 @@ class EdgeFleet(pulumi.ComponentResource):
         # One edge at a time: each config step waits for the previous edge's verified one.
         nodes: list[EdgeNode] = []
         # dnsMode edges: each edge's zone names every edge, known once all machines exist.
-        fleet, resolve_fleet = pulumi.deferred_output() if cfg.dns.edge_served else (None, None)
+        fleet: pulumi.Output[list[DeployedEdge[str]]] | None = None
+        resolve_fleet: Callable[[pulumi.Output[list[DeployedEdge[str]]]], None] | None = None
+        if cfg.dns.edge_served:
+            fleet, resolve_fleet = pulumi.deferred_output()
         for edge in cfg.edges:
             after = nodes[-1].config_step if nodes else None
             nodes.append(
