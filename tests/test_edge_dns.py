@@ -22,6 +22,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 import dns.rcode
+import dns.zone
 import pytest
 
 from components.lab.netns import Node, wait_for
@@ -58,6 +59,17 @@ def test_each_edge_lists_itself_first_and_all_serve_the_same_names(cfg, fleet):
     assert {"name": "edge.example.org", "type": "NS", "ttl": 3600, "values": ["ns-fsn.edge.example.org", "ns-ams.edge.example.org"]} in delegation  # fmt: skip
     assert {"name": "cloud.example.org", "type": "CNAME", "ttl": 3600, "values": ["cloud.edge.example.org"]} in delegation  # fmt: skip
     assert not any(r["name"] == "edge.example.org" and r["type"] == "CNAME" for r in delegation)
+    # The paste-ready form is a valid zone file for the parent (dnspython parses it).
+    parent = "$ORIGIN example.org.\n@ 3600 IN SOA ns hostmaster 1 3600 600 604800 60\n@ 3600 IN NS ns\n"
+    zone = dns.zone.from_text(parent + edge_dns.delegation_text(cfg, fleet), origin="example.org")
+    assert {r.target.derelativize(zone.origin).to_text() for r in zone.find_rdataset("edge", "NS")} == {
+        "ns-fsn.edge.example.org.",
+        "ns-ams.edge.example.org.",
+    }
+    assert (
+        zone.find_rdataset("photos", "CNAME")[0].target.derelativize(zone.origin).to_text()
+        == "photos.edge.example.org."
+    )
     conf = edge_dns.pdns_conf(cfg)
     assert "disable-axfr=yes" in conf and "api=no" in conf and "include-dir" not in conf
 
@@ -179,6 +191,17 @@ def test_rendered_zone_answers_with_the_edges_whose_agent_says_up(cfg, fleet, tm
     (tmp_path / "zone.db").write_text(edge_dns.zone(cfg, fsn, fleet))
     (tmp_path / "named.conf").write_text(
         edge_dns.named_conf(cfg).replace(edge_dns.ZONE_PATH, str(tmp_path / "zone.db"))
+    )
+    # The paste-ready form is a valid zone file for the parent (dnspython parses it).
+    parent = "$ORIGIN example.org.\n@ 3600 IN SOA ns hostmaster 1 3600 600 604800 60\n@ 3600 IN NS ns\n"
+    zone = dns.zone.from_text(parent + edge_dns.delegation_text(cfg, fleet), origin="example.org")
+    assert {r.target.derelativize(zone.origin).to_text() for r in zone.find_rdataset("edge", "NS")} == {
+        "ns-fsn.edge.example.org.",
+        "ns-ams.edge.example.org.",
+    }
+    assert (
+        zone.find_rdataset("photos", "CNAME")[0].target.derelativize(zone.origin).to_text()
+        == "photos.edge.example.org."
     )
     conf = edge_dns.pdns_conf(cfg).replace(edge_dns.NAMED_CONF_PATH, str(tmp_path / "named.conf"))
     conf = conf.replace("local-address=0.0.0.0, ::", "local-address=127.0.0.1").replace(

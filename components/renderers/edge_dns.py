@@ -257,8 +257,8 @@ def delegation_text(cfg: FleetConfig, fleet: Sequence[DeployedEdge[str]]) -> str
         f"; cgnat-edge {cfg.project}/{cfg.stack}: delegate {cfg.dns.edge_zone} to the edges; set these at {where}."
     ]
     for r in delegation(cfg, fleet):
-        lines += [f"{r['name']}. {r['ttl']} IN {r['type']} {v}{'.' if r['type'] != 'A' and r['type'] != 'AAAA' else ''}"
-                  for v in r["values"]]  # fmt: skip
+        dot = "" if r["type"] in ("A", "AAAA") else "."  # names absolute, addresses as they are
+        lines += [f"{r['name']}. {r['ttl']} IN {r['type']} {value}{dot}" for value in r["values"]]
     return "\n".join(lines) + "\n"
 
 
