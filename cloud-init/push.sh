@@ -37,6 +37,7 @@ pdns_zone=/etc/powerdns/cgnat-edge/zone.db
 health_agent=/usr/local/sbin/cgnat-edge-health
 health_conf=/etc/cgnat-edge/health.json
 health_unit=cgnat-edge-health.service
+forward_sysctl=/etc/sysctl.d/60-cgnat-edge-forward.conf # only with forward services
 
 log() { echo "cgnat-edge push: $*"; }
 warn() { echo "cgnat-edge push: $*" >&2; }
@@ -388,6 +389,10 @@ reconcile() {
   if was_changed "$nft_conf" || ! nft list table inet cgnat_edge >/dev/null 2>&1; then
     nft -f "$nft_conf"
     log "nftables ruleset loaded"
+  fi
+  if [[ -f $forward_sysctl ]] && [[ $(sysctl -n net.ipv4.ip_forward) != 1 ]]; then
+    sysctl -q -p "$forward_sysctl"
+    log "IPv4 forwarding on (forward services)"
   fi
   for p in "${changed[@]}"; do
     [[ $p == /etc/systemd/system/* ]] && units=true

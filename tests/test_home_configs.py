@@ -68,6 +68,7 @@ def test_structured_form(fleet_config, keys):
             "persistentKeepalive": 25,
         },
         "routes": ["10.254.0.5/32", f"{_v6(fleet_config, 5)}/128"],
+        "policyRouting": None,
     }
     assert (
         ams["interface"] == "wg-ams"
@@ -553,6 +554,11 @@ class RouterOSModel:
         "/interface wireguard",
         "/interface list member",
         "/interface list",
+        "/ipv6 firewall mangle",
+        "/ipv6 route",
+        "/ip firewall mangle",
+        "/ip route",
+        "/routing table",
         "/ipv6 firewall filter",
         "/ipv6 firewall nat",
         "/ipv6 address",

@@ -80,7 +80,7 @@ def test_lab_stack_uses_documentation_addresses_only(rendered):
     assert cfg.tunnel.ipv6_prefix.subnet_of(ipaddress.ip_network("fd00::/8"))
     for edge in rendered.edges.values():
         assert any(ipaddress.ip_address(edge["ipv4"]) in d for d in doc), edge["ipv4"]
-    assert {s.mode for s in cfg.services} == {"passthrough", "http", "tcp", "udp"}
+    assert {s.mode for s in cfg.services} == {"passthrough", "http", "tcp", "udp", "forward"}
 
 
 def test_every_service_answers_through_every_edge(el):

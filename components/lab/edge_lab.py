@@ -189,7 +189,8 @@ def _gateway(ip: str) -> str:
 def _operator_address(cfg: FleetConfig, taken: set[str]) -> str:
     """An address for the lab's operator (where pulumi runs) that the edges let in on
     SSH: inside ``sshAllowedCidrs``, in a documentation range, clear of home's prefixes."""
-    inside = [n for n in (*cfg.home.lan_prefixes, cfg.tunnel.ipv4_prefix) if n.version == 4]
+    pools = [cfg.road_warriors.pool] if cfg.road_warriors else []
+    inside = [n for n in (*cfg.home.lan_prefixes, cfg.tunnel.ipv4_prefix, *pools) if n.version == 4]
     for pool in (*INTERNET_POOLS, ipaddress.ip_network("192.0.2.0/24")):
         for host in reversed(list(pool.hosts())):
             if (
@@ -261,7 +262,7 @@ def home_listeners(
                 add("tcp", s.http_target, {"kind": "http", "service": s.name})
         elif s.mode == "http":
             add("tcp", s.target, {"kind": "http", "service": s.name})
-        elif s.mode == "tcp":
+        elif s.mode == "tcp" or (s.mode == "forward" and s.protocol == "tcp"):
             add("tcp", s.target, {"kind": "tcp-echo", "service": s.name, "proxy": s.proxy_protocol})
         else:
             add("udp", s.target, {"kind": "udp-echo", "service": s.name})
@@ -672,11 +673,12 @@ class EdgeLab:
 
     def lift_home_filters(self) -> None:
         """What a user does around a moved target: home lets the edges reach the old and
-        the new target while the edges switch (the lab lifts its filter for that push)."""
+        the new target while the edges switch (the lab lifts its filter for that push).
+        Only the filter: the tables' reply routing marks (forward services) stay."""
         for line in self.home.run("nft", "list", "tables").stdout.splitlines():
             family, _, name = line.removeprefix("table ").partition(" ")
             if name.startswith("cgnat_edge"):
-                self.home.run("nft", "delete", "table", family, name)
+                self.home.run("nft", "insert", "rule", family, name, "from_edge", "accept")
 
     def start_home_services(self, rendered: Rendered | None = None, exclude: Iterable[str] = ()) -> list[dict]:
         """Run listeners for every target of ``rendered`` (default: the lab's render)
@@ -940,7 +942,7 @@ def _expect_echo(el: EdgeLab, s: ServiceSpec, token: str, r: dict) -> tuple[bool
     body = r["body"] if isinstance(r["body"], dict) else {}
     if body.get("service") != s.name or r["echo"] != token:
         return False, f"answer {str(r['body'])[:80]!r} echo {r['echo'][:40]!r}"
-    if s.proxy_protocol and body.get("client") != el.client_ip:
+    if (s.proxy_protocol or s.mode == "forward") and body.get("client") != el.client_ip:
         return False, f"home saw client {body.get('client')}, not {el.client_ip}"
     return True, f"echoed; home saw {body.get('client')}"
 
@@ -1031,6 +1033,7 @@ def run(
     *,
     changes: bool = False,
     faults: bool = False,
+    forward: bool = False,
     report: Path | None = None,
 ) -> tuple[bool, str]:
     """The ``cgnat-edge lab`` command: render, build, smoke-check, with ``changes`` the
@@ -1054,6 +1057,12 @@ def run(
                 change_matrix.Check(f"smoke:{r.edge}:{r.service}:{r.check}", r.ok, r.ms, "ms", r.detail)
                 for r in results
             ]
+            if forward:
+                from components.lab import forward as forward_checks
+                from components.lab import vpn
+
+                rows += forward_checks.run_checks(el)
+                rows += vpn.run_checks(el)
             if changes:
                 rows += change_matrix.run_matrix(el, stack_file, project_file)
             if faults:
@@ -1063,7 +1072,7 @@ def run(
     if report is not None:
         change_matrix.write_report(report, rows)
     text = table(results)
-    if changes or faults:
+    if changes or forward or faults:
         text += "\n\n" + "\n".join(
             f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<34} {c.value!s:>8} {c.unit:<8} {c.detail}"
             for c in rows[len(results) :]

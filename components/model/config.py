@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from components import providers
-from components.model import catalog
+from components.model import catalog, road_warriors
 from components.providers.base import Provider, firewall_rules
 
 NAMESPACE = "cgnat-edge"
@@ -57,6 +57,13 @@ class Mode(StrEnum):
     """A public TCP port of its own, forwarded as it is."""
     UDP = "udp"
     """A public UDP port of its own, forwarded as it is."""
+    FORWARD = "forward"
+    """A public tcp or udp port (or range) the edge's kernel DNATs to home, keeping the
+    visitor's source address; Traefik never sees it (components/renderers/forwarding.py)."""
+
+    @property
+    def by_traefik(self) -> bool:
+        return self is not Mode.FORWARD
 
     @property
     def by_hostname(self) -> bool:
@@ -175,10 +182,19 @@ class ServiceSpec:
     """passthrough: where port-80 ACME HTTP-01 challenges for these hostnames go."""
     middlewares: Middlewares = field(default_factory=Middlewares)
     health_path: str | None = None
+    port_end: int = 0
+    """forward: the last public port of a range (0: the one port ``port``)."""
+    forward_protocol: Protocol | None = None
+    """forward: the one protocol the range carries."""
 
     @property
     def protocol(self) -> str:
-        return self.mode.protocol
+        return self.forward_protocol or self.mode.protocol
+
+    @property
+    def ports(self) -> range:
+        """Every public port of the service (one, or a forward range)."""
+        return range(self.port, max(self.port, self.port_end) + 1)
 
 
 @dataclass(frozen=True)
@@ -246,6 +262,7 @@ class FleetConfig:
     ha: bool
     warnings: tuple[str, ...] = ()
     """Choices the parser made that the user did not write (shown by ``pulumi preview``)."""
+    road_warriors: road_warriors.RoadWarriorsSpec | None = None
 
     @property
     def providers(self) -> list[str]:
@@ -259,7 +276,7 @@ class FleetConfig:
         else:
             if any(s.mode.by_hostname for s in self.services):
                 ports.update((80, 443))
-        ports.update(s.port for s in self.services if s.protocol == protocol and not s.mode.by_hostname)
+        ports.update(p for s in self.services if s.protocol == protocol and not s.mode.by_hostname for p in s.ports)
         if self.dns.edge_served:
             ports.add(53)  # the edges are the zone's nameservers (the agent's 8053 is fleet-only)
         return sorted(ports)
@@ -314,6 +331,13 @@ KEYS: dict[str, tuple[str, Any, str]] = {
         "",
         "dnsMode edges: the zone delegated to the edges; empty = edge.<domain>. The domain itself hands all of it over.",
     ),
+    "roadWarriors": (
+        "object-array",
+        [],
+        "Devices that reach the home LAN through any edge: name, optional publicKey, allowedPrefixes, internet.",
+    ),
+    "roadWarriorPool": ("string", road_warriors.DEFAULT_POOL, "IPv4 prefix the road warriors' addresses come from."),
+    "roadWarriorDns": ("string", "", "DNS server the road-warrior configs push; empty = none."),
     "acmeEmail": ("string", "", "Contact e-mail for Let's Encrypt; required when an http service exists."),
     "acmeChallenge": ("string", "tls", "tls (TLS-ALPN-01) or http (HTTP-01) for certificates of http services."),
     "acmeCaServer": (
@@ -521,6 +545,15 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         p.fail("acmeChallenge", f"{acme.challenge!r} is not supported; use one of {', '.join(ACME_CHALLENGES)}")
     _check_acme_directory(p, acme.ca_server)
     services = _parse_services(p, p.get("services"), domain, tunnel, home)
+    warriors = road_warriors.parse(
+        p, p.get("roadWarriors"), p.get("roadWarriorPool"), p.get("roadWarriorDns"), home.lan_prefixes, tunnel
+    )
+    if home.role == "host" and any(s.mode is Mode.FORWARD for s in services):
+        p.warn(
+            "homeRole",
+            "is host: forwarded connections to other LAN hosts are masqueraded by the WireGuard box, so only a "
+            "target on the box itself sees the visitor's address",
+        )
 
     if any(s.mode is Mode.HTTP for s in services) and not acme.email:
         p.fail(
@@ -565,6 +598,7 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         acme=acme,
         ha=ha,
         warnings=tuple(p.warnings),
+        road_warriors=warriors,
     )
     _check_fleet(p, cfg)
     if p.problems:
@@ -756,10 +790,11 @@ def _parse_dns_mode(
                     f"such as www.{domain}, or set {_fix_key('dnsEdgeZone')} {domain} to hand the whole domain over",
                 )
     for i, s in enumerate(services):
-        if not s.mode.by_hostname and s.port in EDGE_DNS_PORTS:
+        taken = [port for port in s.ports if port in EDGE_DNS_PORTS] if not s.mode.by_hostname else []
+        if taken:
             p.fail(
                 f"services[{i}].port",
-                f"{s.mode} port {s.port} is used by {EDGE_DNS_PORTS[s.port]}; pick another public port",
+                f"{s.mode} port {taken[0]} is used by {EDGE_DNS_PORTS[taken[0]]}; pick another public port",
             )
     return mode, edge_zone
 
@@ -1075,6 +1110,7 @@ def _parse_services(
         Mode.HTTP: {"name", "mode", "hostnames", "target", "middlewares", "healthPath"},
         Mode.TCP: {"name", "mode", "port", "target", "proxyProtocol"},
         Mode.UDP: {"name", "mode", "port", "target"},
+        Mode.FORWARD: {"name", "mode", "protocol", "port", "target"},
     }
     for i, item in enumerate(items or []):
         key = f"services[{i}]"
@@ -1091,7 +1127,8 @@ def _parse_services(
         if mode_text not in Mode.__members__.values():
             p.fail(
                 f"{key}.mode",
-                f"{mode_text!r} is not a mode; use passthrough (TLS ends at home), http (TLS ends on the edge), tcp or udp",
+                f"{mode_text!r} is not a mode; use passthrough (TLS ends at home), http (TLS ends on the edge), tcp, udp "
+                "or forward (kernel DNAT keeping the visitor's address)",
             )
             continue
         mode = Mode(mode_text)
@@ -1108,7 +1145,7 @@ def _parse_services(
             if http_target is not None:
                 _check_reachable(p, f"{key}.httpTarget", http_target, tunnel, home)
         spec_hosts: list[str] = []
-        port = 443
+        port, port_end, proto = 443, 0, str(mode.protocol)
         if mode.by_hostname:
             raw_hosts = item.get("hostnames")
             if isinstance(raw_hosts, str):
@@ -1137,15 +1174,30 @@ def _parse_services(
                     f"is required for a {mode} service; give the public port on the edges, e.g. port: 2222",
                 )
                 continue
-            public_port = p.port(f"{key}.port", item.get("port"))
-            if public_port is None:
+            if mode is Mode.FORWARD:
+                span = _forward_span(p, key, item, target)
+                if span is None:
+                    continue
+                proto, (port, port_end) = span
+            else:
+                public_port = p.port(f"{key}.port", item.get("port"))
+                if public_port is None:
+                    continue
+                proto, port, port_end = str(mode.protocol), public_port, 0
+            taken = next(
+                (
+                    (q, o)
+                    for q in range(port, max(port, port_end) + 1)
+                    if (o := reserved.get((proto, q)) or ports.get((proto, q)))
+                ),
+                None,
+            )
+            if taken:
+                p.fail(
+                    f"{key}.port", f"{proto} port {taken[0]} is already used by {taken[1]}; pick another public port"
+                )
                 continue
-            port = public_port
-            owner = reserved.get((mode, port)) or ports.get((mode, port))
-            if owner:
-                p.fail(f"{key}.port", f"{mode} port {port} is already used by {owner}; pick another public port")
-                continue
-            ports[(mode, port)] = f"service {name!r}"
+            ports.update({(proto, q): f"service {name!r}" for q in range(port, max(port, port_end) + 1)})
         proxy = item.get("proxyProtocol", mode is Mode.PASSTHROUGH)
         if not isinstance(proxy, bool):
             p.fail(
@@ -1165,9 +1217,70 @@ def _parse_services(
         if target is None:
             continue
         services.append(
-            ServiceSpec(name, mode, target, tuple(spec_hosts), port, bool(proxy), http_target, middlewares, health)
+            ServiceSpec(
+                name,
+                mode,
+                target,
+                tuple(spec_hosts),
+                port,
+                bool(proxy) and mode.by_traefik,
+                http_target,
+                middlewares,
+                health,
+                port_end,
+                Protocol(proto) if mode is Mode.FORWARD else None,
+            )
         )
     return services
+
+
+def _forward_span(p: _Parser, key: str, item: dict, target: Target | None) -> tuple[str, tuple[int, int]] | None:
+    """Protocol and public port span of a forward service: ``port: 27015`` or
+    ``port: 27015-27030``.  A range keeps its ports (the target names the first one), so
+    each public port reaches the same port at home."""
+    proto = str(item.get("protocol", ""))
+    if proto not in ("tcp", "udp"):
+        p.fail(
+            f"{key}.protocol",
+            f"{proto!r} is not a protocol a forward service carries; write protocol: tcp or protocol: udp "
+            "(declare two services for both)",
+        )
+        return None
+    text = str(item.get("port")).strip()
+    low_text, dash, high_text = text.partition("-")
+    low = p.port(f"{key}.port", low_text.strip())
+    high = p.port(f"{key}.port", high_text.strip()) if dash else low
+    if low is None or high is None:
+        return None
+    if high < low:
+        p.fail(f"{key}.port", f"range {text} runs backwards; write the low port first, e.g. {high}-{low}")
+        return None
+    if high - low + 1 > MAX_FORWARD_RANGE:
+        p.fail(
+            f"{key}.port",
+            f"range {text} holds {high - low + 1} ports, more than {MAX_FORWARD_RANGE}; forward only the ports the "
+            "application uses",
+        )
+        return None
+    if target is not None and target.host.version != 4:
+        p.fail(
+            f"{key}.target",
+            f"{target.host} is IPv6; forward services DNAT IPv4 visitors to an IPv4 target at home, use the host's "
+            "IPv4 address",
+        )
+        return None
+    if target is not None and high != low and target.port != low:
+        p.fail(
+            f"{key}.target",
+            f"{target} names port {target.port} but the range {low}-{high} keeps its ports; write the target as "
+            f"{target.host}:{low}",
+        )
+        return None
+    return proto, (low, 0 if high == low else high)
+
+
+MAX_FORWARD_RANGE = 1024
+"""The widest forward range: wider ones open more than any one application needs."""
 
 
 def _check_reachable(p: _Parser, key: str, target: Target, tunnel: TunnelSpec, home: HomeSpec) -> None:

@@ -24,7 +24,7 @@ import yaml
 from components import providers
 from components.model.config import EdgeSpec, FleetConfig
 from components.model.deployed import DeployedEdge
-from components.renderers import edge_dns, nftables, templates, traefik, tunnel
+from components.renderers import edge_dns, forwarding, nftables, templates, traefik, tunnel
 
 USER_DATA_LIMIT = min(provider.user_data_limit for provider in providers.REGISTRY.values())
 """The smallest user-data limit of any provider: what a stack must fit to run anywhere."""
@@ -185,6 +185,8 @@ def node_files(
     if cfg.dns.edge_served and fleet is not None:
         # The zone names every edge's address, so these arrive with the first push.
         files += [NodeFile(path, content, mode) for path, content, mode in edge_dns.node_files(cfg, edge, fleet)]
+    if forwarding.needs_ip_forward(cfg):
+        files.append(NodeFile(forwarding.SYSCTL_PATH, forwarding.SYSCTL, "0644"))
     if host_key is not None:
         private, public = host_key
         files += [

@@ -106,7 +106,7 @@ def _service_checks(cfg: FleetConfig, edge: EdgeSpec, service: ServiceSpec) -> l
     if service.mode is Mode.HTTP:
         return [{"kind": "tls", "host": service.hostnames[0], "path": service.health_path or "/"}]
     target = {"host": str(service.target.host), "port": service.target.port}
-    if service.mode is Mode.TCP:
+    if service.protocol == "tcp":  # tcp, and forward services over tcp
         return [{"kind": "tcp", **target}]
     return [{"kind": "udp", **target, "home": home}]
 

@@ -33,8 +33,11 @@ removes every item carrying its comment tag before it adds them again.
     publicKey        home public key (the edges' peer key)
     lanPrefixes      home LAN prefixes the edges route into the tunnels
     masquerade       true when role is host
-    forwardAllow     [{"service", "address", "port", "protocol"}]: the only LAN
+    forwardAllow     [{"service", "address", "port", "protocol"[, "portEnd"]}]: the only LAN
                      destinations the edges need; a firewall may allow just these
+                     (portEnd: the last port of a forward service's range)
+    roadWarriorAllow [{"name", "address", "prefixes"}]: road-warrior devices (their pool
+                     address) and the LAN prefixes each may reach through a tunnel
     tunnels          one per edge:
       edge, provider, location, country
       interface      Linux-safe interface name (<= 15 characters)
@@ -47,7 +50,18 @@ removes every item carrying its comment tag before it adds them again.
                              endpoint when the home has IPv6 and the CGNAT is IPv4-only
         allowedIps           the edge's tunnel addresses (host routes), nothing more
         persistentKeepalive  seconds; keeps the CGNAT mapping open
-      routes         prefixes to route into this interface (= allowedIps)
+      routes         prefixes to route into this interface (= allowedIps without
+                     forward services or road warriors)
+      policyRouting  null, or with forward services or road warriors {"mark", "table",
+                     "priority"}: the peer then accepts any source (allowedIps
+                     0.0.0.0/0, ::/0, never routed as such); mark each connection
+                     arriving on this interface (conntrack mark), route packets of
+                     marked connections by rule "priority": main without its default
+                     route, rule "priority"+1: table "table" = default dev <interface>
+                     (see components/renderers/forwarding.py)
+
+With road warriors the output also holds ``roadWarriors``: {device: {edge: wg-quick
+file}}, the files for the devices' WireGuard apps (see renderers/road_warriors.py).
 """
 
 from __future__ import annotations
@@ -60,6 +74,7 @@ import shlex
 from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
 from components.model.keys import public_key_of
+from components.renderers import forwarding, road_warriors
 from components.renderers import tunnel as tunnel_module
 
 HOME_KEY_FILE = "/etc/wireguard/cgnat-edge-home.key"
@@ -108,9 +123,10 @@ def _forward_allow(cfg: FleetConfig) -> list[dict]:
             if key in seen:
                 continue
             seen.add(key)
-            rules.append(
-                {"service": svc.name, "address": str(target.host), "port": target.port, "protocol": svc.protocol}
-            )
+            rule = {"service": svc.name, "address": str(target.host), "port": target.port, "protocol": svc.protocol}
+            if svc.port_end:
+                rule["portEnd"] = svc.port_end
+            rules.append(rule)
     return rules
 
 
@@ -127,6 +143,9 @@ def structured(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_ke
         addrs = tunnel_module.addresses(cfg.tunnel, peer.spec)
         endpoint, endpoint_v6 = _endpoints(peer, cfg.tunnel.listen_port)
         allowed = [str(n) for n in addrs.edge_hosts]
+        policy = forwarding.home_tunnel(cfg, peer.spec.index)
+        # Forwarded packets keep the visitor's source: the edge peer must accept any.
+        accepted = ["0.0.0.0/0"] + (["::/0"] if addrs.home_v6 else []) if policy else allowed
         tunnels.append(
             {
                 "edge": peer.name,
@@ -140,10 +159,11 @@ def structured(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_ke
                     "publicKey": peer.public_key,
                     "endpoint": endpoint,
                     "endpointIpv6": endpoint_v6,
-                    "allowedIps": allowed,
+                    "allowedIps": accepted,
                     "persistentKeepalive": cfg.tunnel.keepalive,
                 },
                 "routes": allowed,
+                "policyRouting": policy,
             }
         )
     return {
@@ -157,6 +177,7 @@ def structured(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_ke
         "lanPrefixes": [str(n) for n in cfg.home.lan_prefixes],
         "masquerade": cfg.home.role == "host",
         "forwardAllow": _forward_allow(cfg),
+        "roadWarriorAllow": road_warriors.home_allow(cfg),
         "tunnels": tunnels,
     }
 
@@ -167,7 +188,11 @@ def _nft_table(interface: str) -> str:
 
 def _nft_match(rule: dict) -> str:
     family = "ip6" if ipaddress.ip_address(rule["address"]).version == 6 else "ip"
-    return f"{family} daddr {rule['address']} {rule['protocol']} dport {rule['port']}"
+    return f"{family} daddr {rule['address']} {rule['protocol']} dport {_ports(rule)}"
+
+
+def _ports(rule: dict) -> str:
+    return f"{rule['port']}-{rule['portEnd']}" if rule.get("portEnd") else str(rule["port"])
 
 
 def _wg_quick_firewall(data: dict, iface: str) -> list[str]:
@@ -191,6 +216,12 @@ def _wg_quick_firewall(data: dict, iface: str) -> list[str]:
     ]
     for rule in data["forwardAllow"]:
         lines += [f"# service {rule['service']}", nft(f"add rule inet {table} from_edge {_nft_match(rule)} accept")]
+    for rw in data.get("roadWarriorAllow", []):
+        v4 = [n for n in rw["prefixes"] if ":" not in n]
+        lines += [
+            f"# road warrior {rw['name']}: its LAN prefixes",
+            nft(f"add rule inet {table} from_edge ip saddr {rw['address']} ip daddr {{ {', '.join(v4)} }} accept"),
+        ]
     lines += [
         nft(f"add rule inet {table} from_edge meta l4proto tcp reject with tcp reset"),
         nft(f"add rule inet {table} from_edge reject"),
@@ -243,6 +274,7 @@ def wg_quick(data: dict, tunnel: dict) -> str:
                 "PreUp = sysctl -qw net.ipv6.conf.all.forwarding=1",
             ]
     lines += _wg_quick_firewall(data, iface)
+    lines += forwarding.wg_quick_lines(data, tunnel)
     lines += [
         "",
         "[Peer]",
@@ -278,7 +310,8 @@ _OPENWRT_CLEANUP = r"""# 1. Delete what an earlier run made.  UCI has no wildcar
 #    now, in case a section of that name exists already), the peer sections of those
 #    interfaces (type wireguard_<interface>), and every firewall section named {zone}*.
 for iface in $(uci -q get firewall.{zone}.network || true) {current}; do
-	for peer in $(uci -q show network | sed -n "s/^network\.\([A-Za-z0-9_]*\)=wireguard_$iface\$/\1/p"); do
+	for peer in $(uci -q show network | sed -n -e "s/^network\.\([A-Za-z0-9_]*\)=wireguard_$iface\$/\1/p" \
+		-e "s/^network\.\(${{iface}}_[A-Za-z0-9_]*\)=\(route\|route6\|rule\|rule6\)\$/\1/p"); do
 		uci delete "network.$peer"
 	done
 	uci -q delete "network.$iface" || true
@@ -331,9 +364,11 @@ def openwrt(data: dict) -> str:
         s(f"network.{sec}_edge.endpoint_host", host.strip("[]"))
         s(f"network.{sec}_edge.endpoint_port", port)
         s(f"network.{sec}_edge.persistent_keepalive", peer["persistentKeepalive"])
-        s(f"network.{sec}_edge.route_allowed_ips", 1)
+        s(f"network.{sec}_edge.route_allowed_ips", 0 if t.get("policyRouting") else 1)
         for a in peer["allowedIps"]:
             out.append(f"add_list network.{sec}_edge.allowed_ips={_uci_quote(a)}")
+        for op, path, value in forwarding.openwrt_sections(t, sec):
+            out.append(f"set {path}={value}" if op == "section" else f"set {path}={_uci_quote(value)}")
 
     out.append(f"set firewall.{zone}=zone")
     s(f"firewall.{zone}.name", zone)
@@ -349,14 +384,25 @@ def openwrt(data: dict) -> str:
         s(f"firewall.{sec}.src", zone)
         s(f"firewall.{sec}.dest", "lan")
         s(f"firewall.{sec}.dest_ip", rule["address"])
-        s(f"firewall.{sec}.dest_port", rule["port"])
+        s(f"firewall.{sec}.dest_port", _ports(rule))
         s(f"firewall.{sec}.proto", rule["protocol"])
+        s(f"firewall.{sec}.target", "ACCEPT")
+    for i, rw in enumerate(data.get("roadWarriorAllow", [])):
+        sec = f"{zone}_rw{i}"
+        out.append(f"set firewall.{sec}=rule")
+        s(f"firewall.{sec}.name", f"cgnat-edge road warrior {rw['name']}")
+        s(f"firewall.{sec}.src", zone)
+        s(f"firewall.{sec}.dest", "lan")
+        s(f"firewall.{sec}.src_ip", rw["address"])
+        for prefix in rw["prefixes"]:
+            out.append(f"add_list firewall.{sec}.dest_ip={_uci_quote(prefix)}")
+        s(f"firewall.{sec}.proto", "all")
         s(f"firewall.{sec}.target", "ACCEPT")
     if data["masquerade"]:
         # firewall4 takes one src_ip per nat section ("must not be a list"): one section
         # per tunnel address of each edge.  `src lan` is the zone the traffic leaves by.
         for t, iface_sec in zip(data["tunnels"], sections, strict=True):
-            for n, a in enumerate(t["peer"]["allowedIps"]):
+            for n, a in enumerate(t["routes"]):
                 sec = f"{zone}_masq_{iface_sec}_{n}"
                 out.append(f"set firewall.{sec}=nat")
                 s(f"firewall.{sec}.name", f"cgnat-edge {t['edge']}: tunnel traffic into the LAN answers to this box")
@@ -364,8 +410,18 @@ def openwrt(data: dict) -> str:
                 s(f"firewall.{sec}.src_ip", a)
                 s(f"firewall.{sec}.proto", "all")
                 s(f"firewall.{sec}.target", "MASQUERADE")
+    out.append("EOF")
+    marks = forwarding.openwrt_nft(data)
+    out.append(f"rm -f {forwarding.OPENWRT_NFT_PATH}")
+    if marks:
+        out += [
+            "# Forward services: mark each tunnel's connections so replies leave through it (firewall4 include).",
+            f"mkdir -p {forwarding.OPENWRT_NFT_PATH.rsplit('/', 1)[0]}",
+            f"cat >{forwarding.OPENWRT_NFT_PATH} <<'EOF'",
+            marks.rstrip("\n"),
+            "EOF",
+        ]
     out += [
-        "EOF",
         "# 3. Commit only what this script changed, and let procd reload network and firewall.",
         "uci commit network",
         "uci commit firewall",
@@ -387,6 +443,11 @@ def _ros_regex(text: str) -> str:
 
 
 _ROS_MENUS_IN_REMOVAL_ORDER = (
+    "/ip firewall mangle",
+    "/ipv6 firewall mangle",
+    "/ip route",
+    "/ipv6 route",
+    "/routing table",
     "/ip firewall nat",
     "/ipv6 firewall nat",
     "/ip firewall filter",
@@ -455,11 +516,20 @@ def routeros(data: dict) -> str:
                 continue
             out.append(
                 f"{menu} add chain=forward in-interface-list=cgnat-edge dst-address={rule['address']} protocol={rule['protocol']} "
-                f"dst-port={rule['port']} action=accept {comment(rule['service'])} {before_ours}"
+                f"dst-port={_ports(rule)} action=accept {comment(rule['service'])} {before_ours}"
             )
+        for rw in data.get("roadWarriorAllow", []):
+            for prefix in rw["prefixes"]:
+                if (":" in prefix) != (family == "ipv6"):
+                    continue
+                out.append(
+                    f"{menu} add chain=forward in-interface-list=cgnat-edge src-address={rw['address']} "
+                    f"dst-address={prefix} action=accept {comment('road warrior ' + rw['name'])} {before_ours}"
+                )
+    out += forwarding.routeros_lines(data, comment)
     if data["masquerade"]:
         for t in data["tunnels"]:
-            for a in t["peer"]["allowedIps"]:
+            for a in t["routes"]:
                 family = "ipv6" if ipaddress.ip_network(a).version == 6 else "ip"
                 out.append(
                     f"/{family} firewall nat add chain=srcnat src-address={a} action=masquerade {comment('role host, edge ' + t['edge'])}"
@@ -467,12 +537,21 @@ def routeros(data: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def render(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_key: str | None) -> dict:
-    """Every home rendering, as the JSON-serialisable secret output ``homeConfigs``."""
+def render(
+    cfg: FleetConfig,
+    peers: list[DeployedEdge[str]],
+    home_private_key: str | None,
+    road_warrior_keys: dict[str, str | None] | None = None,
+) -> dict:
+    """Every home rendering, as the JSON-serialisable secret output ``homeConfigs``;
+    with road warriors also their device files (``roadWarriors``: device -> edge -> file)."""
     data = structured(cfg, peers, home_private_key)
-    return {
+    out = {
         "structured": data,
         "wgQuick": {t["edge"]: wg_quick(data, t) for t in data["tunnels"]},
         "openwrt": openwrt(data),
         "routeros": routeros(data),
     }
+    if cfg.road_warriors:
+        out["roadWarriors"] = road_warriors.device_configs(cfg, peers, road_warrior_keys or {})
+    return out

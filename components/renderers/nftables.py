@@ -10,7 +10,7 @@ that starts with ``flush ruleset``: loading it again is how changes are applied.
 from __future__ import annotations
 
 from components.model.config import FleetConfig
-from components.renderers import tunnel
+from components.renderers import forwarding, road_warriors, tunnel
 
 PATH = "/etc/nftables.conf"
 METADATA_ADDRESS = "169.254.169.254"
@@ -45,8 +45,8 @@ def _edge_dns_rules(fleet: tuple[list[str], list[str]]) -> list[str]:
 
 def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) -> str:
     """``fleet``: the edges' (IPv4, IPv6) addresses, for dnsMode edges."""
-    tcp_ports = cfg.public_ports("tcp")
-    udp_ports = cfg.public_ports("udp")
+    tcp_ports = [p for p in cfg.public_ports("tcp") if p not in forwarding.input_ports_excluded(cfg, "tcp")]
+    udp_ports = [p for p in cfg.public_ports("udp") if p not in forwarding.input_ports_excluded(cfg, "udp")]
     if cfg.dns.edge_served and fleet is None:
         # The first boot's ruleset: DNS opens with the first push, which brings the zone.
         tcp_ports, udp_ports = [p for p in tcp_ports if p != 53], [p for p in udp_ports if p != 53]
@@ -87,9 +87,11 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         *(f"        {r}" for r in input_rules),
         "    }",
         "",
-        "    # The edge proxies in user space (Traefik); it never routes packets.",
+        "    # The edge proxies in user space (Traefik); it routes only forward services' packets.",
         "    chain forward {",
         "        type filter hook forward priority filter; policy drop;",
+        *(f"        {r}" for r in forwarding.edge_forward_rules(cfg)),
+        *(f"        {r}" for r in road_warriors.edge_forward_rules(cfg)),
         "    }",
         "",
         "    chain output {",
@@ -106,6 +108,8 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         "        type filter hook postrouting priority mangle; policy accept;",
         f'        oifname "{tunnel.EDGE_INTERFACE}" tcp flags syn / syn,rst tcp option maxseg size set rt mtu',
         "    }",
+        *forwarding.edge_chains(cfg),
+        *road_warriors.edge_chains(cfg),
         "}",
         "",
     ]

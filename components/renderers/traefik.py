@@ -92,7 +92,7 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
     """Traefik's static configuration; changes only when the set of ports or the ACME
     settings change (the push script restarts Traefik only then)."""
     web_services = [s for s in cfg.services if s.mode.by_hostname]
-    raw_services = [s for s in cfg.services if not s.mode.by_hostname]
+    raw_services = [s for s in cfg.services if s.mode in (Mode.TCP, Mode.UDP)]
     entry_points: dict[str, Any] = {}
     if web_services:
         entry_points["web"] = {
@@ -237,7 +237,7 @@ def dynamic_config(cfg: FleetConfig) -> dict[str, Any]:
             if s.proxy_protocol:
                 lb["serversTransport"] = "proxy-v2"
             tcp["services"][s.name] = {"loadBalancer": lb}
-        else:
+        elif s.mode is Mode.UDP:
             udp["routers"][s.name] = {"entryPoints": [entrypoint_name(s)], "service": s.name}
             udp["services"][s.name] = {"loadBalancer": {"servers": [{"address": str(s.target)}]}}
 

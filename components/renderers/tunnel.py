@@ -13,6 +13,7 @@ Renderers here take keys as plain strings, so they can run inside ``Output.apply
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from components.model.config import EdgeSpec, FleetConfig, TunnelSpec
@@ -84,7 +85,13 @@ WG_ENDPOINT_HOOK = "/usr/local/sbin/cgnat-edge-wg-endpoint"
 """Installed by the edge's cloud-config from ``cloud-init/wg-endpoint.sh``."""
 
 
-def edge_wg_conf(cfg: FleetConfig, edge: EdgeSpec, edge_private_key: str, home_public_key: str) -> str:
+def edge_wg_conf(
+    cfg: FleetConfig,
+    edge: EdgeSpec,
+    edge_private_key: str,
+    home_public_key: str,
+    road_warrior_keys: Mapping[str, str] | None = None,
+) -> str:
     """/etc/wireguard/wg0.conf on ``edge``.
 
     The edge listens: home sits behind CGNAT and cannot be dialled, so the peer has no
@@ -107,6 +114,10 @@ def edge_wg_conf(cfg: FleetConfig, edge: EdgeSpec, edge_private_key: str, home_p
         "# home",
         f"PublicKey = {home_public_key}",
         f"AllowedIPs = {', '.join(str(n) for n in edge_allowed_ips(cfg, edge))}",
-        "",
     ]
+    if road_warrior_keys:
+        from components.renderers import road_warriors
+
+        lines += road_warriors.edge_peers(cfg, road_warrior_keys)
+    lines.append("")
     return "\n".join(lines)

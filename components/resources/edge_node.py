@@ -31,6 +31,7 @@ class EdgeNode(pulumi.ComponentResource):
         ssh_private_key: pulumi.Input[str] | None,
         opts: pulumi.ResourceOptions | None = None,
         after: pulumi.Resource | None = None,
+        road_warrior_keys: pulumi.Input[dict] | None = None,
         fleet: pulumi.Output[list[DeployedEdge[str]]] | None = None,
     ):
         """``after``: the previous edge's config step; this edge's push starts only once
@@ -45,8 +46,8 @@ class EdgeNode(pulumi.ComponentResource):
         key = WireGuardKey(f"{edge.name}-wireguard-key", opts=child)
         host_key = SshHostKey(f"{edge.name}-ssh-host-key", rotation=cfg.ssh.host_key_rotation, opts=child)
         wg_conf: pulumi.Output[str] = pulumi.Output.secret(
-            pulumi.Output.all(key.private_key, home_public_key).apply(
-                lambda keys: tunnel.edge_wg_conf(cfg, edge, keys[0], keys[1])
+            pulumi.Output.all(key.private_key, home_public_key, road_warrior_keys or {}).apply(
+                lambda keys: tunnel.edge_wg_conf(cfg, edge, keys[0], keys[1], keys[2])
             )
         )
         user_data: pulumi.Output[str] = pulumi.Output.secret(

@@ -72,6 +72,17 @@ class EdgeFleet(pulumi.ComponentResource):
             home_key = WireGuardKey("home-wireguard-key", opts=child)
             home_public_key, home_private_key = home_key.public_key, home_key.private_key
 
+        # Road warriors without a public key get one made here, kept as a Pulumi secret.
+        rw_private: dict[str, pulumi.Output[str] | None] = {}
+        rw_public: dict[str, pulumi.Input[str]] = {}
+        for rw in cfg.road_warriors.peers if cfg.road_warriors else ():
+            if rw.public_key:
+                rw_public[rw.name], rw_private[rw.name] = rw.public_key, None
+            else:
+                rw_key = WireGuardKey(f"road-warrior-{rw.name}-wireguard-key", opts=child)
+                rw_public[rw.name], rw_private[rw.name] = rw_key.public_key, rw_key.private_key
+        road_warrior_keys = pulumi.Output.all(**rw_public) if rw_public else None
+
         stack_key = StackSshKey("stack-ssh-key", opts=child)
         key_ids = {name: providers.get(name).ssh_keys(cfg, stack_key.public_key, self) for name in cfg.providers}
         # One edge at a time: each config step waits for the previous edge's verified one.
@@ -84,7 +95,17 @@ class EdgeFleet(pulumi.ComponentResource):
         for edge in cfg.edges:
             after = nodes[-1].config_step if nodes else None
             nodes.append(
-                EdgeNode(cfg, edge, home_public_key, key_ids[edge.provider], ssh_private_key, child, after, fleet)
+                EdgeNode(
+                    cfg,
+                    edge,
+                    home_public_key,
+                    key_ids[edge.provider],
+                    ssh_private_key,
+                    child,
+                    after,
+                    road_warrior_keys,
+                    fleet,
+                )
             )
 
         endpoints = pulumi.Output.all(*[pulumi.Output.all(n.ipv4, n.ipv6, n.public_key) for n in nodes])
@@ -124,8 +145,8 @@ class EdgeFleet(pulumi.ComponentResource):
             ]
 
         self.home_configs = pulumi.Output.secret(
-            pulumi.Output.all(endpoints, home_private_key).apply(
-                lambda args: home_configs.render(cfg, deployed(args[0]), args[1])
+            pulumi.Output.all(endpoints, home_private_key, pulumi.Output.all(**rw_private)).apply(
+                lambda args: home_configs.render(cfg, deployed(args[0]), args[1], args[2])
             )
         )
         self.dns = endpoints.apply(lambda values: dns_outputs(cfg, deployed(values)))

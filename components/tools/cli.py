@@ -79,6 +79,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             project_file,
             changes=args.changes,
             faults=args.faults,
+            forward=args.forward,
             report=Path(args.report) if args.report else None,
         )
     except lab.LabError as exc:
@@ -116,7 +117,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="home-configs", help="directory to write (created with mode 0700)")
     p.add_argument("--qr", action="store_true", help="also write a PNG QR code of each wg-quick file")
-    p.add_argument("--qr-terminal", metavar="EDGE", help="print the wg-quick file of EDGE as a QR code on the terminal")
+    p.add_argument(
+        "--qr-terminal",
+        metavar="EDGE",
+        help="print the wg-quick file of EDGE (or a road warrior's, DEVICE/EDGE) as a QR code on the terminal",
+    )
     p.set_defaults(func=cmd_home_config)
 
     p = sub.add_parser("policy", help="render the stack offline and fail on policy violations")
@@ -135,6 +140,11 @@ def parser() -> argparse.ArgumentParser:
         "--faults",
         action="store_true",
         help="then break an edge, a tunnel and a service (dnsMode edges) and time the nameservers' failover",
+    )
+    p.add_argument(
+        "--forward",
+        action="store_true",
+        help="then prove the forward services: visitor's real address, replies through the edge they came in by",
     )
     p.add_argument("--report", help="write every check as JSON to this file")
     p.set_defaults(func=cmd_lab)

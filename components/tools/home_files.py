@@ -116,7 +116,15 @@ def load(source: dict | str | os.PathLike) -> dict:
 
 
 def wg_quick(configs: dict, edge: str) -> str:
-    """The wg-quick file of ``edge``, or an error listing the edges there are."""
+    """The wg-quick file of ``edge`` (or ``device/edge``: a road warrior's), or an error
+    listing the ones there are."""
+    if "/" in edge:
+        device, _, name = edge.partition("/")
+        files = configs.get("roadWarriors", {})
+        if name not in files.get(device, {}):
+            known = [f"{d}/{e}" for d, per_edge in sorted(files.items()) for e in sorted(per_edge)]
+            raise HomeConfigError(f"no road warrior {edge!r}; there are {', '.join(known) or 'none'}")
+        return files[device][name]
     if edge not in configs["wgQuick"]:
         raise HomeConfigError(f"no edge {edge!r}; edges are {', '.join(sorted(configs['wgQuick']))}")
     return configs["wgQuick"][edge]
@@ -143,6 +151,16 @@ def qr_png(text: str) -> bytes:
     buf = io.BytesIO()
     segno.make(text, error="l").save(buf, kind="png", scale=6, border=4)
     return buf.getvalue()
+
+
+def _fits_qr(text: str) -> bool:
+    import segno
+
+    try:
+        segno.make(text, error="l")
+    except segno.DataOverflowError:
+        return False
+    return True
 
 
 def qr_terminal(text: str) -> str:
@@ -174,8 +192,13 @@ def write(source: dict | str | os.PathLike, out_dir: Path, qr: bool = False) -> 
     interfaces = {t["edge"]: t["interface"] for t in data["tunnels"]}
     for edge, text in sorted(configs["wgQuick"].items()):
         put(f"{interfaces[edge]}.conf", text)
-        if qr:
+        if qr and _fits_qr(text):  # a home with many services and filters outgrows a QR code
             put(f"{interfaces[edge]}.png", qr_png(text))
+    for device, per_edge in sorted(configs.get("roadWarriors", {}).items()):
+        for edge, text in sorted(per_edge.items()):
+            put(f"road-warrior-{device}-{edge}.conf", text)
+            if qr:
+                put(f"road-warrior-{device}-{edge}.png", qr_png(text))
     put("openwrt.sh", configs["openwrt"])
     put("routeros.rsc", configs["routeros"])
     put("home.json", json.dumps(data, indent=2) + "\n")

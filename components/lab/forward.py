@@ -1,0 +1,130 @@
+"""The lab's proof of service mode ``forward`` (``cgnat-edge lab --forward``).
+
+A visitor sends TCP and UDP to the stack's forward services through every edge while
+all edges forward them at once.  A row is ok only when it was observed:
+
+* ``forward:tcp:real-ip`` / ``forward:udp:real-ip``: the home service answered through
+  each edge and logged the visitor's own address (services.py writes every connection
+  to the home log; nothing but the packet's source address tells it who called);
+* ``forward:reply-path``: a burst through one edge moves bytes out of home's tunnel to
+  that edge and not out of the others (WireGuard transfer counters at home), the answer
+  reached the visitor from the address it wrote to, and home's default route (main
+  table) is still the single route to the ISP, none into a tunnel.
+"""
+
+from __future__ import annotations
+
+import json
+
+from components.lab.changes import Check
+from components.lab.edge_lab import EdgeLab
+from components.model.config import Mode, ServiceSpec
+
+BURST = 8
+"""Datagrams per edge in the reply-path check."""
+PAYLOAD = 1000
+"""Bytes per datagram: well above what keepalives move in the same time."""
+
+
+def _forward_services(el: EdgeLab, protocol: str) -> list[ServiceSpec]:
+    return [s for s in el.cfg.services if s.mode is Mode.FORWARD and s.protocol == protocol]
+
+
+def _logged_clients(el: EdgeLab, services: list[ServiceSpec]) -> set[str]:
+    """Client addresses the home log holds for the forward services."""
+    names = {s.name for s in services}
+    clients = set()
+    for line in el.home_log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("service") in names:
+            clients.add(str(entry.get("client")))
+    return clients
+
+
+def _real_ip(el: EdgeLab, protocol: str) -> Check:
+    services = _forward_services(el, protocol)
+    if not services:
+        return Check(f"forward:{protocol}:real-ip", False, detail=f"the stack has no {protocol} forward service")
+    checks, labels = [], []
+    for name, edge in sorted(el.edges.items()):
+        for s in services:
+            token = f"fw-{name}-{s.name}"
+            checks.append({"kind": protocol, "edge": edge.public_ip, "port": s.port, "payload": token})
+            labels.append((name, s, s.port, token))
+    results = el.probe(checks)
+    seen, problems = [], []
+    for (name, s, port, token), r in zip(labels, results, strict=True):
+        body: dict = r["body"] if isinstance(r.get("body"), dict) else {}
+        if not r.get("ok") or r.get("echo") != token or body.get("service") != s.name:
+            problems.append(f"{name}:{port} no echo ({r.get('error') or str(r.get('body'))[:60]})")
+            continue
+        if body.get("client") != el.client_ip:
+            problems.append(f"{name}:{port} home saw {body.get('client')}, not {el.client_ip}")
+            continue
+        seen.append(f"{name}:{port}")
+    logged = _logged_clients(el, services)
+    if logged != {el.client_ip}:
+        problems.append(f"home log holds clients {sorted(map(str, logged))}, not only {el.client_ip}")
+    return Check(
+        f"forward:{protocol}:real-ip",
+        not problems,
+        len(seen),
+        "answers",
+        "; ".join(problems) or f"home logged visitor {el.client_ip} through {', '.join(seen)}",
+    )
+
+
+def _transfer(el: EdgeLab) -> dict[str, int]:
+    """Bytes home sent into each edge's tunnel so far."""
+    out = {}
+    for name in el.edges:
+        fields = el.home.run("wg", "show", el.home_interface(name), "transfer").stdout.split()
+        out[name] = int(fields[2]) if len(fields) == 3 else 0
+    return out
+
+
+def _default_routes(el: EdgeLab) -> str:
+    return el.home.run("ip", "-4", "route", "show", "default", "table", "main").stdout.strip()
+
+
+def _reply_path(el: EdgeLab) -> Check:
+    services = _forward_services(el, "udp")
+    if not services:
+        return Check("forward:reply-path", False, detail="the stack has no udp forward service")
+    s = services[0]
+    problems, moved = [], []
+    for name, edge in sorted(el.edges.items()):
+        before = _transfer(el)
+        payload = "r" * PAYLOAD
+        results = el.probe(
+            [{"kind": "udp", "edge": edge.public_ip, "port": s.port, "payload": payload} for _ in range(BURST)]
+        )
+        after = _transfer(el)
+        answered = sum(1 for r in results if r.get("ok") and r.get("echo") == payload)
+        delta = {e: after[e] - before[e] for e in after}
+        if answered != BURST:
+            problems.append(f"through {name} {answered}/{BURST} answers came back")
+        if delta[name] < BURST * PAYLOAD:
+            problems.append(f"home sent only {delta[name]} bytes into {name}'s tunnel for {BURST}x{PAYLOAD}")
+        others = {e: d for e, d in delta.items() if e != name and d >= PAYLOAD}
+        if others:
+            problems.append(f"replies for {name} left through {others}")
+        rest = max([0, *(d for e, d in delta.items() if e != name)])
+        moved.append(f"{name}: {delta[name]} B out of its tunnel, others {rest} B")
+    default_after = _default_routes(el)
+    if len(default_after.splitlines()) != 1 or "wg-" in default_after or not default_after.startswith("default via"):
+        problems.append(f"home's default route is not the ISP's alone: {default_after!r}")
+    return Check(
+        "forward:reply-path",
+        not problems,
+        len(el.edges),
+        "edges",
+        "; ".join(problems) or f"{'; '.join(moved)}; default route still {default_after}",
+    )
+
+
+def run_checks(el: EdgeLab) -> list[Check]:
+    return [_real_ip(el, "tcp"), _real_ip(el, "udp"), _reply_path(el)]
