@@ -47,6 +47,8 @@ HOST_KEYS_HOOK_PATH = "/etc/apt/apt.conf.d/53cgnat-edge-host-keys"
 DESIRED_PATH = "/etc/cgnat-edge/desired.json"
 VERIFY_PATH = "/usr/local/sbin/cgnat-edge-verify"
 INSTALL_TRAEFIK_PATH = "/usr/local/sbin/cgnat-edge-install-traefik"
+TRAEFIK_BINARY_PATH = "/usr/local/bin/traefik"
+"""Where install-traefik.sh puts the pinned executable (traefik@.service runs it)."""
 WG_ENDPOINT_PATH = tunnel.WG_ENDPOINT_HOOK
 WG_ENDPOINT_UNIT = "cgnat-edge-wg-endpoint"
 
@@ -348,4 +350,5 @@ def readiness_script(timeout_s: int = 600) -> str:
         interface="wg0",
         ping_url=f"http://{traefik.PING_ADDRESS}/ping",
         verify=VERIFY_PATH,
+        traefik=TRAEFIK_BINARY_PATH,
     )

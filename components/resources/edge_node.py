@@ -120,4 +120,15 @@ class EdgeNode(pulumi.ComponentResource):
         self.ipv4 = machine.ipv4
         self.ipv6 = machine.ipv6
         self.public_key = key.public_key
+        self.host_public_key = host_key.public_key
+        # What `cgnat-edge status` compares the edge's files with: digests only, so the
+        # output needs no secret.
+        self.pushed_files: pulumi.Output[dict] = pulumi.Output.unsecret(
+            pulumi.Output.all(wg_conf, host_key.private_key, host_key.public_key).apply(
+                lambda args: {
+                    f.path: hashlib.sha256(f.content.encode()).hexdigest()
+                    for f in bootstrap.node_files(cfg, edge, args[0], (args[1], args[2]))
+                }
+            )
+        )
         self.register_outputs({"ipv4": self.ipv4, "ipv6": self.ipv6, "publicKey": self.public_key})

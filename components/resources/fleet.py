@@ -109,10 +109,11 @@ class EdgeFleet(pulumi.ComponentResource):
             )
 
         endpoints = pulumi.Output.all(*[pulumi.Output.all(n.ipv4, n.ipv6, n.public_key) for n in nodes])
+        access = pulumi.Output.all(*[pulumi.Output.all(n.host_public_key, n.pushed_files) for n in nodes])
 
         def summary(values: list) -> dict:
             out = {}
-            for edge, (ipv4, ipv6, public_key) in zip(cfg.edges, values, strict=True):
+            for edge, (ipv4, ipv6, public_key), (host_key, pushed) in zip(cfg.edges, *values, strict=True):
                 addrs = tunnel.addresses(cfg.tunnel, edge)
                 out[edge.name] = {
                     "provider": edge.provider,
@@ -127,10 +128,14 @@ class EdgeFleet(pulumi.ComponentResource):
                     "tunnelIpv6": str(addrs.edge_v6.ip) if addrs.edge_v6 else None,
                     "wireguardPublicKey": public_key,
                     "wireguardEndpoint": f"{ipv4}:{cfg.tunnel.listen_port}",
+                    # For `cgnat-edge status`: how to log in, the key to pin, the files last pushed.
+                    "sshUser": cfg.ssh.user,
+                    "hostPublicKey": host_key,
+                    "pushedFiles": pushed,
                 }
             return out
 
-        self.edges = endpoints.apply(summary)
+        self.edges = pulumi.Output.all(endpoints, access).apply(summary)
 
         def deployed_plain(values: list) -> list[DeployedEdge[str]]:
             return [DeployedEdge(edge, ipv4, ipv6) for edge, (ipv4, ipv6, _key) in zip(cfg.edges, values, strict=True)]

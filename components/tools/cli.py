@@ -1,4 +1,5 @@
-"""``cgnat-edge``: the commands around the Pulumi program (render, home configs, policy, lab).
+"""``cgnat-edge``: the commands around the Pulumi program (render, home configs, policy, lab,
+rehearse, status).
 
 One parser for every command, so options, stack selection and errors behave the same
 everywhere.  Exit status: 0 done, 1 the command ran and found a problem (a policy
@@ -92,11 +93,51 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    from components.lab import rehearse
+
+    stack_file, project_file = _stack(args)
+    try:
+        ok, checks = rehearse.run(
+            stack_file,
+            project_file,
+            only=args.edge,
+            report=Path(args.report) if args.report else None,
+            cache=Path(args.cache) if args.cache else None,
+            keep=args.keep,
+        )
+    except rehearse.RehearsalError as exc:
+        raise _Unusable(exc) from None
+    print(rehearse.table(checks))
+    print(
+        "rehearse: every edge's first boot did what its user-data says"
+        if ok
+        else "rehearse: FAILED, see the rows marked FAIL",
+        file=sys.stderr,
+    )
+    return 0 if ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from components.tools import status
+
+    try:
+        edges, hosts = status.status(
+            status.load(args.source),
+            Path(args.identity) if args.identity else None,
+            cert_warn_days=args.cert_warn_days,
+        )
+    except status.StatusError as exc:
+        raise _Unusable(exc) from None
+    print(status.as_json(edges, hosts) if args.json else status.table(edges, hosts))
+    return 1 if any(e.problems for e in edges) or any(h.problems for h in hosts) else 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="cgnat-edge",
         description="The commands around the cgnat-edge Pulumi program: offline render, home router configs, "
-        "policy check, network-namespace lab.",
+        "policy check, network-namespace lab, first-boot rehearsal, fleet status.",
     )
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -148,6 +189,37 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report", help="write every check as JSON to this file")
     p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser(
+        "rehearse",
+        help="(root) boot each edge's user-data with the real cloud-init in a Debian 12 chroot, and check it",
+    )
+    _add_stack_args(p)
+    p.add_argument("--report", help="write every check as JSON to this file")
+    p.add_argument("--edge", action="append", help="only this edge (repeatable; default: every edge)")
+    p.add_argument(
+        "--cache",
+        help="where the Debian root and packages are cached (default: $CGNAT_EDGE_CACHE or /var/cache/cgnat-edge)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the booted roots (under the cache folder) to look into")
+    p.set_defaults(func=cmd_rehearse)
+
+    p = sub.add_parser("status", help="log in to every deployed edge (pinned host key) and report what is wrong")
+    p.add_argument(
+        "source",
+        nargs="?",
+        help="saved `pulumi stack output --json --show-secrets`; '-' reads stdin; "
+        "default: ask the Pulumi CLI for the selected stack's outputs",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON for scripts instead of the table")
+    p.add_argument("--identity", metavar="FILE", help="SSH private key to log in with (default: ssh's own)")
+    p.add_argument(
+        "--cert-warn-days",
+        type=int,
+        default=14,
+        help="report certificates expiring within this many days (default: 14)",
+    )
+    p.set_defaults(func=cmd_status)
     return top
 
 

@@ -1,0 +1,373 @@
+"""``cgnat-edge status``: the truth about a running fleet.
+
+It reads the stack outputs (``pulumi stack output --json --show-secrets``, a saved copy
+or stdin, as ``home-config`` does) and logs in to every edge over SSH, pinning the
+edge's host key from the outputs (``StrictHostKeyChecking=yes``; a key that does not
+match is reported, never accepted).  One remote run per edge gathers what decides
+whether it serves: cloud-init, the tunnel, Traefik, the files of the last push
+(``pushedFiles``: their SHA-256), ``cgnat-edge-verify`` (the running wg0, ruleset,
+Traefik routers and sshd against those files), upgrades.  From here it asks each
+``http`` hostname's certificate and what the DNS answers.
+
+Every problem comes with the command that fixes it; the exit status is 1 when there
+is any."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shlex
+import socket
+import ssl
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.renderers import bootstrap, traefik
+from components.tools import home_files
+
+HANDSHAKE_STALE_S = 180
+"""WireGuard renews a session every 2 minutes while traffic flows and home keeps it alive."""
+UPGRADES_STALE_S = 2 * 86400
+CERT_WARN_DAYS = 14
+"""Let's Encrypt certificates are renewed 30 days before they expire; 14 left means renewal fails."""
+
+REMOTE = r"""
+import hashlib, json, os, subprocess, sys, time
+args = json.loads(sys.argv[1])
+def sh(*cmd):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        return [r.returncode, r.stdout, r.stderr]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [127, "", str(exc)]
+def digest(path):
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+def mtime(path):
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+try:
+    with open(args["desired"]) as f:
+        desired = json.load(f)
+except (OSError, ValueError):
+    desired = None
+print(json.dumps({
+    "now": time.time(),
+    "cloudInit": sh("cloud-init", "status"),
+    "wg": sh("wg", "show", "wg0", "dump"),
+    "slots": {u: sh("systemctl", "is-active", u)[0] == 0 for u in args["slots"]},
+    "ping": sh("curl", "--fail", "--silent", "--max-time", "3", args["ping"]),
+    "verify": sh("python3", args["verify"]),
+    "files": {p: digest(p) for p in args["files"]},
+    "upgrades": mtime("/var/lib/apt/periodic/unattended-upgrades-stamp"),
+    "rebootRequired": os.path.exists("/var/run/reboot-required"),
+    "desired": desired,
+}))
+"""
+
+
+class StatusError(Exception):
+    """The outputs cannot be used (missing, not from this version); the message says what to run."""
+
+
+@dataclass
+class Problem:
+    what: str
+    fix: str
+
+
+@dataclass
+class EdgeStatus:
+    edge: str
+    address: str
+    reachable: bool = False
+    facts: dict[str, Any] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def problem(self, what: str, fix: str) -> None:
+        self.problems.append(Problem(what, fix))
+
+
+@dataclass
+class HostStatus:
+    hostname: str
+    answers: list[str]
+    expected: list[str]
+    problems: list[Problem] = field(default_factory=list)
+
+
+Runner = Callable[[list[str]], subprocess.CompletedProcess]
+
+
+def _local(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def edges_from(outputs: dict) -> dict[str, dict]:
+    edges = outputs.get("edges")
+    if not isinstance(edges, dict) or not edges:
+        raise StatusError("the outputs have no `edges`; pass what `pulumi stack output --json --show-secrets` prints")
+    for name, e in edges.items():
+        if not e.get("hostPublicKey") or "pushedFiles" not in e:
+            raise StatusError(
+                f"edge {name!r} in the outputs has no hostPublicKey/pushedFiles (outputs of an older cgnat-edge); "
+                "run `pulumi up` once with this version"
+            )
+    return edges
+
+
+def ssh_argv(user: str, address: str, known_hosts: Path, identity: Path | None, command: str) -> list[str]:
+    argv = ["ssh", "-F", "/dev/null", "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+    argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=8", "-o", "GlobalKnownHostsFile=/dev/null"]
+    if identity:
+        argv += ["-i", str(identity), "-o", "IdentitiesOnly=yes"]
+    return [*argv, f"{user}@{address}", command]
+
+
+def remote_command(user: str, files: list[str]) -> str:
+    args = {
+        "slots": list(bootstrap.TRAEFIK_SLOTS),
+        "ping": f"http://{traefik.PING_ADDRESS}/ping",
+        "verify": bootstrap.VERIFY_PATH,
+        "desired": bootstrap.DESIRED_PATH,
+        "files": files,
+    }
+    return bootstrap.as_root(user, f"python3 -c {shlex.quote(REMOTE)} {shlex.quote(json.dumps(args))}")
+
+
+def check_edge(name: str, e: dict, identity: Path | None, run: Runner = _local) -> EdgeStatus:
+    st = EdgeStatus(name, e["ipv4"])
+    user, ssh = e.get("sshUser", "root"), f"ssh {e.get('sshUser', 'root')}@{e['ipv4']}"
+    with tempfile.TemporaryDirectory(prefix="cgnat-edge-status-") as tmp:
+        known = Path(tmp) / "known_hosts"
+        known.write_text(f"{e['ipv4']} {e['hostPublicKey']}\n")
+        done = run(ssh_argv(user, e["ipv4"], known, identity, remote_command(user, sorted(e["pushedFiles"]))))
+    if done.returncode == 255:
+        err = done.stderr
+        if "REMOTE HOST IDENTIFICATION HAS CHANGED" in err or "Host key verification failed" in err:
+            st.problem(
+                f"host key mismatch: {e['ipv4']} does not present the pinned key ({e['hostPublicKey'][:40]}...)",
+                "do not connect; if the server was rebuilt or its key rotated, run `pulumi refresh && pulumi up`, "
+                "otherwise treat the address as compromised",
+            )
+        else:
+            last = err.strip().splitlines()[-1] if err.strip() else "no answer"
+            st.problem(
+                f"unreachable over SSH: {last}",
+                f"check the server in the provider's console and `sshAllowedCidrs`; then `{ssh} true`",
+            )
+        return st
+    try:
+        facts = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        st.problem(
+            f"the edge's status script failed: {done.stderr.strip()[:300]}", f"{ssh} sudo cloud-init status --long"
+        )
+        return st
+    st.reachable = True
+    _judge(st, e, facts, ssh)
+    return st
+
+
+def _judge(st: EdgeStatus, e: dict, facts: dict, ssh: str) -> None:
+    f = st.facts
+    code, out, _ = facts["cloudInit"]
+    f["cloudInit"] = out.strip().removeprefix("status: ") or "unknown"
+    if code != 0 or f["cloudInit"] != "done":
+        st.problem(f"cloud-init is {f['cloudInit']}", f"{ssh} sudo cloud-init status --long")
+
+    code, out, err = facts["wg"]
+    peers = [line.split("\t") for line in out.splitlines()[1:]] if code == 0 else []
+    if not peers:
+        st.problem(f"WireGuard wg0 is down: {err.strip()[:200]}", f"{ssh} sudo systemctl restart wg-quick@wg0")
+    for peer in peers[:1]:
+        handshake = int(peer[4])
+        age = int(facts["now"] - handshake) if handshake else None
+        f["handshakeAge"] = age
+        f["homeEndpoint"] = peer[2] if peer[2] != "(none)" else None
+        f["rxBytes"], f["txBytes"] = int(peer[5]), int(peer[6])
+        if age is None or age > HANDSHAKE_STALE_S:
+            when = "never" if age is None else f"{age}s ago"
+            st.problem(
+                f"no tunnel from home: last handshake {when}",
+                "at home: `wg show` and restart the tunnel (`wg-quick up <interface>`); "
+                "if home's key changed, `cgnat-edge home-config` writes the current configs",
+            )
+
+    active = [u for u, up in facts["slots"].items() if up]
+    f["traefik"] = active[0] if active else "stopped"
+    if not active or facts["ping"][0] != 0:
+        slot = active[0] if active else bootstrap.TRAEFIK_SLOTS[0]
+        st.problem(f"Traefik is not serving ({f['traefik']}, ping failed)", f"{ssh} sudo systemctl restart {slot}")
+
+    drifted = sorted(p for p, want in e["pushedFiles"].items() if facts["files"].get(p) != want)
+    f["drifted"] = drifted
+    if drifted:
+        st.problem(
+            f"files differ from the last push: {', '.join(drifted)}",
+            f"push again: `pulumi up --target-replace $(pulumi stack --show-urns | grep -o 'urn:[^ ]*::{st.edge}-config')`",
+        )
+    code, out, err = facts["verify"]
+    if code != 0:
+        lines = [ln for ln in (out + err).splitlines() if ln.strip()][:5]
+        st.problem(
+            "the running edge differs from its files: " + " | ".join(lines)[:400],
+            f"{ssh} sudo {bootstrap.VERIFY_PATH}; then `systemctl reload-or-restart` what it names (nftables, wg-quick@wg0)",
+        )
+
+    stamp = facts["upgrades"]
+    f["upgradesAge"] = int(facts["now"] - stamp) if stamp else None
+    if stamp is None or facts["now"] - stamp > UPGRADES_STALE_S:
+        st.problem(
+            "unattended-upgrades has not run in two days" if stamp else "unattended-upgrades never ran",
+            f"{ssh} sudo systemctl start apt-daily-upgrade.service",
+        )
+    f["rebootRequired"] = facts["rebootRequired"]
+    if facts["rebootRequired"]:
+        st.problem("a reboot is pending (kernel or libc update)", f"{ssh} sudo systemctl reboot")
+    f["httpHosts"] = _http_hosts(facts.get("desired"))
+
+
+def _http_hosts(desired: dict | None) -> list[str]:
+    rules = ((desired or {}).get("traefik", {}).get("routers", {}).get("http") or {}).values()
+    hosts = set()
+    for rule in rules:
+        for part in rule.split("Host(`")[1:]:
+            hosts.add(part.split("`")[0])
+    return sorted(hosts)
+
+
+def cert_expiry(address: str, hostname: str, timeout: float = 5) -> datetime.datetime:
+    """The notAfter of the certificate ``address``:443 presents for ``hostname``."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with (
+        socket.create_connection((address, 443), timeout=timeout) as raw,
+        ctx.wrap_socket(raw, server_hostname=hostname) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(der or b"").not_valid_after_utc
+
+
+def check_certs(st: EdgeStatus, warn_days: int = CERT_WARN_DAYS) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    days: dict[str, int | None] = {}
+    for host in st.facts.get("httpHosts", []):
+        try:
+            left = (cert_expiry(st.address, host) - now).days
+        except (OSError, ValueError) as exc:
+            days[host] = None
+            st.problem(f"no certificate for {host} on :443 ({exc})", f"ssh {st.address} sudo journalctl -u 'traefik@*'")
+            continue
+        days[host] = left
+        if left < warn_days:
+            st.problem(
+                f"the certificate for {host} expires in {left} days",
+                f"ssh {st.address} sudo journalctl -u 'traefik@*' | grep -i acme  (ACME renewal; port 80 must reach the edge)",
+            )
+    st.facts["certDays"] = days
+
+
+def check_dns(hostnames: list[str], edges: dict[str, dict]) -> list[HostStatus]:
+    expected = sorted({e["ipv4"] for e in edges.values()})
+    out = []
+    for host in hostnames:
+        try:
+            answers = sorted({str(a[4][0]) for a in socket.getaddrinfo(host, 443, socket.AF_INET, socket.SOCK_STREAM)})
+        except OSError:
+            answers = []
+        hs = HostStatus(host, answers, expected)
+        strangers = [a for a in answers if a not in expected]
+        if not answers or strangers:
+            hs.problems.append(
+                Problem(
+                    f"DNS answers {', '.join(answers) or 'nothing'} for {host}, the edges are {', '.join(expected)}",
+                    "publish the records of `pulumi stack output dns` at your DNS provider (or let managed DNS do it)",
+                )
+            )
+        out.append(hs)
+    return out
+
+
+def status(
+    outputs: dict, identity: Path | None = None, run: Runner = _local, cert_warn_days: int = CERT_WARN_DAYS
+) -> tuple[list[EdgeStatus], list[HostStatus]]:
+    edges = edges_from(outputs)
+    results = []
+    for name, e in edges.items():
+        st = check_edge(name, e, identity, run)
+        if st.reachable:
+            check_certs(st, cert_warn_days)
+        results.append(st)
+    hostnames = sorted({h for st in results for h in st.facts.get("httpHosts", [])})
+    return results, check_dns(hostnames, edges)
+
+
+def load(source: str | None) -> dict:
+    got = home_files.read_source(source)
+    if isinstance(got, Path):
+        path = got / "outputs.json" if got.is_dir() else got
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise StatusError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            got = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StatusError(
+                f"{path} is not JSON ({exc.msg}); pass what `pulumi stack output --json --show-secrets` prints"
+            ) from None
+    if not isinstance(got, dict):
+        raise StatusError(
+            "the outputs are not a JSON object; pass what `pulumi stack output --json --show-secrets` prints"
+        )
+    return got
+
+
+def as_json(edges: list[EdgeStatus], hosts: list[HostStatus]) -> str:
+    return json.dumps(
+        {
+            "ok": not any(e.problems for e in edges) and not any(h.problems for h in hosts),
+            "edges": [asdict(e) for e in edges],
+            "hostnames": [asdict(h) for h in hosts],
+        },
+        indent=1,
+    )
+
+
+def table(edges: list[EdgeStatus], hosts: list[HostStatus]) -> str:
+    lines = [
+        f"{'EDGE':<10} {'ADDRESS':<16} {'SSH':<5} {'CLOUD-INIT':<10} {'HANDSHAKE':<10} {'TRAEFIK':<18} {'DRIFT':<6} REBOOT"
+    ]
+    for e in edges:
+        f = e.facts
+        age = f.get("handshakeAge")
+        lines.append(
+            f"{e.edge:<10} {e.address:<16} {'ok' if e.reachable else 'FAIL':<5} {f.get('cloudInit', '-'):<10} "
+            f"{'-' if age is None else f'{age}s':<10} {f.get('traefik', '-'):<18} {len(f.get('drifted', [])) if e.reachable else '-'!s:<6} "
+            f"{'yes' if f.get('rebootRequired') else 'no' if e.reachable else '-'}"
+        )
+    if hosts:
+        lines.append("")
+        lines.append(f"{'HOSTNAME':<32} DNS ANSWERS")
+        lines += [f"{h.hostname:<32} {', '.join(h.answers) or '(none)'}" for h in hosts]
+    problems = [(e.edge, p) for e in edges for p in e.problems] + [(h.hostname, p) for h in hosts for p in h.problems]
+    lines.append("")
+    if problems:
+        lines.append(f"{len(problems)} problem(s):")
+        for who, p in problems:
+            lines.append(f"  {who}: {p.what}\n    fix: {p.fix}")
+    else:
+        lines.append("every edge serves what was pushed")
+    return "\n".join(lines)

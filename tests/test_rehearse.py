@@ -1,0 +1,111 @@
+"""The first boot rehearsed with the real cloud-init (components/lab/rehearse.py).
+
+The dev and prod stacks boot in a debootstrapped Debian 12 root (cached under
+$CGNAT_EDGE_CACHE or /var/cache/cgnat-edge); the checks read what cloud-init left on
+disk.  The small tests at the end show that the checks fail on a wrong file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from components.lab import rehearse
+from components.tools import cli
+from tests.support import ROOT, require_root, require_tool
+
+EXPECTED_FAIL_CLOSED = {
+    f"boot:fail-closed:{case}:{check}"
+    for case in ("download-fails", "wrong-checksum")
+    for check in ("no-traefik", "nftables-enabled", "readiness-fails")
+}
+
+
+def _require_rehearsal() -> None:
+    require_root()
+    require_tool(*rehearse.TOOLS)
+
+
+def _rows(report: Path) -> dict[str, dict]:
+    return {row["name"]: row for row in json.loads(report.read_text())["checks"]}
+
+
+@pytest.mark.netns
+def test_rehearse_dev_cli(tmp_path, capsys):
+    """``cgnat-edge rehearse --stack dev --report FILE``: every row ok, each edge checked."""
+    _require_rehearsal()
+    report = tmp_path / "rehearse.json"
+    code = cli.main(["rehearse", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--report", str(report)])
+    rows = _rows(report)
+    assert code == 0, [r for r in rows.values() if not r["ok"]]
+    assert "FAIL" not in capsys.readouterr().out
+    release = rehearse.release()
+    for edge in ("fsn", "ams"):
+        for stage, _ in rehearse.STAGES:
+            assert rows[f"boot:{edge}:stage:{stage}"]["value"] == 0
+        assert rows[f"boot:{edge}:traefik-checksum"]["value"] == release.sha256[:16]
+        assert rows[f"boot:{edge}:host-key"]["value"] == 2
+        assert rows[f"boot:{edge}:unit:traefik@a.service"]["value"] == "enabled"
+        assert rows[f"boot:{edge}:file:/etc/nftables.conf"]["ok"]
+        assert rows[f"boot:{edge}:nft-check"]["ok"] and rows[f"boot:{edge}:sshd-check"]["ok"]
+    assert set(rows) >= EXPECTED_FAIL_CLOSED
+    refused = rows["boot:fail-closed:wrong-checksum:no-traefik"]["detail"]
+    assert "refusing" in refused and release.sha256 in refused
+    assert "404" in rows["boot:fail-closed:download-fails:no-traefik"]["detail"]
+
+
+@pytest.mark.netns
+def test_rehearse_prod(tmp_path):
+    _require_rehearsal()
+    ok, checks = rehearse.run(ROOT / "Pulumi.prod.yaml", fail_closed=False, log=lambda _m: None)
+    assert ok, [c for c in checks if not c.ok]
+    edges = {c.name.split(":")[1] for c in checks if c.name.endswith(":traefik-checksum")}
+    assert len(edges) == 3
+    assert not any("fail-closed" in c.name for c in checks)
+
+
+# ---------------------------------------------------------------------------
+# The checks themselves, on a hand-made root (no root privileges needed)
+# ---------------------------------------------------------------------------
+
+
+def _fake_boot(tmp_path: Path, mode: int, content: str) -> rehearse.Boot:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/passwd").write_text(f"root:x:{os.getuid()}:{os.getgid()}::/root:/bin/sh\n")
+    (root / "etc/group").write_text(f"root:x:{os.getgid()}:\n")
+    target = root / "etc/example.conf"
+    target.write_text(content)
+    target.chmod(mode)
+    entry = {"path": "/etc/example.conf", "content": "declared\n", "permissions": "0640", "owner": "root:root"}
+    return rehearse.Boot("e1", root, {"write_files": [entry], "runcmd": []}, 0.0, "")
+
+
+def test_file_check_passes_only_on_declared_content_and_mode(tmp_path):
+    good = rehearse.file_checks(_fake_boot(tmp_path / "a", 0o640, "declared\n"))
+    assert [(c.name, c.ok) for c in good] == [("boot:e1:file:/etc/example.conf", True)]
+    bad = rehearse.file_checks(_fake_boot(tmp_path / "b", 0o644, "drifted\n"))[0]
+    assert not bad.ok
+    assert "content differs" in bad.detail and "mode 0644, want 0640" in bad.detail
+
+
+def test_a_failed_module_fails_unless_named_impossible(tmp_path, monkeypatch):
+    b = _fake_boot(tmp_path, 0o640, "declared\n")
+    (b.root / "var/lib/cloud/data").mkdir(parents=True)
+    (b.root / "var/log").mkdir(parents=True)
+    (b.root / "var/log/cloud-init.log").write_text(
+        "2026 - util.py[WARNING]: Running module ntp (<module 'cloudinit.config.cc_ntp'>) failed\n"
+    )
+    stages = {stage: {"finished": 1.0, "errors": []} for stage, _ in rehearse.STAGES}
+    stages["modules-config"]["errors"] = ["('ntp', RuntimeError('no clock'))"]
+    (b.root / "var/lib/cloud/data/status.json").write_text(json.dumps({"v1": stages}))
+    rows = {c.name: c for c in rehearse.stage_checks(b)}
+    assert not rows["boot:e1:modules"].ok and "ntp" in rows["boot:e1:modules"].detail
+    assert not rows["boot:e1:stage:modules-config"].ok
+
+    monkeypatch.setitem(rehearse.IMPOSSIBLE_IN_CHROOT, "ntp", "a chroot has no clock of its own")
+    rows = {c.name: c for c in rehearse.stage_checks(b)}
+    assert rows["boot:e1:modules"].ok and "no clock of its own" in rows["boot:e1:modules"].detail
+    assert rows["boot:e1:stage:modules-config"].ok

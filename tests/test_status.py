@@ -1,0 +1,125 @@
+"""``cgnat-edge status`` against the lab's edges, over real SSH with the pinned host key.
+
+The command runs in the lab's operator namespace (where pulumi would run), reads the
+rendered stack outputs from a file, and must see a healthy fleet as healthy, then a
+broken tunnel, a stopped Traefik and a drifted file each as what it is."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components.lab import edge_lab as lab_module
+from components.lab.netns import wait_for
+from components.model.keys import generate_host_key
+from components.tools import offline
+from tests.support import ROOT, require_root, require_tool
+
+STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
+PROJECT = ROOT / "Pulumi.yaml"
+DRIFTED = "/etc/apt/apt.conf.d/20auto-upgrades"
+
+
+@pytest.fixture(scope="module")
+def el(tmp_path_factory):
+    require_root()
+    require_tool(*lab_module.TOOLS)
+    rendered = lab_module.render_stack(STACK, tmp_path_factory.mktemp("status") / "render", project_file=PROJECT)
+    edge_lab = lab_module.build(rendered)
+    try:
+        for edge in edge_lab.edges.values():
+            # The lab's edges share the machine's /var/lib/apt: the timer's stamp stands in.
+            edge.node.run("mkdir", "-p", "/var/lib/apt/periodic")
+            edge.node.write("/var/lib/apt/periodic/unattended-upgrades-stamp", "", 0o644)
+        # Home dials out once its tunnels are up: a fleet is healthy from its first handshake on.
+        wait_for(lambda: all(edge_lab.handshake_time(e) > 0 for e in edge_lab.edges), 60, 0.5, "home's handshakes")
+        yield edge_lab
+    finally:
+        edge_lab.close()
+
+
+def _status(el, tmp_path: Path, edges: dict | None = None) -> tuple[int, dict, str]:
+    outputs = tmp_path / f"outputs-{len(list(tmp_path.iterdir()))}.json"
+    outputs.write_text(json.dumps({"edges": edges or offline.reveal(el.rendered.edges)}))
+    key = tmp_path / "operator-key"
+    if not key.exists():
+        key.write_text(el.rendered.operator_key[0])
+        key.chmod(0o600)
+    # The lab's certificate lives two days: warn only below one.
+    args = ["status", str(outputs), "--identity", str(key), "--cert-warn-days", "1"]
+    table = el.operator.run(sys.executable, "-m", "components.tools.cli", *args, check=False, timeout=180)
+    done = el.operator.run(sys.executable, "-m", "components.tools.cli", *args, "--json", check=False, timeout=180)
+    assert done.stdout.startswith("{"), done.stderr
+    return done.returncode, json.loads(done.stdout), table.stdout + table.stderr
+
+
+def _problems(report: dict, edge: str) -> list[str]:
+    return [p["what"] for e in report["edges"] if e["edge"] == edge for p in e["problems"]]
+
+
+@pytest.mark.netns
+def test_status_sees_a_healthy_fleet_then_each_fault(el, tmp_path):
+    code, report, table = _status(el, tmp_path)
+    assert code == 0, table
+    assert report["ok"]
+    for e in report["edges"]:
+        f = e["facts"]
+        assert e["reachable"] and f["cloudInit"] == "done" and f["drifted"] == []
+        assert f["traefik"] == "traefik@a.service"
+        assert f["handshakeAge"] is not None and f["handshakeAge"] < 180 and f["rxBytes"] > 0
+        assert f["homeEndpoint"]
+        assert f["httpHosts"] and all(days is not None and days >= 1 for days in f["certDays"].values())
+    edge_ips = sorted(e["ipv4"] for e in offline.reveal(el.rendered.edges).values())
+    assert report["hostnames"] and all(h["answers"] == edge_ips for h in report["hostnames"])
+    assert "every edge serves what was pushed" in table
+
+    fsn, ams = el.edges["fsn"], el.edges["ams"]
+    fsn.node.run("ip", "link", "del", "wg0")  # a broken tunnel
+    fsn.node.sh(f"echo '// edited by hand' >> {DRIFTED}")  # a drifted file
+    ams._stop("traefik@a.service")  # a stopped Traefik
+
+    code, report, table = _status(el, tmp_path)
+    assert code == 1
+    fsn_problems, ams_problems = _problems(report, "fsn"), _problems(report, "ams")
+    assert any(p.startswith("WireGuard wg0 is down") for p in fsn_problems), fsn_problems
+    assert f"files differ from the last push: {DRIFTED}" in fsn_problems
+    assert not any("Traefik" in p for p in fsn_problems)
+    assert any(p.startswith("Traefik is not serving (stopped") for p in ams_problems), ams_problems
+    assert not any("WireGuard" in p or "files differ" in p for p in ams_problems)
+    assert "fix: ssh root@" in table and "systemctl restart traefik@a.service" in table
+    assert "--target-replace" in table
+
+
+@pytest.mark.netns
+def test_status_refuses_a_host_key_that_does_not_match_and_names_an_unreachable_edge(el, tmp_path):
+    edges = offline.reveal(el.rendered.edges)
+    edges["fsn"] = {**edges["fsn"], "hostPublicKey": generate_host_key()[1]}
+    edges["ams"] = {**edges["ams"], "ipv4": "203.0.113.250"}  # nothing answers there
+    code, report, table = _status(el, tmp_path, edges)
+    assert code == 1
+    assert any(p.startswith("host key mismatch") for p in _problems(report, "fsn")), table
+    assert any(p.startswith("unreachable over SSH") for p in _problems(report, "ams")), table
+    assert not any(e["reachable"] for e in report["edges"])
+
+
+def test_status_without_pulumi_says_so(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "components.tools.cli", "status"], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert done.returncode == 2
+    assert "the Pulumi CLI is not installed" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_status_refuses_outputs_without_host_keys(tmp_path):
+    old = tmp_path / "outputs.json"
+    old.write_text(json.dumps({"edges": {"fsn": {"ipv4": "203.0.113.10"}}}))
+    done = subprocess.run(
+        [sys.executable, "-m", "components.tools.cli", "status", str(old)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 2 and "run `pulumi up` once with this version" in done.stderr
