@@ -124,10 +124,12 @@ class EdgeNode(pulumi.ComponentResource):
         # What `cgnat-edge status` compares the edge's files with: digests only, so the
         # output needs no secret.
         self.pushed_files: pulumi.Output[dict] = pulumi.Output.unsecret(
-            pulumi.Output.all(wg_conf, host_key.private_key, host_key.public_key).apply(
+            pulumi.Output.all(
+                wg_conf, host_key.private_key, host_key.public_key, fleet if fleet is not None else None
+            ).apply(
                 lambda args: {
                     f.path: hashlib.sha256(f.content.encode()).hexdigest()
-                    for f in bootstrap.node_files(cfg, edge, args[0], (args[1], args[2]))
+                    for f in bootstrap.node_files(cfg, edge, args[0], (args[1], args[2]), fleet=args[3])
                 }
             )
         )
