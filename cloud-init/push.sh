@@ -389,6 +389,9 @@ reconcile() {
   if was_changed "$nft_conf" || ! nft list table inet cgnat_edge >/dev/null 2>&1; then
     nft -f "$nft_conf"
     log "nftables ruleset loaded"
+    # The reload (flush ruleset) removed CrowdSec's bouncer tables; on start it rebuilds
+    # them with every current ban.
+    systemctl try-restart crowdsec-firewall-bouncer.service 2>/dev/null || true
   fi
   if [[ -f $forward_sysctl ]] && [[ $(sysctl -n net.ipv4.ip_forward) != 1 ]]; then
     sysctl -q -p "$forward_sysctl"
@@ -400,6 +403,9 @@ reconcile() {
   if $units; then
     systemctl daemon-reload
     systemctl enable --now --quiet "$timer"
+    if [[ -f /etc/systemd/system/cgnat-edge-geo-sets.timer ]]; then
+      systemctl enable --now --quiet cgnat-edge-geo-sets.timer
+    fi
   fi
   reconcile_wireguard
   reconcile_edge_dns

@@ -104,11 +104,25 @@ def check_wireguard(desired: dict) -> list[str]:
     return problems
 
 
+def without_tables(listing: str, tables: list[str]) -> str:
+    """``listing`` minus the tables another program owns (CrowdSec's bouncer keeps
+    its bans in its own tables, which the file does not declare)."""
+    out, skip = [], False
+    for line in listing.splitlines(keepends=True):
+        if line.startswith("table "):
+            skip = line[len("table ") :].rstrip(" {\n") in tables
+        if not skip:
+            out.append(line)
+        if skip and line.startswith("}"):
+            skip = False
+    return "".join(out)
+
+
 def check_nftables(desired: dict) -> list[str]:
     """The live ruleset against the file loaded into a scratch network namespace,
     so both are listed by the same nft in the same canonical form."""
     want = run("unshare", "--net", "sh", "-c", 'nft -f "$1" && nft list ruleset', "sh", desired["nftConf"])
-    have = run("nft", "list", "ruleset")
+    have = without_tables(run("nft", "list", "ruleset"), desired.get("nftForeignTables", []))
     if have == want:
         return []
     extra = sorted(set(have.splitlines()) - set(want.splitlines()))[:5]

@@ -14,9 +14,13 @@ from components.model.config import ConfigError
 from components.tools import offline
 from tests.support import ROOT
 
-PROD = ROOT / "Pulumi.prod.yaml"  # three edges on two providers
+PROD = ROOT / "Pulumi.prod.yaml"  # four edges on three providers
 KEY_TYPES = tuple(f"pulumi-python:dynamic/cgnat-edge:{k}" for k in ("WireGuardKey", "SshHostKey", "StackSshKey"))
-ADDRESS_TYPES = ("hcloud:index/primaryIp:PrimaryIp", "digitalocean:index/reservedIp:ReservedIp")
+ADDRESS_TYPES = (
+    "hcloud:index/primaryIp:PrimaryIp",
+    "digitalocean:index/reservedIp:ReservedIp",
+    "oci:Core/publicIp:PublicIp",
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +30,9 @@ def prod() -> offline.Run:
 
 def test_every_address_and_key_is_protected_and_nothing_else(prod):
     kept = [r for r in prod.resources if r.type in KEY_TYPES + ADDRESS_TYPES]
-    # host keys, WireGuard keys (3 edges + home), the stack key, Primary IPv4+IPv6 of fsn, reserved IPs of fra and nyc
-    assert len(kept) == 3 + 3 + 1 + 1 + 2 + 2
+    # host keys, WireGuard keys (4 edges + home), the stack key, Primary IPv4+IPv6 of fsn, reserved IPs of fra,
+    # nyc and ams
+    assert len(kept) == 4 + 4 + 1 + 1 + 2 + 3
     assert [r.name for r in kept if not r.protect] == []
     # Servers, firewalls and records stay replaceable: protecting them would block every rebuild.
     assert [r.name for r in prod.resources if r.protect and r.type not in KEY_TYPES + ADDRESS_TYPES] == []
@@ -42,6 +47,8 @@ def test_replacement_is_delete_first_where_the_provider_needs_unique_names_or_ad
     # DigitalOcean: names need not be unique and the reserved IP follows its assignment,
     # so the new Droplet is up before the old one goes.
     assert servers["digitalocean:index/droplet:Droplet"].delete_before_replace is False
+    # Oracle: the Always Free allowance may not hold the old and the new instance at once.
+    assert servers["oci:Core/instance:Instance"].delete_before_replace is True
 
 
 def _edges_and_keys(run: offline.Run) -> dict[str, tuple]:
@@ -52,10 +59,12 @@ def _edges_and_keys(run: offline.Run) -> dict[str, tuple]:
 def test_removing_the_middle_edge_moves_no_other_edge():
     first = offline.run_program(PROD)
     edges = copy.deepcopy(stack.load(PROD).raw()["edges"])
-    assert [e["name"] for e in edges] == ["fsn", "fra", "nyc"]
-    second = offline.run_program(PROD, state=offline.key_state(first), config_overrides={"edges": [edges[0], edges[2]]})
+    assert [e["name"] for e in edges] == ["fsn", "fra", "nyc", "ams"]
+    second = offline.run_program(
+        PROD, state=offline.key_state(first), config_overrides={"edges": [edges[0], edges[2], edges[3]]}
+    )
     before, after = _edges_and_keys(first), _edges_and_keys(second)
-    assert set(after) == {"fsn", "nyc"}
+    assert set(after) == {"fsn", "nyc", "ams"}
     for name in after:
         assert after[name] == before[name], name  # tunnel addresses, key and public address unchanged
 

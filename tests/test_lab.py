@@ -93,6 +93,7 @@ def test_every_service_answers_through_every_edge(el):
         "cloud.example.org",
         "photos.example.org",
         "blog.example.org",
+        "notes.example.org",
         "edge.example.org",
     }
 

@@ -256,7 +256,7 @@ def test_prod_stack_manages_the_edge_zone_delegation_in_the_hetzner_zone():
         ["blog.edge.example.com."],
     )
     assert prod.output("dns")["edgeServed"]["nameservers"] == {n: f"ns-{n}.edge.example.com" for n in edges}
-    assert len(edges) == 3 and {e["provider"] for e in edges.values()} == {"hetzner", "digitalocean"}
+    assert len(edges) == 4 and {e["provider"] for e in edges.values()} == {"hetzner", "digitalocean", "oracle"}
 
 
 def test_ssh_private_key_reaches_the_ssh_steps_only_as_a_secret():

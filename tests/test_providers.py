@@ -86,7 +86,7 @@ def test_high_availability_on_one_provider_is_refused_before_anything_is_created
     raw["edges"] = [e for e in raw["edges"] if e["provider"] == "hetzner"]
     assert problems(raw) == [
         "cgnat-edge:ha: is true but every edge is on hetzner, so one provider outage takes the whole fleet down; "
-        "add an edge on digitalocean to cgnat-edge:edges, or set cgnat-edge:ha to false"
+        "add an edge on digitalocean or oracle to cgnat-edge:edges, or set cgnat-edge:ha to false"
     ]
     raw["ha"] = False
     assert [e.provider for e in parse(raw).edges] == ["hetzner"]

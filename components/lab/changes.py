@@ -32,6 +32,7 @@ import yaml
 from components.lab import edge_lab
 from components.lab.edge_lab import SERVICES_SCRIPT, EdgeLab, Rendered
 from components.lab.netns import wait_for
+from components.lab.services import IDP_SESSION
 from components.model.keys import generate_host_key
 from components.renderers import traefik
 from components.tools import home_files, offline
@@ -94,6 +95,8 @@ def _watch_checks(el: EdgeLab, edges: list[str], rendered: Rendered) -> list[dic
             base = {"edge": ip, "timeout": 2, "lab_edge": name, "service": s.name}
             if s.mode in ("passthrough", "http"):
                 checks.append({**base, "kind": "tls", "sni": s.hostnames[0], "path": "/prober"})
+                if s.forward_auth is not None:  # signed in: the answer comes from home, past the provider
+                    checks[-1]["headers"] = {"Cookie": IDP_SESSION}
             else:
                 checks.append({**base, "kind": s.protocol, "port": s.port, "payload": f"p-{name}-{s.name}"})
     return checks

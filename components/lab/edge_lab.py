@@ -55,10 +55,11 @@ from typing import Any
 
 import yaml
 
+from components.lab import platform_firewall
 from components.lab.certs import self_signed as _self_signed
 from components.lab.netns import Lab, Node, wait_for
 from components.model import stack
-from components.model.config import FleetConfig, ServiceSpec
+from components.model.config import FleetConfig, ServiceSpec, Target
 from components.model.keys import generate_host_key
 from components.renderers import bootstrap, edge_dns, geodns, nftables, traefik
 from components.tools import home_files, offline, render
@@ -262,6 +263,9 @@ def home_listeners(
                 add("tcp", s.http_target, {"kind": "http", "service": s.name})
         elif s.mode == "http":
             add("tcp", s.target, {"kind": "http", "service": s.name})
+            if s.forward_auth is not None and s.forward_auth.at_home:
+                fa = s.forward_auth
+                add("tcp", Target(fa.host, fa.port), {"kind": "idp", "service": f"{s.name}-signin"})
         elif s.mode == "tcp" or (s.mode == "forward" and s.protocol == "tcp"):
             add("tcp", s.target, {"kind": "tcp-echo", "service": s.name, "proxy": s.proxy_protocol})
         else:
@@ -308,6 +312,9 @@ class Edge:
     is the machine's own with the rendered drop-in and host key.  systemd is the one
     thing a namespace cannot have: ``systemctl`` asks a stand-in in the lab process
     (``_systemctl``) that starts and signals the same processes systemd would."""
+
+    takeover: tuple[str, ...] = ()
+    """The image's ``firewall_takeover`` commands, run first at boot (runcmd order)."""
 
     def __init__(self, lab: EdgeLab, name: str, node: Node, public_ip: str, files: list[dict]):
         self.lab, self.name, self.node, self.public_ip = lab, name, node, public_ip
@@ -473,6 +480,8 @@ class Edge:
 
     def boot(self) -> None:
         """What the edge's runcmd does after write_files: firewall, tunnel, Traefik, sshd."""
+        for command in self.takeover:
+            self.node.sh(command)
         self.node.run("nft", "-f", nftables.PATH)
         with self._lock:
             self._start("wg-quick@wg0.service")
@@ -855,6 +864,7 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
         node = lab.node(f"edge-{name}")
         _attach(lab, inet, node, f"i-edge{i}", ip)
         el.edges[name] = Edge(el, name, node, ip, rendered.write_files(name))
+        platform_firewall.prepare(el.edges[name], platform_firewall.traits(el, name))
     for node in el.nodes.values() if Path("/etc/resolv.conf").is_file() else ():
         node.bind("/etc/resolv.conf", resolv)
     for edge in el.edges.values() if Path("/etc/resolv.conf").is_file() else ():
@@ -922,6 +932,8 @@ def _expect_tls(el: EdgeLab, s: ServiceSpec, host: str, r: dict) -> tuple[bool, 
         return True, f"home's certificate; home saw client {body.get('client')}"
     # http: TLS ends on the edge, with the lab's stand-in for the ACME certificate.
     m = s.middlewares
+    if s.forward_auth is not None and r["status"] in (302, 401):
+        return True, f"{r['status']}: sign-in asked by the identity provider ({r.get('location')})"
     if m.basic_auth and r["status"] == 401:
         return True, "401: basic auth asks for credentials (the lab has none)"
     if m.ip_allow_list and not any(ipaddress.ip_address(el.client_ip) in n for n in m.ip_allow_list):
@@ -1033,6 +1045,7 @@ def run(
     *,
     changes: bool = False,
     faults: bool = False,
+    protection: bool = False,
     forward: bool = False,
     report: Path | None = None,
 ) -> tuple[bool, str]:
@@ -1057,6 +1070,7 @@ def run(
                 change_matrix.Check(f"smoke:{r.edge}:{r.service}:{r.check}", r.ok, r.ms, "ms", r.detail)
                 for r in results
             ]
+            rows += platform_firewall.checks(el)
             if forward:
                 from components.lab import forward as forward_checks
                 from components.lab import vpn
@@ -1069,10 +1083,14 @@ def run(
                 from components.lab import failover
 
                 rows += failover.run(el)
+            if protection:
+                from components.lab import protection as protection_lab
+
+                rows += protection_lab.run_protection(el)
     if report is not None:
         change_matrix.write_report(report, rows)
     text = table(results)
-    if changes or forward or faults:
+    if rows[len(results) :]:
         text += "\n\n" + "\n".join(
             f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<34} {c.value!s:>8} {c.unit:<8} {c.detail}"
             for c in rows[len(results) :]

@@ -87,6 +87,26 @@ def _read_http_request(sock) -> tuple[str, dict[str, str]]:
     return path, headers
 
 
+IDP_SESSION = "lab_session=signed-in"
+"""The cookie the lab's identity provider stand-in accepts as a signed-in user."""
+
+
+def _idp_response(headers: dict[str, str]) -> tuple[bytes, str]:
+    """A forward-auth endpoint as Authelia or Pocket ID's proxy answers one: 200 with
+    the user in Remote-User for a signed-in session, else a redirect to its sign-in page
+    (401 for a request that is not a browser's GET, which cannot follow a redirect)."""
+    cookies = [c.strip() for c in headers.get("cookie", "").split(";")]
+    if IDP_SESSION in cookies:
+        return b"HTTP/1.1 200 OK\r\nRemote-User: alice\r\nRemote-Groups: admins\r\nContent-Length: 0\r\n\r\n", "200"
+    if headers.get("x-forwarded-method", "GET") != "GET":
+        return b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n", "401"
+    back = f"https://{headers.get('x-forwarded-host', '')}{headers.get('x-forwarded-uri', '/')}"
+    return (
+        f"HTTP/1.1 302 Found\r\nLocation: https://auth.example.org/?rd={back}\r\nContent-Length: 0\r\n\r\n".encode(),
+        "302",
+    )
+
+
 def _http_response(body: dict) -> bytes:
     payload = json.dumps(body).encode()
     return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (
@@ -144,6 +164,11 @@ def _tcp_server(spec: dict, log: _Log) -> socketserver.BaseServer:
                     entry["sni"] = sni_seen.name
                 path, headers = _read_http_request(sock)
                 entry.update(path=path, headers=headers)
+                if kind == "idp":
+                    answer, entry["answer"] = _idp_response(headers)
+                    log.write(entry)
+                    sock.sendall(answer)
+                    return
                 log.write(entry)
                 sock.sendall(_http_response(entry))
             except (ProtocolError, OSError, ssl.SSLError) as exc:
@@ -192,9 +217,10 @@ def serve(spec: dict) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _http_get(sock, host: str, path: str) -> tuple[int, bytes, bytes]:
+def _http_get(sock, host: str, path: str, headers: dict | None = None) -> tuple[int, bytes, bytes]:
     """One HTTP/1.1 GET on a connected socket: (status, head, body)."""
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode())
     data = b""
     while chunk := sock.recv(65536):
         data += chunk
@@ -214,8 +240,16 @@ def _probe_tls(check: dict) -> dict:
         der = tls.getpeercert(binary_form=True)
         if der is None:
             raise ssl.SSLError(f"{check['sni']}: the edge presented no certificate")
-        status, _, body = _http_get(tls, check["sni"], check.get("path", "/"))
-    return {"cert_sha256": hashlib.sha256(der).hexdigest(), "status": status, "body": _json_or_text(body)}
+        status, head, body = _http_get(tls, check["sni"], check.get("path", "/"), check.get("headers"))
+    location = next(
+        (h.split(b":", 1)[1].strip().decode() for h in head.split(b"\r\n") if h.lower().startswith(b"location:")), None
+    )
+    return {
+        "cert_sha256": hashlib.sha256(der).hexdigest(),
+        "status": status,
+        "location": location,
+        "body": _json_or_text(body),
+    }
 
 
 def _probe_http(check: dict) -> dict:

@@ -13,6 +13,7 @@ import base64
 import binascii
 import contextlib
 import difflib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -29,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from components import providers
-from components.model import catalog, road_warriors
+from components.model import catalog, protection, road_warriors
+from components.model.protection import ForwardAuth, GeoPolicy, ProtectionSpec
 from components.providers.base import Provider, firewall_rules
 
 NAMESPACE = "cgnat-edge"
@@ -139,6 +141,8 @@ class EdgeSpec:
     image: str
     index: int
     """Position in the tunnel prefix; fixes this edge's tunnel addresses."""
+    options: Any = None
+    """The provider's own edge fields as its ``parse_edge`` returned them."""
 
     @property
     def arch(self) -> str:
@@ -186,6 +190,9 @@ class ServiceSpec:
     """forward: the last public port of a range (0: the one port ``port``)."""
     forward_protocol: Protocol | None = None
     """forward: the one protocol the range carries."""
+    geo: GeoPolicy | None = None
+    """The service's own countries; None: the fleet default (``FleetConfig.protection.geo``)."""
+    forward_auth: ForwardAuth | None = None
 
     @property
     def protocol(self) -> str:
@@ -262,6 +269,7 @@ class FleetConfig:
     ha: bool
     warnings: tuple[str, ...] = ()
     """Choices the parser made that the user did not write (shown by ``pulumi preview``)."""
+    protection: ProtectionSpec = field(default_factory=ProtectionSpec)
     road_warriors: road_warriors.RoadWarriorsSpec | None = None
 
     @property
@@ -345,6 +353,14 @@ KEYS: dict[str, tuple[str, Any, str]] = {
         "https://acme-v02.api.letsencrypt.org/directory",
         "ACME directory; use the staging one to test.",
     ),
+    "allowCountries": ("array", [], "Fleet default: only visitors from these ISO 3166 countries reach the services."),
+    "denyCountries": ("array", [], "Fleet default: visitors from these ISO 3166 countries are dropped."),
+    "geoSources": (
+        "array",
+        list(protection.RIR_SOURCES),
+        "Country prefix lists: RIR delegated-extended statistics files, each with an .md5 beside it.",
+    ),
+    "crowdsec": ("string", "off", "off, offline (bans from the edge's own logs) or online (plus the community list)."),
 }
 
 
@@ -545,6 +561,8 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         p.fail("acmeChallenge", f"{acme.challenge!r} is not supported; use one of {', '.join(ACME_CHALLENGES)}")
     _check_acme_directory(p, acme.ca_server)
     services = _parse_services(p, p.get("services"), domain, tunnel, home)
+    protect = protection.parse_fleet(p)
+    protection.check_shared_ports(p, services, protect)
     warriors = road_warriors.parse(
         p, p.get("roadWarriors"), p.get("roadWarriorPool"), p.get("roadWarriorDns"), home.lan_prefixes, tunnel
     )
@@ -598,6 +616,7 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         acme=acme,
         ha=ha,
         warnings=tuple(p.warnings),
+        protection=protect,
         road_warriors=warriors,
     )
     _check_fleet(p, cfg)
@@ -622,9 +641,10 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
                 f"must be a mapping with name, provider and location; write it like {_example_edge()}",
             )
             continue
-        unknown = set(item) - {"name", "provider", "location", "serverType", "image", "index"}
-        for k in sorted(unknown):
-            p.fail(f"{key}.{k}", "is not a known edge field; use name, provider, location, serverType, image, index")
+        own = getattr(providers.REGISTRY.get(str(item.get("provider", ""))), "edge_fields", ())
+        known = ("name", "provider", "location", "serverType", "image", "index", *own)
+        for k in sorted(set(item) - set(known)):
+            p.fail(f"{key}.{k}", f"is not a known edge field; use {', '.join(known)}")
         name = p.unique_name(key, item, seen_names, "edge")
         if name is None:
             continue
@@ -641,7 +661,7 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
         if location is None:
             p.fail(
                 f"{key}.location",
-                f"{code!r} is not a {provider.label} location; use one of {', '.join(loc.code for loc in provider.locations)}",
+                f"{code!r} is not a {provider.label} location{provider.locations_note}; use one of {', '.join(loc.code for loc in provider.locations)}",
             )
             continue
         stype = _server_type(p, key, item, provider, code)
@@ -672,9 +692,17 @@ def _parse_edges(p: _Parser, items: list[Any] | None) -> list[EdgeSpec]:
                 f"index {index} is already used by edge {seen_indexes[index]!r}; give each edge its own index",
             )
             continue
+        failed = len(p.problems)
+        options = provider.parse_edge(item, functools.partial(_fail_field, p, key))
+        if len(p.problems) > failed:
+            continue
         seen_indexes[index] = name
-        edges.append(EdgeSpec(name, provider.name, location, stype, image, index))
+        edges.append(EdgeSpec(name, provider.name, location, stype, image, index, options))
     return edges
+
+
+def _fail_field(p: _Parser, key: str, field: str, message: str) -> None:
+    p.fail(f"{key}.{field}", message)
 
 
 def _example_edge() -> str:
@@ -734,7 +762,7 @@ def _check_fleet(p: _Parser, cfg: FleetConfig) -> None:
     """Rules over the whole fleet, checked once every part parsed."""
     for name in cfg.providers:
         provider = providers.REGISTRY[name]
-        rules = len(firewall_rules(cfg)) + provider.fixed_firewall_rules
+        rules = provider.firewall_rule_count(firewall_rules(cfg))
         if rules > provider.firewall_rule_limit:
             p.fail(
                 "services",
@@ -742,6 +770,7 @@ def _check_fleet(p: _Parser, cfg: FleetConfig) -> None:
                 f"{provider.firewall_rule_limit}; give services consecutive ports (they merge into one range rule) "
                 "or declare fewer port services",
             )
+        provider.check_fleet([e for e in cfg.edges if e.provider == name], p.fail)
     if cfg.dns.provider != "none" and not providers.REGISTRY[cfg.dns.provider].manages_dns:
         p.fail("dnsProvider", f"{cfg.dns.provider} hosts no DNS zones; use one of {', '.join(dns_providers())}")
 
@@ -1112,6 +1141,8 @@ def _parse_services(
         Mode.UDP: {"name", "mode", "port", "target"},
         Mode.FORWARD: {"name", "mode", "protocol", "port", "target"},
     }
+    for fields in allowed_fields.values():  # forwardAuth outside http is refused with its reason
+        fields |= {"allowCountries", "denyCountries", "forwardAuth"}
     for i, item in enumerate(items or []):
         key = f"services[{i}]"
         if not isinstance(item, dict):
@@ -1214,6 +1245,7 @@ def _parse_services(
             if mode is Mode.HTTP
             else Middlewares()
         )
+        geo, forward_auth = protection.parse_service(p, key, item, mode, home)
         if target is None:
             continue
         services.append(
@@ -1229,6 +1261,8 @@ def _parse_services(
                 health,
                 port_end,
                 Protocol(proto) if mode is Mode.FORWARD else None,
+                geo=geo,
+                forward_auth=forward_auth,
             )
         )
     return services

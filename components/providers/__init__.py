@@ -6,10 +6,10 @@ check to know it."""
 
 from __future__ import annotations
 
-from components.providers import digitalocean, hetzner
+from components.providers import digitalocean, hetzner, oracle
 from components.providers.base import Provider
 
-REGISTRY: dict[str, Provider] = {p.name: p for p in (hetzner.PROVIDER, digitalocean.PROVIDER)}
+REGISTRY: dict[str, Provider] = {p.name: p for p in (hetzner.PROVIDER, digitalocean.PROVIDER, oracle.PROVIDER)}
 
 
 def get(name: str) -> Provider:

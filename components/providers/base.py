@@ -14,7 +14,7 @@ stack that does not use a provider never loads its SDK.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,31 @@ class InboundRule:
 
 
 ANYWHERE = ("0.0.0.0/0", "::/0")
+
+Fail = Callable[[str, str], None]
+"""How a provider reports a config problem: (key below ``cgnat-edge:``, problem and fix)."""
+
+DEBIAN_SECURITY_ORIGINS = (
+    "origin=Debian,codename=${distro_codename},label=Debian-Security",
+    "origin=Debian,codename=${distro_codename}-security,label=Debian-Security",
+)
+
+
+@dataclass(frozen=True)
+class ImageTraits:
+    """What the bootstrap does differently on an image; the defaults are Debian 12's.
+
+    Renderers read these instead of asking which provider or distribution an edge runs."""
+
+    security_origins: tuple[str, ...] = DEBIAN_SECURITY_ORIGINS
+    """unattended-upgrades ``Origins-Pattern`` entries of the image's security archive."""
+    firewall_takeover: tuple[str, ...] = ()
+    """Shell commands run before the edge's nftables ruleset is loaded, so nothing the
+    image loads at boot (its own iptables rules) can override that ruleset later."""
+    boot_firewall: tuple[tuple[str, str], ...] = ()
+    """(path, iptables-restore text) the image ships and loads at every boot; the lab
+    loads them into an edge to reproduce the image."""
+
 
 USER_DATA_IGNORED = ["userData", "sshKeys"]
 """Both force a new server at either provider.  Fresh nodes get the current cloud-init;
@@ -155,6 +180,10 @@ class Provider(ABC):
     """The type-token prefix of this provider's resources (``hcloud:``)."""
     server_resource_type: str
     firewall_resource_type: str
+    edge_fields: tuple[str, ...] = ()
+    """Edge fields only this provider reads (``parse_edge``), beside the common ones."""
+    locations_note: str = ""
+    """What the catalog's locations have in common, for the unknown-location error."""
 
     # -- catalog ----------------------------------------------------------------
 
@@ -175,6 +204,28 @@ class Provider(ABC):
         stype = self.server_type(server_type)
         assert stype is not None, server_type
         return round(stype.monthly_price + self.ipv4_monthly, 2)
+
+    def edge_cost(self, edge: EdgeSpec) -> tuple[float, str | None]:
+        """What one edge costs a month, and a note when the list price is not the whole
+        story (a free allowance, say)."""
+        return self.monthly_cost(edge.server_type.name), None
+
+    def firewall_rule_count(self, rules: Sequence[FirewallRule]) -> int:
+        """Rules ``rules`` take in one of this provider's firewalls."""
+        return len(rules) + self.fixed_firewall_rules
+
+    def image_traits(self, image: str) -> ImageTraits:
+        return ImageTraits()
+
+    # -- config -------------------------------------------------------------------
+
+    def parse_edge(self, item: Mapping[str, Any], fail: Fail) -> Any:
+        """This provider's own edge fields (``edge_fields``) as ``EdgeSpec.options``."""
+        return None
+
+    def check_fleet(self, edges: Sequence[EdgeSpec], fail: Fail) -> None:
+        """Rules over all of this provider's edges (e.g. a tenancy-wide allowance)."""
+        return None
 
     # -- cloud resources ------------------------------------------------------------
 
@@ -217,6 +268,14 @@ class Provider(ABC):
     def mock_resource(self, typ: str, n: int, rid: str, inputs: Mapping[str, Any]) -> tuple[str, dict]:
         """(id, extra outputs) the provider would answer, derived from ``n`` (a hash of
         type and name) and from documentation address ranges only."""
+
+    def user_data(self, inputs: Mapping[str, Any]) -> str:
+        """The cloud-config a server resource (its rendered inputs) boots with."""
+        return str(get(inputs, "userData", "user_data") or "")
+
+    def mock_call(self, token: str, args: Mapping[str, Any]) -> dict:
+        """What a data source (invoke) of this provider answers under the mock engine."""
+        return {}
 
     @abstractmethod
     def inbound_rules(self, inputs: Mapping[str, Any]) -> Iterator[InboundRule]:

@@ -24,7 +24,8 @@ import yaml
 from components import providers
 from components.model.config import EdgeSpec, FleetConfig
 from components.model.deployed import DeployedEdge
-from components.renderers import edge_dns, forwarding, nftables, templates, traefik, tunnel
+from components.providers.base import ImageTraits
+from components.renderers import edge_dns, forwarding, nftables, protection, templates, traefik, tunnel
 
 USER_DATA_LIMIT = min(provider.user_data_limit for provider in providers.REGISTRY.values())
 """The smallest user-data limit of any provider: what a stack must fit to run anywhere."""
@@ -86,6 +87,11 @@ def wg_endpoint_hook() -> str:
     return templates.render("wg-endpoint.sh")
 
 
+def image_traits(edge: EdgeSpec) -> ImageTraits:
+    """What the edge's image needs beyond the Debian 12 defaults (its provider knows)."""
+    return providers.get(edge.provider).image_traits(edge.image)
+
+
 def reboot_time(edge: EdgeSpec) -> str:
     """Unattended-upgrade reboots one edge per hour from 02:30 UTC on, so the fleet
     keeps serving while each edge takes its kernel update."""
@@ -101,6 +107,7 @@ def desired_state(cfg: FleetConfig, edge: EdgeSpec, host_public_key: str | None)
         "interface": tunnel.EDGE_INTERFACE,
         "wgConf": WG_CONF_PATH,
         "nftConf": nftables.PATH,
+        "nftForeignTables": list(protection.CROWDSEC_TABLES) if cfg.protection.crowdsec != "off" else [],
         "traefik": {
             "slots": list(TRAEFIK_SLOTS),
             "entryPoints": {name: ep["address"] for name, ep in traefik.static_config(cfg)["entryPoints"].items()},
@@ -175,7 +182,15 @@ def node_files(
             "0644",
         ),
         NodeFile(AUTO_UPGRADES_PATH, templates.render("20auto-upgrades"), "0644"),
-        NodeFile(UNATTENDED_PATH, templates.render("52cgnat-edge-upgrades.j2", reboot_time=reboot_time(edge)), "0644"),
+        NodeFile(
+            UNATTENDED_PATH,
+            templates.render(
+                "52cgnat-edge-upgrades.j2",
+                reboot_time=reboot_time(edge),
+                security_origins=image_traits(edge).security_origins,
+            ),
+            "0644",
+        ),
         NodeFile(HOST_KEYS_HOOK_PATH, templates.text("53cgnat-edge-host-keys"), "0644"),
         NodeFile(VERIFY_PATH, templates.text("verify.py"), "0755"),
         NodeFile(
@@ -187,6 +202,7 @@ def node_files(
     if cfg.dns.edge_served and fleet is not None:
         # The zone names every edge's address, so these arrive with the first push.
         files += [NodeFile(path, content, mode) for path, content, mode in edge_dns.node_files(cfg, edge, fleet)]
+    files += [NodeFile(path, content, mode) for path, content, mode in protection.node_files(cfg)]
     if forwarding.needs_ip_forward(cfg):
         files.append(NodeFile(forwarding.SYSCTL_PATH, forwarding.SYSCTL, "0644"))
     if host_key is not None:
@@ -223,10 +239,15 @@ def _users(cfg: FleetConfig) -> list[object]:
     return users
 
 
-ALWAYS_COMPRESSED = (TRAEFIK_UNIT_PATH, WG_ENDPOINT_PATH, INSTALL_TRAEFIK_PATH)
+ALWAYS_COMPRESSED = (
+    TRAEFIK_UNIT_PATH,
+    WG_ENDPOINT_PATH,
+    INSTALL_TRAEFIK_PATH,
+    protection.CROWDSEC_SETUP_PATH,
+)
 """Files that are the same on every edge travel gzipped, leaving the user-data room to
 the stack's own files (which stay readable text up to ``PLAIN_TEXT_BUDGET``)."""
-NOT_IN_USER_DATA = (VERIFY_PATH, DESIRED_PATH, HOST_KEY_PATH, f"{HOST_KEY_PATH}.pub")
+NOT_IN_USER_DATA = (VERIFY_PATH, DESIRED_PATH, HOST_KEY_PATH, f"{HOST_KEY_PATH}.pub", *protection.PUSHED_ONLY)
 """The host key reaches a new node through ``ssh_keys``; the verifier and its desired
 state arrive with the first push, which the same ``pulumi up`` runs right after boot."""
 
@@ -272,10 +293,12 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str, host_key: tuple[st
     doc["runcmd"] = [
         [INSTALL_TRAEFIK_PATH, traefik.binary_sha256(edge.arch), traefik.release_url(edge.arch)],
         ["systemctl", "daemon-reload"],
+        *(["sh", "-c", command] for command in image_traits(edge).firewall_takeover),
         ["systemctl", "enable", "--now", "nftables.service"],
         ["systemctl", "enable", "--now", "wg-quick@wg0.service"],
         ["systemctl", "enable", "--now", TRAEFIK_SLOTS[0]],
         ["systemctl", "enable", "--now", f"{WG_ENDPOINT_UNIT}.timer"],
+        *protection.runcmd(cfg),
         # An openssh-server upgrade during the first boot (package_upgrade) recreates
         # RSA/ECDSA keys before the apt hook that removes them is in place.
         ["sh", "-c", "rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* /etc/ssh/ssh_host_dsa_key*"],

@@ -71,7 +71,7 @@ import ipaddress
 import re
 import shlex
 
-from components.model.config import FleetConfig
+from components.model.config import FleetConfig, Target
 from components.model.deployed import DeployedEdge
 from components.model.keys import public_key_of
 from components.renderers import forwarding, road_warriors
@@ -116,7 +116,9 @@ def _forward_allow(cfg: FleetConfig) -> list[dict]:
     seen: set[tuple[str, int, str]] = set()
     rules = []
     for svc in cfg.services:
-        for target in (svc.target, svc.http_target):
+        auth = svc.forward_auth
+        sign_in = Target(auth.host, auth.port) if auth is not None and auth.at_home else None
+        for target in (svc.target, svc.http_target, sign_in):
             if target is None:
                 continue
             key = (str(target.host), target.port, svc.protocol)

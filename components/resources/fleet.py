@@ -20,17 +20,13 @@ from components.resources.managed_dns import ManagedDns
 
 def monthly_cost(cfg: FleetConfig) -> dict:
     """Per currency, since the providers bill in different ones; no conversion guessed."""
-    per_edge = {
-        e.name: {
-            "amount": providers.get(e.provider).monthly_cost(e.server_type.name),
-            "currency": providers.get(e.provider).currency,
-        }
-        for e in cfg.edges
-    }
+    per_edge: dict[str, dict] = {}
     totals: dict[str, float] = defaultdict(float)
     for e in cfg.edges:
         provider = providers.get(e.provider)
-        totals[provider.currency] += provider.monthly_cost(e.server_type.name)
+        amount, note = provider.edge_cost(e)
+        per_edge[e.name] = {"amount": amount, "currency": provider.currency} | ({"note": note} if note else {})
+        totals[provider.currency] += amount
     return {
         "totals": {currency: round(amount, 2) for currency, amount in sorted(totals.items())},
         "perEdge": per_edge,

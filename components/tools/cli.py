@@ -80,6 +80,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             project_file,
             changes=args.changes,
             faults=args.faults,
+            protection=args.protection,
             forward=args.forward,
             report=Path(args.report) if args.report else None,
         )
@@ -181,6 +182,11 @@ def parser() -> argparse.ArgumentParser:
         "--faults",
         action="store_true",
         help="then break an edge, a tunnel and a service (dnsMode edges) and time the nameservers' failover",
+    )
+    p.add_argument(
+        "--protection",
+        action="store_true",
+        help="then check country filters, CrowdSec bans and forward-auth sign-in with real packets",
     )
     p.add_argument(
         "--forward",

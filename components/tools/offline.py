@@ -153,7 +153,8 @@ class CloudMocks(pulumi.runtime.Mocks):
         return rid, outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
-        return {}, None
+        provider = providers.for_resource_type(args.token)
+        return (provider.mock_call(args.token, reveal(args.args)) if provider else {}), []
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):

@@ -37,7 +37,9 @@ def _user_data(run: offline.Run) -> dict[str, str]:
     for r in run.resources:
         if r.type in SERVER_TYPES:
             edge = r.parent.rsplit("::", 1)[-1]
-            out[edge] = offline.reveal(r.inputs.get("userData", ""))
+            provider = providers.for_resource_type(r.type)
+            assert provider is not None, r.type
+            out[edge] = provider.user_data(offline.reveal(r.inputs))
     return out
 
 

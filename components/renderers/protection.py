@@ -1,0 +1,193 @@
+"""Protection on the edge: country sets in nftables, CrowdSec, sign-in in Traefik.
+
+Country filters are nftables rules on the public ports, in a prerouting base chain of
+the edge's own table that runs before the forward services' DNAT and before the input
+chain accepts a port: a dropped packet never reaches Traefik or home, whatever the mode.  The sets start empty and are filled by
+``cloud-init/geo-sets.py`` (a timer), which keeps one cached file per country; the
+ruleset includes those files, so a reload of the ruleset (every push) brings the last
+good sets straight back.  CrowdSec's firewall bouncer keeps its own tables; the
+verifier ignores them, and the push restarts the bouncer after reloading the ruleset.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from components.model.config import FleetConfig, Mode, ServiceSpec
+from components.model.protection import GeoPolicy, effective_geo
+from components.renderers import tunnel
+
+GEO_CONFIG_PATH = "/etc/cgnat-edge/geo.json"
+GEO_SCRIPT_PATH = "/usr/local/sbin/cgnat-edge-geo-sets"
+GEO_UNIT = "cgnat-edge-geo-sets"
+GEO_STATE_DIR = "/var/lib/cgnat-edge/geo"
+GEO_STATUS_PATH = f"{GEO_STATE_DIR}/status.json"
+TABLE = ("inet", "cgnat_edge")
+
+CROWDSEC_SETUP_PATH = "/usr/local/sbin/cgnat-edge-crowdsec"
+CROWDSEC_ACQUIS_PATH = "/etc/crowdsec/acquis.d/cgnat-edge.yaml"
+CROWDSEC_TABLES = ("ip crowdsec", "ip6 crowdsec6")
+"""The firewall bouncer's own tables (its defaults in nftables mode)."""
+BOUNCER_UNIT = "crowdsec-firewall-bouncer.service"
+ACCESS_LOG = "/var/lib/traefik/access.log"
+"""Traefik's access log, in its state directory: the only place its unit lets it write."""
+LOGROTATE_PATH = "/etc/logrotate.d/cgnat-edge-traefik"
+PUSHED_ONLY = (
+    GEO_CONFIG_PATH,
+    GEO_SCRIPT_PATH,
+    f"/etc/systemd/system/{GEO_UNIT}.service",
+    f"/etc/systemd/system/{GEO_UNIT}.timer",
+)
+"""Arrive with the first push (which enables the timer), right after boot: the
+user data stays small for the stacks that use no country filters."""
+
+
+def set_name(country: str, family: int) -> str:
+    return f"geo{family}_{country.lower()}"
+
+
+def geo_rules(cfg: FleetConfig) -> list[tuple[str, tuple[int, ...], GeoPolicy]]:
+    """(protocol, public ports, countries) for every filtered port group."""
+    groups: dict[tuple[str, GeoPolicy], set[int]] = {}
+    for s in cfg.services:
+        policy = effective_geo(s, cfg.protection)
+        if not policy.active:
+            continue
+        ports = {80, 443} if s.mode.by_hostname else set(s.ports)
+        groups.setdefault((str(s.protocol), policy), set()).update(ports)
+    return [(proto, tuple(sorted(ports)), policy) for (proto, policy), ports in groups.items()]
+
+
+def countries(cfg: FleetConfig) -> list[str]:
+    return sorted({c for _, _, policy in geo_rules(cfg) for c in policy.countries})
+
+
+def cache_file(country: str) -> str:
+    return f"{GEO_STATE_DIR}/{country.lower()}.nft"
+
+
+def nft_table_lines(cfg: FleetConfig) -> list[str]:
+    """Sets and chains inside the edge's table (indented for nftables.ruleset)."""
+    rules = geo_rules(cfg)
+    if not rules:
+        return []
+    lines = [
+        "",
+        "    # Country filters (allowCountries/denyCountries): filled by cgnat-edge-geo-sets.",
+    ]
+    for country in countries(cfg):
+        for family, kind in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+            lines.append(f"    set {set_name(country, family)} {{ type {kind}; flags interval; }}")
+    lines += [
+        "    chain geo {",
+        "        # Before the forward services' DNAT and before the input chain accepts a port:",
+        "        # a dropped visitor never reaches Traefik or home.",
+        "        type filter hook prerouting priority dstnat - 10; policy accept;",
+        f'        iifname "{tunnel.EDGE_INTERFACE}" accept',
+        "        ct state established,related accept",
+    ]
+    for i, (proto, ports, _) in enumerate(rules):
+        lines.append(f"        {proto} dport {_port_expr(ports)} jump geo_{i}")
+    lines.append("    }")
+    for i, (_, _, policy) in enumerate(rules):
+        verdict = "return" if policy.allow else "drop"
+        what = "allow " if policy.allow else "deny "
+        lines.append(f"    chain geo_{i} {{  # {what}{', '.join(policy.countries)}")
+        for country in policy.countries:
+            lines.append(f"        ip saddr @{set_name(country, 4)} {verdict}")
+            lines.append(f"        ip6 saddr @{set_name(country, 6)} {verdict}")
+        if policy.allow:
+            lines.append("        drop")
+        lines.append("    }")
+    return lines
+
+
+def _port_expr(ports: tuple[int, ...]) -> str:
+    """``443``, or ``{ 80, 443, 27015-27030 }``: consecutive ports as one range."""
+    spans: list[list[int]] = []
+    for port in ports:
+        if spans and port == spans[-1][1] + 1:
+            spans[-1][1] = port
+        else:
+            spans.append([port, port])
+    items = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in spans]
+    return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
+
+
+def nft_after_table(cfg: FleetConfig) -> list[str]:
+    """The last good country sets, included after the table declares them.  A pattern
+    with a wildcard matches nothing without error: before the first fetch the sets
+    stay empty (allow lists then let nobody in, deny lists drop nobody)."""
+    return [f'include "{cache_file(c)}*"' for c in countries(cfg)]
+
+
+def geo_config(cfg: FleetConfig) -> dict[str, Any]:
+    return {
+        "sources": list(cfg.protection.geo_sources),
+        "countries": countries(cfg),
+        "table": list(TABLE),
+        "state": GEO_STATE_DIR,
+    }
+
+
+def forward_auth_middleware(s: ServiceSpec) -> dict[str, dict[str, Any]]:
+    fa = s.forward_auth
+    if fa is None:
+        return {}
+    return {
+        f"{s.name}-signin": {
+            "forwardAuth": {
+                "address": fa.address,
+                # Traefik sets X-Forwarded-* itself (the entrypoints trust no client's),
+                # and the provider needs them to know which URL to send the user back to.
+                "trustForwardHeader": True,
+                "authResponseHeaders": list(fa.response_headers),
+            }
+        }
+    }
+
+
+def traefik_static(cfg: FleetConfig) -> dict[str, Any]:
+    """Extra static configuration: an access log for CrowdSec to read."""
+    if cfg.protection.crowdsec == "off" or not any(s.mode is Mode.HTTP for s in cfg.services):
+        return {}
+    return {"accessLog": {"filePath": ACCESS_LOG, "format": "common", "bufferingSize": 0}}
+
+
+def crowdsec_acquisition(cfg: FleetConfig) -> str:
+    docs = [
+        "# cgnat-edge: what CrowdSec reads on this edge (sshd comes from Debian's acquis.yaml).",
+        f"filenames:\n  - {ACCESS_LOG}\nlabels:\n  type: traefik\n",
+    ]
+    return docs[0] + "\n" + docs[1]
+
+
+def node_files(cfg: FleetConfig) -> list[tuple[str, str, str]]:
+    """(path, content, mode) of the protection files on every edge."""
+    from components.renderers import templates
+
+    files = [
+        (GEO_CONFIG_PATH, json.dumps(geo_config(cfg), indent=1) + "\n", "0644"),
+        (GEO_SCRIPT_PATH, templates.text("geo-sets.py"), "0755"),
+        (f"/etc/systemd/system/{GEO_UNIT}.service", templates.text(f"{GEO_UNIT}.service"), "0644"),
+        (f"/etc/systemd/system/{GEO_UNIT}.timer", templates.text(f"{GEO_UNIT}.timer"), "0644"),
+    ]
+    if cfg.protection.crowdsec != "off":
+        files += [
+            (CROWDSEC_SETUP_PATH, templates.text("crowdsec-setup.sh"), "0755"),
+            (CROWDSEC_ACQUIS_PATH, crowdsec_acquisition(cfg), "0644"),
+            (
+                LOGROTATE_PATH,
+                f"{ACCESS_LOG} {{\n  daily\n  rotate 7\n  compress\n  missingok\n  notifempty\n  copytruncate\n}}\n",
+                "0644",
+            ),
+        ]
+    return files
+
+
+def runcmd(cfg: FleetConfig) -> list[list[str]]:
+    cmds: list[list[str]] = []
+    if cfg.protection.crowdsec != "off":
+        cmds.append([CROWDSEC_SETUP_PATH, cfg.protection.crowdsec])
+    return cmds

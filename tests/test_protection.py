@@ -1,0 +1,255 @@
+"""Protection at the edge: what the configuration means and what the edge's country
+loader does with a registry's file (its checks, its merge, the sets it loads).
+
+The packets (every mode dropped and let back, CrowdSec bans, sign-in) are proven in
+the lab: tests/test_protection_lab.py."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from components.lab.protection import rir_file
+from components.model import config as config_module
+from components.model.config import ConfigError
+from components.renderers import home_configs, nftables, protection, templates, traefik
+from tests.support import require_root, require_tool
+
+
+def _loader():
+    spec = importlib.util.spec_from_file_location("geo_sets", templates.DIRECTORY / "geo-sets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def raw(raw_config):
+    return copy.deepcopy(raw_config)
+
+
+def _service(raw: dict, name: str) -> dict:
+    return next(s for s in raw["services"] if s["name"] == name)
+
+
+def test_fleet_default_covers_every_port_and_a_service_may_override(raw):
+    raw["denyCountries"] = ["cn", "RU", "CN"]
+    _service(raw, "valheim")["allowCountries"] = ["DE", "AT"]
+    cfg = config_module.parse(raw)
+    assert cfg.protection.geo.deny == ("CN", "RU")
+    rules = {(proto, ports): policy for proto, ports, policy in protection.geo_rules(cfg)}
+    assert rules[("tcp", (80, 443, 2222, 25565))].deny == ("CN", "RU")
+    assert rules[("udp", (2456,))].allow == ("AT", "DE")
+    assert protection.countries(cfg) == ["AT", "CN", "DE", "RU"]
+    text = nftables.ruleset(cfg)
+    assert "tcp dport { 80, 443, 2222, 25565 } jump geo_0" in text
+    assert "ip saddr @geo4_at return" in text and text.count("        drop\n") == 1  # the allow chain's end
+    assert 'include "/var/lib/cgnat-edge/geo/ru.nft*"' in text
+    # No country filters: no sets, no chain, nothing included.
+    raw["denyCountries"] = []
+    del _service(raw, "valheim")["allowCountries"]
+    plain = nftables.ruleset(config_module.parse(raw))
+    assert "chain geo" not in plain and "include" not in plain
+
+
+def test_ssh_and_wireguard_are_never_filtered_by_country(raw):
+    raw["allowCountries"] = ["DE"]
+    text = nftables.ruleset(config_module.parse(raw))
+    jumps = [line for line in text.splitlines() if "jump geo_" in line]
+    ports = {int(p) for j in jumps for p in re.findall(r"\d+", j.split("jump")[0])}
+    assert ports == {80, 443, 2222, 25565, 2456}  # never 22 (SSH) nor 51820 (WireGuard)
+
+
+@pytest.mark.netns
+def test_ruleset_with_country_sets_loads_with_cached_lists(raw, tmp_path):
+    """nft itself, with and without the cached country files the ruleset includes."""
+    require_tool("nft")
+    require_root()
+    raw["denyCountries"] = ["AQ"]
+    text = nftables.ruleset(config_module.parse(raw))
+    text = text.replace(protection.GEO_STATE_DIR, str(tmp_path))
+    conf = tmp_path / "nftables.conf"
+    conf.write_text(text)
+    check = ["unshare", "--net", "sh", "-c", 'nft -f "$1" && nft list set inet cgnat_edge geo4_aq', "sh", str(conf)]
+    before = subprocess.run(check, capture_output=True, text=True)
+    assert before.returncode == 0, before.stderr
+    assert "elements" not in before.stdout
+    (tmp_path / "aq.nft").write_text("add element inet cgnat_edge geo4_aq { 203.0.113.0/28 }\n")
+    after = subprocess.run(check, capture_output=True, text=True)
+    assert after.returncode == 0, after.stderr
+    assert "203.0.113.0/28" in after.stdout
+
+
+def test_forward_auth_renders_the_middleware_and_opens_home_to_the_provider(raw):
+    _service(raw, "blog")["forwardAuth"] = {"address": "http://192.168.1.5:9091/api/authz/forward-auth"}
+    cfg = config_module.parse(raw)
+    dynamic = traefik.dynamic_config(cfg)
+    mw = dynamic["http"]["middlewares"]["blog-signin"]["forwardAuth"]
+    assert mw == {
+        "address": "http://192.168.1.5:9091/api/authz/forward-auth",
+        "trustForwardHeader": True,
+        "authResponseHeaders": ["Remote-User", "Remote-Groups", "Remote-Email", "Remote-Name"],
+    }
+    assert dynamic["http"]["routers"]["blog"]["middlewares"][0] == "blog-signin"  # asked before anything else
+    allow = home_configs._forward_allow(cfg)
+    assert {"service": "blog", "address": "192.168.1.5", "port": 9091, "protocol": "tcp"} in allow
+
+
+def test_forward_auth_on_the_edge_is_not_a_home_target(raw):
+    _service(raw, "blog")["forwardAuth"] = "http://127.0.0.1:9091/api/verify"
+    cfg = config_module.parse(raw)
+    assert not any(a["port"] == 9091 for a in home_configs._forward_allow(cfg))
+
+
+def test_crowdsec_adds_the_access_log_and_the_setup_step(raw):
+    assert "accessLog" not in traefik.static_config(config_module.parse(raw))
+    raw["crowdsec"] = "offline"
+    cfg = config_module.parse(raw)
+    assert traefik.static_config(cfg)["accessLog"]["filePath"] == protection.ACCESS_LOG
+    assert [protection.CROWDSEC_SETUP_PATH, "offline"] in protection.runcmd(cfg)
+    paths = {p for p, _, _ in protection.node_files(cfg)}
+    assert protection.CROWDSEC_ACQUIS_PATH in paths
+
+
+def test_every_problem_is_reported_at_once(raw):
+    raw["allowCountries"] = ["DE", "XX"]
+    raw["denyCountries"] = ["FR"]
+    _service(raw, "cloud")["forwardAuth"] = {"address": "http://192.168.1.5:9091/"}
+    with pytest.raises(ConfigError) as err:
+        config_module.parse(raw)
+    text = str(err.value)
+    assert "cgnat-edge:allowCountries[1]: 'XX'" in text
+    assert "cgnat-edge:services[0].forwardAuth: cannot work on a passthrough service" in text
+
+
+# -- the loader ----------------------------------------------------------------------
+
+
+def test_loader_checks_digest_header_and_record_count():
+    geo = _loader()
+    text = rir_file({"AQ": ["203.0.113.0/28"], "NZ": ["198.51.100.0/24", "2001:db8::/32"]})
+    data = text.encode()
+    geo.check("u", data, f"MD5 (x) = {hashlib.md5(data).hexdigest()}\n".encode())
+    with pytest.raises(geo.SourceError, match="MD5"):
+        geo.check("u", data + b"lab|AQ|ipv4|192.0.2.0|1|20260101|allocated|x\n", hashlib.md5(data).hexdigest().encode())
+    cut = b"\n".join(data.splitlines()[:-1]) + b"\n"
+    with pytest.raises(geo.SourceError, match="declares 3 records, file holds 2"):
+        geo.check("u", cut, hashlib.md5(cut).hexdigest().encode())
+    with pytest.raises(geo.SourceError, match="no MD5"):
+        geo.check("u", data, b"<html>not found</html>")
+
+
+def test_loader_merges_ranges_and_keeps_only_delegated_space():
+    geo = _loader()
+    text = (
+        "2|lab|20261126|5|19700101|20261126|+0000\n"
+        "lab|NZ|ipv4|198.51.100.0|64|20260101|allocated|x\n"
+        "lab|NZ|ipv4|198.51.100.64|64|20260101|assigned|x\n"
+        "lab|NZ|ipv4|198.51.100.200|24|20260101|allocated|x\n"  # not a power-of-two block
+        "lab|NZ|ipv4|203.0.113.0|256|20260101|available|x\n"
+        "lab|NZ|ipv6|2001:db8::|32|20260101|reserved|x\n"
+    )
+    sets = geo.parse(text.encode(), {"NZ"})
+    merged = geo.merge(sets[("NZ", 4)])
+    assert [geo.element(lo, hi, 4) for lo, hi in merged] == ["198.51.100.0/25", "198.51.100.200-198.51.100.223"]
+    assert ("NZ", 6) not in sets
+    content, counts = geo.country_file(["inet", "cgnat_edge"], "NZ", sets)
+    assert counts == {"v4": 2, "v6": 0} and "geo4_nz" in content and "geo6_nz" not in content
+
+
+@pytest.mark.netns
+def test_loader_keeps_the_last_good_sets_on_a_bad_source(tmp_path):
+    """End to end in a scratch network namespace: a good file loads, a bad one is
+    refused with the sets and cached files untouched and the status saying why."""
+    require_tool("nft", "unshare")
+    require_root()
+    good = rir_file({"AQ": ["203.0.113.0/28", "2001:db8:a0::/48"]})
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "stats").write_text(good)
+    (src / "stats.md5").write_text(hashlib.md5(good.encode()).hexdigest())
+    state = tmp_path / "state"
+    cfg = {
+        "sources": [f"file://{src}/stats"],
+        "countries": ["AQ"],
+        "table": ["inet", "cgnat_edge"],
+        "state": str(state),
+    }
+    (tmp_path / "geo.json").write_text(json.dumps(cfg))
+    ruleset = (
+        "table inet cgnat_edge {\n set geo4_aq { type ipv4_addr; flags interval; }\n"
+        " set geo6_aq { type ipv6_addr; flags interval; }\n}\n"
+    )
+    script = templates.DIRECTORY / "geo-sets.py"
+    shell = (
+        'nft -f "$1" && "$2" "$3" && cp "$4/stats.bad" "$4/stats" && "$2" "$3" --force; echo "rc=$?"; '
+        "nft list set inet cgnat_edge geo4_aq; nft list set inet cgnat_edge geo6_aq"
+    )
+    (src / "stats.bad").write_text(good + "lab|AQ|ipv4|192.0.2.0|1|20260101|allocated|x\n")
+    (tmp_path / "rules.nft").write_text(ruleset)
+    done = subprocess.run(
+        [
+            "unshare",
+            "--net",
+            "sh",
+            "-c",
+            shell,
+            "sh",
+            str(tmp_path / "rules.nft"),
+            sys.executable,
+            str(script),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        env={"CGNAT_EDGE_GEO_CONFIG": str(tmp_path / "geo.json"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
+    assert "rc=1" in done.stdout, done.stdout + done.stderr
+    assert "203.0.113.0/28" in done.stdout and "2001:db8:a0::/48" in done.stdout
+    assert "192.0.2.0" not in done.stdout
+    status = json.loads((state / "status.json").read_text())
+    assert status["ok"] is False and "MD5" in status["error"] and status["counts"] == {"AQ": {"v4": 1, "v6": 1}}
+    assert "203.0.113.0/28" in (state / "aq.nft").read_text()
+
+
+def test_protected_user_data_passes_cloud_init_schema(tmp_path):
+    """The lab stack (country filters, CrowdSec offline, forward-auth) as each provider
+    gets it: the CrowdSec setup runs from runcmd, its script travels compressed."""
+    require_tool("cloud-init")
+    from components.tools import offline
+    from tests.support import ROOT
+
+    run = offline.run_program(ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml", project_file=ROOT / "Pulumi.yaml")
+    servers = run.by_type("hcloud:index/server:Server") + run.by_type("digitalocean:index/droplet:Droplet")
+    assert servers
+    for server in servers:
+        path = tmp_path / f"{server.name}.yaml"
+        text = offline.reveal(server.inputs["userData"])
+        path.write_text(text)
+        doc = yaml.safe_load(text)
+        assert [protection.CROWDSEC_SETUP_PATH, "offline"] in doc["runcmd"]
+        assert not any(f["path"] in protection.PUSHED_ONLY for f in doc["write_files"])
+        res = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
+        assert res.returncode == 0 and "Valid cloud-config" in res.stdout, res.stdout + res.stderr
+
+
+def test_verifier_ignores_the_bouncers_tables_only():
+    spec = importlib.util.spec_from_file_location("verify", templates.DIRECTORY / "verify.py")
+    verify = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verify)
+    listing = (
+        "table inet cgnat_edge {\n\tchain input {\n\t}\n}\n"
+        "table ip crowdsec {\n\tset crowdsec-blacklists {\n\t\telements = { 203.0.113.9 }\n\t}\n}\n"
+        "table ip6 crowdsec6 {\n\tchain crowdsec6-chain {\n\t}\n}\n"
+        "table ip other {\n}\n"
+    )
+    kept = verify.without_tables(listing, list(protection.CROWDSEC_TABLES))
+    assert kept == "table inet cgnat_edge {\n\tchain input {\n\t}\n}\ntable ip other {\n}\n"
