@@ -241,7 +241,52 @@ def check_ssh(desired: dict) -> list[str]:
     return problems
 
 
+EDGE_ZONE = "/etc/powerdns/cgnat-edge/zone.db"
+HEALTH_URL = "http://127.0.0.1:8053/health"
+
+
+def _soa_answered(zone: str) -> bool:
+    """An authoritative NOERROR answer to the zone's SOA from the local PowerDNS."""
+    import socket
+    import struct
+
+    qname = b"".join(bytes([len(x)]) + x.encode() for x in zone.rstrip(".").split(".")) + b"\0"
+    query = struct.pack("!HHHHHH", 0x6365, 0, 1, 0, 0, 0) + qname + struct.pack("!HH", 6, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        s.sendto(query, ("127.0.0.1", 53))
+        data = s.recv(4096)
+    _qid, flags, _qd, answers = struct.unpack("!HHHH", data[:8])
+    return bool(flags & 0x0400) and flags & 0xF == 0 and answers > 0
+
+
+def check_edge_dns(desired: dict, timeout: float = 15) -> list[str]:
+    """dnsMode edges: PowerDNS answers for the edge zone and the health agent serves."""
+    with open(EDGE_ZONE) as f:
+        zone = next(line.split()[1] for line in f if line.startswith("$ORIGIN"))
+    problems: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        problems = []
+        try:
+            if not _soa_answered(zone):
+                problems.append(f"PowerDNS gives no authoritative SOA for {zone}")
+        except OSError as exc:
+            problems.append(f"PowerDNS does not answer on 127.0.0.1:53 ({exc})")
+        try:
+            with urllib.request.urlopen(HEALTH_URL, timeout=2) as r:
+                json.load(r)
+        except (OSError, ValueError) as exc:
+            problems.append(f"the health agent does not answer {HEALTH_URL} ({exc})")
+        if not problems:
+            return []
+        time.sleep(0.5)
+    return problems
+
+
 CHECKS = {"wireguard": check_wireguard, "nftables": check_nftables, "traefik": check_traefik, "ssh": check_ssh}
+if os.path.exists(EDGE_ZONE):
+    CHECKS["edge-dns"] = check_edge_dns
 
 
 def main(argv: list[str]) -> int:
