@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import dns.edns
 import dns.message
 import dns.query
 import dns.rcode
@@ -29,6 +30,7 @@ from components.lab.netns import Node, wait_for
 from components.model import config as config_module
 from components.model.deployed import DeployedEdge
 from components.renderers import edge_dns, nftables, templates
+from tests import mmdb
 from tests.support import namespaces, require_root, require_tool
 
 EDGES = {"fsn": ("203.0.113.10", "2001:db8:1::10"), "ams": ("198.51.100.20", None)}
@@ -251,3 +253,109 @@ def test_rendered_zone_answers_with_the_edges_whose_agent_says_up(cfg, fleet, tm
             for server in servers:
                 server.shutdown()
                 server.server_close()
+
+
+# ---------------------------------------------------------------------------
+# dnsGeoipDatabase: nearest edge first, by EDNS Client Subnet or the source
+# ---------------------------------------------------------------------------
+
+GEO = {
+    "192.0.2.0/24": (48.14, 11.58),  # Munich: nearest fsn (Falkenstein)
+    "198.51.100.0/24": (51.92, 4.48),  # Rotterdam: nearest ams
+    "203.0.113.0/24": (50.08, 14.44),  # Prague: nearest fsn
+}
+
+
+def _ask_geo(node: Node, name: str, ecs: str | None, source: str = "127.0.0.1") -> list[str]:
+    options = [dns.edns.ECSOption.from_text(ecs)] if ecs else []
+    query = dns.message.make_query(name, "A", use_edns=0, options=options)
+    sock = node.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    sock.bind((source, 0))
+    sock.setblocking(False)
+    with sock:
+        response = dns.query.udp(query, "127.0.0.1", port=DNS_PORT, timeout=2, sock=sock)
+    assert dns.rcode.to_text(response.rcode()) == "NOERROR"
+    return [r.to_text() for rrset in response.answer for r in rrset]
+
+
+def test_geoip_zone_sorts_by_distance_only_with_a_database(raw_config, tmp_path):
+    db = tmp_path / "city.mmdb"
+    db.write_bytes(mmdb.write({prefix: mmdb.city(*ll) for prefix, ll in GEO.items()}))
+    plain = config_module.parse(copy.deepcopy(raw_config), stack="dev")
+    geo = config_module.parse({**copy.deepcopy(raw_config), "dnsGeoipDatabase": "city.mmdb"}, base_dir=tmp_path)
+    assert geo.dns.geoip_database == str(db)
+    fleet = [DeployedEdge(e, *EDGES[e.name]) for e in geo.edges]
+    assert "latlon()" in edge_dns.zone(geo, geo.edges[0], fleet)
+    assert "latlon()" not in edge_dns.zone(plain, plain.edges[0], fleet)
+    conf = edge_dns.pdns_conf(geo)
+    assert "launch+=geoip" in conf and f"geoip-database-files=mmdb:{edge_dns.GEOIP_PATH}" in conf
+    assert "edns-subnet-processing=yes" in conf and "geoip" not in edge_dns.pdns_conf(plain)
+    assert "pdns-backend-geoip" in edge_dns.packages(geo) and "pdns-backend-geoip" not in edge_dns.packages(plain)
+
+
+@pytest.mark.netns
+def test_geoip_answers_nearest_healthy_edge_first(raw_config, tmp_path: Path):
+    require_root()
+    require_tool("pdns_server")
+    if not Path("/usr/lib/aarch64-linux-gnu/pdns/libgeoipbackend.so").exists() and not list(
+        Path("/usr/lib").glob("*/pdns/libgeoipbackend.so")
+    ):
+        pytest.skip("pdns-backend-geoip is not installed (.ci/run installs it)")
+    db = tmp_path / "city.mmdb"
+    db.write_bytes(mmdb.write({prefix: mmdb.city(*ll) for prefix, ll in GEO.items()}))
+    cfg = config_module.parse({**copy.deepcopy(raw_config), "dnsGeoipDatabase": str(db)}, stack="dev")
+    fleet = [DeployedEdge(e, *EDGES[e.name]) for e in cfg.edges]
+    fsn = cfg.edges[0]
+    (tmp_path / "zone.db").write_text(edge_dns.zone(cfg, fsn, fleet))
+    (tmp_path / "named.conf").write_text(
+        edge_dns.named_conf(cfg).replace(edge_dns.ZONE_PATH, str(tmp_path / "zone.db"))
+    )
+    (tmp_path / "geoip-zones.yaml").write_text(edge_dns.geoip_zones())
+    conf = (
+        edge_dns.pdns_conf(cfg)
+        .replace(edge_dns.NAMED_CONF_PATH, str(tmp_path / "named.conf"))
+        .replace(edge_dns.GEOIP_PATH, str(db))
+        .replace(edge_dns.GEOIP_ZONES_PATH, str(tmp_path / "geoip-zones.yaml"))
+        .replace("local-address=0.0.0.0, ::", "local-address=127.0.0.1")
+        .replace("local-port=53", f"local-port={DNS_PORT}")
+    )
+    (tmp_path / "pdns.conf").write_text(conf)
+    agents = _Agents()
+    fsn_ip, ams_ip = "203.0.113.10", "198.51.100.20"
+    with namespaces() as lab:
+        node = lab.node("dns")
+        node.addresses("lo", [f"{fsn_ip}/32", f"{ams_ip}/32"])
+        servers = [_serve_agent(node, address, agents) for address in (fsn_ip, ams_ip)]
+        proc = node.spawn(
+            "pdns_server", f"--config-dir={tmp_path}", f"--socket-dir={tmp_path}", "--daemon=no", "--guardian=no",
+            "--disable-syslog", log=tmp_path / "pdns.log",
+        )  # fmt: skip
+        try:
+
+            def answers(ecs: str | None, source: str = "127.0.0.1") -> list[str]:
+                with contextlib.suppress(Exception):
+                    return _ask_geo(node, "cloud.edge.example.org", ecs, source)
+                return []
+
+            wait_for(lambda: len(answers(None)) == 2, timeout=15, message="pdns serving both edges")
+            # Both healthy: nearest first, the other after, by the client subnet.
+            assert answers("192.0.2.0/24") == [fsn_ip, ams_ip]
+            assert answers("198.51.100.0/24") == [ams_ip, fsn_ip]
+            assert answers("203.0.113.0/24") == [fsn_ip, ams_ip]
+            # No ECS: the resolver's own address is located.
+            assert answers(None, source=ams_ip) == [ams_ip, fsn_ip]
+            assert answers(None, source=fsn_ip) == [fsn_ip, ams_ip]
+            # A subnet the database does not place: the edge's own order (itself first).
+            assert answers("100.64.0.0/24") == [fsn_ip, ams_ip]
+            # The nearest edge unhealthy: it leaves the answer, the next nearest stays.
+            agents.down.add((ams_ip, "cloud"))
+            wait_for(lambda: answers("198.51.100.0/24") == [fsn_ip], timeout=15, message="ams excluded")
+            agents.down.clear()
+            wait_for(lambda: answers("198.51.100.0/24") == [ams_ip, fsn_ip], timeout=15, message="ams back")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+            for server in servers:
+                server.shutdown()
+                server.server_close()
+            print((tmp_path / "pdns.log").read_text()[-3000:])

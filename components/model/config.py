@@ -21,6 +21,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from enum import StrEnum
 from typing import Any
 
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from components import providers
-from components.model import catalog, protection, road_warriors
+from components.model import catalog, geoip, protection, road_warriors
 from components.model.protection import ForwardAuth, GeoPolicy, ProtectionSpec
 from components.providers.base import Provider, firewall_rules
 
@@ -241,6 +242,8 @@ class DnsSpec:
     mode: str = "records"
     edge_zone: str = ""
     """mode edges: the zone the edges serve (delegated to them), e.g. edge.example.org."""
+    geoip_database: str = ""
+    """mode edges: absolute path of a City MMDB on this machine (copied to each edge); empty = none."""
 
     @property
     def edge_served(self) -> bool:
@@ -338,6 +341,12 @@ KEYS: dict[str, tuple[str, Any, str]] = {
         "string",
         "",
         "dnsMode edges: the zone delegated to the edges; empty = edge.<domain>. The domain itself hands all of it over.",
+    ),
+    "dnsGeoipDatabase": (
+        "string",
+        "",
+        "dnsMode edges: a City MMDB (DB-IP City Lite, GeoLite2 City); answers nearest edge first (EDNS Client Subnet). "
+        "Relative to the stack file's folder.",
     ),
     "roadWarriors": (
         "object-array",
@@ -532,8 +541,12 @@ class _Parser:
         return name
 
 
-def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev") -> FleetConfig:
-    """Validate ``raw`` (key without namespace -> value) into a ``FleetConfig``."""
+def parse(
+    raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev", base_dir: Path | None = None
+) -> FleetConfig:
+    """Validate ``raw`` (key without namespace -> value) into a ``FleetConfig``.
+    ``base_dir``: where relative paths (``dnsGeoipDatabase``) start; the stack file's
+    folder (default: the working directory, where Pulumi runs the program)."""
     p = _Parser(raw)
 
     for key in raw:
@@ -599,6 +612,7 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         )
 
     mode, edge_zone = _parse_dns_mode(p, domain, zone, dns_provider, services)
+    geoip_database = geoip.parse(p, mode, base_dir or Path.cwd())
 
     if p.problems:
         raise ConfigError(p.problems)
@@ -612,7 +626,7 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         tunnel=tunnel,
         home=home,
         ssh=ssh,
-        dns=DnsSpec(dns_provider, zone, ttl, mode, edge_zone),
+        dns=DnsSpec(dns_provider, zone, ttl, mode, edge_zone, geoip_database),
         acme=acme,
         ha=ha,
         warnings=tuple(p.warnings),

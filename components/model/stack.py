@@ -134,7 +134,7 @@ class StackFile:
         return {k[len(prefix) :]: v for k, v in self.settings.items() if k.startswith(prefix) and k != SECRET_KEY}
 
     def parse(self) -> FleetConfig:
-        return parse(self.raw(), project=self.project, stack=self.name)
+        return parse(self.raw(), project=self.project, stack=self.name, base_dir=self.path.parent)
 
 
 def load(

@@ -277,7 +277,7 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str, host_key: tuple[st
     doc = yaml.safe_load(templates.text("base.yaml"))
     doc["ssh_authorized_keys"] = list(cfg.ssh.public_keys)
     if cfg.dns.edge_served:
-        doc["packages"] = [*doc["packages"], *edge_dns.PACKAGES]
+        doc["packages"] = [*doc["packages"], *edge_dns.packages(cfg)]
     if host_key is not None:
         # The image's own host keys are deleted; with ssh_keys given, cloud-init
         # generates no others, so sshd can only present the pinned one.
