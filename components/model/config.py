@@ -21,8 +21,8 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm

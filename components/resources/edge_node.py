@@ -9,9 +9,10 @@ import pulumi
 import pulumi_command as command
 
 from components import providers
+from components.model import geoip
 from components.model.config import EdgeSpec, FleetConfig
 from components.model.deployed import DeployedEdge
-from components.renderers import bootstrap, tunnel
+from components.renderers import bootstrap, edge_dns, tunnel
 from components.resources.keys import SshHostKey, WireGuardKey
 
 
@@ -108,13 +109,16 @@ class EdgeNode(pulumi.ComponentResource):
             triggers=[host_key.public_key],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[booted, *([after] if after else [])]),
         )
+        geoip_step = self._geoip_copy(cfg, edge, connection, [booted, rotated])
         self.config_step = command.remote.Command(
             f"{edge.name}-config",
             connection=connection,
             create=bootstrap.config_command(cfg.ssh.user),
             stdin=bundle,
             triggers=[machine.server_id, bundle.apply(lambda b: hashlib.sha256(b.encode()).hexdigest())],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[booted, rotated, *([after] if after else [])]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[booted, rotated, *geoip_step, *([after] if after else [])]
+            ),
         )
 
         self.ipv4 = machine.ipv4
@@ -134,3 +138,33 @@ class EdgeNode(pulumi.ComponentResource):
             )
         )
         self.register_outputs({"ipv4": self.ipv4, "ipv6": self.ipv6, "publicKey": self.public_key})
+
+    def _geoip_copy(
+        self, cfg: FleetConfig, edge: EdgeSpec, connection: command.remote.ConnectionArgs, after: list[pulumi.Resource]
+    ) -> list[pulumi.Resource]:
+        """``dnsGeoipDatabase`` to the edge, before the push whose pdns.conf reads it: too
+        big for user data or the bundle, so copied as a file; state keeps its SHA-256
+        (the trigger), so a re-downloaded database is copied again and nothing else."""
+        if not cfg.dns.geoip_database:
+            return []
+        digest = geoip.sha256(cfg.dns.geoip_database)
+        staged = f"/tmp/cgnat-edge-geoip-{digest[:16]}.mmdb"
+        copied = command.remote.CopyToRemote(
+            f"{edge.name}-geoip-copy",
+            connection=connection,
+            source=pulumi.FileAsset(cfg.dns.geoip_database),
+            remote_path=staged,
+            triggers=[digest],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+        )
+        install = (
+            f"install -D -m 0644 {staged} {edge_dns.GEOIP_PATH} && rm -f {staged} && systemctl try-restart pdns.service"
+        )
+        installed = command.remote.Command(
+            f"{edge.name}-geoip",
+            connection=connection,
+            create=bootstrap.as_root(cfg.ssh.user, install),
+            triggers=[digest],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[copied]),
+        )
+        return [installed]
