@@ -338,8 +338,11 @@ def test_geoip_answers_nearest_healthy_edge_first(raw_config, tmp_path: Path):
                 return []
 
             wait_for(lambda: len(answers(None)) == 2, timeout=15, message="pdns serving both edges")
+            # The first answers come before any check has reported (every edge, as the
+            # backup); wait until both edges' checks have come back healthy.
+            time.sleep(edge_dns.CHECK_INTERVAL_S + edge_dns.CHECK_TIMEOUT_S)
+            wait_for(lambda: answers("192.0.2.0/24") == [fsn_ip, ams_ip], timeout=15, message="both checked up")
             # Both healthy: nearest first, the other after, by the client subnet.
-            assert answers("192.0.2.0/24") == [fsn_ip, ams_ip]
             assert answers("198.51.100.0/24") == [ams_ip, fsn_ip]
             assert answers("203.0.113.0/24") == [fsn_ip, ams_ip]
             # No ECS: the resolver's own address is located.
