@@ -102,7 +102,7 @@ def test_the_security_list_opens_exactly_what_the_host_firewall_opens(prod):
     cfg = stack.load(PROD).parse()
     want = {(r.protocol, r.port, source) for r in firewall_rules(cfg) for source in r.sources}
     assert _rules(prod) == want
-    ruleset = nftables.ruleset(cfg)
+    ruleset = nftables.ruleset(cfg, (["192.0.2.1"], []))  # as pushed, with the fleet's addresses
     for protocol in ("tcp", "udp"):
         ports = {int(p) for proto, span, _ in want if proto == protocol and span for p in span.split("-")}
         # SSH, and with dnsMode edges the health agent (which nftables keeps to the fleet)
