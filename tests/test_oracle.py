@@ -15,7 +15,7 @@ import yaml
 from components.model import stack
 from components.providers import oracle
 from components.providers.base import firewall_rules
-from components.renderers import bootstrap, nftables
+from components.renderers import bootstrap, edge_dns, nftables
 from components.tools import offline
 from tests.support import ROOT, require_tool
 
@@ -102,10 +102,12 @@ def test_the_security_list_opens_exactly_what_the_host_firewall_opens(prod):
     cfg = stack.load(PROD).parse()
     want = {(r.protocol, r.port, source) for r in firewall_rules(cfg) for source in r.sources}
     assert _rules(prod) == want
-    ruleset = nftables.ruleset(cfg)
+    ruleset = nftables.ruleset(cfg, (["192.0.2.1"], []))  # as pushed, with the fleet's addresses
     for protocol in ("tcp", "udp"):
         ports = {int(p) for proto, span, _ in want if proto == protocol and span for p in span.split("-")}
-        assert ports == set(cfg.public_ports(protocol)) | ({22} if protocol == "tcp" else set())
+        # SSH, and with dnsMode edges the health agent (which nftables keeps to the fleet)
+        host_only = {22, edge_dns.HEALTH_PORT} if cfg.dns.edge_served else {22}
+        assert ports == set(cfg.public_ports(protocol)) | (host_only if protocol == "tcp" else set())
         assert all(str(p) in ruleset for p in ports)
     # both families, each with its own ICMP
     assert {s for p, _, s in want if p == "icmp"} == {"0.0.0.0/0", "::/0"}
