@@ -1,7 +1,7 @@
 """Benchmark of nearest-first answers (``dnsGeoipDatabase``), a script, not a test:
 what the GeoIP lookup and the distance sort cost one edge's PowerDNS.
 
-    sudo .venv/bin/python scripts/bench_geoip_dns.py [--seconds 10] [--reps 3]
+    sudo PYTHONPATH=. .venv/bin/python scripts/bench_geoip_dns.py [--seconds 10] [--reps 3]
 
 Serves the example dev stack's rendered zone (one edge's view) with a real
 ``pdns_server`` in a network namespace, stand-in health agents saying every edge is
@@ -15,17 +15,23 @@ City database adds its size as mapped (page-cache) memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import http.server
 import os
 import platform
 import re
+import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+import dns.edns
+import dns.message
+import dns.query
 
 from components.lab.netns import Lab, wait_for
 from components.model import stack
@@ -59,6 +65,16 @@ def _agent(node, address: str) -> http.server.HTTPServer:
     return server
 
 
+def _answers(node, name: str) -> bool:
+    sock = node.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    sock.setblocking(False)
+    with sock, contextlib.suppress(Exception):
+        return bool(
+            dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=PORT, timeout=1, sock=sock).answer
+        )
+    return False
+
+
 def _run(node, tmp: Path, cfg, seconds: int, reps: int, ecs: str | None) -> tuple[float, float]:
     fleet = [DeployedEdge(e, ADDRESSES[i % len(ADDRESSES)], None) for i, e in enumerate(cfg.edges)]
     (tmp / "zone.db").write_text(edge_dns.zone(cfg, cfg.edges[0], fleet))
@@ -80,20 +96,25 @@ def _run(node, tmp: Path, cfg, seconds: int, reps: int, ecs: str | None) -> tupl
     try:
         queries = tmp / "queries.txt"
         queries.write_text("".join(f"{name} A\n" for _h, name, _c in edge_dns.names(cfg)))
-        wait_for(
-            lambda: "NOERROR" in node.run("dig", "-p", str(PORT), "@127.0.0.1", edge_dns.names(cfg)[0][1]).stdout,
-            timeout=20,
-            message="pdns serving",
-        )
+        wait_for(lambda: _answers(node, edge_dns.names(cfg)[0][1]), timeout=20, message="pdns serving")
         time.sleep(3)  # the health checks have reported
+        name = edge_dns.names(cfg)[0][1]
+        options = [dns.edns.ECSOption(ecs, 24)] if ecs else []
+        query = dns.message.make_query(name, "A", use_edns=0, options=options)
+        sock = node.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        sock.setblocking(False)
+        with sock:
+            answer = dns.query.udp(query, "127.0.0.1", port=PORT, timeout=2, sock=sock).answer
+        print(f"  {name} (ECS {ecs or 'none'}): {[r.to_text() for rrset in answer for r in rrset]}", flush=True)
         qps = []
         for _ in range(reps):
             argv = ["dnsperf", "-s", "127.0.0.1", "-p", str(PORT), "-d", str(queries), "-l", str(seconds)]
             argv += ["-c", "4", "-Q", "100000", "-q", "500"] + (["-E", _ecs_option(ecs)] if ecs else [])
             done = node.run(*argv)
             match = re.search(r"Queries per second:\s+([\d.]+)", done.stdout)
+            codes = re.search(r"Response codes:\s+(.*)", done.stdout)
             qps.append(float(match.group(1)) if match else 0.0)
-            print(f"  dnsperf: {qps[-1]:.0f} qps", flush=True)
+            print(f"  dnsperf: {qps[-1]:.0f} qps, response codes {codes.group(1) if codes else '?'}", flush=True)
         status = Path(f"/proc/{proc.pid}/status").read_text()
         rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
         return statistics.median(qps), rss
@@ -141,7 +162,9 @@ def main() -> int:
     print()
     print(f"date:    {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {os.cpu_count()} cores, {platform.system()} {platform.release()}")
-    print(f"command: sudo .venv/bin/python scripts/bench_geoip_dns.py --seconds {args.seconds} --reps {args.reps}")
+    print(
+        f"command: sudo PYTHONPATH=. .venv/bin/python scripts/bench_geoip_dns.py --seconds {args.seconds} --reps {args.reps}"
+    )
     for label, (qps, rss) in results.items():
         print(f"{label}: {qps:.0f} qps (median of {args.reps}), PowerDNS RSS {rss:.1f} MB")
     return 0
