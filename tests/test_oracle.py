@@ -102,10 +102,12 @@ def test_the_security_list_opens_exactly_what_the_host_firewall_opens(prod):
     cfg = stack.load(PROD).parse()
     want = {(r.protocol, r.port, source) for r in firewall_rules(cfg) for source in r.sources}
     assert _rules(prod) == want
-    ruleset = nftables.ruleset(cfg)
+    # dnsMode edges opens 53 and the agent (for the fleet) with the first push, which knows the fleet.
+    ruleset = nftables.ruleset(cfg, (["192.0.2.1"], []) if cfg.dns.edge_served else None)
     for protocol in ("tcp", "udp"):
         ports = {int(p) for proto, span, _ in want if proto == protocol and span for p in span.split("-")}
-        assert ports == set(cfg.public_ports(protocol)) | ({22} if protocol == "tcp" else set())
+        # tcp: SSH, and the health agent (8053) the DNS health checks ask, in every dnsMode
+        assert ports == set(cfg.public_ports(protocol)) | ({22, 8053} if protocol == "tcp" else set())
         assert all(str(p) in ruleset for p in ports)
     # both families, each with its own ICMP
     assert {s for p, _, s in want if p == "icmp"} == {"0.0.0.0/0", "::/0"}
