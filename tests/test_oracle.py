@@ -15,7 +15,7 @@ import yaml
 from components.model import stack
 from components.providers import oracle
 from components.providers.base import firewall_rules
-from components.renderers import bootstrap, nftables
+from components.renderers import bootstrap, edge_dns, nftables
 from components.tools import offline
 from tests.support import ROOT, require_tool
 
@@ -106,8 +106,9 @@ def test_the_security_list_opens_exactly_what_the_host_firewall_opens(prod):
     ruleset = nftables.ruleset(cfg, (["192.0.2.1"], []) if cfg.dns.edge_served else None)
     for protocol in ("tcp", "udp"):
         ports = {int(p) for proto, span, _ in want if proto == protocol and span for p in span.split("-")}
-        # tcp: SSH, and the health agent (8053) the DNS health checks ask, in every dnsMode
-        assert ports == set(cfg.public_ports(protocol)) | ({22, 8053} if protocol == "tcp" else set())
+        # SSH, and the health agent the DNS health checks ask (every dnsMode; nftables narrows it)
+        host_only = {22, edge_dns.HEALTH_PORT}
+        assert ports == set(cfg.public_ports(protocol)) | (host_only if protocol == "tcp" else set())
         assert all(str(p) in ruleset for p in ports)
     # both families, each with its own ICMP
     assert {s for p, _, s in want if p == "icmp"} == {"0.0.0.0/0", "::/0"}
