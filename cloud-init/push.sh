@@ -357,8 +357,9 @@ traefik_handover() {
   log "Traefik handed over from ${old:-nothing} to $new (static configuration changed)"
 }
 
-# dnsMode edges: PowerDNS serves the zone the bundle brings and the health agent
-# checks the paths; a bundle without them (dnsMode records) stops both.
+# dnsMode edges: PowerDNS serves the zone the bundle brings; a bundle without it
+# (dnsMode records) stops it.  The health agent runs in every mode (the records
+# renderings' checks ask it too), whenever the bundle brings its config.
 reconcile_edge_dns() {
   if [[ -f $pdns_zone ]]; then
     if was_changed "/etc/powerdns/*" || ! systemctl is-active --quiet pdns.service; then
@@ -366,15 +367,20 @@ reconcile_edge_dns() {
       systemctl restart pdns.service
       log "PowerDNS restarted with the edge zone"
     fi
+  elif was_changed "$pdns_zone"; then
+    systemctl disable --now --quiet pdns.service 2>/dev/null || true
+    log "edge DNS stopped (dnsMode is no longer edges)"
+  fi
+  if [[ -f $health_conf ]]; then
     if was_changed "$health_agent" || was_changed "$health_conf" || was_changed "/etc/systemd/system/$health_unit" ||
       ! systemctl is-active --quiet "$health_unit"; then
       systemctl enable --quiet "$health_unit"
       systemctl restart "$health_unit"
       log "health agent restarted"
     fi
-  elif was_changed "$pdns_zone"; then
-    systemctl disable --now --quiet pdns.service "$health_unit" 2>/dev/null || true
-    log "edge DNS stopped (dnsMode is no longer edges)"
+  elif was_changed "$health_conf"; then
+    systemctl disable --now --quiet "$health_unit" 2>/dev/null || true
+    log "health agent stopped"
   fi
 }
 

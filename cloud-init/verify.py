@@ -284,9 +284,28 @@ def check_edge_dns(desired: dict, timeout: float = 15) -> list[str]:
     return problems
 
 
+HEALTH_CONF = "/etc/cgnat-edge/health.json"
+
+
+def check_health_agent(desired: dict, timeout: float = 15) -> list[str]:
+    """dnsMode records: the agent the PowerDNS and Route 53 renderings' checks ask serves."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(HEALTH_URL, timeout=2) as r:
+                json.load(r)
+            return []
+        except (OSError, ValueError) as exc:
+            if time.monotonic() >= deadline:
+                return [f"the health agent does not answer {HEALTH_URL} ({exc})"]
+        time.sleep(0.5)
+
+
 CHECKS = {"wireguard": check_wireguard, "nftables": check_nftables, "traefik": check_traefik, "ssh": check_ssh}
 if os.path.exists(EDGE_ZONE):
     CHECKS["edge-dns"] = check_edge_dns
+elif os.path.exists(HEALTH_CONF):
+    CHECKS["health-agent"] = check_health_agent
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,7 @@ import pytest
 
 from components.model import config as config_module
 from components.model.deployed import DeployedEdge
-from components.renderers import geodns
+from components.renderers import edge_dns, geodns
 from tests.support import IN_CI, require_tool
 
 ADDRESSES = {
@@ -136,42 +136,51 @@ def test_names_and_health_checks(example):
     cloud = find(records, "cloud.example.org", "A", "default", "*")
     assert cloud["ttl"] == cfg.dns.ttl == 60
     assert cloud["service"] == "cloud"
+    # Every check asks the edge's health agent, which probes the service through that
+    # edge's Traefik, tunnel and home: a dead tunnel fails it, the edge's ports do not.
     assert cloud["health_checks"] == [
         {
-            "key": "fsn-v4-https-443-cloud.example.org",
+            "key": "fsn-v4-health-cloud",
             "edge": "fsn",
             "address": "203.0.113.10",
-            "protocol": "https",
-            "port": 443,
-            "url": "https://cloud.example.org/status.php",
+            "protocol": "http",
+            "port": 8053,
+            "path": "/health/cloud",
+            "check": "cloud",
+            "url": "http://203.0.113.10:8053/health/cloud",
         },
         {
-            "key": "ams-v4-https-443-cloud.example.org",
+            "key": "ams-v4-health-cloud",
             "edge": "ams",
             "address": "198.51.100.20",
-            "protocol": "https",
-            "port": 443,
-            "url": "https://cloud.example.org/status.php",
+            "protocol": "http",
+            "port": 8053,
+            "path": "/health/cloud",
+            "check": "cloud",
+            "url": "http://198.51.100.20:8053/health/cloud",
         },
     ]
     blog = find(records, "blog.example.org", "AAAA", "continent", "EU")
-    assert blog["health_checks"] == [
-        {
-            "key": "fsn-v6-tcp-443",
-            "edge": "fsn",
-            "address": "2001:db8:1::10",
-            "protocol": "tcp",
-            "port": 443,
-            "url": None,
-        }
+    assert [(c["key"], c["url"]) for c in blog["health_checks"]] == [
+        ("fsn-v6-health-blog", "http://[2001:db8:1::10]:8053/health/blog")
     ]
-    # edge.<domain> is for the tcp/udp services; it is checked on the lowest tcp port.
+    # edge.<domain> is for the tcp/udp services: the agent's ``ports`` check covers them all.
     edge = find(records, "edge.example.org", "A", "default", "*")
     assert edge["service"] is None
-    assert [c["port"] for c in edge["health_checks"]] == [2222, 2222]
+    assert [c["path"] for c in edge["health_checks"]] == ["/health/ports", "/health/ports"]
 
 
-def test_udp_only_names_have_no_health_check(raw_config):
+def test_the_checks_are_the_agents_checks(example):
+    """Every path a rendering asks is a check the agent on that edge serves."""
+    cfg, records = example
+    for record in records:
+        for check in record["health_checks"]:
+            edge = next(e for e in cfg.edges if e.name == check["edge"])
+            assert check["check"] in edge_dns.agent_config(cfg, edge)["checks"]
+            assert check["port"] == edge_dns.agent_config(cfg, edge)["port"]
+
+
+def test_udp_only_names_are_checked_through_the_tunnel(raw_config):
     cfg = fleet(
         raw_config,
         raw_config["edges"],
@@ -179,9 +188,17 @@ def test_udp_only_names_have_no_health_check(raw_config):
     )
     records = geodns.policy(cfg, endpoints_for(cfg))
     assert {r["hostname"] for r in records} == {"edge.example.org"}
-    assert all(c is None for r in records for c in r["health_checks"])
-    assert "pickclosest({'203.0.113.10', '198.51.100.20'})" in geodns.powerdns_lua(records, cfg)
-    assert geodns.route53_health_checks(records) == {}
+    assert {c["path"] for r in records for c in r["health_checks"]} == {"/health/ports"}
+    assert (
+        "ifurlup('http://cgnat-edge-health:8053/health/ports', {'203.0.113.10', '198.51.100.20'}"
+        in geodns.powerdns_lua(records, cfg)
+    )
+    assert set(geodns.route53_health_checks(records)) == {
+        "fsn-v4-health-ports",
+        "fsn-v6-health-ports",
+        "ams-v4-health-ports",
+    }
+    assert [s["kind"] for s in edge_dns.agent_config(cfg, cfg.edges[0])["checks"]["ports"]] == ["udp"]
 
 
 def test_policy_is_deterministic_and_json(example):
@@ -285,29 +302,38 @@ def test_powerdns_lines(example):
     text = geodns.powerdns_lua(records, cfg)
     lines = [line for line in text.splitlines() if not line.startswith(";")]
     assert len(lines) == 8  # 4 names x A/AAAA
+    options = "{selector='pickclosest', backupSelector='all', timeout=2, minimumFailures=2}"
     assert (
-        "cloud.example.org.     60 IN LUA A    \"ifurlup('https://cloud.example.org/status.php', {'203.0.113.10', '198.51.100.20'}, {selector='pickclosest', backupSelector='all'})\""
-        in lines
+        "cloud.example.org.     60 IN LUA A    \"ifurlup('http://cgnat-edge-health:8053/health/cloud', "
+        f"{{'203.0.113.10', '198.51.100.20'}}, {options})\"" in lines
     )
     assert any(
-        line.startswith("blog.example.org.") and "LUA AAAA \"ifportup(443, {'2001:db8:1::10'}" in line for line in lines
-    )
-    assert any(
-        line.startswith("edge.example.org.") and "ifportup(2222, {'203.0.113.10', '198.51.100.20'}" in line
+        line.startswith("blog.example.org.")
+        and "LUA AAAA \"ifurlup('http://cgnat-edge-health:8053/health/blog', {'2001:db8:1::10'}" in line
         for line in lines
     )
+    assert any(
+        line.startswith("edge.example.org.")
+        and "ifurlup('http://cgnat-edge-health:8053/health/ports', {'203.0.113.10', '198.51.100.20'}" in line
+        for line in lines
+    )
+    assert "ifportup" not in text  # an edge's own port says nothing about its tunnel
 
 
-def test_health_path_cannot_break_out_of_the_strings(raw_config):
+def test_health_path_stays_with_the_agent(raw_config):
+    """``healthPath`` is fetched by the agent through the tunnel; the zone file never
+    carries it, so no path can break out of the LUA strings."""
     raw = copy.deepcopy(raw_config)
     raw["services"][0]["healthPath"] = '/it\'s "ok"\\'
     cfg = config_module.parse(raw, stack="dev")
     records = geodns.policy(cfg, endpoints_for(cfg))
     text = geodns.powerdns_lua(records, cfg)
-    assert "https://cloud.example.org/it%27s%20%22ok%22%5C'" in text
+    assert "it's" not in text and "%27" not in text
     for line in text.splitlines():
         if not line.startswith(";"):
             assert line.count('"') == 2, line
+    agent = edge_dns.agent_config(cfg, cfg.edges[0])
+    assert agent["checks"]["cloud"][0]["path"] == '/it\'s "ok"\\'
 
 
 def test_long_lua_content_is_split_into_strings(raw_config):
@@ -424,17 +450,15 @@ def test_route53_health_checks_match_the_api_and_attach(example, route53):
     checks = geodns.route53_health_checks(records)
     for params in checks.values():
         validate(route53, "CreateHealthCheck", params)
-    assert checks["fsn-v4-https-443-cloud.example.org"]["HealthCheckConfig"] == {
+    assert checks["fsn-v4-health-cloud"]["HealthCheckConfig"] == {
+        "Type": "HTTP",
         "IPAddress": "203.0.113.10",
-        "Port": 443,
-        "RequestInterval": 30,
-        "FailureThreshold": 3,
-        "Type": "HTTPS",
-        "FullyQualifiedDomainName": "cloud.example.org",
-        "ResourcePath": "/status.php",
-        "EnableSNI": True,
+        "Port": 8053,
+        "ResourcePath": "/health/cloud",
+        "RequestInterval": 10,
+        "FailureThreshold": 1,
     }
-    assert checks["fsn-v6-tcp-2222"]["HealthCheckConfig"]["IPAddress"] == "2001:db8:1::10"
+    assert checks["fsn-v6-health-ports"]["HealthCheckConfig"]["IPAddress"] == "2001:db8:1::10"
     assert len({c["CallerReference"] for c in checks.values()}) == len(checks)
     assert geodns.route53_health_checks(records) == checks  # idempotent references
     # Attach made-up ids as a user would after creating the checks.
@@ -449,7 +473,7 @@ def test_route53_health_checks_match_the_api_and_attach(example, route53):
         for s in sets
         if s["Name"] == "cloud.example.org." and s["Type"] == "A" and s["SetIdentifier"] == "continent-EU"
     )
-    assert eu["HealthCheckId"] == ids["fsn-v4-https-443-cloud.example.org"]
+    assert eu["HealthCheckId"] == ids["fsn-v4-health-cloud"]
     assert all("HealthCheckId" not in s for s in sets if s["SetIdentifier"] == "default")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -118,3 +119,41 @@ def test_ruleset_enforced_in_a_namespace(cfg, pair, tmp_path):
     # firewall's doing, not a missing listener.
     edge.run("nft", "flush", "ruleset")
     assert probe("tcp", STRANGER, undeclared_tcp) == "open"
+
+
+BURST = r"""
+import select, socket, sys, time
+source, host, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+socks = []
+for _ in range(n):  # every SYN leaves within milliseconds, before the limit refills much
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setblocking(False)
+    s.bind((source, 0))
+    s.connect_ex((host, port))
+    socks.append(s)
+time.sleep(0.8)  # answered SYNs are connected by now; dropped ones retransmit only after 1 s
+_, writable, _ = select.select([], socks, [], 0)
+print(sum(1 for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0))
+"""
+
+
+def test_health_agent_is_open_to_every_checker_rate_limited_per_source(cfg, pair, tmp_path):
+    """dnsMode records: Route 53's and the user's own checkers cannot be listed, so the
+    agent's port is open to all; a source opening connections faster than
+    ``HEALTH_RATE`` loses the excess, other sources are unaffected."""
+    edge, net = pair
+    path = tmp_path / "nftables.conf"
+    path.write_text(nftables.ruleset(cfg))
+    loaded = edge.run("nft", "-f", str(path), check=False)
+    assert loaded.returncode == 0, loaded.stderr
+    edge.spawn("socat", f"TCP-LISTEN:8053,bind={EDGE},reuseaddr,fork,backlog=200", "EXEC:cat")
+    wait_for(lambda: f"{EDGE}:8053" in edge.run("ss", "-Hlnt", check=False).stdout, message="socat on 8053")
+
+    def burst(source: str, n: int) -> int:
+        return int(net.run(sys.executable, "-c", BURST, source, EDGE, "8053", str(n), timeout=20).stdout)
+
+    assert burst(STRANGER, 5) == 5  # a checker is let in, from anywhere
+    time.sleep(3)  # the limit refills (20/s) before the flood
+    opened = burst(STRANGER, 120)
+    assert 30 <= opened <= 70, opened  # burst 40 (+ refill while the SYNs go out), never all 120
+    assert burst(ALLOWED_ADMIN, 5) == 5  # per source: another checker is not starved

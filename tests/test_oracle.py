@@ -102,11 +102,12 @@ def test_the_security_list_opens_exactly_what_the_host_firewall_opens(prod):
     cfg = stack.load(PROD).parse()
     want = {(r.protocol, r.port, source) for r in firewall_rules(cfg) for source in r.sources}
     assert _rules(prod) == want
-    ruleset = nftables.ruleset(cfg, (["192.0.2.1"], []))  # as pushed, with the fleet's addresses
+    # dnsMode edges opens 53 and the agent (for the fleet) with the first push, which knows the fleet.
+    ruleset = nftables.ruleset(cfg, (["192.0.2.1"], []) if cfg.dns.edge_served else None)
     for protocol in ("tcp", "udp"):
         ports = {int(p) for proto, span, _ in want if proto == protocol and span for p in span.split("-")}
-        # SSH, and with dnsMode edges the health agent (which nftables keeps to the fleet)
-        host_only = {22, edge_dns.HEALTH_PORT} if cfg.dns.edge_served else {22}
+        # SSH, and the health agent the DNS health checks ask (every dnsMode; nftables narrows it)
+        host_only = {22, edge_dns.HEALTH_PORT}
         assert ports == set(cfg.public_ports(protocol)) | (host_only if protocol == "tcp" else set())
         assert all(str(p) in ruleset for p in ports)
     # both families, each with its own ICMP

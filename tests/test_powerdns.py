@@ -1,8 +1,9 @@
 """The PowerDNS rendering, served by a real pdns_server (bind backend, LUA records on)
 inside a network namespace this test creates.  The edges are documentation-range
-addresses on that namespace's loopback; an edge is "up" while the test holds a
-listening socket on its port there, so the server's own health checks decide the
-answers.  Nothing leaves the namespace.
+addresses on that namespace's loopback, each with a stand-in for the edge's health
+agent on port 8053 answering 200 or 503 per check, as the real agent does after
+probing the service through that edge's Traefik, tunnel and home; the server's own
+``ifurlup`` checks decide the answers.  Nothing leaves the namespace.
 
 Measured behaviour of PowerDNS 4.7 without the geoip backend: ``pickclosest`` logs
 that GeoIP is not launched, places every address at 0,0 and so picks at random
@@ -15,7 +16,6 @@ import contextlib
 import copy
 import http.server
 import socket
-import ssl
 import threading
 import time
 from pathlib import Path
@@ -26,7 +26,6 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from components.lab.certs import self_signed
 from components.lab.netns import Node, wait_for
 from components.model import config as config_module
 from components.model.deployed import DeployedEdge
@@ -184,103 +183,105 @@ def settles(netns: Node, qname: str, rdtype: str, expected: list[str], timeout: 
         raise AssertionError(f"{exc}; last answers: {answers[-3:]}") from None
 
 
-# -- HTTPS health endpoint for ifurlup -----------------------------------------
+# -- stand-in health agents -----------------------------------------------------
 
 
 @contextlib.contextmanager
-def https_edge(netns: Node, address: str, status: int, tmp_path: Path, hostname: str):
-    """An HTTPS server on ``address``:443 answering ``status`` to every GET."""
+def agents(netns: Node, addresses: list[str]):
+    """An agent on each address's port 8053: 200 for every check unless the
+    (address, check) pair is in the yielded ``down`` set, then 503."""
+    down: set[tuple[str, str]] = set()
+    asked: list[tuple[str, str | None, str]] = []
+    servers = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.server.paths.append((self.headers.get("Host"), self.path))
-            self.send_response(status)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
+    def serve(address: str) -> http.server.ThreadingHTTPServer:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                check = self.path.removeprefix("/health/")
+                asked.append((address, self.headers.get("Host"), self.path))
+                self.send_response(503 if (address, check) in down else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
-        def log_message(self, *args):
-            pass
+            def log_message(self, *args):
+                pass
 
-    cert, key, _ = self_signed([hostname], tmp_path, f"edge-{address}")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server = http.server.ThreadingHTTPServer((address, 443), Handler, bind_and_activate=False)
-    server.socket.close()
-    server.socket = context.wrap_socket(listen(netns, address, 443), server_side=True)
-    server.paths = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+        class Server(http.server.ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            daemon_threads = True
+
+        server = Server((address, geodns.HEALTH_PORT), Handler, bind_and_activate=False)
+        server.socket.close()
+        server.socket = listen(netns, address, geodns.HEALTH_PORT)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
     try:
-        yield server
+        servers = [serve(a) for a in addresses]
+        yield down, asked
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        for server in servers:
+            server.shutdown()
+            server.server_close()
 
 
 # -- tests --------------------------------------------------------------------
 
 
-def test_answer_follows_the_healthy_edge(pdns):
-    netns, _, log = pdns
+def test_a_dead_tunnel_leaves_the_answer(pdns):
+    """fsn's Traefik keeps accepting on 443 (the old ``ifportup(443)`` check would keep
+    it in), but its agent reports ``blog`` down, as it does when fsn's tunnel to home
+    is dead: fsn leaves blog's answers, for both families, and returns on recovery.
+    The other names keep both edges (a check per service)."""
+    netns, _, _ = pdns
     fsn4, fsn6 = EDGES["fsn"]
     ams4, ams6 = EDGES["ams"]
-    # Only fsn listens on 443 (blog is an http service: ifportup on 443).
-    fsn_sockets = [listen(netns, fsn4, 443), listen(netns, fsn6, 443)]
+    traefik = [listen(netns, a, 443) for a in (fsn4, fsn6)]
     try:
-        settles(netns, "blog.example.org", "A", [fsn4])
-        settles(netns, "blog.example.org", "AAAA", [fsn6])
-        ams_sockets = [listen(netns, ams4, 443), listen(netns, ams6, 443)]
+        with agents(netns, [fsn4, fsn6, ams4, ams6]) as (down, asked):
+            assert set(picks(netns, "blog.example.org", 40)) == {fsn4, ams4}
+            down.update({(fsn4, "blog"), (fsn6, "blog")})
+            started = time.monotonic()
+            settles(netns, "blog.example.org", "A", [ams4])
+            excluded_s = time.monotonic() - started
+            settles(netns, "blog.example.org", "AAAA", [ams6])
+            assert set(picks(netns, "cloud.example.org", 40)) == {fsn4, ams4}  # another service: unaffected
+            down.clear()
+            started = time.monotonic()
+            wait_for(lambda: query(netns, "blog.example.org")[1] == [fsn4], 15, 0.1, message="fsn back in blog")
+            recovered_s = time.monotonic() - started
+            assert set(picks(netns, "blog.example.org", 40)) == {fsn4, ams4}
     finally:
-        for s in fsn_sockets:
-            s.close()
-    try:
-        # fsn goes away, ams comes up: the answer switches.
-        settles(netns, "blog.example.org", "A", [ams4])
-        settles(netns, "blog.example.org", "AAAA", [ams6])
-    finally:
-        for s in ams_sockets:
-            s.close()
-    text = log.read_text()
-    assert f"declaring TCP/IP {fsn4}:443 DOWN" in text
-    assert f"declaring TCP/IP {ams4}:443 UP" in text
+        for sock in traefik:
+            sock.close()
+    # Two failures 1 s apart, each fetch at most 2 s: well inside the 15 s goal.
+    assert excluded_s < 8, excluded_s
+    assert recovered_s < 8, recovered_s
+    # pdns fetched each edge's agent at that edge's address; the URL's host is the Host header.
+    assert (fsn4, f"cgnat-edge-health:{geodns.HEALTH_PORT}", "/health/blog") in asked
+    assert (f"{ams6}", f"cgnat-edge-health:{geodns.HEALTH_PORT}", "/health/blog") in asked
 
 
 def test_all_down_answers_every_edge(pdns):
     netns, _, _ = pdns
-    expected = sorted([EDGES["fsn"][0], EDGES["ams"][0]])
-    time.sleep(2.5)  # let the checks run and fail
-    settles(netns, "blog.example.org", "A", expected)
+    fsn4, ams4 = EDGES["fsn"][0], EDGES["ams"][0]
+    with agents(netns, [fsn4, ams4]) as (down, _):
+        down.update({(fsn4, "blog"), (ams4, "blog")})
+        time.sleep(3.5)  # let the checks run and fail twice
+        settles(netns, "blog.example.org", "A", sorted([fsn4, ams4]))
 
 
 def test_pickclosest_without_geoip_is_random_among_healthy(pdns):
     netns, _, log = pdns
     fsn4, ams4 = EDGES["fsn"][0], EDGES["ams"][0]
-    sockets = [listen(netns, fsn4, 2222), listen(netns, ams4, 2222)]
-    try:
-        # edge.example.org is checked on 2222 (the lowest tcp service port).
+    with agents(netns, [fsn4, ams4]) as (down, _):
+        # edge.example.org is for the tcp/udp services: the agent's ``ports`` check.
         seen = picks(netns, "edge.example.org", 60)
-    finally:
-        for s in sockets:
-            s.close()
+        down.add((fsn4, "ports"))
+        settles(netns, "edge.example.org", "A", [ams4])
     # Random, not closest: both come back (all 60 from one edge has odds 2 * 2**-60).
     assert set(seen) == {fsn4, ams4}, seen
     assert "GeoIPBackend functionality, but backend not launched" in log.read_text()
-
-
-def test_ifurlup_checks_the_health_path(pdns, tmp_path):
-    netns, _, _ = pdns
-    fsn4, ams4 = EDGES["fsn"][0], EDGES["ams"][0]
-    # Both edges accept TLS on 443, but only fsn's home answers /status.php with 200.
-    with (
-        https_edge(netns, fsn4, 200, tmp_path, "cloud.example.org") as fsn,
-        https_edge(netns, ams4, 503, tmp_path, "cloud.example.org"),
-    ):
-        settles(netns, "cloud.example.org", "A", [fsn4])
-        # The port check alone would accept both: blog answers with either.
-        assert set(picks(netns, "blog.example.org", 60)) == {fsn4, ams4}
-        assert ("cloud.example.org", "/status.php") in fsn.paths
 
 
 def test_long_record_split_into_strings_is_served(pdns):

@@ -202,6 +202,10 @@ def node_files(
     if cfg.dns.edge_served and fleet is not None:
         # The zone names every edge's address, so these arrive with the first push.
         files += [NodeFile(path, content, mode) for path, content, mode in edge_dns.node_files(cfg, edge, fleet)]
+    elif not cfg.dns.edge_served:
+        # dnsMode records: the same health agent, for the PowerDNS and Route 53 renderings'
+        # end-to-end checks (geodns); with the first push, like everything it checks.
+        files += [NodeFile(path, content, mode) for path, content, mode in edge_dns.agent_files(cfg, edge)]
     files += [NodeFile(path, content, mode) for path, content, mode in protection.node_files(cfg)]
     if forwarding.needs_ip_forward(cfg):
         files.append(NodeFile(forwarding.SYSCTL_PATH, forwarding.SYSCTL, "0644"))
@@ -247,7 +251,14 @@ ALWAYS_COMPRESSED = (
 )
 """Files that are the same on every edge travel gzipped, leaving the user-data room to
 the stack's own files (which stay readable text up to ``PLAIN_TEXT_BUDGET``)."""
-NOT_IN_USER_DATA = (VERIFY_PATH, DESIRED_PATH, HOST_KEY_PATH, f"{HOST_KEY_PATH}.pub", *protection.PUSHED_ONLY)
+NOT_IN_USER_DATA = (
+    VERIFY_PATH,
+    DESIRED_PATH,
+    HOST_KEY_PATH,
+    f"{HOST_KEY_PATH}.pub",
+    *protection.PUSHED_ONLY,
+    *edge_dns.AGENT_FILES,
+)
 """The host key reaches a new node through ``ssh_keys``; the verifier and its desired
 state arrive with the first push, which the same ``pulumi up`` runs right after boot."""
 

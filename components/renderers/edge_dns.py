@@ -49,7 +49,7 @@ from components.model.config import EdgeSpec, FleetConfig, Mode, ServiceSpec
 from components.model.deployed import DeployedEdge
 from components.renderers import geodns, templates, tunnel
 
-HEALTH_PORT = 8053
+HEALTH_PORT = geodns.HEALTH_PORT
 PDNS_CONF_PATH = "/etc/powerdns/pdns.conf"
 NAMED_CONF_PATH = "/etc/powerdns/cgnat-edge/named.conf"
 ZONE_PATH = "/etc/powerdns/cgnat-edge/zone.db"
@@ -80,8 +80,7 @@ not flap it.  Worst case fault -> exclusion: agent 1 + 4 s, PowerDNS 2 x 1 s + 2
 CACHE_TTL_S = 2
 """PowerDNS's packet cache (which LUA answers bypass; it serves the NS, SOA and glue
 answers): short, so nothing static lingers after a push."""
-PORTS_CHECK = "ports"
-"""The agent's check for the tcp/udp services together (the ``edge.<domain>`` name)."""
+PORTS_CHECK = geodns.PORTS_CHECK
 
 
 def nameserver(cfg: FleetConfig, edge: EdgeSpec) -> str:
@@ -98,8 +97,7 @@ def served_name(cfg: FleetConfig, hostname: str) -> str:
     return f"{relative}.{zone}"
 
 
-def check_id(service: ServiceSpec | None) -> str:
-    return service.name if service is not None else PORTS_CHECK
+check_id = geodns.check_id
 
 
 def names(cfg: FleetConfig) -> list[tuple[str, str, str]]:
@@ -363,6 +361,18 @@ def node_files(cfg: FleetConfig, edge: EdgeSpec, fleet: Sequence[DeployedEdge[st
         (NAMED_CONF_PATH, named_conf(cfg), "0644"),
         *([(GEOIP_ZONES_PATH, geoip_zones(), "0644")] if cfg.dns.geoip_database else []),
         (ZONE_PATH, zone(cfg, edge, fleet), "0644"),
+        (AGENT_PATH, templates.text("cgnat-edge-health.py"), "0755"),
+        (AGENT_CONF_PATH, json.dumps(agent_config(cfg, edge), indent=1) + "\n", "0644"),
+        (AGENT_UNIT_PATH, templates.text(AGENT_UNIT), "0644"),
+    ]
+
+
+AGENT_FILES = (AGENT_PATH, AGENT_CONF_PATH, AGENT_UNIT_PATH)
+
+
+def agent_files(cfg: FleetConfig, edge: EdgeSpec) -> list[tuple[str, str, str]]:
+    """(path, content, mode) of the health agent alone: what dnsMode records needs."""
+    return [
         (AGENT_PATH, templates.text("cgnat-edge-health.py"), "0755"),
         (AGENT_CONF_PATH, json.dumps(agent_config(cfg, edge), indent=1) + "\n", "0644"),
         (AGENT_UNIT_PATH, templates.text(AGENT_UNIT), "0644"),

@@ -15,6 +15,11 @@ use, so the policy can never drift between renderings:
 * ``route53_change_batch`` (+ ``route53_health_checks``) - Route 53 geolocation
   record sets.
 
+Health checks are end to end: each asks the edge's health agent
+(``cloud-init/cgnat-edge-health.py``, on every edge in every DNS mode), which probes the
+service through that edge's Traefik, its tunnel and home, so an edge whose tunnel is
+dead leaves the answers even while its own ports still accept connections.
+
 Geo assignment, kept simple enough to explain in one breath: a visitor from a country
 that hosts edges gets those edges; a visitor from elsewhere gets the edge nearest
 (great circle) to a representative point of their continent; a visitor nobody can
@@ -37,7 +42,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from components.model.config import FleetConfig, Mode, ServiceSpec
+from components.model.config import FleetConfig, ServiceSpec
 from components.model.deployed import DeployedEdge
 
 PORT_SERVICES_LABEL = "edge"
@@ -106,21 +111,42 @@ def _safe_path(path: str) -> str:
     return urllib.parse.quote(path, safe="/:?&=%-._~!$()*+,;@")
 
 
+HEALTH_PORT = 8053
+"""The edges' health agent (``cloud-init/cgnat-edge-health.py``) in every DNS mode."""
+PORTS_CHECK = "ports"
+"""The agent's check for the tcp/udp services together (the ``edge.<domain>`` name)."""
+HEALTH_URL_HOST = "cgnat-edge-health"
+"""The host part of the LUA check URL: PowerDNS connects to each listed address, not to
+this name, which only becomes the Host header (the agent ignores it)."""
+
+
+def check_id(service: ServiceSpec | None) -> str:
+    """The agent's check for a name: the service's, or ``ports`` for ``edge.<domain>``."""
+    return service.name if service is not None else PORTS_CHECK
+
+
 def _health_check(
     hostname: str, service: ServiceSpec | None, cfg: FleetConfig, endpoint: DeployedEdge[str], rtype: str
-) -> dict[str, Any] | None:
+) -> dict[str, Any]:
+    """The end-to-end check of ``hostname`` through ``endpoint``: the edge's health agent,
+    which probes the service through that edge's Traefik, tunnel and home, so a dead
+    tunnel fails it while the edge's own ports still answer."""
     address = endpoint.address(rtype)
-    if service is not None:
-        port, protocol, url = service.port, "tcp", None
-        if service.health_path:
-            protocol, url = "https", f"https://{hostname}{_safe_path(service.health_path)}"
-    else:
-        tcp_ports = sorted(s.port for s in cfg.services if s.mode is Mode.TCP)
-        if not tcp_ports:
-            return None  # udp only: nothing a TCP connect or an URL fetch could check
-        port, protocol, url = tcp_ports[0], "tcp", None
-    key = f"{endpoint.name}-{'v4' if rtype == 'A' else 'v6'}-{protocol}-{port}" + (f"-{hostname}" if url else "")
-    return {"key": key, "edge": endpoint.name, "address": address, "protocol": protocol, "port": port, "url": url}
+    assert address, f"{endpoint.name} has no {rtype} address"  # policy() lists only edges that do
+    check = check_id(service)
+    path = f"/health/{check}"
+    host = f"[{address}]" if ":" in address else address
+    key = f"{endpoint.name}-{'v4' if rtype == 'A' else 'v6'}-health-{check}"
+    return {
+        "key": key,
+        "edge": endpoint.name,
+        "address": address,
+        "protocol": "http",
+        "port": HEALTH_PORT,
+        "path": path,
+        "check": check,
+        "url": f"http://{host}:{HEALTH_PORT}{_safe_path(path)}",
+    }
 
 
 def _record(
@@ -259,24 +285,29 @@ def _lua_list(values: Iterable[str]) -> str:
     return "{" + ", ".join(f"'{v}'" for v in values) + "}"
 
 
-def lua_snippet(record: Mapping[str, Any]) -> str:
-    """The Lua expression of one default record: the closest healthy edge.
+LUA_CHECK_OPTIONS = "timeout=2, minimumFailures=2"
+"""Two failed fetches in a row before an edge leaves the answer (one lost packet does
+not flap it); 2 s is ample for an answer that is a lookup in the agent's table.  The
+check interval is the server's ``lua-health-checks-interval`` (set it to 1 for the
+15 s goal: agent 1 + 4 s, PowerDNS 2 x 1 s + 2 s = 9 s worst case)."""
 
-    ``pickclosest`` ranks by the GeoIP location of the resolver (or of the EDNS
-    client subnet) against that of each edge address, so PowerDNS needs the geoip
-    backend with a city-level database for it to mean "closest"; without one every
-    edge is equally close and the pick is random among the healthy ones.  When every
-    check fails, the checker is more likely cut off than every edge down, so
-    ``backupSelector='all'`` answers with all of them."""
+
+def lua_snippet(record: Mapping[str, Any]) -> str:
+    """The Lua expression of one default record: the closest edge whose health agent
+    says the name works through it (edge, tunnel, home).
+
+    ``ifurlup`` fetches the agent's URL from each listed address (the URL's host is
+    only the Host header), so one URL serves every edge.  ``pickclosest`` ranks by the
+    GeoIP location of the resolver (or of the EDNS client subnet) against that of each
+    edge address, so PowerDNS needs the geoip backend with a city-level database for
+    it to mean "closest"; without one every edge is equally close and the pick is
+    random among the healthy ones.  When every check fails, the checker is more likely
+    cut off than every edge down, so ``backupSelector='all'`` answers with all of them."""
     values = _lua_list(record["values"])
-    checks = [c for c in record["health_checks"] if c]
-    options = "{selector='pickclosest', backupSelector='all'}"
-    if not checks or len(checks) != len(record["values"]):
-        return f"pickclosest({values})"
-    check = checks[0]
-    if check["url"]:
-        return f"ifurlup('{check['url']}', {values}, {options})"
-    return f"ifportup({check['port']}, {values}, {options})"
+    check = record["health_checks"][0]
+    url = f"http://{HEALTH_URL_HOST}:{HEALTH_PORT}{_safe_path(check['path'])}"
+    options = f"{{selector='pickclosest', backupSelector='all', {LUA_CHECK_OPTIONS}}}"
+    return f"ifurlup('{url}', {values}, {options})"
 
 
 def _zone_strings(text: str) -> str:
@@ -358,6 +389,16 @@ def route53_change_batch(
     return {"Comment": f"cgnat-edge {cfg.project}/{cfg.stack}: geolocation records for the edges", "Changes": changes}
 
 
+ROUTE53_INTERVAL_S = 10
+"""Route 53's fast interval, its minimum (30 s is the standard one)."""
+ROUTE53_FAILURES = 1
+"""One failed request per checker: Route 53 calls an endpoint unhealthy only when
+fewer than 18 % of its ~15 checkers (several regions) see it healthy, so a packet one
+checker loses does not flap it, and the worst case stays near the 15 s goal: agent
+1 + 4 s, then one 10 s interval (plus Route 53's own propagation, which it does not
+publish)."""
+
+
 def route53_health_checks(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """``CreateHealthCheck`` inputs, by health check key, for every check the records use.
 
@@ -369,21 +410,13 @@ def route53_health_checks(records: Iterable[Mapping[str, Any]]) -> dict[str, dic
             if not check or check["key"] in result:
                 continue
             config: dict[str, Any] = {
+                "Type": "HTTP",
                 "IPAddress": check["address"],
                 "Port": check["port"],
-                "RequestInterval": 30,
-                "FailureThreshold": 3,
+                "ResourcePath": check["path"],
+                "RequestInterval": ROUTE53_INTERVAL_S,
+                "FailureThreshold": ROUTE53_FAILURES,
             }
-            if check["url"]:
-                parsed = urllib.parse.urlsplit(check["url"])
-                config.update(
-                    Type="HTTPS",
-                    FullyQualifiedDomainName=parsed.hostname,
-                    ResourcePath=parsed.path + (f"?{parsed.query}" if parsed.query else ""),
-                    EnableSNI=True,
-                )
-            else:
-                config["Type"] = "TCP"
             digest = hashlib.sha256(f"{check['key']}|{check['address']}".encode()).hexdigest()[:20]
             result[check["key"]] = {"CallerReference": f"cgnat-edge-{digest}", "HealthCheckConfig": config}
     return dict(sorted(result.items()))

@@ -43,6 +43,26 @@ def _edge_dns_rules(fleet: tuple[list[str], list[str]]) -> list[str]:
     return rules
 
 
+HEALTH_RATE = "20/second burst 40 packets"
+"""New connections per source address to the health agent in dnsMode records, where it
+answers everyone: the checkers (a PowerDNS of the user's, Route 53's many published and
+changing ranges) cannot be listed up front, and the agent tells only whether named
+checks pass.  A PowerDNS asking every second opens one connection per check and
+address; Route 53's checkers one per 10 s each."""
+
+
+def _health_agent_rules() -> list[str]:
+    """dnsMode records: the agent open to every source, new connections rate-limited."""
+    from components.renderers import edge_dns
+
+    port = edge_dns.HEALTH_PORT
+    return [
+        f"tcp dport {port} ct state new meter health_v4 {{ ip saddr limit rate over {HEALTH_RATE} }} drop",
+        f"tcp dport {port} ct state new meter health_v6 {{ ip6 saddr limit rate over {HEALTH_RATE} }} drop",
+        f"tcp dport {port} accept",
+    ]
+
+
 def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) -> str:
     """``fleet``: the edges' (IPv4, IPv6) addresses, for dnsMode edges."""
     tcp_ports = [p for p in cfg.public_ports("tcp") if p not in forwarding.input_ports_excluded(cfg, "tcp")]
@@ -71,6 +91,8 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         input_rules.append(f"ip6 saddr {_set(ssh_v6)} tcp dport 22 accept")
     if cfg.dns.edge_served and fleet is not None:
         input_rules += _edge_dns_rules(fleet)
+    if not cfg.dns.edge_served:
+        input_rules += _health_agent_rules()
     if tcp_ports:
         input_rules.append(f"tcp dport {_set(tcp_ports)} accept")
     if udp_ports:
