@@ -1,11 +1,12 @@
 #!/bin/bash
 # cgnat-edge: install CrowdSec and its nftables bouncer from Debian (cgnat-edge:crowdsec).
-#   cgnat-edge-crowdsec offline|online
+#   cgnat-edge-crowdsec offline|online SETTINGS
 # offline: no registration with CrowdSec's Central API; bans come from this edge's own
 # logs and from `cscli decisions add`.  online: registers, receives the community
 # blocklist, and can be enrolled in the console with `cscli console enroll KEY`.
 set -euo pipefail
 mode=${1:?offline or online}
+settings=${2:?the bouncer settings file}
 capi=/etc/crowdsec/online_api_credentials.yaml
 if [[ $mode == offline && ! -s $capi ]]; then
   # Debian's postinst registers with the Central API unless this file is non-empty.
@@ -24,4 +25,11 @@ for item in parsers/s01-parse/crowdsecurity/traefik-logs.yaml collections/crowds
   [[ -e $link ]] || ln -s "$hub/$item" "$link"
 done
 systemctl restart crowdsec.service
-systemctl enable --now crowdsec-firewall-bouncer.service
+# The bouncer fills the sets the edge's ruleset declares (set-only) instead of making
+# its own input chains, which forward services' packets never pass.  Its .local file
+# holds the API key Debian's postinst registered; the settings go in between markers.
+overrides=/etc/crowdsec/bouncers/crowdsec-firewall-bouncer.yaml.local
+sed -i '/^# cgnat-edge begin$/,/^# cgnat-edge end$/d' "$overrides"
+{ echo "# cgnat-edge begin"; cat "$settings"; echo "# cgnat-edge end"; } >>"$overrides"
+systemctl enable crowdsec-firewall-bouncer.service
+systemctl restart crowdsec-firewall-bouncer.service

@@ -33,6 +33,10 @@ host_key=/etc/ssh/ssh_host_ed25519_key
 desired=/etc/cgnat-edge/desired.json
 verify=/usr/local/sbin/cgnat-edge-verify
 timer=cgnat-edge-wg-endpoint.timer
+pdns_zone=/etc/powerdns/cgnat-edge/zone.db
+health_agent=/usr/local/sbin/cgnat-edge-health
+health_conf=/etc/cgnat-edge/health.json
+health_unit=cgnat-edge-health.service
 forward_sysctl=/etc/sysctl.d/60-cgnat-edge-forward.conf # only with forward services
 
 log() { echo "cgnat-edge push: $*"; }
@@ -353,6 +357,27 @@ traefik_handover() {
   log "Traefik handed over from ${old:-nothing} to $new (static configuration changed)"
 }
 
+# dnsMode edges: PowerDNS serves the zone the bundle brings and the health agent
+# checks the paths; a bundle without them (dnsMode records) stops both.
+reconcile_edge_dns() {
+  if [[ -f $pdns_zone ]]; then
+    if was_changed "/etc/powerdns/*" || ! systemctl is-active --quiet pdns.service; then
+      systemctl enable --quiet pdns.service
+      systemctl restart pdns.service
+      log "PowerDNS restarted with the edge zone"
+    fi
+    if was_changed "$health_agent" || was_changed "$health_conf" || was_changed "/etc/systemd/system/$health_unit" ||
+      ! systemctl is-active --quiet "$health_unit"; then
+      systemctl enable --quiet "$health_unit"
+      systemctl restart "$health_unit"
+      log "health agent restarted"
+    fi
+  elif was_changed "$pdns_zone"; then
+    systemctl disable --now --quiet pdns.service "$health_unit" 2>/dev/null || true
+    log "edge DNS stopped (dnsMode is no longer edges)"
+  fi
+}
+
 reconcile() {
   local p units=false
   if was_changed "$sshd_dropin" || was_changed "$host_key" || was_changed "/etc/ssh/cgnat-edge-authorized-keys/*"; then
@@ -364,9 +389,12 @@ reconcile() {
   if was_changed "$nft_conf" || ! nft list table inet cgnat_edge >/dev/null 2>&1; then
     nft -f "$nft_conf"
     log "nftables ruleset loaded"
-    # The reload (flush ruleset) removed CrowdSec's bouncer tables; on start it rebuilds
-    # them with every current ban.
-    systemctl try-restart crowdsec-firewall-bouncer.service 2>/dev/null || true
+    # The reload (flush ruleset) emptied CrowdSec's ban sets; on start the bouncer fills
+    # them with every current ban.  restart, not try-restart: a bouncer that had failed
+    # comes back too.
+    if systemctl is-enabled -q crowdsec-firewall-bouncer.service 2>/dev/null; then
+      systemctl restart crowdsec-firewall-bouncer.service || log "crowdsec-firewall-bouncer did not restart: bans are not enforced"
+    fi
   fi
   if [[ -f $forward_sysctl ]] && [[ $(sysctl -n net.ipv4.ip_forward) != 1 ]]; then
     sysctl -q -p "$forward_sysctl"
@@ -383,6 +411,7 @@ reconcile() {
     fi
   fi
   reconcile_wireguard
+  reconcile_edge_dns
   local running
   running=$(enabled_traefik)
   if was_changed "$traefik_static" || was_changed "$traefik_unit" || [[ -z $running || $running == "$legacy_traefik" ]] ||

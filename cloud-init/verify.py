@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -104,17 +105,24 @@ def check_wireguard(desired: dict) -> list[str]:
     return problems
 
 
-def without_tables(listing: str, tables: list[str]) -> str:
-    """``listing`` minus the tables another program owns (CrowdSec's bouncer keeps
-    its bans in its own tables, which the file does not declare)."""
-    out, skip = [], False
+def without_elements(listing: str, sets: list[str]) -> str:
+    """``listing`` minus the elements of the sets another program fills (CrowdSec's
+    bouncer keeps its bans in sets the ruleset declares empty)."""
+    out, table, in_set, in_elements = [], "", False, False
     for line in listing.splitlines(keepends=True):
+        text = line.strip()
         if line.startswith("table "):
-            skip = line[len("table ") :].rstrip(" {\n") in tables
-        if not skip:
+            table = line[len("table ") :].rstrip(" {\n")
+        elif text.startswith("set ") and text.endswith("{"):
+            in_set = f"{table} {text[4:-1].strip()}" in sets
+        elif in_set and text == "}":
+            in_set = False
+        if in_set and text.startswith("elements = {"):
+            in_elements = True
+        if not in_elements:
             out.append(line)
-        if skip and line.startswith("}"):
-            skip = False
+        elif text.endswith("}"):
+            in_elements = False
     return "".join(out)
 
 
@@ -122,7 +130,9 @@ def check_nftables(desired: dict) -> list[str]:
     """The live ruleset against the file loaded into a scratch network namespace,
     so both are listed by the same nft in the same canonical form."""
     want = run("unshare", "--net", "sh", "-c", 'nft -f "$1" && nft list ruleset', "sh", desired["nftConf"])
-    have = without_tables(run("nft", "list", "ruleset"), desired.get("nftForeignTables", []))
+    have = without_elements(run("nft", "list", "ruleset"), desired.get("nftFilledSets", []))
+    # Counters count (the bans chain's drops); their values are no configuration.
+    want, have = (re.sub(r"counter packets \d+ bytes \d+", "counter", x) for x in (want, have))
     if have == want:
         return []
     extra = sorted(set(have.splitlines()) - set(want.splitlines()))[:5]
@@ -231,7 +241,52 @@ def check_ssh(desired: dict) -> list[str]:
     return problems
 
 
+EDGE_ZONE = "/etc/powerdns/cgnat-edge/zone.db"
+HEALTH_URL = "http://127.0.0.1:8053/health"
+
+
+def _soa_answered(zone: str) -> bool:
+    """An authoritative NOERROR answer to the zone's SOA from the local PowerDNS."""
+    import socket
+    import struct
+
+    qname = b"".join(bytes([len(x)]) + x.encode() for x in zone.rstrip(".").split(".")) + b"\0"
+    query = struct.pack("!HHHHHH", 0x6365, 0, 1, 0, 0, 0) + qname + struct.pack("!HH", 6, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        s.sendto(query, ("127.0.0.1", 53))
+        data = s.recv(4096)
+    _qid, flags, _qd, answers = struct.unpack("!HHHH", data[:8])
+    return bool(flags & 0x0400) and flags & 0xF == 0 and answers > 0
+
+
+def check_edge_dns(desired: dict, timeout: float = 15) -> list[str]:
+    """dnsMode edges: PowerDNS answers for the edge zone and the health agent serves."""
+    with open(EDGE_ZONE) as f:
+        zone = next(line.split()[1] for line in f if line.startswith("$ORIGIN"))
+    problems: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        problems = []
+        try:
+            if not _soa_answered(zone):
+                problems.append(f"PowerDNS gives no authoritative SOA for {zone}")
+        except OSError as exc:
+            problems.append(f"PowerDNS does not answer on 127.0.0.1:53 ({exc})")
+        try:
+            with urllib.request.urlopen(HEALTH_URL, timeout=2) as r:
+                json.load(r)
+        except (OSError, ValueError) as exc:
+            problems.append(f"the health agent does not answer {HEALTH_URL} ({exc})")
+        if not problems:
+            return []
+        time.sleep(0.5)
+    return problems
+
+
 CHECKS = {"wireguard": check_wireguard, "nftables": check_nftables, "traefik": check_traefik, "ssh": check_ssh}
+if os.path.exists(EDGE_ZONE):
+    CHECKS["edge-dns"] = check_edge_dns
 
 
 def main(argv: list[str]) -> int:

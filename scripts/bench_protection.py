@@ -148,7 +148,7 @@ def main() -> int:
                     raise SystemExit(f"cscli decisions import kept failing for {csv}")
 
             def elements() -> int:
-                done = edge.node.run("nft", "-j", "list", "set", "ip", "crowdsec", "crowdsec-blacklists", check=False)
+                done = edge.node.run("nft", "-j", "list", "set", *protection.CROWDSEC_SETS[0][:3], check=False)
                 if done.returncode != 0:
                     return 0  # the bouncer has not made its table yet
                 out = done.stdout

@@ -27,8 +27,10 @@ def test_example_stack_parses(fleet_config):
         "s-1vcpu-1gb",
         "x86_64",
     )
-    assert fleet_config.public_ports("tcp") == [80, 443, 2222, 25565]
-    assert fleet_config.public_ports("udp") == [2456, 51820]
+    # dnsMode edges: the edges are the nameservers, so 53 is open on both protocols.
+    assert (fleet_config.dns.mode, fleet_config.dns.edge_zone) == ("edges", "edge.example.org")
+    assert fleet_config.public_ports("tcp") == [53, 80, 443, 2222, 25565]
+    assert fleet_config.public_ports("udp") == [53, 2456, 51820]
     cloud = fleet_config.services[0]
     assert (cloud.mode, cloud.hostnames, str(cloud.target), cloud.proxy_protocol) == (
         "passthrough",
@@ -186,7 +188,7 @@ def test_values_as_the_cli_stores_them(raw_config):
     raw["ha"] = "false"
     cfg = config.parse(raw)
     assert cfg.tunnel.listen_port == 51821 and cfg.ha is False
-    assert cfg.public_ports("udp") == [2456, 51821]
+    assert cfg.public_ports("udp") == [53, 2456, 51821]
 
 
 def test_pulumi_yaml_declares_the_same_defaults():

@@ -52,7 +52,9 @@ class Mocks(pulumi.runtime.Mocks):
 
 
 def cfg_with(raw_config, **overrides):
+    """The example stack with plain records (its own mode, edges, has its test below)."""
     raw = copy.deepcopy(raw_config)
+    raw["dnsMode"] = "records"
     raw.update(overrides)
     return config_module.parse(raw, stack="dev")
 
@@ -162,6 +164,7 @@ def test_zone_above_the_domain(raw_config):
     raw["domain"] = "home.example.org"
     raw["dnsZone"] = "example.org"
     raw["dnsProvider"] = "hetzner"
+    raw["dnsMode"] = "records"
     for service in raw["services"]:
         if "hostnames" in service:
             service["hostnames"] = [h.replace(".example.org", ".home.example.org") for h in service["hostnames"]]
@@ -179,3 +182,18 @@ def test_relative_name():
         relative_name("example.net", "example.org")
     with pytest.raises(ValueError):
         relative_name("badexample.org", "example.org")
+
+
+def test_edge_served_mode_creates_the_delegation(raw_config):
+    """dnsMode edges: the provider's zone gets NS and glue for edge.example.org and a
+    CNAME into it per hostname; no A records for the hostnames themselves."""
+    created, _ = deploy(cfg_with(raw_config, dnsProvider="hetzner", dnsMode="edges"), ["fsn", "ams"])
+    by_name = {(a.inputs["name"], a.inputs["type"]): [r["value"] for r in a.inputs["records"]] for a in created}
+    assert by_name[("edge", "NS")] == ["ns-fsn.edge.example.org.", "ns-ams.edge.example.org."]
+    assert by_name[("ns-fsn.edge", "A")] == ["203.0.113.10"]
+    assert by_name[("ns-fsn.edge", "AAAA")] == ["2001:db8:1::10"]
+    assert ("ns-ams.edge", "AAAA") not in by_name  # ams has no IPv6
+    for host in ("cloud", "photos", "blog"):
+        assert by_name[(host, "CNAME")] == [f"{host}.edge.example.org."]
+    assert not any(t == "A" and not n.startswith("ns-") for n, t in by_name)
+    assert ("edge", "A") not in by_name  # edge.example.org is the edge zone's apex, served by the edges

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.netns
 def _raw(raw_config: dict) -> dict:
     raw = copy.deepcopy(raw_config)
     raw["sshAllowedCidrs"] = ["203.0.113.0/25", "2001:db8:1::/64"]
+    raw["dnsMode"] = "records"  # the edge-DNS rules (port 53, the agent) are tested in test_edge_dns.py
     return raw
 
 

@@ -90,7 +90,8 @@ def messages(violations) -> list[str]:
 
 def test_firewalls_built_from_the_config_pass(fleet_config):
     resources = firewalls_as_built(fleet_config)
-    assert len(resources[0]["inputs"]["rules"]) == 1 + 4 + 2 + 1  # ssh, tcp 80 443 2222 25565, udp 2456 51820, icmp
+    # ssh, tcp 53 80 443 2222 25565, udp 53 2456 51820, the health agents' tcp 8053, icmp (dnsMode edges)
+    assert len(resources[0]["inputs"]["rules"]) == 1 + 5 + 3 + 1 + 1
     assert policy.check(fleet_config, resources, {}, set()) == []
 
 
@@ -102,7 +103,7 @@ def test_an_extra_tcp_port_is_named_with_its_fix(fleet_config):
     assert messages(policy.check_ports(fleet_config, resources)) == [
         "[undeclared-port] hcloud:index/firewall:Firewall fsn-firewall: tcp port 8080 is open inbound but no service "
         "declares it; declare a tcp service with port 8080 in cgnat-edge:services or remove the rule "
-        "(declared tcp: 22, 80, 443, 2222, 25565)"
+        "(declared tcp: 22, 53, 80, 443, 2222, 8053, 25565)"
     ]
 
 
@@ -112,7 +113,7 @@ def test_udp_and_tcp_are_not_interchangeable(fleet_config):
     [violation] = policy.check_ports(fleet_config, resources)
     assert violation.subject == "digitalocean:index/firewall:Firewall ams-firewall"
     assert violation.message.startswith("udp port 2222 is open inbound but no service declares it")
-    assert violation.message.endswith("(declared udp: 2456, 51820)")
+    assert violation.message.endswith("(declared udp: 53, 2456, 51820)")
 
 
 @pytest.mark.parametrize(
@@ -122,8 +123,8 @@ def test_whole_range_rules_fail_once(fleet_config, port_range, opened):
     resources = [do_firewall([{"protocol": "tcp", "port_range": port_range, "source_addresses": ["::/0"]}])]
     [violation] = policy.check_ports(fleet_config, resources)
     assert violation.message == (
-        f"inbound tcp is open on {opened}, 65530 of them declared by no service (first: 1, 2, 3); "
-        "open each declared port on its own instead of a range (declared tcp: 22, 80, 443, 2222, 25565)"
+        f"inbound tcp is open on {opened}, 65528 of them declared by no service (first: 1, 2, 3); "
+        "open each declared port on its own instead of a range (declared tcp: 22, 53, 80, 443, 2222, 8053, 25565)"
     )
 
 

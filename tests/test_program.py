@@ -116,10 +116,13 @@ def test_provider_firewalls_mirror_declared_ports(run):
     assert opened == sorted(
         [
             ("tcp", "22"),
+            ("tcp", "53"),  # dnsMode edges: the edges are the nameservers
             ("tcp", "80"),
             ("tcp", "443"),
             ("tcp", "2222"),
+            ("tcp", "8053"),  # the health agents (nftables lets only the fleet in)
             ("tcp", "25565"),
+            ("udp", "53"),
             ("udp", "2456"),
             ("udp", "51820"),
             ("icmp", None),
@@ -233,15 +236,26 @@ def test_bad_config_registers_nothing():
     assert settings.get_monitor().registrations == []
 
 
-def test_prod_stack_manages_round_robin_records_in_the_hetzner_zone():
+def test_prod_stack_manages_the_edge_zone_delegation_in_the_hetzner_zone():
+    """dnsMode edges with dnsProvider hetzner: NS and glue for edge.example.com and a CNAME
+    per hostname go into the user's zone; the edges answer for the rest."""
     prod = offline.run_program(ROOT / "Pulumi.prod.yaml")
     by_urn = {r.urn: r for r in prod.resources}
     rrsets = prod.by_type("hcloud:index/zoneRrset:ZoneRrset")
     assert rrsets and all(by_urn[r.parent].type == "cgnat-edge:index:ManagedDns" for r in rrsets)
     edges = prod.output("edges")
-    blog_a = offline.reveal(prod.one("hcloud:index/zoneRrset:ZoneRrset", "dns-blog.example.com-a").inputs)
-    assert (blog_a["zone"], blog_a["name"], blog_a["ttl"]) == ("example.com", "blog", 60)
-    assert sorted(r["value"] for r in blog_a["records"]) == sorted(e["ipv4"] for e in edges.values())
+    ns = offline.reveal(prod.one("hcloud:index/zoneRrset:ZoneRrset", "dns-edge.example.com-ns").inputs)
+    assert (ns["zone"], ns["name"], ns["type"]) == ("example.com", "edge", "NS")
+    assert sorted(r["value"] for r in ns["records"]) == sorted(f"ns-{name}.edge.example.com." for name in edges)
+    glue = offline.reveal(prod.one("hcloud:index/zoneRrset:ZoneRrset", "dns-ns-fsn.edge.example.com-a").inputs)
+    assert [r["value"] for r in glue["records"]] == [edges["fsn"]["ipv4"]]
+    blog = offline.reveal(prod.one("hcloud:index/zoneRrset:ZoneRrset", "dns-blog.example.com-cname").inputs)
+    assert (blog["name"], blog["type"], [r["value"] for r in blog["records"]]) == (
+        "blog",
+        "CNAME",
+        ["blog.edge.example.com."],
+    )
+    assert prod.output("dns")["edgeServed"]["nameservers"] == {n: f"ns-{n}.edge.example.com" for n in edges}
     assert len(edges) == 4 and {e["provider"] for e in edges.values()} == {"hetzner", "digitalocean", "oracle"}
 
 

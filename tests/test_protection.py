@@ -114,9 +114,50 @@ def test_crowdsec_adds_the_access_log_and_the_setup_step(raw):
     raw["crowdsec"] = "offline"
     cfg = config_module.parse(raw)
     assert traefik.static_config(cfg)["accessLog"]["filePath"] == protection.ACCESS_LOG
-    assert [protection.CROWDSEC_SETUP_PATH, "offline"] in protection.runcmd(cfg)
+    assert [protection.CROWDSEC_SETUP_PATH, "offline", protection.BOUNCER_SETTINGS_PATH] in protection.runcmd(cfg)
     paths = {p for p, _, _ in protection.node_files(cfg)}
-    assert protection.CROWDSEC_ACQUIS_PATH in paths
+    assert {protection.CROWDSEC_ACQUIS_PATH, protection.BOUNCER_SETTINGS_PATH} <= paths
+
+
+def test_the_bouncer_fills_sets_the_ruleset_declares_and_drops_before_the_dnat(raw):
+    """Set-only: the bouncer's settings name the tables and sets the ruleset declares,
+    whose prerouting chains run before the forward services' DNAT (priority dstnat)."""
+    assert "crowdsec" not in nftables.ruleset(config_module.parse(raw))
+    raw["crowdsec"] = "offline"
+    cfg = config_module.parse(raw)
+    text = nftables.ruleset(cfg)
+    settings = yaml.safe_load(protection.bouncer_settings())
+    for family, version in (("ip", "ipv4"), ("ip6", "ipv6")):
+        nft = settings["nftables"][version]
+        assert nft["enabled"] is True and nft["set-only"] is True
+        name = settings[f"blacklists_{version}"]
+        block = text.split(f"table {family} {nft['table']} {{\n", 1)[1].split("\n}\n", 1)[0]
+        assert f"set {name} {{ type {version}_addr; flags timeout; }}" in block  # the bouncer adds with timeouts
+        assert f"chain {nft['chain']} {{" in block
+        assert "type filter hook prerouting priority dstnat - 20; policy accept;" in block
+        assert f"{family} saddr @{name} counter drop" in block
+    assert protection.crowdsec_sets(cfg) == [
+        "ip cgnat_edge_crowdsec crowdsec-blacklists",
+        "ip6 cgnat_edge_crowdsec6 crowdsec6-blacklists",
+    ]
+
+
+def test_setup_merges_the_settings_into_the_bouncers_local_file(tmp_path):
+    """The part of crowdsec-setup.sh that writes the .local file, twice: the API key
+    Debian's postinst wrote stays, the settings appear once."""
+    script = templates.text("crowdsec-setup.sh")
+    start = script.index("overrides=")
+    part = script[start : script.index("systemctl enable crowdsec-firewall-bouncer", start)]
+    local = tmp_path / "bouncer.yaml.local"
+    local.write_text("mode: nftables\napi_key: k3y\n")
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(protection.bouncer_settings())
+    part = part.replace("/etc/crowdsec/bouncers/crowdsec-firewall-bouncer.yaml.local", str(local))
+    for _ in range(2):
+        subprocess.run(["bash", "-euc", part], env={"settings": str(settings), "PATH": "/usr/bin:/bin"}, check=True)
+    doc = yaml.safe_load(local.read_text())
+    assert doc["api_key"] == "k3y" and doc["nftables"]["ipv4"]["set-only"] is True
+    assert local.read_text().count("# cgnat-edge begin") == 1
 
 
 def test_every_problem_is_reported_at_once(raw):
@@ -235,21 +276,25 @@ def test_protected_user_data_passes_cloud_init_schema(tmp_path):
         text = offline.reveal(server.inputs["userData"])
         path.write_text(text)
         doc = yaml.safe_load(text)
-        assert [protection.CROWDSEC_SETUP_PATH, "offline"] in doc["runcmd"]
+        assert [protection.CROWDSEC_SETUP_PATH, "offline", protection.BOUNCER_SETTINGS_PATH] in doc["runcmd"]
         assert not any(f["path"] in protection.PUSHED_ONLY for f in doc["write_files"])
         res = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
         assert res.returncode == 0 and "Valid cloud-config" in res.stdout, res.stdout + res.stderr
 
 
-def test_verifier_ignores_the_bouncers_tables_only():
+def test_verifier_ignores_the_elements_of_the_bouncers_sets_only():
     spec = importlib.util.spec_from_file_location("verify", templates.DIRECTORY / "verify.py")
     verify = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(verify)
-    listing = (
-        "table inet cgnat_edge {\n\tchain input {\n\t}\n}\n"
-        "table ip crowdsec {\n\tset crowdsec-blacklists {\n\t\telements = { 203.0.113.9 }\n\t}\n}\n"
-        "table ip6 crowdsec6 {\n\tchain crowdsec6-chain {\n\t}\n}\n"
-        "table ip other {\n}\n"
+    table = (
+        "table ip cgnat_edge_crowdsec {{\n\tset crowdsec-blacklists {{\n\t\ttype ipv4_addr\n\t\tflags timeout\n"
+        "{}\t}}\n\n\tset other {{\n\t\ttype ipv4_addr\n\t\telements = {{ 192.0.2.1 }}\n\t}}\n}}\n"
     )
-    kept = verify.without_tables(listing, list(protection.CROWDSEC_TABLES))
-    assert kept == "table inet cgnat_edge {\n\tchain input {\n\t}\n}\ntable ip other {\n}\n"
+    elements = (
+        "\t\telements = { 203.0.113.1 timeout 1h expires 59m59s980ms, 203.0.113.2 timeout 1h expires 59m59s9ms,\n"
+        "\t\t\t     203.0.113.3 timeout 1h expires 59m59s984ms }\n"
+    )
+    running = "table inet cgnat_edge {\n\tchain input {\n\t}\n}\n" + table.format(elements)
+    kept = verify.without_elements(running, ["ip cgnat_edge_crowdsec crowdsec-blacklists"])
+    assert kept == "table inet cgnat_edge {\n\tchain input {\n\t}\n}\n" + table.format("")
+    assert verify.without_elements(running, []) == running

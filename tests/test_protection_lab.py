@@ -52,9 +52,13 @@ def test_a_visitor_from_a_denied_country_is_dropped_on_every_mode(rows):
 
 
 def test_a_crowdsec_ban_drops_the_visitor_on_every_mode_until_lifted(rows):
-    names = [f"protect:crowdsec:{m}" for m in MODES] + ["protect:crowdsec:detect"]
+    """Forward services too: the ruleset's prerouting chain drops before their DNAT; and
+    the bans hold across a ruleset reload with the bouncer restarted (as a push does)."""
+    modes = (*MODES, "forward")
+    names = [f"protect:crowdsec:{m}" for m in modes] + ["protect:crowdsec:detect"]
     assert all(rows[n].ok for n in names), _failed(rows, names)
-    assert all("banned 2/2 dropped, after removal 2/2 answered" in rows[f"protect:crowdsec:{m}"].detail for m in MODES)
+    assert all("banned 2/2 dropped, after removal 2/2 answered" in rows[f"protect:crowdsec:{m}"].detail for m in modes)
+    assert "verifier: ruleset as declared with the ban loaded on 2/2 edges" in rows["protect:crowdsec:forward"].detail
     assert "http-sensitive-files" in rows["protect:crowdsec:detect"].detail
     rss = json.loads(rows["protect:crowdsec:rss"].detail)
     assert all(v["crowdsec"] > 10 and v["bouncer"] > 1 for v in rss.values()), rss

@@ -110,6 +110,7 @@ def test_more_firewall_rules_than_a_provider_allows_are_refused_with_the_limit(r
     raw["services"] = raw["services"] + _port_services(list(range(30000, 31600, 2)))  # 800 separate ports
     found = problems(raw)
     assert len(found) == 2  # one per provider in the fleet, each with its own limit
-    # 808 = SSH + 80 + 443 + the example's 3 port services + these 800 + ICMP; DigitalOcean adds 3 outbound.
-    assert found[0].startswith("cgnat-edge:services: the declared tcp/udp ports need 811 rules in each DigitalOcean")
-    assert "need 808 rules in each Hetzner Cloud firewall, over its limit of 50; give services consecutive" in found[1]
+    # 811 = SSH + 80 + 443 + the example's 3 port services + these 800 + ICMP + DNS (tcp, udp) and the
+    # health agent of dnsMode edges; DigitalOcean adds 3 outbound.
+    assert found[0].startswith("cgnat-edge:services: the declared tcp/udp ports need 814 rules in each DigitalOcean")
+    assert "need 811 rules in each Hetzner Cloud firewall, over its limit of 50; give services consecutive" in found[1]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import re
 import sys
 import tempfile
 import time
@@ -293,6 +294,17 @@ NEW_LAN = (
 )
 
 
+def _only_fleet_files_changed(el: EdgeLab, output: str) -> bool:
+    """A push that changed nothing; with dnsMode edges, nothing but the files that list
+    the fleet (the zone and the agent's allow list in the ruleset)."""
+    if "already up to date" in output:
+        return True
+    from components.renderers import edge_dns, nftables
+
+    updated = set(re.findall(r"updated (\S+)", output))
+    return el.cfg.dns.edge_served and bool(updated) and updated <= {edge_dns.ZONE_PATH, nftables.PATH}
+
+
 def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) -> list[Check]:
     checks: list[Check] = []
     with tempfile.TemporaryDirectory(prefix="cgnat-edge-changes-") as tmp:
@@ -538,7 +550,7 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
         rendered = stack.render(edges=remaining, ha=len({e["provider"] for e in remaining}) > 1)
         tunnels_before = {e: _wg(el, e) for e in kept}
         r = rollout(el, rendered, edges=kept, probe=False)
-        untouched = all("already up to date" in out for out in r.outputs.values())
+        untouched = all(_only_fleet_files_changed(el, out) for out in r.outputs.values())
         el.edges[gone].crash()
         _apply_home(el, rendered)
         home_links = el.home.run("ip", "-o", "link", "show").stdout
@@ -553,7 +565,8 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                 and f"wg-{gone}" not in home_links,
                 len(kept),
                 "edges",
-                f"{gone} removed; {', '.join(kept)} got the same bundle (nothing changed), same tunnel addresses, "
+                f"{gone} removed; {', '.join(kept)} got the same bundle (nothing changed but the edge zone and the "
+                "health agent's allow list with dnsMode edges), same tunnel addresses, "
                 f"still serving; home has no tunnel to {gone}",
             )
         )

@@ -61,7 +61,7 @@ from components.lab.netns import Lab, Node, wait_for
 from components.model import stack
 from components.model.config import FleetConfig, ServiceSpec, Target
 from components.model.keys import generate_host_key
-from components.renderers import bootstrap, geodns, nftables, traefik
+from components.renderers import bootstrap, edge_dns, geodns, nftables, traefik
 from components.tools import home_files, offline, render
 
 TRAEFIK_BINARY = Path(sys.executable).parent / "traefik"
@@ -69,6 +69,8 @@ SERVICES_SCRIPT = Path(__file__).resolve().parent / "services.py"
 INTERNET_POOLS = (ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("198.51.100.0/24"))
 CGNAT_INSIDE = ("100.64.0.1", "100.64.0.2", 10)
 CGNAT_RANGE = "100.64.0.0/10"
+SPAWNED_UNITS = ("pdns.service", "cgnat-edge-health.service")
+"""dnsMode edges: units the stand-in runs as processes, like Traefik's slots."""
 TOOLS = ("ip", "nsenter", "unshare", "wg", "wg-quick", "wireguard-go", "nft", "pdns_server", "bash", "curl")
 
 CGNAT_RULES = """table ip lab_cgnat {
@@ -376,7 +378,7 @@ class Edge:
         self.lab.servers.append(server)
 
     def _active(self, unit: str) -> bool:
-        if unit.startswith("traefik"):
+        if unit.startswith("traefik") or unit in SPAWNED_UNITS:
             proc = self.units.get(unit)
             return proc is not None and proc.poll() is None
         if unit == "ssh.service":
@@ -400,6 +402,17 @@ class Edge:
             argv = shlex.split(exec_start.replace("%i", slot))
             self.node.run("mkdir", "-p", "-m", "0700", traefik.STATE_DIR)
             self.units[unit] = self.node.spawn(*argv, log=self.work / f"traefik-{slot or 'single'}.log")
+        elif unit == edge_dns.PDNS_UNIT:
+            # Debian's unit's ExecStart; its RuntimeDirectory (/run/pdns) is the
+            # machine's, so the control socket goes to the edge's work folder.
+            self.units[unit] = self.node.spawn(
+                "pdns_server", "--guardian=no", "--daemon=no", "--disable-syslog", "--write-pid=no",
+                f"--socket-dir={self.work}", log=self.work / "pdns.log",
+            )  # fmt: skip
+        elif unit == edge_dns.AGENT_UNIT:
+            text = self.read(edge_dns.AGENT_UNIT_PATH)
+            exec_start = next(x.split("=", 1)[1] for x in text.splitlines() if x.startswith("ExecStart="))
+            self.units[unit] = self.node.spawn(*shlex.split(exec_start), log=self.work / "health.log")
         elif unit.startswith("wg-quick@"):
             iface = unit.split("@")[1].split(".")[0]
             self.node.run("wg-quick", "up", iface)
@@ -476,6 +489,10 @@ class Edge:
             self._start(bootstrap.TRAEFIK_SLOTS[0])
             self.node.sh("rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* /etc/ssh/ssh_host_dsa_key*")
             self._start("ssh.service")
+            # A rebooted edge: systemd starts the enabled DNS units (dnsMode edges) too.
+            for unit in SPAWNED_UNITS:
+                if unit in self.enabled:
+                    self._start(unit)
         self.wait_serving()
 
     def wait_serving(self) -> None:
@@ -786,10 +803,13 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
 
     inet = el.nodes["inet"] = lab.node("inet")
     inet.forward()
-    for name in ("client", "dns", "cgnat", "operator"):
+    # dnsMode edges: the edges are the nameservers; no lab DNS server.
+    edge_served = cfg.dns.edge_served
+    for name in ("client", "cgnat", "operator") if edge_served else ("client", "dns", "cgnat", "operator"):
         el.nodes[name] = lab.node(name)
     _attach(lab, inet, el.nodes["client"], "i-client", el.client_ip)
-    _attach(lab, inet, el.nodes["dns"], "i-dns", el.dns_ip)
+    if not edge_served:
+        _attach(lab, inet, el.nodes["dns"], "i-dns", el.dns_ip)
     _attach(lab, inet, el.nodes["operator"], "i-operator", el.operator_ip)
     cgnat = el.nodes["cgnat"]
     lab.link(inet, "i-cgnat", [f"{_gateway(el.cgnat_ip)}/32"], cgnat, "wan", [f"{el.cgnat_ip}/32"])
@@ -831,7 +851,11 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
         server_gw = gw
     server.route("default", "via", server_gw)
 
-    resolv = f"nameserver {el.dns_ip}\n"
+    resolv = (
+        "".join(f"nameserver {ip}\n" for _, ip in sorted(edge_ips.items())) + "options timeout:1 attempts:2\n"
+        if edge_served
+        else f"nameserver {el.dns_ip}\n"
+    )
     if any(s.mode == "http" for s in cfg.services):
         el.http_cert = _self_signed(
             [h for s in cfg.services if s.mode == "http" for h in s.hostnames], lab.workdir, "edge-acme-standin"
@@ -846,7 +870,8 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
     for edge in el.edges.values() if Path("/etc/resolv.conf").is_file() else ():
         edge.node.bind("/etc/resolv.conf", resolv)
 
-    _start_dns(el, el.nodes["dns"])
+    if not edge_served:
+        _start_dns(el, el.nodes["dns"])
     el.start_home_services(exclude=exclude_targets)
     for edge in el.edges.values():
         edge.boot()
@@ -862,6 +887,15 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
         first = edge.push(rendered.bundle(name))
         if not first.ok:
             raise LabError(f"the first push to edge {name} failed:\n{first.output[-3000:]}")
+    if edge_served:
+        ns_name = edge_dns.nameserver(cfg, cfg.edges[0])
+        want = [ip for name, ip in edge_ips.items() if name == cfg.edges[0].name]
+        wait_for(
+            lambda: el.probe([{"kind": "resolve", "name": ns_name}])[0].get("addresses") == want,
+            timeout=15,
+            message="the edges' nameservers",
+        )
+        return
     wait_for(
         lambda: el.probe([{"kind": "resolve", "name": f"ns1.{cfg.dns.zone}"}])[0].get("addresses") == [el.dns_ip],
         timeout=15,
@@ -1010,6 +1044,7 @@ def run(
     out: Path | None = None,
     *,
     changes: bool = False,
+    faults: bool = False,
     protection: bool = False,
     forward: bool = False,
     report: Path | None = None,
@@ -1044,6 +1079,10 @@ def run(
                 rows += vpn.run_checks(el)
             if changes:
                 rows += change_matrix.run_matrix(el, stack_file, project_file)
+            if faults:
+                from components.lab import failover
+
+                rows += failover.run(el)
             if protection:
                 from components.lab import protection as protection_lab
 

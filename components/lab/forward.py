@@ -31,15 +31,18 @@ def _forward_services(el: EdgeLab, protocol: str) -> list[ServiceSpec]:
 
 
 def _logged_clients(el: EdgeLab, services: list[ServiceSpec]) -> set[str]:
-    """Client addresses the home log holds for the forward services."""
+    """Client addresses the home log holds for the forward services, leaving out the
+    edges' own tunnel addresses: with dnsMode edges each edge's health agent connects
+    to the targets through its tunnel (components/renderers/edge_dns.py)."""
     names = {s.name for s in services}
+    agents = {el.tunnel_ip(name) for name in el.edges} if el.cfg.dns.edge_served else set()
     clients = set()
     for line in el.home_log.read_text().splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue
-        if entry.get("service") in names:
+        if entry.get("service") in names and str(entry.get("peer")) not in agents:
             clients.add(str(entry.get("client")))
     return clients
 

@@ -12,8 +12,10 @@
   a reload of its ruleset.
 * CrowdSec from Debian's packages in each edge: the agent with its Local API, reading
   the edge's Traefik access log (the lab leaves journald out), and the nftables
-  firewall bouncer with its packaged configuration; ``cscli decisions add`` must get
-  the visitor dropped on every mode and ``cscli decisions delete`` let it back, and a
+  firewall bouncer with its packaged configuration and the edge's set-only settings;
+  ``cscli decisions add`` must get the visitor dropped on every mode (``forward``
+  too), also after a ruleset reload with the bouncer restarted as a push does, and
+  ``cscli decisions delete`` let it back, and a
   visitor probing for sensitive files through an http service must be banned by the
   agent's own detection.
 * the identity provider stand-in at home (components/lab/services.py, kind ``idp``):
@@ -27,6 +29,8 @@ import functools
 import hashlib
 import ipaddress
 import json
+import os
+import signal
 import time
 import urllib.parse
 from pathlib import Path
@@ -38,7 +42,7 @@ from components.lab.netns import Node, wait_for
 from components.lab.services import IDP_SESSION
 from components.model.config import Mode, ServiceSpec
 from components.model.protection import effective_geo
-from components.renderers import protection, templates
+from components.renderers import bootstrap, protection, templates
 
 PROBE_TIMEOUT = 2.0
 MIRROR_FILE = "delegated-lab-extended-latest"
@@ -237,6 +241,9 @@ def _crowdsec(el: EdgeLab) -> dict[str, dict]:
             .replace("update_frequency: 10s", "update_frequency: 1s")
         )
         (work / "bouncer.yaml").write_text(config)
+        # The edge's settings (set-only, the ruleset's sets), merged by the bouncer from
+        # its .local file as on an edge.
+        (work / "bouncer.yaml.local").write_text(edge.read(protection.BOUNCER_SETTINGS_PATH))
         # What cgnat-edge-crowdsec sets up on an edge; Debian's acquis.yaml (journald,
         # nginx, apache) would read the machine's logs, so the lab reads Traefik's only.
         node.write("/etc/crowdsec/acquis.yaml", "# the lab: see acquis.d/cgnat-edge.yaml\n", 0o644)
@@ -247,14 +254,39 @@ def _crowdsec(el: EdgeLab) -> dict[str, dict]:
             20,
             message=f"CrowdSec's Local API on edge {name}",
         )
-        bouncer = node.spawn("crowdsec-firewall-bouncer", "-c", str(work / "bouncer.yaml"), log=work / "bouncer.out")
-        wait_for(
-            functools.partial(_succeeds, node, "nft", "list", "set", "ip", "crowdsec", "crowdsec-blacklists"),
-            20,
-            message=f"the bouncer's table on edge {name}",
-        )
-        pids[name] = {"crowdsec": lapi.pid, "bouncer": bouncer.pid}
+        pids[name] = {"crowdsec": lapi.pid, "bouncer": _start_bouncer(edge)}
     return pids
+
+
+def _start_bouncer(edge: edge_lab.Edge) -> int:
+    """Start the firewall bouncer; its pid once it processes decisions (its sets found)."""
+    work = edge.work / "crowdsec"
+    log = work / "crowdsec-firewall-bouncer.log"
+    seen = log.read_text().count("Processing new and deleted decisions") if log.exists() else 0
+    bouncer = edge.node.spawn("crowdsec-firewall-bouncer", "-c", str(work / "bouncer.yaml"), log=work / "bouncer.out")
+    wait_for(
+        lambda: log.exists() and log.read_text().count("Processing new and deleted decisions") > seen,
+        20,
+        message=f"the bouncer on edge {edge.name} (see {log})",
+    )
+    return bouncer.pid
+
+
+def _restart_bouncer(edge: edge_lab.Edge, pids: dict) -> None:
+    """What a push does after reloading the ruleset (which empties the sets)."""
+    os.kill(pids["bouncer"], signal.SIGTERM)
+    os.waitpid(pids["bouncer"], 0)
+    pids["bouncer"] = _start_bouncer(edge)
+
+
+def _verifier_accepts_the_ruleset(edge: edge_lab.Edge) -> bool:
+    done = edge.node.run("python3", bootstrap.VERIFY_PATH, check=False)
+    return "cgnat-edge verify: nftables runs as declared" in done.stdout
+
+
+def _banned(edge: edge_lab.Edge, address: str) -> bool:
+    family, table, name, _ = protection.CROWDSEC_SETS[0]
+    return address in edge.node.run("nft", "list", "set", family, table, name).stdout
 
 
 def _enable_traefik_parser() -> str:
@@ -283,31 +315,38 @@ def _crowdsec_rows(el: EdgeLab) -> list[Check]:
         edge.node.run("cscli", "decisions", "add", "-i", visitor, "-d", "1h", "-R", "lab ban")
 
     def banned_everywhere() -> bool:
-        return all(
-            visitor in e.node.run("nft", "list", "set", "ip", "crowdsec", "crowdsec-blacklists").stdout
-            for e in el.edges.values()
-        )
+        return all(_banned(e, visitor) for e in el.edges.values())
 
     t0 = time.monotonic()
     wait_for(banned_everywhere, 15, message="the bouncers to load the ban")
     ban_s = time.monotonic() - t0
+    for name, edge in el.edges.items():  # as a push does: reload the ruleset, restart the bouncer
+        edge.node.run("nft", "-f", "/etc/nftables.conf")
+        _restart_bouncer(edge, pids[name])
+    wait_for(banned_everywhere, 15, message="the bouncers to load the ban again after a ruleset reload")
     during = _matrix(el, el.client)
+    # The push's verifier, with the ban in the set and its drops counted: the running
+    # ruleset is still the file's.
+    verified = [n for n, e in el.edges.items() if _verifier_accepts_the_ruleset(e)]
     for edge in el.edges.values():
         edge.node.run("cscli", "decisions", "delete", "-i", visitor)
     wait_for(lambda: not banned_everywhere(), 15, message="the bouncers to lift the ban")
     after = _matrix(el, el.client)
     rows = []
-    for mode in ("passthrough", "http", "tcp", "udp"):
+    forward = ["forward"] if any(s.mode == "forward" for s in el.cfg.services) else []
+    for mode in ("passthrough", "http", "tcp", "udp", *forward):
         keys = [(e, mode) for e in el.edges]
         ok = (
-            all(_reached_home(before[k]) for k in keys)
+            len(verified) == len(el.edges)
+            and all(_reached_home(before[k]) for k in keys)
             and not any(during[k]["ok"] for k in keys)
             and all(_reached_home(after[k]) for k in keys)
         )
         detail = (
             f"{visitor}: before ban {sum(_reached_home(before[k]) for k in keys)}/{len(keys)} answered, "
             f"banned {sum(not during[k]['ok'] for k in keys)}/{len(keys)} dropped, "
-            f"after removal {sum(_reached_home(after[k]) for k in keys)}/{len(keys)} answered"
+            f"after removal {sum(_reached_home(after[k]) for k in keys)}/{len(keys)} answered; "
+            f"verifier: ruleset as declared with the ban loaded on {len(verified)}/{len(el.edges)} edges"
         )
         rows.append(Check(f"protect:crowdsec:{mode}", ok, round(ban_s, 2), "s", detail))
     rows.append(_detect_row(el))
@@ -330,7 +369,7 @@ def _detect_row(el: EdgeLab) -> Check:
     t0 = time.monotonic()
 
     def banned() -> bool:
-        out = edge.node.run("nft", "list", "set", "ip", "crowdsec", "crowdsec-blacklists").stdout
+        out = edge.node.run("nft", "list", "set", *protection.CROWDSEC_SETS[0][:3]).stdout
         return el.client_ip in out
 
     try:

@@ -299,6 +299,44 @@ def _probe_resolve(check: dict) -> dict:
     return {"addresses": sorted({i[4][0] for i in infos}, key=ipaddress.ip_address)}
 
 
+def _probe_dns(check: dict) -> dict:
+    """One A question to one nameserver (``server``), as a resolver asks it: the answer's
+    addresses in the order given, and the response code.  Plain UDP, no library, so
+    the lab needs nothing beyond the standard library on its nodes."""
+    qid = int.from_bytes(hashlib.sha256(f"{time.monotonic_ns()}".encode()).digest()[:2], "big")
+    qname = b"".join(bytes([len(label)]) + label.encode() for label in check["name"].rstrip(".").split(".")) + b"\0"
+    query = struct.pack("!HHHHHH", qid, 0, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(check.get("timeout", 1.0))
+        s.sendto(query, (check["server"], 53))
+        data = s.recv(4096)
+    rid, flags, qd, an = struct.unpack("!HHHH", data[:8])
+    if rid != qid:
+        raise ValueError("answer to another question")
+    pos = 12
+    for _ in range(qd):
+        pos = _skip_name(data, pos) + 4
+    addresses = []
+    for _ in range(an):
+        pos = _skip_name(data, pos)
+        rtype, _cls, _ttl, size = struct.unpack("!HHIH", data[pos : pos + 10])
+        pos += 10
+        if rtype == 1 and size == 4:
+            addresses.append(socket.inet_ntoa(data[pos : pos + 4]))
+        pos += size
+    return {"rcode": flags & 0xF, "addresses": addresses}
+
+
+def _skip_name(data: bytes, pos: int) -> int:
+    while True:
+        size = data[pos]
+        if size == 0:
+            return pos + 1
+        if size & 0xC0:
+            return pos + 2
+        pos += size + 1
+
+
 def _json_or_text(data: bytes):
     try:
         return json.loads(data)
@@ -306,7 +344,14 @@ def _json_or_text(data: bytes):
         return data.decode(errors="replace")
 
 
-PROBES = {"tls": _probe_tls, "http": _probe_http, "tcp": _probe_tcp, "udp": _probe_udp, "resolve": _probe_resolve}
+PROBES = {
+    "tls": _probe_tls,
+    "http": _probe_http,
+    "tcp": _probe_tcp,
+    "udp": _probe_udp,
+    "resolve": _probe_resolve,
+    "dns": _probe_dns,
+}
 
 
 def probe(checks: list[dict]) -> list[dict]:

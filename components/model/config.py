@@ -228,11 +228,23 @@ class SshSpec:
     host_key_rotation: int = 0
 
 
+DNS_MODES = ("records", "edges")
+"""records: the edges' addresses as plain records (a rendering, or created at dnsProvider);
+edges: the edges are the authoritative, health-checking nameservers of ``dnsEdgeZone``."""
+
+
 @dataclass(frozen=True)
 class DnsSpec:
     provider: str
     zone: str
     ttl: int
+    mode: str = "records"
+    edge_zone: str = ""
+    """mode edges: the zone the edges serve (delegated to them), e.g. edge.example.org."""
+
+    @property
+    def edge_served(self) -> bool:
+        return self.mode == "edges"
 
 
 @dataclass(frozen=True)
@@ -273,6 +285,8 @@ class FleetConfig:
             if any(s.mode.by_hostname for s in self.services):
                 ports.update((80, 443))
         ports.update(p for s in self.services if s.protocol == protocol and not s.mode.by_hostname for p in s.ports)
+        if self.dns.edge_served:
+            ports.add(53)  # the edges are the zone's nameservers (the agent's 8053 is fleet-only)
         return sorted(ports)
 
 
@@ -315,6 +329,16 @@ KEYS: dict[str, tuple[str, Any, str]] = {
     "dnsProvider": ("string", "none", f"{_DNS_CHOICES}: create the DNS records there."),
     "dnsZone": ("string", "", "Zone for managed records; empty = the domain."),
     "dnsTtl": ("integer", 60, "TTL of the edge records, short so a dead edge drops out fast."),
+    "dnsMode": (
+        "string",
+        "records",
+        "records: plain records for the edges; edges: the edges serve health-checked DNS for dnsEdgeZone.",
+    ),
+    "dnsEdgeZone": (
+        "string",
+        "",
+        "dnsMode edges: the zone delegated to the edges; empty = edge.<domain>. The domain itself hands all of it over.",
+    ),
     "roadWarriors": (
         "object-array",
         [],
@@ -574,6 +598,8 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
             "dnsTtl", f"{ttl} is out of range; use 30 to 86400 seconds (short, e.g. 60, so a dead edge drops out fast)"
         )
 
+    mode, edge_zone = _parse_dns_mode(p, domain, zone, dns_provider, services)
+
     if p.problems:
         raise ConfigError(p.problems)
     assert domain is not None
@@ -586,7 +612,7 @@ def parse(raw: Mapping[str, Any], *, project: str = NAMESPACE, stack: str = "dev
         tunnel=tunnel,
         home=home,
         ssh=ssh,
-        dns=DnsSpec(dns_provider, zone, ttl),
+        dns=DnsSpec(dns_provider, zone, ttl, mode, edge_zone),
         acme=acme,
         ha=ha,
         warnings=tuple(p.warnings),
@@ -747,6 +773,59 @@ def _check_fleet(p: _Parser, cfg: FleetConfig) -> None:
         provider.check_fleet([e for e in cfg.edges if e.provider == name], p.fail)
     if cfg.dns.provider != "none" and not providers.REGISTRY[cfg.dns.provider].manages_dns:
         p.fail("dnsProvider", f"{cfg.dns.provider} hosts no DNS zones; use one of {', '.join(dns_providers())}")
+
+
+EDGE_DNS_PORTS = {53: "DNS (dnsMode edges)", 8053: "the edges' health agent (dnsMode edges)"}
+
+
+def _parse_dns_mode(
+    p: _Parser, domain: str | None, zone: str, provider: str, services: list[ServiceSpec]
+) -> tuple[str, str]:
+    """``dnsMode`` and the zone the edges own.  The edges can own a zone only where its
+    parent can hold their NS and glue records: inside the domain, and with a
+    ``dnsProvider`` strictly inside the provider's zone (the program writes the
+    delegation there; a zone cannot delegate itself)."""
+    mode = p.get("dnsMode")
+    if mode not in DNS_MODES:
+        p.fail("dnsMode", f"{mode!r} is not a DNS mode; use records (plain records) or edges (the edges serve DNS)")
+        return "records", ""
+    if p.raw.get("dnsEdgeZone") not in (None, "") and mode != "edges":
+        p.fail("dnsEdgeZone", f"is set but {_fix_key('dnsMode')} is {mode}; set dnsMode to edges or remove it")
+    if mode != "edges" or not domain:
+        return mode, ""
+    text = p.get("dnsEdgeZone") or f"edge.{domain}"
+    edge_zone = p.hostname("dnsEdgeZone", text, None)
+    if edge_zone is None:
+        return mode, ""
+    if not (edge_zone == domain or edge_zone.endswith("." + domain)):
+        p.fail(
+            "dnsEdgeZone",
+            f"{edge_zone} is outside the domain {domain}, so its delegation and the hostnames' CNAMEs cannot point "
+            f"into it; use a name under {domain}, e.g. edge.{domain}",
+        )
+        return mode, ""
+    if provider != "none" and edge_zone == zone:
+        p.fail(
+            "dnsEdgeZone",
+            f"{edge_zone} is the {provider} zone itself, which cannot delegate itself to the edges; use a subzone "
+            f"such as edge.{zone}, or set {_fix_key('dnsProvider')} none and delegate {zone} at the registrar",
+        )
+    if edge_zone != domain:
+        for i, s in enumerate(services):
+            if domain in s.hostnames:
+                p.fail(
+                    f"services[{i}].hostnames",
+                    f"{domain} is the apex of the domain, which cannot be a CNAME into {edge_zone}; use a name "
+                    f"such as www.{domain}, or set {_fix_key('dnsEdgeZone')} {domain} to hand the whole domain over",
+                )
+    for i, s in enumerate(services):
+        taken = [port for port in s.ports if port in EDGE_DNS_PORTS] if not s.mode.by_hostname else []
+        if taken:
+            p.fail(
+                f"services[{i}].port",
+                f"{s.mode} port {taken[0]} is used by {EDGE_DNS_PORTS[taken[0]]}; pick another public port",
+            )
+    return mode, edge_zone
 
 
 def dns_providers() -> list[str]:

@@ -115,6 +115,10 @@ def firewall_rules(cfg: FleetConfig) -> list[FirewallRule]:
     for protocol in ("tcp", "udp"):
         for span in _ranges(cfg.public_ports(protocol)):
             rules.append(FirewallRule(protocol, span, ANYWHERE, _describe(cfg, protocol, span)))
+    if cfg.dns.edge_served:
+        # The edges' health agents answer only the other edges (nftables on the edge
+        # holds the fleet's addresses, which the provider firewall cannot know up front).
+        rules.append(FirewallRule("tcp", (8053, 8053), ANYWHERE, "health agent (edges only, by nftables)"))
     rules.append(FirewallRule("icmp", None, ANYWHERE, "ICMP (path MTU discovery, ping)"))
     return rules
 

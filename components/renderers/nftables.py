@@ -20,9 +20,36 @@ def _set(items: list) -> str:
     return "{ " + ", ".join(str(i) for i in items) + " }"
 
 
-def ruleset(cfg: FleetConfig) -> str:
+DNS_RATE = "50/second burst 100 packets"
+"""Per source address, on udp/53 (dnsMode edges): PowerDNS has no response rate
+limiting, and an open authoritative server is a reflector.  A resolver asking for a
+few home services stays far below it; a spoofed flood aimed at a victim is cut to this
+rate per victim address.  TCP answers cannot be reflected (handshake first)."""
+
+
+def _edge_dns_rules(fleet: tuple[list[str], list[str]]) -> list[str]:
+    """udp/53 limited per source; the health agent only for the fleet's addresses."""
+    from components.renderers import edge_dns
+
+    rules = [
+        f"udp dport 53 meter dns_v4 {{ ip saddr limit rate over {DNS_RATE} }} drop",
+        f"udp dport 53 meter dns_v6 {{ ip6 saddr limit rate over {DNS_RATE} }} drop",
+    ]
+    v4, v6 = fleet
+    if v4:
+        rules.append(f"ip saddr {_set(v4)} tcp dport {edge_dns.HEALTH_PORT} accept")
+    if v6:
+        rules.append(f"ip6 saddr {_set(v6)} tcp dport {edge_dns.HEALTH_PORT} accept")
+    return rules
+
+
+def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) -> str:
+    """``fleet``: the edges' (IPv4, IPv6) addresses, for dnsMode edges."""
     tcp_ports = [p for p in cfg.public_ports("tcp") if p not in forwarding.input_ports_excluded(cfg, "tcp")]
     udp_ports = [p for p in cfg.public_ports("udp") if p not in forwarding.input_ports_excluded(cfg, "udp")]
+    if cfg.dns.edge_served and fleet is None:
+        # The first boot's ruleset: DNS opens with the first push, which brings the zone.
+        tcp_ports, udp_ports = [p for p in tcp_ports if p != 53], [p for p in udp_ports if p != 53]
     ssh_v4 = [n for n in cfg.ssh.allowed_cidrs if n.version == 4]
     ssh_v6 = [n for n in cfg.ssh.allowed_cidrs if n.version == 6]
 
@@ -42,6 +69,8 @@ def ruleset(cfg: FleetConfig) -> str:
         input_rules.append(f"ip saddr {_set(ssh_v4)} tcp dport 22 accept")
     if ssh_v6:
         input_rules.append(f"ip6 saddr {_set(ssh_v6)} tcp dport 22 accept")
+    if cfg.dns.edge_served and fleet is not None:
+        input_rules += _edge_dns_rules(fleet)
     if tcp_ports:
         input_rules.append(f"tcp dport {_set(tcp_ports)} accept")
     if udp_ports:

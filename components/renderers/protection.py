@@ -5,14 +5,19 @@ the edge's own table that runs before the forward services' DNAT and before the 
 chain accepts a port: a dropped packet never reaches Traefik or home, whatever the mode.  The sets start empty and are filled by
 ``cloud-init/geo-sets.py`` (a timer), which keeps one cached file per country; the
 ruleset includes those files, so a reload of the ruleset (every push) brings the last
-good sets straight back.  CrowdSec's firewall bouncer keeps its own tables; the
-verifier ignores them, and the push restarts the bouncer after reloading the ruleset.
+good sets straight back.  CrowdSec's firewall bouncer runs in set-only mode: the
+ruleset declares its tables, sets and a prerouting chain that drops banned sources
+before the forward services' DNAT too (the bouncer's own chains hook input only); the
+bouncer only fills the sets.  A reload of the ruleset empties them, so the push
+restarts the bouncer, which loads every current ban again as it starts.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import yaml
 
 from components.model.config import FleetConfig, Mode, ServiceSpec
 from components.model.protection import GeoPolicy, effective_geo
@@ -27,8 +32,17 @@ TABLE = ("inet", "cgnat_edge")
 
 CROWDSEC_SETUP_PATH = "/usr/local/sbin/cgnat-edge-crowdsec"
 CROWDSEC_ACQUIS_PATH = "/etc/crowdsec/acquis.d/cgnat-edge.yaml"
-CROWDSEC_TABLES = ("ip crowdsec", "ip6 crowdsec6")
-"""The firewall bouncer's own tables (its defaults in nftables mode)."""
+CROWDSEC_SETS = (
+    ("ip", "cgnat_edge_crowdsec", "crowdsec-blacklists", "ipv4_addr"),
+    ("ip6", "cgnat_edge_crowdsec6", "crowdsec6-blacklists", "ipv6_addr"),
+)
+"""(family, table, set, type) the bouncer fills.  One table per family, as the bouncer
+reads its drop counters and set sizes (its metrics) with ``nft list chain ip|ip6 ...``;
+not its default table names, whose chains it would delete on a restart."""
+CROWDSEC_TABLES = tuple(f"{family} {table}" for family, table, _, _ in CROWDSEC_SETS)
+CROWDSEC_CHAIN = "bans"
+BOUNCER_SETTINGS_PATH = "/etc/cgnat-edge/crowdsec-bouncer.yaml"
+"""Merged by the setup into the bouncer's ``.yaml.local`` (which holds its API key)."""
 BOUNCER_UNIT = "crowdsec-firewall-bouncer.service"
 ACCESS_LOG = "/var/lib/traefik/access.log"
 """Traefik's access log, in its state directory: the only place its unit lets it write."""
@@ -118,8 +132,49 @@ def _port_expr(ports: tuple[int, ...]) -> str:
 def nft_after_table(cfg: FleetConfig) -> list[str]:
     """The last good country sets, included after the table declares them.  A pattern
     with a wildcard matches nothing without error: before the first fetch the sets
-    stay empty (allow lists then let nobody in, deny lists drop nobody)."""
-    return [f'include "{cache_file(c)}*"' for c in countries(cfg)]
+    stay empty (allow lists then let nobody in, deny lists drop nobody).  Then the
+    CrowdSec tables."""
+    return [f'include "{cache_file(c)}*"' for c in countries(cfg)] + nft_crowdsec_tables(cfg)
+
+
+def nft_crowdsec_tables(cfg: FleetConfig) -> list[str]:
+    """The tables the bouncer fills (set-only): every packet from a banned source is
+    dropped in prerouting, before the forward services' DNAT and before the input
+    chain, whatever the port or mode (SSH too, as the bouncer's own input chain did)."""
+    if cfg.protection.crowdsec == "off":
+        return []
+    lines = []
+    for family, table, name, kind in CROWDSEC_SETS:
+        lines += [
+            "",
+            f"# CrowdSec bans: the firewall bouncer (set-only) fills @{name}.",
+            f"table {family} {table} {{",
+            f"    set {name} {{ type {kind}; flags timeout; }}",
+            f"    chain {CROWDSEC_CHAIN} {{",
+            "        type filter hook prerouting priority dstnat - 20; policy accept;",
+            f"        {family} saddr @{name} counter drop",
+            "    }",
+            "}",
+        ]
+    return lines
+
+
+def crowdsec_sets(cfg: FleetConfig) -> list[str]:
+    """``family table set`` of every set the bouncer fills (the verifier ignores their elements)."""
+    if cfg.protection.crowdsec == "off":
+        return []
+    return [f"{family} {table} {name}" for family, table, name, _ in CROWDSEC_SETS]
+
+
+def bouncer_settings() -> str:
+    """The bouncer's nftables settings: fill the ruleset's sets, make no chains."""
+    v4, v6 = ({"enabled": True, "set-only": True, "table": t, "chain": CROWDSEC_CHAIN} for _, t, _, _ in CROWDSEC_SETS)
+    doc = {
+        "blacklists_ipv4": CROWDSEC_SETS[0][2],
+        "blacklists_ipv6": CROWDSEC_SETS[1][2],
+        "nftables": {"ipv4": v4, "ipv6": v6},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def geo_config(cfg: FleetConfig) -> dict[str, Any]:
@@ -177,6 +232,7 @@ def node_files(cfg: FleetConfig) -> list[tuple[str, str, str]]:
         files += [
             (CROWDSEC_SETUP_PATH, templates.text("crowdsec-setup.sh"), "0755"),
             (CROWDSEC_ACQUIS_PATH, crowdsec_acquisition(cfg), "0644"),
+            (BOUNCER_SETTINGS_PATH, bouncer_settings(), "0644"),
             (
                 LOGROTATE_PATH,
                 f"{ACCESS_LOG} {{\n  daily\n  rotate 7\n  compress\n  missingok\n  notifempty\n  copytruncate\n}}\n",
@@ -189,5 +245,5 @@ def node_files(cfg: FleetConfig) -> list[tuple[str, str, str]]:
 def runcmd(cfg: FleetConfig) -> list[list[str]]:
     cmds: list[list[str]] = []
     if cfg.protection.crowdsec != "off":
-        cmds.append([CROWDSEC_SETUP_PATH, cfg.protection.crowdsec])
+        cmds.append([CROWDSEC_SETUP_PATH, cfg.protection.crowdsec, BOUNCER_SETTINGS_PATH])
     return cmds

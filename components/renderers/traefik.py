@@ -43,6 +43,9 @@ DYNAMIC_PATH = f"{DYNAMIC_DIR}/cgnat-edge.yaml"
 STATE_DIR = "/var/lib/traefik"
 ACME_STORAGE = f"{STATE_DIR}/acme.json"
 PING_ADDRESS = "127.0.0.1:8082"
+DIAL_TIMEOUT = "3s"
+"""How long Traefik tries to reach home: over the tunnel a healthy dial takes one round
+trip, so 3 s is ample, and a dead tunnel closes the visitor's connection after it."""
 RESOLVER = "le"
 
 ACME_PATH_PREFIX = "/.well-known/acme-challenge/"
@@ -140,6 +143,10 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
         "api": {"dashboard": False},
         "entryPoints": entry_points,
         "providers": {"file": {"directory": DYNAMIC_DIR, "watch": True}},
+        # A dead tunnel must cost a visitor seconds, not Traefik's default 30 s, before
+        # the connection closes and the client tries the next address.
+        "serversTransport": {"forwardingTimeouts": {"dialTimeout": DIAL_TIMEOUT}},
+        "tcpServersTransport": {"dialTimeout": DIAL_TIMEOUT},
         **protection.traefik_static(cfg),
     }
     if any(s.mode is Mode.HTTP for s in cfg.services):
@@ -247,7 +254,7 @@ def dynamic_config(cfg: FleetConfig) -> dict[str, Any]:
         }
         http["middlewares"]["to-https"] = {"redirectScheme": {"scheme": "https", "permanent": True}}
     if any(s.proxy_protocol and s.mode in (Mode.PASSTHROUGH, Mode.TCP) for s in cfg.services):
-        tcp["serversTransports"] = {"proxy-v2": {"proxyProtocol": {"version": 2}}}
+        tcp["serversTransports"] = {"proxy-v2": {"proxyProtocol": {"version": 2}, "dialTimeout": DIAL_TIMEOUT}}
 
     # The API, on the loopback ping entrypoint only: what the push checks a new
     # Traefik against before it takes over, and what readiness compares with the file.

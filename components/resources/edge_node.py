@@ -10,6 +10,7 @@ import pulumi_command as command
 
 from components import providers
 from components.model.config import EdgeSpec, FleetConfig
+from components.model.deployed import DeployedEdge
 from components.renderers import bootstrap, tunnel
 from components.resources.keys import SshHostKey, WireGuardKey
 
@@ -31,9 +32,12 @@ class EdgeNode(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
         after: pulumi.Resource | None = None,
         road_warrior_keys: pulumi.Input[dict] | None = None,
+        fleet: pulumi.Output[list[DeployedEdge[str]]] | None = None,
     ):
         """``after``: the previous edge's config step; this edge's push starts only once
-        that edge verifiably runs the new configuration (one edge at a time)."""
+        that edge verifiably runs the new configuration (one edge at a time).
+        ``fleet``: every edge with its addresses (dnsMode edges: the zone and the health
+        agent's allow list name them all), resolved once every machine exists."""
         super().__init__("cgnat-edge:index:EdgeNode", edge.name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -74,8 +78,12 @@ class EdgeNode(pulumi.ComponentResource):
         # Every later change to services, tunnel or SSH keys lands here, in place (no
         # rebuild, same IP), and the step ends only when the edge serves again.
         bundle: pulumi.Output[str] = pulumi.Output.secret(
-            pulumi.Output.all(wg_conf, host_key.private_key, host_key.public_key).apply(
-                lambda args: bootstrap.bundle(bootstrap.node_files(cfg, edge, args[0], (args[1], args[2])))
+            pulumi.Output.all(
+                wg_conf, host_key.private_key, host_key.public_key, fleet if fleet is not None else None
+            ).apply(
+                lambda args: bootstrap.bundle(
+                    bootstrap.node_files(cfg, edge, args[0], (args[1], args[2]), fleet=args[3])
+                )
             )
         )
         # A rotated host key (sshHostKeyRotation) reaches the server over a connection that
@@ -116,10 +124,12 @@ class EdgeNode(pulumi.ComponentResource):
         # What `cgnat-edge status` compares the edge's files with: digests only, so the
         # output needs no secret.
         self.pushed_files: pulumi.Output[dict] = pulumi.Output.unsecret(
-            pulumi.Output.all(wg_conf, host_key.private_key, host_key.public_key).apply(
+            pulumi.Output.all(
+                wg_conf, host_key.private_key, host_key.public_key, fleet if fleet is not None else None
+            ).apply(
                 lambda args: {
                     f.path: hashlib.sha256(f.content.encode()).hexdigest()
-                    for f in bootstrap.node_files(cfg, edge, args[0], (args[1], args[2]))
+                    for f in bootstrap.node_files(cfg, edge, args[0], (args[1], args[2]), fleet=args[3])
                 }
             )
         )

@@ -4,6 +4,7 @@ from the outside (home router configs, DNS records, the monthly bill)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import pulumi
 
@@ -11,7 +12,7 @@ from components import providers
 from components.model import catalog
 from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
-from components.renderers import geodns, home_configs, tunnel
+from components.renderers import edge_dns, geodns, home_configs, tunnel
 from components.resources.edge_node import EdgeNode
 from components.resources.keys import StackSshKey, WireGuardKey
 from components.resources.managed_dns import ManagedDns
@@ -32,6 +33,15 @@ def monthly_cost(cfg: FleetConfig) -> dict:
         "pricesRead": catalog.PRICES_READ,
         "note": "List prices without VAT, server plus its persistent IPv4; traffic beyond the included allowance is extra.",
     }
+
+
+def dns_outputs(cfg: FleetConfig, fleet: list[DeployedEdge[str]]) -> dict:
+    """The ``dns`` output: the renderings of every mode, and with dnsMode edges the
+    delegation the parent zone needs (``edgeServed``)."""
+    out = geodns.outputs(cfg, fleet)
+    if cfg.dns.edge_served:
+        out["edgeServed"] = edge_dns.outputs(cfg, fleet)
+    return out
 
 
 class EdgeFleet(pulumi.ComponentResource):
@@ -73,11 +83,24 @@ class EdgeFleet(pulumi.ComponentResource):
         key_ids = {name: providers.get(name).ssh_keys(cfg, stack_key.public_key, self) for name in cfg.providers}
         # One edge at a time: each config step waits for the previous edge's verified one.
         nodes: list[EdgeNode] = []
+        # dnsMode edges: each edge's zone names every edge, known once all machines exist.
+        fleet: pulumi.Output[list[DeployedEdge[str]]] | None = None
+        resolve_fleet: Callable[[pulumi.Output[list[DeployedEdge[str]]]], None] | None = None
+        if cfg.dns.edge_served:
+            fleet, resolve_fleet = pulumi.deferred_output()
         for edge in cfg.edges:
             after = nodes[-1].config_step if nodes else None
             nodes.append(
                 EdgeNode(
-                    cfg, edge, home_public_key, key_ids[edge.provider], ssh_private_key, child, after, road_warrior_keys
+                    cfg,
+                    edge,
+                    home_public_key,
+                    key_ids[edge.provider],
+                    ssh_private_key,
+                    child,
+                    after,
+                    road_warrior_keys,
+                    fleet,
                 )
             )
 
@@ -110,6 +133,12 @@ class EdgeFleet(pulumi.ComponentResource):
 
         self.edges = pulumi.Output.all(endpoints, access).apply(summary)
 
+        def deployed_plain(values: list) -> list[DeployedEdge[str]]:
+            return [DeployedEdge(edge, ipv4, ipv6) for edge, (ipv4, ipv6, _key) in zip(cfg.edges, values, strict=True)]
+
+        if resolve_fleet is not None:
+            resolve_fleet(endpoints.apply(deployed_plain))
+
         def deployed(values: list) -> list[DeployedEdge[str]]:
             return [
                 DeployedEdge(edge, ipv4, ipv6, public_key)
@@ -121,7 +150,7 @@ class EdgeFleet(pulumi.ComponentResource):
                 lambda args: home_configs.render(cfg, deployed(args[0]), args[1], args[2])
             )
         )
-        self.dns = endpoints.apply(lambda values: geodns.outputs(cfg, deployed(values)))
+        self.dns = endpoints.apply(lambda values: dns_outputs(cfg, deployed(values)))
         if cfg.dns.provider != "none":
             ManagedDns(
                 "dns",

@@ -24,7 +24,7 @@ import pulumi
 from components import providers
 from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
-from components.renderers import geodns
+from components.renderers import edge_dns, geodns
 
 TYPE_TOKEN = "cgnat-edge:index:ManagedDns"
 
@@ -41,6 +41,37 @@ def relative_name(hostname: str, zone: str) -> str:
 
 def _with_values(summary: dict[str, Any], values: list[str]) -> dict[str, Any]:
     return {**summary, "values": list(values)}
+
+
+def _delegation(
+    name: str,
+    cfg: FleetConfig,
+    eps: list[DeployedEdge[pulumi.Output[str]]],
+    provider: Any,
+    opts: pulumi.ResourceOptions,
+) -> list[pulumi.CustomResource]:
+    """dnsMode edges: the parent zone's part (``edge_dns.delegation``): NS for the edge
+    zone, glue for each edge's nameserver, a CNAME into the edge zone per hostname."""
+    zone = cfg.dns.zone
+    created: list[pulumi.CustomResource] = []
+    ns = [(e.name, f"{edge_dns.nameserver(cfg, e.spec)}.") for e in sorted(eps, key=lambda e: e.spec.index)]
+    created += provider.dns_records(
+        f"{name}-{cfg.dns.edge_zone}-ns", cfg, relative_name(cfg.dns.edge_zone, zone), "NS", ns, opts
+    )
+    for e in eps:
+        for rtype in ("A", "AAAA"):
+            value = e.address(rtype)
+            if value is not None:
+                host = edge_dns.nameserver(cfg, e.spec)
+                created += provider.dns_records(
+                    f"{name}-{host}-{rtype.lower()}", cfg, relative_name(host, zone), rtype, [(e.name, value)], opts
+                )
+    for host, served, _check in edge_dns.names(cfg):
+        if served != host:
+            created += provider.dns_records(
+                f"{name}-{host}-cname", cfg, relative_name(host, zone), "CNAME", [("cname", f"{served}.")], opts
+            )
+    return created
 
 
 class ManagedDns(pulumi.ComponentResource):
@@ -67,7 +98,9 @@ class ManagedDns(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         summaries: list[pulumi.Output[dict[str, Any]]] = []
         provider = providers.REGISTRY.get(cfg.dns.provider)
-        if provider is not None:
+        if provider is not None and cfg.dns.edge_served:
+            self.record_resources += _delegation(name, cfg, eps, provider, child)
+        elif provider is not None:
             for hostname, _service in geodns.hostnames(cfg):
                 rel = relative_name(hostname, cfg.dns.zone)
                 for rtype in ("A", "AAAA"):

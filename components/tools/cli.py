@@ -79,6 +79,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             stack_file,
             project_file,
             changes=args.changes,
+            faults=args.faults,
             protection=args.protection,
             forward=args.forward,
             report=Path(args.report) if args.report else None,
@@ -177,6 +178,11 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_stack_args(p)
     p.add_argument("--changes", action="store_true", help="then push every kind of change into the running edges")
+    p.add_argument(
+        "--faults",
+        action="store_true",
+        help="then break an edge, a tunnel and a service (dnsMode edges) and time the nameservers' failover",
+    )
     p.add_argument(
         "--protection",
         action="store_true",

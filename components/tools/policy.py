@@ -104,6 +104,10 @@ def _subject(resource: Mapping[str, Any]) -> str:
 def check_ports(cfg: FleetConfig, resources: list[dict]) -> list[Violation]:
     violations = []
     declared = {p: set(cfg.public_ports(p)) for p in ("tcp", "udp")}
+    if cfg.dns.edge_served:  # the health agents: open in the provider firewall, fleet-only in nftables
+        from components.renderers import edge_dns
+
+        declared["tcp"].add(edge_dns.HEALTH_PORT)
     ssh_sources = list(cfg.ssh.allowed_cidrs)
     for resource in resources:
         if resource.get("type") not in FIREWALLS:

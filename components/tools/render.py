@@ -126,6 +126,8 @@ def write(run: offline.Run, out: Path, show_secrets: bool = False) -> list[Path]
     written.append(
         _write(out / "dns" / "route53-health-checks.json", json.dumps(dns["route53HealthChecks"], indent=2) + "\n")
     )
+    if "edgeServed" in dns:  # dnsMode edges: what the parent zone (or registrar) must hold
+        written.append(_write(out / "dns" / "delegation.db", dns["edgeServed"]["delegationZoneFile"]))
 
     written += home_files.write({"homeConfigs": run.output("homeConfigs")}, out / "home", qr=False)
     return written
