@@ -17,7 +17,7 @@ import pytest
 from components.lab import edge_lab as lab_module
 from components.lab.netns import wait_for
 from components.model.keys import generate_host_key
-from components.tools import offline
+from components.tools import offline, status
 from tests.support import ROOT, require_root, require_tool
 
 STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
@@ -45,7 +45,9 @@ def el(tmp_path_factory):
 
 def _status(el, tmp_path: Path, edges: dict | None = None) -> tuple[int, dict, str]:
     outputs = tmp_path / f"outputs-{len(list(tmp_path.iterdir()))}.json"
-    outputs.write_text(json.dumps({"edges": edges or offline.reveal(el.rendered.edges)}))
+    outputs.write_text(
+        json.dumps({"edges": edges or offline.reveal(el.rendered.edges), "dns": el.rendered.run.output("dns")})
+    )
     key = tmp_path / "operator-key"
     if not key.exists():
         key.write_text(el.rendered.operator_key[0])
@@ -76,6 +78,11 @@ def test_status_sees_a_healthy_fleet_then_each_fault(el, tmp_path):
         assert f["httpHosts"] and all(days is not None and days >= 1 for days in f["certDays"].values())
     edge_ips = sorted(e["ipv4"] for e in offline.reveal(el.rendered.edges).values())
     assert report["hostnames"] and all(h["answers"] == edge_ips for h in report["hostnames"])
+    # The lab stack's edges serve the zone: each one's own nameserver lists every edge, itself first.
+    for h in report["hostnames"]:
+        assert sorted(h["nameservers"]) == sorted(el.edges), h
+        for name, got in h["nameservers"].items():
+            assert sorted(got) == edge_ips and got[0] == el.edges[name].public_ip, h
     assert "every edge serves what was pushed" in table
 
     fsn, ams = el.edges["fsn"], el.edges["ams"]
@@ -93,6 +100,17 @@ def test_status_sees_a_healthy_fleet_then_each_fault(el, tmp_path):
     assert not any("WireGuard" in p or "files differ" in p for p in ams_problems)
     assert "fix: ssh root@" in table and "systemctl restart traefik@a.service" in table
     assert "--target-replace" in table
+
+    # The edges' own nameservers drop fsn (its tunnel is gone) within their check interval.
+    def fsn_out() -> bool:
+        _code, report, _table = _status(el, tmp_path)
+        return any(
+            p["what"].startswith("edge fsn is out of the answers for")
+            for h in report["hostnames"]
+            for p in h["problems"]
+        )
+
+    wait_for(fsn_out, 30, 2, "status to see fsn out of the edges' answers")
 
 
 @pytest.mark.netns
@@ -123,3 +141,31 @@ def test_status_refuses_outputs_without_host_keys(tmp_path):
         [sys.executable, "-m", "components.tools.cli", "status", str(old)], capture_output=True, text=True, cwd=ROOT
     )
     assert done.returncode == 2 and "run `pulumi up` once with this version" in done.stderr
+
+
+def test_an_edge_missing_from_its_peers_answers_is_named_with_its_fix():
+    edges = {
+        "fsn": {"ipv4": "203.0.113.10", "sshUser": "root"},
+        "ams": {"ipv4": "198.51.100.20", "sshUser": "root"},
+    }
+    dns_output = {
+        "edgeServed": {"delegation": [{"name": "git.example.org", "type": "CNAME", "values": ["git.edge.example.org"]}]}
+    }
+    answers = {"203.0.113.10": ["198.51.100.20"], "198.51.100.20": ["198.51.100.20"]}
+    (host,) = status.check_dns([], edges, dns_output, ask=lambda server, name: answers[server], resolve=lambda host: [])
+    assert host.nameservers == {"ams": ["198.51.100.20"], "fsn": ["198.51.100.20"]}
+    what = [p.what for p in host.problems]
+    assert "edge fsn is out of the answers for git.example.org: its check through the tunnel to home fails" in what
+    assert not any("edge ams is out" in w for w in what) and not any("disagree" in w for w in what)
+
+    answers["198.51.100.20"] = "REFUSED"
+    (host,) = status.check_dns([], edges, dns_output, ask=lambda server, name: answers[server], resolve=lambda host: [])
+    assert any(
+        w.startswith("edge ams's nameserver (198.51.100.20) gives REFUSED") for w in [p.what for p in host.problems]
+    )
+    # Every edge in every answer: nothing to say about the nameservers.
+    answers.update(
+        {"203.0.113.10": ["203.0.113.10", "198.51.100.20"], "198.51.100.20": ["198.51.100.20", "203.0.113.10"]}
+    )
+    (host,) = status.check_dns([], edges, dns_output, ask=lambda server, name: answers[server], resolve=lambda host: [])
+    assert not [p for p in host.problems if "nameserver" in p.what or "out of the answers" in p.what]

@@ -26,12 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.renderers import bootstrap, traefik
+from components.renderers import bootstrap, edge_dns, traefik
 from components.tools import home_files
 
 HANDSHAKE_STALE_S = 180
 """WireGuard renews a session every 2 minutes while traffic flows and home keeps it alive."""
 UPGRADES_STALE_S = 2 * 86400
+NAMESERVER_TIMEOUT_S = 3
 CERT_WARN_DAYS = 14
 """Let's Encrypt certificates are renewed 30 days before they expire; 14 left means renewal fails."""
 
@@ -103,6 +104,8 @@ class HostStatus:
     answers: list[str]
     expected: list[str]
     problems: list[Problem] = field(default_factory=list)
+    nameservers: dict[str, list[str] | str] = field(default_factory=dict)
+    """edge -> what its own nameserver answers (dnsMode edges), or why it gives nothing."""
 
 
 Runner = Callable[[list[str]], subprocess.CompletedProcess]
@@ -281,14 +284,59 @@ def check_certs(st: EdgeStatus, warn_days: int = CERT_WARN_DAYS) -> None:
     st.facts["certDays"] = days
 
 
-def check_dns(hostnames: list[str], edges: dict[str, dict]) -> list[HostStatus]:
+def _system_answers(host: str) -> list[str]:
+    try:
+        return sorted({str(a[4][0]) for a in socket.getaddrinfo(host, 443, socket.AF_INET, socket.SOCK_STREAM)})
+    except OSError:
+        return []
+
+
+def _ask(server: str, name: str) -> list[str] | str:
+    """The A records ``server`` itself answers for ``name`` (no recursion), in its order;
+    a string says why there is no answer."""
+    import dns.exception
+    import dns.flags
+    import dns.message
+    import dns.query
+    import dns.rcode
+    import dns.rdatatype
+
+    query = dns.message.make_query(name, dns.rdatatype.A)
+    query.flags &= ~dns.flags.RD
+    try:
+        reply = dns.query.udp(query, server, timeout=NAMESERVER_TIMEOUT_S)
+    except (dns.exception.DNSException, OSError) as exc:
+        return f"no answer ({exc.__class__.__name__})"
+    if reply.rcode() != dns.rcode.NOERROR:
+        return dns.rcode.to_text(reply.rcode())
+    return [r.address for rrset in reply.answer if rrset.rdtype == dns.rdatatype.A for r in rrset]
+
+
+Asker = Callable[[str, str], "list[str] | str"]
+
+
+def check_dns(
+    hostnames: list[str],
+    edges: dict[str, dict],
+    dns_output: dict | None = None,
+    ask: Asker = _ask,
+    resolve: Callable[[str], list[str]] = _system_answers,
+) -> list[HostStatus]:
+    """What the world's resolvers answer for each hostname and, where the edges serve the
+    zone (``dnsMode: edges``), what each edge's own nameserver answers for its name in
+    that zone: an edge missing there is one whose check through its tunnel fails."""
     expected = sorted({e["ipv4"] for e in edges.values()})
+    served = (dns_output or {}).get("edgeServed") or {}
+    zone = served.get("zone")
+    names = {
+        r["name"]: r["values"][0] for r in served.get("delegation", []) if r.get("type") == "CNAME" and r.get("values")
+    }
+    records = {r["hostname"] for r in (dns_output or {}).get("records", []) if isinstance(r, dict) and "hostname" in r}
     out = []
-    for host in hostnames:
-        try:
-            answers = sorted({str(a[4][0]) for a in socket.getaddrinfo(host, 443, socket.AF_INET, socket.SOCK_STREAM)})
-        except OSError:
-            answers = []
+    for host in sorted(set(hostnames) | records | set(names)):
+        if zone and host not in names and (host == zone or host.endswith("." + zone)):
+            names[host] = host
+        answers = resolve(host)
         hs = HostStatus(host, answers, expected)
         strangers = [a for a in answers if a not in expected]
         if not answers or strangers:
@@ -298,8 +346,53 @@ def check_dns(hostnames: list[str], edges: dict[str, dict]) -> list[HostStatus]:
                     "publish the records of `pulumi stack output dns` at your DNS provider (or let managed DNS do it)",
                 )
             )
+        if host in names:
+            _check_nameservers(hs, names[host], edges, ask)
         out.append(hs)
     return out
+
+
+def _check_nameservers(hs: HostStatus, name: str, edges: dict[str, dict], ask: Asker) -> None:
+    for edge, e in sorted(edges.items()):
+        got = ask(e["ipv4"], name)
+        hs.nameservers[edge] = got
+        if isinstance(got, str):
+            hs.problems.append(
+                Problem(
+                    f"edge {edge}'s nameserver ({e['ipv4']}) gives {got} for {name}",
+                    f"ssh {e.get('sshUser', 'root')}@{e['ipv4']} sudo systemctl status pdns cgnat-edge-health",
+                )
+            )
+            continue
+        strangers = [a for a in got if a not in hs.expected]
+        if strangers:
+            hs.problems.append(
+                Problem(
+                    f"edge {edge}'s nameserver answers {', '.join(strangers)} for {name}, not an edge",
+                    "pulumi up  (the pushed zone is stale)",
+                )
+            )
+    answered = [got for got in hs.nameservers.values() if isinstance(got, list)]
+    if not answered:
+        return
+    # All down answers every edge; so an edge is out only while another is in.
+    out = sorted({ip for ip in hs.expected if not any(ip in got for got in answered)})
+    for edge, e in sorted(edges.items()):
+        if e["ipv4"] in out:
+            hs.problems.append(
+                Problem(
+                    f"edge {edge} is out of the answers for {hs.hostname}: its check through the tunnel to home fails",
+                    f"ssh {e.get('sshUser', 'root')}@{e['ipv4']} curl -s localhost:{edge_dns.HEALTH_PORT}/health  "
+                    "(then see this edge's WireGuard and Traefik rows)",
+                )
+            )
+    if len({tuple(sorted(got)) for got in answered}) > 1:
+        hs.problems.append(
+            Problem(
+                f"the edges' nameservers disagree on {name}: {hs.nameservers}",
+                "wait a few seconds and run status again; if it stays, compare the edges' health agents",
+            )
+        )
 
 
 def status(
@@ -313,7 +406,7 @@ def status(
             check_certs(st, cert_warn_days)
         results.append(st)
     hostnames = sorted({h for st in results for h in st.facts.get("httpHosts", [])})
-    return results, check_dns(hostnames, edges)
+    return results, check_dns(hostnames, edges, outputs.get("dns") if isinstance(outputs.get("dns"), dict) else None)
 
 
 def load(source: str | None) -> dict:
@@ -363,7 +456,11 @@ def table(edges: list[EdgeStatus], hosts: list[HostStatus]) -> str:
     if hosts:
         lines.append("")
         lines.append(f"{'HOSTNAME':<32} DNS ANSWERS")
-        lines += [f"{h.hostname:<32} {', '.join(h.answers) or '(none)'}" for h in hosts]
+        for h in hosts:
+            ns = "".join(
+                f"  {edge}: {', '.join(got) if isinstance(got, list) else got}" for edge, got in h.nameservers.items()
+            )
+            lines.append(f"{h.hostname:<32} {', '.join(h.answers) or '(none)'}{'  | nameservers' + ns if ns else ''}")
     problems = [(e.edge, p) for e in edges for p in e.problems] + [(h.hostname, p) for h in hosts for p in h.problems]
     lines.append("")
     if problems:
