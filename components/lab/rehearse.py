@@ -15,8 +15,8 @@ rewritten; the root differs from a cloud image only in what a chroot needs:
   That executable is this machine's architecture, so the stack is rendered with its
   SHA-256 pinned for the edge's architecture: the check in install-traefik.sh stays real.
 
-An edge whose image ships a firewall of its own (``ImageTraits.boot_firewall``: Oracle's
-Ubuntu loads iptables rules at every boot with netfilter-persistent) gets it in its root
+An edge whose image ships a firewall of its own (``ImageTraits.boot_firewall``: an
+Ubuntu platform image loads iptables rules at every boot with netfilter-persistent) gets it in its root
 before cloud-init runs: Debian's ``iptables`` and ``iptables-persistent`` installed, the
 image's rules files written and the loader enabled, as the image has them; after the boot
 the ``platform-firewall`` rows check that the bootstrap's ``firewall_takeover`` left
