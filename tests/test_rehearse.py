@@ -63,8 +63,22 @@ def test_rehearse_prod(tmp_path):
     ok, checks = rehearse.run(ROOT / "Pulumi.prod.yaml", fail_closed=False, log=lambda _m: None)
     assert ok, [c for c in checks if not c.ok]
     edges = {c.name.split(":")[1] for c in checks if c.name.endswith(":traefik-checksum")}
-    assert edges == {e["name"] for e in stack.load(ROOT / "Pulumi.prod.yaml").raw()["edges"]}
+    raw_edges = stack.load(ROOT / "Pulumi.prod.yaml").raw()["edges"]
+    assert edges == {e["name"] for e in raw_edges}
     assert not any("fail-closed" in c.name for c in checks)
+    rows = {c.name: c for c in checks}
+    oracle = [e["name"] for e in raw_edges if e["provider"] == "oracle"]
+    assert oracle, "the prod stack has an Oracle edge (Ubuntu image with a boot firewall)"
+    for edge in edges:
+        firewall = {n: c for n, c in rows.items() if n.startswith(f"boot:{edge}:platform-firewall:")}
+        if edge not in oracle:
+            assert not firewall and "not rehearsed" not in rows[f"boot:{edge}:time"].detail
+            continue
+        assert firewall[f"boot:{edge}:platform-firewall:image"].value == "enabled"
+        assert firewall[f"boot:{edge}:platform-firewall:loader"].value == "disabled"
+        moved = firewall[f"boot:{edge}:platform-firewall:/etc/iptables/rules.v4"]
+        assert moved.value == 1 and "rules.v4.replaced-by-cgnat-edge" in moved.detail
+        assert "not rehearsed" in rows[f"boot:{edge}:time"].detail
 
 
 # ---------------------------------------------------------------------------
@@ -110,3 +124,35 @@ def test_a_failed_module_fails_unless_named_impossible(tmp_path, monkeypatch):
     rows = {c.name: c for c in rehearse.stage_checks(b)}
     assert rows["boot:e1:modules"].ok and "no clock of its own" in rows["boot:e1:modules"].detail
     assert rows["boot:e1:stage:modules-config"].ok
+
+
+def test_platform_firewall_rows_need_the_takeover(tmp_path):
+    """The rows pass only when the image's rules were in place before cloud-init and
+    are moved aside after it; a Debian image has none."""
+    from components.providers.oracle import UBUNTU
+
+    b = _fake_boot(tmp_path, 0o640, "declared\n")
+    assert rehearse.platform_firewall_checks(b) == []
+    path, text = UBUNTU.boot_firewall[0]
+    rules = b.path(path)
+    rules.parent.mkdir(parents=True)
+    rules.write_text(text)
+    before = f"image-firewall: loader enabled\nimage-firewall: test 0 {path}\n"
+    b = rehearse.Boot("e1", b.root, b.user_data, 0.0, before, UBUNTU)
+    rows = {c.name: c for c in rehearse.platform_firewall_checks(b)}
+    assert rows["boot:e1:platform-firewall:image"].ok
+    assert not rows[f"boot:e1:platform-firewall:{path}"].ok
+    assert "still there" in rows[f"boot:e1:platform-firewall:{path}"].detail
+
+    rules.rename(rules.with_name("rules.v4.replaced-by-cgnat-edge"))
+    rows = {c.name: c for c in rehearse.platform_firewall_checks(b)}
+    assert rows[f"boot:e1:platform-firewall:{path}"].ok
+    b.output = f"image-firewall: loader disabled\nimage-firewall: test 2 {path}\n"
+    row = rehearse.platform_firewall_checks(b)[0]
+    assert not row.ok and "disabled" in row.detail and "exit 2" in row.detail
+
+
+def test_not_rehearsed_names_what_debian_cannot_show():
+    assert rehearse.not_rehearsed("debian-12") == ""
+    gap = rehearse.not_rehearsed("ubuntu-24.04")
+    assert "ssh.socket" in gap and "cloud-init version" in gap and "Debian 12 root" in gap

@@ -15,6 +15,14 @@ rewritten; the root differs from a cloud image only in what a chroot needs:
   That executable is this machine's architecture, so the stack is rendered with its
   SHA-256 pinned for the edge's architecture: the check in install-traefik.sh stays real.
 
+An edge whose image ships a firewall of its own (``ImageTraits.boot_firewall``: an
+Ubuntu platform image loads iptables rules at every boot with netfilter-persistent) gets it in its root
+before cloud-init runs: Debian's ``iptables`` and ``iptables-persistent`` installed, the
+image's rules files written and the loader enabled, as the image has them; after the boot
+the ``platform-firewall`` rows check that the bootstrap's ``firewall_takeover`` left
+nothing for a reboot to load.  The root stays Debian 12: what an image of another
+distribution does differently is named in the edge's ``time`` row, not rehearsed.
+
 The failure path runs too (``boot:fail-closed:<case>``): with the download failing and
 with a tampered executable, the edge must come up closed: no Traefik, nftables enabled,
 and the readiness script failing with its message.
@@ -40,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from unittest import mock
@@ -53,6 +61,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from components.lab.changes import Check, write_report
+from components.model import stack
+from components.providers.base import ImageTraits
 from components.renderers import bootstrap, traefik
 from components.tools import offline, render
 
@@ -92,6 +102,31 @@ SERVER_ADDRESSES = [f"127.13.0.{n}" for n in range(1, 33)]
 machine's loopback, so rehearsals can run side by side; the root's /etc/hosts points
 the release host at it."""
 TOOLS = ("debootstrap", "unshare", "chroot", "tar", "zstd", "mount")
+
+IMAGE_FIREWALL_PACKAGES = ("iptables", "netfilter-persistent", "iptables-persistent")
+"""Debian's packages of the loader an image's ``boot_firewall`` comes with; installed
+only in the roots of such edges (from the apt cache the rehearsal keeps)."""
+IMAGE_FIREWALL_LOADER = "netfilter-persistent.service"
+IMAGE_FIREWALL_SETUP = """echo "== image-firewall"
+printf '%s\\n' 'iptables-persistent iptables-persistent/autosave_v4 boolean false' \\
+  'iptables-persistent iptables-persistent/autosave_v6 boolean false' | in_root debconf-set-selections
+in_root apt-get -qq update 2>&1 | tail -3
+in_root env DEBIAN_FRONTEND=noninteractive apt-get -qq -y --no-install-recommends install {packages} 2>&1 | tail -3
+in_root systemctl enable {loader} 2>&1 | tail -1
+echo "image-firewall: loader $(in_root systemctl is-enabled {loader})"
+for f in {files}; do
+  unshare --net chroot "$root" iptables-nft-restore --test "$f" 2>&1 | tail -2
+  echo "image-firewall: test ${{PIPESTATUS[0]}} $f"
+done
+"""
+"""Before cloud-init: the image's loader as the image has it (enabled; no debconf
+question, no rule saved from this machine), and each rules file parsed by
+``iptables-nft-restore --test`` in a network namespace of its own."""
+NOT_REHEARSED: dict[str, str] = {
+    "ubuntu": "Ubuntu's own package names and versions, ssh.socket activation of sshd (24.04) "
+    "and Ubuntu's cloud-init version",
+}
+"""By image name prefix: what a Debian 12 root cannot rehearse of an image of another distribution."""
 
 IMPOSSIBLE_IN_CHROOT: dict[str, str] = {}
 """cloud-init modules allowed to fail in the rehearsal, each with why a chroot cannot run it."""
@@ -304,6 +339,7 @@ class Boot:
     user_data: dict
     seconds: float
     output: str
+    image: ImageTraits = field(default_factory=ImageTraits)
 
     def path(self, on_edge: str) -> Path:
         return self.root / on_edge.lstrip("/")
@@ -330,8 +366,17 @@ SYSTEMD_OFFLINE=1 exec /usr/bin/systemctl "${args[@]}"
 SHIM_PATH = "/usr/local/sbin/systemctl"
 
 
-def boot(tarball: Path, root: Path, edge: str, user_data: str, server: ReleaseServer, apt_cache: Path) -> Boot:
-    """A fresh root from ``tarball`` booted through cloud-init's four stages with ``user_data``.
+def boot(
+    tarball: Path,
+    root: Path,
+    edge: str,
+    user_data: str,
+    server: ReleaseServer,
+    apt_cache: Path,
+    image: ImageTraits | None = None,
+) -> Boot:
+    """A fresh root from ``tarball`` booted through cloud-init's four stages with ``user_data``;
+    with the image's boot firewall (``image.boot_firewall``) in place first.
 
     Mounts live in a private mount namespace (gone when the stages end), and the
     hostname cloud-init sets in a private UTS namespace."""
@@ -357,6 +402,18 @@ def boot(tarball: Path, root: Path, edge: str, user_data: str, server: ReleaseSe
     shim.write_text(SYSTEMCTL_SHIM)
     shim.chmod(0o755)
     script = BOOT_SCRIPT + "in_root update-ca-certificates >/dev/null\n"
+    image = image or ImageTraits()
+    for path, text in image.boot_firewall:
+        on_disk = root / path.lstrip("/")
+        on_disk.parent.mkdir(parents=True, exist_ok=True)
+        on_disk.write_text(text)
+        on_disk.chmod(0o640)
+    if image.boot_firewall:
+        script += IMAGE_FIREWALL_SETUP.format(
+            packages=" ".join(IMAGE_FIREWALL_PACKAGES),
+            loader=IMAGE_FIREWALL_LOADER,
+            files=shlex.join(path for path, _ in image.boot_firewall),
+        )
     for stage, args in STAGES:
         script += f'echo "== {stage}"; in_root cloud-init {args} 2>&1 | tail -5; echo "== rc ${{PIPESTATUS[0]}}"\n'
     start = time.monotonic()
@@ -378,7 +435,7 @@ def boot(tarball: Path, root: Path, edge: str, user_data: str, server: ReleaseSe
         timeout=1800,
     )
     shim.unlink()
-    return Boot(edge, root, yaml.safe_load(user_data), time.monotonic() - start, done.stdout + done.stderr)
+    return Boot(edge, root, yaml.safe_load(user_data), time.monotonic() - start, done.stdout + done.stderr, image)
 
 
 # ---------------------------------------------------------------------------
@@ -549,8 +606,73 @@ def _install_log(b: Boot) -> str:
     return " | ".join(ln for ln in lines if "install-traefik" in ln or "curl:" in ln)[:400]
 
 
+def platform_firewall_checks(b: Boot) -> list[Check]:
+    """The image's firewall was in place before cloud-init, and the bootstrap's
+    ``firewall_takeover`` left nothing of it for a reboot to load: the loader disabled,
+    each rules file moved aside (its text kept beside it)."""
+    if not b.image.boot_firewall:
+        return []
+    name = f"boot:{b.edge}:platform-firewall"
+    found = re.search(r"^image-firewall: loader (\S*)", b.output, re.M)
+    loader = found.group(1) if found else "not set up"
+    tests = dict((p, int(rc)) for rc, p in re.findall(r"^image-firewall: test (\d+) (\S+)$", b.output, re.M))
+    files = [p for p, _ in b.image.boot_firewall]
+    problems = [] if loader == "enabled" else [f"before cloud-init: {IMAGE_FIREWALL_LOADER} {loader}"]
+    problems += [f"iptables-nft-restore --test {p}: exit {tests.get(p, 'not run')}" for p in files if tests.get(p) != 0]
+    rules = sum(text.count("\n-A ") for _, text in b.image.boot_firewall)
+    checks = [
+        Check(
+            f"{name}:image",
+            not problems,
+            loader,
+            "",
+            "; ".join(problems)
+            or f"before cloud-init: {IMAGE_FIREWALL_LOADER} enabled, {', '.join(files)} ({rules} rules) "
+            "accepted by iptables-nft-restore --test",
+        )
+    ]
+    done = b.chroot("systemctl", "is-enabled", IMAGE_FIREWALL_LOADER)
+    state = done.stdout.strip() or done.stderr.strip()
+    checks.append(
+        Check(
+            f"{name}:loader",
+            state == "disabled",
+            state,
+            "",
+            f"systemctl is-enabled {IMAGE_FIREWALL_LOADER} after cloud-init: a reboot does not run it",
+        )
+    )
+    for path, text in b.image.boot_firewall:
+        on_disk = b.path(path)
+        kept = sorted(p for p in on_disk.parent.glob(on_disk.name + ".*") if p.read_text(errors="replace") == text)
+        if on_disk.exists():
+            detail = f"{path} is still there"
+        elif not kept:
+            detail = f"{path} is gone, but no file beside it holds the image's rules"
+        else:
+            detail = f"moved aside to /{kept[0].relative_to(b.root)}"
+        checks.append(Check(f"{name}:{path}", not on_disk.exists() and bool(kept), len(kept), "kept", detail))
+    return checks
+
+
+def not_rehearsed(image: str) -> str:
+    """What the Debian 12 root cannot show of ``image`` ('' for a Debian 12 image)."""
+    gap = next((why for prefix, why in NOT_REHEARSED.items() if image.startswith(prefix)), "")
+    return (
+        f"(image {image} rehearsed in a Debian 12 root with Debian's cloud-init; not rehearsed: {gap})" if gap else ""
+    )
+
+
 def edge_checks(b: Boot) -> list[Check]:
-    return [*stage_checks(b), *file_checks(b), *unit_checks(b), *tool_checks(b), host_key_check(b), traefik_check(b)]
+    return [
+        *stage_checks(b),
+        *file_checks(b),
+        *unit_checks(b),
+        *tool_checks(b),
+        host_key_check(b),
+        traefik_check(b),
+        *platform_firewall_checks(b),
+    ]
 
 
 READINESS_MESSAGE = f"{bootstrap.TRAEFIK_BINARY_PATH} is missing"
@@ -670,6 +792,7 @@ def run(
     with _workdir(cache, keep) as work:
         rendered = render_stack(stack_file, project_file, work / "render", rel.sha256)
         edges = [e for e in rendered.output("edges") if not only or e in only]
+        specs = {e.name: e for e in stack.load(stack_file, project_file).parse().edges}
         if only and set(only) - set(edges):
             raise RehearsalError(f"no edge named {', '.join(sorted(set(only) - set(edges)))} in {stack_file}")
         host = urlsplit(traefik.release_url("arm64")).hostname or "github.com"
@@ -678,9 +801,20 @@ def run(
             for edge in edges:
                 user_data = (work / "render/nodes" / edge / "user-data.yaml").read_text()
                 server.payload = rel.good
-                b = boot(tarball, work / "roots" / edge, edge, user_data, server, cache / "apt-archives")
+                image = bootstrap.image_traits(specs[edge])
+                b = boot(tarball, work / "roots" / edge, edge, user_data, server, cache / "apt-archives", image)
                 log(f"rehearse: {edge} booted in {b.seconds:.0f}s")
-                checks.append(Check(f"boot:{edge}:time", True, round(b.seconds, 1), "s", "cloud-init's four stages"))
+                detail = " ".join(
+                    filter(
+                        None,
+                        [
+                            "the image's firewall set up, then" if image.boot_firewall else "",
+                            "cloud-init's four stages",
+                            not_rehearsed(specs[edge].image),
+                        ],
+                    )
+                )
+                checks.append(Check(f"boot:{edge}:time", True, round(b.seconds, 1), "s", detail))
                 checks += edge_checks(b)
                 if not keep:
                     shutil.rmtree(b.root, ignore_errors=True)
@@ -690,7 +824,13 @@ def run(
                 for case, payload in (("download-fails", None), ("wrong-checksum", rel.tampered)):
                     server.payload = payload
                     b = boot(
-                        tarball, work / "roots" / f"{edge}-{case}", edge, user_data, server, cache / "apt-archives"
+                        tarball,
+                        work / "roots" / f"{edge}-{case}",
+                        edge,
+                        user_data,
+                        server,
+                        cache / "apt-archives",
+                        bootstrap.image_traits(specs[edge]),
                     )
                     log(f"rehearse: fail-closed {case} on {edge} booted in {b.seconds:.0f}s")
                     checks += fail_closed_checks(b, case)
