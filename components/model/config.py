@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from components import providers
 from components.model import catalog, geoip, protection, road_warriors
+from components.model.ports import HEALTH_AGENT_PORT
 from components.model.protection import ForwardAuth, GeoPolicy, ProtectionSpec
 from components.providers.base import Provider, firewall_rules
 
@@ -79,7 +80,11 @@ class Mode(StrEnum):
 
 
 CGNAT_RANGE = ipaddress.IPv4Network("100.64.0.0/10")
-RESERVED_TCP_PORTS = {80: "HTTP (redirect and ACME)", 443: "HTTPS (passthrough and http services)"}
+RESERVED_TCP_PORTS = {
+    80: "HTTP (redirect and ACME)",
+    443: "HTTPS (passthrough and http services)",
+    HEALTH_AGENT_PORT: "the edges' health agent (DNS health checks)",
+}
 
 _NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -789,7 +794,8 @@ def _check_fleet(p: _Parser, cfg: FleetConfig) -> None:
         p.fail("dnsProvider", f"{cfg.dns.provider} hosts no DNS zones; use one of {', '.join(dns_providers())}")
 
 
-EDGE_DNS_PORTS = {53: "DNS (dnsMode edges)", 8053: "the edges' health agent (dnsMode edges)"}
+EDGE_DNS_PORTS = {53: "DNS (dnsMode edges)"}
+"""Taken only in this mode; the health agent's port is taken in every mode (RESERVED_TCP_PORTS)."""
 
 
 def _parse_dns_mode(

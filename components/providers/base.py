@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from components.model.catalog import MIN_RAM_GB, Location, ServerType
+from components.model.ports import HEALTH_AGENT_PORT
 
 if TYPE_CHECKING:
     import pulumi
@@ -118,7 +119,9 @@ def firewall_rules(cfg: FleetConfig) -> list[FirewallRule]:
     # The edges' health agents: in dnsMode edges only the other edges pass (nftables on
     # the edge holds the fleet's addresses, which the provider firewall cannot know up
     # front); in dnsMode records every checker, rate-limited per source by nftables.
-    rules.append(FirewallRule("tcp", (8053, 8053), ANYWHERE, "health agent (DNS health checks)"))
+    rules.append(
+        FirewallRule("tcp", (HEALTH_AGENT_PORT, HEALTH_AGENT_PORT), ANYWHERE, "health agent (DNS health checks)")
+    )
     rules.append(FirewallRule("icmp", None, ANYWHERE, "ICMP (path MTU discovery, ping)"))
     return rules
 

@@ -44,6 +44,7 @@ from typing import Any
 
 from components.model.config import FleetConfig, ServiceSpec
 from components.model.deployed import DeployedEdge
+from components.model.ports import HEALTH_AGENT_PORT
 
 PORT_SERVICES_LABEL = "edge"
 """``<label>.<domain>`` is the name for tcp/udp services (see the module docstring)."""
@@ -111,8 +112,7 @@ def _safe_path(path: str) -> str:
     return urllib.parse.quote(path, safe="/:?&=%-._~!$()*+,;@")
 
 
-HEALTH_PORT = 8053
-"""The edges' health agent (``cloud-init/cgnat-edge-health.py``) in every DNS mode."""
+HEALTH_PORT = HEALTH_AGENT_PORT
 PORTS_CHECK = "ports"
 """The agent's check for the tcp/udp services together (the ``edge.<domain>`` name)."""
 HEALTH_URL_HOST = "cgnat-edge-health"
