@@ -15,14 +15,18 @@ from pathlib import Path
 import pytest
 
 from components.lab import edge_lab as lab_module
+from components.lab import protection as lab_protection
 from components.lab.netns import wait_for
 from components.model.keys import generate_host_key
+from components.renderers import protection
 from components.tools import offline, status
 from tests.support import ROOT, require_root, require_tool
 
 STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
 PROJECT = ROOT / "Pulumi.yaml"
 DRIFTED = "/etc/apt/apt.conf.d/20auto-upgrades"
+COUNTRY_FILE = lab_protection.rir_file({"AQ": ["2001:db8:a0::/48"]})
+"""AQ (the lab stack's denied country) holds no address the lab uses."""
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +45,16 @@ def el(tmp_path_factory):
         yield edge_lab
     finally:
         edge_lab.close()
+
+
+@pytest.fixture(scope="module")
+def mirror(el):
+    """The registries' statistics from the lab's mirror, loaded by each edge's timer."""
+    served = lab_protection.Mirror(el, el.cfg.protection.geo_sources[0])
+    served.publish(COUNTRY_FILE)
+    for edge in el.edges.values():
+        edge.fire_timer(protection.GEO_UNIT)
+    return served
 
 
 def _status(el, tmp_path: Path, edges: dict | None = None) -> tuple[int, dict, str]:
@@ -65,7 +79,9 @@ def _problems(report: dict, edge: str) -> list[str]:
 
 
 @pytest.mark.netns
-def test_status_sees_a_healthy_fleet_then_each_fault(el, tmp_path):
+def test_status_sees_a_healthy_fleet_then_each_fault(el, mirror, tmp_path):
+    # The edges' health agents and nameservers need a few seconds after the lab starts.
+    wait_for(lambda: _status(el, tmp_path)[0] == 0, 60, 2, "the fleet to be healthy")
     code, report, table = _status(el, tmp_path)
     assert code == 0, table
     assert report["ok"]
@@ -76,6 +92,8 @@ def test_status_sees_a_healthy_fleet_then_each_fault(el, tmp_path):
         assert f["handshakeAge"] is not None and f["handshakeAge"] < 180 and f["rxBytes"] > 0
         assert f["homeEndpoint"]
         assert f["httpHosts"] and all(days is not None and days >= 1 for days in f["certDays"].values())
+        assert f["geo"]["state"] == "ok" and f["geo"]["loaded"] == ["AQ"] and f["geo"]["fetchedAge"] < 600, f
+        assert f["crowdsec"] is None  # the lab's edges run no CrowdSec unless --protection
     edge_ips = sorted(e["ipv4"] for e in offline.reveal(el.rendered.edges).values())
     assert report["hostnames"] and all(h["answers"] == edge_ips for h in report["hostnames"])
     # The lab stack's edges serve the zone: each one's own nameserver lists every edge, itself first.
@@ -89,6 +107,8 @@ def test_status_sees_a_healthy_fleet_then_each_fault(el, tmp_path):
     fsn.node.run("ip", "link", "del", "wg0")  # a broken tunnel
     fsn.node.sh(f"echo '// edited by hand' >> {DRIFTED}")  # a drifted file
     ams._stop("traefik@a.service")  # a stopped Traefik
+    mirror.publish(COUNTRY_FILE + "lab|AQ|ipv4|192.0.2.0|1|20260101|allocated|x\n", digest_of=COUNTRY_FILE)
+    assert fsn.node.run(protection.GEO_SCRIPT_PATH, "--force", check=False).returncode == 1  # a corrupt download
 
     code, report, table = _status(el, tmp_path)
     assert code == 1
@@ -97,7 +117,12 @@ def test_status_sees_a_healthy_fleet_then_each_fault(el, tmp_path):
     assert f"files differ from the last push: {DRIFTED}" in fsn_problems
     assert not any("Traefik" in p for p in fsn_problems)
     assert any(p.startswith("Traefik is not serving (stopped") for p in ams_problems), ams_problems
-    assert not any("WireGuard" in p or "files differ" in p for p in ams_problems)
+    assert not any("WireGuard" in p or "files differ" in p or "country" in p for p in ams_problems)
+    geo = [p for p in fsn_problems if p.startswith("the country lists fail to refresh")]
+    assert len(geo) == 1 and "MD5" in geo[0] and "stay in force" in geo[0], fsn_problems
+    fsn_facts = next(e["facts"] for e in report["edges"] if e["edge"] == "fsn")
+    assert fsn_facts["geo"]["state"] == "failing" and fsn_facts["geo"]["loaded"] == ["AQ"]
+    assert "systemctl start cgnat-edge-geo-sets.service" in table
     assert "fix: ssh root@" in table and "systemctl restart traefik@a.service" in table
     assert "--target-replace" in table
 
@@ -169,3 +194,42 @@ def test_an_edge_missing_from_its_peers_answers_is_named_with_its_fix():
     )
     (host,) = status.check_dns([], edges, dns_output, ask=lambda server, name: answers[server], resolve=lambda host: [])
     assert not [p for p in host.problems if "nameserver" in p.what or "out of the answers" in p.what]
+
+
+def test_country_sets_and_crowdsec_are_judged_from_what_the_edge_reports():
+    now = 1_800_000_000
+    config = {"countries": ["RU", "CN"]}
+
+    def judge(geo_status: dict | None, crowdsec: dict | None = None) -> status.EdgeStatus:
+        st = status.EdgeStatus("fsn", "203.0.113.10")
+        facts = {"now": now, "geo": {"config": config, "status": geo_status}, "crowdsec": crowdsec}
+        status._judge_protection(st, facts, "ssh root@203.0.113.10")
+        return st
+
+    good = {"ok": True, "fetched": now - 3600, "loaded": now - 3600, "countries_loaded": ["CN", "RU"]}
+    st = judge(good, {"crowdsec.service": True, "crowdsec-firewall-bouncer.service": True})
+    assert st.problems == [] and st.facts["geo"]["state"] == "ok" and st.facts["geo"]["fetchedAge"] == 3600
+
+    st = judge(None)
+    assert st.facts["geo"]["state"] == "empty"
+    assert st.problems[0].what.startswith("the country sets are empty, never loaded (the refresh has not run)")
+    assert "systemctl start cgnat-edge-geo-sets.service" in st.problems[0].fix
+
+    failing = {**good, "ok": False, "error": "https://x: HTTP 503", "failing_since": now - 7200}
+    (p,) = judge(failing).problems
+    assert p.what == (
+        "the country lists fail to refresh for 7200s: https://x: HTTP 503; the sets loaded 3600s ago stay in force"
+    )
+    (p,) = judge({**good, "fetched": now - 4 * 86400}).problems
+    assert p.what == f"the country lists were last fetched {4 * 86400}s ago"
+    (p,) = judge({**good, "countries_loaded": ["RU"]}).problems
+    assert p.what == "the loaded country sets (RU) are not the stack's (CN, RU)" and p.fix.endswith("--force")
+
+    st = judge(good, {"crowdsec.service": True, "crowdsec-firewall-bouncer.service": False})
+    (p,) = st.problems
+    assert p.what == "CrowdSec is enabled but crowdsec-firewall-bouncer.service is not running: nobody is banned"
+    assert status._crowdsec_cell(st.facts["crowdsec"]) == "FAIL"
+    # A fleet without country filters or CrowdSec has nothing to say about them.
+    config["countries"] = []
+    st = judge(None, None)
+    assert st.problems == [] and "geo" not in st.facts and status._geo_cell(st.facts.get("geo")) == "-"

@@ -26,13 +26,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.renderers import bootstrap, edge_dns, traefik
+from components.renderers import bootstrap, edge_dns, protection, traefik
 from components.tools import home_files
 
 HANDSHAKE_STALE_S = 180
 """WireGuard renews a session every 2 minutes while traffic flows and home keeps it alive."""
 UPGRADES_STALE_S = 2 * 86400
 NAMESERVER_TIMEOUT_S = 3
+GEO_STALE_S = 3 * 86400
+"""The registries publish daily and the timer fetches after 20 hours: three days
+without a fetch is a source that keeps failing, not a slow one."""
 CERT_WARN_DAYS = 14
 """Let's Encrypt certificates are renewed 30 days before they expire; 14 left means renewal fails."""
 
@@ -56,11 +59,13 @@ def mtime(path):
         return os.stat(path).st_mtime
     except OSError:
         return None
-try:
-    with open(args["desired"]) as f:
-        desired = json.load(f)
-except (OSError, ValueError):
-    desired = None
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+bouncer = args["crowdsec"][-1]
 print(json.dumps({
     "now": time.time(),
     "cloudInit": sh("cloud-init", "status"),
@@ -71,7 +76,10 @@ print(json.dumps({
     "files": {p: digest(p) for p in args["files"]},
     "upgrades": mtime("/var/lib/apt/periodic/unattended-upgrades-stamp"),
     "rebootRequired": os.path.exists("/var/run/reboot-required"),
-    "desired": desired,
+    "desired": load(args["desired"]),
+    "geo": {"config": load(args["geoConfig"]), "status": load(args["geoStatus"])},
+    "crowdsec": {u: sh("systemctl", "is-active", u)[0] == 0 for u in args["crowdsec"]}
+    if sh("systemctl", "is-enabled", bouncer)[0] == 0 else None,
 }))
 """
 
@@ -143,6 +151,9 @@ def remote_command(user: str, files: list[str]) -> str:
         "verify": bootstrap.VERIFY_PATH,
         "desired": bootstrap.DESIRED_PATH,
         "files": files,
+        "geoConfig": protection.GEO_CONFIG_PATH,
+        "geoStatus": protection.GEO_STATUS_PATH,
+        "crowdsec": [protection.CROWDSEC_UNIT, protection.BOUNCER_UNIT],
     }
     return bootstrap.as_root(user, f"python3 -c {shlex.quote(REMOTE)} {shlex.quote(json.dumps(args))}")
 
@@ -240,6 +251,58 @@ def _judge(st: EdgeStatus, e: dict, facts: dict, ssh: str) -> None:
     if facts["rebootRequired"]:
         st.problem("a reboot is pending (kernel or libc update)", f"{ssh} sudo systemctl reboot")
     f["httpHosts"] = _http_hosts(facts.get("desired"))
+    _judge_protection(st, facts, ssh)
+
+
+def _age(now: float, stamp: Any) -> int | None:
+    return int(now - stamp) if isinstance(stamp, int | float) and stamp else None
+
+
+def _judge_protection(st: EdgeStatus, facts: dict, ssh: str) -> None:
+    """The country sets the filters match against, and CrowdSec's two daemons: either
+    failing leaves the edge serving, so only status can say it."""
+    geo = facts.get("geo") or {}
+    countries = sorted((geo.get("config") or {}).get("countries") or [])
+    if countries:
+        s, now = geo.get("status") or {}, facts["now"]
+        g = st.facts["geo"] = {
+            "countries": countries,
+            "loaded": sorted(s.get("countries_loaded") or []),
+            "fetchedAge": _age(now, s.get("fetched")),
+            "loadedAge": _age(now, s.get("loaded")),
+            "error": s.get("error") or None,
+        }
+        unit = protection.GEO_UNIT
+        fix = f"{ssh} sudo systemctl start {unit}.service; {ssh} sudo journalctl -u {unit}"
+        since = _age(now, s.get("failing_since"))
+        if g["loadedAge"] is None:
+            g["state"] = "empty"
+            what = f"the country sets are empty, never loaded ({g['error'] or 'the refresh has not run'}): "
+            st.problem(what + "allow lists let nobody in, deny lists drop nobody", fix)
+        elif not s.get("ok"):
+            g["state"] = "failing"
+            what = f"the country lists fail to refresh{f' for {since}s' if since is not None else ''}: {g['error']}"
+            st.problem(f"{what}; the sets loaded {g['loadedAge']}s ago stay in force", fix)
+        elif g["fetchedAge"] is None or g["fetchedAge"] > GEO_STALE_S:
+            g["state"] = "stale"
+            st.problem(f"the country lists were last fetched {g['fetchedAge']}s ago", fix)
+        elif g["loaded"] != countries:
+            g["state"] = "other"
+            st.problem(
+                f"the loaded country sets ({', '.join(g['loaded']) or 'none'}) are not the stack's "
+                f"({', '.join(countries)})",
+                f"{ssh} sudo {protection.GEO_SCRIPT_PATH} --force",
+            )
+        else:
+            g["state"] = "ok"
+    units = facts.get("crowdsec")
+    st.facts["crowdsec"] = units
+    down = sorted(u for u, up in (units or {}).items() if not up)
+    if down:
+        st.problem(
+            f"CrowdSec is enabled but {', '.join(down)} is not running: nobody is banned",
+            f"{ssh} sudo systemctl restart {' '.join(down)}; {ssh} sudo journalctl -u {down[0]}",
+        )
 
 
 def _http_hosts(desired: dict | None) -> list[str]:
@@ -441,9 +504,19 @@ def as_json(edges: list[EdgeStatus], hosts: list[HostStatus]) -> str:
     )
 
 
+def _geo_cell(geo: dict | None) -> str:
+    return geo["state"] if geo else "-"
+
+
+def _crowdsec_cell(units: dict | None) -> str:
+    if not units:
+        return "-"
+    return "ok" if all(units.values()) else "FAIL"
+
+
 def table(edges: list[EdgeStatus], hosts: list[HostStatus]) -> str:
     lines = [
-        f"{'EDGE':<10} {'ADDRESS':<16} {'SSH':<5} {'CLOUD-INIT':<10} {'HANDSHAKE':<10} {'TRAEFIK':<18} {'DRIFT':<6} REBOOT"
+        f"{'EDGE':<10} {'ADDRESS':<16} {'SSH':<5} {'CLOUD-INIT':<10} {'HANDSHAKE':<10} {'TRAEFIK':<18} {'DRIFT':<6} {'GEO':<6} {'CROWDSEC':<9} REBOOT"
     ]
     for e in edges:
         f = e.facts
@@ -451,6 +524,7 @@ def table(edges: list[EdgeStatus], hosts: list[HostStatus]) -> str:
         lines.append(
             f"{e.edge:<10} {e.address:<16} {'ok' if e.reachable else 'FAIL':<5} {f.get('cloudInit', '-'):<10} "
             f"{'-' if age is None else f'{age}s':<10} {f.get('traefik', '-'):<18} {len(f.get('drifted', [])) if e.reachable else '-'!s:<6} "
+            f"{_geo_cell(f.get('geo')):<6} {_crowdsec_cell(f.get('crowdsec')):<9} "
             f"{'yes' if f.get('rebootRequired') else 'no' if e.reachable else '-'}"
         )
     if hosts:
