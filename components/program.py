@@ -10,7 +10,7 @@ from typing import Any
 
 import pulumi
 
-from components.model.config import KEYS, NAMESPACE, ConfigError, FleetConfig, parse
+from components.model.config import KEYS, NAMESPACE, SECRET_SET, ConfigError, FleetConfig, parse
 from components.resources.fleet import EdgeFleet
 
 
@@ -33,8 +33,11 @@ def read_config() -> FleetConfig:
         if not full_key.startswith(prefix) or full_key == f"{prefix}sshPrivateKey":
             continue
         value = runtime_config.get_config(full_key)
-        if value is not None:
-            raw[full_key[len(prefix) :]] = value
+        key = full_key[len(prefix) :]
+        if value is not None and key in KEYS and KEYS[key][0] == "secret" and runtime_config.is_config_secret(full_key):
+            raw[key] = SECRET_SET if value else ""  # the value itself stays an Output (below)
+        elif value is not None:
+            raw[key] = value
     try:
         return parse(raw, project=pulumi.get_project(), stack=pulumi.get_stack())
     except ConfigError as exc:
@@ -47,11 +50,20 @@ def ssh_private_key() -> pulumi.Output[str] | None:
     return pulumi.Config(NAMESPACE).get_secret("sshPrivateKey")
 
 
+def crowdsec_enroll_key() -> pulumi.Output[str] | None:
+    return pulumi.Config(NAMESPACE).get_secret("crowdsecEnrollKey")
+
+
 def main() -> None:
     cfg = read_config()
     for warning in cfg.warnings:
         pulumi.log.warn(warning)
-    fleet = EdgeFleet("fleet", cfg, ssh_private_key=ssh_private_key())
+    fleet = EdgeFleet(
+        "fleet",
+        cfg,
+        ssh_private_key=ssh_private_key(),
+        crowdsec_enroll_key=crowdsec_enroll_key() if cfg.protection.crowdsec_enroll else None,
+    )
 
     pulumi.export("edges", fleet.edges)
     pulumi.export("monthlyCost", fleet.monthly_cost)

@@ -86,6 +86,7 @@ def test_bad_stack_is_refused_with_its_message(path):
 
 
 WHOLE_PROGRAM = [
+    "crowdsec-enroll-plain",
     "edge-index-500",
     "ssh-key-garbage",
     "ssh-key-eight-as",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections import Counter
 
 import pytest
@@ -269,3 +270,24 @@ def test_ssh_private_key_reaches_the_ssh_steps_only_as_a_secret():
         assert offline.reveal(command.inputs["connection"])["privateKey"] == key
     shared = json.dumps([offline.masked(r.inputs) for r in run.resources]) + json.dumps(offline.masked(run.outputs))
     assert "BEGIN OPENSSH PRIVATE KEY" not in shared
+
+
+def test_crowdsec_enrolment_runs_once_per_edge_with_the_key_only_as_a_secret():
+    key = "enrol-" + os.urandom(8).hex()
+    run = offline.run_program(STACK, config_overrides={"crowdsec": "online"}, secrets={"crowdsecEnrollKey": key})
+    steps = {r.name: r for r in run.resources if r.name.endswith("-crowdsec-enroll")}
+    assert sorted(steps) == sorted(f"{e}-crowdsec-enroll" for e in ("fsn", "ams"))
+    for edge in ("fsn", "ams"):
+        step = steps[f"{edge}-crowdsec-enroll"]
+        assert offline.reveal(step.inputs["stdin"]) == key
+        assert f"--name {edge} " in step.inputs["create"] and key not in step.inputs["create"]
+        # After the edge's own push (CrowdSec is installed by then), again only for a new server or key.
+        assert run.one("command:remote:Command", f"{edge}-config").urn in step.dependencies
+        assert len(step.inputs["triggers"]) == 2
+    shared = json.dumps([offline.masked(r.inputs) for r in run.resources]) + json.dumps(offline.masked(run.outputs))
+    assert key not in shared
+
+    without = offline.run_program(STACK, config_overrides={"crowdsec": "online"})
+    assert not [r for r in without.resources if r.name.endswith("-crowdsec-enroll")]
+    with pytest.raises(Exception, match="crowdsecEnrollKey: needs CrowdSec's Central API"):
+        offline.run_program(STACK, config_overrides={"crowdsec": "offline"}, secrets={"crowdsecEnrollKey": key})

@@ -298,3 +298,23 @@ def test_verifier_ignores_the_elements_of_the_bouncers_sets_only():
     kept = verify.without_elements(running, ["ip cgnat_edge_crowdsec crowdsec-blacklists"])
     assert kept == "table inet cgnat_edge {\n\tchain input {\n\t}\n}\n" + table.format("")
     assert verify.without_elements(running, []) == running
+
+
+def test_the_enrolment_command_hands_the_key_from_stdin_to_cscli(tmp_path):
+    """Run as the push runs it (bash, the key on stdin), with cscli and systemctl
+    standing in to record what they are given."""
+    for tool in ("cscli", "systemctl"):
+        stub = tmp_path / tool
+        stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {tmp_path}/{tool}.log\n')
+        stub.chmod(0o755)
+    command = protection.enroll_command("fsn-1")
+    done = subprocess.run(
+        ["bash", "-c", command], input="the-enrol-key", capture_output=True, text=True,
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "cscli.log").read_text() == (
+        "console enroll --overwrite --name fsn-1 --tags cgnat-edge the-enrol-key\n"
+    )
+    assert (tmp_path / "systemctl.log").read_text() == "reload-or-restart crowdsec.service\n"
+    assert "the-enrol-key" not in command

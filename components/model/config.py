@@ -375,7 +375,16 @@ KEYS: dict[str, tuple[str, Any, str]] = {
         "Country prefix lists: RIR delegated-extended statistics files, each with an .md5 beside it.",
     ),
     "crowdsec": ("string", "off", "off, offline (bans from the edge's own logs) or online (plus the community list)."),
+    "crowdsecEnrollKey": (
+        "secret",
+        "",
+        "CrowdSec console enrolment key (secret; needs crowdsec online): each edge enrols once, by name.",
+    ),
 }
+
+SECRET_SET = "<secret>"
+"""What the typed config holds for a secret key that is set: that it is set, never its
+value, which the program reads on its own as a Pulumi secret."""
 
 
 def _fix_key(key: str) -> str:

@@ -74,6 +74,8 @@ class ProtectionSpec:
     """The fleet default, for services that set no countries of their own."""
     geo_sources: tuple[str, ...] = RIR_SOURCES
     crowdsec: str = "off"
+    crowdsec_enroll: bool = False
+    """``crowdsecEnrollKey`` is set: every edge enrols in the CrowdSec console."""
 
 
 def _countries(p: _Parser, key: str, raw: Any) -> tuple[str, ...]:
@@ -132,7 +134,22 @@ def parse_fleet(p: _Parser) -> ProtectionSpec:
             "(also CrowdSec's community blocklist)",
         )
         mode = "off"
-    return ProtectionSpec(geo, tuple(sources), mode)
+    from components.model.config import SECRET_SET
+
+    enroll = p.get("crowdsecEnrollKey")
+    if enroll and enroll != SECRET_SET:
+        p.fail(
+            "crowdsecEnrollKey",
+            "is stored in plain text; remove it and set it with "
+            "`pulumi config set --secret cgnat-edge:crowdsecEnrollKey <key from app.crowdsec.net>`",
+        )
+    elif enroll and mode != "online":
+        p.fail(
+            "crowdsecEnrollKey",
+            f"needs CrowdSec's Central API, which crowdsec {mode} leaves out; set cgnat-edge:crowdsec to online, "
+            "or remove the key",
+        )
+    return ProtectionSpec(geo, tuple(sources), mode, crowdsec_enroll=bool(enroll) and mode == "online")
 
 
 def parse_service(

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from components.model.config import NAMESPACE, FleetConfig, parse
+from components.model.config import KEYS, NAMESPACE, SECRET_SET, FleetConfig, parse
 
 SECRET_KEY = f"{NAMESPACE}:sshPrivateKey"
 
@@ -112,6 +112,11 @@ def _check_keys(stack_file: Path, config: dict[Any, Any], top: dict[Any, Any]) -
             )
 
 
+def _is_secret_kind(key: str) -> bool:
+    """Keys the typed config takes only as set or not (their value is read as a secret)."""
+    return key in KEYS and KEYS[key][0] == "secret"
+
+
 @dataclass(frozen=True)
 class StackFile:
     path: Path
@@ -131,7 +136,11 @@ class StackFile:
         """This project's keys, namespace stripped, as ``config.parse`` takes them
         (the secret SSH key is never part of the typed config)."""
         prefix = NAMESPACE + ":"
-        return {k[len(prefix) :]: v for k, v in self.settings.items() if k.startswith(prefix) and k != SECRET_KEY}
+        return {
+            k[len(prefix) :]: SECRET_SET if k in self.secret_keys and _is_secret_kind(k[len(prefix) :]) else v
+            for k, v in self.settings.items()
+            if k.startswith(prefix) and k != SECRET_KEY
+        }
 
     def parse(self) -> FleetConfig:
         return parse(self.raw(), project=self.project, stack=self.name, base_dir=self.path.parent)

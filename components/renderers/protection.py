@@ -15,6 +15,7 @@ restarts the bouncer, which loads every current ban again as it starts.
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 import yaml
@@ -242,6 +243,15 @@ def node_files(cfg: FleetConfig) -> list[tuple[str, str, str]]:
             ),
         ]
     return files
+
+
+def enroll_command(edge: str) -> str:
+    """Enrols the edge in the CrowdSec console with the key on stdin (never on the
+    command line pulumi logs); the agent picks the enrolment up on reload."""
+    return (
+        f'key=$(cat) && cscli console enroll --overwrite --name {shlex.quote(edge)} --tags cgnat-edge "$key" '
+        f"&& systemctl reload-or-restart {CROWDSEC_UNIT}"
+    )
 
 
 def runcmd(cfg: FleetConfig) -> list[list[str]]:

@@ -12,7 +12,7 @@ from components import providers
 from components.model import geoip
 from components.model.config import EdgeSpec, FleetConfig
 from components.model.deployed import DeployedEdge
-from components.renderers import bootstrap, edge_dns, tunnel
+from components.renderers import bootstrap, edge_dns, protection, tunnel
 from components.resources.keys import SshHostKey, WireGuardKey
 
 
@@ -34,6 +34,7 @@ class EdgeNode(pulumi.ComponentResource):
         after: pulumi.Resource | None = None,
         road_warrior_keys: pulumi.Input[dict] | None = None,
         fleet: pulumi.Output[list[DeployedEdge[str]]] | None = None,
+        crowdsec_enroll_key: pulumi.Input[str] | None = None,
     ):
         """``after``: the previous edge's config step; this edge's push starts only once
         that edge verifiably runs the new configuration (one edge at a time).
@@ -120,6 +121,18 @@ class EdgeNode(pulumi.ComponentResource):
                 parent=self, depends_on=[booted, rotated, *geoip_step, *([after] if after else [])]
             ),
         )
+
+        if crowdsec_enroll_key is not None:
+            # Once per server (and per key): the console lists the edge by its name.
+            enroll_key: pulumi.Output[str] = pulumi.Output.secret(crowdsec_enroll_key)
+            command.remote.Command(
+                f"{edge.name}-crowdsec-enroll",
+                connection=connection,
+                create=bootstrap.as_root(cfg.ssh.user, protection.enroll_command(edge.name)),
+                stdin=enroll_key,
+                triggers=[machine.server_id, enroll_key],
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.config_step]),
+            )
 
         self.ipv4 = machine.ipv4
         self.ipv6 = machine.ipv6

@@ -56,6 +56,7 @@ class EdgeFleet(pulumi.ComponentResource):
         cfg: FleetConfig,
         ssh_private_key: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
+        crowdsec_enroll_key: pulumi.Input[str] | None = None,
     ):
         super().__init__("cgnat-edge:index:EdgeFleet", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -101,6 +102,7 @@ class EdgeFleet(pulumi.ComponentResource):
                     after,
                     road_warrior_keys,
                     fleet,
+                    crowdsec_enroll_key,
                 )
             )
 

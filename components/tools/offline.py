@@ -25,6 +25,7 @@ from pulumi.runtime.sync_await import _sync_await
 from components import program as program_module
 from components import providers
 from components.model import stack
+from components.model.config import NAMESPACE
 
 SECRET = "[secret]"
 DYNAMIC_PREFIX = "pulumi-python:dynamic"
@@ -218,11 +219,13 @@ def run_program(
     state: Mapping[str, dict] | None = None,
     config_overrides: Mapping[str, Any] | None = None,
     project_file: Path | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> Run:
     """Run ``program`` once for the stack described by ``stack_file``.
 
     ``state`` maps dynamic-resource names to earlier (id, outputs), standing in for
-    the engine's checkpoint so a second run sees the keys the first one created."""
+    the engine's checkpoint so a second run sees the keys the first one created.
+    ``secrets`` (key -> plain text) are set as ``pulumi config set --secret`` does."""
     loaded = stack.load(stack_file, project_file, config_overrides)
     project, stack_name = loaded.project, loaded.name
 
@@ -238,7 +241,8 @@ def run_program(
         logger=_LogCapture(monitor.logs),  # type: ignore[arg-type]
     )
     settings.set_root_resource(None)  # type: ignore[arg-type]  # a fresh run has no root stack yet
-    pulumi.runtime.set_all_config(loaded.values, list(loaded.secret_keys))
+    secret_values = {k if ":" in k else f"{NAMESPACE}:{k}": v for k, v in (secrets or {}).items()}
+    pulumi.runtime.set_all_config({**loaded.values, **secret_values}, sorted({*loaded.secret_keys, *secret_values}))
     _sync_await(run_in_stack(program))
     return Run(project, stack_name, monitor.registrations, monitor.stack_outputs, monitor.logs)
 
