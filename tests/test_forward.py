@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -18,7 +19,7 @@ from components.model import config as config_module
 from components.model.deployed import DeployedEdge
 from components.model.keys import generate_keypair
 from components.renderers import bootstrap, forwarding, home_configs, nftables, traefik
-from tests.support import ROOT, require_root, require_tool
+from tests.support import ROOT, namespaces, require_root, require_tool
 
 FORWARDS = [
     {"name": "game", "mode": "forward", "protocol": "udp", "port": "27015-27030", "target": "192.168.1.30:27015"},
@@ -68,11 +69,55 @@ def test_edge_ruleset_dnats_keeping_the_source_and_loads(cfg, tmp_path):
     assert "tcp dport 25 dnat ip to 192.168.1.40:2525" in text
     assert "masquerade" not in text and "snat" not in text, "the visitor's address must reach home"
     assert 'ct status dnat oifname "wg0" ip daddr 192.168.1.30 udp dport 27015-27030 accept' in text
-    assert "27015" not in text.split("chain forward {")[0], "DNATed ports never reach the edge's input chain"
+    input_chain = text.split("chain forward {")[0]
+    # DNATed ports never reach the edge's input chain over IPv4; over IPv6 they are refused there.
+    assert [line.strip() for line in input_chain.splitlines() if "27015" in line or "dport 25 " in line] == [
+        "meta nfproto ipv6 tcp dport 25 reject with tcp reset",
+        "meta nfproto ipv6 udp dport 27015-27030 reject with icmpx port-unreachable",
+    ]
     path = tmp_path / "nftables.conf"
     path.write_text(text)
     res = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+PROBE6 = r"""
+import socket, sys
+kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+s.settimeout(2)
+try:
+    s.connect((host, port))
+    s.send(b"probe")
+    s.recv(10)
+    print("answered")
+except (socket.timeout, TimeoutError):
+    print("dropped")
+except ConnectionRefusedError:
+    print("refused")
+"""
+
+
+@pytest.mark.netns
+def test_ipv6_visitors_of_a_forward_port_are_refused_at_once(cfg, tmp_path):
+    """The targets are IPv4, so an IPv6 visitor (the name has the edges' AAAA records) is
+    told no at once, a reset or port unreachable, and moves on to IPv4."""
+    require_root()
+    require_tool("nft")
+    path = tmp_path / "nftables.conf"
+    path.write_text(nftables.ruleset(cfg))
+    with namespaces("nft") as lab:
+        edge, net = lab.node("edge"), lab.node("net")
+        lab.link(edge, "e0", ["2001:db8:1::1/64"], net, "n0", ["2001:db8:1::2/64"])
+        loaded = edge.run("nft", "-f", str(path), check=False)
+        assert loaded.returncode == 0, loaded.stderr
+
+        def probe(kind: str, port: int) -> str:
+            return net.run(sys.executable, "-c", PROBE6, kind, "2001:db8:1::1", str(port), timeout=10).stdout.strip()
+
+        assert probe("tcp", 25) == "refused"
+        assert probe("udp", 27020) == "refused"
+        assert probe("tcp", 8080) == "dropped"  # the control: any other port stays a silent drop
 
 
 def test_edge_gets_forwarding_only_with_forward_services(cfg, fleet_config):

@@ -137,8 +137,25 @@ def edge_chains(cfg: FleetConfig) -> list[str]:
 
 
 def input_ports_excluded(cfg: FleetConfig, protocol: str) -> set[int]:
-    """Public ports the edge's own input chain never sees (they are DNATed before it)."""
+    """Public ports the edge's own input chain never sees over IPv4 (they are DNATed
+    before it)."""
     return {p for s in services(cfg) if s.protocol == protocol for p in s.ports}
+
+
+def edge_input_rules(cfg: FleetConfig) -> list[str]:
+    """IPv6 visitors of a forward port: the targets are IPv4, so nothing forwards them,
+    and the name they resolved has the edges' AAAA records (tcp/udp services behind
+    Traefik do serve IPv6 there).  Refused at once instead of dropped, so a client
+    moves on to the IPv4 address (a TCP reset, an ICMPv6 port unreachable) rather than
+    waiting out its timeout."""
+    rules = []
+    for protocol in ("tcp", "udp"):
+        ports = sorted({port_text(s) for s in services(cfg) if s.protocol == protocol})
+        if ports:
+            dport = ports[0] if len(ports) == 1 else "{ " + ", ".join(ports) + " }"
+            verdict = "reject with tcp reset" if protocol == "tcp" else "reject with icmpx port-unreachable"
+            rules.append(f"meta nfproto ipv6 {protocol} dport {dport} {verdict}")
+    return rules
 
 
 # -- home -------------------------------------------------------------------------

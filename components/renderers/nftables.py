@@ -97,6 +97,7 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         input_rules.append(f"tcp dport {_set(tcp_ports)} accept")
     if udp_ports:
         input_rules.append(f"udp dport {_set(udp_ports)} accept")
+    input_rules += forwarding.edge_input_rules(cfg)
 
     lines = [
         "#!/usr/sbin/nft -f",
