@@ -23,16 +23,28 @@ STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
 PROJECT = ROOT / "Pulumi.yaml"
 
 
-def test_faults_report_failover_within_the_bound(tmp_path):
+@pytest.mark.parametrize(
+    "stack",
+    [
+        STACK,  # the edges own the whole domain: the visitor asks them straight
+        ROOT / "Pulumi.dev.yaml",  # `cgnat-edge lab --stack dev --faults`: a subzone, through the parent's delegation
+    ],
+    ids=["whole-domain", "dev-subzone"],
+)
+def test_faults_report_failover_within_the_bound(stack, tmp_path):
     require_root()
     require_tool(*lab_module.TOOLS)
+    if stack != STACK:
+        require_tool("pdns_recursor")
     report_file = tmp_path / "report.json"
-    ok, text = lab_module.run(STACK, project_file=PROJECT, out=tmp_path, faults=True, report=report_file)
+    ok, text = lab_module.run(stack, project_file=PROJECT, out=tmp_path, faults=True, report=report_file)
     rows = {c["name"]: c for c in json.loads(report_file.read_text())["checks"]}
     print(text)
     assert ok, text
-    # The visitor resolved every name through the edges' nameservers (no lab DNS server).
-    assert all(rows[n]["ok"] for n in rows if n.startswith("smoke:dns:"))
+    # The visitor resolved every name through the edges' nameservers: straight, or from
+    # the parent zone's CNAME and delegation on (the parent holds no address for them).
+    dns_rows = [n for n in rows if n.startswith("smoke:dns:")]
+    assert "smoke:dns:blog.example.org:A records" in dns_rows and all(rows[n]["ok"] for n in dns_rows), dns_rows
     for name in ("failover:edge-down", "failover:tunnel-down", "failover:service-down", "failover:recovery"):
         row = rows[name]
         assert row["ok"] and row["unit"] == "s", row

@@ -15,9 +15,12 @@ hand-written copies), at their real paths in the edge's own /etc and /var/lib
 Then the operator runs the first push over SSH, as ``pulumi up`` does after the
 boot step; every later push (``Edge.push``) goes the same way.  Home brings its tunnels up with the generated wg-quick files and dials
 out through the CGNAT; nothing can dial in.  ``server`` holds every service target
-address and runs ``services``.  The render's DNS zone is served by PowerDNS, and
-every node resolves through it (its own /etc/resolv.conf), so no lab process asks a
-resolver outside the lab.
+address and runs ``services``.  Every node resolves inside the lab (its own
+/etc/resolv.conf), never through a resolver outside it: through the render's zone,
+served by PowerDNS on ``dns`` (dnsMode records); straight through the edges'
+nameservers (dnsMode edges with the whole domain); or, when the edges serve a subzone,
+through a recursive resolver on ``dns`` that starts at the parent zone (the render's
+delegation) and follows it to the edges.
 
 What the lab changes on the edge, and why (everything else is byte for byte):
 
@@ -734,6 +737,16 @@ class EdgeLab:
         path.unlink()
         return json.loads(done.stdout)
 
+    def ask_nameservers(self, servers: Iterable[str], names: Iterable[str]) -> dict[tuple[str, str], list[str] | None]:
+        """{(edge, name): the A records that edge's own nameserver answers, None when it
+        gives no answer}: plain questions, as a resolver asks them."""
+        keys = [(s, n) for s in servers for n in names]
+        checks = [{"kind": "dns", "server": self.edges[s].public_ip, "name": n, "timeout": 1.0} for s, n in keys]
+        results = self.probe(checks, timeout=60)
+        return {
+            k: (r["addresses"] if r["ok"] and r.get("rcode") == 0 else None) for k, r in zip(keys, results, strict=True)
+        }
+
 
 # ---------------------------------------------------------------------------
 # Building
@@ -748,37 +761,62 @@ def _attach(lab: Lab, inet: Node, node: Node, ifname: str, ip: str) -> None:
     node.route("default", "via", gw, "dev", "eth0", "onlink")
 
 
-def _zone(rendered: Rendered, dns_ip: str) -> str:
+def _zone(rendered: Rendered, dns_ip: str, records: str) -> str:
+    """The zone the user's DNS provider holds, with the render's ``dns/<records>``."""
     zone = rendered.cfg.dns.zone
     head = (
         f"$ORIGIN {zone}.\n$TTL 3600\n"
         f"@ IN SOA ns1.{zone}. hostmaster.{zone}. 1 3600 600 604800 60\n"
         f"@ IN NS ns1.{zone}.\nns1 IN A {dns_ip}\n"
     )
-    return head + (rendered.out / "dns" / "zone-fragment.db").read_text()
+    return head + (rendered.out / "dns" / records).read_text()
 
 
-def _start_dns(el: EdgeLab, node: Node) -> None:
+def _serve_zone(el: EdgeLab, node: Node, records: str, address: str, port: int = 53) -> Path:
+    """PowerDNS serving that zone on ``address``; returns its work folder."""
     work = el.lab.workdir / "dns"
     work.mkdir()
-    zone = el.cfg.dns.zone
-    (work / "zone").write_text(_zone(el.rendered, el.dns_ip))
-    (work / "named.conf").write_text(f'zone "{zone}" {{ type master; file "{work / "zone"}"; }};\n')
+    (work / "zone").write_text(_zone(el.rendered, el.dns_ip, records))
+    (work / "named.conf").write_text(f'zone "{el.cfg.dns.zone}" {{ type master; file "{work / "zone"}"; }};\n')
     node.spawn(
-        "pdns_server",
-        "--no-config",
-        "--daemon=no",
-        "--guardian=no",
-        "--launch=bind",
-        f"--bind-config={work / 'named.conf'}",
-        f"--socket-dir={work}",
-        f"--local-address={el.dns_ip}",
-        "--local-port=53",
-        "--security-poll-suffix=",
-        "--disable-syslog",
-        "--loglevel=4",
+        "pdns_server", "--no-config", "--daemon=no", "--guardian=no", "--launch=bind",
+        f"--bind-config={work / 'named.conf'}", f"--socket-dir={work}", f"--local-address={address}",
+        f"--local-port={port}", "--security-poll-suffix=", "--disable-syslog", "--loglevel=4",
         log=work / "pdns.log",
-    )
+    )  # fmt: skip
+    return work
+
+
+def _delegated(cfg: FleetConfig) -> bool:
+    """The edges serve a subzone of the zone the user's DNS provider holds."""
+    return cfg.dns.edge_served and cfg.dns.edge_zone != cfg.dns.zone
+
+
+PARENT_PORT = 5300
+"""The parent zone's server, on the DNS node's loopback behind its resolver."""
+
+
+def _start_parent_and_resolver(el: EdgeLab, node: Node) -> None:
+    """The user's DNS provider, serving the delegation the render gives
+    (``dns/delegation.db``: NS, glue and the hostnames' CNAMEs), and a recursive
+    resolver that starts there and follows the delegation to the edges.  Its cache
+    lives a second, so the lab sees the edges' answers as they change."""
+    if shutil.which("pdns_recursor") is None:
+        raise LabError(
+            f"the stack's edges serve a subzone ({el.cfg.dns.edge_zone}): the lab resolves through the parent "
+            "zone with PowerDNS Recursor; install it (apt-get install pdns-recursor)"
+        )
+    work = _serve_zone(el, node, "delegation.db", "127.0.0.1", PARENT_PORT)
+    (work / "recursor").mkdir()
+    node.spawn(
+        "pdns_recursor", f"--config-dir={work / 'recursor'}", f"--socket-dir={work / 'recursor'}",
+        "--daemon=no", f"--local-address={el.dns_ip}", "--local-port=53", "--allow-from=0.0.0.0/0,::/0",
+        f"--forward-zones={el.cfg.dns.zone}=127.0.0.1:{PARENT_PORT}", "--hint-file=no", "--max-cache-ttl=1",
+        "--max-negative-ttl=1", "--packetcache-ttl=0", "--dnssec=off", "--security-poll-suffix=",
+        "--dont-query=",  # its default list holds the documentation ranges the lab lives in
+        "--disable-syslog", "--loglevel=4", "--threads=1",
+        log=work / "recursor.log",
+    )  # fmt: skip
 
 
 def build(rendered: Rendered, *, exclude_targets: Iterable[str] = ()) -> EdgeLab:
@@ -803,12 +841,15 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
 
     inet = el.nodes["inet"] = lab.node("inet")
     inet.forward()
-    # dnsMode edges: the edges are the nameservers; no lab DNS server.
-    edge_served = cfg.dns.edge_served
-    for name in ("client", "cgnat", "operator") if edge_served else ("client", "dns", "cgnat", "operator"):
+    # dnsMode edges: the edges are the nameservers.  With the whole domain theirs, the
+    # nodes ask them straight; with a subzone, the lab's DNS node is the parent zone
+    # (the delegation as the user sets it) and a resolver, as a visitor's ISP runs one.
+    edge_served, delegated = cfg.dns.edge_served, _delegated(cfg)
+    lab_dns = not edge_served or delegated
+    for name in ("client", "dns", "cgnat", "operator") if lab_dns else ("client", "cgnat", "operator"):
         el.nodes[name] = lab.node(name)
     _attach(lab, inet, el.nodes["client"], "i-client", el.client_ip)
-    if not edge_served:
+    if lab_dns:
         _attach(lab, inet, el.nodes["dns"], "i-dns", el.dns_ip)
     _attach(lab, inet, el.nodes["operator"], "i-operator", el.operator_ip)
     cgnat = el.nodes["cgnat"]
@@ -853,7 +894,7 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
 
     resolv = (
         "".join(f"nameserver {ip}\n" for _, ip in sorted(edge_ips.items())) + "options timeout:1 attempts:2\n"
-        if edge_served
+        if edge_served and not delegated
         else f"nameserver {el.dns_ip}\n"
     )
     if any(s.mode == "http" for s in cfg.services):
@@ -871,7 +912,9 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
         edge.node.bind("/etc/resolv.conf", resolv)
 
     if not edge_served:
-        _start_dns(el, el.nodes["dns"])
+        _serve_zone(el, el.nodes["dns"], "zone-fragment.db", el.dns_ip)
+    elif delegated:
+        _start_parent_and_resolver(el, el.nodes["dns"])
     el.start_home_services(exclude=exclude_targets)
     for edge in el.edges.values():
         edge.boot()
@@ -888,12 +931,23 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
         if not first.ok:
             raise LabError(f"the first push to edge {name} failed:\n{first.output[-3000:]}")
     if edge_served:
+        # Through the resolver (a subzone) or straight (the whole domain): the glue name.
         ns_name = edge_dns.nameserver(cfg, cfg.edges[0])
         want = [ip for name, ip in edge_ips.items() if name == cfg.edges[0].name]
         wait_for(
             lambda: el.probe([{"kind": "resolve", "name": ns_name}])[0].get("addresses") == want,
             timeout=15,
             message="the edges' nameservers",
+        )
+        # Each agent's first checks run once its edge serves; until every edge's have,
+        # an answer may still leave one out.  The lab starts from the settled fleet.
+        served = [name for _host, name, _check in edge_dns.names(cfg)]
+        every = set(edge_ips.values())
+        wait_for(
+            lambda: all(v is not None and set(v) == every for v in el.ask_nameservers(el.edges, served).values()),
+            timeout=30,
+            interval=0.5,
+            message="every edge's nameserver to answer every name with every edge",
         )
         return
     wait_for(

@@ -39,16 +39,6 @@ GIVE_UP_S = 45.0
 POLL_S = 0.3
 
 
-def _answers(el: EdgeLab, servers: list[str], names: list[str]) -> dict[tuple[str, str], list[str] | None]:
-    """{(nameserver edge, name): addresses, None when it did not answer}."""
-    keys = [(s, n) for s in servers for n in names]
-    checks = [{"kind": "dns", "server": el.edges[s].public_ip, "name": n, "timeout": 1.0} for s, n in keys]
-    results = el.probe(checks, timeout=60)
-    return {
-        k: (r["addresses"] if r["ok"] and r.get("rcode") == 0 else None) for k, r in zip(keys, results, strict=True)
-    }
-
-
 def _agent_up(el: EdgeLab, edge: str, check: str) -> bool:
     url = f"http://127.0.0.1:{edge_dns.HEALTH_PORT}/health/{check}"
     done = el.edges[edge].node.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "2", url, check=False)
@@ -80,12 +70,14 @@ class Faults:
         if len(el.edges) < 2:
             raise LabError("--faults needs at least two edges")
         self.el = el
-        self.names = [host for host, _served, _check in edge_dns.names(cfg)]
+        # What the edges' nameservers own: the hostnames themselves, or with a subzone
+        # the names their CNAMEs point to.
+        self.names = [served for _host, served, _check in edge_dns.names(cfg)]
         self.by_index = [e.name for e in sorted(cfg.edges, key=lambda e: e.index)]
         self.ips = {name: el.edges[name].public_ip for name in self.by_index}
 
     def _all_answer(self, servers: list[str], want: Callable[[str], set[str]]) -> tuple[bool, str]:
-        got = _answers(self.el, servers, self.names)
+        got = self.el.ask_nameservers(servers, self.names)
         bad = {k: v for k, v in got.items() if v is None or set(v) != want(k[1])}
         shown = "; ".join(f"ns {s} {n}: {v}" for (s, n), v in list(bad.items())[:3])
         return not bad, shown or f"{len(got)} answers as expected from nameservers {', '.join(servers)}"
