@@ -114,14 +114,22 @@ def test_a_stack_file_indented_with_tabs(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_stack_file_without_a_project_beside_it(tmp_path, capsys):
+def test_a_stack_file_without_a_project_beside_it(tmp_path, capsys, monkeypatch):
     stack = tmp_path / "Pulumi.dev.yaml"
     stack.write_text((ROOT / "Pulumi.dev.yaml").read_text())
+    monkeypatch.chdir(tmp_path)  # no project here either
     err = _fail(capsys, ["policy", "--stack-file", str(stack)])
     assert err == (
         f"cgnat-edge policy: {tmp_path / 'Pulumi.yaml'} does not exist; run from the project folder "
         "(the one holding Pulumi.yaml) or pass --project-dir\n"
     )
+
+
+def test_a_stack_file_elsewhere_belongs_to_the_project_in_the_current_folder(capsys, monkeypatch):
+    """As the README runs the lab: from the project folder, with the fixture in tests/."""
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["policy", "--stack-file", "tests/fixtures/Pulumi.lab.yaml"]) == 0
+    assert capsys.readouterr().out.startswith("policy: stack lab (")
 
 
 def test_project_dir_gives_the_project_for_a_stack_file_elsewhere(tmp_path, capsys):

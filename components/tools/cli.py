@@ -24,10 +24,16 @@ class _Unusable(Exception):
 
 
 def _stack(args: argparse.Namespace) -> tuple[Path, Path | None]:
-    """The stack file and the project file the options select (None: the Pulumi.yaml beside the stack file)."""
+    """The stack file and the project file the options select (None: the Pulumi.yaml
+    beside the stack file).  A stack file kept elsewhere (the lab fixture in tests/)
+    belongs to the project in the current folder."""
     project_file = Path(args.project_dir) / "Pulumi.yaml" if args.project_dir else None
     if args.stack_file:
-        return Path(args.stack_file), project_file
+        stack_file = Path(args.stack_file)
+        beside = (stack_file.parent / "Pulumi.yaml").is_file()
+        if project_file is None and not beside and Path("Pulumi.yaml").is_file():
+            project_file = Path("Pulumi.yaml")
+        return stack_file, project_file
     return stack.find(args.stack or DEFAULT_STACK, args.project_dir or "."), project_file
 
 
