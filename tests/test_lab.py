@@ -10,6 +10,7 @@ come last, in that order.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -380,6 +381,35 @@ def test_a_dead_edge_leaves_the_other_serving_and_comes_back_without_touching_ho
     assert el.handshake_time("fsn") > last_handshake
     assert not _failed(lab_module.smoke(el, edges=["fsn"]))
     assert {t: el.home.run("cat", f"/sys/class/net/{t}/ifindex").stdout for t in home_before} == home_before
+
+
+def test_change_matrix_runs_on_the_dev_stack(tmp_path):
+    """``cgnat-edge lab --stack dev --changes``, as the README runs it: the services it
+    adds and moves live in the stack's own home LAN (192.168.1.0/24, inside the lab's
+    namespaces), its tunnel prefix is the one derived from project and stack, and its
+    edges serve a subzone resolved through the parent's delegation."""
+    _require_lab()
+    require_tool("pdns_recursor")
+    report_file = tmp_path / "report.json"
+    ok, report = lab_module.run(
+        ROOT / "Pulumi.dev.yaml", project_file=PROJECT, out=tmp_path, changes=True, report=report_file
+    )
+    rows = {c["name"]: c for c in json.loads(report_file.read_text())["checks"]}
+    assert ok, report
+    assert sum(name.startswith("change:") for name in rows) == 17 and all(rows[n]["ok"] for n in rows)
+    assert "'192.168.1.10:2023'" in rows["change:service-target"]["detail"]
+    assert rows["rolling:failed-requests"]["value"] == 0
+
+
+def test_the_change_matrix_names_the_services_it_needs(rendered):
+    from components.lab import changes
+
+    cfg = rendered.cfg
+    without = dataclasses.replace(cfg, services=[s for s in cfg.services if s.name != "valheim"])
+    fake = type("Lab", (), {"cfg": without})()
+    with pytest.raises(lab_module.LabError, match=r"lacks them; run it on the example stacks") as raised:
+        changes.run_matrix(fake, STACK, PROJECT)  # type: ignore[arg-type]
+    assert "valheim (udp 2456)" in str(raised.value) and "git-ssh" not in str(raised.value)
 
 
 def test_lab_change_matrix_report_and_teardown(tmp_path, monkeypatch):

@@ -30,9 +30,10 @@ from typing import Any
 import yaml
 
 from components.lab import edge_lab
-from components.lab.edge_lab import SERVICES_SCRIPT, EdgeLab, Rendered
+from components.lab.edge_lab import SERVICES_SCRIPT, EdgeLab, LabError, Rendered
 from components.lab.netns import wait_for
 from components.lab.services import IDP_SESSION
+from components.model.config import FleetConfig
 from components.model.keys import generate_host_key
 from components.renderers import traefik
 from components.tools import home_files, offline
@@ -281,12 +282,20 @@ def _rollout_failed(r: Rollout) -> str:
 # ---------------------------------------------------------------------------
 
 
-NEW_SERVICES: list[dict[str, Any]] = [
-    {"name": "wiki", "mode": "passthrough", "hostnames": ["wiki.example.org"], "target": "192.0.2.11:443"},
-    {"name": "shop", "mode": "http", "hostnames": ["shop.example.org"], "target": "192.0.2.21:8080"},
-    {"name": "mqtt", "mode": "tcp", "port": 8883, "target": "192.0.2.10:8883"},
-    {"name": "voice", "mode": "udp", "port": 9987, "target": "192.0.2.30:9987"},
-]
+def new_services(cfg: FleetConfig) -> list[dict[str, Any]]:
+    """One service of each mode to add and remove again, with targets in the stack's
+    own first LAN prefix (hosts .10 to .30, as the example stacks use)."""
+    lan = cfg.home.lan_prefixes[0].network_address
+    return [
+        {"name": "wiki", "mode": "passthrough", "hostnames": [f"wiki.{cfg.domain}"], "target": f"{lan + 11}:443"},
+        {"name": "shop", "mode": "http", "hostnames": [f"shop.{cfg.domain}"], "target": f"{lan + 21}:8080"},
+        {"name": "mqtt", "mode": "tcp", "port": 8883, "target": f"{lan + 10}:8883"},
+        {"name": "voice", "mode": "udp", "port": 9987, "target": f"{lan + 30}:9987"},
+    ]
+
+
+MATRIX_SERVICES = {"git-ssh": ("tcp", 2222), "valheim": ("udp", 2456)}
+"""What the matrix probes through every change, as both example stacks declare them."""
 NEW_LAN = (
     "192.0.2.128/26",
     "192.0.2.129/26",
@@ -306,6 +315,14 @@ def _only_fleet_files_changed(el: EdgeLab, output: str) -> bool:
 
 
 def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) -> list[Check]:
+    have = {s.name: (str(s.mode), s.port) for s in el.cfg.services}
+    missing = [f"{n} ({mode} {port})" for n, (mode, port) in MATRIX_SERVICES.items() if have.get(n) != (mode, port)]
+    if missing:
+        raise LabError(
+            f"--changes probes the services {', '.join(missing)} through every change, and the stack lacks them; "
+            "run it on the example stacks (--stack dev, or --stack-file tests/fixtures/Pulumi.lab.yaml)"
+        )
+    added = new_services(el.cfg)
     checks: list[Check] = []
     with tempfile.TemporaryDirectory(prefix="cgnat-edge-changes-") as tmp:
         stack = Stack(el, stack_file, project_file, Path(tmp))
@@ -428,7 +445,7 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
             )
 
         # -- tunnel prefix ----------------------------------------------------------------
-        old_prefix = ipaddress.ip_network(stack.values["tunnelIpv4Prefix"])
+        old_prefix = el.cfg.tunnel.ipv4_prefix
         new_prefix = str(
             ipaddress.ip_network((int(old_prefix.network_address) + old_prefix.num_addresses, old_prefix.prefixlen))
         )
@@ -466,14 +483,14 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
 
         # -- services of every mode: added, then removed (static changes: new ports) --------
         long_conn = _open_long_connection(el, edges[0])
-        with_new = stack.render(services=list(stack.values["services"]) + NEW_SERVICES)
+        with_new = stack.render(services=list(stack.values["services"]) + added)
         _stand_in_certificate(el, with_new)
         el.start_home_services(with_new)
         el.apply_home_filters(with_new)  # home first lets the edges reach the new targets
         r = push("add-services", with_new)
         if r:
             el.rendered = with_new
-            for s in NEW_SERVICES:
+            for s in added:
                 answers = {e: _probe_service(el, e, s) for e in edges}
                 checks.append(
                     Check(
@@ -496,12 +513,10 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                 + ("still echoes" if survived else "was cut"),
             )
         )
-        r = push(
-            "remove-services", stack.render(services=[s for s in stack.values["services"] if s not in NEW_SERVICES])
-        )
+        r = push("remove-services", stack.render(services=[s for s in stack.values["services"] if s not in added]))
         if r:
             el.rendered = stack.render()
-            for s in NEW_SERVICES:
+            for s in added:
                 answers = {e: _probe_service(el, e, s) for e in edges}
                 absent = {e: not _service_answers(a, s["name"]) for e, a in answers.items()}
                 checks.append(
@@ -518,7 +533,9 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                 )
 
         # -- a dynamic-only change: a service's target moves --------------------------------
-        moved = [dict(s, target="192.0.2.10:2023") if s["name"] == "git-ssh" else s for s in stack.values["services"]]
+        git_ssh = next(s for s in el.cfg.services if s.name == "git-ssh")
+        new_target = f"{git_ssh.target.host}:2023"
+        moved = [dict(s, target=new_target) if s["name"] == "git-ssh" else s for s in stack.values["services"]]
         rendered = stack.render(services=moved)
         el.start_home_services(rendered)
         el.lift_home_filters()
@@ -534,8 +551,8 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
             checks.append(
                 Check(
                     "change:service-target",
-                    set(listeners.values()) == {"192.0.2.10:2023"},
-                    sum(v == "192.0.2.10:2023" for v in listeners.values()),
+                    set(listeners.values()) == {new_target},
+                    sum(v == new_target for v in listeners.values()),
                     "edges",
                     f"git-ssh answered by {listeners}",
                 )
