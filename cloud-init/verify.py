@@ -242,7 +242,19 @@ def check_ssh(desired: dict) -> list[str]:
 
 
 EDGE_ZONE = "/etc/powerdns/cgnat-edge/zone.db"
-HEALTH_URL = "http://127.0.0.1:8053/health"
+HEALTH_CONF = "/etc/cgnat-edge/health.json"
+
+
+def _agent_problem() -> str | None:
+    """None when the health agent answers on the port its own configuration names."""
+    try:
+        with open(HEALTH_CONF) as f:
+            url = f"http://127.0.0.1:{json.load(f)['port']}/health"
+        with urllib.request.urlopen(url, timeout=2) as r:
+            json.load(r)
+        return None
+    except (OSError, ValueError, KeyError) as exc:
+        return f"the health agent does not answer on its port ({exc})"
 
 
 def _soa_answered(zone: str) -> bool:
@@ -273,31 +285,24 @@ def check_edge_dns(desired: dict, timeout: float = 15) -> list[str]:
                 problems.append(f"PowerDNS gives no authoritative SOA for {zone}")
         except OSError as exc:
             problems.append(f"PowerDNS does not answer on 127.0.0.1:53 ({exc})")
-        try:
-            with urllib.request.urlopen(HEALTH_URL, timeout=2) as r:
-                json.load(r)
-        except (OSError, ValueError) as exc:
-            problems.append(f"the health agent does not answer {HEALTH_URL} ({exc})")
+        agent = _agent_problem()
+        if agent:
+            problems.append(agent)
         if not problems:
             return []
         time.sleep(0.5)
     return problems
 
 
-HEALTH_CONF = "/etc/cgnat-edge/health.json"
-
-
 def check_health_agent(desired: dict, timeout: float = 15) -> list[str]:
     """dnsMode records: the agent the PowerDNS and Route 53 renderings' checks ask serves."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            with urllib.request.urlopen(HEALTH_URL, timeout=2) as r:
-                json.load(r)
+        agent = _agent_problem()
+        if not agent:
             return []
-        except (OSError, ValueError) as exc:
-            if time.monotonic() >= deadline:
-                return [f"the health agent does not answer {HEALTH_URL} ({exc})"]
+        if time.monotonic() >= deadline:
+            return [agent]
         time.sleep(0.5)
 
 
