@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from components.model.config import FleetConfig, Mode, ServiceSpec
 from components.renderers import tunnel
+from components.renderers.nft_literals import one_or_set
 
 MARK_BASE = 0xCE00
 """Connection/packet mark of the tunnel to the edge with index i: MARK_BASE + i."""
@@ -152,7 +153,7 @@ def edge_input_rules(cfg: FleetConfig) -> list[str]:
     for protocol in ("tcp", "udp"):
         ports = sorted({port_text(s) for s in services(cfg) if s.protocol == protocol})
         if ports:
-            dport = ports[0] if len(ports) == 1 else "{ " + ", ".join(ports) + " }"
+            dport = one_or_set(ports)
             verdict = "reject with tcp reset" if protocol == "tcp" else "reject with icmpx port-unreachable"
             rules.append(f"meta nfproto ipv6 {protocol} dport {dport} {verdict}")
     return rules

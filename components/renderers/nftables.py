@@ -11,13 +11,10 @@ from __future__ import annotations
 
 from components.model.config import FleetConfig
 from components.renderers import forwarding, protection, road_warriors, tunnel
+from components.renderers.nft_literals import set_of
 
 PATH = "/etc/nftables.conf"
 METADATA_ADDRESS = "169.254.169.254"
-
-
-def _set(items: list) -> str:
-    return "{ " + ", ".join(str(i) for i in items) + " }"
 
 
 DNS_RATE = "50/second burst 100 packets"
@@ -37,9 +34,9 @@ def _edge_dns_rules(fleet: tuple[list[str], list[str]]) -> list[str]:
     ]
     v4, v6 = fleet
     if v4:
-        rules.append(f"ip saddr {_set(v4)} tcp dport {edge_dns.HEALTH_PORT} accept")
+        rules.append(f"ip saddr {set_of(v4)} tcp dport {edge_dns.HEALTH_PORT} accept")
     if v6:
-        rules.append(f"ip6 saddr {_set(v6)} tcp dport {edge_dns.HEALTH_PORT} accept")
+        rules.append(f"ip6 saddr {set_of(v6)} tcp dport {edge_dns.HEALTH_PORT} accept")
     return rules
 
 
@@ -86,17 +83,17 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         "ip6 saddr fe80::/10 udp dport 546 accept",  # DHCPv6 replies, where the image uses it
     ]
     if ssh_v4:
-        input_rules.append(f"ip saddr {_set(ssh_v4)} tcp dport 22 accept")
+        input_rules.append(f"ip saddr {set_of(ssh_v4)} tcp dport 22 accept")
     if ssh_v6:
-        input_rules.append(f"ip6 saddr {_set(ssh_v6)} tcp dport 22 accept")
+        input_rules.append(f"ip6 saddr {set_of(ssh_v6)} tcp dport 22 accept")
     if cfg.dns.edge_served and fleet is not None:
         input_rules += _edge_dns_rules(fleet)
     if not cfg.dns.edge_served:
         input_rules += _health_agent_rules()
     if tcp_ports:
-        input_rules.append(f"tcp dport {_set(tcp_ports)} accept")
+        input_rules.append(f"tcp dport {set_of(tcp_ports)} accept")
     if udp_ports:
-        input_rules.append(f"udp dport {_set(udp_ports)} accept")
+        input_rules.append(f"udp dport {set_of(udp_ports)} accept")
     input_rules += forwarding.edge_input_rules(cfg)
 
     lines = [

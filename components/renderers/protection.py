@@ -23,6 +23,7 @@ import yaml
 from components.model.config import FleetConfig, Mode, ServiceSpec
 from components.model.protection import GeoPolicy, effective_geo
 from components.renderers import tunnel
+from components.renderers.nft_literals import one_or_set
 
 GEO_CONFIG_PATH = "/etc/cgnat-edge/geo.json"
 GEO_SCRIPT_PATH = "/usr/local/sbin/cgnat-edge-geo-sets"
@@ -129,7 +130,7 @@ def _port_expr(ports: tuple[int, ...]) -> str:
         else:
             spans.append([port, port])
     items = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in spans]
-    return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
+    return one_or_set(items)
 
 
 def nft_after_table(cfg: FleetConfig) -> list[str]:

@@ -21,16 +21,13 @@ from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
 from components.model.road_warriors import RoadWarrior
 from components.renderers import tunnel
+from components.renderers.nft_literals import set_of
 
 KEEPALIVE = 25
 
 
 def peers(cfg: FleetConfig) -> tuple[RoadWarrior, ...]:
     return cfg.road_warriors.peers if cfg.road_warriors else ()
-
-
-def _set(items) -> str:
-    return "{ " + ", ".join(str(i) for i in items) + " }"
 
 
 def edge_peers(cfg: FleetConfig, public_keys: Mapping[str, str]) -> list[str]:
@@ -49,7 +46,7 @@ def edge_forward_rules(cfg: FleetConfig) -> list[str]:
     for rw in peers(cfg):
         v4 = [n for n in rw.allowed if n.version == 4]
         if v4:
-            rules.append(f'iifname "{wg}" oifname "{wg}" ip saddr {rw.address} ip daddr {_set(v4)} accept')
+            rules.append(f'iifname "{wg}" oifname "{wg}" ip saddr {rw.address} ip daddr {set_of(v4)} accept')
         if rw.internet:
             rules.append(f'iifname "{wg}" oifname != "{wg}" ip saddr {rw.address} accept')
     return rules
@@ -65,7 +62,7 @@ def edge_chains(cfg: FleetConfig) -> list[str]:
         "    # road warriors with internet: true leave through the edge, behind its address.",
         "    chain road_warrior_exit {",
         "        type nat hook postrouting priority srcnat; policy accept;",
-        f'        oifname != "{tunnel.EDGE_INTERFACE}" ip saddr {_set(exits)} masquerade',
+        f'        oifname != "{tunnel.EDGE_INTERFACE}" ip saddr {set_of(exits)} masquerade',
         "    }",
     ]
 
