@@ -10,7 +10,7 @@ from typing import Any
 
 import pulumi
 
-from components.model.config import KEYS, NAMESPACE, SECRET_SET, ConfigError, FleetConfig, parse
+from components.model.config import KEYS, NAMESPACE, SECRET_SET, ConfigError, FleetConfig, is_secret_key, parse
 from components.resources.fleet import EdgeFleet
 
 
@@ -34,7 +34,7 @@ def read_config() -> FleetConfig:
             continue
         value = runtime_config.get_config(full_key)
         key = full_key[len(prefix) :]
-        if value is not None and key in KEYS and KEYS[key][0] == "secret" and runtime_config.is_config_secret(full_key):
+        if value is not None and is_secret_key(key) and runtime_config.is_config_secret(full_key):
             raw[key] = SECRET_SET if value else ""  # the value itself stays an Output (below)
         elif value is not None:
             raw[key] = value

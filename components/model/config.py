@@ -387,6 +387,11 @@ SECRET_SET = "<secret>"
 value, which the program reads on its own as a Pulumi secret."""
 
 
+def is_secret_key(key: str) -> bool:
+    """Keys the typed config takes only as set or not (``SECRET_SET``)."""
+    return key in KEYS and KEYS[key][0] == "secret"
+
+
 def _fix_key(key: str) -> str:
     return f"{NAMESPACE}:{key}"
 

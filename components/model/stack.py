@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from components.model.config import KEYS, NAMESPACE, SECRET_SET, FleetConfig, parse
+from components.model.config import NAMESPACE, SECRET_SET, FleetConfig, is_secret_key, parse
 
 SECRET_KEY = f"{NAMESPACE}:sshPrivateKey"
 
@@ -112,11 +112,6 @@ def _check_keys(stack_file: Path, config: dict[Any, Any], top: dict[Any, Any]) -
             )
 
 
-def _is_secret_kind(key: str) -> bool:
-    """Keys the typed config takes only as set or not (their value is read as a secret)."""
-    return key in KEYS and KEYS[key][0] == "secret"
-
-
 @dataclass(frozen=True)
 class StackFile:
     path: Path
@@ -137,7 +132,7 @@ class StackFile:
         (the secret SSH key is never part of the typed config)."""
         prefix = NAMESPACE + ":"
         return {
-            k[len(prefix) :]: SECRET_SET if k in self.secret_keys and _is_secret_kind(k[len(prefix) :]) else v
+            k[len(prefix) :]: SECRET_SET if k in self.secret_keys and is_secret_key(k[len(prefix) :]) else v
             for k, v in self.settings.items()
             if k.startswith(prefix) and k != SECRET_KEY
         }
