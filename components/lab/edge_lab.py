@@ -894,7 +894,7 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
 
     resolv = (
         "".join(f"nameserver {ip}\n" for _, ip in sorted(edge_ips.items())) + "options timeout:1 attempts:2\n"
-        if edge_served and not delegated
+        if not lab_dns
         else f"nameserver {el.dns_ip}\n"
     )
     if any(s.mode == "http" for s in cfg.services):

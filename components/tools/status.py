@@ -241,7 +241,7 @@ def _judge(st: EdgeStatus, e: dict, facts: dict, ssh: str) -> None:
         )
 
     stamp = facts["upgrades"]
-    f["upgradesAge"] = int(facts["now"] - stamp) if stamp else None
+    f["upgradesAge"] = _age(facts["now"], stamp)
     if stamp is None or facts["now"] - stamp > UPGRADES_STALE_S:
         st.problem(
             "unattended-upgrades has not run in two days" if stamp else "unattended-upgrades never ran",
