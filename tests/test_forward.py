@@ -20,6 +20,7 @@ from components.model.deployed import DeployedEdge
 from components.model.keys import generate_keypair
 from components.renderers import bootstrap, forwarding, home_configs, nftables, traefik
 from tests.support import ROOT, namespaces, require_root, require_tool
+from tests.test_nftables import PROBE
 
 FORWARDS = [
     {"name": "game", "mode": "forward", "protocol": "udp", "port": "27015-27030", "target": "192.168.1.30:27015"},
@@ -81,23 +82,6 @@ def test_edge_ruleset_dnats_keeping_the_source_and_loads(cfg, tmp_path):
     assert res.returncode == 0, res.stderr
 
 
-PROBE6 = r"""
-import socket, sys
-kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
-s.settimeout(2)
-try:
-    s.connect((host, port))
-    s.send(b"probe")
-    s.recv(10)
-    print("answered")
-except (socket.timeout, TimeoutError):
-    print("dropped")
-except ConnectionRefusedError:
-    print("refused")
-"""
-
-
 @pytest.mark.netns
 def test_ipv6_visitors_of_a_forward_port_are_refused_at_once(cfg, tmp_path):
     """The targets are IPv4, so an IPv6 visitor (the name has the edges' AAAA records) is
@@ -113,7 +97,8 @@ def test_ipv6_visitors_of_a_forward_port_are_refused_at_once(cfg, tmp_path):
         assert loaded.returncode == 0, loaded.stderr
 
         def probe(kind: str, port: int) -> str:
-            return net.run(sys.executable, "-c", PROBE6, kind, "2001:db8:1::1", str(port), timeout=10).stdout.strip()
+            argv = (sys.executable, "-c", PROBE, kind, "2001:db8:1::2", "2001:db8:1::1", str(port))
+            return net.run(*argv, timeout=10).stdout.strip()
 
         assert probe("tcp", 25) == "refused"
         assert probe("udp", 27020) == "refused"

@@ -70,7 +70,8 @@ def pair():
 PROBE = r"""
 import socket, sys
 kind, source, host, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
 s.settimeout(1.5)
 s.bind((source, 0))
 try:
