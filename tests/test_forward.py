@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
+from components.config import fleet as config_module
 from components.lab import edge_lab as lab_module
-from components.model import config as config_module
 from components.model.deployed import DeployedEdge
 from components.model.keys import generate_keypair
 from components.renderers import bootstrap, forwarding, home_configs, nftables, traefik

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from components.model import geoip
-from components.model.config import ConfigError
+from components.config import geoip
+from components.config.parser import ConfigError
 from components.tools import offline
 from tests import mmdb
 from tests.support import ROOT

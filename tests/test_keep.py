@@ -9,8 +9,8 @@ import copy
 import pytest
 
 from components import providers
-from components.model import stack
-from components.model.config import ConfigError
+from components.config import stack
+from components.config.parser import ConfigError
 from components.tools import offline
 from tests.support import ROOT
 

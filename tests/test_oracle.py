@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import yaml
 
-from components.model import stack
+from components.config import stack
 from components.providers import oracle
 from components.providers.base import firewall_rules
 from components.renderers import bootstrap, edge_dns, nftables

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from components import providers
-from components.model import config
+from components.config import fleet as config
 from components.providers.base import firewall_rules
 
 ROOT = Path(__file__).resolve().parent.parent

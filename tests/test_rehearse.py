@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from components.config import stack
 from components.lab import rehearse
-from components.model import stack
 from components.tools import cli
 from tests.support import ROOT, require_root, require_tool
 

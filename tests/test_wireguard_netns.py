@@ -22,8 +22,8 @@ import re
 
 import pytest
 
+from components.config import fleet as config_module
 from components.lab.netns import wait_for
-from components.model import config as config_module
 from components.model.deployed import DeployedEdge
 from components.model.keys import generate_keypair
 from components.renderers import bootstrap, home_configs, tunnel

@@ -24,7 +24,7 @@ from components.model.ports import HEALTH_AGENT_PORT
 if TYPE_CHECKING:
     import pulumi
 
-    from components.model.config import EdgeSpec, FleetConfig
+    from components.model.fleet import EdgeSpec, FleetConfig
 
 
 @dataclass

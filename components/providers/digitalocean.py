@@ -24,7 +24,7 @@ from components.providers.base import (
 if TYPE_CHECKING:
     import pulumi
 
-    from components.model.config import EdgeSpec, FleetConfig
+    from components.model.fleet import EdgeSpec, FleetConfig
 
 _OUTBOUND = ("tcp", "udp", "icmp")
 

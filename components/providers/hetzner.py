@@ -22,7 +22,7 @@ from components.providers.base import (
 if TYPE_CHECKING:
     import pulumi
 
-    from components.model.config import EdgeSpec, FleetConfig
+    from components.model.fleet import EdgeSpec, FleetConfig
 
 _EU = frozenset({"fsn1", "nbg1", "hel1"})
 _ALL = frozenset({"fsn1", "nbg1", "hel1", "ash", "hil", "sin"})

@@ -42,7 +42,7 @@ from components.providers.base import (
 if TYPE_CHECKING:
     import pulumi
 
-    from components.model.config import EdgeSpec, FleetConfig
+    from components.model.fleet import EdgeSpec, FleetConfig
 
 SHAPE = "VM.Standard.A1.Flex"
 FREE_OCPUS = 4

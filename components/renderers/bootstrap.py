@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import yaml
 
 from components import providers
-from components.model.config import EdgeSpec, FleetConfig
 from components.model.deployed import DeployedEdge
+from components.model.fleet import EdgeSpec, FleetConfig
 from components.providers.base import ImageTraits
 from components.renderers import edge_dns, forwarding, nftables, protection, templates, traefik, tunnel
 

@@ -9,7 +9,7 @@ that starts with ``flush ruleset``: loading it again is how changes are applied.
 
 from __future__ import annotations
 
-from components.model.config import FleetConfig
+from components.model.fleet import FleetConfig
 from components.renderers import forwarding, protection, road_warriors, tunnel
 from components.renderers.nft_literals import set_of
 

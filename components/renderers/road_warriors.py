@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig
 from components.model.road_warriors import RoadWarrior
 from components.renderers import tunnel
 from components.renderers.nft_literals import set_of

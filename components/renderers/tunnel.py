@@ -16,7 +16,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from components.model.config import EdgeSpec, FleetConfig, TunnelSpec
+from components.model.fleet import EdgeSpec, FleetConfig, TunnelSpec
 
 IFNAMSIZ = 15
 """Longest Linux interface name (IFNAMSIZ - 1)."""
