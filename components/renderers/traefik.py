@@ -150,7 +150,11 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
         **protection.traefik_static(cfg),
     }
     if any(s.mode is Mode.HTTP for s in cfg.services):
-        challenge = {"tlsChallenge": {}} if cfg.acme.challenge is AcmeChallenge.TLS else {"httpChallenge": {"entryPoint": "web"}}
+        challenge = (
+            {"tlsChallenge": {}}
+            if cfg.acme.challenge is AcmeChallenge.TLS
+            else {"httpChallenge": {"entryPoint": "web"}}
+        )
         static["certificatesResolvers"] = {
             RESOLVER: {
                 "acme": {
