@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from components.model.catalog import MIN_RAM_GB, Location, ServerType
+from components.model.fleet import EdgeSpec, FleetConfig
 from components.model.ports import HEALTH_AGENT_PORT
 
 if TYPE_CHECKING:
     import pulumi
-
-    from components.model.fleet import EdgeSpec, FleetConfig
 
 
 @dataclass

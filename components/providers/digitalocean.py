@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from components.model.catalog import Location, ServerType
+from components.model.fleet import EdgeSpec, FleetConfig
 from components.providers.base import (
     ANYWHERE,
     USER_DATA_IGNORED,
@@ -23,8 +24,6 @@ from components.providers.base import (
 
 if TYPE_CHECKING:
     import pulumi
-
-    from components.model.fleet import EdgeSpec, FleetConfig
 
 _OUTBOUND = ("tcp", "udp", "icmp")
 

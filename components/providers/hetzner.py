@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from components.model.catalog import Location, ServerType
+from components.model.fleet import EdgeSpec, FleetConfig
 from components.providers.base import (
     USER_DATA_IGNORED,
     InboundRule,
@@ -21,8 +22,6 @@ from components.providers.base import (
 
 if TYPE_CHECKING:
     import pulumi
-
-    from components.model.fleet import EdgeSpec, FleetConfig
 
 _EU = frozenset({"fsn1", "nbg1", "hel1"})
 _ALL = frozenset({"fsn1", "nbg1", "hel1", "ash", "hil", "sin"})

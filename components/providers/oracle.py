@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from components.model.catalog import Location, ServerType
+from components.model.fleet import EdgeSpec, FleetConfig
 from components.providers.base import (
     ANYWHERE,
     Fail,
@@ -41,8 +42,6 @@ from components.providers.base import (
 
 if TYPE_CHECKING:
     import pulumi
-
-    from components.model.fleet import EdgeSpec, FleetConfig
 
 SHAPE = "VM.Standard.A1.Flex"
 FREE_OCPUS = 4
