@@ -1,10 +1,8 @@
 """The stack configuration as one ``FleetConfig``: every section, then the whole fleet.
 
-Everything the program builds is derived from the ``FleetConfig`` returned here.  The
-parser sees plain values (what ``pulumi config`` stores), collects every problem it
-finds and raises one ``ConfigError`` naming each key and its fix, so a bad stack file
-fails before a single resource is registered.  Components receive the typed objects,
-never ``pulumi.Config``.
+The sections run in one order and report into one parser, so a stack file with several
+mistakes gets them all in one ``ConfigError``, in the order of the file's concerns,
+before a single resource is registered.
 """
 
 from __future__ import annotations
