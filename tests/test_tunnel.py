@@ -219,9 +219,21 @@ def test_provider_check_refuses_bad_rotation():
 def test_provider_survives_the_state_pickle(tmp_path):
     """The pickled provider in the state must load in a fresh process (the provider
     process Pulumi starts) and keep its no-change diff."""
-    from pulumi.dynamic.dynamic import serialize_provider
+    from components.tools import offline
 
-    blob = serialize_provider(WireGuardKeyProvider())
+    pickled: list[str] = []
+
+    class Mocks(pulumi.runtime.Mocks):
+        def new_resource(self, args):
+            pickled.append(offline.reveal(args.inputs)["__provider"])
+            return "id", {}
+
+        def call(self, args):
+            return {}, []
+
+    pulumi.runtime.set_mocks(Mocks(), preview=False)
+    pulumi.runtime.test(lambda: WireGuardKey("home").urn)()
+    (blob,) = pickled
     script = textwrap.dedent(
         f"""
         import base64, dill, json

@@ -250,7 +250,7 @@ class Provider(ABC):
 
         The addresses are created with ``protect=True``: DNS and the home router point at
         them, so ``pulumi destroy`` or dropping an edge stops there until they are
-        unprotected on purpose (see the README, "Deleting for real")."""
+        unprotected on purpose (see docs/operations.md, "Deleting for real")."""
 
     def dns_records(
         self,
