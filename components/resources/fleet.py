@@ -10,8 +10,8 @@ import pulumi
 
 from components import providers
 from components.model import catalog
-from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig
 from components.renderers import edge_dns, geodns, home_configs, tunnel
 from components.resources.edge_node import EdgeNode
 from components.resources.keys import StackSshKey, WireGuardKey
@@ -153,7 +153,7 @@ class EdgeFleet(pulumi.ComponentResource):
             )
         )
         self.dns = endpoints.apply(lambda values: dns_outputs(cfg, deployed(values)))
-        if cfg.dns.provider != "none":
+        if cfg.dns.managed:
             ManagedDns(
                 "dns",
                 cfg,

@@ -24,8 +24,8 @@ from pulumi.runtime.sync_await import _sync_await
 
 from components import program as program_module
 from components import providers
-from components.model import stack
-from components.model.config import NAMESPACE
+from components.config import stack
+from components.config.keys import NAMESPACE
 
 SECRET = "[secret]"
 DYNAMIC_PREFIX = "pulumi-python:dynamic"

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from components import providers
-from components.model import stack
-from components.model.config import NAMESPACE, FleetConfig
+from components.config import stack
+from components.config.keys import NAMESPACE
+from components.model.fleet import FleetConfig
 
 SECRET_MARKER = "[secret]"
 SSH_PORT = 22
