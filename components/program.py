@@ -10,12 +10,10 @@ from typing import Any
 
 import pulumi
 
-from components.config.fleet import parse
+from components.config import ConfigError, parse
 from components.config.keys import KEYS, NAMESPACE, SECRET_SET, is_secret_key
-from components.config.parser import ConfigError
 from components.model.fleet import FleetConfig
-from components.resources.fleet import EdgeFleet, EdgeFleetArgs
-from components.tools import pulumi_private
+from components.resources.fleet import EdgeFleet
 
 
 class StackConfigError(ConfigError, pulumi.RunError):

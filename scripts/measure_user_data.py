@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from components import config
 from components.config import stack
-from components.config.fleet import parse
 from components.model.fleet import EdgeSpec, FleetConfig
 from components.model.keys import generate_host_key, generate_keypair
 from components.renderers import bootstrap, tunnel

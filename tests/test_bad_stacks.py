@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from components import program
-from components.config import stack
-from components.config.parser import ConfigError
+from components.config import ConfigError, stack
 from components.config.stack import StackFileError
 from components.tools import offline
 

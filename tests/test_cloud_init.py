@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import fleet as config_module
+from components import config as config_module
 from components.lab.netns import Node, wait_for
 from components.renderers import bootstrap, templates, traefik
 from components.tools import render

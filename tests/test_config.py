@@ -7,8 +7,9 @@ import ipaddress
 
 import pytest
 
-from components.config import fleet as config
-from components.config import keys, ssh
+from components import config
+from components.config.keys import KEYS, REQUIRED
+from components.config.ssh import SSH_KEY_TYPES
 
 GOOD_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGqxVQIfSWZkNgKOGy4QDZWNWQXUdqSrhLrsrfJKPFB+ admin@laptop"
 
@@ -199,7 +200,7 @@ def test_pulumi_yaml_declares_the_same_defaults():
     from tests.support import ROOT
 
     declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
-    for key, (kind, default, description) in keys.KEYS.items():
+    for key, (kind, default, description) in KEYS.items():
         if kind == "object-array":
             assert key not in declared, key
             continue
@@ -209,7 +210,7 @@ def test_pulumi_yaml_declares_the_same_defaults():
         assert decl["description"] == description
         if kind == "secret":
             assert decl.get("secret") is True and "default" not in decl
-        elif default is keys.REQUIRED:
+        elif default is REQUIRED:
             assert "default" not in decl
         else:
             assert decl["default"] == default, key
@@ -266,7 +267,7 @@ def test_real_keys_of_every_type_are_accepted(raw_config):
     cfg = config.parse(raw_config)
     assert cfg.ssh.public_keys == tuple(lines)
     assert cfg.home.public_key == raw_config["homePublicKey"]
-    assert {line.split()[0] for line in lines} == set(ssh.SSH_KEY_TYPES)
+    assert {line.split()[0] for line in lines} == set(SSH_KEY_TYPES)
 
 
 def test_index_at_the_end_of_the_prefix_fits(raw_config):

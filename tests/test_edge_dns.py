@@ -26,7 +26,7 @@ import dns.rcode
 import dns.zone
 import pytest
 
-from components.config import fleet as config_module
+from components import config as config_module
 from components.lab.netns import Node, wait_for
 from components.model.deployed import DeployedEdge
 from components.renderers import edge_dns, nftables, templates

@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from components.config import geoip
-from components.config.parser import ConfigError
+from components.config import ConfigError, geoip
 from components.tools import offline
 from tests import mmdb
 from tests.support import ROOT

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from components.config import fleet as config_module
+from components import config as config_module
 from components.lab.netns import wait_for
 from components.renderers import nftables
 from tests.support import namespaces, require_tool

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from components.config import stack
+from components.model.firewall import firewall_rules
 from components.providers import oracle
-from components.providers.base import firewall_rules
 from components.renderers import bootstrap, edge_dns, nftables
 from components.tools import offline
 from tests.support import ROOT, require_tool

@@ -17,8 +17,8 @@ import sys
 import pytest
 import yaml
 
-from components.config import fleet as config_module
-from components.config.parser import ConfigError
+from components import config as config_module
+from components.config import ConfigError
 from components.lab.protection import rir_file
 from components.renderers import home_configs, nftables, protection, templates, traefik
 from tests.support import require_root, require_tool

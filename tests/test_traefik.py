@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import fleet as config_module
+from components import config as config_module
 from components.lab.certs import self_signed
 from components.lab.netns import Node, wait_for
 from components.renderers import traefik

@@ -12,7 +12,7 @@ import textwrap
 import pulumi
 import pytest
 
-from components.config import fleet as config_module
+from components import config as config_module
 from components.config.parser import WG_KEY_RE
 from components.model.keys import generate_keypair, public_key_of
 from components.renderers import tunnel

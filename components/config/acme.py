@@ -1,4 +1,4 @@
-"""ACME: how the edges get certificates for ``http`` services."""
+"""ACME: how the edges get certificates for ``http`` services, and from where."""
 
 from __future__ import annotations
 
@@ -11,17 +11,20 @@ from components.model.fleet import AcmeChallenge, AcmeSpec, Mode, ServiceSpec
 
 
 def parse(p: Parser) -> AcmeSpec:
-    text = p.get("acmeChallenge")
-    if text not in AcmeChallenge.__members__.values():
-        p.fail("acmeChallenge", f"{text!r} is not supported; use one of {', '.join(AcmeChallenge)}")
-        text = KEYS["acmeChallenge"][1]
-    acme = AcmeSpec(email=p.get("acmeEmail") or None, challenge=AcmeChallenge(text), ca_server=p.get("acmeCaServer"))
+    challenge = p.get("acmeChallenge")
+    if challenge not in tuple(AcmeChallenge):
+        p.fail("acmeChallenge", f"{challenge!r} is not supported; use one of {', '.join(AcmeChallenge)}")
+        challenge = AcmeChallenge.TLS
+    acme = AcmeSpec(
+        email=p.get("acmeEmail") or None, challenge=AcmeChallenge(challenge), ca_server=p.get("acmeCaServer")
+    )
     _check_directory(p, acme.ca_server)
     return acme
 
 
 def check_email(p: Parser, acme: AcmeSpec, services: list[ServiceSpec]) -> None:
-    """Checked once the services are known: an ``http`` service needs an address."""
+    """Let's Encrypt needs a contact only for the certificates the edges get, which
+    only ``http`` services have; known once the services are parsed."""
     if any(s.mode is Mode.HTTP for s in services) and not acme.email:
         p.fail(
             "acmeEmail",

@@ -1,11 +1,12 @@
-"""DNS: where the records live, and whether the edges serve the zone themselves."""
+"""DNS: who holds the zone (``dnsProvider``), the records' TTL, and whether the edges
+serve a zone of their own (``dnsMode``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from components.config import geoip
-from components.config.keys import dns_providers, fix_key
+from components.config.keys import DNS_PROVIDERS, fix_key
 from components.config.parser import Parser
 from components.model.fleet import NO_DNS_PROVIDER, DnsMode, DnsSpec, ServiceSpec
 
@@ -15,8 +16,8 @@ EDGE_DNS_PORTS = {53: "DNS (dnsMode edges)"}
 
 def parse(p: Parser, domain: str | None, services: list[ServiceSpec], base_dir: Path) -> DnsSpec:
     provider = p.get("dnsProvider")
-    if provider not in dns_providers():
-        p.fail("dnsProvider", f"{provider!r} is not supported; use one of {', '.join(dns_providers())}")
+    if provider not in DNS_PROVIDERS:
+        p.fail("dnsProvider", f"{provider!r} is not supported; use one of {', '.join(DNS_PROVIDERS)}")
     zone = p.get("dnsZone") or domain or ""
     if p.get("dnsZone") and domain:
         zone = p.hostname("dnsZone", zone, None) or ""
@@ -28,7 +29,8 @@ def parse(p: Parser, domain: str | None, services: list[ServiceSpec], base_dir: 
             "dnsTtl", f"{ttl} is out of range; use 30 to 86400 seconds (short, e.g. 60, so a dead edge drops out fast)"
         )
     mode, edge_zone = _mode(p, domain, zone, provider, services)
-    return DnsSpec(provider, zone, ttl, mode, edge_zone, geoip.parse(p, mode, base_dir))
+    geoip_database = geoip.parse(p, mode, base_dir)
+    return DnsSpec(provider, zone, ttl, mode, edge_zone, geoip_database)
 
 
 def _mode(p: Parser, domain: str | None, zone: str, provider: str, services: list[ServiceSpec]) -> tuple[DnsMode, str]:
@@ -37,15 +39,16 @@ def _mode(p: Parser, domain: str | None, zone: str, provider: str, services: lis
     ``dnsProvider`` strictly inside the provider's zone (the program writes the
     delegation there; a zone cannot delegate itself)."""
     text = p.get("dnsMode")
-    if text not in DnsMode.__members__.values():
+    if text not in tuple(DnsMode):
         p.fail("dnsMode", f"{text!r} is not a DNS mode; use records (plain records) or edges (the edges serve DNS)")
         return DnsMode.RECORDS, ""
     mode = DnsMode(text)
-    if p.raw.get("dnsEdgeZone") not in (None, "") and mode is not DnsMode.EDGES:
+    if p.raw.get("dnsEdgeZone") not in (None, "") and mode != DnsMode.EDGES:
         p.fail("dnsEdgeZone", f"is set but {fix_key('dnsMode')} is {mode}; set dnsMode to edges or remove it")
-    if mode is not DnsMode.EDGES or not domain:
+    if mode != DnsMode.EDGES or not domain:
         return mode, ""
-    edge_zone = p.hostname("dnsEdgeZone", p.get("dnsEdgeZone") or f"edge.{domain}", None)
+    text = p.get("dnsEdgeZone") or f"edge.{domain}"
+    edge_zone = p.hostname("dnsEdgeZone", text, None)
     if edge_zone is None:
         return mode, ""
     if not (edge_zone == domain or edge_zone.endswith("." + domain)):

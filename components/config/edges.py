@@ -1,16 +1,16 @@
-"""``edges``: where each edge runs, and the fleet-wide rules on them."""
+"""``edges``: the VPSes, each on a platform, in one of its locations, on one of its
+server types; and ``ha``, which asks for more than one platform."""
 
 from __future__ import annotations
 
 import functools
 from typing import Any
 
-from components import providers
 from components.config.keys import fix_key
 from components.config.parser import Parser
-from components.model import catalog
-from components.model.fleet import EdgeSpec, TunnelSpec
-from components.providers.base import Provider
+from components.model import catalog, platforms
+from components.model.fleet import EdgeSpec
+from components.model.platforms.base import Platform
 
 
 def parse(p: Parser, items: list[Any] | None) -> list[EdgeSpec]:
@@ -29,7 +29,7 @@ def parse(p: Parser, items: list[Any] | None) -> list[EdgeSpec]:
                 f"must be a mapping with name, provider and location; write it like {_example_edge()}",
             )
             continue
-        own = getattr(providers.REGISTRY.get(str(item.get("provider", ""))), "edge_fields", ())
+        own = getattr(platforms.REGISTRY.get(str(item.get("provider", ""))), "edge_fields", ())
         known = ("name", "provider", "location", "serverType", "image", "index", *own)
         for k in sorted(set(item) - set(known)):
             p.fail(f"{key}.{k}", f"is not a known edge field; use {', '.join(known)}")
@@ -37,11 +37,11 @@ def parse(p: Parser, items: list[Any] | None) -> list[EdgeSpec]:
         if name is None:
             continue
         provider_name = str(item.get("provider", ""))
-        provider = providers.REGISTRY.get(provider_name)
+        provider = platforms.REGISTRY.get(provider_name)
         if provider is None:
             p.fail(
                 f"{key}.provider",
-                f"{provider_name!r} is not a supported provider; use one of {', '.join(providers.REGISTRY)}",
+                f"{provider_name!r} is not a supported provider; use one of {', '.join(platforms.REGISTRY)}",
             )
             continue
         code = str(item.get("location", ""))
@@ -94,12 +94,12 @@ def _fail_field(p: Parser, key: str, field: str, message: str) -> None:
 
 
 def _example_edge() -> str:
-    provider = next(iter(providers.REGISTRY.values()))
+    provider = next(iter(platforms.REGISTRY.values()))
     location = provider.locations[0].code
     return f"{{name: {location[:3]}, provider: {provider.name}, location: {location}}}"
 
 
-def _server_type(p: Parser, key: str, item: dict, provider: Provider, code: str) -> catalog.ServerType | None:
+def _server_type(p: Parser, key: str, item: dict, provider: Platform, code: str) -> catalog.ServerType | None:
     """The edge's server type.  Without ``serverType`` the provider's default is used,
     or, where that is not offered, the cheapest type offered there (with a warning)."""
     types_here = provider.types_in(code)
@@ -154,28 +154,9 @@ def check_ha(p: Parser, ha: bool, edges: list[EdgeSpec], items: list[Any] | None
     used = sorted({e.provider for e in edges})
     if len(used) > 1:
         return
-    others = [name for name in providers.REGISTRY if name not in used]
+    others = [name for name in platforms.REGISTRY if name not in used]
     p.fail(
         "ha",
         f"is true but every edge is on {used[0]}, so one provider outage takes the whole fleet down; "
         f"add an edge on {' or '.join(others)} to {fix_key('edges')}, or set {fix_key('ha')} to false",
     )
-
-
-def check_indexes_fit(p: Parser, edges: list[EdgeSpec], items: list[Any] | None, tunnel: TunnelSpec) -> None:
-    """An index past the tunnel prefix has no /30 to take; caught here it is a config
-    error, later it would stop ``pulumi up`` halfway, after resources were created."""
-    if p.has_problem("tunnelIpv4Prefix"):
-        return
-    room = 2 ** (30 - tunnel.ipv4_prefix.prefixlen) - 1
-    position: dict[Any, int] = {}
-    for i, item in enumerate(items or []):
-        if isinstance(item, dict):
-            position.setdefault(item.get("name"), i)
-    for edge in edges:
-        if edge.index > room:
-            p.fail(
-                f"edges[{position[edge.name]}].index",
-                f"{edge.index} does not fit in {fix_key('tunnelIpv4Prefix')} {tunnel.ipv4_prefix}, which has room "
-                f"for indexes 1 to {room} (one /30 each); use a free index in that range or a shorter prefix",
-            )

@@ -58,7 +58,7 @@ def parse(p: Parser, mode: DnsMode, base_dir: Path) -> str:
     if not isinstance(text, str):
         p.fail(KEY, f"must be a file path, got {type(text).__name__}; write it as path/to/dbip-city-lite.mmdb")
         return ""
-    if mode is not DnsMode.EDGES:
+    if mode != DnsMode.EDGES:
         p.fail(
             KEY,
             f"is set but cgnat-edge:dnsMode is {mode}; only the edges' own nameservers (dnsMode edges) use it: "

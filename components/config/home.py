@@ -1,14 +1,34 @@
-"""The home peer: its key, its LAN and its role on it."""
+"""The home end: its WireGuard key, its LAN prefixes and its role."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from components.config.parser import SPECIAL_RANGES, WG_KEY_RE, Parser
+from components.config.parser import WG_KEY_RE, Parser
 from components.model.fleet import HomeRole, HomeSpec, IPNetwork
+
+# Addresses that mean something else on every host: routed into a tunnel or used as a
+# target they would point an edge at itself (127.0.0.1:22 is the edge's own sshd,
+# published past sshAllowedCidrs) or at nothing.
+SPECIAL_RANGES = tuple(
+    (ipaddress.ip_network(net), what)
+    for net, what in (
+        ("0.0.0.0/8", "'this network' (unspecified), never a host"),
+        ("127.0.0.0/8", "loopback: on an edge it is the edge itself, its own sshd included"),
+        ("169.254.0.0/16", "link-local: it never leaves the wire it is on"),
+        ("224.0.0.0/4", "multicast, not a host"),
+        ("240.0.0.0/4", "reserved address space, not a host"),
+        ("::/128", "the unspecified address, never a host"),
+        ("::1/128", "loopback: on an edge it is the edge itself, its own sshd included"),
+        ("::ffff:0:0/96", "IPv4-mapped IPv6, which names IPv4 hosts"),
+        ("fe80::/10", "link-local: it never leaves the wire it is on"),
+        ("ff00::/8", "multicast, not a host"),
+    )
+)
 
 
 def parse(p: Parser) -> HomeSpec:
@@ -47,7 +67,7 @@ def parse(p: Parser) -> HomeSpec:
             continue
         lans.append(net)
     role = p.get("homeRole")
-    if role not in HomeRole.__members__.values():
+    if role not in tuple(HomeRole):
         p.fail(
             "homeRole",
             f"{role!r} is not supported; use router (the WireGuard peer is the LAN's gateway) or host (a box inside the LAN)",

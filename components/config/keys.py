@@ -1,21 +1,25 @@
-"""The declared keys: name -> (kind, default, description).
+"""The stack's keys: every ``cgnat-edge:`` key the program reads, its kind, default
+and what it is for.
 
-``Pulumi.yaml`` declares the scalar ones with the same defaults (a test keeps the two in
-step); the parser reads nothing that is not here."""
+Pulumi.yaml declares the scalar ones with the same defaults (a test keeps the two in
+step); the parser reads nothing that is not listed here.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from components import providers
-from components.model import protection, road_warriors
+from components.model import platforms
 from components.model.fleet import NO_DNS_PROVIDER
+from components.model.protection import RIR_SOURCES
+from components.model.road_warriors import DEFAULT_POOL
 
 NAMESPACE = "cgnat-edge"
 
 REQUIRED = object()
-_DNS_NAMES = [NO_DNS_PROVIDER, *(name for name, provider in providers.REGISTRY.items() if provider.manages_dns)]
-_DNS_CHOICES = f"{', '.join(_DNS_NAMES[:-1])} or {_DNS_NAMES[-1]}"
+DNS_PROVIDERS = (NO_DNS_PROVIDER, *(name for name, platform in platforms.REGISTRY.items() if platform.manages_dns))
+"""What ``dnsProvider`` may name."""
+_DNS_CHOICES = f"{', '.join(DNS_PROVIDERS[:-1])} or {DNS_PROVIDERS[-1]}"
 
 KEYS: dict[str, tuple[str, Any, str]] = {
     "domain": ("string", REQUIRED, "DNS domain the exposed hostnames live under."),
@@ -68,7 +72,7 @@ KEYS: dict[str, tuple[str, Any, str]] = {
         [],
         "Devices that reach the home LAN through any edge: name, optional publicKey, allowedPrefixes, internet.",
     ),
-    "roadWarriorPool": ("string", road_warriors.DEFAULT_POOL, "IPv4 prefix the road warriors' addresses come from."),
+    "roadWarriorPool": ("string", DEFAULT_POOL, "IPv4 prefix the road warriors' addresses come from."),
     "roadWarriorDns": ("string", "", "DNS server the road-warrior configs push; empty = none."),
     "acmeEmail": ("string", "", "Contact e-mail for Let's Encrypt; required when an http service exists."),
     "acmeChallenge": ("string", "tls", "tls (TLS-ALPN-01) or http (HTTP-01) for certificates of http services."),
@@ -81,7 +85,7 @@ KEYS: dict[str, tuple[str, Any, str]] = {
     "denyCountries": ("array", [], "Fleet default: visitors from these ISO 3166 countries are dropped."),
     "geoSources": (
         "array",
-        list(protection.RIR_SOURCES),
+        list(RIR_SOURCES),
         "Country prefix lists: RIR delegated-extended statistics files, each with an .md5 beside it.",
     ),
     "crowdsec": ("string", "off", "off, offline (bans from the edge's own logs) or online (plus the community list)."),
@@ -103,9 +107,5 @@ def is_secret_key(key: str) -> bool:
 
 
 def fix_key(key: str) -> str:
-    """The key as the user writes it in a stack file or ``pulumi config set``."""
+    """``key`` as the user writes it in a stack file or ``pulumi config set``."""
     return f"{NAMESPACE}:{key}"
-
-
-def dns_providers() -> list[str]:
-    return list(_DNS_NAMES)

@@ -1,8 +1,9 @@
-"""Reading the raw stack values: one parser that collects every problem.
+"""The parser every section of the stack configuration is read with.
 
-The parser sees plain values (what ``pulumi config`` stores), collects every problem
-it finds and raises one ``ConfigError`` naming each key and its fix, so a bad stack file
-fails before a single resource is registered."""
+It sees plain values (what ``pulumi config`` stores), collects every problem it finds
+instead of stopping at the first, and words each as the key and its fix, so one
+``ConfigError`` can name them all before a single resource is registered.
+"""
 
 from __future__ import annotations
 
@@ -16,44 +17,12 @@ from typing import Any
 from components.config.keys import KEYS, REQUIRED, fix_key
 from components.model.fleet import IPNetwork, Target
 
-CGNAT_RANGE = ipaddress.IPv4Network("100.64.0.0/10")
-
 _NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 WG_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
 
-# Addresses that mean something else on every host: routed into a tunnel or used as a
-# target they would point an edge at itself (127.0.0.1:22 is the edge's own sshd,
-# published past sshAllowedCidrs) or at nothing.
-SPECIAL_RANGES = tuple(
-    (ipaddress.ip_network(net), what)
-    for net, what in (
-        ("0.0.0.0/8", "'this network' (unspecified), never a host"),
-        ("127.0.0.0/8", "loopback: on an edge it is the edge itself, its own sshd included"),
-        ("169.254.0.0/16", "link-local: it never leaves the wire it is on"),
-        ("224.0.0.0/4", "multicast, not a host"),
-        ("240.0.0.0/4", "reserved address space, not a host"),
-        ("::/128", "the unspecified address, never a host"),
-        ("::1/128", "loopback: on an edge it is the edge itself, its own sshd included"),
-        ("::ffff:0:0/96", "IPv4-mapped IPv6, which names IPv4 hosts"),
-        ("fe80::/10", "link-local: it never leaves the wire it is on"),
-        ("ff00::/8", "multicast, not a host"),
-    )
-)
 
-
-class ConfigError(Exception):
-    """Raised with every problem found; each line names the key and the fix."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(
-            f"cgnat-edge: the stack configuration has {len(problems)} problem(s); nothing was created:\n{lines}"
-        )
-
-
-def _parse_json_if_needed(value: Any) -> Any:
+def _json_if_needed(value: Any) -> Any:
     if isinstance(value, str):
         stripped = value.strip()
         if stripped[:1] in ("[", "{"):
@@ -65,8 +34,14 @@ def _parse_json_if_needed(value: Any) -> Any:
 
 
 class Parser:
+    """One stack's raw values, and the problems and warnings found reading them.
+
+    Sections read keys through ``get`` (declared kind and default applied) and report
+    through ``fail`` and ``warn``, which prefix the key as the user writes it; the
+    small value parsers below report their own problems and return None."""
+
     def __init__(self, raw: Mapping[str, Any]):
-        self.raw = {k: _parse_json_if_needed(v) for k, v in raw.items()}
+        self.raw = {k: _json_if_needed(v) for k, v in raw.items()}
         self.problems: list[str] = []
         self.warnings: list[str] = []
 
@@ -139,14 +114,6 @@ class Parser:
         raise AssertionError(kind)
 
     # -- small value parsers --------------------------------------------------
-
-    def flag(self, key: str, item: dict, name: str, default: bool, meaning: str) -> bool:
-        """A yes/no field of a structured item; ``meaning`` says what true does."""
-        value = item.get(name, default)
-        if not isinstance(value, bool):
-            self.fail(f"{key}.{name}", f"must be true or false; {meaning}")
-            return False
-        return value
 
     def unique_name(self, key: str, item: dict, seen: set[str], what: str) -> str | None:
         name = str(item.get("name", ""))

@@ -1,4 +1,10 @@
-"""Country filters, CrowdSec and sign-in, as the stack sets them."""
+"""Protection as the stack configures it: the fleet's and each service's countries,
+CrowdSec, and sign-in (``forwardAuth``).
+
+Every service on the shared ports 80/443 must agree on its countries: they are
+enforced in nftables, which sees addresses and ports, never hostnames.  Sign-in needs
+the request, which only ``http`` services show the edge.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from components.model.protection import (
     DEFAULT_AUTH_HEADERS,
     EDGE_LOOPBACK,
     RIR_SOURCES,
-    CrowdsecMode,
+    CrowdSec,
     ForwardAuth,
     GeoPolicy,
     ProtectionSpec,
@@ -73,15 +79,15 @@ def parse_fleet(p: Parser) -> ProtectionSpec:
         sources.append(str(url))
     if not sources and not p.has_problem("geoSources"):
         p.fail("geoSources", f"is empty; leave it out to use the five registries' files ({RIR_SOURCES[0]} ...)")
-    text = p.get("crowdsec")
-    if text not in CrowdsecMode.__members__.values():
+    mode = p.get("crowdsec")
+    if mode not in tuple(CrowdSec):
         p.fail(
             "crowdsec",
-            f"{text!r} is not supported; use off, offline (bans from this edge's own logs and cscli) or online "
+            f"{mode!r} is not supported; use off, offline (bans from this edge's own logs and cscli) or online "
             "(also CrowdSec's community blocklist)",
         )
-        text = CrowdsecMode.OFF
-    mode = CrowdsecMode(text)
+        mode = CrowdSec.OFF
+    mode = CrowdSec(mode)
     enroll = p.get("crowdsecEnrollKey")
     if enroll and enroll != SECRET_SET:
         p.fail(
@@ -89,13 +95,13 @@ def parse_fleet(p: Parser) -> ProtectionSpec:
             "is stored in plain text; remove it and set it with "
             "`pulumi config set --secret cgnat-edge:crowdsecEnrollKey <key from app.crowdsec.net>`",
         )
-    elif enroll and mode is not CrowdsecMode.ONLINE:
+    elif enroll and mode != CrowdSec.ONLINE:
         p.fail(
             "crowdsecEnrollKey",
             f"needs CrowdSec's Central API, which crowdsec {mode} leaves out; set cgnat-edge:crowdsec to online, "
             "or remove the key",
         )
-    return ProtectionSpec(geo, tuple(sources), mode, crowdsec_enroll=bool(enroll) and mode is CrowdsecMode.ONLINE)
+    return ProtectionSpec(geo, tuple(sources), mode, crowdsec_enroll=bool(enroll) and mode == CrowdSec.ONLINE)
 
 
 def parse_service(

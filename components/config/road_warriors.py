@@ -1,4 +1,5 @@
-"""``roadWarriors``: the devices, their addresses and what each may reach."""
+"""``roadWarriors``: the user's own devices, each one more peer on every edge's ``wg0``
+with an address from ``roadWarriorPool`` and the LAN prefixes it may reach."""
 
 from __future__ import annotations
 
@@ -6,17 +7,18 @@ import ipaddress
 from typing import Any
 
 from components.config.keys import fix_key
-from components.config.parser import CGNAT_RANGE, WG_KEY_RE, Parser
-from components.model.fleet import IPNetwork, TunnelSpec
+from components.config.parser import WG_KEY_RE, Parser
+from components.config.tunnel import CGNAT_RANGE
+from components.model.fleet import TunnelSpec
 from components.model.road_warriors import DEFAULT_POOL, RoadWarrior, RoadWarriorsSpec
 
 FIELDS = {"name", "publicKey", "allowedPrefixes", "internet", "index"}
 
 
 def parse(
-    p: Parser, items: list[Any], pool_text: str, dns_text: str, lans: tuple[IPNetwork, ...], tunnel: TunnelSpec
+    p: Parser, items: list[Any], pool_text: str, dns_text: str, lans: tuple, tunnel: TunnelSpec
 ) -> RoadWarriorsSpec | None:
-    """``lans``: the home LAN prefixes the devices may reach."""
+    """``lans``: the home LAN prefixes the devices may reach parts of."""
     if not items:
         return None
     pool = p.network("roadWarriorPool", pool_text)
@@ -82,8 +84,7 @@ def parse(
             net = p.network(f"{key}.allowedPrefixes[{j}]", text)
             if net is None:
                 continue
-            inside = (net.subnet_of(lan) for lan in lans if lan.version == net.version)  # type: ignore[arg-type]  # one family
-            if not any(inside):
+            if not any(net.subnet_of(lan) for lan in lans if lan.version == net.version):
                 p.fail(
                     f"{key}.allowedPrefixes[{j}]",
                     f"{net} is not inside any of {fix_key('homeLanPrefixes')} "
@@ -93,8 +94,12 @@ def parse(
             allowed.append(net)
         if raw_allowed is None:
             allowed = list(lans)
-        internet = p.flag(
-            key, item, "internet", False, "true lets the device use the edges as its exit to the internet"
-        )
+        internet = item.get("internet", False)
+        if not isinstance(internet, bool):
+            p.fail(
+                f"{key}.internet",
+                "must be true or false; true lets the device use the edges as its exit to the internet",
+            )
+            internet = False
         peers.append(RoadWarrior(name, public_key, pool.network_address + index, tuple(allowed), internet))
     return RoadWarriorsSpec(tuple(peers), pool, dns)

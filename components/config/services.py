@@ -1,4 +1,5 @@
-"""``services``: what each service is, where it goes at home and which public port it takes."""
+"""``services``: what each exposed service is, where it goes at home, and on which
+public ports or hostnames."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import ipaddress
 from typing import Any
 
 from components.config import middlewares, protection
+from components.config.home import SPECIAL_RANGES
 from components.config.keys import fix_key
-from components.config.parser import SPECIAL_RANGES, Parser
+from components.config.parser import Parser
 from components.model.fleet import HomeSpec, Middlewares, Mode, Protocol, ServiceSpec, Target, TunnelSpec
 from components.model.ports import HEALTH_AGENT_PORT
 
@@ -123,13 +125,13 @@ def parse(
                 )
                 continue
             ports.update({(proto, q): f"service {name!r}" for q in range(port, max(port, port_end) + 1)})
-        proxy = p.flag(
-            key,
-            item,
-            "proxyProtocol",
-            mode is Mode.PASSTHROUGH,
-            "true sends the visitor's address to home in a PROXY header",
-        )
+        proxy = item.get("proxyProtocol", mode is Mode.PASSTHROUGH)
+        if not isinstance(proxy, bool):
+            p.fail(
+                f"{key}.proxyProtocol",
+                "must be true or false; true sends the visitor's address to home in a PROXY header",
+            )
+            proxy = False
         health = item.get("healthPath")
         if health is not None and not (isinstance(health, str) and health.startswith("/")):
             p.fail(f"{key}.healthPath", f"{health!r} must be a URL path starting with /; write it like /status.php")
@@ -149,7 +151,7 @@ def parse(
                 target,
                 tuple(spec_hosts),
                 port,
-                proxy and mode.by_traefik,
+                bool(proxy) and mode.by_traefik,
                 http_target,
                 chain,
                 health,

@@ -1,4 +1,4 @@
-"""SSH to the edges: who may log in, from where, and as whom."""
+"""The edges' SSH: who may log in, from where, as whom, and the host key's rotation."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from components.config.fleet import parse
+from components.config import parse
 from components.config.keys import NAMESPACE, SECRET_SET, is_secret_key
 from components.model.fleet import FleetConfig
 

@@ -1,13 +1,20 @@
-"""The tunnels: prefixes, port, MTU and keepalive."""
+"""The tunnels' addressing (``tunnelIpv4Prefix``, ``tunnelIpv6``...) and WireGuard's
+port, MTU and keepalive."""
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
 
-from components.config.keys import KEYS, fix_key
-from components.config.parser import CGNAT_RANGE, Parser
-from components.model.fleet import HomeSpec, TunnelSpec
+from components.config.keys import KEYS
+from components.config.parser import Parser
+from components.model.fleet import TunnelSpec
+
+CGNAT_RANGE = ipaddress.IPv4Network("100.64.0.0/10")
+SPARE_TUNNEL_PREFIXES = tuple(
+    ipaddress.ip_network(t) for t in ("10.254.0.0/24", "10.253.0.0/24", "172.31.254.0/24", "192.168.254.0/24")
+)
+"""Prefixes offered when the tunnel's overlaps the home LAN."""
 
 
 def _derived_ula(project: str, stack: str) -> ipaddress.IPv6Network:
@@ -73,30 +80,3 @@ def parse(p: Parser, project: str, stack: str, edge_count: int) -> TunnelSpec:
             f"{v4} has room for {2 ** (30 - v4.prefixlen) - 1} edges, not {edge_count}; use a shorter prefix",
         )
     return TunnelSpec(v4, v6, port, mtu, keepalive)
-
-
-def check_outside_lan(p: Parser, tunnel: TunnelSpec, home: HomeSpec) -> None:
-    """A tunnel prefix inside a home LAN prefix makes the edges route tunnel traffic into
-    the LAN and the home route LAN traffic into a tunnel; neither side can tell them apart."""
-    for i, lan in enumerate(home.lan_prefixes):
-        tunnel_net = tunnel.ipv4_prefix if lan.version == 4 else tunnel.ipv6_prefix
-        if tunnel_net is None or not tunnel_net.overlaps(lan):
-            continue
-        if lan.version == 4:
-            free = next(
-                (c for c in _SPARE_TUNNEL_PREFIXES if not any(c.overlaps(other) for other in home.lan_prefixes)), None
-            )
-            fix = f"set {fix_key('tunnelIpv4Prefix')} to a prefix outside your LAN" + (
-                f", e.g. `pulumi config set {fix_key('tunnelIpv4Prefix')} {free}`" if free else ""
-            )
-            p.fail("tunnelIpv4Prefix", f"{tunnel_net} overlaps {fix_key('homeLanPrefixes')}[{i}] {lan}; {fix}")
-        else:
-            p.fail(
-                "tunnelIpv6Prefix",
-                f"{tunnel_net} overlaps {fix_key('homeLanPrefixes')}[{i}] {lan}; set {fix_key('tunnelIpv6Prefix')} to a ULA /64 outside it, or set {fix_key('tunnelIpv6')} false",
-            )
-
-
-_SPARE_TUNNEL_PREFIXES = tuple(
-    ipaddress.ip_network(t) for t in ("10.254.0.0/24", "10.253.0.0/24", "172.31.254.0/24", "192.168.254.0/24")
-)

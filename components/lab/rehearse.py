@@ -62,7 +62,7 @@ from cryptography.x509.oid import NameOID
 
 from components.config import stack
 from components.lab.changes import Check, write_report
-from components.providers.base import ImageTraits
+from components.model.platforms.base import ImageTraits
 from components.renderers import bootstrap, traefik
 from components.tools import offline, render
 

@@ -1,8 +1,11 @@
-"""The typed fleet: what a stack configuration means once it is parsed.
+"""The typed stack configuration: what ``components.config.parse`` returns and every
+renderer and resource reads.
 
-Plain frozen data and the enums of every mode, so the renderers, the Pulumi components,
-the tools and the lab all read one shape and never ``pulumi.Config``; the parser that
-builds it is ``components.config``."""
+Plain values only, no parsing: the parser (``components/config/``) is the one place
+that turns a stack's keys into these, so everything downstream can trust them.  Every
+mode is an enum whose members are the strings the stack file spells, so rendered text
+reads the same whether it holds the member or its value.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from components.model import catalog, road_warriors
+from components.model import catalog
 from components.model.protection import ForwardAuth, GeoPolicy, ProtectionSpec
+from components.model.road_warriors import RoadWarriorsSpec
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -53,32 +57,28 @@ class Mode(StrEnum):
 
 
 class DnsMode(StrEnum):
-    """How the fleet's names are published."""
-
     RECORDS = "records"
-    """The edges' addresses as plain records (a rendering, or created at ``dnsProvider``)."""
+    """The edges' addresses as plain records (a rendering, or created at dnsProvider)."""
     EDGES = "edges"
     """The edges are the authoritative, health-checking nameservers of ``dnsEdgeZone``."""
 
 
 class HomeRole(StrEnum):
-    """What the home WireGuard peer is on its LAN."""
-
     ROUTER = "router"
-    """The LAN's gateway: LAN hosts answer visitors through it."""
+    """The home peer is the LAN's gateway."""
     HOST = "host"
-    """A box inside the LAN: traffic to other LAN hosts is masqueraded."""
+    """The home peer is a box inside the LAN; what it forwards into the LAN is masqueraded."""
 
 
 class AcmeChallenge(StrEnum):
-    """How the edges prove a hostname to Let's Encrypt for ``http`` services."""
-
     HTTP = "http"
+    """HTTP-01, on port 80."""
     TLS = "tls"
+    """TLS-ALPN-01, on port 443."""
 
 
 NO_DNS_PROVIDER = "none"
-"""``dnsProvider`` when no provider holds the records (a rendering only)."""
+"""``dnsProvider`` when no provider holds the zone: the records are only rendered."""
 
 
 @dataclass(frozen=True)
@@ -153,10 +153,6 @@ class ServiceSpec:
         return range(self.port, max(self.port, self.port_end) + 1)
 
 
-def effective_geo(service: ServiceSpec, fleet: ProtectionSpec) -> GeoPolicy:
-    return service.geo if service.geo is not None else fleet.geo
-
-
 @dataclass(frozen=True)
 class TunnelSpec:
     ipv4_prefix: ipaddress.IPv4Network
@@ -194,11 +190,11 @@ class DnsSpec:
 
     @property
     def edge_served(self) -> bool:
-        return self.mode is DnsMode.EDGES
+        return self.mode == DnsMode.EDGES
 
     @property
     def managed(self) -> bool:
-        """A provider holds the records (``dnsProvider`` is not none)."""
+        """The records are created at ``provider``, not only rendered."""
         return self.provider != NO_DNS_PROVIDER
 
 
@@ -225,7 +221,7 @@ class FleetConfig:
     warnings: tuple[str, ...] = ()
     """Choices the parser made that the user did not write (shown by ``pulumi preview``)."""
     protection: ProtectionSpec = field(default_factory=ProtectionSpec)
-    road_warriors: road_warriors.RoadWarriorsSpec | None = None
+    road_warriors: RoadWarriorsSpec | None = None
 
     @property
     def providers(self) -> list[str]:
@@ -243,3 +239,7 @@ class FleetConfig:
         if self.dns.edge_served:
             ports.add(53)  # the edges are the zone's nameservers (the agent's 8053 is fleet-only)
         return sorted(ports)
+
+
+def effective_geo(service: ServiceSpec, fleet: ProtectionSpec) -> GeoPolicy:
+    return service.geo if service.geo is not None else fleet.geo

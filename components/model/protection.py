@@ -23,12 +23,12 @@ RIR_SOURCES = (
 the registries themselves every day, each with an ``.md5`` beside it."""
 
 
-class CrowdsecMode(StrEnum):
+class CrowdSec(StrEnum):
     OFF = "off"
     OFFLINE = "offline"
-    """Bans from the edge's own logs."""
+    """Bans from the edge's own logs and cscli."""
     ONLINE = "online"
-    """Also CrowdSec's community blocklist (the Central API)."""
+    """Also CrowdSec's Central API: the community blocklist and console enrolment."""
 
 
 DEFAULT_AUTH_HEADERS = ("Remote-User", "Remote-Groups", "Remote-Email", "Remote-Name")
@@ -71,6 +71,6 @@ class ProtectionSpec:
     geo: GeoPolicy = GeoPolicy()
     """The fleet default, for services that set no countries of their own."""
     geo_sources: tuple[str, ...] = RIR_SOURCES
-    crowdsec: CrowdsecMode = CrowdsecMode.OFF
+    crowdsec: CrowdSec = CrowdSec.OFF
     crowdsec_enroll: bool = False
     """``crowdsecEnrollKey`` is set: every edge enrols in the CrowdSec console."""

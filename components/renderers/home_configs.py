@@ -177,7 +177,7 @@ def structured(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_ke
         "privateKeyFile": None if home_private_key else HOME_KEY_FILE,
         "publicKey": home_public,
         "lanPrefixes": [str(n) for n in cfg.home.lan_prefixes],
-        "masquerade": cfg.home.role is HomeRole.HOST,
+        "masquerade": cfg.home.role == HomeRole.HOST,
         "forwardAllow": _forward_allow(cfg),
         "roadWarriorAllow": road_warriors.home_allow(cfg),
         "tunnels": tunnels,

@@ -30,15 +30,6 @@ def peers(cfg: FleetConfig) -> tuple[RoadWarrior, ...]:
     return cfg.road_warriors.peers if cfg.road_warriors else ()
 
 
-def edge_peers(cfg: FleetConfig, public_keys: Mapping[str, str]) -> list[str]:
-    """wg0.conf [Peer] sections of the devices on every edge."""
-    lines: list[str] = []
-    for rw in peers(cfg):
-        lines += ["", "[Peer]", f"# road warrior {rw.name}", f"PublicKey = {public_keys[rw.name]}"]
-        lines.append(f"AllowedIPs = {rw.address}/32")
-    return lines
-
-
 def edge_forward_rules(cfg: FleetConfig) -> list[str]:
     """Forward-chain rules (policy drop): each device to its LAN prefixes, into the tunnel."""
     wg = tunnel.EDGE_INTERFACE

@@ -152,7 +152,7 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
     if any(s.mode is Mode.HTTP for s in cfg.services):
         challenge = (
             {"tlsChallenge": {}}
-            if cfg.acme.challenge is AcmeChallenge.TLS
+            if cfg.acme.challenge == AcmeChallenge.TLS
             else {"httpChallenge": {"entryPoint": "web"}}
         )
         static["certificatesResolvers"] = {

@@ -12,8 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from components.config import stack
-from components.config.parser import ConfigError
+from components.config import ConfigError, stack
 from components.tools import home_files, policy
 
 DEFAULT_STACK = "dev"

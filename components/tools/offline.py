@@ -22,7 +22,6 @@ from components import program as program_module
 from components import providers
 from components.config import stack
 from components.config.keys import NAMESPACE
-from components.tools import pulumi_private
 
 SECRET = "[secret]"
 DYNAMIC_PREFIX = "pulumi-python:dynamic"
