@@ -13,7 +13,8 @@ import pulumi
 from components.config import ConfigError, parse
 from components.config.keys import KEYS, NAMESPACE, SECRET_SET, is_secret_key
 from components.model.fleet import FleetConfig
-from components.resources.fleet import EdgeFleet
+from components.resources.fleet import EdgeFleet, EdgeFleetArgs
+from components.tools import pulumi_private
 
 
 class StackConfigError(ConfigError, pulumi.RunError):

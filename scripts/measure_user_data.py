@@ -48,7 +48,7 @@ def with_services(raw: dict, extra: int) -> dict:
 
 def size(raw: dict) -> tuple[int, str]:
     """Bytes of the first edge's cloud-config, with real keys and the pinned host key."""
-    cfg = parse(raw)
+    cfg = config.parse(raw)
     edge = cfg.edges[0]
     return len(bootstrap.user_data(cfg, edge, wg_conf(cfg, edge), HOST_KEY).encode()), edge.name
 

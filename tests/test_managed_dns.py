@@ -12,7 +12,7 @@ from components import config as config_module
 from components import providers
 from components.model.deployed import DeployedEdge
 from components.model.fleet import EdgeSpec
-from components.resources.managed_dns import ManagedDns, relative_name
+from components.resources.managed_dns import ManagedDns, ManagedDnsArgs, relative_name
 
 ADDRESSES = {
     "fsn": ("203.0.113.10", "2001:db8:1::10"),

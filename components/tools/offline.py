@@ -22,6 +22,7 @@ from components import program as program_module
 from components import providers
 from components.config import stack
 from components.config.keys import NAMESPACE
+from components.tools import pulumi_private
 
 SECRET = "[secret]"
 DYNAMIC_PREFIX = "pulumi-python:dynamic"
