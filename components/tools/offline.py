@@ -19,10 +19,9 @@ import dill
 import pulumi
 
 from components import program as program_module
-from components import providers
+from components import providers, pulumi_private
 from components.config import stack
 from components.config.keys import NAMESPACE
-from components.tools import pulumi_private
 
 SECRET = "[secret]"
 DYNAMIC_PREFIX = "pulumi-python:dynamic"
