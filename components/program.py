@@ -10,9 +10,11 @@ from typing import Any
 
 import pulumi
 
-from components.model.config import KEYS, NAMESPACE, SECRET_SET, ConfigError, FleetConfig, is_secret_key, parse
+from components.config import ConfigError, parse
+from components.config.keys import KEYS, NAMESPACE, SECRET_SET, is_secret_key
+from components.model.fleet import FleetConfig
+from components.resources import pulumi_private
 from components.resources.fleet import EdgeFleet, EdgeFleetArgs
-from components.tools import pulumi_private
 
 
 class StackConfigError(ConfigError, pulumi.RunError):

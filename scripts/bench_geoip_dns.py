@@ -33,8 +33,8 @@ import dns.edns
 import dns.message
 import dns.query
 
+from components.config import stack
 from components.lab.netns import Lab, wait_for
-from components.model import stack
 from components.model.deployed import DeployedEdge
 from components.renderers import edge_dns
 from tests import mmdb

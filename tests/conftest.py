@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.model import config as config_module
+from components import config as config_module
 from tests.support import stack_raw
 
 

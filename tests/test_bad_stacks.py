@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from components import program
-from components.model import stack
-from components.model.config import ConfigError
-from components.model.stack import StackFileError
+from components.config import ConfigError, stack
+from components.config.stack import StackFileError
 from components.tools import offline
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components import config as config_module
 from components.lab.netns import Node, wait_for
-from components.model import config as config_module
 from components.renderers import bootstrap, templates, traefik
 from components.tools import render
 from tests.support import namespaces, require_root, require_tool

@@ -8,10 +8,10 @@ import copy
 import pulumi
 import pytest
 
+from components import config as config_module
 from components import providers
-from components.model import config as config_module
-from components.model.config import EdgeSpec
 from components.model.deployed import DeployedEdge
+from components.model.fleet import EdgeSpec
 from components.resources.managed_dns import ManagedDns, ManagedDnsArgs, relative_name
 
 ADDRESSES = {

@@ -13,9 +13,9 @@ import copy
 
 import pytest
 
+from components.config import stack
 from components.lab import edge_lab as lab_module
 from components.lab import platform_firewall
-from components.model import stack
 from tests.support import ROOT, require_root, require_tool
 
 pytestmark = pytest.mark.netns

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from components.model.config import ConfigError
+from components.config import ConfigError
 from components.tools import offline
 from tests.support import ROOT, stack_raw
 

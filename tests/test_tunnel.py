@@ -12,7 +12,8 @@ import textwrap
 import pulumi
 import pytest
 
-from components.model import config as config_module
+from components import config as config_module
+from components.config.parser import WG_KEY_RE
 from components.model.keys import generate_keypair, public_key_of
 from components.renderers import tunnel
 from components.resources.keys import WireGuardKey, WireGuardKeyProvider
@@ -175,7 +176,7 @@ def test_keypair_matches_wg_pubkey():
         ["wg", "pubkey"], input=wg_private, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert public_key_of(wg_private) == wg_public
-    assert config_module._WG_KEY_RE.match(public)
+    assert WG_KEY_RE.match(public)
 
 
 def test_public_key_of_rejects_garbage():

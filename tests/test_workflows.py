@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.model import config as config_module
+from components import config as config_module
 from tests.support import ROOT, require_tool, stack_raw
 
 WORKFLOWS = ROOT / ".github" / "workflows"

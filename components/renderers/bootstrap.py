@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import yaml
 
-from components import providers
-from components.model.config import EdgeSpec, FleetConfig
+from components.model import platforms
 from components.model.deployed import DeployedEdge
-from components.providers.base import ImageTraits
+from components.model.fleet import EdgeSpec, FleetConfig
+from components.model.platforms.base import ImageTraits
 from components.renderers import edge_dns, forwarding, nftables, protection, templates, traefik, tunnel
 
-USER_DATA_LIMIT = min(provider.user_data_limit for provider in providers.REGISTRY.values())
+USER_DATA_LIMIT = min(platform.user_data_limit for platform in platforms.REGISTRY.values())
 """The smallest user-data limit of any provider: what a stack must fit to run anywhere."""
 PLAIN_TEXT_BUDGET = 24 * 1024
 """Up to this size the files stay plain text in the cloud-config, readable in an
@@ -89,7 +89,7 @@ def wg_endpoint_hook() -> str:
 
 def image_traits(edge: EdgeSpec) -> ImageTraits:
     """What the edge's image needs beyond the Debian 12 defaults (its provider knows)."""
-    return providers.get(edge.provider).image_traits(edge.image)
+    return platforms.get(edge.provider).image_traits(edge.image)
 
 
 def reboot_time(edge: EdgeSpec) -> str:
@@ -320,7 +320,7 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str, host_key: tuple[st
         doc["write_files"] = _write_files(files, compress=True)
         text = _dump(doc, "#cloud-config\n")
     size = len(text.encode())
-    provider = providers.get(edge.provider)
+    provider = platforms.get(edge.provider)
     if size > provider.user_data_limit:
         raise UserDataTooLarge(
             f"cgnat-edge: the cloud-config of edge {edge.name!r} is {size} bytes, over the {provider.user_data_limit}-byte "

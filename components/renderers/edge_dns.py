@@ -45,8 +45,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from components.model.config import EdgeSpec, FleetConfig, Mode, ServiceSpec
 from components.model.deployed import DeployedEdge
+from components.model.fleet import EdgeSpec, FleetConfig, Mode, ServiceSpec
 from components.renderers import geodns, templates, tunnel
 
 HEALTH_PORT = geodns.HEALTH_PORT

@@ -29,7 +29,7 @@ installs no default route for that, and routes the edge's own addresses itself.
 
 from __future__ import annotations
 
-from components.model.config import FleetConfig, Mode, ServiceSpec
+from components.model.fleet import FleetConfig, Mode, ServiceSpec
 from components.renderers import tunnel
 from components.renderers.nft_literals import one_or_set
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from components.model.config import FleetConfig, Mode, ServiceSpec
-from components.model.protection import GeoPolicy, effective_geo
-from components.renderers import tunnel
+from components.model.fleet import FleetConfig, Mode, ServiceSpec, effective_geo
+from components.model.protection import CrowdSec, GeoPolicy
+from components.renderers import templates, tunnel
 from components.renderers.nft_literals import one_or_set
 
 GEO_CONFIG_PATH = "/etc/cgnat-edge/geo.json"
@@ -145,7 +145,7 @@ def nft_crowdsec_tables(cfg: FleetConfig) -> list[str]:
     """The tables the bouncer fills (set-only): every packet from a banned source is
     dropped in prerouting, before the forward services' DNAT and before the input
     chain, whatever the port or mode (SSH too, as the bouncer's own input chain did)."""
-    if cfg.protection.crowdsec == "off":
+    if cfg.protection.crowdsec == CrowdSec.OFF:
         return []
     lines = []
     for family, table, name, kind in CROWDSEC_SETS:
@@ -165,7 +165,7 @@ def nft_crowdsec_tables(cfg: FleetConfig) -> list[str]:
 
 def crowdsec_sets(cfg: FleetConfig) -> list[str]:
     """``family table set`` of every set the bouncer fills (the verifier ignores their elements)."""
-    if cfg.protection.crowdsec == "off":
+    if cfg.protection.crowdsec == CrowdSec.OFF:
         return []
     return [f"{family} {table} {name}" for family, table, name, _ in CROWDSEC_SETS]
 
@@ -209,7 +209,7 @@ def forward_auth_middleware(s: ServiceSpec) -> dict[str, dict[str, Any]]:
 
 def traefik_static(cfg: FleetConfig) -> dict[str, Any]:
     """Extra static configuration: an access log for CrowdSec to read."""
-    if cfg.protection.crowdsec == "off" or not any(s.mode is Mode.HTTP for s in cfg.services):
+    if cfg.protection.crowdsec == CrowdSec.OFF or not any(s.mode is Mode.HTTP for s in cfg.services):
         return {}
     return {"accessLog": {"filePath": ACCESS_LOG, "format": "common", "bufferingSize": 0}}
 
@@ -224,15 +224,13 @@ def crowdsec_acquisition(cfg: FleetConfig) -> str:
 
 def node_files(cfg: FleetConfig) -> list[tuple[str, str, str]]:
     """(path, content, mode) of the protection files on every edge."""
-    from components.renderers import templates
-
     files = [
         (GEO_CONFIG_PATH, json.dumps(geo_config(cfg), indent=1) + "\n", "0644"),
         (GEO_SCRIPT_PATH, templates.text("geo-sets.py"), "0755"),
         (f"/etc/systemd/system/{GEO_UNIT}.service", templates.text(f"{GEO_UNIT}.service"), "0644"),
         (f"/etc/systemd/system/{GEO_UNIT}.timer", templates.text(f"{GEO_UNIT}.timer"), "0644"),
     ]
-    if cfg.protection.crowdsec != "off":
+    if cfg.protection.crowdsec != CrowdSec.OFF:
         files += [
             (CROWDSEC_SETUP_PATH, templates.text("crowdsec-setup.sh"), "0755"),
             (CROWDSEC_ACQUIS_PATH, crowdsec_acquisition(cfg), "0644"),
@@ -257,6 +255,6 @@ def enroll_command(edge: str) -> str:
 
 def runcmd(cfg: FleetConfig) -> list[list[str]]:
     cmds: list[list[str]] = []
-    if cfg.protection.crowdsec != "off":
-        cmds.append([CROWDSEC_SETUP_PATH, cfg.protection.crowdsec, BOUNCER_SETTINGS_PATH])
+    if cfg.protection.crowdsec != CrowdSec.OFF:
+        cmds.append([CROWDSEC_SETUP_PATH, str(cfg.protection.crowdsec), BOUNCER_SETTINGS_PATH])
     return cmds

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.model.config import FleetConfig, Mode, Protocol, ServiceSpec
+from components.model.fleet import AcmeChallenge, FleetConfig, Mode, Protocol, ServiceSpec
 from components.renderers import protection
 
 VERSION = "3.7.15"
@@ -150,7 +150,11 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
         **protection.traefik_static(cfg),
     }
     if any(s.mode is Mode.HTTP for s in cfg.services):
-        challenge = {"tlsChallenge": {}} if cfg.acme.challenge == "tls" else {"httpChallenge": {"entryPoint": "web"}}
+        challenge = (
+            {"tlsChallenge": {}}
+            if cfg.acme.challenge == AcmeChallenge.TLS
+            else {"httpChallenge": {"entryPoint": "web"}}
+        )
         static["certificatesResolvers"] = {
             RESOLVER: {
                 "acme": {

@@ -16,7 +16,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from components.model.config import EdgeSpec, FleetConfig, TunnelSpec
+from components.model.fleet import EdgeSpec, FleetConfig, TunnelSpec
 
 IFNAMSIZ = 15
 """Longest Linux interface name (IFNAMSIZ - 1)."""
@@ -116,8 +116,15 @@ def edge_wg_conf(
         f"AllowedIPs = {', '.join(str(n) for n in edge_allowed_ips(cfg, edge))}",
     ]
     if road_warrior_keys:
-        from components.renderers import road_warriors
-
-        lines += road_warriors.edge_peers(cfg, road_warrior_keys)
+        lines += _road_warrior_peers(cfg, road_warrior_keys)
     lines.append("")
     return "\n".join(lines)
+
+
+def _road_warrior_peers(cfg: FleetConfig, public_keys: Mapping[str, str]) -> list[str]:
+    """wg0.conf [Peer] sections of the devices on every edge."""
+    lines: list[str] = []
+    for rw in cfg.road_warriors.peers if cfg.road_warriors else ():
+        lines += ["", "[Peer]", f"# road warrior {rw.name}", f"PublicKey = {public_keys[rw.name]}"]
+        lines.append(f"AllowedIPs = {rw.address}/32")
+    return lines

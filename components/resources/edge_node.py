@@ -10,9 +10,9 @@ import pulumi
 import pulumi_command as command
 
 from components import providers
-from components.model import geoip
-from components.model.config import EdgeSpec, FleetConfig
+from components.config import geoip
 from components.model.deployed import DeployedEdge
+from components.model.fleet import EdgeSpec, FleetConfig
 from components.renderers import bootstrap, edge_dns, protection, tunnel
 from components.resources.keys import SshHostKey, WireGuardKey
 

@@ -11,8 +11,8 @@ import pulumi
 
 from components import providers
 from components.model import catalog
-from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig
 from components.renderers import edge_dns, geodns, home_configs, tunnel
 from components.resources.edge_node import EdgeNode, EdgeNodeArgs
 from components.resources.keys import StackSshKey, WireGuardKey
@@ -157,7 +157,7 @@ class EdgeFleet(pulumi.ComponentResource):
             )
         )
         self.dns = endpoints.apply(lambda values: dns_outputs(cfg, deployed(values)))
-        if cfg.dns.provider != "none":
+        if cfg.dns.managed:
             ManagedDns(
                 "dns",
                 ManagedDnsArgs(

@@ -23,8 +23,8 @@ from typing import Any
 import pulumi
 
 from components import providers
-from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig
 from components.renderers import edge_dns, geodns
 
 TYPE_TOKEN = "cgnat-edge:index:ManagedDns"

@@ -20,9 +20,9 @@ import pulumi
 
 from components import program as program_module
 from components import providers
-from components.model import stack
-from components.model.config import NAMESPACE
-from components.tools import pulumi_private
+from components.config import stack
+from components.config.keys import NAMESPACE
+from components.resources import pulumi_private
 
 SECRET = "[secret]"
 DYNAMIC_PREFIX = "pulumi-python:dynamic"
