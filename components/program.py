@@ -10,10 +10,10 @@ from typing import Any
 
 import pulumi
 
-from components import pulumi_private
 from components.config import ConfigError, parse
 from components.config.keys import KEYS, NAMESPACE, SECRET_SET, is_secret_key
 from components.model.fleet import FleetConfig
+from components.resources import pulumi_private
 from components.resources.fleet import EdgeFleet, EdgeFleetArgs
 
 

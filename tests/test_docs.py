@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from components.config.keys import KEYS
+from components.config import keys as config_keys
 from tests.support import ROOT
 
 DOCS = ROOT / "docs"
@@ -86,7 +86,7 @@ def test_configuration_reference_is_what_the_script_writes():
 def test_configuration_reference_lists_every_key():
     generator = _load_generator()
     table = generator.table()
-    for key, (kind, _, _) in KEYS.items():
+    for key, (kind, _, _) in config_keys.KEYS.items():
         [row] = [line for line in table.splitlines() if line.startswith(f"| `{key}` |")]
         assert row.split(" | ")[3] == ("yes" if kind == "secret" else "no"), row
     for key in ("roadWarriors", "roadWarriorPool", "roadWarriorDns", "dnsGeoipDatabase"):
@@ -108,13 +108,13 @@ def test_pulumi_yaml_declares_exactly_the_scalar_keys():
     """tests/test_config.py checks each key of KEYS against its declaration; this is the
     other direction: Pulumi.yaml declares no key the program does not know."""
     declared = set(yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"])
-    scalar = {key for key, (kind, _, _) in KEYS.items() if kind != "object-array"}
+    scalar = {key for key, (kind, _, _) in config_keys.KEYS.items() if kind != "object-array"}
     assert declared == scalar, f"only in Pulumi.yaml: {declared - scalar}; only in KEYS: {scalar - declared}"
 
 
 def test_pulumi_yaml_names_the_structured_keys_and_where_they_are_documented():
     text = (ROOT / "Pulumi.yaml").read_text()
-    for key, (kind, _, _) in KEYS.items():
+    for key, (kind, _, _) in config_keys.KEYS.items():
         if kind == "object-array":
             assert f"cgnat-edge:{key}" in text
     assert "docs/configuration.md" in text

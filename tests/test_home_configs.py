@@ -14,7 +14,6 @@ import sys
 import pytest
 
 from components.model.deployed import DeployedEdge
-from components.model.fleet import HomeRole
 from components.model.keys import generate_keypair
 from components.renderers import home_configs
 from components.tools import cli, home_files
@@ -166,7 +165,7 @@ def test_wg_quick_lets_the_edge_reach_only_the_declared_targets(fleet_config, ke
 
 
 def test_role_host_masquerades(fleet_config, keys):
-    cfg = dataclasses.replace(fleet_config, home=dataclasses.replace(fleet_config.home, role=HomeRole.HOST))
+    cfg = dataclasses.replace(fleet_config, home=dataclasses.replace(fleet_config.home, role="host"))
     out = home_configs.render(cfg, _peers(cfg, keys), keys["home"][0])
     assert out["structured"]["masquerade"] is True
     hooks = _hooks(out["wgQuick"]["ams"])

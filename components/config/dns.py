@@ -11,7 +11,7 @@ from components.config.parser import Parser
 from components.model.fleet import NO_DNS_PROVIDER, DnsMode, DnsSpec, ServiceSpec
 
 EDGE_DNS_PORTS = {53: "DNS (dnsMode edges)"}
-"""Taken only in this mode; the health agent's port is taken in every mode (RESERVED_TCP_PORTS)."""
+"""Taken only in this mode; the health agent's port is taken in every mode (``services.RESERVED_TCP_PORTS``)."""
 
 
 def parse(p: Parser, domain: str | None, services: list[ServiceSpec], base_dir: Path) -> DnsSpec:

@@ -130,7 +130,7 @@ class StackFile:
         return {k: v if isinstance(v, str) else json.dumps(v) for k, v in self.settings.items()}
 
     def raw(self) -> dict[str, Any]:
-        """This project's keys, namespace stripped, as ``fleet.parse`` takes them
+        """This project's keys, namespace stripped, as ``config.parse`` takes them
         (the secret SSH key is never part of the typed config)."""
         prefix = NAMESPACE + ":"
         return {

@@ -172,7 +172,7 @@ def structured(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_ke
         "version": 1,
         "project": cfg.project,
         "stack": cfg.stack,
-        "role": cfg.home.role.value,
+        "role": cfg.home.role,
         "privateKey": home_private_key,
         "privateKeyFile": None if home_private_key else HOME_KEY_FILE,
         "publicKey": home_public,

@@ -19,9 +19,10 @@ import dill
 import pulumi
 
 from components import program as program_module
-from components import providers, pulumi_private
+from components import providers
 from components.config import stack
 from components.config.keys import NAMESPACE
+from components.resources import pulumi_private
 
 SECRET = "[secret]"
 DYNAMIC_PREFIX = "pulumi-python:dynamic"
