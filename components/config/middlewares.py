@@ -48,11 +48,7 @@ def parse(p: Parser, key: str, raw: Any) -> Middlewares:
                 f"{key}.basicAuth[{j}]",
                 "must be an htpasswd line user:hash with a bcrypt, apr1 or sha-crypt hash; make one with `htpasswd -nB user`",
             )
-    headers = raw.get("securityHeaders", False)
-    if not isinstance(headers, bool):
-        p.fail(
-            f"{key}.securityHeaders",
-            "must be true or false; write true to send HSTS and related security headers, or leave it out",
-        )
-        headers = False
+    headers = p.flag(
+        key, raw, "securityHeaders", False, "write true to send HSTS and related security headers, or leave it out"
+    )
     return Middlewares(rate, allow, deny, tuple(u for u in users if isinstance(u, str)), headers)

@@ -115,6 +115,14 @@ class Parser:
 
     # -- small value parsers --------------------------------------------------
 
+    def flag(self, key: str, item: dict, name: str, default: bool, meaning: str) -> bool:
+        """A yes/no field of a structured item; ``meaning`` says what true does."""
+        value = item.get(name, default)
+        if not isinstance(value, bool):
+            self.fail(f"{key}.{name}", f"must be true or false; {meaning}")
+            return False
+        return value
+
     def unique_name(self, key: str, item: dict, seen: set[str], what: str) -> str | None:
         name = str(item.get("name", ""))
         if not _NAME_RE.match(name):

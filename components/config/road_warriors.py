@@ -94,12 +94,8 @@ def parse(
             allowed.append(net)
         if raw_allowed is None:
             allowed = list(lans)
-        internet = item.get("internet", False)
-        if not isinstance(internet, bool):
-            p.fail(
-                f"{key}.internet",
-                "must be true or false; true lets the device use the edges as its exit to the internet",
-            )
-            internet = False
+        internet = p.flag(
+            key, item, "internet", False, "true lets the device use the edges as its exit to the internet"
+        )
         peers.append(RoadWarrior(name, public_key, pool.network_address + index, tuple(allowed), internet))
     return RoadWarriorsSpec(tuple(peers), pool, dns)

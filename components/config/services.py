@@ -125,13 +125,13 @@ def parse(
                 )
                 continue
             ports.update({(proto, q): f"service {name!r}" for q in range(port, max(port, port_end) + 1)})
-        proxy = item.get("proxyProtocol", mode is Mode.PASSTHROUGH)
-        if not isinstance(proxy, bool):
-            p.fail(
-                f"{key}.proxyProtocol",
-                "must be true or false; true sends the visitor's address to home in a PROXY header",
-            )
-            proxy = False
+        proxy = p.flag(
+            key,
+            item,
+            "proxyProtocol",
+            mode is Mode.PASSTHROUGH,
+            "true sends the visitor's address to home in a PROXY header",
+        )
         health = item.get("healthPath")
         if health is not None and not (isinstance(health, str) and health.startswith("/")):
             p.fail(f"{key}.healthPath", f"{health!r} must be a URL path starting with /; write it like /status.php")
@@ -151,7 +151,7 @@ def parse(
                 target,
                 tuple(spec_hosts),
                 port,
-                bool(proxy) and mode.by_traefik,
+                proxy and mode.by_traefik,
                 http_target,
                 chain,
                 health,
