@@ -20,16 +20,17 @@ from typing import Any
 
 import yaml
 
+from components.model import edge_contract
 from components.model.fleet import FleetConfig, Mode, ServiceSpec, effective_geo
 from components.model.protection import CrowdSec, GeoPolicy
 from components.renderers import templates, tunnel
 from components.renderers.nft_literals import one_or_set
 
-GEO_CONFIG_PATH = "/etc/cgnat-edge/geo.json"
+GEO_CONFIG_PATH = edge_contract.GEO_CONFIG
 GEO_SCRIPT_PATH = "/usr/local/sbin/cgnat-edge-geo-sets"
-GEO_UNIT = "cgnat-edge-geo-sets"
-GEO_STATE_DIR = "/var/lib/cgnat-edge/geo"
-GEO_STATUS_PATH = f"{GEO_STATE_DIR}/status.json"
+GEO_UNIT = edge_contract.GEO_UNIT
+GEO_STATE_DIR = edge_contract.GEO_STATE_DIR
+GEO_STATUS_PATH = edge_contract.GEO_STATUS
 TABLE = ("inet", "cgnat_edge")
 
 CROWDSEC_SETUP_PATH = "/usr/local/sbin/cgnat-edge-crowdsec"
@@ -45,8 +46,8 @@ CROWDSEC_TABLES = tuple(f"{family} {table}" for family, table, _, _ in CROWDSEC_
 CROWDSEC_CHAIN = "bans"
 BOUNCER_SETTINGS_PATH = "/etc/cgnat-edge/crowdsec-bouncer.yaml"
 """Merged by the setup into the bouncer's ``.yaml.local`` (which holds its API key)."""
-BOUNCER_UNIT = "crowdsec-firewall-bouncer.service"
-CROWDSEC_UNIT = "crowdsec.service"
+BOUNCER_UNIT = edge_contract.BOUNCER_UNIT
+CROWDSEC_UNIT = edge_contract.CROWDSEC_UNIT
 """The agent with its Local API, which the bouncer asks for decisions."""
 ACCESS_LOG = "/var/lib/traefik/access.log"
 """Traefik's access log, in its state directory: the only place its unit lets it write."""
@@ -54,8 +55,8 @@ LOGROTATE_PATH = "/etc/logrotate.d/cgnat-edge-traefik"
 PUSHED_ONLY = (
     GEO_CONFIG_PATH,
     GEO_SCRIPT_PATH,
-    f"/etc/systemd/system/{GEO_UNIT}.service",
-    f"/etc/systemd/system/{GEO_UNIT}.timer",
+    f"{edge_contract.SYSTEMD_DIR}/{GEO_UNIT}.service",
+    f"{edge_contract.SYSTEMD_DIR}/{GEO_UNIT}.timer",
 )
 """Arrive with the first push (which enables the timer), right after boot: the
 user data stays small for the stacks that use no country filters."""
@@ -227,8 +228,8 @@ def node_files(cfg: FleetConfig) -> list[tuple[str, str, str]]:
     files = [
         (GEO_CONFIG_PATH, json.dumps(geo_config(cfg), indent=1) + "\n", "0644"),
         (GEO_SCRIPT_PATH, templates.text("geo-sets.py"), "0755"),
-        (f"/etc/systemd/system/{GEO_UNIT}.service", templates.text(f"{GEO_UNIT}.service"), "0644"),
-        (f"/etc/systemd/system/{GEO_UNIT}.timer", templates.text(f"{GEO_UNIT}.timer"), "0644"),
+        (f"{edge_contract.SYSTEMD_DIR}/{GEO_UNIT}.service", templates.text(f"{GEO_UNIT}.service"), "0644"),
+        (f"{edge_contract.SYSTEMD_DIR}/{GEO_UNIT}.timer", templates.text(f"{GEO_UNIT}.timer"), "0644"),
     ]
     if cfg.protection.crowdsec != CrowdSec.OFF:
         files += [

@@ -16,12 +16,13 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from components.model import edge_contract
 from components.model.fleet import EdgeSpec, FleetConfig, TunnelSpec
 
 IFNAMSIZ = 15
 """Longest Linux interface name (IFNAMSIZ - 1)."""
 
-EDGE_INTERFACE = "wg0"
+EDGE_INTERFACE = edge_contract.WG_INTERFACE
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def edge_allowed_ips(cfg: FleetConfig, edge: EdgeSpec) -> list[ipaddress.IPv4Net
     return addrs.home_hosts + list(lans)
 
 
-WG_ENDPOINT_HOOK = "/usr/local/sbin/cgnat-edge-wg-endpoint"
+WG_ENDPOINT_HOOK = edge_contract.WG_ENDPOINT_HOOK
 """Installed by the edge's cloud-config from ``cloud-init/wg-endpoint.sh``."""
 
 

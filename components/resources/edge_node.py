@@ -13,7 +13,7 @@ from components import providers
 from components.config import geoip
 from components.model.deployed import DeployedEdge
 from components.model.fleet import EdgeSpec, FleetConfig
-from components.renderers import bootstrap, edge_dns, protection, tunnel
+from components.renderers import bootstrap, bundle, edge_dns, protection, tunnel
 from components.resources.keys import SshHostKey, WireGuardKey
 
 
@@ -82,11 +82,11 @@ class EdgeNode(pulumi.ComponentResource):
         )
         # Every later change to services, tunnel or SSH keys lands here, in place (no
         # rebuild, same IP), and the step ends only when the edge serves again.
-        bundle: pulumi.Output[str] = pulumi.Output.secret(
+        pushed: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(
                 wg_conf, host_key.private_key, host_key.public_key, fleet if fleet is not None else None
             ).apply(
-                lambda values: bootstrap.bundle(
+                lambda values: bundle.encode(
                     bootstrap.node_files(cfg, edge, values[0], (values[1], values[2]), fleet=values[3])
                 )
             )
@@ -118,8 +118,8 @@ class EdgeNode(pulumi.ComponentResource):
             f"{edge.name}-config",
             connection=connection,
             create=bootstrap.config_command(cfg.ssh.user),
-            stdin=bundle,
-            triggers=[machine.server_id, bundle.apply(lambda b: hashlib.sha256(b.encode()).hexdigest())],
+            stdin=pushed,
+            triggers=[machine.server_id, pushed.apply(lambda b: hashlib.sha256(b.encode()).hexdigest())],
             opts=pulumi.ResourceOptions(
                 parent=self, depends_on=[booted, rotated, *geoip_step, *([after] if after else [])]
             ),
