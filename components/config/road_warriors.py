@@ -21,26 +21,8 @@ def parse(
     """``lans``: the home LAN prefixes the devices may reach parts of."""
     if not items:
         return None
-    pool = p.network("roadWarriorPool", pool_text)
+    pool = _pool(p, pool_text, lans, tunnel)
     if pool is None:
-        return None
-    if pool.version != 4 or not pool.is_private or pool.subnet_of(CGNAT_RANGE):
-        p.fail("roadWarriorPool", f"{pool} must be a private IPv4 prefix outside 100.64.0.0/10, e.g. {DEFAULT_POOL}")
-        return None
-    for i, lan in enumerate(lans):
-        if lan.overlaps(pool):
-            p.fail(
-                "roadWarriorPool",
-                f"{pool} overlaps {fix_key('homeLanPrefixes')}[{i}] {lan}; devices need addresses of their own, "
-                f"pick a prefix outside the LAN, e.g. {DEFAULT_POOL}",
-            )
-            return None
-    if pool.overlaps(tunnel.ipv4_prefix):
-        p.fail(
-            "roadWarriorPool",
-            f"{pool} overlaps {fix_key('tunnelIpv4Prefix')} {tunnel.ipv4_prefix}; pick a prefix outside it, "
-            f"e.g. {DEFAULT_POOL}",
-        )
         return None
     dns = None
     if dns_text:
@@ -78,24 +60,55 @@ def parse(
             p.fail(f"{key}.index", f"index {index} is already used by road warrior {used[index]!r}; give each its own")
             continue
         used[index] = name
-        allowed = []
-        raw_allowed = item.get("allowedPrefixes")
-        for j, text in enumerate(p.items(f"{key}.allowedPrefixes", raw_allowed, "CIDR prefixes") or []):
-            net = p.network(f"{key}.allowedPrefixes[{j}]", text)
-            if net is None:
-                continue
-            if not any(net.subnet_of(lan) for lan in lans if lan.version == net.version):
-                p.fail(
-                    f"{key}.allowedPrefixes[{j}]",
-                    f"{net} is not inside any of {fix_key('homeLanPrefixes')} "
-                    f"({', '.join(map(str, lans)) or 'none set'}); devices reach the home LAN only, list a part of it",
-                )
-                continue
-            allowed.append(net)
-        if raw_allowed is None:
-            allowed = list(lans)
+        allowed = _allowed(p, key, item.get("allowedPrefixes"), lans)
         internet = p.flag(
             key, item, "internet", False, "true lets the device use the edges as its exit to the internet"
         )
         peers.append(RoadWarrior(name, public_key, pool.network_address + index, tuple(allowed), internet))
     return RoadWarriorsSpec(tuple(peers), pool, dns)
+
+
+def _pool(p: Parser, pool_text: str, lans: tuple, tunnel: TunnelSpec) -> ipaddress.IPv4Network | None:
+    """The devices' prefix: private IPv4, apart from the LAN, the tunnels and the CGNAT range."""
+    pool = p.network("roadWarriorPool", pool_text)
+    if pool is None:
+        return None
+    if not isinstance(pool, ipaddress.IPv4Network) or not pool.is_private or pool.subnet_of(CGNAT_RANGE):
+        p.fail("roadWarriorPool", f"{pool} must be a private IPv4 prefix outside 100.64.0.0/10, e.g. {DEFAULT_POOL}")
+        return None
+    for i, lan in enumerate(lans):
+        if lan.overlaps(pool):
+            p.fail(
+                "roadWarriorPool",
+                f"{pool} overlaps {fix_key('homeLanPrefixes')}[{i}] {lan}; devices need addresses of their own, "
+                f"pick a prefix outside the LAN, e.g. {DEFAULT_POOL}",
+            )
+            return None
+    if pool.overlaps(tunnel.ipv4_prefix):
+        p.fail(
+            "roadWarriorPool",
+            f"{pool} overlaps {fix_key('tunnelIpv4Prefix')} {tunnel.ipv4_prefix}; pick a prefix outside it, "
+            f"e.g. {DEFAULT_POOL}",
+        )
+        return None
+    return pool
+
+
+def _allowed(p: Parser, key: str, raw_allowed: Any, lans: tuple) -> list:
+    """The LAN prefixes a device may reach: every home LAN prefix unless it lists parts of them."""
+    allowed = []
+    for j, text in enumerate(p.items(f"{key}.allowedPrefixes", raw_allowed, "CIDR prefixes") or []):
+        net = p.network(f"{key}.allowedPrefixes[{j}]", text)
+        if net is None:
+            continue
+        if not any(net.subnet_of(lan) for lan in lans if lan.version == net.version):
+            p.fail(
+                f"{key}.allowedPrefixes[{j}]",
+                f"{net} is not inside any of {fix_key('homeLanPrefixes')} "
+                f"({', '.join(map(str, lans)) or 'none set'}); devices reach the home LAN only, list a part of it",
+            )
+            continue
+        allowed.append(net)
+    if raw_allowed is None:
+        allowed = list(lans)
+    return allowed

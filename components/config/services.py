@@ -74,56 +74,12 @@ def parse(
         spec_hosts: list[str] = []
         port, port_end, proto = 443, 0, str(mode.protocol)
         if mode.by_hostname:
-            raw_hosts = item.get("hostnames")
-            if isinstance(raw_hosts, str):
-                raw_hosts = [raw_hosts]
-            if not raw_hosts:
-                p.fail(
-                    f"{key}.hostnames",
-                    f"is required for a {mode} service; list the names visitors use, e.g. [app.{domain or 'example.org'}]",
-                )
-            for j, h in enumerate(p.items(f"{key}.hostnames", raw_hosts, "hostnames")):
-                host = p.hostname(f"{key}.hostnames[{j}]", h, domain)
-                if host is None:
-                    continue
-                if host in hostnames:
-                    p.fail(
-                        f"{key}.hostnames[{j}]",
-                        f"{host} is already served by service {hostnames[host]!r}; a hostname can belong to one service",
-                    )
-                    continue
-                hostnames[host] = name
-                spec_hosts.append(host)
+            spec_hosts = _hostnames(p, key, item, mode, domain, name, hostnames)
         else:
-            if item.get("port") is None:
-                p.fail(
-                    f"{key}.port",
-                    f"is required for a {mode} service; give the public port on the edges, e.g. port: 2222",
-                )
+            public = _public_ports(p, key, item, mode, target, name, {**reserved, **ports})
+            if public is None:
                 continue
-            if mode is Mode.FORWARD:
-                span = _forward_span(p, key, item, target)
-                if span is None:
-                    continue
-                proto, (port, port_end) = span
-            else:
-                public_port = p.port(f"{key}.port", item.get("port"))
-                if public_port is None:
-                    continue
-                proto, port, port_end = str(mode.protocol), public_port, 0
-            taken = next(
-                (
-                    (q, o)
-                    for q in range(port, max(port, port_end) + 1)
-                    if (o := reserved.get((proto, q)) or ports.get((proto, q)))
-                ),
-                None,
-            )
-            if taken:
-                p.fail(
-                    f"{key}.port", f"{proto} port {taken[0]} is already used by {taken[1]}; pick another public port"
-                )
-                continue
+            proto, port, port_end = public
             ports.update({(proto, q): f"service {name!r}" for q in range(port, max(port, port_end) + 1)})
         proxy = p.flag(
             key,
@@ -162,6 +118,65 @@ def parse(
             )
         )
     return services
+
+
+def _hostnames(
+    p: Parser, key: str, item: dict, mode: Mode, domain: str | None, name: str, taken: dict[str, str]
+) -> list[str]:
+    """The service's hostnames, each claimed in ``taken`` so no two services share one."""
+    raw_hosts = item.get("hostnames")
+    if isinstance(raw_hosts, str):
+        raw_hosts = [raw_hosts]
+    if not raw_hosts:
+        p.fail(
+            f"{key}.hostnames",
+            f"is required for a {mode} service; list the names visitors use, e.g. [app.{domain or 'example.org'}]",
+        )
+    hosts: list[str] = []
+    for j, h in enumerate(p.items(f"{key}.hostnames", raw_hosts, "hostnames")):
+        host = p.hostname(f"{key}.hostnames[{j}]", h, domain)
+        if host is None:
+            continue
+        if host in taken:
+            p.fail(
+                f"{key}.hostnames[{j}]",
+                f"{host} is already served by service {taken[host]!r}; a hostname can belong to one service",
+            )
+            continue
+        taken[host] = name
+        hosts.append(host)
+    return hosts
+
+
+def _public_ports(
+    p: Parser, key: str, item: dict, mode: Mode, target: Target | None, name: str, used: dict[tuple[str, int], str]
+) -> tuple[str, int, int] | None:
+    """Protocol, first and last public port of a port-bound service, refused when any
+    of them is reserved or already another service's."""
+    if item.get("port") is None:
+        p.fail(
+            f"{key}.port",
+            f"is required for a {mode} service; give the public port on the edges, e.g. port: 2222",
+        )
+        return None
+    if mode is Mode.FORWARD:
+        span = _forward_span(p, key, item, target)
+        if span is None:
+            return None
+        proto, (port, port_end) = span
+    else:
+        public_port = p.port(f"{key}.port", item.get("port"))
+        if public_port is None:
+            return None
+        proto, port, port_end = str(mode.protocol), public_port, 0
+    taken = next(
+        ((q, o) for q in range(port, max(port, port_end) + 1) if (o := used.get((proto, q)))),
+        None,
+    )
+    if taken:
+        p.fail(f"{key}.port", f"{proto} port {taken[0]} is already used by {taken[1]}; pick another public port")
+        return None
+    return proto, port, port_end
 
 
 def _forward_span(p: Parser, key: str, item: dict, target: Target | None) -> tuple[str, tuple[int, int]] | None:

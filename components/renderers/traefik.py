@@ -194,6 +194,57 @@ def _http_middlewares(s: ServiceSpec) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _route(s: ServiceSpec, http: dict[str, Any], tcp: dict[str, Any], udp: dict[str, Any]) -> None:
+    """One service's routers and services, in the section of its protocol."""
+    if s.mode is Mode.PASSTHROUGH:
+        tcp["routers"][s.name] = {
+            "entryPoints": ["websecure"],
+            "rule": _host_rule("HostSNI", s.hostnames),
+            "service": s.name,
+            "tls": {"passthrough": True},
+        }
+        lb: dict[str, Any] = {"servers": [{"address": str(s.target)}]}
+        if s.proxy_protocol:
+            lb["serversTransport"] = "proxy-v2"
+        tcp["services"][s.name] = {"loadBalancer": lb}
+        if s.http_target:
+            http["routers"][f"{s.name}-acme"] = {
+                "entryPoints": ["web"],
+                "rule": f"({_host_rule('Host', s.hostnames)}) && PathPrefix(`{ACME_PATH_PREFIX}`)",
+                "service": f"{s.name}-acme",
+                "priority": 1000,
+            }
+            http["services"][f"{s.name}-acme"] = {"loadBalancer": {"servers": [{"url": f"http://{s.http_target}"}]}}
+    elif s.mode is Mode.HTTP:
+        rule = _host_rule("Host", s.hostnames)
+        if s.middlewares.ip_deny_list:
+            # Traefik has no deny-list middleware; a negated ClientIP matcher (the
+            # TCP peer, never a header) makes denied clients miss the router.
+            denied = ", ".join(f"`{n}`" for n in s.middlewares.ip_deny_list)
+            rule = f"({rule}) && !ClientIP({denied})"
+        mws = _http_middlewares(s)
+        http["middlewares"].update(mws)
+        router: dict[str, Any] = {
+            "entryPoints": ["websecure"],
+            "rule": rule,
+            "service": s.name,
+            "tls": {"certResolver": RESOLVER},
+        }
+        if mws:
+            router["middlewares"] = list(mws)
+        http["routers"][s.name] = router
+        http["services"][s.name] = {"loadBalancer": {"servers": [{"url": f"http://{s.target}"}]}}
+    elif s.mode is Mode.TCP:
+        tcp["routers"][s.name] = {"entryPoints": [entrypoint_name(s)], "rule": "HostSNI(`*`)", "service": s.name}
+        lb = {"servers": [{"address": str(s.target)}]}
+        if s.proxy_protocol:
+            lb["serversTransport"] = "proxy-v2"
+        tcp["services"][s.name] = {"loadBalancer": lb}
+    elif s.mode is Mode.UDP:
+        udp["routers"][s.name] = {"entryPoints": [entrypoint_name(s)], "service": s.name}
+        udp["services"][s.name] = {"loadBalancer": {"servers": [{"address": str(s.target)}]}}
+
+
 def dynamic_config(cfg: FleetConfig) -> dict[str, Any]:
     """Routers and services for every declared service; the file Traefik watches."""
     http: dict[str, Any] = {"routers": {}, "services": {}, "middlewares": {}}
@@ -201,53 +252,7 @@ def dynamic_config(cfg: FleetConfig) -> dict[str, Any]:
     udp: dict[str, Any] = {"routers": {}, "services": {}}
 
     for s in cfg.services:
-        if s.mode is Mode.PASSTHROUGH:
-            tcp["routers"][s.name] = {
-                "entryPoints": ["websecure"],
-                "rule": _host_rule("HostSNI", s.hostnames),
-                "service": s.name,
-                "tls": {"passthrough": True},
-            }
-            lb: dict[str, Any] = {"servers": [{"address": str(s.target)}]}
-            if s.proxy_protocol:
-                lb["serversTransport"] = "proxy-v2"
-            tcp["services"][s.name] = {"loadBalancer": lb}
-            if s.http_target:
-                http["routers"][f"{s.name}-acme"] = {
-                    "entryPoints": ["web"],
-                    "rule": f"({_host_rule('Host', s.hostnames)}) && PathPrefix(`{ACME_PATH_PREFIX}`)",
-                    "service": f"{s.name}-acme",
-                    "priority": 1000,
-                }
-                http["services"][f"{s.name}-acme"] = {"loadBalancer": {"servers": [{"url": f"http://{s.http_target}"}]}}
-        elif s.mode is Mode.HTTP:
-            rule = _host_rule("Host", s.hostnames)
-            if s.middlewares.ip_deny_list:
-                # Traefik has no deny-list middleware; a negated ClientIP matcher (the
-                # TCP peer, never a header) makes denied clients miss the router.
-                denied = ", ".join(f"`{n}`" for n in s.middlewares.ip_deny_list)
-                rule = f"({rule}) && !ClientIP({denied})"
-            mws = _http_middlewares(s)
-            http["middlewares"].update(mws)
-            router: dict[str, Any] = {
-                "entryPoints": ["websecure"],
-                "rule": rule,
-                "service": s.name,
-                "tls": {"certResolver": RESOLVER},
-            }
-            if mws:
-                router["middlewares"] = list(mws)
-            http["routers"][s.name] = router
-            http["services"][s.name] = {"loadBalancer": {"servers": [{"url": f"http://{s.target}"}]}}
-        elif s.mode is Mode.TCP:
-            tcp["routers"][s.name] = {"entryPoints": [entrypoint_name(s)], "rule": "HostSNI(`*`)", "service": s.name}
-            lb = {"servers": [{"address": str(s.target)}]}
-            if s.proxy_protocol:
-                lb["serversTransport"] = "proxy-v2"
-            tcp["services"][s.name] = {"loadBalancer": lb}
-        elif s.mode is Mode.UDP:
-            udp["routers"][s.name] = {"entryPoints": [entrypoint_name(s)], "service": s.name}
-            udp["services"][s.name] = {"loadBalancer": {"servers": [{"address": str(s.target)}]}}
+        _route(s, http, tcp, udp)
 
     if any(s.mode.by_hostname for s in cfg.services):
         http["routers"]["to-https"] = {
