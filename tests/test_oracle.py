@@ -140,6 +140,7 @@ def _user_data(run: offline.Run) -> tuple[dict, str]:
     return metadata, gzip.decompress(base64.b64decode(metadata["user_data"])).decode()
 
 
+@pytest.mark.netns
 def test_user_data_is_gzipped_cloud_config_within_the_metadata_limit(prod, tmp_path):
     metadata, text = _user_data(prod)
     size = oracle.metadata_size(metadata)

@@ -261,6 +261,7 @@ def test_loader_keeps_the_last_good_sets_on_a_bad_source(tmp_path):
     assert "203.0.113.0/28" in (state / "aq.nft").read_text()
 
 
+@pytest.mark.netns
 def test_protected_user_data_passes_cloud_init_schema(tmp_path):
     """The lab stack (country filters, CrowdSec offline, forward-auth) as each provider
     gets it: the CrowdSec setup runs from runcmd, its script travels compressed."""

@@ -69,12 +69,14 @@ def run_actionlint(cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.netns
 def test_workflows_pass_actionlint():
     result = run_actionlint(ROOT)
     assert f"Checking {len(workflow_files())} workflow file(s)" in result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.netns
 def test_actionlint_catches_a_broken_workflow(tmp_path):
     """The check above means something only if the linter really reads the files."""
     target = tmp_path / ".github" / "workflows"
