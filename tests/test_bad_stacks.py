@@ -32,8 +32,8 @@ from components.model import stack
 from components.model.config import ConfigError
 from components.model.stack import StackFileError
 from components.tools import offline
+from tests.support import DEV_STACK, PROJECT
 
-ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "bad_stacks"
 WHOLE = CORPUS / "whole"
 FILES = sorted([*CORPUS.glob("Pulumi.*.yaml"), *WHOLE.glob("Pulumi.*.yaml")], key=lambda p: p.name)
@@ -119,7 +119,7 @@ def header(path: Path) -> dict[str, list[str]]:
 
 def error_of(path: Path) -> Exception:
     try:
-        stack.load(path, project_file=ROOT / "Pulumi.yaml").parse()
+        stack.load(path, project_file=PROJECT).parse()
     except (ConfigError, StackFileError) as exc:
         return exc
     pytest.fail(f"{path.name} was accepted")
@@ -135,7 +135,7 @@ def params():
 def test_corpus_is_large_and_every_file_says_what_it_expects():
     """The base itself is a good stack, so each file fails for what its overlay changes."""
     assert len(FILES) >= 100
-    assert stack.load(CORPUS / "base.yaml", project_file=ROOT / "Pulumi.yaml").parse().edges
+    assert stack.load(CORPUS / "base.yaml", project_file=PROJECT).parse().edges
     for path in FILES:
         fields = header(path)
         assert fields.get("expect") or fields.get("expect-re"), f"{path.name} has no # expect: line"
@@ -192,7 +192,7 @@ def test_whole_program_registers_nothing(name, corpus):
         except Exception as exc:  # kept to count what was registered before it
             raised.append(exc)
 
-    result = offline.run_program(path, program=run, project_file=ROOT / "Pulumi.yaml")
+    result = offline.run_program(path, program=run, project_file=PROJECT)
     assert result.resources == []
     assert len(raised) == 1 and isinstance(raised[0], program.StackConfigError), raised
     assert raised[0].problems == error_of(path).problems
@@ -204,7 +204,7 @@ def test_a_pasted_private_key_is_refused_and_never_echoed(kind, tmp_path):
     from components.model.keys import generate_host_key, generate_keypair
 
     private = generate_host_key()[0] if kind == "openssh" else generate_keypair()[0] + " x"
-    data = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())
+    data = yaml.safe_load((DEV_STACK).read_text())
     data["config"]["cgnat-edge:sshPublicKeys"] = [private]
     path = tmp_path / "Pulumi.pasted.yaml"
     path.write_text(yaml.safe_dump(data))

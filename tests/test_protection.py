@@ -21,7 +21,7 @@ from components.lab.protection import rir_file
 from components.model import config as config_module
 from components.model.config import ConfigError
 from components.renderers import home_configs, nftables, protection, templates, traefik
-from tests.support import require_root, require_tool
+from tests.support import LAB_STACK, PROJECT, require_root, require_tool
 
 
 def _loader():
@@ -267,9 +267,8 @@ def test_protected_user_data_passes_cloud_init_schema(tmp_path):
     gets it: the CrowdSec setup runs from runcmd, its script travels compressed."""
     require_tool("cloud-init")
     from components.tools import offline
-    from tests.support import ROOT
 
-    run = offline.run_program(ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml", project_file=ROOT / "Pulumi.yaml")
+    run = offline.run_program(LAB_STACK, project_file=PROJECT)
     servers = run.by_type("hcloud:index/server:Server") + run.by_type("digitalocean:index/droplet:Droplet")
     assert servers
     for server in servers:

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import copy
 import re
-from pathlib import Path
 
 import pytest
 
 from components import providers
 from components.model import config
 from components.providers.base import firewall_rules
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 
 def parse(raw: dict) -> config.FleetConfig:

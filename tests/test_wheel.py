@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from components.tools import cli
-from tests.support import ROOT, require_tool
+from tests.support import DEV_STACK, ROOT, require_tool
 
 STACK_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml")
 # What a checkout holds besides the sources; none of it goes into a build.
@@ -150,7 +150,7 @@ def test_installed_command_renders_what_the_checkout_renders(wheel_render, tmp_p
     # the throwaway keys of a render; every other file must match the wheel's (JSON as data).
     first, second = tmp_path / "first", tmp_path / "second"
     for out in (first, second):
-        assert cli.main(["render", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--out", str(out)]) == 0
+        assert cli.main(["render", "--stack-file", str(DEV_STACK), "--out", str(out)]) == 0
     files = _tree(first)
     assert _tree(wheel_render) == files
     stable = sorted(f for f in files if _same(first / f, second / f))
