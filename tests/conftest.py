@@ -1,5 +1,5 @@
-"""Shared fixtures: the example stack, parsed the way the program parses it, and the
-Edge lab booted from the lab stack."""
+"""Shared fixtures: the example stack, parsed the way the program parses it; the
+program's offline runs of the committed stacks; the Edge lab booted from the lab stack."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 
 from components.lab import edge_lab as lab_module
 from components.model import config as config_module
-from tests.support import LAB_STACK, PROJECT, require_root, require_tool, stack_raw
+from components.tools import offline
+from tests.support import DEV_STACK, LAB_STACK, PROD_STACK, PROJECT, require_root, require_tool, stack_raw
 
 
 @pytest.fixture
@@ -18,6 +19,19 @@ def raw_config() -> dict:
 @pytest.fixture
 def fleet_config(raw_config):
     return config_module.parse(raw_config, stack="dev")
+
+
+@pytest.fixture(scope="session")
+def dev_run() -> offline.Run:
+    """The program run offline on the example stack, once for every test that only reads
+    the run (each run takes seconds)."""
+    return offline.run_program(DEV_STACK)
+
+
+@pytest.fixture(scope="session")
+def prod_run() -> offline.Run:
+    """The same for the prod stack: four edges on three providers."""
+    return offline.run_program(PROD_STACK)
 
 
 @pytest.fixture(scope="module")

@@ -43,9 +43,8 @@ def test_copy_step_per_edge_keyed_by_the_hash_before_the_push(database):
     assert "MaxMind.com" not in json.dumps(others, default=str)
 
 
-def test_no_database_no_copy_step():
-    run = offline.run_program(DEV_STACK)
-    assert run.by_type("command:remote:CopyToRemote") == []
+def test_no_database_no_copy_step(dev_run):
+    assert dev_run.by_type("command:remote:CopyToRemote") == []
 
 
 def test_country_database_is_refused(tmp_path):

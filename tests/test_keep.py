@@ -22,9 +22,9 @@ ADDRESS_TYPES = (
 )
 
 
-@pytest.fixture(scope="module")
-def prod() -> offline.Run:
-    return offline.run_program(PROD_STACK)
+@pytest.fixture
+def prod(prod_run) -> offline.Run:
+    return prod_run
 
 
 def test_every_address_and_key_is_protected_and_nothing_else(prod):
@@ -55,8 +55,8 @@ def _edges_and_keys(run: offline.Run) -> dict[str, tuple]:
     return {name: (e["tunnelIpv4"], e["tunnelIpv6"], e["wireguardPublicKey"], e["ipv4"]) for name, e in edges.items()}
 
 
-def test_removing_the_middle_edge_moves_no_other_edge():
-    first = offline.run_program(PROD_STACK)
+def test_removing_the_middle_edge_moves_no_other_edge(prod):
+    first = prod
     edges = copy.deepcopy(stack.load(PROD_STACK).raw()["edges"])
     assert [e["name"] for e in edges] == ["fsn", "fra", "nyc", "ams"]
     second = offline.run_program(
@@ -83,9 +83,8 @@ def _provider_keys(run: offline.Run) -> dict[str, dict]:
     return {r.type: r.inputs for r in run.resources if r.type.endswith("/sshKey:SshKey")}
 
 
-def test_provider_ssh_keys_are_the_stacks_own_so_stacks_and_key_edits_never_collide():
-    dev = offline.run_program(DEV_STACK)
-    prod = offline.run_program(PROD_STACK)
+def test_provider_ssh_keys_are_the_stacks_own_so_stacks_and_key_edits_never_collide(dev_run, prod_run):
+    dev, prod = dev_run, prod_run
     dev_keys, prod_keys = _provider_keys(dev), _provider_keys(prod)
     assert set(dev_keys) == set(prod_keys) == {"hcloud:index/sshKey:SshKey", "digitalocean:index/sshKey:SshKey"}
     for typ in dev_keys:

@@ -24,9 +24,9 @@ PUBLIC_IP = "oci:Core/publicIp:PublicIp"
 SECURITY_LIST = "oci:Core/securityList:SecurityList"
 
 
-@pytest.fixture(scope="module")
-def prod() -> offline.Run:
-    return offline.run_program(PROD_STACK)
+@pytest.fixture
+def prod(prod_run) -> offline.Run:
+    return prod_run
 
 
 def _oci(run: offline.Run) -> dict[str, offline.Registration]:

@@ -12,16 +12,16 @@ import pytest
 
 from components.model.config import ConfigError
 from components.tools import offline
-from tests.support import DEV_STACK, PROD_STACK, stack_raw
+from tests.support import DEV_STACK, stack_raw
 
 WG_KEY = "pulumi-python:dynamic/cgnat-edge:WireGuardKey"
 HOST_KEY = "pulumi-python:dynamic/cgnat-edge:SshHostKey"
 SERVER_TYPES = ("hcloud:index/server:Server", "digitalocean:index/droplet:Droplet")
 
 
-@pytest.fixture(scope="module")
-def run() -> offline.Run:
-    return offline.run_program(DEV_STACK)
+@pytest.fixture
+def run(dev_run) -> offline.Run:
+    return dev_run
 
 
 def _services_with(extra: dict) -> list:
@@ -236,10 +236,10 @@ def test_bad_config_registers_nothing():
     assert settings.get_monitor().registrations == []
 
 
-def test_prod_stack_manages_the_edge_zone_delegation_in_the_hetzner_zone():
+def test_prod_stack_manages_the_edge_zone_delegation_in_the_hetzner_zone(prod_run):
     """dnsMode edges with dnsProvider hetzner: NS and glue for edge.example.com and a CNAME
     per hostname go into the user's zone; the edges answer for the rest."""
-    prod = offline.run_program(PROD_STACK)
+    prod = prod_run
     by_urn = {r.urn: r for r in prod.resources}
     rrsets = prod.by_type("hcloud:index/zoneRrset:ZoneRrset")
     assert rrsets and all(by_urn[r.parent].type == "cgnat-edge:index:ManagedDns" for r in rrsets)
