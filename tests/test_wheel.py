@@ -37,7 +37,6 @@ _NOT_SOURCE = shutil.ignore_patterns(
     "render",
     "home-configs",
 )
-PIP_CACHE = Path.home() / ".cache" / "pip"
 
 
 def _run(args: list[str | Path], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> str:
@@ -88,25 +87,9 @@ def installed(tmp_path_factory) -> Path:
         )
     )
     venv = tmp / "venv"
-    _run([sys.executable, "-m", "venv", venv], cwd=tmp)
-    python = venv / "bin" / "python"
-    _run(
-        [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "--cache-dir",
-            PIP_CACHE,
-            "-c",
-            constraints,
-            wheel,
-        ],
-        cwd=tmp,
-        env=_clean_env(venv),
-    )
+    # uv rather than venv and pip: the same install from the same wheel, in seconds, from uv's cache.
+    _run(["uv", "venv", "-q", "--python", sys.executable, venv], cwd=tmp, env=_clean_env(venv))
+    _run(["uv", "pip", "install", "-q", "--python", venv / "bin" / "python", "-c", constraints, wheel], cwd=tmp)
     return venv
 
 
