@@ -204,7 +204,7 @@ def test_a_pasted_private_key_is_refused_and_never_echoed(kind, tmp_path):
     from components.model.keys import generate_host_key, generate_keypair
 
     private = generate_host_key()[0] if kind == "openssh" else generate_keypair()[0] + " x"
-    data = yaml.safe_load((DEV_STACK).read_text())
+    data = yaml.safe_load(DEV_STACK.read_text())
     data["config"]["cgnat-edge:sshPublicKeys"] = [private]
     path = tmp_path / "Pulumi.pasted.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -195,7 +195,7 @@ def test_values_as_the_cli_stores_them(raw_config):
 def test_pulumi_yaml_declares_the_same_defaults():
     import yaml
 
-    declared = yaml.safe_load((PROJECT).read_text())["config"]
+    declared = yaml.safe_load(PROJECT.read_text())["config"]
     for key, (kind, default, description) in config.KEYS.items():
         if kind == "object-array":
             assert key not in declared, key

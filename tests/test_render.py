@@ -63,10 +63,10 @@ def test_home_config_from_a_render_needs_its_secrets(tmp_path, capsys):
 
 def test_bad_stack_exits_with_the_config_message(tmp_path, capsys):
     stack = tmp_path / "Pulumi.bad.yaml"
-    data = yaml.safe_load((DEV_STACK).read_text())
+    data = yaml.safe_load(DEV_STACK.read_text())
     data["config"]["cgnat-edge:tunnelMtu"] = 9000
     stack.write_text(yaml.safe_dump(data))
-    (tmp_path / "Pulumi.yaml").write_text((PROJECT).read_text())
+    (tmp_path / "Pulumi.yaml").write_text(PROJECT.read_text())
     assert cli.main(["render", "--stack-file", str(stack), "--out", str(tmp_path / "out")]) == 2
     assert "cgnat-edge:tunnelMtu: 9000 is out of range" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
