@@ -84,8 +84,8 @@ def merge(base: Any, overlay: Any) -> Any:
 
 
 def write_corpus(folder: Path) -> None:
-    """Every bad stack as the whole stack file it stands for, side by side in ``folder``
-    as the corpus once was (a stack may name a file beside it: ``dnsGeoipDatabase``)."""
+    """Every bad stack as the whole stack file it stands for, all side by side in
+    ``folder``: a stack may name a file beside it (``dnsGeoipDatabase``)."""
     base = yaml.safe_load((CORPUS / "base.yaml").read_text())
     for path in FILES:
         if path.parent == WHOLE:
@@ -140,6 +140,18 @@ def test_corpus_is_large_and_every_file_says_what_it_expects():
         fields = header(path)
         assert fields.get("expect") or fields.get("expect-re"), f"{path.name} has no # expect: line"
     assert {stack.stack_name(p) for p in FILES} >= PROVIDER_REGISTRY
+
+
+def test_overlay_rule():
+    base = {"a": 1, "m": {"x": 1, "y": 2}, "items": [{"name": "p", "v": 1}, {"name": "q", "v": 2}]}
+    overlay = "a: !delete\nm: {y: 3}\nitems:\n  p: {v: 9}\n  q: !delete\n  r: {v: 3}\n"
+    assert merge(base, yaml.load(overlay, Loader=_OverlayLoader)) == {
+        "m": {"x": 1, "y": 3},
+        "items": [{"name": "p", "v": 9}, {"name": "r", "v": 3}],
+    }
+    replaced = merge(base, yaml.load("items: !replace {p: 1}\nm: [1]\n", Loader=_OverlayLoader))
+    assert replaced == {"a": 1, "m": [1], "items": {"p": 1}} and type(replaced["items"]) is dict
+    assert base["m"] == {"x": 1, "y": 2} and len(base["items"]) == 2, "the base is left as it was"
 
 
 @pytest.mark.parametrize("path", params())
