@@ -26,9 +26,10 @@ import ssl
 import sys
 import threading
 import time
+from typing import Any, cast
 
 CONFIG = sys.argv[1] if len(sys.argv) > 1 else "/etc/cgnat-edge/health.json"
-results = {}
+results: dict[str, tuple[bool, str, float]] = {}
 lock = threading.Lock()
 
 
@@ -117,7 +118,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
 
     def do_GET(self):
-        cfg = self.server.cfg
+        cfg = cast(Server, self.server).cfg
         stale = 3 * cfg["interval"] + cfg["timeout"]
         now = time.monotonic()
         with lock:
@@ -152,9 +153,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(http.server.ThreadingHTTPServer):
     address_family = socket.AF_INET6
     daemon_threads = True
+    cfg: dict[str, Any]
 
     def server_bind(self):
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
 
 
@@ -167,7 +170,6 @@ def main():
         server = Server(("::", cfg["port"]), Handler)
     except OSError:  # no IPv6 on this host
         Server.address_family = socket.AF_INET
-        Server.server_bind = http.server.ThreadingHTTPServer.server_bind
         server = Server(("0.0.0.0", cfg["port"]), Handler)
     server.cfg = cfg
     print(f"cgnat-edge-health: serving {len(cfg['checks'])} checks on port {cfg['port']}", flush=True)

@@ -6,7 +6,7 @@
 # 1. Check everything before replacing anything: the ruleset (nft -c), the tunnel
 #    config, the host key, sshd with the NEW drop-in (sshd -t), and Traefik with the new
 #    static and dynamic files in a scratch network namespace (every router must load).
-# 2. Keep what is on disk now under /var/lib/cgnat-edge/previous, then swap the files
+# 2. Keep what is on disk now under $state_dir/previous, then swap the files
 #    in by rename (a reader sees the old or the new file, never half of one); files the
 #    previous push installed and this bundle lacks are removed.
 # 3. Reconcile each part with the least disruption: nftables reloaded; wg0's peers
@@ -16,28 +16,10 @@
 # 4. Verify that the edge RUNS the new state (cgnat-edge-verify); on any failure put
 #    the previous files back, reconcile again, and exit 1 saying what failed.
 # Nothing secret is printed.
+#
+# Every path and unit name comes from the edge contract (components/model/edge_contract.py)
+# that the bundle itself brings: the one the program that rendered it uses.
 set -euo pipefail
-
-state=/var/lib/cgnat-edge
-nft_conf=/etc/nftables.conf
-wg_if=wg0
-wg_conf=/etc/wireguard/$wg_if.conf
-traefik_static=/etc/traefik/traefik.yaml
-traefik_dynamic_dir=/etc/traefik/dynamic
-traefik_unit=/etc/systemd/system/traefik@.service
-traefik_bin=/usr/local/bin/traefik
-traefik_api=http://127.0.0.1:8082/api
-legacy_traefik=traefik.service # one unit, before the two slots
-sshd_dropin=/etc/ssh/sshd_config.d/50-cgnat-edge.conf
-host_key=/etc/ssh/ssh_host_ed25519_key
-desired=/etc/cgnat-edge/desired.json
-verify=/usr/local/sbin/cgnat-edge-verify
-timer=cgnat-edge-wg-endpoint.timer
-pdns_zone=/etc/powerdns/cgnat-edge/zone.db
-health_agent=/usr/local/sbin/cgnat-edge-health
-health_conf=/etc/cgnat-edge/health.json
-health_unit=cgnat-edge-health.service
-forward_sysctl=/etc/sysctl.d/60-cgnat-edge-forward.conf # only with forward services
 
 log() { echo "cgnat-edge push: $*"; }
 warn() { echo "cgnat-edge push: $*" >&2; }
@@ -60,20 +42,24 @@ declare -a modes owners paths
 read_bundle() {
   base64 -d | tar -xzf - -C "$stage" --no-same-owner --no-same-permissions ||
     die "stdin is not a bundle (base64 of a tar.gz)"
-  [[ -f $stage/MANIFEST ]] || die "the bundle has no MANIFEST"
+  local contract=$stage/files/usr/local/lib/cgnat-edge/contract.sh
+  [[ -f $contract ]] || die "the bundle has no edge contract"
+  # shellcheck source=contract.sh
+  source "$contract"
+  [[ -f $stage/$bundle_manifest ]] || die "the bundle has no $bundle_manifest"
   local mode owner path
   while IFS=$'\t' read -r mode owner path; do
     [[ $mode =~ ^0[0-7]{3}$ ]] || die "bad mode '$mode' for $path"
     [[ $owner =~ ^[a-z_][a-z0-9_-]*:[a-z_][a-z0-9_-]*$ ]] || die "bad owner '$owner' for $path"
     [[ $path == /* && $path != *..* ]] || die "refusing path '$path'"
-    [[ -f $stage/files$path ]] || die "$path is in MANIFEST but not in the bundle"
+    [[ -f $(staged "$path") ]] || die "$path is in $bundle_manifest but not in the bundle"
     modes+=("$mode")
     owners+=("$owner")
     paths+=("$path")
-  done <"$stage/MANIFEST"
+  done <"$stage/$bundle_manifest"
 }
 
-staged() { echo "$stage/files$1"; }
+staged() { echo "$stage/$bundle_files$1"; }
 in_bundle() {
   local p
   for p in "${paths[@]}"; do [[ $p == "$1" ]] && return 0; done
@@ -101,12 +87,12 @@ check_sshd() {
 check_traefik() {
   # A Traefik of its own in a scratch network namespace, on the staged files (only the
   # on-disk locations point into the stage): every declared router must load.
-  local dir=$stage/files/etc/traefik
   mkdir -p "$stage/traefik-state"
-  sed -e "s#directory: $traefik_dynamic_dir\$#directory: $dir/dynamic#" \
-    -e "s#storage: /var/lib/traefik/#storage: $stage/traefik-state/#" \
-    "$dir/traefik.yaml" >"$stage/traefik-check.yaml"
-  if ! CGNAT_EDGE_DESIRED=$(staged "$desired") unshare --net bash -c '
+  sed -e "s#directory: $traefik_dynamic_dir\$#directory: $(staged "$traefik_dynamic_dir")#" \
+    -e "s#storage: $traefik_state_dir/#storage: $stage/traefik-state/#" \
+    "$(staged "$traefik_static")" >"$stage/traefik-check.yaml"
+  # shellcheck disable=SC2016 # the inner script expands its own arguments
+  if ! CGNAT_EDGE_DESIRED=$(staged "$desired") CGNAT_EDGE_CONTRACT=$(staged "$contract_json") unshare --net bash -c '
     ip link set lo up
     "$1" --configFile="$2" >"$3" 2>&1 &
     pid=$!
@@ -114,7 +100,7 @@ check_traefik() {
     rc=$?
     kill "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
-    exit $rc' _ "$traefik_bin" "$stage/traefik-check.yaml" "$stage/traefik-check.log" "$(staged "$verify")" \
+    exit $rc' _ "$traefik_binary" "$stage/traefik-check.yaml" "$stage/traefik-check.log" "$(staged "$verify")" \
     2>"$stage/traefik-check.err"; then
     die "the new Traefik configuration does not load; nothing was changed: $(head -c 800 "$stage/traefik-check.err")"
   fi
@@ -130,14 +116,14 @@ validate() {
         [[ $(ssh-keygen -y -f "$(staged "$path")" | cut -d' ' -f1-2) == "$(cut -d' ' -f1-2 "$(staged "$path.pub")")" ]] ||
           die "the new host key does not match its .pub; nothing was changed"
         ;;
-      /etc/ssh/cgnat-edge-authorized-keys/*)
+      "$authorized_keys_dir"/*)
         ssh-keygen -l -f "$(staged "$path")" >/dev/null 2>&1 || die "$path holds a line that is not a public key; nothing was changed"
         ;;
     esac
   done
   in_bundle "$sshd_dropin" && check_sshd
   if { in_bundle "$traefik_static" && ! same "$traefik_static"; } ||
-    { in_bundle "$traefik_dynamic_dir/cgnat-edge.yaml" && ! same "$traefik_dynamic_dir/cgnat-edge.yaml"; }; then
+    { in_bundle "$traefik_dynamic" && ! same "$traefik_dynamic"; }; then
     check_traefik
     log "checked: the new Traefik configuration loads every router"
   fi
@@ -159,23 +145,23 @@ same() {
 }
 
 previous_paths() {
-  if [[ -f $state/MANIFEST ]]; then
-    cut -f3 "$state/MANIFEST"
+  if [[ -f $state_dir/$bundle_manifest ]]; then
+    cut -f3 "$state_dir/$bundle_manifest"
   fi
 }
 
 snapshot() {
   # What is on disk now, for every path this push may touch: the rollback target.
-  local dir=$state/previous.new p
+  local dir=$state_dir/previous.new p
   rm -rf "$dir"
-  mkdir -p "$dir/files"
-  : >"$dir/MANIFEST"
+  mkdir -p "$dir/$bundle_files"
+  : >"$dir/$bundle_manifest"
   : >"$dir/ABSENT"
   for p in $( (printf '%s\n' "${paths[@]}" && previous_paths) | sort -u); do
     if [[ -f $p ]]; then
-      mkdir -p "$dir/files$(dirname "$p")"
-      cp -p "$p" "$dir/files$p"
-      printf '0%s\t%s\t%s\n' "$(stat -c %a "$p")" "$(stat -c %U:%G "$p")" "$p" >>"$dir/MANIFEST"
+      mkdir -p "$dir/$bundle_files$(dirname "$p")"
+      cp -p "$p" "$dir/$bundle_files$p"
+      printf '0%s\t%s\t%s\n' "$(stat -c %a "$p")" "$(stat -c %U:%G "$p")" "$p" >>"$dir/$bundle_manifest"
     else
       echo "$p" >>"$dir/ABSENT"
     fi
@@ -185,6 +171,7 @@ snapshot() {
 changed=()
 was_changed() {
   local p
+  # shellcheck disable=SC2053 # $1 may be a glob ("$pdns_dir/*"), matched on purpose
   for p in "${changed[@]}"; do [[ $p == "$1" || $p == $1 ]] && return 0; done
   return 1
 }
@@ -223,53 +210,54 @@ conf_list() { # key file: the comma-separated values of every "key = ..." line
 family() { [[ $1 == *:* ]] && echo -6 || echo -4; }
 
 reconcile_wireguard() {
-  if ! ip link show dev "$wg_if" >/dev/null 2>&1; then
-    systemctl start "wg-quick@$wg_if"
-    log "started wg-quick@$wg_if"
+  if ! ip link show dev "$wg_interface" >/dev/null 2>&1; then
+    systemctl start "wg-quick@$wg_interface"
+    log "started wg-quick@$wg_interface"
     return
   fi
   # Keys, listen port, peers and allowed IPs: in place, sessions kept.
-  wg syncconf "$wg_if" <(wg-quick strip "$wg_conf")
+  wg syncconf "$wg_interface" <(wg-quick strip "$wg_conf")
   local mtu addr have route fam
   mtu=$(conf_list MTU "$wg_conf" | head -1)
-  if [[ -n $mtu && $(cat "/sys/class/net/$wg_if/mtu") != "$mtu" ]]; then
-    ip link set dev "$wg_if" mtu "$mtu"
-    log "$wg_if MTU set to $mtu"
+  if [[ -n $mtu && $(cat "/sys/class/net/$wg_interface/mtu") != "$mtu" ]]; then
+    ip link set dev "$wg_interface" mtu "$mtu"
+    log "$wg_interface MTU set to $mtu"
   fi
   # New addresses first, then the old ones go: the interface always has one.
   mapfile -t want < <(conf_list Address "$wg_conf")
-  have=$(ip -o addr show dev "$wg_if" scope global | awk '{print $4}')
+  have=$(ip -o addr show dev "$wg_interface" scope global | awk '{print $4}')
   for addr in "${want[@]}"; do
     grep -qxF -- "$addr" <<<"$have" || {
-      ip addr add "$addr" dev "$wg_if"
-      log "$wg_if address $addr added"
+      ip addr add "$addr" dev "$wg_interface"
+      log "$wg_interface address $addr added"
     }
   done
   for have in $have; do
     printf '%s\n' "${want[@]}" | grep -qxF -- "$have" || {
-      ip addr del "$have" dev "$wg_if"
-      log "$wg_if address $have removed"
+      ip addr del "$have" dev "$wg_interface"
+      log "$wg_interface address $have removed"
     }
   done
   # Routes: what wg-quick would add for the allowed IPs, and nothing stale.
-  mapfile -t allowed < <(wg show "$wg_if" allowed-ips | cut -f2- | tr ' \t' '\n\n' | grep /)
+  # shellcheck disable=SC2020 # blanks and tabs both become newlines
+  mapfile -t allowed < <(wg show "$wg_interface" allowed-ips | cut -f2- | tr ' \t' '\n\n' | grep /)
   for fam in -4 -6; do
-    for route in $(ip "$fam" route show dev "$wg_if" | grep -v 'proto kernel' | awk '{print $1}'); do
+    for route in $(ip "$fam" route show dev "$wg_interface" | grep -v 'proto kernel' | awk '{print $1}'); do
       [[ $route == */* ]] || route=$route/$([[ $fam == -4 ]] && echo 32 || echo 128)
       printf '%s\n' "${allowed[@]}" | grep -qxF -- "$route" || {
-        ip "$fam" route del "$route" dev "$wg_if"
-        log "route to $route removed from $wg_if"
+        ip "$fam" route del "$route" dev "$wg_interface"
+        log "route to $route removed from $wg_interface"
       }
     done
   done
   for route in "${allowed[@]}"; do
     fam=$(family "$route")
-    [[ -n $(ip "$fam" route show dev "$wg_if" match "$route" 2>/dev/null) ]] || {
-      ip "$fam" route add "$route" dev "$wg_if"
-      log "route to $route added on $wg_if"
+    [[ -n $(ip "$fam" route show dev "$wg_interface" match "$route" 2>/dev/null) ]] || {
+      ip "$fam" route add "$route" dev "$wg_interface"
+      log "route to $route added on $wg_interface"
     }
   done
-  log "WireGuard peers of $wg_if synced"
+  log "WireGuard peers of $wg_interface synced"
 }
 
 hold=cgnat_edge_handover
@@ -290,7 +278,7 @@ release_connections() { nft delete table inet "$hold" 2>/dev/null || true; }
 
 enabled_traefik() {
   local unit
-  for unit in traefik@a.service traefik@b.service "$legacy_traefik"; do
+  for unit in "${traefik_slots[@]}" "$legacy_traefik"; do
     systemctl is-enabled --quiet "$unit" 2>/dev/null && { echo "$unit"; return; }
   done
   return 0
@@ -312,7 +300,7 @@ start_slot() { # unit: started, and serving every declared router and service
 traefik_handover() {
   local old new pid
   old=$(enabled_traefik)
-  [[ $old == traefik@a.service ]] && new=traefik@b.service || new=traefik@a.service
+  if [[ $old == "${traefik_slots[0]}" ]]; then new=${traefik_slots[1]}; else new=${traefik_slots[0]}; fi
   # That slot may still drain connections from the handover before the last one.
   if systemctl is-active --quiet "$new"; then
     systemctl kill --signal=SIGKILL "$new" || true
@@ -328,7 +316,7 @@ traefik_handover() {
   fi
   if ! start_slot "$new"; then
     systemctl stop "$new" || true
-    if [[ $old != traefik@?.service ]]; then
+    if [[ $old != "${traefik_slots[0]}" && $old != "${traefik_slots[1]}" ]]; then
       release_connections
       warn "Traefik $new does not serve the configuration"
       return 1
@@ -351,7 +339,7 @@ traefik_handover() {
   systemctl enable --quiet "$new"
   [[ -n $old && $old != "$new" ]] && systemctl disable --quiet "$old"
   if [[ $old == "$legacy_traefik" ]]; then
-    rm -f "/etc/systemd/system/$legacy_traefik"
+    rm -f "$systemd_dir/$legacy_traefik"
     systemctl daemon-reload
   fi
   log "Traefik handed over from ${old:-nothing} to $new (static configuration changed)"
@@ -362,17 +350,17 @@ traefik_handover() {
 # renderings' checks ask it too), whenever the bundle brings its config.
 reconcile_edge_dns() {
   if [[ -f $pdns_zone ]]; then
-    if was_changed "/etc/powerdns/*" || ! systemctl is-active --quiet pdns.service; then
-      systemctl enable --quiet pdns.service
-      systemctl restart pdns.service
+    if was_changed "$pdns_dir/*" || ! systemctl is-active --quiet "$pdns_unit"; then
+      systemctl enable --quiet "$pdns_unit"
+      systemctl restart "$pdns_unit"
       log "PowerDNS restarted with the edge zone"
     fi
   elif was_changed "$pdns_zone"; then
-    systemctl disable --now --quiet pdns.service 2>/dev/null || true
+    systemctl disable --now --quiet "$pdns_unit" 2>/dev/null || true
     log "edge DNS stopped (dnsMode is no longer edges)"
   fi
   if [[ -f $health_conf ]]; then
-    if was_changed "$health_agent" || was_changed "$health_conf" || was_changed "/etc/systemd/system/$health_unit" ||
+    if was_changed "$health_agent" || was_changed "$health_conf" || was_changed "$systemd_dir/$health_unit" ||
       ! systemctl is-active --quiet "$health_unit"; then
       systemctl enable --quiet "$health_unit"
       systemctl restart "$health_unit"
@@ -386,20 +374,20 @@ reconcile_edge_dns() {
 
 reconcile() {
   local p units=false
-  if was_changed "$sshd_dropin" || was_changed "$host_key" || was_changed "/etc/ssh/cgnat-edge-authorized-keys/*"; then
+  if was_changed "$sshd_dropin" || was_changed "$host_key" || was_changed "$authorized_keys_dir/*"; then
     rm -f /etc/ssh/ssh_host_{rsa,ecdsa,dsa}_key{,.pub}
     sshd -t
-    systemctl reload ssh.service
+    systemctl reload "$ssh_unit"
     log "sshd reloaded"
   fi
-  if was_changed "$nft_conf" || ! nft list table inet cgnat_edge >/dev/null 2>&1; then
+  if was_changed "$nft_conf" || ! nft list table inet "$nft_table" >/dev/null 2>&1; then
     nft -f "$nft_conf"
     log "nftables ruleset loaded"
     # The reload (flush ruleset) emptied CrowdSec's ban sets; on start the bouncer fills
     # them with every current ban.  restart, not try-restart: a bouncer that had failed
     # comes back too.
-    if systemctl is-enabled -q crowdsec-firewall-bouncer.service 2>/dev/null; then
-      systemctl restart crowdsec-firewall-bouncer.service || log "crowdsec-firewall-bouncer did not restart: bans are not enforced"
+    if systemctl is-enabled -q "$bouncer_unit" 2>/dev/null; then
+      systemctl restart "$bouncer_unit" || log "${bouncer_unit%.service} did not restart: bans are not enforced"
     fi
   fi
   if [[ -f $forward_sysctl ]] && [[ $(sysctl -n net.ipv4.ip_forward) != 1 ]]; then
@@ -407,13 +395,13 @@ reconcile() {
     log "IPv4 forwarding on (forward services)"
   fi
   for p in "${changed[@]}"; do
-    [[ $p == /etc/systemd/system/* ]] && units=true
+    [[ $p == "$systemd_dir"/* ]] && units=true
   done
   if $units; then
     systemctl daemon-reload
-    systemctl enable --now --quiet "$timer"
-    if [[ -f /etc/systemd/system/cgnat-edge-geo-sets.timer ]]; then
-      systemctl enable --now --quiet cgnat-edge-geo-sets.timer
+    systemctl enable --now --quiet "$wg_endpoint_timer"
+    if [[ -f $systemd_dir/$geo_timer ]]; then
+      systemctl enable --now --quiet "$geo_timer"
     fi
   fi
   reconcile_wireguard
@@ -429,11 +417,11 @@ reconcile() {
 # -- 4. verify, or roll back ---------------------------------------------------------
 
 rollback() {
-  local dir=$state/previous.new mode owner p
+  local dir=$state_dir/previous.new mode owner p
   warn "rolling back to the files this edge had before the push"
   while IFS=$'\t' read -r mode owner p; do
-    install_file "$dir/files$p" "$mode" "$owner" "$p"
-  done <"$dir/MANIFEST"
+    install_file "$dir/$bundle_files$p" "$mode" "$owner" "$p"
+  done <"$dir/$bundle_manifest"
   while read -r p; do rm -f "$p"; done <"$dir/ABSENT"
   # Reconcile everything the failed push touched, with the old files.
   (reconcile) >&2 &
@@ -444,7 +432,8 @@ rollback() {
 main() {
   read_bundle
   validate
-  mkdir -p -m 0700 "$state"
+  # shellcheck disable=SC2174 # only the state directory itself is new; its parent exists
+  mkdir -p -m 0700 "$state_dir"
   snapshot
   swap_in
   # A separate process, so that `set -e` holds inside (it does not in a `||` list).
@@ -457,10 +446,10 @@ main() {
     rollback
     die "FAILED: the edge does not run the new configuration (see DIFFERS above); it runs the previous one again"
   fi
-  cp "$stage/MANIFEST" "$state/MANIFEST"
-  rm -rf "$state/previous"
-  mv "$state/previous.new" "$state/previous"
-  log "done: the edge runs the new configuration (the one before is kept in $state/previous)"
+  cp "$stage/$bundle_manifest" "$state_dir/$bundle_manifest"
+  rm -rf "$state_dir/previous"
+  mv "$state_dir/previous.new" "$state_dir/previous"
+  log "done: the edge runs the new configuration (the one before is kept in $state_dir/previous)"
 }
 
 main

@@ -10,7 +10,8 @@ Standard library only: every edge has python3 (cloud-init runs on it).
 
     cgnat-edge-verify                      everything
     cgnat-edge-verify traefik [TIMEOUT]    Traefik's routers only, waiting up to TIMEOUT s
-    (CGNAT_EDGE_DESIRED=path overrides the desired-state file, for a staged bundle)
+    (CGNAT_EDGE_DESIRED and CGNAT_EDGE_CONTRACT=path override the desired state and the
+    edge contract, for a staged bundle)
 """
 
 from __future__ import annotations
@@ -23,9 +24,20 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from functools import cache
+from typing import Any
 
-DESIRED = os.environ.get("CGNAT_EDGE_DESIRED", "/etc/cgnat-edge/desired.json")
-API = os.environ.get("CGNAT_EDGE_API", "http://127.0.0.1:8082/api")
+
+@cache
+def contract() -> dict[str, Any]:
+    """Where every path is (components/model/edge_contract.py), pushed with this file."""
+    with open(os.environ.get("CGNAT_EDGE_CONTRACT", "/usr/local/lib/cgnat-edge/contract.json")) as f:
+        return json.load(f)
+
+
+def traefik_api() -> str:
+    return os.environ.get("CGNAT_EDGE_API") or contract()["traefik_api"]
 
 
 def run(*argv: str, input: str | None = None) -> str:
@@ -84,7 +96,8 @@ def check_wireguard(desired: dict) -> list[str]:
             routes.append((net, r.get("protocol")))
     for n in sorted(allowed):
         net = ipaddress.ip_network(n)
-        if not any(r.version == net.version and net.subnet_of(r) for r, _ in routes):
+        # subnet_of only compares networks of one version, which the first test ensures.
+        if not any(r.version == net.version and net.subnet_of(r) for r, _ in routes):  # type: ignore[arg-type]
             problems.append(f"no route to {n} on {iface}")
     stale = sorted(str(r) for r, proto in routes if proto != "kernel" and str(r) not in allowed)
     if stale:
@@ -141,7 +154,7 @@ def check_nftables(desired: dict) -> list[str]:
 
 
 def api(path: str):
-    with urllib.request.urlopen(f"{API}/{path}", timeout=2) as r:
+    with urllib.request.urlopen(f"{traefik_api()}/{path}", timeout=2) as r:
         return json.load(r)
 
 
@@ -182,7 +195,7 @@ def wait_traefik(desired: dict, timeout: float) -> list[str]:
         try:
             problems, loaded = traefik_routers(desired)
         except OSError as exc:
-            problems, loaded = [f"Traefik API {API}: {exc}"], False
+            problems, loaded = [f"Traefik API {traefik_api()}: {exc}"], False
         if loaded or time.monotonic() >= deadline:
             return problems
         time.sleep(0.05)
@@ -241,14 +254,10 @@ def check_ssh(desired: dict) -> list[str]:
     return problems
 
 
-EDGE_ZONE = "/etc/powerdns/cgnat-edge/zone.db"
-HEALTH_CONF = "/etc/cgnat-edge/health.json"
-
-
 def _agent_problem() -> str | None:
     """None when the health agent answers on the port its own configuration names."""
     try:
-        with open(HEALTH_CONF) as f:
+        with open(contract()["health_conf"]) as f:
             url = f"http://127.0.0.1:{json.load(f)['port']}/health"
         with urllib.request.urlopen(url, timeout=2) as r:
             json.load(r)
@@ -274,7 +283,7 @@ def _soa_answered(zone: str) -> bool:
 
 def check_edge_dns(desired: dict, timeout: float = 15) -> list[str]:
     """dnsMode edges: PowerDNS answers for the edge zone and the health agent serves."""
-    with open(EDGE_ZONE) as f:
+    with open(contract()["pdns_zone"]) as f:
         zone = next(line.split()[1] for line in f if line.startswith("$ORIGIN"))
     problems: list[str] = []
     deadline = time.monotonic() + timeout
@@ -306,15 +315,22 @@ def check_health_agent(desired: dict, timeout: float = 15) -> list[str]:
         time.sleep(0.5)
 
 
-CHECKS = {"wireguard": check_wireguard, "nftables": check_nftables, "traefik": check_traefik, "ssh": check_ssh}
-if os.path.exists(EDGE_ZONE):
-    CHECKS["edge-dns"] = check_edge_dns
-elif os.path.exists(HEALTH_CONF):
-    CHECKS["health-agent"] = check_health_agent
+def checks() -> dict[str, Callable[[dict], list[str]]]:
+    out: dict[str, Callable[[dict], list[str]]] = {
+        "wireguard": check_wireguard,
+        "nftables": check_nftables,
+        "traefik": check_traefik,
+        "ssh": check_ssh,
+    }
+    if os.path.exists(contract()["pdns_zone"]):
+        out["edge-dns"] = check_edge_dns
+    elif os.path.exists(contract()["health_conf"]):
+        out["health-agent"] = check_health_agent
+    return out
 
 
 def main(argv: list[str]) -> int:
-    with open(DESIRED) as f:
+    with open(os.environ.get("CGNAT_EDGE_DESIRED") or contract()["desired"]) as f:
         desired = json.load(f)
     if argv[1:2] == ["traefik"]:
         problems = wait_traefik(desired, float(argv[2]) if len(argv) > 2 else 20)
@@ -322,7 +338,7 @@ def main(argv: list[str]) -> int:
             print(f"cgnat-edge verify: DIFFERS: {p}", file=sys.stderr)
         return 1 if problems else 0
     failed = False
-    for name, check in CHECKS.items():
+    for name, check in checks().items():
         try:
             problems = check(desired)
         except (OSError, RuntimeError, ValueError, KeyError, IndexError) as exc:

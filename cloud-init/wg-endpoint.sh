@@ -17,6 +17,7 @@ state=${CGNAT_EDGE_STATE:-/var/lib/cgnat-edge}/$iface.endpoints
 
 case $action in
   save)
+    # shellcheck disable=SC2174 # only the state directory itself is new; its parent exists
     mkdir -p -m 0700 "$(dirname "$state")"
     tmp=$(mktemp "$state.XXXXXX")
     wg show "$iface" endpoints | awk '$2 != "(none)"' >"$tmp"

@@ -10,8 +10,11 @@ from typing import Any
 
 import pulumi
 
-from components.model.config import KEYS, NAMESPACE, SECRET_SET, ConfigError, FleetConfig, is_secret_key, parse
-from components.resources.fleet import EdgeFleet
+from components.config import ConfigError, parse
+from components.config.keys import KEYS, NAMESPACE, SECRET_SET, is_secret_key
+from components.model.fleet import FleetConfig
+from components.resources import pulumi_private
+from components.resources.fleet import EdgeFleet, EdgeFleetArgs
 
 
 class StackConfigError(ConfigError, pulumi.RunError):
@@ -23,18 +26,16 @@ def read_config() -> FleetConfig:
 
     Keys in the namespace that the program does not know are passed on too, so a typo
     such as ``cgnat-edge:edge`` is reported instead of silently ignored."""
-    from pulumi.runtime import config as runtime_config
-
     prefix = NAMESPACE + ":"
     known = {f"{prefix}{key}" for key in KEYS}
-    present = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    present = pulumi_private.config_keys()
     raw: dict[str, Any] = {}
     for full_key in sorted(present | known):
         if not full_key.startswith(prefix) or full_key == f"{prefix}sshPrivateKey":
             continue
-        value = runtime_config.get_config(full_key)
+        value = pulumi.runtime.get_config(full_key)
         key = full_key[len(prefix) :]
-        if value is not None and is_secret_key(key) and runtime_config.is_config_secret(full_key):
+        if value is not None and is_secret_key(key) and pulumi.runtime.is_config_secret(full_key):
             raw[key] = SECRET_SET if value else ""  # the value itself stays an Output (below)
         elif value is not None:
             raw[key] = value
@@ -60,9 +61,11 @@ def main() -> None:
         pulumi.log.warn(warning)
     fleet = EdgeFleet(
         "fleet",
-        cfg,
-        ssh_private_key=ssh_private_key(),
-        crowdsec_enroll_key=crowdsec_enroll_key() if cfg.protection.crowdsec_enroll else None,
+        EdgeFleetArgs(
+            cfg,
+            ssh_private_key=ssh_private_key(),
+            crowdsec_enroll_key=crowdsec_enroll_key() if cfg.protection.crowdsec_enroll else None,
+        ),
     )
 
     pulumi.export("edges", fleet.edges)

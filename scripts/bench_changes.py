@@ -77,7 +77,7 @@ def main() -> int:
                         rendered = stack.render(services=step)
                         el.start_home_services(rendered)
                         # Home lets the edges reach old and new targets while they switch
-                        # (see the README, "Home side"), then takes the new filter.
+                        # (see docs/home.md, "Home side"), then takes the new filter.
                         el.lift_home_filters()
                         r = changes.rollout(el, rendered)
                         el.apply_home_filters(rendered)

@@ -33,8 +33,8 @@ import dns.edns
 import dns.message
 import dns.query
 
+from components.config import stack
 from components.lab.netns import Lab, wait_for
-from components.model import stack
 from components.model.deployed import DeployedEdge
 from components.renderers import edge_dns
 from tests import mmdb
@@ -99,7 +99,7 @@ def _run(node, tmp: Path, cfg, seconds: int, reps: int, ecs: str | None) -> tupl
         wait_for(lambda: _answers(node, edge_dns.names(cfg)[0][1]), timeout=20, message="pdns serving")
         time.sleep(3)  # the health checks have reported
         name = edge_dns.names(cfg)[0][1]
-        options = [dns.edns.ECSOption(ecs, 24)] if ecs else []
+        options: list[dns.edns.Option] = [dns.edns.ECSOption(ecs, 24)] if ecs else []
         query = dns.message.make_query(name, "A", use_edns=0, options=options)
         sock = node.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         sock.setblocking(False)

@@ -180,7 +180,11 @@ def main() -> int:
                         throughput[name][direction].append(
                             iperf(node, host, port, args.seconds, reverse=direction == "download")
                         )
-            lat = {"direct over WireGuard": [], "through the edge": [], "through nftables DNAT": []}
+            lat: dict[str, list[float]] = {
+                "direct over WireGuard": [],
+                "through the edge": [],
+                "through nftables DNAT": [],
+            }
             n = args.requests // args.reps
             for _ in range(args.reps):
                 lat["direct over WireGuard"] += latency(el, edge.node, HTTPS_TARGET[0], HTTPS_TARGET[1], n, proxy=True)

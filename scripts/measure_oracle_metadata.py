@@ -19,7 +19,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from measure_user_data import EXAMPLE_STACK, HOST_KEY, wg_conf, with_services  # noqa: E402
 
-from components.model import config, stack  # noqa: E402
+from components import config  # noqa: E402
+from components.config import stack  # noqa: E402
 from components.model.keys import generate_host_key  # noqa: E402
 from components.providers import oracle  # noqa: E402
 from components.renderers import bootstrap  # noqa: E402

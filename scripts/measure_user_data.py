@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from components.model import config, stack
+from components import config
+from components.config import stack
+from components.model.fleet import EdgeSpec, FleetConfig
 from components.model.keys import generate_host_key, generate_keypair
 from components.renderers import bootstrap, tunnel
 
@@ -20,7 +22,7 @@ EXAMPLE_STACK = Path(__file__).resolve().parent.parent / "Pulumi.dev.yaml"
 HOST_KEY = generate_host_key()
 
 
-def wg_conf(cfg: config.FleetConfig, edge: config.EdgeSpec) -> str:
+def wg_conf(cfg: FleetConfig, edge: EdgeSpec) -> str:
     """The edge's real WireGuard config, from the program's own renderer."""
     edge_private, _ = generate_keypair()
     _, home_public = generate_keypair()

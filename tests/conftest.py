@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from components import config as config_module
 from components.lab import edge_lab as lab_module
-from components.model import config as config_module
 from components.tools import offline
 from tests.support import DEV_STACK, LAB_STACK, PROD_STACK, PROJECT, require_root, require_tool, stack_raw
 

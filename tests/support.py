@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from components.config import stack
 from components.lab.netns import Lab
-from components.model import stack
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ROOT / "Pulumi.yaml"

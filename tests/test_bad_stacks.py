@@ -28,9 +28,8 @@ import pytest
 import yaml
 
 from components import program
-from components.model import stack
-from components.model.config import ConfigError
-from components.model.stack import StackFileError
+from components.config import ConfigError, stack
+from components.config.stack import StackFileError
 from components.tools import offline
 from tests.support import DEV_STACK, PROJECT
 

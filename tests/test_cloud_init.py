@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components import config as config_module
 from components.lab.netns import Node, wait_for
-from components.model import config as config_module
 from components.model.keys import generate_keypair
-from components.renderers import bootstrap, templates, traefik
+from components.renderers import bootstrap, bundle, templates, traefik
 from components.tools import render
 from tests.support import DEV_STACK, namespaces, require_root, require_tool
 
@@ -278,11 +278,11 @@ def test_bundle_is_deterministic(fleet_config, keys, monkeypatch):
     bundles = []
     for now in (1_700_000_000.0, 1_800_000_000.0):  # two runs, years apart
         monkeypatch.setattr(time, "time", lambda now=now: now)
-        bundles.append(bootstrap.bundle(files))
+        bundles.append(bundle.encode(files))
     monkeypatch.undo()
     assert bundles[0] == bundles[1]
     changed = [dataclasses.replace(files[0], content=files[0].content + "\n"), *files[1:]]
-    assert bootstrap.bundle(changed) != bundles[0]
+    assert bundle.encode(changed) != bundles[0]
 
 
 def _cloud_init_stub(tmp_path: Path, status: str, code: int) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 
 import pytest
 
-from components.model import config
+from components import config
+from components.config.keys import KEYS, REQUIRED
+from components.config.ssh import SSH_KEY_TYPES
 from tests.support import PROJECT
 
 GOOD_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGqxVQIfSWZkNgKOGy4QDZWNWQXUdqSrhLrsrfJKPFB+ admin@laptop"
@@ -45,7 +48,7 @@ def test_ula_prefix_is_stable_and_per_stack(raw_config):
     a = config.parse(raw_config, stack="dev").tunnel.ipv6_prefix
     assert a == config.parse(raw_config, stack="dev").tunnel.ipv6_prefix
     assert a != config.parse(raw_config, stack="prod").tunnel.ipv6_prefix
-    assert a.prefixlen == 64 and a.subnet_of(config.ipaddress.ip_network("fd00::/8"))
+    assert a.prefixlen == 64 and a.subnet_of(ipaddress.ip_network("fd00::/8"))
 
 
 def _edit(raw, path, value):
@@ -196,7 +199,7 @@ def test_pulumi_yaml_declares_the_same_defaults():
     import yaml
 
     declared = yaml.safe_load(PROJECT.read_text())["config"]
-    for key, (kind, default, description) in config.KEYS.items():
+    for key, (kind, default, description) in KEYS.items():
         if kind == "object-array":
             assert key not in declared, key
             continue
@@ -206,7 +209,7 @@ def test_pulumi_yaml_declares_the_same_defaults():
         assert decl["description"] == description
         if kind == "secret":
             assert decl.get("secret") is True and "default" not in decl
-        elif default is config.REQUIRED:
+        elif default is REQUIRED:
             assert "default" not in decl
         else:
             assert decl["default"] == default, key
@@ -263,7 +266,7 @@ def test_real_keys_of_every_type_are_accepted(raw_config):
     cfg = config.parse(raw_config)
     assert cfg.ssh.public_keys == tuple(lines)
     assert cfg.home.public_key == raw_config["homePublicKey"]
-    assert {line.split()[0] for line in lines} == set(config.SSH_KEY_TYPES)
+    assert {line.split()[0] for line in lines} == set(SSH_KEY_TYPES)
 
 
 def test_index_at_the_end_of_the_prefix_fits(raw_config):

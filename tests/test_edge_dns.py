@@ -26,8 +26,8 @@ import dns.rcode
 import dns.zone
 import pytest
 
+from components import config as config_module
 from components.lab.netns import Node, wait_for
-from components.model import config as config_module
 from components.model.deployed import DeployedEdge
 from components.renderers import edge_dns, nftables, templates
 from tests import mmdb

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
+from components import config as config_module
 from components.lab import edge_lab as lab_module
-from components.model import config as config_module
 from components.model.deployed import DeployedEdge
 from components.model.keys import generate_keypair
 from components.renderers import bootstrap, forwarding, home_configs, nftables, traefik
@@ -50,7 +50,7 @@ def test_forward_services_parse_with_ranges(cfg):
 
 
 def test_provider_firewall_takes_a_range_as_one_rule(cfg):
-    from components.providers.base import firewall_rules
+    from components.model.firewall import firewall_rules
 
     spans = [r for r in firewall_rules(cfg) if r.protocol == "udp"]
     assert any(r.ports == (27015, 27030) for r in spans), spans

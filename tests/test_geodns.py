@@ -14,7 +14,7 @@ import dns.rdatatype
 import dns.zone
 import pytest
 
-from components.model import config as config_module
+from components import config as config_module
 from components.model.deployed import DeployedEdge
 from components.renderers import edge_dns, geodns
 from tests.support import IN_CI, require_tool

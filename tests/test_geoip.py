@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from components.model import geoip
-from components.model.config import ConfigError
+from components.config import ConfigError, geoip
 from components.tools import offline
 from tests import mmdb
 from tests.support import DEV_STACK

@@ -108,7 +108,7 @@ def test_wg_quick_file(fleet_config, keys):
 
 
 def test_user_supplied_home_key_never_needs_the_private_key(raw_config, keys):
-    from components.model import config as config_module
+    from components import config as config_module
 
     raw_config["homePublicKey"] = keys["home"][1]
     cfg = config_module.parse(raw_config)
@@ -125,7 +125,7 @@ def test_user_supplied_home_key_never_needs_the_private_key(raw_config, keys):
 
 
 def test_home_key_must_match_configured_public_key(raw_config, keys):
-    from components.model import config as config_module
+    from components import config as config_module
 
     raw_config["homePublicKey"] = keys["fsn"][1]
     cfg = config_module.parse(raw_config)
@@ -464,7 +464,7 @@ class OpenWrtModel:
 
 
 def _home(raw_config, keys, **changes):
-    from components.model import config as config_module
+    from components import config as config_module
 
     raw = {**raw_config, **changes}
     cfg = config_module.parse(raw, stack="dev")

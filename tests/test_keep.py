@@ -9,8 +9,7 @@ import copy
 import pytest
 
 from components import providers
-from components.model import stack
-from components.model.config import ConfigError
+from components.config import ConfigError, stack
 from components.tools import offline
 from tests.support import DEV_STACK, PROD_STACK
 

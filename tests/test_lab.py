@@ -22,7 +22,7 @@ import yaml
 
 from components.lab import edge_lab as lab_module
 from components.lab.netns import PREFIX, wait_for
-from components.renderers import bootstrap, edge_dns
+from components.renderers import bootstrap, bundle, edge_dns
 from components.tools import offline
 from tests.support import DEV_STACK, LAB_STACK, PROJECT, require_root, require_tool
 
@@ -236,31 +236,17 @@ def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, lab_
     el.apply_home_filters(lab_rendered)
 
 
-def _tampered(bundle: str, path: str, edit) -> str:
-    """``bundle`` with the file at ``path`` changed by ``edit`` (text -> text)."""
-    import base64
-    import io
-    import tarfile
-
-    raw = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(base64.b64decode(bundle)), mode="r:gz") as src,
-        tarfile.open(fileobj=raw, mode="w:gz") as dst,
-    ):
-        for member in src.getmembers():
-            data = src.extractfile(member).read()
-            if member.name == f"files{path}":
-                data = edit(data.decode()).encode()
-                member.size = len(data)
-            dst.addfile(member, io.BytesIO(data))
-    return base64.b64encode(raw.getvalue()).decode()
+def _tampered(pushed: str, path: str, edit) -> str:
+    """``pushed`` with the file at ``path`` changed by ``edit`` (text -> text)."""
+    files = bundle.decode(pushed)
+    return bundle.encode([dataclasses.replace(f, content=edit(f.content)) if f.path == path else f for f in files])
 
 
 def test_push_refuses_bad_files_before_changing_anything(el):
     """sshd -t runs on the NEW drop-in, nft -c on the new ruleset, a scratch Traefik on
     the new static and dynamic files: a bad one stops the push before any swap."""
     edge = el.edges["ams"]
-    bundle = el.rendered.bundle("ams")
+    pushed = el.rendered.bundle("ams")
     before = edge.read("/etc/ssh/sshd_config.d/50-cgnat-edge.conf"), edge.read("/etc/nftables.conf")
     cases = {
         "/etc/ssh/sshd_config.d/50-cgnat-edge.conf": (lambda t: t + "NoSuchOption yes\n", "fails sshd -t"),
@@ -271,11 +257,11 @@ def test_push_refuses_bad_files_before_changing_anything(el):
         ),
     }
     for path, (edit, message) in cases.items():
-        result = edge.push(_tampered(bundle, path, edit))
+        result = edge.push(_tampered(pushed, path, edit))
         assert not result.ok and message in result.output and "nothing was changed" in result.output, result.output
         assert "updated" not in result.output and "sshd reloaded" not in result.output
     assert (edge.read("/etc/ssh/sshd_config.d/50-cgnat-edge.conf"), edge.read("/etc/nftables.conf")) == before
-    assert edge.push(bundle).ok
+    assert edge.push(pushed).ok
 
 
 def test_a_change_the_edge_cannot_run_is_rolled_back(el, tmp_path):

@@ -1,18 +1,21 @@
-"""ruff (lint and format) and mypy on the project, with the settings in pyproject.toml:
-clean, or the findings are the failure message. No cache is written into the checkout;
-mypy's is kept in the user's cache folder, because a cold run checks the dependencies'
-own types too (over a minute), a warm one only what changed."""
+"""ruff (lint and format) and mypy on the project, with the settings in pyproject.toml,
+and shellcheck on every shell script that runs on an edge: clean, or the findings are the
+failure message. No cache is written into the checkout; mypy's is kept in the user's
+cache folder, because a cold run checks the dependencies' own types too (over a minute),
+a warm one only what changed."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from components.renderers import bootstrap, contract, templates
 from tests.support import ROOT
 
 PYPROJECT = ROOT / "pyproject.toml"
@@ -53,3 +56,47 @@ def test_the_checks_catch_a_finding(tmp_path):
     assert types.returncode == 1 and 'Incompatible return value type (got "list[tuple[int, int]]"' in types.stdout, (
         types.stdout + types.stderr
     )
+
+
+def _edge_shell_scripts() -> dict[str, str]:
+    """Every shell script an edge runs, as it runs there: the templates as they are, and
+    what the renderers make of the others (readiness is rendered, the contract generated)."""
+    scripts = {path.name: path.read_text() for path in sorted(templates.DIRECTORY.glob("*.sh"))}
+    scripts["readiness.sh"] = bootstrap.readiness_script()
+    scripts["contract.sh"] = contract.shell()
+    return scripts
+
+
+def _shellcheck() -> str:
+    found = shutil.which("shellcheck")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("shellcheck is not installed (.ci/run installs it)")
+        pytest.skip("shellcheck is not installed: apt-get install shellcheck")
+    return found
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("name", list(_edge_shell_scripts()))
+def test_edge_shell_script_is_clean(name, tmp_path):
+    """Scripts that source the contract (push.sh) are checked with the generated one."""
+    shellcheck = _shellcheck()
+    for script_name, text in _edge_shell_scripts().items():
+        (tmp_path / script_name).write_text(text)
+    result = subprocess.run(
+        [shellcheck, "--external-sources", "--source-path", str(tmp_path), name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"shellcheck {name} found problems:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.netns
+def test_shellcheck_catches_a_finding(tmp_path):
+    shellcheck = _shellcheck()
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/bin/bash\nrm -rf $1/*\n")
+    result = subprocess.run([shellcheck, str(bad)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "SC2086" in result.stdout, result.stdout + result.stderr

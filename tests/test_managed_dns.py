@@ -8,11 +8,11 @@ import copy
 import pulumi
 import pytest
 
+from components import config as config_module
 from components import providers
-from components.model import config as config_module
-from components.model.config import EdgeSpec
 from components.model.deployed import DeployedEdge
-from components.resources.managed_dns import ManagedDns, relative_name
+from components.model.fleet import EdgeSpec
+from components.resources.managed_dns import ManagedDns, ManagedDnsArgs, relative_name
 
 ADDRESSES = {
     "fsn": ("203.0.113.10", "2001:db8:1::10"),
@@ -79,7 +79,7 @@ def deploy(cfg, names):
 
     @pulumi.runtime.test
     def run():
-        dns = ManagedDns("dns", cfg, endpoints(names))
+        dns = ManagedDns("dns", ManagedDnsArgs(cfg, endpoints(names)))
         return pulumi.Output.all(dns.records, dns.urn, *[r.urn for r in dns.record_resources]).apply(
             lambda v: seen.update(records=v[0], urn=v[1], child_urns=v[2:])
         )

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
+from components import config as config_module
 from components.lab.netns import wait_for
-from components.model import config as config_module
 from components.renderers import nftables
 from tests.support import namespaces, require_tool
 

@@ -12,9 +12,9 @@ import subprocess
 import pytest
 import yaml
 
-from components.model import stack
+from components.config import stack
+from components.model.firewall import firewall_rules
 from components.providers import oracle
-from components.providers.base import firewall_rules
 from components.renderers import bootstrap, edge_dns, nftables
 from components.tools import offline
 from tests.support import PROD_STACK, require_tool

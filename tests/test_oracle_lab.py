@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
+from components.config import stack
 from components.lab import edge_lab as lab_module
 from components.lab import platform_firewall
-from components.model import stack
 from tests.support import LAB_STACK, PROJECT
 
 pytestmark = pytest.mark.netns

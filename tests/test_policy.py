@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from components import providers
-from components.model.config import parse
-from components.providers.base import firewall_rules
+from components.config import parse
+from components.model.firewall import firewall_rules
 from components.tools import cli, policy
 from tests.support import DEV_STACK, ROOT
 

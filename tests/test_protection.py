@@ -17,9 +17,9 @@ import sys
 import pytest
 import yaml
 
+from components import config as config_module
+from components.config import ConfigError
 from components.lab.protection import rir_file
-from components.model import config as config_module
-from components.model.config import ConfigError
 from components.renderers import home_configs, nftables, protection, templates, traefik
 from tests.support import LAB_STACK, PROJECT, require_root, require_tool
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from components.config import stack
 from components.lab import rehearse
-from components.model import stack
 from components.tools import cli
 from tests.support import DEV_STACK, PROD_STACK, require_root, require_tool
 
@@ -129,7 +129,7 @@ def test_a_failed_module_fails_unless_named_impossible(tmp_path, monkeypatch):
 def test_platform_firewall_rows_need_the_takeover(tmp_path):
     """The rows pass only when the image's rules were in place before cloud-init and
     are moved aside after it; a Debian image has none."""
-    from components.providers.oracle import UBUNTU
+    from components.model.platforms.oracle import UBUNTU
 
     b = _fake_boot(tmp_path, 0o640, "declared\n")
     assert rehearse.platform_firewall_checks(b) == []

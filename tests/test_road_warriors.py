@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from components.model import config as config_module
+from components import config as config_module
 from components.model.keys import generate_keypair
 from components.renderers import nftables, tunnel
 from components.tools import home_files, offline

@@ -112,7 +112,7 @@ def test_an_openssh_upgrade_never_adds_a_served_host_key(tmp_path):
     import re
     from pathlib import Path
 
-    from components.model import config as config_module
+    from components import config as config_module
     from tests.support import stack_raw
 
     require_tool("sshd", "ssh-keyscan", "apt-config", "ssh-keygen")

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components import config as config_module
 from components.lab.certs import self_signed
 from components.lab.netns import Node, wait_for
-from components.model import config as config_module
 from components.renderers import traefik
 from tests.support import ROOT, namespaces, stack_raw
 

@@ -12,7 +12,8 @@ import textwrap
 import pulumi
 import pytest
 
-from components.model import config as config_module
+from components import config as config_module
+from components.config.parser import WG_KEY_RE
 from components.model.keys import generate_keypair, public_key_of
 from components.renderers import tunnel
 from components.resources.keys import WireGuardKey, WireGuardKeyProvider
@@ -176,7 +177,7 @@ def test_keypair_matches_wg_pubkey():
         ["wg", "pubkey"], input=wg_private, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert public_key_of(wg_private) == wg_public
-    assert config_module._WG_KEY_RE.match(public)
+    assert WG_KEY_RE.match(public)
 
 
 def test_public_key_of_rejects_garbage():
@@ -219,9 +220,21 @@ def test_provider_check_refuses_bad_rotation():
 def test_provider_survives_the_state_pickle(tmp_path):
     """The pickled provider in the state must load in a fresh process (the provider
     process Pulumi starts) and keep its no-change diff."""
-    from pulumi.dynamic.dynamic import serialize_provider
+    from components.tools import offline
 
-    blob = serialize_provider(WireGuardKeyProvider())
+    pickled: list[str] = []
+
+    class Mocks(pulumi.runtime.Mocks):
+        def new_resource(self, args):
+            pickled.append(offline.reveal(args.inputs)["__provider"])
+            return "id", {}
+
+        def call(self, args):
+            return {}, []
+
+    pulumi.runtime.set_mocks(Mocks(), preview=False)
+    pulumi.runtime.test(lambda: WireGuardKey("home").urn)()
+    (blob,) = pickled
     script = textwrap.dedent(
         f"""
         import base64, dill, json

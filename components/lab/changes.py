@@ -33,7 +33,7 @@ from components.lab import edge_lab
 from components.lab.edge_lab import SERVICES_SCRIPT, EdgeLab, LabError, Rendered
 from components.lab.netns import wait_for
 from components.lab.services import IDP_SESSION
-from components.model.config import FleetConfig
+from components.model.fleet import FleetConfig
 from components.model.keys import generate_host_key
 from components.renderers import traefik
 from components.tools import home_files, offline

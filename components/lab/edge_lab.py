@@ -58,11 +58,11 @@ from typing import Any
 
 import yaml
 
+from components.config import stack
 from components.lab import platform_firewall
 from components.lab.certs import self_signed as _self_signed
 from components.lab.netns import Lab, Node, wait_for
-from components.model import stack
-from components.model.config import FleetConfig, ServiceSpec, Target
+from components.model.fleet import FleetConfig, ServiceSpec, Target
 from components.model.keys import generate_host_key
 from components.renderers import bootstrap, edge_dns, geodns, nftables, traefik
 from components.tools import home_files, offline, render

@@ -29,7 +29,7 @@ from typing import Any
 
 from components.lab.changes import Check
 from components.lab.edge_lab import EdgeLab, LabError
-from components.model.config import Mode
+from components.model.fleet import Mode
 from components.renderers import edge_dns
 
 BOUND_S = 15.0

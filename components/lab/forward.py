@@ -19,7 +19,7 @@ import json
 
 from components.lab.changes import Check
 from components.lab.edge_lab import EdgeLab
-from components.model.config import Mode, ServiceSpec
+from components.model.fleet import Mode, ServiceSpec
 
 BURST = 8
 """Datagrams per edge in the reply-path check."""

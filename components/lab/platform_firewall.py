@@ -14,7 +14,7 @@ import subprocess
 from typing import TYPE_CHECKING
 
 from components import providers
-from components.providers.base import ImageTraits
+from components.model.platforms.base import ImageTraits
 from components.renderers import nftables
 
 if TYPE_CHECKING:

@@ -40,8 +40,7 @@ from components.lab.changes import Check
 from components.lab.edge_lab import EdgeLab, LabError
 from components.lab.netns import Node, wait_for
 from components.lab.services import IDP_SESSION
-from components.model.config import Mode, ServiceSpec
-from components.model.protection import effective_geo
+from components.model.fleet import Mode, ServiceSpec, effective_geo
 from components.renderers import bootstrap, protection, templates
 
 PROBE_TIMEOUT = 2.0

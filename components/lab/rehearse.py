@@ -60,9 +60,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from components.config import stack
 from components.lab.changes import Check, write_report
-from components.model import stack
-from components.providers.base import ImageTraits
+from components.model.platforms.base import ImageTraits
 from components.renderers import bootstrap, traefik
 from components.tools import offline, render
 

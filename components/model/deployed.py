@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from components.model.config import EdgeSpec
+from components.model.fleet import EdgeSpec
 
 A = TypeVar("A")
 

@@ -1,8 +1,8 @@
 """The provider registry: every provider the program can put an edge on.
 
 A provider is one module with one ``Provider`` (see ``base``); listing it here is all
-it takes for the config parser, the fleet, DNS, the offline render and the policy
-check to know it."""
+it takes for the fleet, DNS, the offline render and the policy check to know it (the
+config parser and the renderers know its platform, ``components.model.platforms``)."""
 
 from __future__ import annotations
 

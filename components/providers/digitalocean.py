@@ -1,4 +1,4 @@
-"""DigitalOcean: x86-64 Droplets (it sells no arm64) behind a reserved IP and a cloud firewall."""
+"""DigitalOcean's resources: Droplets behind a reserved IP and a cloud firewall."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import hashlib
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from components.model.catalog import Location, ServerType
+from components.model.firewall import ANYWHERE, firewall_rules
+from components.model.fleet import EdgeSpec, FleetConfig
+from components.model.platforms import digitalocean as platform
 from components.providers.base import (
-    ANYWHERE,
     USER_DATA_IGNORED,
     InboundRule,
     Machine,
     Provider,
-    firewall_rules,
     get,
     labels,
     server_name,
@@ -24,60 +24,13 @@ from components.providers.base import (
 if TYPE_CHECKING:
     import pulumi
 
-    from components.model.config import EdgeSpec, FleetConfig
-
-_OUTBOUND = ("tcp", "udp", "icmp")
-
-
-def _location(code: str, city: str, country: str, continent: str, lat: float, lon: float) -> Location:
-    return Location("digitalocean", code, city, country, continent, lat, lon)
-
-
-_LOCATIONS = (
-    _location("nyc1", "New York", "US", "NA", 40.71, -74.01),
-    _location("nyc3", "New York", "US", "NA", 40.71, -74.01),
-    _location("sfo3", "San Francisco", "US", "NA", 37.77, -122.42),
-    _location("atl1", "Atlanta", "US", "NA", 33.75, -84.39),
-    _location("tor1", "Toronto", "CA", "NA", 43.65, -79.38),
-    _location("ams3", "Amsterdam", "NL", "EU", 52.37, 4.90),
-    _location("fra1", "Frankfurt", "DE", "EU", 50.11, 8.68),
-    _location("lon1", "London", "GB", "EU", 51.51, -0.13),
-    _location("sgp1", "Singapore", "SG", "AS", 1.35, 103.82),
-    _location("blr1", "Bangalore", "IN", "AS", 12.97, 77.59),
-    _location("syd1", "Sydney", "AU", "OC", -33.87, 151.21),
-)
-_ALL = frozenset(loc.code for loc in _LOCATIONS)
-
-
-def _type(name: str, vcpus: int, ram: float, disk: int, price: float) -> ServerType:
-    return ServerType("digitalocean", name, "x86_64", vcpus, ram, disk, price, "USD", _ALL)
-
 
 def tags(cfg: FleetConfig, edge_name: str | None = None) -> list[str]:
     """The common labels as DigitalOcean tags (it has no key/value labels)."""
     return [f"{key}:{value}" for key, value in labels(cfg, edge_name).items()]
 
 
-class DigitalOcean(Provider):
-    name = "digitalocean"
-    label = "DigitalOcean"
-    currency = "USD"
-    ipv4_monthly = 0.0  # a reserved IP is free while assigned
-    default_server_type = "s-1vcpu-1gb"
-    default_image = "debian-12-x64"
-    images = ("debian-12-x64",)
-    locations = _LOCATIONS
-    # DigitalOcean sells no arm64 Droplets; these are its shared-CPU Basic plans.
-    server_types = (
-        _type("s-1vcpu-512mb-10gb", 1, 0.5, 10, 4.00),
-        _type("s-1vcpu-1gb", 1, 1, 25, 6.00),
-        _type("s-1vcpu-2gb", 1, 2, 50, 12.00),
-        _type("s-2vcpu-2gb", 2, 2, 60, 18.00),
-    )
-    user_data_limit = 64 * 1024
-    firewall_rule_limit = 50  # inbound and outbound rules together
-    fixed_firewall_rules = len(_OUTBOUND)
-    manages_dns = True
+class DigitalOcean(platform.DigitalOcean, Provider):
     resource_prefix = "digitalocean:"
     server_resource_type = "digitalocean:index/droplet:Droplet"
     firewall_resource_type = "digitalocean:index/firewall:Firewall"
@@ -160,7 +113,7 @@ class DigitalOcean(Provider):
                     port_range="all" if protocol != "icmp" else None,
                     destination_addresses=list(ANYWHERE),
                 )
-                for protocol in _OUTBOUND
+                for protocol in platform.OUTBOUND
             ],
             opts=child,
         )
@@ -231,4 +184,4 @@ class DigitalOcean(Provider):
         return "has no DigitalOcean firewall; create a digitalocean.Firewall with its droplet_ids next to it"
 
 
-PROVIDER = DigitalOcean()
+PROVIDER: DigitalOcean = DigitalOcean()

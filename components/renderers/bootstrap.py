@@ -12,58 +12,45 @@ from __future__ import annotations
 
 import base64
 import gzip
-import io
 import json
 import shlex
-import tarfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import yaml
 
-from components import providers
-from components.model.config import EdgeSpec, FleetConfig
+from components.model import edge_contract, platforms
 from components.model.deployed import DeployedEdge
-from components.providers.base import ImageTraits
-from components.renderers import edge_dns, forwarding, nftables, protection, templates, traefik, tunnel
+from components.model.fleet import EdgeSpec, FleetConfig
+from components.model.platforms.base import ImageTraits
+from components.renderers import contract, edge_dns, forwarding, nftables, protection, templates, traefik, tunnel
+from components.renderers.bundle import NodeFile
 
-USER_DATA_LIMIT = min(provider.user_data_limit for provider in providers.REGISTRY.values())
+USER_DATA_LIMIT = min(platform.user_data_limit for platform in platforms.REGISTRY.values())
 """The smallest user-data limit of any provider: what a stack must fit to run anywhere."""
 PLAIN_TEXT_BUDGET = 24 * 1024
 """Up to this size the files stay plain text in the cloud-config, readable in an
 offline render; above it the larger files are gzipped to keep room under the limit."""
 COMPRESS_FILES_OVER = 1024
 
-WG_CONF_PATH = "/etc/wireguard/wg0.conf"
-TRAEFIK_UNIT_PATH = "/etc/systemd/system/traefik@.service"
-TRAEFIK_SLOTS = ("traefik@a.service", "traefik@b.service")
-"""A static change starts the other slot beside the running one (cloud-init/push.sh)."""
-SSHD_DROPIN_PATH = "/etc/ssh/sshd_config.d/50-cgnat-edge.conf"
-HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key"
-AUTHORIZED_KEYS_DIR = "/etc/ssh/cgnat-edge-authorized-keys"
-"""sshd's AuthorizedKeysFile (one file per user): the stack's keys, and nothing else."""
+WG_CONF_PATH = edge_contract.WG_CONF
+TRAEFIK_UNIT_PATH = edge_contract.TRAEFIK_UNIT
+TRAEFIK_SLOTS = edge_contract.TRAEFIK_SLOTS
+SSHD_DROPIN_PATH = edge_contract.SSHD_DROPIN
+HOST_KEY_PATH = edge_contract.HOST_KEY
+AUTHORIZED_KEYS_DIR = edge_contract.AUTHORIZED_KEYS_DIR
 AUTO_UPGRADES_PATH = "/etc/apt/apt.conf.d/20auto-upgrades"
 UNATTENDED_PATH = "/etc/apt/apt.conf.d/52cgnat-edge-unattended-upgrades"
 HOST_KEYS_HOOK_PATH = "/etc/apt/apt.conf.d/53cgnat-edge-host-keys"
-DESIRED_PATH = "/etc/cgnat-edge/desired.json"
-VERIFY_PATH = "/usr/local/sbin/cgnat-edge-verify"
-INSTALL_TRAEFIK_PATH = "/usr/local/sbin/cgnat-edge-install-traefik"
-TRAEFIK_BINARY_PATH = "/usr/local/bin/traefik"
-"""Where install-traefik.sh puts the pinned executable (traefik@.service runs it)."""
-WG_ENDPOINT_PATH = tunnel.WG_ENDPOINT_HOOK
-WG_ENDPOINT_UNIT = "cgnat-edge-wg-endpoint"
+DESIRED_PATH = edge_contract.DESIRED
+VERIFY_PATH = edge_contract.VERIFY
+INSTALL_TRAEFIK_PATH = edge_contract.INSTALL_TRAEFIK
+TRAEFIK_BINARY_PATH = edge_contract.TRAEFIK_BINARY
+WG_ENDPOINT_PATH = edge_contract.WG_ENDPOINT_HOOK
+WG_ENDPOINT_UNIT = edge_contract.WG_ENDPOINT_UNIT
 
 
 class UserDataTooLarge(ValueError):
     """The rendered cloud-config would be refused by the provider."""
-
-
-@dataclass(frozen=True)
-class NodeFile:
-    path: str
-    content: str
-    mode: str = "0644"
-    owner: str = "root:root"
 
 
 class _Dumper(yaml.SafeDumper):
@@ -89,7 +76,7 @@ def wg_endpoint_hook() -> str:
 
 def image_traits(edge: EdgeSpec) -> ImageTraits:
     """What the edge's image needs beyond the Debian 12 defaults (its provider knows)."""
-    return providers.get(edge.provider).image_traits(edge.image)
+    return platforms.get(edge.provider).image_traits(edge.image)
 
 
 def reboot_time(edge: EdgeSpec) -> str:
@@ -160,10 +147,14 @@ def node_files(
         NodeFile(TRAEFIK_UNIT_PATH, templates.render("traefik@.service"), "0644"),
         NodeFile(WG_ENDPOINT_PATH, wg_endpoint_hook(), "0755"),
         NodeFile(
-            f"/etc/systemd/system/{WG_ENDPOINT_UNIT}.service", templates.render(f"{WG_ENDPOINT_UNIT}.service"), "0644"
+            f"{edge_contract.SYSTEMD_DIR}/{WG_ENDPOINT_UNIT}.service",
+            templates.render(f"{WG_ENDPOINT_UNIT}.service"),
+            "0644",
         ),
         NodeFile(
-            f"/etc/systemd/system/{WG_ENDPOINT_UNIT}.timer", templates.render(f"{WG_ENDPOINT_UNIT}.timer"), "0644"
+            f"{edge_contract.SYSTEMD_DIR}/{WG_ENDPOINT_UNIT}.timer",
+            templates.render(f"{WG_ENDPOINT_UNIT}.timer"),
+            "0644",
         ),
         NodeFile(
             SSHD_DROPIN_PATH,
@@ -193,6 +184,7 @@ def node_files(
         ),
         NodeFile(HOST_KEYS_HOOK_PATH, templates.text("53cgnat-edge-host-keys"), "0644"),
         NodeFile(VERIFY_PATH, templates.text("verify.py"), "0755"),
+        *contract.node_files(),
         NodeFile(
             DESIRED_PATH,
             json.dumps(desired_state(cfg, edge, host_key[1] if host_key else None), indent=1) + "\n",
@@ -254,13 +246,16 @@ the stack's own files (which stay readable text up to ``PLAIN_TEXT_BUDGET``)."""
 NOT_IN_USER_DATA = (
     VERIFY_PATH,
     DESIRED_PATH,
+    edge_contract.CONTRACT_SH,
+    edge_contract.CONTRACT_JSON,
     HOST_KEY_PATH,
     f"{HOST_KEY_PATH}.pub",
     *protection.PUSHED_ONLY,
     *edge_dns.AGENT_FILES,
 )
-"""The host key reaches a new node through ``ssh_keys``; the verifier and its desired
-state arrive with the first push, which the same ``pulumi up`` runs right after boot."""
+"""The host key reaches a new node through ``ssh_keys``; the verifier, its desired
+state and the edge contract (which only the push and the verifier read) arrive with
+the first push, which the same ``pulumi up`` runs right after boot."""
 
 
 def _write_files(files: list[NodeFile], compress: bool) -> list[dict[str, object]]:
@@ -320,7 +315,7 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str, host_key: tuple[st
         doc["write_files"] = _write_files(files, compress=True)
         text = _dump(doc, "#cloud-config\n")
     size = len(text.encode())
-    provider = providers.get(edge.provider)
+    provider = platforms.get(edge.provider)
     if size > provider.user_data_limit:
         raise UserDataTooLarge(
             f"cgnat-edge: the cloud-config of edge {edge.name!r} is {size} bytes, over the {provider.user_data_limit}-byte "
@@ -328,28 +323,6 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str, host_key: tuple[st
             "Declare fewer services, shorten hostnames, or split the services over two stacks."
         )
     return text
-
-
-def bundle(files: list[NodeFile]) -> str:
-    """The stdin of ``push_script``: base64 of a tar.gz with a MANIFEST and the files.
-
-    Owners and modes travel in the MANIFEST, not in tar headers, so the push script
-    applies exactly what the program declared whatever the extracting tar does."""
-    manifest = "".join(f"{f.mode}\t{f.owner}\t{f.path}\n" for f in files)
-    raw = io.BytesIO()
-    # Fixed timestamps and names: the same files give the same bundle, so Pulumi sees
-    # no change (and pushes nothing) until a file really changes.
-    with (
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for name, data in [("MANIFEST", manifest.encode())] + [(f"files{f.path}", f.content.encode()) for f in files]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o600
-            info.mtime = 0
-            tar.addfile(info, io.BytesIO(data))
-    return base64.b64encode(raw.getvalue()).decode()
 
 
 def push_script() -> str:
@@ -381,7 +354,7 @@ def readiness_script(timeout_s: int = 600) -> str:
     return templates.render(
         "readiness.sh.j2",
         timeout_s=int(timeout_s),
-        interface="wg0",
+        interface=edge_contract.WG_INTERFACE,
         ping_url=f"http://{traefik.PING_ADDRESS}/ping",
         verify=VERIFY_PATH,
         traefik=TRAEFIK_BINARY_PATH,

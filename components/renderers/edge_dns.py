@@ -45,19 +45,20 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from components.model.config import EdgeSpec, FleetConfig, Mode, ServiceSpec
+from components.model import edge_contract
 from components.model.deployed import DeployedEdge
+from components.model.fleet import EdgeSpec, FleetConfig, Mode, ServiceSpec
 from components.renderers import geodns, templates, tunnel
 
 HEALTH_PORT = geodns.HEALTH_PORT
 PDNS_CONF_PATH = "/etc/powerdns/pdns.conf"
 NAMED_CONF_PATH = "/etc/powerdns/cgnat-edge/named.conf"
-ZONE_PATH = "/etc/powerdns/cgnat-edge/zone.db"
-AGENT_PATH = "/usr/local/sbin/cgnat-edge-health"
-AGENT_CONF_PATH = "/etc/cgnat-edge/health.json"
-AGENT_UNIT = "cgnat-edge-health.service"
-AGENT_UNIT_PATH = f"/etc/systemd/system/{AGENT_UNIT}"
-PDNS_UNIT = "pdns.service"
+ZONE_PATH = edge_contract.PDNS_ZONE
+AGENT_PATH = edge_contract.HEALTH_AGENT
+AGENT_CONF_PATH = edge_contract.HEALTH_CONF
+AGENT_UNIT = edge_contract.HEALTH_UNIT
+AGENT_UNIT_PATH = f"{edge_contract.SYSTEMD_DIR}/{AGENT_UNIT}"
+PDNS_UNIT = edge_contract.PDNS_UNIT
 PACKAGES = ("pdns-server", "pdns-backend-bind", "python3")
 GEOIP_PACKAGES = ("pdns-backend-geoip",)
 GEOIP_PATH = "/var/lib/cgnat-edge/geoip.mmdb"

@@ -29,7 +29,8 @@ installs no default route for that, and routes the edge's own addresses itself.
 
 from __future__ import annotations
 
-from components.model.config import FleetConfig, Mode, ServiceSpec
+from components.model import edge_contract
+from components.model.fleet import FleetConfig, Mode, ServiceSpec
 from components.renderers import tunnel
 from components.renderers.nft_literals import one_or_set
 
@@ -40,7 +41,7 @@ TABLE_BASE = 51900
 RULE_PRIORITY_BASE = 5000
 """ip rule priorities: RULE_PRIORITY_BASE + 2 i and + 2 i + 1; below main's 32766."""
 
-SYSCTL_PATH = "/etc/sysctl.d/60-cgnat-edge-forward.conf"
+SYSCTL_PATH = edge_contract.FORWARD_SYSCTL
 SYSCTL = "# cgnat-edge: forward services route visitors' packets into the tunnel.\nnet.ipv4.ip_forward = 1\n"
 
 

@@ -42,8 +42,8 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from components.model.config import FleetConfig, ServiceSpec
 from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig, ServiceSpec
 from components.model.ports import HEALTH_AGENT_PORT
 
 PORT_SERVICES_LABEL = "edge"

@@ -71,8 +71,8 @@ import ipaddress
 import re
 import shlex
 
-from components.model.config import FleetConfig, Target
 from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig, HomeRole, Target
 from components.model.keys import public_key_of
 from components.renderers import forwarding, road_warriors
 from components.renderers import tunnel as tunnel_module
@@ -177,7 +177,7 @@ def structured(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_ke
         "privateKeyFile": None if home_private_key else HOME_KEY_FILE,
         "publicKey": home_public,
         "lanPrefixes": [str(n) for n in cfg.home.lan_prefixes],
-        "masquerade": cfg.home.role == "host",
+        "masquerade": cfg.home.role == HomeRole.HOST,
         "forwardAllow": _forward_allow(cfg),
         "roadWarriorAllow": road_warriors.home_allow(cfg),
         "tunnels": tunnels,

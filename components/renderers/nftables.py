@@ -9,11 +9,12 @@ that starts with ``flush ruleset``: loading it again is how changes are applied.
 
 from __future__ import annotations
 
-from components.model.config import FleetConfig
-from components.renderers import forwarding, protection, road_warriors, tunnel
+from components.model import edge_contract
+from components.model.fleet import FleetConfig
+from components.renderers import edge_dns, forwarding, protection, road_warriors, tunnel
 from components.renderers.nft_literals import set_of
 
-PATH = "/etc/nftables.conf"
+PATH = edge_contract.NFT_CONF
 METADATA_ADDRESS = "169.254.169.254"
 
 
@@ -26,8 +27,6 @@ rate per victim address.  TCP answers cannot be reflected (handshake first)."""
 
 def _edge_dns_rules(fleet: tuple[list[str], list[str]]) -> list[str]:
     """udp/53 limited per source; the health agent only for the fleet's addresses."""
-    from components.renderers import edge_dns
-
     rules = [
         f"udp dport 53 meter dns_v4 {{ ip saddr limit rate over {DNS_RATE} }} drop",
         f"udp dport 53 meter dns_v6 {{ ip6 saddr limit rate over {DNS_RATE} }} drop",
@@ -50,8 +49,6 @@ address; Route 53's checkers one per 10 s each."""
 
 def _health_agent_rules() -> list[str]:
     """dnsMode records: the agent open to every source, new connections rate-limited."""
-    from components.renderers import edge_dns
-
     port = edge_dns.HEALTH_PORT
     return [
         f"tcp dport {port} ct state new meter health_v4 {{ ip saddr limit rate over {HEALTH_RATE} }} drop",

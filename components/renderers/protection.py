@@ -20,16 +20,17 @@ from typing import Any
 
 import yaml
 
-from components.model.config import FleetConfig, Mode, ServiceSpec
-from components.model.protection import GeoPolicy, effective_geo
-from components.renderers import tunnel
+from components.model import edge_contract
+from components.model.fleet import FleetConfig, Mode, ServiceSpec, effective_geo
+from components.model.protection import CrowdSec, GeoPolicy
+from components.renderers import templates, tunnel
 from components.renderers.nft_literals import one_or_set
 
-GEO_CONFIG_PATH = "/etc/cgnat-edge/geo.json"
+GEO_CONFIG_PATH = edge_contract.GEO_CONFIG
 GEO_SCRIPT_PATH = "/usr/local/sbin/cgnat-edge-geo-sets"
-GEO_UNIT = "cgnat-edge-geo-sets"
-GEO_STATE_DIR = "/var/lib/cgnat-edge/geo"
-GEO_STATUS_PATH = f"{GEO_STATE_DIR}/status.json"
+GEO_UNIT = edge_contract.GEO_UNIT
+GEO_STATE_DIR = edge_contract.GEO_STATE_DIR
+GEO_STATUS_PATH = edge_contract.GEO_STATUS
 TABLE = ("inet", "cgnat_edge")
 
 CROWDSEC_SETUP_PATH = "/usr/local/sbin/cgnat-edge-crowdsec"
@@ -45,8 +46,8 @@ CROWDSEC_TABLES = tuple(f"{family} {table}" for family, table, _, _ in CROWDSEC_
 CROWDSEC_CHAIN = "bans"
 BOUNCER_SETTINGS_PATH = "/etc/cgnat-edge/crowdsec-bouncer.yaml"
 """Merged by the setup into the bouncer's ``.yaml.local`` (which holds its API key)."""
-BOUNCER_UNIT = "crowdsec-firewall-bouncer.service"
-CROWDSEC_UNIT = "crowdsec.service"
+BOUNCER_UNIT = edge_contract.BOUNCER_UNIT
+CROWDSEC_UNIT = edge_contract.CROWDSEC_UNIT
 """The agent with its Local API, which the bouncer asks for decisions."""
 ACCESS_LOG = "/var/lib/traefik/access.log"
 """Traefik's access log, in its state directory: the only place its unit lets it write."""
@@ -54,8 +55,8 @@ LOGROTATE_PATH = "/etc/logrotate.d/cgnat-edge-traefik"
 PUSHED_ONLY = (
     GEO_CONFIG_PATH,
     GEO_SCRIPT_PATH,
-    f"/etc/systemd/system/{GEO_UNIT}.service",
-    f"/etc/systemd/system/{GEO_UNIT}.timer",
+    f"{edge_contract.SYSTEMD_DIR}/{GEO_UNIT}.service",
+    f"{edge_contract.SYSTEMD_DIR}/{GEO_UNIT}.timer",
 )
 """Arrive with the first push (which enables the timer), right after boot: the
 user data stays small for the stacks that use no country filters."""
@@ -145,7 +146,7 @@ def nft_crowdsec_tables(cfg: FleetConfig) -> list[str]:
     """The tables the bouncer fills (set-only): every packet from a banned source is
     dropped in prerouting, before the forward services' DNAT and before the input
     chain, whatever the port or mode (SSH too, as the bouncer's own input chain did)."""
-    if cfg.protection.crowdsec == "off":
+    if cfg.protection.crowdsec == CrowdSec.OFF:
         return []
     lines = []
     for family, table, name, kind in CROWDSEC_SETS:
@@ -165,7 +166,7 @@ def nft_crowdsec_tables(cfg: FleetConfig) -> list[str]:
 
 def crowdsec_sets(cfg: FleetConfig) -> list[str]:
     """``family table set`` of every set the bouncer fills (the verifier ignores their elements)."""
-    if cfg.protection.crowdsec == "off":
+    if cfg.protection.crowdsec == CrowdSec.OFF:
         return []
     return [f"{family} {table} {name}" for family, table, name, _ in CROWDSEC_SETS]
 
@@ -209,7 +210,7 @@ def forward_auth_middleware(s: ServiceSpec) -> dict[str, dict[str, Any]]:
 
 def traefik_static(cfg: FleetConfig) -> dict[str, Any]:
     """Extra static configuration: an access log for CrowdSec to read."""
-    if cfg.protection.crowdsec == "off" or not any(s.mode is Mode.HTTP for s in cfg.services):
+    if cfg.protection.crowdsec == CrowdSec.OFF or not any(s.mode is Mode.HTTP for s in cfg.services):
         return {}
     return {"accessLog": {"filePath": ACCESS_LOG, "format": "common", "bufferingSize": 0}}
 
@@ -224,15 +225,13 @@ def crowdsec_acquisition(cfg: FleetConfig) -> str:
 
 def node_files(cfg: FleetConfig) -> list[tuple[str, str, str]]:
     """(path, content, mode) of the protection files on every edge."""
-    from components.renderers import templates
-
     files = [
         (GEO_CONFIG_PATH, json.dumps(geo_config(cfg), indent=1) + "\n", "0644"),
         (GEO_SCRIPT_PATH, templates.text("geo-sets.py"), "0755"),
-        (f"/etc/systemd/system/{GEO_UNIT}.service", templates.text(f"{GEO_UNIT}.service"), "0644"),
-        (f"/etc/systemd/system/{GEO_UNIT}.timer", templates.text(f"{GEO_UNIT}.timer"), "0644"),
+        (f"{edge_contract.SYSTEMD_DIR}/{GEO_UNIT}.service", templates.text(f"{GEO_UNIT}.service"), "0644"),
+        (f"{edge_contract.SYSTEMD_DIR}/{GEO_UNIT}.timer", templates.text(f"{GEO_UNIT}.timer"), "0644"),
     ]
-    if cfg.protection.crowdsec != "off":
+    if cfg.protection.crowdsec != CrowdSec.OFF:
         files += [
             (CROWDSEC_SETUP_PATH, templates.text("crowdsec-setup.sh"), "0755"),
             (CROWDSEC_ACQUIS_PATH, crowdsec_acquisition(cfg), "0644"),
@@ -257,6 +256,6 @@ def enroll_command(edge: str) -> str:
 
 def runcmd(cfg: FleetConfig) -> list[list[str]]:
     cmds: list[list[str]] = []
-    if cfg.protection.crowdsec != "off":
-        cmds.append([CROWDSEC_SETUP_PATH, cfg.protection.crowdsec, BOUNCER_SETTINGS_PATH])
+    if cfg.protection.crowdsec != CrowdSec.OFF:
+        cmds.append([CROWDSEC_SETUP_PATH, str(cfg.protection.crowdsec), BOUNCER_SETTINGS_PATH])
     return cmds

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig
 from components.model.road_warriors import RoadWarrior
 from components.renderers import tunnel
 from components.renderers.nft_literals import set_of
@@ -28,15 +28,6 @@ KEEPALIVE = 25
 
 def peers(cfg: FleetConfig) -> tuple[RoadWarrior, ...]:
     return cfg.road_warriors.peers if cfg.road_warriors else ()
-
-
-def edge_peers(cfg: FleetConfig, public_keys: Mapping[str, str]) -> list[str]:
-    """wg0.conf [Peer] sections of the devices on every edge."""
-    lines: list[str] = []
-    for rw in peers(cfg):
-        lines += ["", "[Peer]", f"# road warrior {rw.name}", f"PublicKey = {public_keys[rw.name]}"]
-        lines.append(f"AllowedIPs = {rw.address}/32")
-    return lines
 
 
 def edge_forward_rules(cfg: FleetConfig) -> list[str]:

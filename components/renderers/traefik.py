@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.model.config import FleetConfig, Mode, Protocol, ServiceSpec
+from components.model import edge_contract
+from components.model.fleet import AcmeChallenge, FleetConfig, Mode, Protocol, ServiceSpec
 from components.renderers import protection
 
 VERSION = "3.7.15"
@@ -36,13 +37,13 @@ release swapped on GitHub alone therefore fails on the edge instead of running."
 
 GO_ARCH = {"arm64": "arm64", "x86_64": "amd64"}
 
-BINARY_PATH = "/usr/local/bin/traefik"
-STATIC_PATH = "/etc/traefik/traefik.yaml"
-DYNAMIC_DIR = "/etc/traefik/dynamic"
-DYNAMIC_PATH = f"{DYNAMIC_DIR}/cgnat-edge.yaml"
-STATE_DIR = "/var/lib/traefik"
+BINARY_PATH = edge_contract.TRAEFIK_BINARY
+STATIC_PATH = edge_contract.TRAEFIK_STATIC
+DYNAMIC_DIR = edge_contract.TRAEFIK_DYNAMIC_DIR
+DYNAMIC_PATH = edge_contract.TRAEFIK_DYNAMIC
+STATE_DIR = edge_contract.TRAEFIK_STATE_DIR
 ACME_STORAGE = f"{STATE_DIR}/acme.json"
-PING_ADDRESS = "127.0.0.1:8082"
+PING_ADDRESS = edge_contract.TRAEFIK_PING
 DIAL_TIMEOUT = "3s"
 """How long Traefik tries to reach home: over the tunnel a healthy dial takes one round
 trip, so 3 s is ample, and a dead tunnel closes the visitor's connection after it."""
@@ -150,7 +151,11 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
         **protection.traefik_static(cfg),
     }
     if any(s.mode is Mode.HTTP for s in cfg.services):
-        challenge = {"tlsChallenge": {}} if cfg.acme.challenge == "tls" else {"httpChallenge": {"entryPoint": "web"}}
+        challenge = (
+            {"tlsChallenge": {}}
+            if cfg.acme.challenge == AcmeChallenge.TLS
+            else {"httpChallenge": {"entryPoint": "web"}}
+        )
         static["certificatesResolvers"] = {
             RESOLVER: {
                 "acme": {

@@ -16,12 +16,13 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from components.model.config import EdgeSpec, FleetConfig, TunnelSpec
+from components.model import edge_contract
+from components.model.fleet import EdgeSpec, FleetConfig, TunnelSpec
 
 IFNAMSIZ = 15
 """Longest Linux interface name (IFNAMSIZ - 1)."""
 
-EDGE_INTERFACE = "wg0"
+EDGE_INTERFACE = edge_contract.WG_INTERFACE
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def edge_allowed_ips(cfg: FleetConfig, edge: EdgeSpec) -> list[ipaddress.IPv4Net
     return addrs.home_hosts + list(lans)
 
 
-WG_ENDPOINT_HOOK = "/usr/local/sbin/cgnat-edge-wg-endpoint"
+WG_ENDPOINT_HOOK = edge_contract.WG_ENDPOINT_HOOK
 """Installed by the edge's cloud-config from ``cloud-init/wg-endpoint.sh``."""
 
 
@@ -116,8 +117,15 @@ def edge_wg_conf(
         f"AllowedIPs = {', '.join(str(n) for n in edge_allowed_ips(cfg, edge))}",
     ]
     if road_warrior_keys:
-        from components.renderers import road_warriors
-
-        lines += road_warriors.edge_peers(cfg, road_warrior_keys)
+        lines += _road_warrior_peers(cfg, road_warrior_keys)
     lines.append("")
     return "\n".join(lines)
+
+
+def _road_warrior_peers(cfg: FleetConfig, public_keys: Mapping[str, str]) -> list[str]:
+    """wg0.conf [Peer] sections of the devices on every edge."""
+    lines: list[str] = []
+    for rw in cfg.road_warriors.peers if cfg.road_warriors else ():
+        lines += ["", "[Peer]", f"# road warrior {rw.name}", f"PublicKey = {public_keys[rw.name]}"]
+        lines.append(f"AllowedIPs = {rw.address}/32")
+    return lines

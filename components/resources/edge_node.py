@@ -4,16 +4,34 @@ its configuration current after the first boot."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_command as command
 
 from components import providers
-from components.model import geoip
-from components.model.config import EdgeSpec, FleetConfig
+from components.config import geoip
 from components.model.deployed import DeployedEdge
-from components.renderers import bootstrap, edge_dns, protection, tunnel
+from components.model.fleet import EdgeSpec, FleetConfig
+from components.renderers import bootstrap, bundle, edge_dns, protection, tunnel
 from components.resources.keys import SshHostKey, WireGuardKey
+
+
+@dataclass(frozen=True)
+class EdgeNodeArgs:
+    cfg: FleetConfig
+    edge: EdgeSpec
+    home_public_key: pulumi.Input[str]
+    ssh_key_ids: list[pulumi.Output[str]]
+    ssh_private_key: pulumi.Input[str] | None = None
+    after: pulumi.Resource | None = None
+    """The previous edge's config step; this edge's push starts only once that edge
+    verifiably runs the new configuration (one edge at a time)."""
+    road_warrior_keys: pulumi.Input[dict] | None = None
+    fleet: pulumi.Output[list[DeployedEdge[str]]] | None = None
+    """Every edge with its addresses (dnsMode edges: the zone and the health agent's
+    allow list name them all), resolved once every machine exists."""
+    crowdsec_enroll_key: pulumi.Input[str] | None = None
 
 
 class EdgeNode(pulumi.ComponentResource):
@@ -23,24 +41,9 @@ class EdgeNode(pulumi.ComponentResource):
     ipv6: pulumi.Output[str]
     public_key: pulumi.Output[str]
 
-    def __init__(
-        self,
-        cfg: FleetConfig,
-        edge: EdgeSpec,
-        home_public_key: pulumi.Input[str],
-        ssh_key_ids: list[pulumi.Output[str]],
-        ssh_private_key: pulumi.Input[str] | None,
-        opts: pulumi.ResourceOptions | None = None,
-        after: pulumi.Resource | None = None,
-        road_warrior_keys: pulumi.Input[dict] | None = None,
-        fleet: pulumi.Output[list[DeployedEdge[str]]] | None = None,
-        crowdsec_enroll_key: pulumi.Input[str] | None = None,
-    ):
-        """``after``: the previous edge's config step; this edge's push starts only once
-        that edge verifiably runs the new configuration (one edge at a time).
-        ``fleet``: every edge with its addresses (dnsMode edges: the zone and the health
-        agent's allow list name them all), resolved once every machine exists."""
-        super().__init__("cgnat-edge:index:EdgeNode", edge.name, None, opts)
+    def __init__(self, name: str, args: EdgeNodeArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("cgnat-edge:index:EdgeNode", name, None, opts)
+        cfg, edge, after, fleet = args.cfg, args.edge, args.after, args.fleet
         child = pulumi.ResourceOptions(parent=self)
 
         # The key is a sibling of the server, not derived from it: rebuilding the VPS
@@ -48,21 +51,21 @@ class EdgeNode(pulumi.ComponentResource):
         key = WireGuardKey(f"{edge.name}-wireguard-key", opts=child)
         host_key = SshHostKey(f"{edge.name}-ssh-host-key", rotation=cfg.ssh.host_key_rotation, opts=child)
         wg_conf: pulumi.Output[str] = pulumi.Output.secret(
-            pulumi.Output.all(key.private_key, home_public_key, road_warrior_keys or {}).apply(
+            pulumi.Output.all(key.private_key, args.home_public_key, args.road_warrior_keys or {}).apply(
                 lambda keys: tunnel.edge_wg_conf(cfg, edge, keys[0], keys[1], keys[2])
             )
         )
         user_data: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(wg_conf, host_key.private_key, host_key.public_key).apply(
-                lambda args: bootstrap.user_data(cfg, edge, args[0], (args[1], args[2]))
+                lambda values: bootstrap.user_data(cfg, edge, values[0], (values[1], values[2]))
             )
         )
-        machine = providers.get(edge.provider).create_machine(cfg, edge, user_data, ssh_key_ids, parent=self)
+        machine = providers.get(edge.provider).create_machine(cfg, edge, user_data, args.ssh_key_ids, parent=self)
 
         connection = command.remote.ConnectionArgs(
             host=machine.ipv4,
             user=cfg.ssh.user,
-            private_key=ssh_private_key,
+            private_key=args.ssh_private_key,
             host_key=host_key.public_key,
             dial_error_limit=40,
             per_dial_timeout=15,
@@ -79,12 +82,12 @@ class EdgeNode(pulumi.ComponentResource):
         )
         # Every later change to services, tunnel or SSH keys lands here, in place (no
         # rebuild, same IP), and the step ends only when the edge serves again.
-        bundle: pulumi.Output[str] = pulumi.Output.secret(
+        pushed: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(
                 wg_conf, host_key.private_key, host_key.public_key, fleet if fleet is not None else None
             ).apply(
-                lambda args: bootstrap.bundle(
-                    bootstrap.node_files(cfg, edge, args[0], (args[1], args[2]), fleet=args[3])
+                lambda values: bundle.encode(
+                    bootstrap.node_files(cfg, edge, values[0], (values[1], values[2]), fleet=values[3])
                 )
             )
         )
@@ -94,7 +97,7 @@ class EdgeNode(pulumi.ComponentResource):
         previous_connection = command.remote.ConnectionArgs(
             host=machine.ipv4,
             user=cfg.ssh.user,
-            private_key=ssh_private_key,
+            private_key=args.ssh_private_key,
             host_key=pulumi.Output.all(host_key.previous_public_key, host_key.public_key).apply(
                 lambda keys: keys[0] or keys[1]
             ),
@@ -115,16 +118,16 @@ class EdgeNode(pulumi.ComponentResource):
             f"{edge.name}-config",
             connection=connection,
             create=bootstrap.config_command(cfg.ssh.user),
-            stdin=bundle,
-            triggers=[machine.server_id, bundle.apply(lambda b: hashlib.sha256(b.encode()).hexdigest())],
+            stdin=pushed,
+            triggers=[machine.server_id, pushed.apply(lambda b: hashlib.sha256(b.encode()).hexdigest())],
             opts=pulumi.ResourceOptions(
                 parent=self, depends_on=[booted, rotated, *geoip_step, *([after] if after else [])]
             ),
         )
 
-        if crowdsec_enroll_key is not None:
+        if args.crowdsec_enroll_key is not None:
             # Once per server (and per key): the console lists the edge by its name.
-            enroll_key: pulumi.Output[str] = pulumi.Output.secret(crowdsec_enroll_key)
+            enroll_key: pulumi.Output[str] = pulumi.Output.secret(args.crowdsec_enroll_key)
             command.remote.Command(
                 f"{edge.name}-crowdsec-enroll",
                 connection=connection,
@@ -144,9 +147,9 @@ class EdgeNode(pulumi.ComponentResource):
             pulumi.Output.all(
                 wg_conf, host_key.private_key, host_key.public_key, fleet if fleet is not None else None
             ).apply(
-                lambda args: {
+                lambda values: {
                     f.path: hashlib.sha256(f.content.encode()).hexdigest()
-                    for f in bootstrap.node_files(cfg, edge, args[0], (args[1], args[2]), fleet=args[3])
+                    for f in bootstrap.node_files(cfg, edge, values[0], (values[1], values[2]), fleet=values[3])
                 }
             )
         )

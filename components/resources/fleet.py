@@ -5,17 +5,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pulumi
 
 from components import providers
 from components.model import catalog
-from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig
 from components.renderers import edge_dns, geodns, home_configs, tunnel
-from components.resources.edge_node import EdgeNode
+from components.resources.edge_node import EdgeNode, EdgeNodeArgs
 from components.resources.keys import StackSshKey, WireGuardKey
-from components.resources.managed_dns import ManagedDns
+from components.resources.managed_dns import ManagedDns, ManagedDnsArgs
 
 
 def monthly_cost(cfg: FleetConfig) -> dict:
@@ -44,21 +45,22 @@ def dns_outputs(cfg: FleetConfig, fleet: list[DeployedEdge[str]]) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class EdgeFleetArgs:
+    cfg: FleetConfig
+    ssh_private_key: pulumi.Input[str] | None = None
+    crowdsec_enroll_key: pulumi.Input[str] | None = None
+
+
 class EdgeFleet(pulumi.ComponentResource):
     edges: pulumi.Output[dict]
     home_configs: pulumi.Output[dict]
     dns: pulumi.Output[dict]
     monthly_cost: dict
 
-    def __init__(
-        self,
-        name: str,
-        cfg: FleetConfig,
-        ssh_private_key: pulumi.Input[str] | None = None,
-        opts: pulumi.ResourceOptions | None = None,
-        crowdsec_enroll_key: pulumi.Input[str] | None = None,
-    ):
+    def __init__(self, name: str, args: EdgeFleetArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("cgnat-edge:index:EdgeFleet", name, None, opts)
+        cfg = args.cfg
         child = pulumi.ResourceOptions(parent=self)
 
         home_private_key: pulumi.Output[str] | None
@@ -90,19 +92,21 @@ class EdgeFleet(pulumi.ComponentResource):
         if cfg.dns.edge_served:
             fleet, resolve_fleet = pulumi.deferred_output()
         for edge in cfg.edges:
-            after = nodes[-1].config_step if nodes else None
             nodes.append(
                 EdgeNode(
-                    cfg,
-                    edge,
-                    home_public_key,
-                    key_ids[edge.provider],
-                    ssh_private_key,
+                    edge.name,
+                    EdgeNodeArgs(
+                        cfg,
+                        edge,
+                        home_public_key,
+                        key_ids[edge.provider],
+                        ssh_private_key=args.ssh_private_key,
+                        after=nodes[-1].config_step if nodes else None,
+                        road_warrior_keys=road_warrior_keys,
+                        fleet=fleet,
+                        crowdsec_enroll_key=args.crowdsec_enroll_key,
+                    ),
                     child,
-                    after,
-                    road_warrior_keys,
-                    fleet,
-                    crowdsec_enroll_key,
                 )
             )
 
@@ -149,15 +153,16 @@ class EdgeFleet(pulumi.ComponentResource):
 
         self.home_configs = pulumi.Output.secret(
             pulumi.Output.all(endpoints, home_private_key, pulumi.Output.all(**rw_private)).apply(
-                lambda args: home_configs.render(cfg, deployed(args[0]), args[1], args[2])
+                lambda values: home_configs.render(cfg, deployed(values[0]), values[1], values[2])
             )
         )
         self.dns = endpoints.apply(lambda values: dns_outputs(cfg, deployed(values)))
-        if cfg.dns.provider != "none":
+        if cfg.dns.managed:
             ManagedDns(
                 "dns",
-                cfg,
-                [DeployedEdge(edge, n.ipv4, n.ipv6) for edge, n in zip(cfg.edges, nodes, strict=True)],
+                ManagedDnsArgs(
+                    cfg, [DeployedEdge(edge, n.ipv4, n.ipv6) for edge, n in zip(cfg.edges, nodes, strict=True)]
+                ),
                 opts=child,
             )
 

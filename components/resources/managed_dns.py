@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 
 from components import providers
-from components.model.config import FleetConfig
 from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig
 from components.renderers import edge_dns, geodns
 
 TYPE_TOKEN = "cgnat-edge:index:ManagedDns"
@@ -74,6 +75,12 @@ def _delegation(
     return created
 
 
+@dataclass(frozen=True)
+class ManagedDnsArgs:
+    cfg: FleetConfig
+    edges: Sequence[DeployedEdge[pulumi.Output[str]]]
+
+
 class ManagedDns(pulumi.ComponentResource):
     """Round-robin A/AAAA records for every exposed hostname in ``cfg.dns.zone``.
 
@@ -85,15 +92,9 @@ class ManagedDns(pulumi.ComponentResource):
     """The record resources, for ``depends_on`` elsewhere (e.g. waiting for DNS
     before asking for certificates)."""
 
-    def __init__(
-        self,
-        name: str,
-        cfg: FleetConfig,
-        edges: Sequence[DeployedEdge[pulumi.Output[str]]],
-        opts: pulumi.ResourceOptions | None = None,
-    ):
+    def __init__(self, name: str, args: ManagedDnsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TYPE_TOKEN, name, None, opts)
-        eps = list(edges)
+        cfg, eps = args.cfg, list(args.edges)
         self.record_resources = []
         child = pulumi.ResourceOptions(parent=self)
         summaries: list[pulumi.Output[dict[str, Any]]] = []

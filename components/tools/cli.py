@@ -12,8 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from components.model import stack
-from components.model.config import ConfigError
+from components.config import ConfigError, stack
 from components.tools import home_files, policy
 
 DEFAULT_STACK = "dev"

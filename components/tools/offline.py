@@ -17,15 +17,12 @@ from typing import Any
 
 import dill
 import pulumi
-from pulumi.runtime import mocks as pulumi_mocks
-from pulumi.runtime import rpc, settings
-from pulumi.runtime.stack import run_in_stack
-from pulumi.runtime.sync_await import _sync_await
 
 from components import program as program_module
 from components import providers
-from components.model import stack
-from components.model.config import NAMESPACE
+from components.config import stack
+from components.config.keys import NAMESPACE
+from components.resources import pulumi_private
 
 SECRET = "[secret]"
 DYNAMIC_PREFIX = "pulumi-python:dynamic"
@@ -73,12 +70,12 @@ class Run:
 
 
 def is_secret(value: Any) -> bool:
-    return rpc.is_rpc_secret(value)
+    return pulumi_private.is_secret(value)
 
 
 def reveal(value: Any) -> Any:
     """Unwrap every secret marker, for artifacts the user asked to see."""
-    if rpc.is_rpc_secret(value):
+    if is_secret(value):
         return reveal(value["value"])
     if isinstance(value, dict):
         return {k: reveal(v) for k, v in value.items()}
@@ -89,7 +86,7 @@ def reveal(value: Any) -> Any:
 
 def masked(value: Any) -> Any:
     """Replace every secret with a marker, for artifacts safe to print or commit."""
-    if rpc.is_rpc_secret(value):
+    if is_secret(value):
         return SECRET
     if isinstance(value, dict):
         return {k: masked(v) for k, v in value.items() if k != "__provider"}
@@ -158,7 +155,7 @@ class CloudMocks(pulumi.runtime.Mocks):
         return (provider.mock_call(args.token, reveal(args.args)) if provider else {}), []
 
 
-class RecordingMonitor(pulumi_mocks.MockMonitor):
+class RecordingMonitor(pulumi_private.MockMonitor):
     """The stock mock monitor, plus what it drops: parents, options and outputs."""
 
     def __init__(self, mocks: CloudMocks):
@@ -178,8 +175,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     name=request.name,
                     parent=request.parent,
                     custom=request.custom,
-                    inputs=as_cli_reads(rpc.deserialize_properties(request.object)),
-                    outputs=as_cli_reads(rpc.deserialize_properties(response.object)) if request.custom else {},
+                    inputs=as_cli_reads(pulumi_private.from_wire(request.object)),
+                    outputs=as_cli_reads(pulumi_private.from_wire(response.object)) if request.custom else {},
                     ignore_changes=list(request.ignoreChanges),
                     protect=bool(request.protect),
                     delete_before_replace=bool(request.deleteBeforeReplace),
@@ -191,7 +188,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
 
     def RegisterResourceOutputs(self, request):
         if "::pulumi:pulumi:Stack::" in request.urn:
-            self.stack_outputs = as_cli_reads(rpc.deserialize_properties(request.outputs))
+            self.stack_outputs = as_cli_reads(pulumi_private.from_wire(request.outputs))
         return super().RegisterResourceOutputs(request)
 
 
@@ -231,7 +228,7 @@ def run_program(
 
     mocks = CloudMocks(state)
     monitor = RecordingMonitor(mocks)
-    settings.reset_options()
+    pulumi.runtime.reset_options()
     pulumi.runtime.set_mocks(
         mocks,
         project=project,
@@ -240,10 +237,9 @@ def run_program(
         monitor=monitor,
         logger=_LogCapture(monitor.logs),  # type: ignore[arg-type]
     )
-    settings.set_root_resource(None)  # type: ignore[arg-type]  # a fresh run has no root stack yet
     secret_values = {k if ":" in k else f"{NAMESPACE}:{k}": v for k, v in (secrets or {}).items()}
     pulumi.runtime.set_all_config({**loaded.values, **secret_values}, sorted({*loaded.secret_keys, *secret_values}))
-    _sync_await(run_in_stack(program))
+    pulumi_private.run_in_new_stack(program)
     return Run(project, stack_name, monitor.registrations, monitor.stack_outputs, monitor.logs)
 
 

@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from components import providers
-from components.model import stack
-from components.model.config import NAMESPACE, FleetConfig
+from components.config import stack
+from components.config.keys import NAMESPACE
+from components.model.fleet import FleetConfig
+from components.renderers import edge_dns
+from components.tools import offline, render
 
 SECRET_MARKER = "[secret]"
 SSH_PORT = 22
@@ -105,8 +108,6 @@ def check_ports(cfg: FleetConfig, resources: list[dict]) -> list[Violation]:
     violations = []
     declared = {p: set(cfg.public_ports(p)) for p in ("tcp", "udp")}
     # The health agents (every DNS mode): open in the provider firewall, narrowed by nftables.
-    from components.renderers import edge_dns
-
     declared["tcp"].add(edge_dns.HEALTH_PORT)
     ssh_sources = list(cfg.ssh.allowed_cidrs)
     for resource in resources:
@@ -311,8 +312,6 @@ def report(violations: list[Violation], what: str, out=None, err=None) -> int:
 
 def main_for_stack(stack_file: Path, project_file: Path | None = None) -> int:
     """Render the stack offline (mock clouds, no credentials) and check it."""
-    from components.tools import offline, render
-
     stack_file = Path(stack_file)
     cfg = load_config(stack_file, project_file)
     run = offline.run_program(stack_file, project_file=project_file)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import base64
 import gzip
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import yaml
 
 from components import providers
+from components.model import edge_contract
+from components.renderers import bundle
 from components.tools import home_files, offline
 
 
@@ -50,17 +50,6 @@ def _bundles(run: offline.Run) -> dict[str, str]:
         for r in run.resources
         if r.type == "command:remote:Command" and r.name.endswith("-config")
     }
-
-
-def unpack_bundle(bundle: str) -> dict[str, bytes]:
-    """A bundle's ``MANIFEST`` and its ``files/<path>`` (``bootstrap.bundle``), by name."""
-    out = {}
-    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(bundle)), mode="r:gz") as tar:
-        for member in tar.getmembers():
-            data = tar.extractfile(member) if member.isfile() else None
-            if data is not None:
-                out[member.name] = data.read()
-    return out
 
 
 def file_content(entry: dict) -> str:
@@ -112,9 +101,13 @@ def write(run: offline.Run, out: Path, show_secrets: bool = False) -> list[Path]
             written.append(_write(node / "files" / entry["path"].lstrip("/"), file_content(entry), private=True))
 
     # What a push puts on each running edge (MANIFEST: mode, owner, path), unpacked.
-    for edge, bundle in sorted(_bundles(run).items()):
-        for name, data in unpack_bundle(bundle).items():
-            written.append(_write(out / "nodes" / edge / "bundle" / name, data.decode(), private=True))
+    for edge, pushed in sorted(_bundles(run).items()):
+        files = bundle.decode(pushed)
+        written.append(
+            _write(out / "nodes" / edge / "bundle" / edge_contract.BUNDLE_MANIFEST, bundle.manifest(files), True)
+        )
+        for f in files:
+            written.append(_write(out / "nodes" / edge / "bundle" / bundle.member(f.path), f.content, private=True))
 
     dns = run.output("dns")
     written.append(_write(out / "dns" / "records.json", json.dumps(dns["records"], indent=2) + "\n"))

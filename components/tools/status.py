@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.renderers import bootstrap, edge_dns, protection, traefik
+from components.model import edge_contract
+from components.renderers import bootstrap, edge_dns, protection, templates
 from components.tools import home_files
 
 HANDSHAKE_STALE_S = 180
@@ -38,50 +39,6 @@ GEO_STALE_S = 3 * 86400
 without a fetch is a source that keeps failing, not a slow one."""
 CERT_WARN_DAYS = 14
 """Let's Encrypt certificates are renewed 30 days before they expire; 14 left means renewal fails."""
-
-REMOTE = r"""
-import hashlib, json, os, subprocess, sys, time
-args = json.loads(sys.argv[1])
-def sh(*cmd):
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
-        return [r.returncode, r.stdout, r.stderr]
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return [127, "", str(exc)]
-def digest(path):
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError:
-        return None
-def mtime(path):
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return None
-def load(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-bouncer = args["crowdsec"][-1]
-print(json.dumps({
-    "now": time.time(),
-    "cloudInit": sh("cloud-init", "status"),
-    "wg": sh("wg", "show", "wg0", "dump"),
-    "slots": {u: sh("systemctl", "is-active", u)[0] == 0 for u in args["slots"]},
-    "ping": sh("curl", "--fail", "--silent", "--max-time", "3", args["ping"]),
-    "verify": sh("python3", args["verify"]),
-    "files": {p: digest(p) for p in args["files"]},
-    "upgrades": mtime("/var/lib/apt/periodic/unattended-upgrades-stamp"),
-    "rebootRequired": os.path.exists("/var/run/reboot-required"),
-    "desired": load(args["desired"]),
-    "geo": {"config": load(args["geoConfig"]), "status": load(args["geoStatus"])},
-    "crowdsec": {u: sh("systemctl", "is-active", u)[0] == 0 for u in args["crowdsec"]}
-    if sh("systemctl", "is-enabled", bouncer)[0] == 0 else None,
-}))
-"""
 
 
 class StatusError(Exception):
@@ -145,17 +102,23 @@ def ssh_argv(user: str, address: str, known_hosts: Path, identity: Path | None, 
 
 
 def remote_command(user: str, files: list[str]) -> str:
+    """The edge's side (``cloud-init/cgnat-edge-status.py``) as a ``python3 -c`` command,
+    with the paths and units to look at from the edge contract."""
     args = {
-        "slots": list(bootstrap.TRAEFIK_SLOTS),
-        "ping": f"http://{traefik.PING_ADDRESS}/ping",
-        "verify": bootstrap.VERIFY_PATH,
-        "desired": bootstrap.DESIRED_PATH,
+        "interface": edge_contract.WG_INTERFACE,
+        "slots": list(edge_contract.TRAEFIK_SLOTS),
+        "ping": f"http://{edge_contract.TRAEFIK_PING}/ping",
+        "verify": edge_contract.VERIFY,
+        "desired": edge_contract.DESIRED,
         "files": files,
-        "geoConfig": protection.GEO_CONFIG_PATH,
-        "geoStatus": protection.GEO_STATUS_PATH,
-        "crowdsec": [protection.CROWDSEC_UNIT, protection.BOUNCER_UNIT],
+        "upgradesStamp": edge_contract.UPGRADES_STAMP,
+        "rebootRequired": edge_contract.REBOOT_REQUIRED,
+        "geoConfig": edge_contract.GEO_CONFIG,
+        "geoStatus": edge_contract.GEO_STATUS,
+        "crowdsec": [edge_contract.CROWDSEC_UNIT, edge_contract.BOUNCER_UNIT],
     }
-    return bootstrap.as_root(user, f"python3 -c {shlex.quote(REMOTE)} {shlex.quote(json.dumps(args))}")
+    program = templates.text("cgnat-edge-status.py")
+    return bootstrap.as_root(user, f"python3 -c {shlex.quote(program)} {shlex.quote(json.dumps(args))}")
 
 
 def check_edge(name: str, e: dict, identity: Path | None, run: Runner = _local) -> EdgeStatus:

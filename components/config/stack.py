@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
-from components.model.config import NAMESPACE, SECRET_SET, FleetConfig, is_secret_key, parse
+from components.config import parse
+from components.config.keys import NAMESPACE, SECRET_SET, is_secret_key
+from components.model.fleet import FleetConfig
 
 SECRET_KEY = f"{NAMESPACE}:sshPrivateKey"
 

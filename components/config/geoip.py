@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from components.model.config import _Parser
+from components.config.parser import Parser
+from components.model.fleet import DnsMode
 
 KEY = "dnsGeoipDatabase"
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
@@ -51,7 +50,7 @@ def database_type(data: bytes) -> str | None:
     return meta[start : start + size].decode("utf-8", "replace")
 
 
-def parse(p: _Parser, mode: str, base_dir: Path) -> str:
+def parse(p: Parser, mode: DnsMode, base_dir: Path) -> str:
     """The database's absolute path, or "" when none is set."""
     text = p.raw.get(KEY)
     if text in (None, ""):
@@ -59,7 +58,7 @@ def parse(p: _Parser, mode: str, base_dir: Path) -> str:
     if not isinstance(text, str):
         p.fail(KEY, f"must be a file path, got {type(text).__name__}; write it as path/to/dbip-city-lite.mmdb")
         return ""
-    if mode != "edges":
+    if mode != DnsMode.EDGES:
         p.fail(
             KEY,
             f"is set but cgnat-edge:dnsMode is {mode}; only the edges' own nameservers (dnsMode edges) use it: "

@@ -1,0 +1,58 @@
+"""The Traefik middlewares of an ``http`` service: rate limit, address lists, basic
+auth and security headers."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from components.config.parser import Parser
+from components.model.fleet import Middlewares, RateLimit
+
+_HTPASSWD_RE = re.compile(r"^[^:\s]+:\$(2[aby]|apr1|5|6)\$\S+$")
+
+
+def parse(p: Parser, key: str, raw: Any) -> Middlewares:
+    if not isinstance(raw, dict):
+        p.fail(key, "must be a mapping; write it like {rateLimit: {average: 50, burst: 100}, securityHeaders: true}")
+        return Middlewares()
+    for k in sorted(set(raw) - {"rateLimit", "ipAllowList", "ipDenyList", "basicAuth", "securityHeaders"}):
+        p.fail(
+            f"{key}.{k}", "is not a middleware; use rateLimit, ipAllowList, ipDenyList, basicAuth or securityHeaders"
+        )
+    rate = None
+    if raw.get("rateLimit") is not None:
+        rl = raw["rateLimit"]
+        avg, burst = (rl.get("average"), rl.get("burst", rl.get("average"))) if isinstance(rl, dict) else (None, None)
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (avg, burst)):
+            p.fail(
+                f"{key}.rateLimit",
+                "needs positive whole numbers; write it like {average: 50, burst: 100} (requests per second per client)",
+            )
+        else:
+            rate = RateLimit(int(avg), int(burst))  # type: ignore[arg-type]  # both checked to be int above
+    allow, deny = (
+        tuple(
+            n
+            for j, t in enumerate(p.items(f"{key}.{name}", raw.get(name), "CIDR prefixes"))
+            if (n := p.network(f"{key}.{name}[{j}]", t))
+        )
+        for name in ("ipAllowList", "ipDenyList")
+    )
+    if allow and deny:
+        p.fail(key, "ipAllowList and ipDenyList together are ambiguous; use one of them")
+    users = p.items(f"{key}.basicAuth", raw.get("basicAuth"), "htpasswd lines")
+    for j, u in enumerate(users):
+        if not isinstance(u, str) or not _HTPASSWD_RE.match(u):
+            p.fail(
+                f"{key}.basicAuth[{j}]",
+                "must be an htpasswd line user:hash with a bcrypt, apr1 or sha-crypt hash; make one with `htpasswd -nB user`",
+            )
+    headers = raw.get("securityHeaders", False)
+    if not isinstance(headers, bool):
+        p.fail(
+            f"{key}.securityHeaders",
+            "must be true or false; write true to send HSTS and related security headers, or leave it out",
+        )
+        headers = False
+    return Middlewares(rate, allow, deny, tuple(u for u in users if isinstance(u, str)), headers)

@@ -1,0 +1,192 @@
+"""The parser every section of the stack configuration is read with.
+
+It sees plain values (what ``pulumi config`` stores), collects every problem it finds
+instead of stopping at the first, and words each as the key and its fix, so one
+``ConfigError`` can name them all before a single resource is registered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from components.config.keys import KEYS, REQUIRED, fix_key
+from components.model.fleet import IPNetwork, Target
+
+_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+WG_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
+
+
+def _json_if_needed(value: Any) -> Any:
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped[:1] in ("[", "{"):
+            try:
+                return json.loads(stripped)
+            except ValueError:
+                return value
+    return value
+
+
+class Parser:
+    """One stack's raw values, and the problems and warnings found reading them.
+
+    Sections read keys through ``get`` (declared kind and default applied) and report
+    through ``fail`` and ``warn``, which prefix the key as the user writes it; the
+    small value parsers below report their own problems and return None."""
+
+    def __init__(self, raw: Mapping[str, Any]):
+        self.raw = {k: _json_if_needed(v) for k, v in raw.items()}
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def fail(self, key: str, message: str) -> None:
+        problem = f"{fix_key(key)}: {message}"
+        if problem not in self.problems:  # a key read twice reports its problem once
+            self.problems.append(problem)
+
+    def has_problem(self, key: str) -> bool:
+        return any(p.startswith(f"{fix_key(key)}:") for p in self.problems)
+
+    def items(self, key: str, value: Any, what: str) -> list[Any]:
+        """A list inside a structured value (hostnames, ipAllowList ...); anything else
+        is reported once instead of being iterated character by character."""
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(
+                key, f"must be a list of {what}, got {type(value).__name__}; write it as [a, b] or one item per line"
+            )
+            return []
+        return value
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(f"{fix_key(key)}: {message}")
+
+    def get(self, key: str) -> Any:
+        kind, default, _ = KEYS[key]
+        value = self.raw.get(key)
+        if value is None or value == "":
+            if default is REQUIRED:
+                self.fail(
+                    key,
+                    f"is required; set it with `pulumi config set {'--path ' if kind == 'object-array' else ''}{fix_key(key)} ...` or in Pulumi.<stack>.yaml ({KEYS[key][2]})",
+                )
+                return None
+            return default
+        return self.coerce(key, kind, value, default)
+
+    def coerce(self, key: str, kind: str, value: Any, default: Any) -> Any:
+        """``value`` as ``kind``; on a problem the default (None for a required key)."""
+        fallback = None if default is REQUIRED else default
+        if kind == "integer":
+            try:
+                if isinstance(value, (bool, float)):
+                    raise ValueError  # the CLI hands 1380.5 over as a string int() refuses too
+                return int(value)
+            except (TypeError, ValueError):
+                self.fail(key, f"must be a whole number, got {value!r}; write digits only, e.g. {default}")
+                return fallback
+        if kind == "boolean":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "false"):
+                return str(value).lower() == "true"
+            self.fail(key, f"must be true or false, got {value!r}; write true or false ({KEYS[key][2]})")
+            return fallback
+        if kind in ("array", "object-array"):
+            if not isinstance(value, list):
+                self.fail(
+                    key, f"must be a list, got {type(value).__name__}; write it as a YAML list under {fix_key(key)}"
+                )
+                return fallback
+            return value
+        if kind in ("string", "secret"):
+            if not isinstance(value, str):
+                self.fail(key, f"must be a string, got {type(value).__name__}; write one value, in quotes if need be")
+                return fallback
+            return value.strip()
+        raise AssertionError(kind)
+
+    # -- small value parsers --------------------------------------------------
+
+    def unique_name(self, key: str, item: dict, seen: set[str], what: str) -> str | None:
+        name = str(item.get("name", ""))
+        if not _NAME_RE.match(name):
+            self.fail(
+                f"{key}.name",
+                f"{name!r} is not a valid {what} name; use 1-24 lowercase letters, digits or hyphens, starting with a letter",
+            )
+            return None
+        if name in seen:
+            self.fail(f"{key}.name", f"{what} name {name!r} is used twice; every {what} needs its own name")
+            return None
+        seen.add(name)
+        return name
+
+    def network(self, key: str, text: Any) -> IPNetwork | None:
+        try:
+            return ipaddress.ip_network(str(text), strict=True)
+        except ValueError as exc:
+            fix = "; write it as address/length, e.g. 192.168.1.0/24"
+            with contextlib.suppress(ValueError):
+                fix = f" ({exc}); did you mean {ipaddress.ip_network(str(text), strict=False)}?"
+            self.fail(key, f"{text!r} is not a valid CIDR prefix{fix}")
+            return None
+
+    def port(self, key: str, value: Any) -> int | None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, str))
+            or not str(value).isdigit()
+            or not 1 <= int(value) <= 65535
+        ):
+            self.fail(key, f"{value!r} is not a port; use a number from 1 to 65535")
+            return None
+        return int(value)
+
+    def target(self, key: str, value: Any) -> Target | None:
+        if value is None or value == "":
+            self.fail(key, "is required; give the address:port at home it forwards to, like 192.168.1.10:443")
+            return None
+        text = str(value)
+        match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([0-9.]+):(\d+)", text)
+        if not match:
+            self.fail(
+                key, f"{value!r} is not an address:port at home; write it like 192.168.1.10:443 or [fd00::10]:443"
+            )
+            return None
+        host_text, port_text = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+        try:
+            host = ipaddress.ip_address(host_text)
+        except ValueError:
+            self.fail(key, f"{host_text!r} is not an IP address; targets are addresses reachable through the tunnel")
+            return None
+        port = self.port(key, port_text)
+        return Target(host, port) if port else None
+
+    def hostname(self, key: str, value: Any, domain: str | None) -> str | None:
+        name = str(value).strip().rstrip(".").lower()
+        labels = name.split(".")
+        if (
+            len(name) > 253
+            or len(labels) < 2
+            or not all(_LABEL_RE.match(label) for label in labels)
+            or labels[-1].isdigit()
+        ):
+            self.fail(
+                key,
+                f"{value!r} is not a hostname; use a fully qualified name like app.example.org (letters, digits, hyphens)",
+            )
+            return None
+        if domain and not (name == domain or name.endswith("." + domain)):
+            self.fail(
+                key, f"{name} is outside the domain {domain}; use a name under {domain} or change {fix_key('domain')}"
+            )
+            return None
+        return name

@@ -1,0 +1,247 @@
+"""``services``: what each exposed service is, where it goes at home, and on which
+public ports or hostnames."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from components.config import middlewares, protection
+from components.config.home import SPECIAL_RANGES
+from components.config.keys import fix_key
+from components.config.parser import Parser
+from components.model.fleet import HomeSpec, Middlewares, Mode, Protocol, ServiceSpec, Target, TunnelSpec
+from components.model.ports import HEALTH_AGENT_PORT
+
+RESERVED_TCP_PORTS = {
+    80: "HTTP (redirect and ACME)",
+    443: "HTTPS (passthrough and http services)",
+    HEALTH_AGENT_PORT: "the edges' health agent (DNS health checks)",
+}
+
+
+def parse(
+    p: Parser, items: list[Any] | None, domain: str | None, tunnel: TunnelSpec, home: HomeSpec
+) -> list[ServiceSpec]:
+    services: list[ServiceSpec] = []
+    names: set[str] = set()
+    hostnames: dict[str, str] = {}
+    ports: dict[tuple[str, int], str] = {}
+    reserved = {("tcp", port): what for port, what in RESERVED_TCP_PORTS.items()}
+    reserved[("udp", tunnel.listen_port)] = f"WireGuard ({fix_key('wireguardPort')})"
+    reserved[("tcp", 22)] = "SSH"
+    allowed_fields = {
+        Mode.PASSTHROUGH: {"name", "mode", "hostnames", "target", "proxyProtocol", "httpTarget", "healthPath"},
+        Mode.HTTP: {"name", "mode", "hostnames", "target", "middlewares", "healthPath"},
+        Mode.TCP: {"name", "mode", "port", "target", "proxyProtocol"},
+        Mode.UDP: {"name", "mode", "port", "target"},
+        Mode.FORWARD: {"name", "mode", "protocol", "port", "target"},
+    }
+    for fields in allowed_fields.values():  # forwardAuth outside http is refused with its reason
+        fields |= {"allowCountries", "denyCountries", "forwardAuth"}
+    for i, item in enumerate(items or []):
+        key = f"services[{i}]"
+        if not isinstance(item, dict):
+            p.fail(
+                key,
+                "must be a mapping with name, mode and target; write it like {name: app, mode: tcp, port: 8443, target: 192.168.1.10:8443}",
+            )
+            continue
+        name = p.unique_name(key, item, names, "service")
+        if name is None:
+            continue
+        mode_text = str(item.get("mode", Mode.PASSTHROUGH))
+        if mode_text not in Mode.__members__.values():
+            p.fail(
+                f"{key}.mode",
+                f"{mode_text!r} is not a mode; use passthrough (TLS ends at home), http (TLS ends on the edge), tcp, udp "
+                "or forward (kernel DNAT keeping the visitor's address)",
+            )
+            continue
+        mode = Mode(mode_text)
+        for k in sorted(set(item) - allowed_fields[mode]):
+            p.fail(
+                f"{key}.{k}", f"is not a field of a {mode} service; allowed: {', '.join(sorted(allowed_fields[mode]))}"
+            )
+        target = p.target(f"{key}.target", item.get("target"))
+        if target is not None:
+            _check_reachable(p, f"{key}.target", target, tunnel, home)
+        http_target = None
+        if item.get("httpTarget"):
+            http_target = p.target(f"{key}.httpTarget", item["httpTarget"])
+            if http_target is not None:
+                _check_reachable(p, f"{key}.httpTarget", http_target, tunnel, home)
+        spec_hosts: list[str] = []
+        port, port_end, proto = 443, 0, str(mode.protocol)
+        if mode.by_hostname:
+            raw_hosts = item.get("hostnames")
+            if isinstance(raw_hosts, str):
+                raw_hosts = [raw_hosts]
+            if not raw_hosts:
+                p.fail(
+                    f"{key}.hostnames",
+                    f"is required for a {mode} service; list the names visitors use, e.g. [app.{domain or 'example.org'}]",
+                )
+            for j, h in enumerate(p.items(f"{key}.hostnames", raw_hosts, "hostnames")):
+                host = p.hostname(f"{key}.hostnames[{j}]", h, domain)
+                if host is None:
+                    continue
+                if host in hostnames:
+                    p.fail(
+                        f"{key}.hostnames[{j}]",
+                        f"{host} is already served by service {hostnames[host]!r}; a hostname can belong to one service",
+                    )
+                    continue
+                hostnames[host] = name
+                spec_hosts.append(host)
+        else:
+            if item.get("port") is None:
+                p.fail(
+                    f"{key}.port",
+                    f"is required for a {mode} service; give the public port on the edges, e.g. port: 2222",
+                )
+                continue
+            if mode is Mode.FORWARD:
+                span = _forward_span(p, key, item, target)
+                if span is None:
+                    continue
+                proto, (port, port_end) = span
+            else:
+                public_port = p.port(f"{key}.port", item.get("port"))
+                if public_port is None:
+                    continue
+                proto, port, port_end = str(mode.protocol), public_port, 0
+            taken = next(
+                (
+                    (q, o)
+                    for q in range(port, max(port, port_end) + 1)
+                    if (o := reserved.get((proto, q)) or ports.get((proto, q)))
+                ),
+                None,
+            )
+            if taken:
+                p.fail(
+                    f"{key}.port", f"{proto} port {taken[0]} is already used by {taken[1]}; pick another public port"
+                )
+                continue
+            ports.update({(proto, q): f"service {name!r}" for q in range(port, max(port, port_end) + 1)})
+        proxy = item.get("proxyProtocol", mode is Mode.PASSTHROUGH)
+        if not isinstance(proxy, bool):
+            p.fail(
+                f"{key}.proxyProtocol",
+                "must be true or false; true sends the visitor's address to home in a PROXY header",
+            )
+            proxy = False
+        health = item.get("healthPath")
+        if health is not None and not (isinstance(health, str) and health.startswith("/")):
+            p.fail(f"{key}.healthPath", f"{health!r} must be a URL path starting with /; write it like /status.php")
+            health = None
+        chain = (
+            middlewares.parse(p, f"{key}.middlewares", item.get("middlewares") or {})
+            if mode is Mode.HTTP
+            else Middlewares()
+        )
+        geo, forward_auth = protection.parse_service(p, key, item, mode, home)
+        if target is None:
+            continue
+        services.append(
+            ServiceSpec(
+                name,
+                mode,
+                target,
+                tuple(spec_hosts),
+                port,
+                bool(proxy) and mode.by_traefik,
+                http_target,
+                chain,
+                health,
+                port_end,
+                Protocol(proto) if mode is Mode.FORWARD else None,
+                geo=geo,
+                forward_auth=forward_auth,
+            )
+        )
+    return services
+
+
+def _forward_span(p: Parser, key: str, item: dict, target: Target | None) -> tuple[str, tuple[int, int]] | None:
+    """Protocol and public port span of a forward service: ``port: 27015`` or
+    ``port: 27015-27030``.  A range keeps its ports (the target names the first one), so
+    each public port reaches the same port at home."""
+    proto = str(item.get("protocol", ""))
+    if proto not in ("tcp", "udp"):
+        p.fail(
+            f"{key}.protocol",
+            f"{proto!r} is not a protocol a forward service carries; write protocol: tcp or protocol: udp "
+            "(declare two services for both)",
+        )
+        return None
+    text = str(item.get("port")).strip()
+    low_text, dash, high_text = text.partition("-")
+    low = p.port(f"{key}.port", low_text.strip())
+    high = p.port(f"{key}.port", high_text.strip()) if dash else low
+    if low is None or high is None:
+        return None
+    if high < low:
+        p.fail(f"{key}.port", f"range {text} runs backwards; write the low port first, e.g. {high}-{low}")
+        return None
+    if high - low + 1 > MAX_FORWARD_RANGE:
+        p.fail(
+            f"{key}.port",
+            f"range {text} holds {high - low + 1} ports, more than {MAX_FORWARD_RANGE}; forward only the ports the "
+            "application uses",
+        )
+        return None
+    if target is not None and target.host.version != 4:
+        p.fail(
+            f"{key}.target",
+            f"{target.host} is IPv6; forward services DNAT IPv4 visitors to an IPv4 target at home, use the host's "
+            "IPv4 address",
+        )
+        return None
+    if target is not None and high != low and target.port != low:
+        p.fail(
+            f"{key}.target",
+            f"{target} names port {target.port} but the range {low}-{high} keeps its ports; write the target as "
+            f"{target.host}:{low}",
+        )
+        return None
+    return proto, (low, 0 if high == low else high)
+
+
+MAX_FORWARD_RANGE = 1024
+"""The widest forward range: wider ones open more than any one application needs."""
+
+
+def _check_reachable(p: Parser, key: str, target: Target, tunnel: TunnelSpec, home: HomeSpec) -> None:
+    host = target.host
+    if isinstance(host, ipaddress.IPv6Address) and host.ipv4_mapped:
+        p.fail(key, f"{host} is an IPv4-mapped IPv6 address; write {host.ipv4_mapped}:{target.port}")
+        return
+    special = next((what for net, what in SPECIAL_RANGES if host in net), None)
+    if special:
+        p.fail(key, f"{host} is {special}; use the address of the host at home, e.g. 192.168.1.10:{target.port}")
+        return
+    if host.version == 6 and tunnel.ipv6_prefix is None:
+        p.fail(
+            key,
+            f"{host} is IPv6 but {fix_key('tunnelIpv6')} is false, so the tunnels carry no IPv6; use the host's IPv4 "
+            f"address or set {fix_key('tunnelIpv6')} to true",
+        )
+        return
+    if any(host in lan for lan in home.lan_prefixes):
+        return  # a LAN prefix overlapping the tunnel prefix is reported once, as such
+    tunnel_net = tunnel.ipv4_prefix if host.version == 4 else tunnel.ipv6_prefix
+    if tunnel_net is not None and host in tunnel_net:
+        p.fail(
+            key,
+            f"{host} is inside the tunnel prefix {tunnel_net}; each edge reaches home at its own tunnel address, "
+            "so use the host's LAN address",
+        )
+        return
+    if any(problem.startswith(fix_key("homeLanPrefixes")) for problem in p.problems):
+        return  # every target would repeat that problem
+    p.fail(
+        key,
+        f"{target.host} is not in any of {fix_key('homeLanPrefixes')} ({', '.join(map(str, home.lan_prefixes)) or 'none set'}); add the home LAN prefix that holds it so the edges route it through the tunnel",
+    )
