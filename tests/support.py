@@ -1,5 +1,5 @@
-"""What the tests share besides fixtures: the project root, the example stack as the
-parser sees it, the rule for missing tools and root (skip on a developer's machine,
+"""What the tests share besides fixtures: the project root and its stack files, the
+example stack as the parser sees it, the rule for missing tools and root (skip on a developer's machine,
 fail in CI), and namespaces for network tests.
 
 Namespaces, certificates and waiting have one implementation each, the lab's own
@@ -20,10 +20,17 @@ from components.config import stack
 from components.lab.netns import Lab
 
 ROOT = Path(__file__).resolve().parent.parent
+PROJECT = ROOT / "Pulumi.yaml"
+DEV_STACK = ROOT / "Pulumi.dev.yaml"
+"""The example: two edges on two providers, the edges serving DNS."""
+PROD_STACK = ROOT / "Pulumi.prod.yaml"
+"""Four edges on three providers, one of them Oracle's."""
+LAB_STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
+"""Documentation addresses only: the one stack the lab can put on its wires whole."""
 IN_CI = os.environ.get("CI") == "true"
 
 
-def stack_raw(stack_file: Path | str = ROOT / "Pulumi.dev.yaml") -> dict:
+def stack_raw(stack_file: Path | str = DEV_STACK) -> dict:
     """The stack's keys (project defaults included), namespace stripped, as the parser sees them."""
     return stack.load(stack_file).raw()
 

@@ -1,27 +1,105 @@
 """A corpus of bad stack files, each with the message it must produce.
 
-Every file in ``bad_stacks/`` is the example stack with one thing wrong (or a few).
-Its header says what: ``# expect: text`` lines the error must contain (``# expect-re:``
-for a regular expression), ``# problems: N`` how many problems it reports (one mistake,
-one line: no echo of it from other keys), and ``# raises: StackFileError`` when the file
-cannot even be read as a stack.  Whatever is wrong, the error must be one of the two the tools print
-without a traceback, and every problem must name its ``cgnat-edge:`` key and a fix."""
+Every file in ``bad_stacks/`` is ``bad_stacks/base.yaml`` with one thing wrong (or a few),
+and holds only what differs: an overlay, merged into the base key by key.  A mapping
+merges into the base's mapping; a mapping onto a list of named items (``edges``,
+``services``) merges into the item of that ``name``, and a name the list lacks appends
+an item of that name; ``!delete`` removes a key or a named item; ``!replace`` takes a
+mapping as it is instead of merging it; any other value, lists included, replaces the
+base's.  Files in ``bad_stacks/whole/`` are read as they are: what is wrong with them is
+their text (YAML syntax, encoding, a duplicate key, a list where the mapping belongs),
+which no overlay could carry.
+
+A file's header says what it expects: ``# expect: text`` lines the error must contain
+(``# expect-re:`` for a regular expression), ``# problems: N`` how many problems it
+reports (one mistake, one line: no echo of it from other keys), and ``# raises:
+StackFileError`` when the file cannot even be read as a stack.  Whatever is wrong, the
+error must be one of the two the tools print without a traceback, and every problem must
+name its ``cgnat-edge:`` key and a fix."""
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from components import program
 from components.config import ConfigError, stack
 from components.config.stack import StackFileError
 from components.tools import offline
+from tests.support import DEV_STACK, PROJECT
 
-ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "bad_stacks"
-FILES = sorted(CORPUS.glob("Pulumi.*.yaml"))
+WHOLE = CORPUS / "whole"
+FILES = sorted([*CORPUS.glob("Pulumi.*.yaml"), *WHOLE.glob("Pulumi.*.yaml")], key=lambda p: p.name)
+
+DELETE = object()
+"""``!delete``: the key or named item is removed from the base."""
+
+
+class Replace(dict):
+    """``!replace``: a mapping taken as it is, where merging would read it as named items."""
+
+
+class _OverlayLoader(yaml.SafeLoader):
+    pass
+
+
+_OverlayLoader.add_constructor("!delete", lambda loader, node: DELETE)
+_OverlayLoader.add_constructor("!replace", lambda loader, node: Replace(loader.construct_mapping(node, deep=True)))
+
+
+def _named(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in value)
+
+
+def merge(base: Any, overlay: Any) -> Any:
+    """``base`` with ``overlay`` applied by the rule in this module's docstring."""
+    if isinstance(overlay, dict) and not isinstance(overlay, Replace):
+        if isinstance(base, dict):
+            merged = dict(base)
+            for key, value in overlay.items():
+                if value is DELETE:
+                    del merged[key]
+                else:
+                    merged[key] = merge(merged[key], value) if key in merged else value
+            return merged
+        if base and _named(base):
+            items = list(base)
+            for name, value in overlay.items():
+                index = next((i for i, item in enumerate(items) if item["name"] == name), None)
+                if value is DELETE:
+                    del items[index]
+                elif index is None:
+                    items.append({"name": name, **value})
+                else:
+                    items[index] = merge(items[index], value)
+            return items
+    return dict(overlay) if isinstance(overlay, Replace) else overlay
+
+
+def write_corpus(folder: Path) -> None:
+    """Every bad stack as the whole stack file it stands for, all side by side in
+    ``folder``: a stack may name a file beside it (``dnsGeoipDatabase``)."""
+    base = yaml.safe_load((CORPUS / "base.yaml").read_text())
+    for path in FILES:
+        if path.parent == WHOLE:
+            shutil.copyfile(path, folder / path.name)
+        else:
+            overlay = yaml.load(path.read_text(), Loader=_OverlayLoader)
+            (folder / path.name).write_text(yaml.safe_dump(merge(base, overlay), sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bad_stacks")
+    write_corpus(folder)
+    return folder
+
 
 PROVIDER_REGISTRY: set[str] = set()
 
@@ -40,7 +118,7 @@ def header(path: Path) -> dict[str, list[str]]:
 
 def error_of(path: Path) -> Exception:
     try:
-        stack.load(path, project_file=ROOT / "Pulumi.yaml").parse()
+        stack.load(path, project_file=PROJECT).parse()
     except (ConfigError, StackFileError) as exc:
         return exc
     pytest.fail(f"{path.name} was accepted")
@@ -54,17 +132,31 @@ def params():
 
 
 def test_corpus_is_large_and_every_file_says_what_it_expects():
+    """The base itself is a good stack, so each file fails for what its overlay changes."""
     assert len(FILES) >= 100
+    assert stack.load(CORPUS / "base.yaml", project_file=PROJECT).parse().edges
     for path in FILES:
         fields = header(path)
         assert fields.get("expect") or fields.get("expect-re"), f"{path.name} has no # expect: line"
     assert {stack.stack_name(p) for p in FILES} >= PROVIDER_REGISTRY
 
 
+def test_overlay_rule():
+    base = {"a": 1, "m": {"x": 1, "y": 2}, "items": [{"name": "p", "v": 1}, {"name": "q", "v": 2}]}
+    overlay = "a: !delete\nm: {y: 3}\nitems:\n  p: {v: 9}\n  q: !delete\n  r: {v: 3}\n"
+    assert merge(base, yaml.load(overlay, Loader=_OverlayLoader)) == {
+        "m": {"x": 1, "y": 3},
+        "items": [{"name": "p", "v": 9}, {"name": "r", "v": 3}],
+    }
+    replaced = merge(base, yaml.load("items: !replace {p: 1}\nm: [1]\n", Loader=_OverlayLoader))
+    assert replaced == {"a": 1, "m": [1], "items": {"p": 1}} and type(replaced["items"]) is dict
+    assert base["m"] == {"x": 1, "y": 2} and len(base["items"]) == 2, "the base is left as it was"
+
+
 @pytest.mark.parametrize("path", params())
-def test_bad_stack_is_refused_with_its_message(path):
+def test_bad_stack_is_refused_with_its_message(path, corpus):
     fields = header(path)
-    error = error_of(path)
+    error = error_of(corpus / path.name)
     expected_type = fields.get("raises", ["ConfigError"])[0]
     assert type(error).__name__ == expected_type, f"{type(error).__name__}: {error}"
     message = str(error)
@@ -80,7 +172,7 @@ def test_bad_stack_is_refused_with_its_message(path):
         if "problems" in fields:
             assert len(error.problems) == int(fields["problems"][0]), message
     else:
-        assert str(path) in message, "a stack-file error names the file"
+        assert str(corpus / path.name) in message, "a stack-file error names the file"
         assert "Traceback" not in message
 
 
@@ -99,10 +191,10 @@ WHOLE_PROGRAM = [
 
 
 @pytest.mark.parametrize("name", WHOLE_PROGRAM)
-def test_whole_program_registers_nothing(name):
+def test_whole_program_registers_nothing(name, corpus):
     """Through the program as ``pulumi up`` runs it (values as the CLI stores them):
     the same problems, raised as a RunError before a single resource is registered."""
-    path = CORPUS / f"Pulumi.{name}.yaml"
+    path = corpus / f"Pulumi.{name}.yaml"
     raised: list[Exception] = []
 
     def run() -> None:
@@ -111,7 +203,7 @@ def test_whole_program_registers_nothing(name):
         except Exception as exc:  # kept to count what was registered before it
             raised.append(exc)
 
-    result = offline.run_program(path, program=run, project_file=ROOT / "Pulumi.yaml")
+    result = offline.run_program(path, program=run, project_file=PROJECT)
     assert result.resources == []
     assert len(raised) == 1 and isinstance(raised[0], program.StackConfigError), raised
     assert raised[0].problems == error_of(path).problems
@@ -120,12 +212,10 @@ def test_whole_program_registers_nothing(name):
 @pytest.mark.parametrize("kind", ["openssh", "wireguard"])
 def test_a_pasted_private_key_is_refused_and_never_echoed(kind, tmp_path):
     """Made at run time, so no private key block sits in the repository."""
-    import yaml
-
     from components.model.keys import generate_host_key, generate_keypair
 
     private = generate_host_key()[0] if kind == "openssh" else generate_keypair()[0] + " x"
-    data = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())
+    data = yaml.safe_load(DEV_STACK.read_text())
     data["config"]["cgnat-edge:sshPublicKeys"] = [private]
     path = tmp_path / "Pulumi.pasted.yaml"
     path.write_text(yaml.safe_dump(data))

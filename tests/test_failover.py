@@ -15,26 +15,23 @@ import pytest
 
 from components.lab import edge_lab as lab_module
 from components.lab import failover
-from tests.support import ROOT, require_root, require_tool
+from tests.support import DEV_STACK, LAB_STACK, PROJECT, require_root, require_tool
 
 pytestmark = pytest.mark.netns
-
-STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
-PROJECT = ROOT / "Pulumi.yaml"
 
 
 @pytest.mark.parametrize(
     "stack",
     [
-        STACK,  # the edges own the whole domain: the visitor asks them straight
-        ROOT / "Pulumi.dev.yaml",  # `cgnat-edge lab --stack dev --faults`: a subzone, through the parent's delegation
+        LAB_STACK,  # the edges own the whole domain: the visitor asks them straight
+        DEV_STACK,  # `cgnat-edge lab --stack dev --faults`: a subzone, through the parent's delegation
     ],
     ids=["whole-domain", "dev-subzone"],
 )
 def test_faults_report_failover_within_the_bound(stack, tmp_path):
     require_root()
     require_tool(*lab_module.TOOLS)
-    if stack != STACK:
+    if stack != LAB_STACK:
         require_tool("pdns_recursor")
     report_file = tmp_path / "report.json"
     ok, text = lab_module.run(stack, project_file=PROJECT, out=tmp_path, faults=True, report=report_file)

@@ -19,7 +19,7 @@ from components.lab import edge_lab as lab_module
 from components.model.deployed import DeployedEdge
 from components.model.keys import generate_keypair
 from components.renderers import bootstrap, forwarding, home_configs, nftables, traefik
-from tests.support import ROOT, namespaces, require_root, require_tool
+from tests.support import LAB_STACK, PROJECT, namespaces, require_root, require_tool
 from tests.test_nftables import PROBE
 
 FORWARDS = [
@@ -179,8 +179,8 @@ def test_lab_forward_report(tmp_path):
     require_tool(*lab_module.TOOLS)
     report_file = tmp_path / "report.json"
     ok, text = lab_module.run(
-        ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml",
-        project_file=ROOT / "Pulumi.yaml",
+        LAB_STACK,
+        project_file=PROJECT,
         out=tmp_path,
         forward=True,
         report=report_file,

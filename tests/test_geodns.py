@@ -253,6 +253,7 @@ def wrapped_zone(cfg, fragment: str) -> str:
     return f"$ORIGIN {cfg.dns.zone}.\n" + SOA_NS.format(zone=cfg.dns.zone) + fragment
 
 
+@pytest.mark.netns
 def test_bind_fragment_loads_in_named_checkzone(example, tmp_path: Path):
     require_tool("named-checkzone")
     cfg, records = example

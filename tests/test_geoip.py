@@ -12,9 +12,7 @@ import pytest
 from components.config import ConfigError, geoip
 from components.tools import offline
 from tests import mmdb
-from tests.support import ROOT
-
-STACK = ROOT / "Pulumi.dev.yaml"
+from tests.support import DEV_STACK
 
 
 @pytest.fixture
@@ -25,7 +23,7 @@ def database(tmp_path):
 
 
 def test_copy_step_per_edge_keyed_by_the_hash_before_the_push(database):
-    run = offline.run_program(STACK, config_overrides={"dnsGeoipDatabase": str(database)})
+    run = offline.run_program(DEV_STACK, config_overrides={"dnsGeoipDatabase": str(database)})
     digest = hashlib.sha256(database.read_bytes()).hexdigest()
     by_urn = {r.urn: r for r in run.resources}
     copies = run.by_type("command:remote:CopyToRemote")
@@ -44,16 +42,15 @@ def test_copy_step_per_edge_keyed_by_the_hash_before_the_push(database):
     assert "MaxMind.com" not in json.dumps(others, default=str)
 
 
-def test_no_database_no_copy_step():
-    run = offline.run_program(STACK)
-    assert run.by_type("command:remote:CopyToRemote") == []
+def test_no_database_no_copy_step(dev_run):
+    assert dev_run.by_type("command:remote:CopyToRemote") == []
 
 
 def test_country_database_is_refused(tmp_path):
     path = tmp_path / "country.mmdb"
     path.write_bytes(mmdb.write({"192.0.2.0/24": {"country": {"iso_code": "DE"}}}, database_type="GeoLite2-Country"))
     with pytest.raises(ConfigError, match=r"cgnat-edge:dnsGeoipDatabase: .* GeoLite2-Country database, which has no"):
-        offline.run_program(STACK, config_overrides={"dnsGeoipDatabase": str(path)})
+        offline.run_program(DEV_STACK, config_overrides={"dnsGeoipDatabase": str(path)})
 
 
 def test_database_type_is_read_from_the_metadata(database):

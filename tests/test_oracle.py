@@ -17,17 +17,16 @@ from components.model.firewall import firewall_rules
 from components.providers import oracle
 from components.renderers import bootstrap, edge_dns, nftables
 from components.tools import offline
-from tests.support import ROOT, require_tool
+from tests.support import PROD_STACK, require_tool
 
-PROD = ROOT / "Pulumi.prod.yaml"
 INSTANCE = "oci:Core/instance:Instance"
 PUBLIC_IP = "oci:Core/publicIp:PublicIp"
 SECURITY_LIST = "oci:Core/securityList:SecurityList"
 
 
-@pytest.fixture(scope="module")
-def prod() -> offline.Run:
-    return offline.run_program(PROD)
+@pytest.fixture
+def prod(prod_run) -> offline.Run:
+    return prod_run
 
 
 def _oci(run: offline.Run) -> dict[str, offline.Registration]:
@@ -67,11 +66,11 @@ def test_an_oracle_edge_is_its_own_network_and_an_always_free_a1_instance(prod):
 
 
 def test_an_edge_outside_the_allowance_costs_a1s_list_price():
-    edges = copy.deepcopy(stack.load(PROD).raw()["edges"])
+    edges = copy.deepcopy(stack.load(PROD_STACK).raw()["edges"])
     for edge in edges:
         if edge["provider"] == "oracle":
             edge.update(alwaysFree=False, serverType="A1.Flex-2-12")
-    cost = offline.run_program(PROD, config_overrides={"edges": edges}).output("monthlyCost")["perEdge"]["ams"]
+    cost = offline.run_program(PROD_STACK, config_overrides={"edges": edges}).output("monthlyCost")["perEdge"]["ams"]
     # 730 h x (2 OCPU x 0.01 + 12 GB x 0.0015)
     assert cost["amount"] == 27.74 and "pay-as-you-go" in cost["note"]
 
@@ -99,7 +98,7 @@ def _rules(run: offline.Run) -> set[tuple[str, str | None, str]]:
 
 
 def test_the_security_list_opens_exactly_what_the_host_firewall_opens(prod):
-    cfg = stack.load(PROD).parse()
+    cfg = stack.load(PROD_STACK).parse()
     want = {(r.protocol, r.port, source) for r in firewall_rules(cfg) for source in r.sources}
     assert _rules(prod) == want
     # dnsMode edges opens 53 and the agent (for the fleet) with the first push, which knows the fleet.
@@ -117,9 +116,9 @@ def test_the_security_list_opens_exactly_what_the_host_firewall_opens(prod):
 
 
 def test_a_change_of_services_changes_the_security_list_in_place_and_replaces_nothing(prod):
-    services = copy.deepcopy(stack.load(PROD).raw()["services"])
+    services = copy.deepcopy(stack.load(PROD_STACK).raw()["services"])
     services.append({"name": "dns", "mode": "udp", "port": 5353, "target": "192.168.1.53:53"})
-    changed = offline.run_program(PROD, state=offline.key_state(prod), config_overrides={"services": services})
+    changed = offline.run_program(PROD_STACK, state=offline.key_state(prod), config_overrides={"services": services})
     before, after = _oci(prod), _oci(changed)
     assert set(before) == set(after)
     differ = sorted(
@@ -140,13 +139,14 @@ def _user_data(run: offline.Run) -> tuple[dict, str]:
     return metadata, gzip.decompress(base64.b64decode(metadata["user_data"])).decode()
 
 
+@pytest.mark.netns
 def test_user_data_is_gzipped_cloud_config_within_the_metadata_limit(prod, tmp_path):
     metadata, text = _user_data(prod)
     size = oracle.metadata_size(metadata)
     print(f"ams: metadata {size} of {oracle.METADATA_LIMIT} bytes; cloud-config {len(text.encode())} bytes")
     assert size < oracle.METADATA_LIMIT // 2
     assert text.startswith("#cloud-config\n")
-    cfg = stack.load(PROD).parse()
+    cfg = stack.load(PROD_STACK).parse()
     assert metadata["ssh_authorized_keys"].splitlines()[1:] == list(cfg.ssh.public_keys)
     require_tool("cloud-init")
     path = tmp_path / "user-data.yaml"
@@ -170,7 +170,7 @@ def test_ubuntu_user_data_retires_the_image_firewall_before_nftables_and_takes_u
 
 
 def test_a_large_stack_still_fits_the_metadata_limit():
-    services = copy.deepcopy(stack.load(PROD).raw()["services"])
+    services = copy.deepcopy(stack.load(PROD_STACK).raw()["services"])
     services += [
         {
             "name": f"s{i}",
@@ -180,7 +180,7 @@ def test_a_large_stack_still_fits_the_metadata_limit():
         }
         for i in range(100)
     ]
-    run = offline.run_program(PROD, config_overrides={"services": services})
+    run = offline.run_program(PROD_STACK, config_overrides={"services": services})
     metadata, text = _user_data(run)
     print(f"100 services: metadata {oracle.metadata_size(metadata)} bytes, cloud-config {len(text.encode())} bytes")
     assert oracle.metadata_size(metadata) < oracle.METADATA_LIMIT
@@ -188,11 +188,11 @@ def test_a_large_stack_still_fits_the_metadata_limit():
 
 def test_too_much_metadata_is_refused_naming_the_edge():
     with pytest.raises(bootstrap.UserDataTooLarge, match=r"edge 'ams'.*over Oracle Cloud's 32000-byte limit"):
-        oracle.PROVIDER._metadata(stack.load(PROD).parse().edges[3], "x" * 10, ["ssh-ed25519 " + "A" * 40_000])
+        oracle.PROVIDER._metadata(stack.load(PROD_STACK).parse().edges[3], "x" * 10, ["ssh-ed25519 " + "A" * 40_000])
 
 
 def _frankfurt_edges() -> list[dict]:
-    edges = copy.deepcopy(stack.load(PROD).raw()["edges"])
+    edges = copy.deepcopy(stack.load(PROD_STACK).raw()["edges"])
     edges[3]["location"] = "eu-frankfurt-1"  # three availability domains
     return edges
 
@@ -210,11 +210,11 @@ def _a1_only_in(monkeypatch, domains: set[str]) -> None:
 
 def test_without_availability_domain_the_first_that_offers_a1_is_taken(monkeypatch):
     _a1_only_in(monkeypatch, {"Mock:REGION-AD-2", "Mock:REGION-AD-3"})
-    run = offline.run_program(PROD, config_overrides={"edges": _frankfurt_edges()})
+    run = offline.run_program(PROD_STACK, config_overrides={"edges": _frankfurt_edges()})
     assert _inputs(run, INSTANCE)["availabilityDomain"] == "Mock:REGION-AD-2"
     edges = _frankfurt_edges()
     edges[3]["availabilityDomain"] = 3
-    run = offline.run_program(PROD, config_overrides={"edges": edges})
+    run = offline.run_program(PROD_STACK, config_overrides={"edges": edges})
     assert _inputs(run, INSTANCE)["availabilityDomain"] == "Mock:REGION-AD-3"
 
 
@@ -223,5 +223,5 @@ def test_a_region_whose_domains_offer_no_a1_is_refused_naming_other_regions(monk
     with pytest.raises(
         Exception, match=r"edge 'ams': no availability domain of eu-frankfurt-1 offers VM\.Standard"
     ) as info:
-        offline.run_program(PROD, config_overrides={"edges": _frankfurt_edges()})
+        offline.run_program(PROD_STACK, config_overrides={"edges": _frankfurt_edges()})
     assert "another region with A1 (eu-amsterdam-1, uk-london-1" in str(info.value)

@@ -9,19 +9,15 @@ answering through it.  Without the takeover the image's rules win: a negative co
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from components.config import stack
 from components.lab import edge_lab as lab_module
 from components.lab import platform_firewall
-from tests.support import ROOT, require_root, require_tool
+from tests.support import LAB_STACK, PROJECT
 
 pytestmark = pytest.mark.netns
 
-STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
-PROJECT = ROOT / "Pulumi.yaml"
 ORACLE_EDGE = {
     "name": "fra",
     "provider": "oracle",
@@ -31,19 +27,8 @@ ORACLE_EDGE = {
 }
 
 
-@pytest.fixture(scope="module")
-def el(tmp_path_factory):
-    require_root()
-    require_tool(*lab_module.TOOLS, "iptables-nft-restore")
-    edges = [*copy.deepcopy(stack.load(STACK, PROJECT).raw()["edges"]), ORACLE_EDGE]
-    rendered = lab_module.render_stack(
-        STACK, tmp_path_factory.mktemp("oracle-lab") / "render", project_file=PROJECT, config_overrides={"edges": edges}
-    )
-    edge_lab = lab_module.build(rendered)
-    try:
-        yield edge_lab
-    finally:
-        edge_lab.close()
+LAB_OVERRIDES = {"edges": [*stack.load(LAB_STACK, PROJECT).raw()["edges"], ORACLE_EDGE]}
+LAB_TOOLS = ("iptables-nft-restore",)
 
 
 def _failed(results):

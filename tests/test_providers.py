@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import copy
 import re
-from pathlib import Path
 
 import pytest
 
 from components import config, providers
 from components.model.firewall import firewall_rules
 from components.model.fleet import FleetConfig
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 
 def parse(raw: dict) -> FleetConfig:

@@ -5,35 +5,15 @@ running: what the ``powerdnsLua`` and Route 53 renderings' checks rely on."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from components.lab import edge_lab as lab_module
+from components.lab.netns import wait_for
 from components.renderers import geodns
-from tests.support import ROOT, require_root, require_tool
 
 pytestmark = pytest.mark.netns
 
-STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
 
-
-@pytest.fixture(scope="module")
-def el(tmp_path_factory):
-    require_root()
-    require_tool(*lab_module.TOOLS)
-    rendered = lab_module.render_stack(
-        STACK,
-        tmp_path_factory.mktemp("records-lab") / "render",
-        project_file=ROOT / "Pulumi.yaml",
-        config_overrides={"dnsMode": "records", "dnsEdgeZone": None},
-    )
-    assert not rendered.cfg.dns.edge_served
-    edge_lab = lab_module.build(rendered)
-    try:
-        yield edge_lab
-    finally:
-        edge_lab.close()
+LAB_OVERRIDES = {"dnsMode": "records", "dnsEdgeZone": None}
 
 
 def _status(el, edge: str, check: str) -> str:
@@ -45,29 +25,17 @@ def _status(el, edge: str, check: str) -> str:
     return done.stdout.strip()
 
 
-def _wait(condition, timeout: float = 30) -> float | None:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if condition():
-            return time.monotonic() - start
-        time.sleep(0.2)
-    return None
-
-
 def test_agent_runs_in_records_mode_and_sees_a_dead_tunnel(el):
+    assert not el.cfg.dns.edge_served
     checks = sorted({geodns.check_id(service) for _host, service in geodns.hostnames(el.cfg)})
     names = sorted(el.edges)
-    assert _wait(lambda: all(_status(el, e, c) == "200" for e in names for c in checks)) is not None, {
-        (e, c): _status(el, e, c) for e in names for c in checks
-    }
+    wait_for(lambda: all(_status(el, e, c) == "200" for e in names for c in checks), 30, 0.2, "every agent's 200")
     victim, other = names[-1], names[0]
     iface = el.home_interface(victim)
     el.home.run("wg-quick", "down", iface)
     try:
-        down_s = _wait(lambda: all(_status(el, victim, c) == "503" for c in checks))
-        assert down_s is not None and down_s <= 15, {c: _status(el, victim, c) for c in checks}
+        wait_for(lambda: all(_status(el, victim, c) == "503" for c in checks), 15, 0.2, f"{victim}'s 503")
         assert all(_status(el, other, c) == "200" for c in checks)
     finally:
         el.home.run("wg-quick", "up", iface)
-    up_s = _wait(lambda: all(_status(el, victim, c) == "200" for c in checks))
-    assert up_s is not None and up_s <= 15, {c: _status(el, victim, c) for c in checks}
+    wait_for(lambda: all(_status(el, victim, c) == "200" for c in checks), 15, 0.2, f"{victim}'s 200 again")

@@ -15,7 +15,7 @@ import pytest
 from components.config import stack
 from components.lab import rehearse
 from components.tools import cli
-from tests.support import ROOT, require_root, require_tool
+from tests.support import DEV_STACK, PROD_STACK, require_root, require_tool
 
 EXPECTED_FAIL_CLOSED = {
     f"boot:fail-closed:{case}:{check}"
@@ -38,7 +38,7 @@ def test_rehearse_dev_cli(tmp_path, capsys):
     """``cgnat-edge rehearse --stack dev --report FILE``: every row ok, each edge checked."""
     _require_rehearsal()
     report = tmp_path / "rehearse.json"
-    code = cli.main(["rehearse", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--report", str(report)])
+    code = cli.main(["rehearse", "--stack-file", str(DEV_STACK), "--report", str(report)])
     rows = _rows(report)
     assert code == 0, [r for r in rows.values() if not r["ok"]]
     assert "FAIL" not in capsys.readouterr().out
@@ -60,10 +60,10 @@ def test_rehearse_dev_cli(tmp_path, capsys):
 @pytest.mark.netns
 def test_rehearse_prod(tmp_path):
     _require_rehearsal()
-    ok, checks = rehearse.run(ROOT / "Pulumi.prod.yaml", fail_closed=False, log=lambda _m: None)
+    ok, checks = rehearse.run(PROD_STACK, fail_closed=False, log=lambda _m: None)
     assert ok, [c for c in checks if not c.ok]
     edges = {c.name.split(":")[1] for c in checks if c.name.endswith(":traefik-checksum")}
-    raw_edges = stack.load(ROOT / "Pulumi.prod.yaml").raw()["edges"]
+    raw_edges = stack.load(PROD_STACK).raw()["edges"]
     assert edges == {e["name"] for e in raw_edges}
     assert not any("fail-closed" in c.name for c in checks)
     rows = {c.name: c for c in checks}

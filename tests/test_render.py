@@ -8,12 +8,12 @@ import stat
 import yaml
 
 from components.tools import cli
-from tests.support import ROOT
+from tests.support import DEV_STACK, PROJECT
 
 
 def test_render_writes_every_artifact(tmp_path, capsys):
     out = tmp_path / "dev"
-    assert cli.main(["render", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--out", str(out)]) == 0
+    assert cli.main(["render", "--stack-file", str(DEV_STACK), "--out", str(out)]) == 0
     assert "rendered 25 resources" in capsys.readouterr().out
 
     for edge in ("fsn", "ams"):
@@ -48,7 +48,7 @@ def test_render_writes_every_artifact(tmp_path, capsys):
 
 def test_home_config_from_a_render_needs_its_secrets(tmp_path, capsys):
     out = tmp_path / "dev"
-    cli.main(["render", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--out", str(out)])
+    cli.main(["render", "--stack-file", str(DEV_STACK), "--out", str(out)])
     capsys.readouterr()
     assert cli.main(["home-config", str(out), "--out", str(tmp_path / "home")]) == 2
     assert capsys.readouterr().err == (
@@ -56,17 +56,17 @@ def test_home_config_from_a_render_needs_its_secrets(tmp_path, capsys):
         "or use the render's home/ folder\n"
     )
     assert not (tmp_path / "home").exists()
-    cli.main(["render", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--out", str(out), "--show-secrets"])
+    cli.main(["render", "--stack-file", str(DEV_STACK), "--out", str(out), "--show-secrets"])
     assert cli.main(["home-config", str(out), "--out", str(tmp_path / "home")]) == 0
     assert (tmp_path / "home" / "wg-ams.conf").read_text().startswith("# cgnat-edge")
 
 
 def test_bad_stack_exits_with_the_config_message(tmp_path, capsys):
     stack = tmp_path / "Pulumi.bad.yaml"
-    data = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())
+    data = yaml.safe_load(DEV_STACK.read_text())
     data["config"]["cgnat-edge:tunnelMtu"] = 9000
     stack.write_text(yaml.safe_dump(data))
-    (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    (tmp_path / "Pulumi.yaml").write_text(PROJECT.read_text())
     assert cli.main(["render", "--stack-file", str(stack), "--out", str(tmp_path / "out")]) == 2
     assert "cgnat-edge:tunnelMtu: 9000 is out of range" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -80,9 +80,7 @@ def test_compressed_files_are_rendered_as_the_edge_writes_them(tmp_path):
         {"name": f"svc{i}", "mode": "tcp", "port": 10000 + i, "target": f"192.168.1.{i % 250 + 1}:{20000 + i}"}
         for i in range(150)
     ]
-    run = offline.run_program(
-        ROOT / "Pulumi.dev.yaml", config_overrides={"services": stack_raw()["services"] + services}
-    )
+    run = offline.run_program(DEV_STACK, config_overrides={"services": stack_raw()["services"] + services})
     render.write(run, tmp_path)
     doc = yaml.safe_load((tmp_path / "nodes/fsn/user-data.yaml").read_text())
     assert any(e.get("encoding") == "gz+b64" for e in doc["write_files"])
@@ -98,7 +96,7 @@ def test_each_edge_bundle_is_written_unpacked_with_the_desired_state(tmp_path):
 
     keys = stack_raw()["sshPublicKeys"]
     extra = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ removed-later"
-    run = offline.run_program(ROOT / "Pulumi.dev.yaml", config_overrides={"sshPublicKeys": [*keys, extra]})
+    run = offline.run_program(DEV_STACK, config_overrides={"sshPublicKeys": [*keys, extra]})
     render.write(run, tmp_path / "a")
     bundle = tmp_path / "a" / "nodes" / "fsn" / "bundle"
     manifest = [line.split("\t") for line in (bundle / "MANIFEST").read_text().splitlines()]
@@ -120,8 +118,6 @@ def test_each_edge_bundle_is_written_unpacked_with_the_desired_state(tmp_path):
     assert "HostKey /etc/ssh/ssh_host_ed25519_key\n" in dropin
     assert "AuthorizedKeysFile /etc/ssh/cgnat-edge-authorized-keys/%u\n" in dropin
 
-    again = offline.run_program(
-        ROOT / "Pulumi.dev.yaml", config_overrides={"sshPublicKeys": keys}, state=offline.key_state(run)
-    )
+    again = offline.run_program(DEV_STACK, config_overrides={"sshPublicKeys": keys}, state=offline.key_state(run))
     render.write(again, tmp_path / "b")
     assert extra not in (tmp_path / "b/nodes/fsn/bundle/files/etc/ssh/cgnat-edge-authorized-keys/root").read_text()

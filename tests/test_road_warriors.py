@@ -17,9 +17,9 @@ from components import config as config_module
 from components.model.keys import generate_keypair
 from components.renderers import nftables, tunnel
 from components.tools import home_files, offline
-from tests.support import ROOT, require_tool
+from tests.support import LAB_STACK, PROJECT, require_tool
 
-LAB_STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
+LAB_STACK = LAB_STACK
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_edge_forwards_devices_only_to_their_prefixes(cfg, tmp_path):
 
 
 def test_generated_device_keys_are_secret_and_files_written(tmp_path):
-    run = offline.run_program(LAB_STACK, project_file=ROOT / "Pulumi.yaml")
+    run = offline.run_program(LAB_STACK, project_file=PROJECT)
     assert offline.is_secret(run.outputs["homeConfigs"])
     assert run.by_type("cgnat-edge:index:WireGuardKey") or any("road-warrior-phone" in r.name for r in run.resources), (
         "a device without publicKey gets a generated key resource"

@@ -8,7 +8,7 @@ import copy
 import itertools
 
 from components.tools import offline
-from tests.support import ROOT, stack_raw
+from tests.support import DEV_STACK, stack_raw
 
 
 def _three_edges() -> dict:
@@ -18,7 +18,7 @@ def _three_edges() -> dict:
 
 
 def test_each_config_step_waits_for_the_previous_edges():
-    run = offline.run_program(ROOT / "Pulumi.dev.yaml", config_overrides=_three_edges())
+    run = offline.run_program(DEV_STACK, config_overrides=_three_edges())
     steps = {
         r.name.removesuffix("-config"): r for r in run.by_type("command:remote:Command") if r.name.endswith("-config")
     }
@@ -34,26 +34,23 @@ def test_each_config_step_waits_for_the_previous_edges():
     assert not any(s.urn in boot.dependencies for s in steps.values())
 
 
-def test_the_config_step_pushes_then_verifies_then_waits_for_readiness():
-    run = offline.run_program(ROOT / "Pulumi.dev.yaml")
-    step = run.one("command:remote:Command", "fsn-config")
+def test_the_config_step_pushes_then_verifies_then_waits_for_readiness(dev_run):
+    step = dev_run.one("command:remote:Command", "fsn-config")
     create = step.inputs["create"]
     assert "cgnat-edge push" in create and "cgnat-edge-verify" in create and "cgnat-edge readiness" in create
     assert create.index("cgnat-edge push") < create.index("cgnat-edge readiness")
     assert offline.is_secret(step.inputs["stdin"])
 
 
-def test_a_rotated_host_key_is_installed_over_a_connection_pinning_the_old_one():
+def test_a_rotated_host_key_is_installed_over_a_connection_pinning_the_old_one(dev_run):
     """sshHostKeyRotation rotates the key in place: the ``<edge>-host-key`` step pins the
     key the server still presents (the replaced one) and installs the new one; the
     config step and every later run pin the new key."""
-    first = offline.run_program(ROOT / "Pulumi.dev.yaml")
+    first = dev_run
     old = offline.reveal(first.one("command:remote:Command", "fsn-config").inputs["connection"])["hostKey"]
     step = first.one("command:remote:Command", "fsn-host-key")
     assert offline.reveal(step.inputs["connection"])["hostKey"] == old  # nothing to rotate from yet
-    rotated = offline.run_program(
-        ROOT / "Pulumi.dev.yaml", config_overrides={"sshHostKeyRotation": 1}, state=offline.key_state(first)
-    )
+    rotated = offline.run_program(DEV_STACK, config_overrides={"sshHostKeyRotation": 1}, state=offline.key_state(first))
     step = rotated.one("command:remote:Command", "fsn-host-key")
     config = rotated.one("command:remote:Command", "fsn-config")
     new = offline.reveal(config.inputs["connection"])["hostKey"]

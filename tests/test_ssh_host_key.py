@@ -15,6 +15,7 @@ from components.resources.keys import SshHostKeyProvider
 from tests.support import namespaces, require_tool
 
 
+@pytest.mark.netns
 def test_generated_pair_matches_ssh_keygen(tmp_path):
     require_tool("ssh-keygen")
     private, public = generate_host_key()
@@ -52,6 +53,7 @@ def lab():
         yield lab
 
 
+@pytest.mark.netns
 def test_client_pinning_the_key_connects_and_rejects_an_impostor(lab, tmp_path):
     operator, edge = lab.node("operator"), lab.node("edge")
     lab.link(operator, "eth0", ["203.0.113.1/24"], edge, "eth0", ["203.0.113.2/24"])
@@ -101,6 +103,7 @@ def test_client_pinning_the_key_connects_and_rejects_an_impostor(lab, tmp_path):
     assert impostor.returncode != 0 and "Host key verification failed" in impostor.stderr
 
 
+@pytest.mark.netns
 def test_an_openssh_upgrade_never_adds_a_served_host_key(tmp_path):
     """Debian's openssh-server postinst creates the RSA and ECDSA host keys when they
     are missing (it reads HostKey from sshd_config only, not from drop-ins).  With the

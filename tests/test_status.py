@@ -14,37 +14,28 @@ from pathlib import Path
 
 import pytest
 
-from components.lab import edge_lab as lab_module
 from components.lab import protection as lab_protection
 from components.lab.netns import wait_for
 from components.model.keys import generate_host_key
 from components.renderers import protection
 from components.tools import offline, status
-from tests.support import ROOT, require_root, require_tool
+from tests.support import ROOT
 
-STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
-PROJECT = ROOT / "Pulumi.yaml"
 DRIFTED = "/etc/apt/apt.conf.d/20auto-upgrades"
 COUNTRY_FILE = lab_protection.rir_file({"AQ": ["2001:db8:a0::/48"]})
 """AQ (the lab stack's denied country) holds no address the lab uses."""
 
 
 @pytest.fixture(scope="module")
-def el(tmp_path_factory):
-    require_root()
-    require_tool(*lab_module.TOOLS)
-    rendered = lab_module.render_stack(STACK, tmp_path_factory.mktemp("status") / "render", project_file=PROJECT)
-    edge_lab = lab_module.build(rendered)
-    try:
-        for edge in edge_lab.edges.values():
-            # The lab's edges share the machine's /var/lib/apt: the timer's stamp stands in.
-            edge.node.run("mkdir", "-p", "/var/lib/apt/periodic")
-            edge.node.write("/var/lib/apt/periodic/unattended-upgrades-stamp", "", 0o644)
-        # Home dials out once its tunnels are up: a fleet is healthy from its first handshake on.
-        wait_for(lambda: all(edge_lab.handshake_time(e) > 0 for e in edge_lab.edges), 60, 0.5, "home's handshakes")
-        yield edge_lab
-    finally:
-        edge_lab.close()
+def el(el):
+    """The shared lab, with what a fleet has by the time ``status`` looks at it."""
+    for edge in el.edges.values():
+        # The lab's edges share the machine's /var/lib/apt: the timer's stamp stands in.
+        edge.node.run("mkdir", "-p", "/var/lib/apt/periodic")
+        edge.node.write("/var/lib/apt/periodic/unattended-upgrades-stamp", "", 0o644)
+    # Home dials out once its tunnels are up: a fleet is healthy from its first handshake on.
+    wait_for(lambda: all(el.handshake_time(e) > 0 for e in el.edges), 60, 0.5, "home's handshakes")
+    return el
 
 
 @pytest.fixture(scope="module")

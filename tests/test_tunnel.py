@@ -161,6 +161,7 @@ def test_edge_config_takes_port_and_mtu_from_config(raw_config):
 # --- keys ------------------------------------------------------------------------
 
 
+@pytest.mark.netns
 def test_keypair_matches_wg_pubkey():
     require_tool("wg")
     private, public = generate_keypair()

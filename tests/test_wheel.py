@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from components.tools import cli
-from tests.support import ROOT, require_tool
+from tests.support import DEV_STACK, ROOT, require_tool
 
 STACK_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml")
 # What a checkout holds besides the sources; none of it goes into a build.
@@ -37,7 +37,6 @@ _NOT_SOURCE = shutil.ignore_patterns(
     "render",
     "home-configs",
 )
-PIP_CACHE = Path.home() / ".cache" / "pip"
 
 
 def _run(args: list[str | Path], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> str:
@@ -88,25 +87,9 @@ def installed(tmp_path_factory) -> Path:
         )
     )
     venv = tmp / "venv"
-    _run([sys.executable, "-m", "venv", venv], cwd=tmp)
-    python = venv / "bin" / "python"
-    _run(
-        [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "--cache-dir",
-            PIP_CACHE,
-            "-c",
-            constraints,
-            wheel,
-        ],
-        cwd=tmp,
-        env=_clean_env(venv),
-    )
+    # uv rather than venv and pip: the same install from the same wheel, in seconds, from uv's cache.
+    _run(["uv", "venv", "-q", "--python", sys.executable, venv], cwd=tmp, env=_clean_env(venv))
+    _run(["uv", "pip", "install", "-q", "--python", venv / "bin" / "python", "-c", constraints, wheel], cwd=tmp)
     return venv
 
 
@@ -150,7 +133,7 @@ def test_installed_command_renders_what_the_checkout_renders(wheel_render, tmp_p
     # the throwaway keys of a render; every other file must match the wheel's (JSON as data).
     first, second = tmp_path / "first", tmp_path / "second"
     for out in (first, second):
-        assert cli.main(["render", "--stack-file", str(ROOT / "Pulumi.dev.yaml"), "--out", str(out)]) == 0
+        assert cli.main(["render", "--stack-file", str(DEV_STACK), "--out", str(out)]) == 0
     files = _tree(first)
     assert _tree(wheel_render) == files
     stable = sorted(f for f in files if _same(first / f, second / f))

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from components import config as config_module
-from tests.support import ROOT, require_tool, stack_raw
+from tests.support import DEV_STACK, PROD_STACK, ROOT, require_tool, stack_raw
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 CI_DOC = ROOT / "docs" / "ci.md"
@@ -70,12 +70,14 @@ def run_actionlint(cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.netns
 def test_workflows_pass_actionlint():
     result = run_actionlint(ROOT)
     assert f"Checking {len(workflow_files())} workflow file(s)" in result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.netns
 def test_actionlint_catches_a_broken_workflow(tmp_path):
     """The check above means something only if the linter really reads the files."""
     target = tmp_path / ".github" / "workflows"
@@ -358,8 +360,8 @@ def test_every_previewed_stack_has_a_valid_stack_file(stack):
 
 
 def test_prod_is_bigger_than_dev_and_shares_the_service_shape():
-    dev = config_module.parse(stack_raw(ROOT / "Pulumi.dev.yaml"), stack="dev")
-    prod = config_module.parse(stack_raw(ROOT / "Pulumi.prod.yaml"), stack="prod")
+    dev = config_module.parse(stack_raw(DEV_STACK), stack="dev")
+    prod = config_module.parse(stack_raw(PROD_STACK), stack="prod")
     assert [(e.provider, e.location.code, e.arch) for e in prod.edges] == [
         ("hetzner", "fsn1", "arm64"),
         ("digitalocean", "fra1", "x86_64"),
