@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from components.lab import edge_lab as lab_module
+from components.lab import runner
 from components.model import config as config_module
 from components.model.deployed import DeployedEdge
 from components.model.keys import generate_keypair
@@ -176,9 +176,9 @@ def test_lab_forward_report(tmp_path):
     reaches the LAN through one edge, then the other when the first is dark, and is
     refused outside its prefixes and towards the internet."""
     require_root()
-    require_tool(*lab_module.TOOLS)
+    require_tool(*runner.TOOLS)
     report_file = tmp_path / "report.json"
-    ok, text = lab_module.run(
+    ok, text = runner.run(
         ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml",
         project_file=ROOT / "Pulumi.yaml",
         out=tmp_path,

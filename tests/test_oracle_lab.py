@@ -13,8 +13,10 @@ import copy
 
 import pytest
 
-from components.lab import edge_lab as lab_module
-from components.lab import platform_firewall
+from components.lab import platform_firewall, runner
+from components.lab.build import build
+from components.lab.rendered import render_stack
+from components.lab.smoke import smoke
 from components.model import stack
 from tests.support import ROOT, require_root, require_tool
 
@@ -34,12 +36,12 @@ ORACLE_EDGE = {
 @pytest.fixture(scope="module")
 def el(tmp_path_factory):
     require_root()
-    require_tool(*lab_module.TOOLS, "iptables-nft-restore")
+    require_tool(*runner.TOOLS, "iptables-nft-restore")
     edges = [*copy.deepcopy(stack.load(STACK, PROJECT).raw()["edges"]), ORACLE_EDGE]
-    rendered = lab_module.render_stack(
+    rendered = render_stack(
         STACK, tmp_path_factory.mktemp("oracle-lab") / "render", project_file=PROJECT, config_overrides={"edges": edges}
     )
-    edge_lab = lab_module.build(rendered)
+    edge_lab = build(rendered)
     try:
         yield edge_lab
     finally:
@@ -53,7 +55,7 @@ def _failed(results):
 def test_every_service_answers_through_the_oracle_edge_next_to_the_others(el):
     assert sorted(el.edges) == ["ams", "fra", "fsn"]
     assert el.edges["fra"].takeover and not el.edges["fsn"].takeover
-    results = lab_module.smoke(el)
+    results = smoke(el)
     assert not _failed(results), "\n".join(_failed(results))
     assert {r.service for r in results if r.edge == "fra"} == {s.name for s in el.cfg.services}
 
@@ -74,7 +76,7 @@ def test_a_reboot_in_either_loader_order_keeps_the_rendered_ruleset(el, order):
     edge = el.edges["fra"]
     assert platform_firewall.reboot(edge, order) == []  # the image loads nothing any more
     assert platform_firewall.ruleset_differences(edge) == []
-    results = lab_module.smoke(el, edges=["fra"])
+    results = smoke(el, edges=["fra"])
     assert not _failed(results), "\n".join(_failed(results))
 
 
@@ -100,12 +102,12 @@ def test_without_the_takeover_the_image_rules_reject_the_services(el):
         assert platform_firewall.reboot(edge, ("nftables", "image")) == ["/etc/iptables/rules.v4"]
         differences = platform_firewall.ruleset_differences(edge)
         assert any("reject" in line for line in differences), differences
-        results = lab_module.smoke(el, edges=["fra"], services=["bench", "blog"])
+        results = smoke(el, edges=["fra"], services=["bench", "blog"])
         assert results and all(not r.ok for r in results), [(r.service, r.ok, r.detail) for r in results]
     finally:
         for command in edge.takeover:
             edge.node.sh(command)
         platform_firewall.reboot(edge, ("image", "nftables"))
     assert platform_firewall.ruleset_differences(edge) == []
-    results = lab_module.smoke(el, edges=["fra"], services=["bench", "blog"])
+    results = smoke(el, edges=["fra"], services=["bench", "blog"])
     assert not _failed(results), "\n".join(_failed(results))

@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from components.lab import edge_lab as lab_module
+from components.lab import runner
+from components.lab.build import build
+from components.lab.rendered import render_stack
 from components.renderers import geodns
 from tests.support import ROOT, require_root, require_tool
 
@@ -21,15 +23,15 @@ STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
 @pytest.fixture(scope="module")
 def el(tmp_path_factory):
     require_root()
-    require_tool(*lab_module.TOOLS)
-    rendered = lab_module.render_stack(
+    require_tool(*runner.TOOLS)
+    rendered = render_stack(
         STACK,
         tmp_path_factory.mktemp("records-lab") / "render",
         project_file=ROOT / "Pulumi.yaml",
         config_overrides={"dnsMode": "records", "dnsEdgeZone": None},
     )
     assert not rendered.cfg.dns.edge_served
-    edge_lab = lab_module.build(rendered)
+    edge_lab = build(rendered)
     try:
         yield edge_lab
     finally:

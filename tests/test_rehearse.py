@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from components import cli
 from components.lab import rehearse
 from components.model import stack
-from components.tools import cli
 from tests.support import ROOT, require_root, require_tool
 
 EXPECTED_FAIL_CLOSED = {

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from components.lab import edge_lab as lab_module
 from components.lab import protection as lab_protection
+from components.lab import runner
+from components.lab.build import build
 from components.lab.netns import wait_for
+from components.lab.rendered import render_stack
 from components.model.keys import generate_host_key
 from components.renderers import protection
 from components.tools import offline, status
@@ -32,9 +34,9 @@ COUNTRY_FILE = lab_protection.rir_file({"AQ": ["2001:db8:a0::/48"]})
 @pytest.fixture(scope="module")
 def el(tmp_path_factory):
     require_root()
-    require_tool(*lab_module.TOOLS)
-    rendered = lab_module.render_stack(STACK, tmp_path_factory.mktemp("status") / "render", project_file=PROJECT)
-    edge_lab = lab_module.build(rendered)
+    require_tool(*runner.TOOLS)
+    rendered = render_stack(STACK, tmp_path_factory.mktemp("status") / "render", project_file=PROJECT)
+    edge_lab = build(rendered)
     try:
         for edge in edge_lab.edges.values():
             # The lab's edges share the machine's /var/lib/apt: the timer's stamp stands in.
@@ -68,8 +70,8 @@ def _status(el, tmp_path: Path, edges: dict | None = None) -> tuple[int, dict, s
         key.chmod(0o600)
     # The lab's certificate lives two days: warn only below one.
     args = ["status", str(outputs), "--identity", str(key), "--cert-warn-days", "1"]
-    table = el.operator.run(sys.executable, "-m", "components.tools.cli", *args, check=False, timeout=180)
-    done = el.operator.run(sys.executable, "-m", "components.tools.cli", *args, "--json", check=False, timeout=180)
+    table = el.operator.run(sys.executable, "-m", "components.cli", *args, check=False, timeout=180)
+    done = el.operator.run(sys.executable, "-m", "components.cli", *args, "--json", check=False, timeout=180)
     assert done.stdout.startswith("{"), done.stderr
     return done.returncode, json.loads(done.stdout), table.stdout + table.stderr
 
@@ -153,7 +155,7 @@ def test_status_refuses_a_host_key_that_does_not_match_and_names_an_unreachable_
 def test_status_without_pulumi_says_so(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-m", "components.tools.cli", "status"], capture_output=True, text=True, env=env, cwd=ROOT
+        [sys.executable, "-m", "components.cli", "status"], capture_output=True, text=True, env=env, cwd=ROOT
     )
     assert done.returncode == 2
     assert "the Pulumi CLI is not installed" in done.stderr and "Traceback" not in done.stderr
@@ -163,7 +165,7 @@ def test_status_refuses_outputs_without_host_keys(tmp_path):
     old = tmp_path / "outputs.json"
     old.write_text(json.dumps({"edges": {"fsn": {"ipv4": "203.0.113.10"}}}))
     done = subprocess.run(
-        [sys.executable, "-m", "components.tools.cli", "status", str(old)], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "components.cli", "status", str(old)], capture_output=True, text=True, cwd=ROOT
     )
     assert done.returncode == 2 and "run `pulumi up` once with this version" in done.stderr
 
