@@ -85,7 +85,7 @@ def main() -> int:
             pdns_rss, pdns_hwm = _rss_kb(pdns)
             agent_rss, agent_hwm = _rss_kb(agent)
             steady_after, _ = failover.measure(
-                lambda: faults._all_answer(faults.by_index, faults._everyone), time.monotonic()
+                lambda: faults.all_answer(faults.by_index, faults.everyone), time.monotonic()
             )
 
     cpu = next(
