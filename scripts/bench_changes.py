@@ -32,7 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from components.lab import changes, edge_lab  # noqa: E402
+from components.lab import changes  # noqa: E402
+from components.lab.build import build  # noqa: E402
+from components.lab.rendered import render_stack  # noqa: E402
+from components.lab.rollout import Rollout, rollout  # noqa: E402
 
 STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
 EXTRA_EDGES = [
@@ -57,10 +60,10 @@ def main() -> int:
     edges = [{**e, "index": i} for i, e in enumerate((config["cgnat-edge:edges"] + EXTRA_EDGES)[: args.edges], 1)]
     services = config["cgnat-edge:services"]
     with tempfile.TemporaryDirectory(prefix="cgnat-edge-bench-") as tmp:
-        first = edge_lab.render_stack(
+        first = render_stack(
             STACK, Path(tmp) / "render", project_file=ROOT / "Pulumi.yaml", config_overrides={"edges": edges}
         )
-        with edge_lab.build(first) as el:
+        with build(first) as el:
             stack = changes.Stack(el, STACK, ROOT / "Pulumi.yaml", Path(tmp))
             stack.values["edges"] = edges
             variants = {
@@ -70,7 +73,7 @@ def main() -> int:
                 ],
                 "static": [services + STATIC_EXTRA, services],
             }
-            results: dict[str, list[changes.Rollout]] = {k: [] for k in variants}
+            results: dict[str, list[Rollout]] = {k: [] for k in variants}
             for _ in range(args.reps):
                 for kind, steps in variants.items():
                     for step in steps:
@@ -79,10 +82,10 @@ def main() -> int:
                         # Home lets the edges reach old and new targets while they switch
                         # (see docs/home.md, "Home side"), then takes the new filter.
                         el.lift_home_filters()
-                        r = changes.rollout(el, rendered)
+                        r = rollout(el, rendered)
                         el.apply_home_filters(rendered)
                         if not r.ok:
-                            print(changes._rollout_failed(r), file=sys.stderr)
+                            print(r.failure(), file=sys.stderr)
                             return 1
                         el.rendered = rendered
                         results[kind].append(r)

@@ -33,8 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.lab import edge_lab as lab_module
 from components.lab import failover
+from components.lab.build import build
+from components.lab.rendered import render_stack
 from components.renderers import edge_dns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,8 +61,8 @@ def main() -> int:
         subprocess.run(["apt-get", "install", "-y", "-q", "dnsperf"], check=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-dns-") as tmp:
-        rendered = lab_module.render_stack(STACK, Path(tmp) / "render", project_file=ROOT / "Pulumi.yaml")
-        with lab_module.build(rendered) as el:
+        rendered = render_stack(STACK, Path(tmp) / "render", project_file=ROOT / "Pulumi.yaml")
+        with build(rendered) as el:
             faults = failover.Faults(el)
             faults.steady()  # every nameserver answers every edge: the checks run
             edge = el.edges[faults.by_index[0]]
@@ -83,8 +84,8 @@ def main() -> int:
             agent = edge.units[edge_dns.AGENT_UNIT].pid
             pdns_rss, pdns_hwm = _rss_kb(pdns)
             agent_rss, agent_hwm = _rss_kb(agent)
-            steady_after, _ = failover._measure(
-                lambda: faults._all_answer(faults.by_index, faults._everyone), time.monotonic()
+            steady_after, _ = failover.measure(
+                lambda: faults.all_answer(faults.by_index, faults.everyone), time.monotonic()
             )
 
     cpu = next(

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import yaml
 
-from components.lab import edge_lab as lab_module
+from components.lab.build import build
 from components.lab.netns import wait_for
+from components.lab.rendered import render_stack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_lab import iperf, machine
@@ -89,11 +90,11 @@ def main() -> int:
         {"name": "echo-traefik", "mode": "tcp", "port": TRAEFIK_ECHO_PORT, "target": f"{ECHO_TARGET[0]}:25"},
     ]
     with tempfile.TemporaryDirectory(prefix="cgnat-edge-bench-forward-") as tmp:
-        rendered = lab_module.render_stack(
+        rendered = render_stack(
             STACK, Path(tmp) / "render", project_file=ROOT / "Pulumi.yaml", config_overrides={"services": services}
         )
         target = f"{IPERF_TARGET[0]}:{IPERF_TARGET[1]}"
-        with lab_module.build(rendered, exclude_targets=[target]) as el:
+        with build(rendered, exclude_targets=[target]) as el:
             edge = el.edges["fsn"]
             el.server.spawn("iperf3", "-s", "-B", IPERF_TARGET[0], "-p", str(IPERF_TARGET[1]))
             wait_for(lambda: el.server.run("ss", "-ltn", check=False).stdout.count(target) > 0, message="iperf3 server")

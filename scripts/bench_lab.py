@@ -32,8 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.lab import edge_lab as lab_module
+from components.lab.build import build
+from components.lab.edge import TRAEFIK_BINARY
 from components.lab.netns import wait_for
+from components.lab.rendered import render_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
@@ -132,7 +134,7 @@ def machine() -> dict:
         platform.processor(),
     )
     wg_go = subprocess.run(["wireguard-go", "--version"], capture_output=True, text=True).stdout.strip().split("\n")[0]
-    traefik_v = subprocess.run([str(lab_module.TRAEFIK_BINARY), "version"], capture_output=True, text=True).stdout
+    traefik_v = subprocess.run([str(TRAEFIK_BINARY), "version"], capture_output=True, text=True).stdout
     traefik_v = next((line.split()[-1] for line in traefik_v.splitlines() if line.startswith("Version")), "?")
     return {
         "date": datetime.date.today().isoformat(),
@@ -158,11 +160,11 @@ def main() -> int:
 
     overrides = {"tunnelMtu": args.mtu} if args.mtu else None
     with tempfile.TemporaryDirectory(prefix="cgnat-edge-bench-") as tmp:
-        rendered = lab_module.render_stack(
+        rendered = render_stack(
             STACK, Path(tmp) / "render", project_file=ROOT / "Pulumi.yaml", config_overrides=overrides
         )
         target = f"{IPERF_TARGET[0]}:{IPERF_TARGET[1]}"
-        with lab_module.build(rendered, exclude_targets=[target]) as el:
+        with build(rendered, exclude_targets=[target]) as el:
             edge = el.edges["fsn"]
             el.server.spawn("iperf3", "-s", "-B", IPERF_TARGET[0], "-p", str(IPERF_TARGET[1]))
             wait_for(lambda: el.server.run("ss", "-ltn", check=False).stdout.count(target) > 0, message="iperf3 server")

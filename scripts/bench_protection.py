@@ -31,8 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.lab import edge_lab as lab_module
 from components.lab import protection as protection_lab
+from components.lab.build import build
+from components.lab.rendered import render_stack
 from components.renderers import protection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,10 +123,10 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
     with tempfile.TemporaryDirectory(prefix="cgnat-edge-bench-protect-") as tmp:
-        rendered = lab_module.render_stack(STACK, Path(tmp) / "render", project_file=ROOT / "Pulumi.yaml")
+        rendered = render_stack(STACK, Path(tmp) / "render", project_file=ROOT / "Pulumi.yaml")
         cfg = rendered.cfg
         country = cfg.protection.geo.deny[0]
-        with lab_module.build(rendered) as el:
+        with build(rendered) as el:
             edge = el.edges["fsn"]
             mirror = protection_lab.Mirror(el, cfg.protection.geo_sources[0])
             ranges = country_ranges(args.prefixes)
@@ -134,7 +135,7 @@ def main() -> int:
             edge.fire_timer(protection.GEO_UNIT)
             load_s = time.monotonic() - t0
             status = json.loads(edge.read(protection.GEO_STATUS_PATH))
-            pids = protection_lab._crowdsec(el)
+            pids = protection_lab.start_crowdsec(el)
             t0 = time.monotonic()
             lines = bans(args.bans).splitlines(keepends=True)
             for i in range(1, len(lines), 500):  # SQLite refuses large batches ("database is locked")
@@ -158,7 +159,7 @@ def main() -> int:
             loaded = settle(elements, args.bans)
             ban_s = time.monotonic() - t0
             geo_rules = edge.node.run("nft", "list", "chain", "inet", "cgnat_edge", "geo").stdout
-            rss = {k: round(protection_lab._rss_mb(pid), 1) for k, pid in pids["fsn"].items()}
+            rss = {k: round(protection_lab.rss_mb(pid), 1) for k, pid in pids["fsn"].items()}
 
             def protection_off() -> None:
                 edge.node.run("nft", "flush", "chain", "inet", "cgnat_edge", "geo")

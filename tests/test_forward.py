@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from components import config as config_module
-from components.lab import edge_lab as lab_module
+from components.lab import runner
 from components.model.deployed import DeployedEdge
 from components.model.keys import generate_keypair
 from components.renderers import bootstrap, forwarding, home_configs, nftables, traefik
@@ -176,9 +176,9 @@ def test_lab_forward_report(tmp_path):
     reaches the LAN through one edge, then the other when the first is dark, and is
     refused outside its prefixes and towards the internet."""
     require_root()
-    require_tool(*lab_module.TOOLS)
+    require_tool(*runner.TOOLS)
     report_file = tmp_path / "report.json"
-    ok, text = lab_module.run(
+    ok, text = runner.run(
         LAB_STACK,
         project_file=PROJECT,
         out=tmp_path,

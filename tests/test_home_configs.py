@@ -13,10 +13,11 @@ import sys
 
 import pytest
 
+from components import cli
 from components.model.deployed import DeployedEdge
 from components.model.keys import generate_keypair
 from components.renderers import home_configs
-from components.tools import cli, home_files
+from components.tools import home_files
 from tests.support import require_tool
 
 

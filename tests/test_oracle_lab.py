@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 
 from components.config import stack
-from components.lab import edge_lab as lab_module
 from components.lab import platform_firewall
+from components.lab.smoke import smoke
 from tests.support import LAB_STACK, PROJECT
 
 pytestmark = pytest.mark.netns
@@ -38,7 +38,7 @@ def _failed(results):
 def test_every_service_answers_through_the_oracle_edge_next_to_the_others(el):
     assert sorted(el.edges) == ["ams", "fra", "fsn"]
     assert el.edges["fra"].takeover and not el.edges["fsn"].takeover
-    results = lab_module.smoke(el)
+    results = smoke(el)
     assert not _failed(results), "\n".join(_failed(results))
     assert {r.service for r in results if r.edge == "fra"} == {s.name for s in el.cfg.services}
 
@@ -59,7 +59,7 @@ def test_a_reboot_in_either_loader_order_keeps_the_rendered_ruleset(el, order):
     edge = el.edges["fra"]
     assert platform_firewall.reboot(edge, order) == []  # the image loads nothing any more
     assert platform_firewall.ruleset_differences(edge) == []
-    results = lab_module.smoke(el, edges=["fra"])
+    results = smoke(el, edges=["fra"])
     assert not _failed(results), "\n".join(_failed(results))
 
 
@@ -85,12 +85,12 @@ def test_without_the_takeover_the_image_rules_reject_the_services(el):
         assert platform_firewall.reboot(edge, ("nftables", "image")) == ["/etc/iptables/rules.v4"]
         differences = platform_firewall.ruleset_differences(edge)
         assert any("reject" in line for line in differences), differences
-        results = lab_module.smoke(el, edges=["fra"], services=["bench", "blog"])
+        results = smoke(el, edges=["fra"], services=["bench", "blog"])
         assert results and all(not r.ok for r in results), [(r.service, r.ok, r.detail) for r in results]
     finally:
         for command in edge.takeover:
             edge.node.sh(command)
         platform_firewall.reboot(edge, ("image", "nftables"))
     assert platform_firewall.ruleset_differences(edge) == []
-    results = lab_module.smoke(el, edges=["fra"], services=["bench", "blog"])
+    results = smoke(el, edges=["fra"], services=["bench", "blog"])
     assert not _failed(results), "\n".join(_failed(results))

@@ -11,10 +11,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
-from components import providers
+from components import cli, providers
 from components.config import parse
 from components.model.firewall import firewall_rules
-from components.tools import cli, policy
+from components.tools import policy
 from tests.support import DEV_STACK, ROOT
 
 HETZNER = providers.get("hetzner")

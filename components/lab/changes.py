@@ -3,13 +3,12 @@
 ``cgnat-edge lab --changes`` boots the lab, then for each change kind re-renders the
 stack with the change (same keys: the render continues from the first one's key
 state, as ``pulumi up`` continues from its state), pushes every edge's new bundle with
-the real push script over SSH, one edge at a time as the program's config steps do,
-and checks the effect on the running edges: a removed key is refused at login, the new
-host key is the one sshd presents, a new LAN target answers, wg0 runs the new MTU and
-addresses, a new service answers through every edge and a removed one does not, a
-static Traefik change keeps an open connection alive.  While a rolling push runs, a
-prober sends requests to every service through every edge; failures are counted per
-edge, split by whether that edge was being changed at the time.
+the real push script over SSH, one edge at a time as the program's config steps do
+(components/lab/rollout.py), and checks the effect on the running edges: a removed
+key is refused at login, the new host key is the one sshd presents, a new LAN target
+answers, wg0 runs the new MTU and addresses, a new service answers through every edge
+and a removed one does not, a static Traefik change keeps an open connection alive.
+The last row counts the prober's failed requests over every rolling push.
 
 Each result is a ``Check`` (a row of the ``--report`` JSON).
 """
@@ -18,44 +17,28 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import re
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from components.lab import edge_lab
-from components.lab.edge_lab import SERVICES_SCRIPT, EdgeLab, LabError, Rendered
+from components.lab.certs import self_signed
+from components.lab.edge_lab import EdgeLab
+from components.lab.errors import LabError
 from components.lab.netns import wait_for
-from components.lab.services import IDP_SESSION
-from components.model.fleet import FleetConfig
+from components.lab.rendered import Rendered, render_stack
+from components.lab.report import Check
+from components.lab.rollout import Rollout, rollout
+from components.lab.smoke import smoke
+from components.model.fleet import FleetConfig, Mode
 from components.model.keys import generate_host_key
-from components.renderers import traefik
+from components.renderers import edge_dns, nftables, traefik
 from components.tools import home_files, offline
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    value: float | int | str | None = None
-    unit: str = ""
-    detail: str = ""
-
-
-def write_report(path: Path, checks: list[Check]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"checks": [asdict(c) for c in checks]}, indent=2) + "\n")
-
-
-# ---------------------------------------------------------------------------
-# Rendering a change
-# ---------------------------------------------------------------------------
 
 
 class Stack:
@@ -71,7 +54,7 @@ class Stack:
     def render(self, **changes: Any) -> Rendered:
         self.values.update(changes)
         self.n += 1
-        return edge_lab.render_stack(
+        return render_stack(
             self.stack_file,
             self.work / f"render-{self.n}",
             project_file=self.project_file,
@@ -79,103 +62,6 @@ class Stack:
             state=self.state,
             operator_key=self.el.rendered.operator_key,
         )
-
-
-# ---------------------------------------------------------------------------
-# Pushing, one edge at a time, with a prober running
-# ---------------------------------------------------------------------------
-
-
-def _watch_checks(el: EdgeLab, edges: list[str], rendered: Rendered) -> list[dict]:
-    """Every service that the edges serve before and after the change, through every edge."""
-    after = {s.name for s in rendered.cfg.services}
-    checks = []
-    for name in edges:
-        ip = el.edges[name].public_ip
-        for s in (s for s in el.cfg.services if s.name in after):
-            base = {"edge": ip, "timeout": 2, "lab_edge": name, "service": s.name}
-            if s.mode in ("passthrough", "http"):
-                checks.append({**base, "kind": "tls", "sni": s.hostnames[0], "path": "/prober"})
-                if s.forward_auth is not None:  # signed in: the answer comes from home, past the provider
-                    checks[-1]["headers"] = {"Cookie": IDP_SESSION}
-            else:
-                checks.append({**base, "kind": s.protocol, "port": s.port, "payload": f"p-{name}-{s.name}"})
-    return checks
-
-
-def _answered(check: dict, r: dict) -> bool:
-    if not r.get("ok"):
-        return False
-    if check["kind"] == "tls":
-        return r.get("status") in (200, 401, 403)
-    return r.get("echo") == check["payload"]
-
-
-@dataclass
-class Rollout:
-    ok: bool
-    windows: dict[str, tuple[float, float]]
-    outputs: dict[str, str]
-    failed_changed: dict[str, int]
-    failed_unaffected: dict[str, int]
-    requests: int
-    seconds: float
-    failures: list[str]
-    slowest_ms: dict[str, float]
-    """Per edge, the slowest answered request while that edge was being changed (a
-    connection held back during a Traefik handover is answered about 1 s late)."""
-
-
-def rollout(el: EdgeLab, rendered: Rendered, edges: list[str] | None = None, probe: bool = True) -> Rollout:
-    """Push ``rendered`` to ``edges`` (default all) in order; stop at the first failure."""
-    edges = edges or sorted(el.edges)
-    work = el.lab.workdir
-    stop = work / f"prober-stop-{time.monotonic_ns()}"
-    out = work / f"prober-out-{time.monotonic_ns()}.json"
-    spec = work / f"prober-{time.monotonic_ns()}.json"
-    checks = _watch_checks(el, sorted(el.edges), rendered)
-    prober = None
-    if probe:
-        spec.write_text(json.dumps(checks))
-        prober = el.client.spawn(sys.executable, str(SERVICES_SCRIPT), "watch", str(spec), str(out), str(stop))
-        wait_for(lambda: out.with_suffix(".started").exists(), timeout=15, message="the prober")
-        time.sleep(0.5)
-    windows, outputs, ok = {}, {}, True
-    start = time.time()
-    for name in edges:
-        t0 = time.time()
-        result = el.edges[name].push(rendered.bundle(name))
-        windows[name] = (t0, time.time())
-        outputs[name] = result.output
-        if not result.ok:
-            ok = False
-            break
-    seconds = time.time() - start
-    failed_changed = dict.fromkeys(sorted(el.edges), 0)
-    failed_unaffected = dict.fromkeys(sorted(el.edges), 0)
-    requests = 0
-    failures: list[str] = []
-    slowest_ms = dict.fromkeys(sorted(el.edges), 0.0)
-    if prober is not None:
-        time.sleep(0.5)
-        stop.write_text("")
-        prober.wait(timeout=30)
-        for rec in json.loads(out.read_text()):
-            check = checks[rec["i"]]
-            requests += 1
-            edge = check["lab_edge"]
-            t0, t1 = windows.get(edge, (0, 0))
-            changing = t0 <= rec["t"] <= t1 + 0.5
-            if _answered(check, rec["r"]):
-                if changing:
-                    slowest_ms[edge] = max(slowest_ms[edge], rec["r"].get("ms") or 0.0)
-                continue
-            (failed_changed if changing else failed_unaffected)[edge] += 1
-            failures.append(
-                f"{edge}/{check['service']} at +{rec['t'] - start:.2f}s"
-                f"{' (changing)' if changing else ''}: {rec['r'].get('error') or rec['r'].get('status')}"
-            )
-    return Rollout(ok, windows, outputs, failed_changed, failed_unaffected, requests, seconds, failures, slowest_ms)
 
 
 # ---------------------------------------------------------------------------
@@ -196,10 +82,11 @@ def _served_host_key(el: EdgeLab, edge: str) -> str:
 
 def _probe_service(el: EdgeLab, edge: str, s: dict) -> dict:
     ip = el.edges[edge].public_ip
-    if s["mode"] in ("passthrough", "http"):
+    mode = Mode(s["mode"])
+    if mode.by_hostname:
         check = {"kind": "tls", "edge": ip, "sni": s["hostnames"][0], "path": "/change", "timeout": 3}
     else:
-        check = {"kind": "udp" if s["mode"] == "udp" else "tcp", "edge": ip, "port": s["port"], "payload": "chg"}
+        check = {"kind": str(mode.protocol), "edge": ip, "port": s["port"], "payload": "chg"}
         check["timeout"] = 2
     (r,) = el.probe([check])
     return r
@@ -237,7 +124,7 @@ def _apply_home(el: EdgeLab, rendered: Rendered) -> None:
 
 
 def _serves(el: EdgeLab, edge: str) -> bool:
-    return all(r.ok for r in edge_lab.smoke(el, edges=[edge], services=["git-ssh"]))
+    return all(r.ok for r in smoke(el, edges=[edge], services=["git-ssh"]))
 
 
 def _settle(el: EdgeLab, rendered: Rendered, edges: list[str]) -> None:
@@ -254,8 +141,8 @@ def _settle(el: EdgeLab, rendered: Rendered, edges: list[str]) -> None:
 
 def _stand_in_certificate(el: EdgeLab, rendered: Rendered) -> None:
     """The lab's stand-in for ACME covers every http hostname of ``rendered``."""
-    hosts = [h for s in rendered.cfg.services if s.mode == "http" for h in s.hostnames]
-    el.http_cert = edge_lab._self_signed(hosts, el.lab.workdir, f"edge-acme-standin-{time.monotonic_ns()}")
+    hosts = [h for s in rendered.cfg.services if s.mode is Mode.HTTP for h in s.hostnames]
+    el.http_cert = self_signed(hosts, el.lab.workdir, f"edge-acme-standin-{time.monotonic_ns()}")
     cert, key, _ = el.http_cert
     standin = yaml.safe_dump({"tls": {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}})
     path = f"{traefik.DYNAMIC_DIR}/lab-acme-standin.yaml"
@@ -265,16 +152,45 @@ def _stand_in_certificate(el: EdgeLab, rendered: Rendered) -> None:
         edge.node.run("mv", "-f", f"{path}.new", path)
 
 
-def _rollout_detail(r: Rollout) -> str:
-    failed = [f"{e}: {n} while changing, {r.failed_unaffected[e]} otherwise" for e, n in r.failed_changed.items()]
-    text = f"pushed {', '.join(r.windows)} in {r.seconds:.1f}s; {r.requests} probes; " + "; ".join(failed)
-    return text + (f" [{'; '.join(r.failures[:40])}]" if r.failures else "")
+LONG_CLIENT = r"""
+import socket, sys, threading, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.recv(4096)
+state = {"echoes": 0, "cut": None}
+def keep():  # one byte a second, as a chatty long-lived session would
+    while state["cut"] is None:
+        try:
+            s.sendall(b"x")
+            if s.recv(16) != b"x":
+                state["cut"] = "closed"
+            state["echoes"] += 1
+        except OSError as exc:
+            state["cut"] = str(exc)
+        time.sleep(1)
+threading.Thread(target=keep, daemon=True).start()
+print("open", flush=True)
+for line in sys.stdin:
+    print(f"cut {state['cut']}" if state["cut"] else f"alive {state['echoes']}", flush=True)
+"""
 
 
-def _rollout_failed(r: Rollout) -> str:
-    name = next((e for e in r.windows if e not in r.outputs or "FAILED" in r.outputs[e]), "")
-    bad = [line for out in r.outputs.values() for line in out.splitlines() if "FAILED" in line or "DIFFERS" in line]
-    return f"push failed on {name or '?'}: {' | '.join(bad)[:400]}"
+def _open_long_connection(el: EdgeLab, edge: str) -> subprocess.Popen:
+    """A raw TCP connection through ``edge`` to home's echo, held open across changes."""
+    proc = el.client.spawn(
+        sys.executable, "-c", LONG_CLIENT, el.edges[edge].public_ip, "2222",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+    return proc
+
+
+def _long_connection_alive(el: EdgeLab, proc) -> bool:
+    try:
+        proc.stdin.write("status\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().startswith("alive")
+    except (BrokenPipeError, OSError):
+        return False
 
 
 # ---------------------------------------------------------------------------
@@ -294,7 +210,7 @@ def new_services(cfg: FleetConfig) -> list[dict[str, Any]]:
     ]
 
 
-MATRIX_SERVICES = {"git-ssh": ("tcp", 2222), "valheim": ("udp", 2456)}
+MATRIX_SERVICES = {"git-ssh": (Mode.TCP, 2222), "valheim": (Mode.UDP, 2456)}
 """What the matrix probes through every change, as both example stacks declare them."""
 NEW_LAN = (
     "192.0.2.128/26",
@@ -308,45 +224,73 @@ def _only_fleet_files_changed(el: EdgeLab, output: str) -> bool:
     the fleet (the zone and the agent's allow list in the ruleset)."""
     if "already up to date" in output:
         return True
-    from components.renderers import edge_dns, nftables
-
     updated = set(re.findall(r"updated (\S+)", output))
     return el.cfg.dns.edge_served and bool(updated) and updated <= {edge_dns.ZONE_PATH, nftables.PATH}
 
 
-def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) -> list[Check]:
-    have = {s.name: (str(s.mode), s.port) for s in el.cfg.services}
+def _require_matrix_services(cfg: FleetConfig) -> None:
+    have = {s.name: (s.mode, s.port) for s in cfg.services}
     missing = [f"{n} ({mode} {port})" for n, (mode, port) in MATRIX_SERVICES.items() if have.get(n) != (mode, port)]
     if missing:
         raise LabError(
             f"--changes probes the services {', '.join(missing)} through every change, and the stack lacks them; "
             "run it on the example stacks (--stack dev, or --stack-file tests/fixtures/Pulumi.lab.yaml)"
         )
-    added = new_services(el.cfg)
-    checks: list[Check] = []
+
+
+def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) -> list[Check]:
+    """Every change kind in turn, each starting from where the one before left the
+    fleet; then the prober's count over every rolling push."""
+    _require_matrix_services(el.cfg)
     with tempfile.TemporaryDirectory(prefix="cgnat-edge-changes-") as tmp:
-        stack = Stack(el, stack_file, project_file, Path(tmp))
-        edges = sorted(el.edges)
-        rollouts: list[tuple[str, Rollout]] = []
+        matrix = Matrix(el, Stack(el, stack_file, project_file, Path(tmp)))
+        second_key, keys = matrix.add_ssh_key()
+        matrix.remove_ssh_key(second_key, keys)
+        matrix.rotate_host_key()
+        matrix.add_lan_prefix()
+        matrix.mtu()
+        matrix.tunnel_prefix()
+        matrix.add_services()
+        matrix.remove_services()
+        matrix.service_target()
+        matrix.remove_edge()
+        matrix.rolling()
+    return matrix.checks
 
-        def push(kind: str, rendered: Rendered, probe: bool = True) -> Rollout | None:
-            r = rollout(el, rendered, probe=probe)
-            if probe:
-                rollouts.append((kind, r))
-            if not r.ok:
-                checks.append(Check(f"change:{kind}", False, detail=_rollout_failed(r)))
-                return None
-            return r
 
-        # -- SSH keys -------------------------------------------------------------
+class Matrix:
+    """The change matrix on one running lab: a method per change kind, each appending
+    its rows (or, when a push fails, the row saying so)."""
+
+    def __init__(self, el: EdgeLab, stack: Stack):
+        self.el, self.stack = el, stack
+        self.edges = sorted(el.edges)
+        self.added = new_services(el.cfg)
+        self.checks: list[Check] = []
+        self.rollouts: list[tuple[str, Rollout]] = []
+        """The rolling pushes the prober watched, by change kind."""
+
+    def push(self, kind: str, rendered: Rendered, probe: bool = True) -> Rollout | None:
+        r = rollout(self.el, rendered, probe=probe)
+        if probe:
+            self.rollouts.append((kind, r))
+        if not r.ok:
+            self.checks.append(Check(f"change:{kind}", False, detail=r.failure()))
+            return None
+        return r
+
+    # -- SSH keys ---------------------------------------------------------------------
+
+    def add_ssh_key(self) -> tuple[Path, list[str]]:
+        """A second operator key; returns it and the keys the stack had before."""
+        el, edges = self.el, self.edges
         second_private, second_public = generate_host_key()
         second = el.lab.workdir / "second-operator-key"
         home_files.write_private(second, second_private.encode())
-        keys = [*list(stack.values["sshPublicKeys"]), el.rendered.operator_key[1]]
-        r = push("add-ssh-key", stack.render(sshPublicKeys=[*keys, second_public]))
-        if r:
+        keys = [*list(self.stack.values["sshPublicKeys"]), el.rendered.operator_key[1]]
+        if self.push("add-ssh-key", self.stack.render(sshPublicKeys=[*keys, second_public])):
             logins = {e: _login(el, e, second) for e in edges}
-            checks.append(
+            self.checks.append(
                 Check(
                     "change:add-ssh-key",
                     all(ok for ok, _ in logins.values()),
@@ -355,12 +299,15 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                     "the added key logs in on " + ", ".join(e for e, (ok, _) in logins.items() if ok),
                 )
             )
-        r = push("remove-ssh-key", stack.render(sshPublicKeys=keys))
-        if r:
+        return second, keys
+
+    def remove_ssh_key(self, second: Path, keys: list[str]) -> None:
+        el, edges = self.el, self.edges
+        if self.push("remove-ssh-key", self.stack.render(sshPublicKeys=keys)):
             logins = {e: _login(el, e, second) for e in edges}
             still = {e: _login(el, e, el.lab.workdir / "operator-key")[0] for e in edges}
             refused = [e for e, (ok, why) in logins.items() if not ok and "Permission denied" in why]
-            checks.append(
+            self.checks.append(
                 Check(
                     "change:remove-ssh-key",
                     refused == edges and all(still.values()),
@@ -370,10 +317,13 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                 )
             )
 
-        # -- host key rotation ------------------------------------------------------
+    # -- host key rotation --------------------------------------------------------------
+
+    def rotate_host_key(self) -> None:
+        el, edges = self.el, self.edges
         old_keys = {e: el.rendered.host_key(e) for e in edges}
-        rotated = stack.render(sshHostKeyRotation=1)
-        stack.state = offline.key_state(rotated.run)
+        rotated = self.stack.render(sshHostKeyRotation=1)
+        self.stack.state = offline.key_state(rotated.run)
         ok, detail = True, []
         for e in edges:
             # As the program does: the <edge>-host-key step pins the key the server has
@@ -399,21 +349,23 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                 f"{'passed' if result.ok else 'FAILED: ' + result.output[-300:]}"
             )
         el.rendered = rotated
-        checks.append(Check("change:rotate-host-key", ok, len(edges), "edges", "; ".join(detail)))
+        self.checks.append(Check("change:rotate-host-key", ok, len(edges), "edges", "; ".join(detail)))
 
-        # -- a new LAN prefix with a target in it -------------------------------------
+    # -- the tunnels: a new LAN prefix with a target in it, the MTU, the tunnel prefix ----
+
+    def add_lan_prefix(self) -> None:
+        el, edges, stack = self.el, self.edges, self.stack
         prefix, router_address, nas = NEW_LAN
         el.home.addresses("lan" if el.cfg.home.role == "router" else "eth0", [router_address])
         lan = [*list(stack.values["homeLanPrefixes"]), prefix]
         services = [*list(stack.values["services"]), nas]
-        r = push("add-lan-prefix", stack.render(homeLanPrefixes=lan, services=services), probe=False)
-        if r:
+        if self.push("add-lan-prefix", stack.render(homeLanPrefixes=lan, services=services), probe=False):
             _apply_home(el, stack.render())
             _settle(el, el.rendered, edges)
             answers = {e: _probe_service(el, e, nas) for e in edges}
             routed = {e: el.edges[e].node.run("ip", "route", "get", "192.0.2.140").stdout.split()[2] for e in edges}
             ok = all(_service_answers(a, "nas") for a in answers.values()) and set(routed.values()) == {"wg0"}
-            checks.append(
+            self.checks.append(
                 Check(
                     "change:add-lan-prefix",
                     ok,
@@ -424,16 +376,16 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                 )
             )
 
-        # -- MTU ------------------------------------------------------------------------
+    def mtu(self) -> None:
+        el, edges, stack = self.el, self.edges, self.stack
         mtu = int(stack.values.get("tunnelMtu", 1380)) - 60
         interfaces = {e: _interface(el, e) for e in edges}
-        r = push("mtu", stack.render(tunnelMtu=mtu), probe=False)
-        if r:
+        if self.push("mtu", stack.render(tunnelMtu=mtu), probe=False):
             running = {e: _wg(el, e)[0] for e in edges}
             in_place = interfaces == {e: _interface(el, e) for e in edges}
             _apply_home(el, stack.render())
             _settle(el, el.rendered, edges)
-            checks.append(
+            self.checks.append(
                 Check(
                     "change:mtu",
                     set(running.values()) == {mtu} and in_place,
@@ -444,20 +396,20 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                 )
             )
 
-        # -- tunnel prefix ----------------------------------------------------------------
+    def tunnel_prefix(self) -> None:
+        el, edges, stack = self.el, self.edges, self.stack
         old_prefix = el.cfg.tunnel.ipv4_prefix
         new_prefix = str(
             ipaddress.ip_network((int(old_prefix.network_address) + old_prefix.num_addresses, old_prefix.prefixlen))
         )
         before = {e: _wg(el, e)[1] for e in edges}
         interfaces = {e: _interface(el, e) for e in edges}
-        r = push("tunnel-prefix", stack.render(tunnelIpv4Prefix=new_prefix), probe=False)
-        if r:
+        if self.push("tunnel-prefix", stack.render(tunnelIpv4Prefix=new_prefix), probe=False):
             after = {e: _wg(el, e)[1] for e in edges}
             in_place = interfaces == {e: _interface(el, e) for e in edges}
             _apply_home(el, stack.render())
             _settle(el, el.rendered, edges)
-            answers = {e: _probe_service(el, e, {"mode": "tcp", "port": 2222}) for e in edges}
+            answers = {e: _probe_service(el, e, {"mode": Mode.TCP, "port": 2222}) for e in edges}
             peers = {
                 e: (a.get("body") or {}).get("peer") if isinstance(a.get("body"), dict) else None
                 for e, a in answers.items()
@@ -469,7 +421,7 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                 and peers[e] == el.tunnel_ip(e)
                 for e in edges
             )
-            checks.append(
+            self.checks.append(
                 Check(
                     "change:tunnel-prefix",
                     ok and in_place,
@@ -481,18 +433,21 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                 )
             )
 
-        # -- services of every mode: added, then removed (static changes: new ports) --------
+    # -- services of every mode: added, then removed (static changes: new ports) ----------
+
+    def add_services(self) -> None:
+        el, edges, stack = self.el, self.edges, self.stack
         long_conn = _open_long_connection(el, edges[0])
-        with_new = stack.render(services=list(stack.values["services"]) + added)
+        with_new = stack.render(services=list(stack.values["services"]) + self.added)
         _stand_in_certificate(el, with_new)
         el.start_home_services(with_new)
         el.apply_home_filters(with_new)  # home first lets the edges reach the new targets
-        r = push("add-services", with_new)
+        r = self.push("add-services", with_new)
         if r:
             el.rendered = with_new
-            for s in added:
+            for s in self.added:
                 answers = {e: _probe_service(el, e, s) for e in edges}
-                checks.append(
+                self.checks.append(
                     Check(
                         f"change:add-service-{s['mode']}",
                         all(_service_answers(a, s["name"]) for a in answers.values()),
@@ -503,7 +458,7 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                     )
                 )
         survived = _long_connection_alive(el, long_conn)
-        checks.append(
+        self.checks.append(
             Check(
                 "change:traefik-static",
                 bool(r) and survived,
@@ -513,13 +468,16 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                 + ("still echoes" if survived else "was cut"),
             )
         )
-        r = push("remove-services", stack.render(services=[s for s in stack.values["services"] if s not in added]))
-        if r:
+
+    def remove_services(self) -> None:
+        el, edges, stack = self.el, self.edges, self.stack
+        kept = [s for s in stack.values["services"] if s not in self.added]
+        if self.push("remove-services", stack.render(services=kept)):
             el.rendered = stack.render()
-            for s in added:
+            for s in self.added:
                 answers = {e: _probe_service(el, e, s) for e in edges}
                 absent = {e: not _service_answers(a, s["name"]) for e, a in answers.items()}
-                checks.append(
+                self.checks.append(
                     Check(
                         f"change:remove-service-{s['mode']}",
                         all(absent.values()),
@@ -532,23 +490,26 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                     )
                 )
 
-        # -- a dynamic-only change: a service's target moves --------------------------------
+    # -- a dynamic-only change: a service's target moves ----------------------------------
+
+    def service_target(self) -> None:
+        el, edges, stack = self.el, self.edges, self.stack
         git_ssh = next(s for s in el.cfg.services if s.name == "git-ssh")
         new_target = f"{git_ssh.target.host}:2023"
         moved = [dict(s, target=new_target) if s["name"] == "git-ssh" else s for s in stack.values["services"]]
         rendered = stack.render(services=moved)
         el.start_home_services(rendered)
         el.lift_home_filters()
-        r = push("service-target", rendered)
+        r = self.push("service-target", rendered)
         el.apply_home_filters(rendered)
         if r:
             el.rendered = rendered
-            answers = {e: _probe_service(el, e, {"mode": "tcp", "port": 2222}) for e in edges}
+            answers = {e: _probe_service(el, e, {"mode": Mode.TCP, "port": 2222}) for e in edges}
             listeners = {
                 e: (a.get("body") or {}).get("listener") if isinstance(a.get("body"), dict) else None
                 for e, a in answers.items()
             }
-            checks.append(
+            self.checks.append(
                 Check(
                     "change:service-target",
                     set(listeners.values()) == {new_target},
@@ -558,7 +519,10 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                 )
             )
 
-        # -- remove an edge -------------------------------------------------------------------
+    # -- remove an edge ---------------------------------------------------------------------
+
+    def remove_edge(self) -> None:
+        el, edges, stack = self.el, self.edges, self.stack
         # The last edge of the stack's list: the others keep their index and addresses.
         gone = stack.values["edges"][-1]["name"]
         kept = [e for e in edges if e != gone]
@@ -571,8 +535,8 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
         el.edges[gone].crash()
         _apply_home(el, rendered)
         home_links = el.home.run("ip", "-o", "link", "show").stdout
-        serving = all(all(x.ok for x in edge_lab.smoke(el, edges=[e], services=["git-ssh", "valheim"])) for e in kept)
-        checks.append(
+        serving = all(all(x.ok for x in smoke(el, edges=[e], services=["git-ssh", "valheim"])) for e in kept)
+        self.checks.append(
             Check(
                 "change:remove-edge",
                 r.ok
@@ -589,15 +553,19 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
         )
         del el.edges[gone]
 
-        # -- the prober over every rolling push ----------------------------------------------
-        unaffected = sum(sum(r.failed_unaffected.values()) for _, r in rollouts)
+    # -- the prober over every rolling push -----------------------------------------------
+
+    def rolling(self) -> None:
+        unaffected = sum(sum(r.failed_unaffected.values()) for _, r in self.rollouts)
         dynamic = sum(
             sum(r.failed_changed.values())
-            for k, r in rollouts
+            for k, r in self.rollouts
             if k in ("service-target", "add-ssh-key", "remove-ssh-key")
         )
-        static = {k: sum(r.failed_changed.values()) for k, r in rollouts if k in ("add-services", "remove-services")}
-        checks.append(
+        static = {
+            k: sum(r.failed_changed.values()) for k, r in self.rollouts if k in ("add-services", "remove-services")
+        }
+        self.checks.append(
             Check(
                 "rolling:failed-requests",
                 unaffected == 0 and dynamic == 0,
@@ -605,52 +573,6 @@ def run_matrix(el: EdgeLab, stack_file: Path, project_file: Path | None = None) 
                 "requests",
                 f"failed on edges not being changed: {unaffected}; on the changed edge during dynamic-only pushes: "
                 f"{dynamic}; during static changes (Traefik handover): {static}. "
-                + " | ".join(f"{k}: {_rollout_detail(r)}" for k, r in rollouts),
+                + " | ".join(f"{k}: {r.summary()}" for k, r in self.rollouts),
             )
         )
-    return checks
-
-
-LONG_CLIENT = r"""
-import socket, sys, threading, time
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-s.recv(4096)
-state = {"echoes": 0, "cut": None}
-def keep():  # one byte a second, as a chatty long-lived session would
-    while state["cut"] is None:
-        try:
-            s.sendall(b"x")
-            if s.recv(16) != b"x":
-                state["cut"] = "closed"
-            state["echoes"] += 1
-        except OSError as exc:
-            state["cut"] = str(exc)
-        time.sleep(1)
-threading.Thread(target=keep, daemon=True).start()
-print("open", flush=True)
-for line in sys.stdin:
-    print(f"cut {state['cut']}" if state["cut"] else f"alive {state['echoes']}", flush=True)
-"""
-
-
-def _open_long_connection(el: EdgeLab, edge: str):
-    """A raw TCP connection through ``edge`` to home's echo, held open across changes."""
-    import subprocess
-
-    proc = subprocess.Popen(
-        ["nsenter", "-t", str(el.client.holder.pid), "-n", "-m", "--", sys.executable, "-c", LONG_CLIENT,
-         el.edges[edge].public_ip, "2222"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    el.lab._procs.append(proc)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
-    return proc
-
-
-def _long_connection_alive(el: EdgeLab, proc) -> bool:
-    try:
-        proc.stdin.write("status\n")
-        proc.stdin.flush()
-        return proc.stdout.readline().startswith("alive")
-    except (BrokenPipeError, OSError):
-        return False

@@ -27,8 +27,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from components.lab.changes import Check
-from components.lab.edge_lab import EdgeLab, LabError
+from components.lab.edge_lab import EdgeLab
+from components.lab.errors import LabError
+from components.lab.report import Check
 from components.model.fleet import Mode
 from components.renderers import edge_dns
 
@@ -45,7 +46,7 @@ def _agent_up(el: EdgeLab, edge: str, check: str) -> bool:
     return done.stdout.strip() == "200"
 
 
-def _measure(condition: Callable[[], tuple[bool, str]], since: float) -> tuple[float | None, str]:
+def measure(condition: Callable[[], tuple[bool, str]], since: float) -> tuple[float | None, str]:
     """Seconds from ``since`` to the end of the first poll that saw ``condition`` hold
     (None if it never did within ``GIVE_UP_S``), and what the last poll saw."""
     detail = ""
@@ -76,17 +77,17 @@ class Faults:
         self.by_index = [e.name for e in sorted(cfg.edges, key=lambda e: e.index)]
         self.ips = {name: el.edges[name].public_ip for name in self.by_index}
 
-    def _all_answer(self, servers: list[str], want: Callable[[str], set[str]]) -> tuple[bool, str]:
+    def all_answer(self, servers: list[str], want: Callable[[str], set[str]]) -> tuple[bool, str]:
         got = self.el.ask_nameservers(servers, self.names)
         bad = {k: v for k, v in got.items() if v is None or set(v) != want(k[1])}
         shown = "; ".join(f"ns {s} {n}: {v}" for (s, n), v in list(bad.items())[:3])
         return not bad, shown or f"{len(got)} answers as expected from nameservers {', '.join(servers)}"
 
-    def _everyone(self, _name: str = "") -> set[str]:
+    def everyone(self, _name: str = "") -> set[str]:
         return set(self.ips.values())
 
     def steady(self) -> None:
-        seconds, detail = _measure(lambda: self._all_answer(self.by_index, self._everyone), time.monotonic())
+        seconds, detail = measure(lambda: self.all_answer(self.by_index, self.everyone), time.monotonic())
         if seconds is None:
             raise LabError(f"the nameservers do not all answer with every edge before a fault: {detail}")
 
@@ -104,11 +105,11 @@ class Faults:
         self.steady()
         node.run("nft", "-f", "-", input=rules)
         start = time.monotonic()
-        left = self._everyone() - {self.ips[victim]}
-        seconds, detail = _measure(lambda: self._all_answer(others, lambda _n: left), start)
+        left = self.everyone() - {self.ips[victim]}
+        seconds, detail = measure(lambda: self.all_answer(others, lambda _n: left), start)
         node.run("nft", "delete", "table", "inet", "lab_fault")
         start = time.monotonic()
-        back, back_detail = _measure(lambda: self._all_answer(self.by_index, self._everyone), start)
+        back, back_detail = measure(lambda: self.all_answer(self.by_index, self.everyone), start)
         row = _row("failover:edge-down", seconds, f"edge {victim} unreachable; asked {', '.join(others)}: {detail}")
         return row, back, f"edge-down {back}s ({back_detail})"
 
@@ -118,11 +119,11 @@ class Faults:
         self.steady()
         self.el.home.run("wg-quick", "down", iface)
         start = time.monotonic()
-        left = self._everyone() - {self.ips[victim]}
-        seconds, detail = _measure(lambda: self._all_answer(self.by_index, lambda _n: left), start)
+        left = self.everyone() - {self.ips[victim]}
+        seconds, detail = measure(lambda: self.all_answer(self.by_index, lambda _n: left), start)
         self.el.home.run("wg-quick", "up", iface)
         start = time.monotonic()
-        back, back_detail = _measure(lambda: self._all_answer(self.by_index, self._everyone), start)
+        back, back_detail = measure(lambda: self.all_answer(self.by_index, self.everyone), start)
         row = _row(
             "failover:tunnel-down",
             seconds,
@@ -150,13 +151,13 @@ class Faults:
             agents = {e: _agent_up(self.el, e, service.name) for e in self.by_index}
             if any(agents.values()):
                 return False, f"agents still up: {', '.join(e for e, up in agents.items() if up)}"
-            ok, detail = self._all_answer(self.by_index, self._everyone)
+            ok, detail = self.all_answer(self.by_index, self.everyone)
             return ok, f"every agent reports {service.name} down; names: {detail}"
 
-        seconds, detail = _measure(down_everywhere, start)
+        seconds, detail = measure(down_everywhere, start)
         self.el.server.run("nft", "delete", "table", "inet", "lab_fault")
         start = time.monotonic()
-        back, back_detail = _measure(
+        back, back_detail = measure(
             lambda: (all(_agent_up(self.el, e, service.name) for e in self.by_index), "every agent reports it up"),
             start,
         )
@@ -168,7 +169,7 @@ class Faults:
         return row, back, f"service-down {back}s ({back_detail})"
 
 
-def run(el: EdgeLab) -> list[Check]:
+def run_faults(el: EdgeLab) -> list[Check]:
     """The fault rows, each fault undone before the next."""
     faults = Faults(el)
     rows: list[Check] = []

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 
-from components.lab.changes import Check
 from components.lab.edge_lab import EdgeLab
+from components.lab.report import Check
 from components.model.fleet import Mode, ServiceSpec
 
 BURST = 8
@@ -150,5 +150,5 @@ def _reply_path(el: EdgeLab) -> Check:
     )
 
 
-def run_checks(el: EdgeLab) -> list[Check]:
+def run_forward(el: EdgeLab) -> list[Check]:
     return [_real_ip(el, "tcp"), _real_ip(el, "udp"), _reply_path(el)]

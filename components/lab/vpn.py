@@ -20,10 +20,10 @@ import json
 import sys
 import time
 
-from components.lab import edge_lab
-from components.lab.changes import Check
-from components.lab.edge_lab import EdgeLab
+from components.lab.edge_lab import SERVICES_SCRIPT, EdgeLab
 from components.lab.netns import Node, wait_for
+from components.lab.report import Check
+from components.lab.topology import attach, free_internet_addresses
 
 ECHO_PORT = 25
 """The lab's ``mail`` forward service listens on 192.0.2.30:25: a LAN tcp echo."""
@@ -52,7 +52,7 @@ def _echo_listener(el: EdgeLab, node: Node, address: str, port: int, name: str) 
         )
     )
     out = el.lab.workdir / f"vpn-{name}.out"
-    node.spawn(sys.executable, str(edge_lab.SERVICES_SCRIPT), "serve", str(spec), log=out)
+    node.spawn(sys.executable, str(SERVICES_SCRIPT), "serve", str(spec), log=out)
     wait_for(lambda: "ready" in out.read_text(), timeout=15, message=f"listener {name}")
 
 
@@ -65,7 +65,7 @@ def _answered(r: dict, token: str) -> bool:
     return bool(r.get("ok")) and r.get("echo") == token
 
 
-def run_checks(el: EdgeLab) -> list[Check]:
+def run_vpn(el: EdgeLab) -> list[Check]:
     cfg = el.cfg
     if not cfg.road_warriors or not cfg.road_warriors.peers:
         return [
@@ -91,9 +91,9 @@ def run_checks(el: EdgeLab) -> list[Check]:
         ]
 
     taken = {e.public_ip for e in el.edges.values()} | {el.client_ip, el.dns_ip, el.cgnat_ip, el.operator_ip}
-    (rw_ip,) = edge_lab._free_internet_addresses(taken, 1)
+    (rw_ip,) = free_internet_addresses(taken, 1)
     rw = el.nodes["roadwarrior"] = el.lab.node("roadwarrior")
-    edge_lab._attach(el.lab, el.nodes["inet"], rw, "i-rw", rw_ip)
+    attach(el.lab, el.nodes["inet"], rw, "i-rw", rw_ip)
     for name in edges:
         text = (el.rendered.out / "home" / f"road-warrior-{device.name}-{name}.conf").read_text()
         rw.write(f"/etc/wireguard/{_iface(name)}.conf", text)

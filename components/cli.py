@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 from components.config import ConfigError, stack
-from components.tools import home_files, policy
+from components.lab import rehearse, runner
+from components.lab.errors import LabError
+from components.tools import home_files, policy, render, status
 
 DEFAULT_STACK = "dev"
 
@@ -45,8 +47,6 @@ def _add_stack_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from components.tools import render
-
     stack_file, project_file = _stack(args)
     out = Path(args.out or f"build/{stack.stack_name(stack_file)}")
     run, written = render.render(stack_file, out, show_secrets=args.show_secrets, project_file=project_file)
@@ -76,11 +76,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from components.lab import edge_lab as lab
-
     stack_file, project_file = _stack(args)
     try:
-        ok, report = lab.run(
+        ok, report = runner.run(
             stack_file,
             project_file,
             changes=args.changes,
@@ -89,7 +87,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             forward=args.forward,
             report=Path(args.report) if args.report else None,
         )
-    except lab.LabError as exc:
+    except LabError as exc:
         raise _Unusable(exc) from None
     print(report)
     print(
@@ -100,8 +98,6 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
-    from components.lab import rehearse
-
     stack_file, project_file = _stack(args)
     try:
         ok, checks = rehearse.run(
@@ -125,8 +121,6 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from components.tools import status
-
     try:
         edges, hosts = status.status(
             status.load(args.source),

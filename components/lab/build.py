@@ -1,0 +1,127 @@
+"""Building the lab for a render, in the order a deployment happens: the network, the
+edges as their images come up, home's services, each edge's first boot, home's tunnels,
+then the first push, as ``pulumi up`` runs each edge's config step after its boot step.
+
+``build`` hands back a running ``EdgeLab`` once every edge serves and names resolve; a
+failure on the way tears down what was built.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from pathlib import Path
+
+from components.lab import lab_dns, platform_firewall, topology
+from components.lab.certs import self_signed
+from components.lab.edge import Edge
+from components.lab.edge_lab import EdgeLab
+from components.lab.errors import LabError
+from components.lab.netns import Lab, wait_for
+from components.lab.rendered import Rendered
+from components.model.fleet import Mode
+from components.renderers import edge_dns
+
+
+def build(rendered: Rendered, *, exclude_targets: Iterable[str] = ()) -> EdgeLab:
+    """Build and boot the lab for ``rendered``; on any failure it is torn down again."""
+    lab = Lab()
+    el = EdgeLab(lab, rendered)
+    try:
+        _build(el, exclude_targets)
+    except BaseException:
+        lab.close()
+        raise
+    return el
+
+
+def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
+    cfg, rendered = el.cfg, el.rendered
+    edge_ips = {name: e["ipv4"] for name, e in rendered.edges.items()}
+    if len(set(edge_ips.values())) != len(edge_ips):
+        raise LabError(f"two edges got the same mock address {edge_ips}; rename one")
+    # dnsMode edges: the edges are the nameservers.  With the whole domain theirs, the
+    # nodes ask them straight; with a subzone, the lab's DNS node is the parent zone
+    # (the delegation as the user sets it) and a resolver, as a visitor's ISP runs one.
+    edge_served, delegated = cfg.dns.edge_served, lab_dns.delegated(cfg)
+    dns_node = not edge_served or delegated
+    topology.wire(el, edge_ips, dns_node=dns_node)
+    _add_edges(el, edge_ips)
+    resolv = (
+        f"nameserver {el.dns_ip}\n"
+        if dns_node
+        else "".join(f"nameserver {ip}\n" for _, ip in sorted(edge_ips.items())) + "options timeout:1 attempts:2\n"
+    )
+    for node in (
+        [*el.nodes.values(), *(e.node for e in el.edges.values())] if Path("/etc/resolv.conf").is_file() else ()
+    ):
+        node.bind("/etc/resolv.conf", resolv)
+
+    if not edge_served:
+        lab_dns.serve_zone(el, el.nodes["dns"], "zone-fragment.db", el.dns_ip)
+    elif delegated:
+        lab_dns.start_parent_and_resolver(el, el.nodes["dns"])
+    el.start_home_services(exclude=exclude_targets)
+    for edge in el.edges.values():
+        edge.boot()
+    _bring_up_tunnels(el)
+    for name, edge in el.edges.items():
+        first = edge.push(rendered.bundle(name))
+        if not first.ok:
+            raise LabError(f"the first push to edge {name} failed:\n{first.output[-3000:]}")
+    if edge_served:
+        _wait_for_edge_nameservers(el, edge_ips)
+    else:
+        wait_for(
+            lambda: el.probe([{"kind": "resolve", "name": f"ns1.{cfg.dns.zone}"}])[0].get("addresses") == [el.dns_ip],
+            timeout=15,
+            message="the lab's DNS server",
+        )
+
+
+def _add_edges(el: EdgeLab, edge_ips: dict[str, str]) -> None:
+    """Each edge on the lab's internet as its image comes up, its cloud-config's files
+    in place; with ``http`` services, the stand-in for their ACME certificate first."""
+    cfg, lab = el.cfg, el.lab
+    if any(s.mode is Mode.HTTP for s in cfg.services):
+        el.http_cert = self_signed(
+            [h for s in cfg.services if s.mode is Mode.HTTP for h in s.hostnames], lab.workdir, "edge-acme-standin"
+        )
+    for i, (name, ip) in enumerate(sorted(edge_ips.items())):
+        node = lab.node(f"edge-{name}")
+        topology.attach(lab, el.nodes["inet"], node, f"i-edge{i}", ip)
+        el.edges[name] = Edge(el, name, node, ip, el.rendered.write_files(name))
+        platform_firewall.prepare(el.edges[name], platform_firewall.traits(el, name))
+
+
+def _bring_up_tunnels(el: EdgeLab) -> None:
+    """Home's wg-quick files, up, and a handshake with every edge."""
+    for tunnel in el.rendered.home["tunnels"]:
+        iface = tunnel["interface"]
+        el.home.write(f"/etc/wireguard/{iface}.conf", (el.rendered.out / "home" / f"{iface}.conf").read_text())
+        el.home.run("wg-quick", "up", iface)
+    for name in el.edges:
+        # handshake_time is 0 until home's first handshake with the edge
+        wait_for(functools.partial(el.handshake_time, name), timeout=20, message=f"home's handshake with edge {name}")
+
+
+def _wait_for_edge_nameservers(el: EdgeLab, edge_ips: dict[str, str]) -> None:
+    cfg = el.cfg
+    # Through the resolver (a subzone) or straight (the whole domain): the glue name.
+    ns_name = edge_dns.nameserver(cfg, cfg.edges[0])
+    want = [ip for name, ip in edge_ips.items() if name == cfg.edges[0].name]
+    wait_for(
+        lambda: el.probe([{"kind": "resolve", "name": ns_name}])[0].get("addresses") == want,
+        timeout=15,
+        message="the edges' nameservers",
+    )
+    # Each agent's first checks run once its edge serves; until every edge's have,
+    # an answer may still leave one out.  The lab starts from the settled fleet.
+    served = [name for _host, name, _check in edge_dns.names(cfg)]
+    every = set(edge_ips.values())
+    wait_for(
+        lambda: all(v is not None and set(v) == every for v in el.ask_nameservers(el.edges, served).values()),
+        timeout=30,
+        interval=0.5,
+        message="every edge's nameserver to answer every name with every edge",
+    )

