@@ -56,7 +56,11 @@ def _targets(node: ast.Import | ast.ImportFrom, importer: str) -> Iterator[str]:
         return
     base = node.module or ""
     if node.level:
-        package = importer.split(".")[: -node.level] if importer in MODULES else importer.split(".")
+        # A relative import counts from the importer's package: a package's __init__ is
+        # its own package, a module's is its parent.
+        parts = importer.split(".")
+        package = parts if MODULES[importer].name == "__init__.py" else parts[:-1]
+        package = package[: len(package) - (node.level - 1)]
         base = ".".join([*package, base] if base else package)
     if base.split(".")[0] != "components":
         return

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from components.config.parser import Parser
-from components.model.fleet import DnsMode
+from ..model.fleet import DnsMode
+from .parser import Parser
 
 KEY = "dnsGeoipDatabase"
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"

@@ -27,18 +27,18 @@ from typing import Any
 
 import yaml
 
-from components.lab.certs import self_signed
-from components.lab.edge_lab import EdgeLab
-from components.lab.errors import LabError
-from components.lab.netns import wait_for
-from components.lab.rendered import Rendered, render_stack
-from components.lab.report import Check
-from components.lab.rollout import Rollout, rollout
-from components.lab.smoke import smoke
-from components.model.fleet import FleetConfig, Mode
-from components.model.keys import generate_host_key
-from components.renderers import edge_dns, nftables, traefik
-from components.tools import home_files, offline
+from ..model.fleet import FleetConfig, Mode
+from ..model.keys import generate_host_key
+from ..renderers import edge_dns, nftables, traefik
+from ..tools import home_files, offline
+from .certs import self_signed
+from .edge_lab import EdgeLab
+from .errors import LabError
+from .netns import wait_for
+from .rendered import Rendered, render_stack
+from .report import Check
+from .rollout import Rollout, rollout
+from .smoke import smoke
 
 
 class Stack:

@@ -34,10 +34,10 @@ from typing import Protocol
 
 import yaml
 
-from components.lab.errors import LabError
-from components.lab.netns import Lab, Node, wait_for
-from components.model.fleet import FleetConfig
-from components.renderers import bootstrap, edge_dns, nftables, traefik
+from ..model.fleet import FleetConfig
+from ..renderers import bootstrap, edge_dns, nftables, traefik
+from .errors import LabError
+from .netns import Lab, Node, wait_for
 
 TRAEFIK_BINARY = Path(sys.executable).parent / "traefik"
 SPAWNED_UNITS = ("pdns.service", "cgnat-edge-health.service")
@@ -233,27 +233,33 @@ class Edge:
             proc = self.units.get(units[0])
             return 0, f"{proc.pid if proc is not None and proc.poll() is None else 0}\n", ""
         for unit in units:
-            if verb == "enable":
-                self.enabled.add(unit)
-                if "--now" in flags:
-                    self._start(unit)
-            elif verb == "disable":
-                self.enabled.discard(unit)
-            elif verb in ("start", "restart", "reload-or-restart") and not unit.startswith("ssh"):
-                if verb == "restart":
-                    self._stop(unit)
-                self._start(unit)
-            elif verb in ("reload", "reload-or-restart") and unit == "ssh.service" and self.sshd is not None:
-                self.sshd.send_signal(signal.SIGHUP)
-            elif verb == "stop":
-                self._stop(unit)
-            elif verb == "kill":
-                proc = self.units.get(unit)
-                if proc is not None and proc.poll() is None:
-                    proc.send_signal(getattr(signal, signal_name))
-            else:
+            if not self._act(verb, unit, "--now" in flags, signal_name):
                 return 1, "", f"lab systemctl: {verb} {unit} is not something the lab's systemd stand-in does\n"
         return 0, "", ""
+
+    def _act(self, verb: str, unit: str, now: bool, signal_name: str) -> bool:
+        """One unit's share of a ``systemctl`` verb; False for what the stand-in does not do."""
+        if verb == "enable":
+            self.enabled.add(unit)
+            if now:
+                self._start(unit)
+        elif verb == "disable":
+            self.enabled.discard(unit)
+        elif verb in ("start", "restart", "reload-or-restart") and not unit.startswith("ssh"):
+            if verb == "restart":
+                self._stop(unit)
+            self._start(unit)
+        elif verb in ("reload", "reload-or-restart") and unit == "ssh.service" and self.sshd is not None:
+            self.sshd.send_signal(signal.SIGHUP)
+        elif verb == "stop":
+            self._stop(unit)
+        elif verb == "kill":
+            proc = self.units.get(unit)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(getattr(signal, signal_name))
+        else:
+            return False
+        return True
 
     def _stop(self, unit: str) -> None:
         proc = self.units.get(unit)

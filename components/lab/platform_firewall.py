@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import subprocess
 
-from components import providers
-from components.lab.edge import Edge
-from components.lab.edge_lab import EdgeLab
-from components.lab.report import Check
-from components.lab.smoke import smoke
-from components.model.platforms.base import ImageTraits
-from components.renderers import nftables
+from .. import providers
+from ..model.platforms.base import ImageTraits
+from ..renderers import nftables
+from .edge import Edge
+from .edge_lab import EdgeLab
+from .report import Check
+from .smoke import smoke
 
 LOADER = "netfilter-persistent.service"
 """The Debian-family unit that loads /etc/iptables/rules.v4 and rules.v6 at boot."""

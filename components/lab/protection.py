@@ -35,15 +35,15 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from components.lab.edge import Edge
-from components.lab.edge_lab import EdgeLab
-from components.lab.errors import LabError
-from components.lab.netns import Node, wait_for
-from components.lab.report import Check
-from components.lab.services import IDP_SESSION
-from components.lab.topology import attach, free_internet_addresses
-from components.model.fleet import Mode, ServiceSpec, effective_geo
-from components.renderers import bootstrap, protection, templates
+from ..model.fleet import Mode, ServiceSpec, effective_geo
+from ..renderers import bootstrap, protection, templates
+from .edge import Edge
+from .edge_lab import EdgeLab
+from .errors import LabError
+from .netns import Node, wait_for
+from .report import Check
+from .services import IDP_SESSION
+from .topology import attach, free_internet_addresses
 
 PROBE_TIMEOUT = 2.0
 MIRROR_FILE = "delegated-lab-extended-latest"

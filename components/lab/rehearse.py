@@ -60,11 +60,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from components.config import stack
-from components.lab.report import Check, write_report
-from components.model.platforms.base import ImageTraits
-from components.renderers import bootstrap, traefik
-from components.tools import offline, render
+from ..config import stack
+from ..model.platforms.base import ImageTraits
+from ..renderers import bootstrap, traefik
+from ..tools import offline, render
+from .report import Check, write_report
 
 
 def _dpkg_architecture() -> str:

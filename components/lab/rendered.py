@@ -11,11 +11,11 @@ from typing import Any
 
 import yaml
 
-from components.config import stack
-from components.model.fleet import FleetConfig
-from components.model.keys import generate_host_key
-from components.renderers import bootstrap
-from components.tools import offline, render
+from ..config import stack
+from ..model.fleet import FleetConfig
+from ..model.keys import generate_host_key
+from ..renderers import bootstrap
+from ..tools import offline, render
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from components.model.fleet import EdgeSpec
+from .fleet import EdgeSpec
 
 A = TypeVar("A")
 

@@ -18,12 +18,12 @@ from collections.abc import Sequence
 
 import yaml
 
-from components.model import edge_contract, platforms
-from components.model.deployed import DeployedEdge
-from components.model.fleet import EdgeSpec, FleetConfig
-from components.model.platforms.base import ImageTraits
-from components.renderers import contract, edge_dns, forwarding, nftables, protection, templates, traefik, tunnel
-from components.renderers.bundle import NodeFile
+from ..model import edge_contract, platforms
+from ..model.deployed import DeployedEdge
+from ..model.fleet import EdgeSpec, FleetConfig
+from ..model.platforms.base import ImageTraits
+from . import contract, edge_dns, forwarding, nftables, protection, templates, traefik, tunnel
+from .bundle import NodeFile
 
 USER_DATA_LIMIT = min(platform.user_data_limit for platform in platforms.REGISTRY.values())
 """The smallest user-data limit of any provider: what a stack must fit to run anywhere."""

@@ -45,10 +45,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from components.model import edge_contract
-from components.model.deployed import DeployedEdge
-from components.model.fleet import EdgeSpec, FleetConfig, Mode, ServiceSpec
-from components.renderers import geodns, templates, tunnel
+from ..model import edge_contract
+from ..model.deployed import DeployedEdge
+from ..model.fleet import EdgeSpec, FleetConfig, Mode, ServiceSpec
+from . import geodns, templates, tunnel
 
 HEALTH_PORT = geodns.HEALTH_PORT
 PDNS_CONF_PATH = "/etc/powerdns/pdns.conf"

@@ -29,10 +29,10 @@ installs no default route for that, and routes the edge's own addresses itself.
 
 from __future__ import annotations
 
-from components.model import edge_contract
-from components.model.fleet import FleetConfig, Mode, ServiceSpec
-from components.renderers import tunnel
-from components.renderers.nft_literals import one_or_set
+from ..model import edge_contract
+from ..model.fleet import FleetConfig, Mode, ServiceSpec
+from . import tunnel
+from .nft_literals import one_or_set
 
 MARK_BASE = 0xCE00
 """Connection/packet mark of the tunnel to the edge with index i: MARK_BASE + i."""

@@ -9,10 +9,10 @@ that starts with ``flush ruleset``: loading it again is how changes are applied.
 
 from __future__ import annotations
 
-from components.model import edge_contract
-from components.model.fleet import FleetConfig
-from components.renderers import edge_dns, forwarding, protection, road_warriors, tunnel
-from components.renderers.nft_literals import set_of
+from ..model import edge_contract
+from ..model.fleet import FleetConfig
+from . import edge_dns, forwarding, protection, road_warriors, tunnel
+from .nft_literals import set_of
 
 PATH = edge_contract.NFT_CONF
 METADATA_ADDRESS = "169.254.169.254"

@@ -20,11 +20,11 @@ from typing import Any
 
 import yaml
 
-from components.model import edge_contract
-from components.model.fleet import FleetConfig, Mode, ServiceSpec, effective_geo
-from components.model.protection import CrowdSec, GeoPolicy
-from components.renderers import templates, tunnel
-from components.renderers.nft_literals import one_or_set
+from ..model import edge_contract
+from ..model.fleet import FleetConfig, Mode, ServiceSpec, effective_geo
+from ..model.protection import CrowdSec, GeoPolicy
+from . import templates, tunnel
+from .nft_literals import one_or_set
 
 GEO_CONFIG_PATH = edge_contract.GEO_CONFIG
 GEO_SCRIPT_PATH = "/usr/local/sbin/cgnat-edge-geo-sets"

