@@ -12,10 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import ConfigError, stack
-from .lab import rehearse, runner
-from .lab.errors import LabError
-from .tools import home_files, policy, render, status
+from components.config import ConfigError, stack
+from components.lab import rehearse, runner
+from components.lab.errors import LabError
+from components.tools import home_files, policy, render, status
 
 DEFAULT_STACK = "dev"
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pulumi
 
-from .config import ConfigError, parse
-from .config.keys import KEYS, NAMESPACE, SECRET_SET, is_secret_key
-from .model.fleet import FleetConfig
-from .resources import pulumi_private
-from .resources.fleet import EdgeFleet, EdgeFleetArgs
+from components.config import ConfigError, parse
+from components.config.keys import KEYS, NAMESPACE, SECRET_SET, is_secret_key
+from components.model.fleet import FleetConfig
+from components.resources import pulumi_private
+from components.resources.fleet import EdgeFleet, EdgeFleetArgs
 
 
 class StackConfigError(ConfigError, pulumi.RunError):

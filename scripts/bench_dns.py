@@ -36,6 +36,7 @@ from pathlib import Path
 from components.lab import failover
 from components.lab.build import build
 from components.lab.rendered import render_stack
+from components.model import edge_contract
 from components.renderers import edge_dns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,8 +81,8 @@ def main() -> int:
                 lost = re.search(r"Queries lost:\s+(\d+)", done.stdout)
                 qps.append(float(match.group(1)) if match else 0.0)
                 print(f"dnsperf: {qps[-1]:.0f} qps, lost {lost.group(1) if lost else '?'}", flush=True)
-            pdns = edge.units[edge_dns.PDNS_UNIT].pid
-            agent = edge.units[edge_dns.AGENT_UNIT].pid
+            pdns = edge.units[edge_contract.PDNS_UNIT].pid
+            agent = edge.units[edge_contract.HEALTH_UNIT].pid
             pdns_rss, pdns_hwm = _rss_kb(pdns)
             agent_rss, agent_hwm = _rss_kb(agent)
             steady_after, _ = failover.measure(

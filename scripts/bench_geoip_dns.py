@@ -35,6 +35,7 @@ import dns.query
 
 from components.config import stack
 from components.lab.netns import Lab, wait_for
+from components.model import edge_contract
 from components.model.deployed import DeployedEdge
 from components.renderers import edge_dns
 from tests import mmdb
@@ -78,7 +79,7 @@ def _answers(node, name: str) -> bool:
 def _run(node, tmp: Path, cfg, seconds: int, reps: int, ecs: str | None) -> tuple[float, float]:
     fleet = [DeployedEdge(e, ADDRESSES[i % len(ADDRESSES)], None) for i, e in enumerate(cfg.edges)]
     (tmp / "zone.db").write_text(edge_dns.zone(cfg, cfg.edges[0], fleet))
-    (tmp / "named.conf").write_text(edge_dns.named_conf(cfg).replace(edge_dns.ZONE_PATH, str(tmp / "zone.db")))
+    (tmp / "named.conf").write_text(edge_dns.named_conf(cfg).replace(edge_contract.PDNS_ZONE, str(tmp / "zone.db")))
     (tmp / "geoip-zones.yaml").write_text(edge_dns.geoip_zones())
     conf = (
         edge_dns.pdns_conf(cfg)

@@ -34,6 +34,7 @@ from pathlib import Path
 from components.lab import protection as protection_lab
 from components.lab.build import build
 from components.lab.rendered import render_stack
+from components.model import edge_contract
 from components.renderers import protection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,9 +133,9 @@ def main() -> int:
             ranges = country_ranges(args.prefixes)
             mirror.publish(protection_lab.rir_file({country: ranges["v4"] + ranges["v6"]}))
             t0 = time.monotonic()
-            edge.fire_timer(protection.GEO_UNIT)
+            edge.fire_timer(edge_contract.GEO_UNIT)
             load_s = time.monotonic() - t0
-            status = json.loads(edge.read(protection.GEO_STATUS_PATH))
+            status = json.loads(edge.read(edge_contract.GEO_STATUS))
             pids = protection_lab.start_crowdsec(el)
             t0 = time.monotonic()
             lines = bans(args.bans).splitlines(keepends=True)

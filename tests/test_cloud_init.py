@@ -26,6 +26,7 @@ import yaml
 
 from components import config as config_module
 from components.lab.netns import Node, wait_for
+from components.model import edge_contract
 from components.model.keys import generate_keypair
 from components.renderers import bootstrap, bundle, templates, traefik
 from components.tools import render
@@ -89,7 +90,7 @@ def test_user_data_installs_the_right_build_per_architecture(fleet_config, keys)
     for edge in fleet_config.edges:
         doc = yaml.safe_load(bootstrap.user_data(fleet_config, edge, wg_conf(keys)))
         install = doc["runcmd"][0]
-        assert install[0] == bootstrap.INSTALL_TRAEFIK_PATH
+        assert install[0] == edge_contract.INSTALL_TRAEFIK
         by_arch[edge.arch] = install[1:]
     assert by_arch["arm64"] == [traefik.BINARY_SHA256["arm64"], traefik.release_url("arm64")]
     assert by_arch["x86_64"] == [traefik.BINARY_SHA256["amd64"], traefik.release_url("x86_64")]
@@ -110,11 +111,11 @@ def test_user_data_carries_node_files_keys_and_hardening(fleet_config, keys):
     for path, f in files.items():
         assert render.file_content(written[path]) == f.content
         assert written[path]["permissions"] == f.mode and written[path]["owner"] == f.owner
-    assert written[bootstrap.WG_CONF_PATH]["permissions"] == "0600"
+    assert written[edge_contract.WG_CONF]["permissions"] == "0600"
     assert doc["ssh_authorized_keys"] == list(fleet_config.ssh.public_keys)
     assert doc["ssh_pwauth"] is False
     assert {"wireguard-tools", "nftables", "unattended-upgrades", "curl"} <= set(doc["packages"])
-    sshd = files[bootstrap.SSHD_DROPIN_PATH].content
+    sshd = files[edge_contract.SSHD_DROPIN].content
     assert "PasswordAuthentication no" in sshd and "PermitRootLogin prohibit-password" in sshd
     assert 'APT::Periodic::Unattended-Upgrade "1";' in files[bootstrap.AUTO_UPGRADES_PATH].content
     enabled = [c[-1] for c in doc["runcmd"] if c[:3] == ["systemctl", "enable", "--now"]]
@@ -157,9 +158,11 @@ def test_large_stacks_are_compressed_and_still_valid(raw_config, keys, tmp_path)
     text = bootstrap.user_data(cfg, edge, wg_conf(keys))
     assert len(text.encode()) < bootstrap.USER_DATA_LIMIT
     doc = yaml.safe_load(text)
-    dynamic = next(w for w in doc["write_files"] if w["path"] == traefik.DYNAMIC_PATH)
+    dynamic = next(w for w in doc["write_files"] if w["path"] == edge_contract.TRAEFIK_DYNAMIC)
     assert dynamic["encoding"] == "gz+b64"
-    expected = next(f for f in bootstrap.node_files(cfg, edge, wg_conf(keys)) if f.path == traefik.DYNAMIC_PATH)
+    expected = next(
+        f for f in bootstrap.node_files(cfg, edge, wg_conf(keys)) if f.path == edge_contract.TRAEFIK_DYNAMIC
+    )
     assert gzip.decompress(base64.b64decode(dynamic["content"])).decode() == expected.content
     path = tmp_path / "big.yaml"
     path.write_text(text)
@@ -191,7 +194,7 @@ def test_traefik_unit_verifies_and_is_unprivileged(tmp_path):
     # verify insists that ExecStart exists; point it at the tested binary, nothing else.
     assert "TimeoutStopSec=15s" in unit  # a reboot does not wait out a drain
     path = tmp_path / "traefik@a.service"  # an instance of the template: one of the two slots
-    path.write_text(unit.replace(traefik.BINARY_PATH, str(TRAEFIK_BIN)))
+    path.write_text(unit.replace(edge_contract.TRAEFIK_BINARY, str(TRAEFIK_BIN)))
     res = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
     assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
 
@@ -310,7 +313,9 @@ def test_readiness_waits_for_tunnel_and_traefik(edge_ns, tmp_path):
 
     static = tmp_path / "traefik.yaml"
     static.write_text(
-        yaml.safe_dump({"ping": {"entryPoint": "ping"}, "entryPoints": {"ping": {"address": traefik.PING_ADDRESS}}})
+        yaml.safe_dump(
+            {"ping": {"entryPoint": "ping"}, "entryPoints": {"ping": {"address": edge_contract.TRAEFIK_PING}}}
+        )
     )
     edge_ns.spawn(str(TRAEFIK_BIN), f"--configFile={static}")
     script.write_text(bootstrap.readiness_script(timeout_s=20))
@@ -323,7 +328,7 @@ def test_readiness_waits_for_tunnel_and_traefik(edge_ns, tmp_path):
     ]
     # Once a push has installed the verifier, readiness also compares what runs with
     # the edge's files; a bare Traefik in a namespace is not what they declare.
-    edge_ns.write(bootstrap.VERIFY_PATH, "#!/bin/sh\necho 'DIFFERS: nftables' >&2\nexit 1\n", 0o755)
+    edge_ns.write(edge_contract.VERIFY, "#!/bin/sh\necho 'DIFFERS: nftables' >&2\nexit 1\n", 0o755)
     script.write_text(bootstrap.readiness_script(timeout_s=3))
     differs = edge_ns.run("env", env, "bash", str(script), timeout=60, check=False)
     assert differs.returncode == 1 and "the edge does not run what its files declare" in differs.stderr
@@ -349,16 +354,16 @@ def test_readiness_reports_a_failed_cloud_init(edge_ns, tmp_path):
 def test_endpoint_timer_and_service_verify(tmp_path):
     require_tool("systemd-analyze")
     for suffix in ("service", "timer"):
-        (tmp_path / f"{bootstrap.WG_ENDPOINT_UNIT}.{suffix}").write_text(
-            templates.render(f"{bootstrap.WG_ENDPOINT_UNIT}.{suffix}")
+        (tmp_path / f"{edge_contract.WG_ENDPOINT_UNIT}.{suffix}").write_text(
+            templates.render(f"{edge_contract.WG_ENDPOINT_UNIT}.{suffix}")
         )
     hook = tmp_path / "hook"
     hook.write_text(bootstrap.wg_endpoint_hook())
     hook.chmod(0o755)
-    service = tmp_path / f"{bootstrap.WG_ENDPOINT_UNIT}.service"
-    service.write_text(service.read_text().replace(bootstrap.WG_ENDPOINT_PATH, str(hook)))
+    service = tmp_path / f"{edge_contract.WG_ENDPOINT_UNIT}.service"
+    service.write_text(service.read_text().replace(edge_contract.WG_ENDPOINT_HOOK, str(hook)))
     res = subprocess.run(
-        ["systemd-analyze", "verify", str(service), str(tmp_path / f"{bootstrap.WG_ENDPOINT_UNIT}.timer")],
+        ["systemd-analyze", "verify", str(service), str(tmp_path / f"{edge_contract.WG_ENDPOINT_UNIT}.timer")],
         capture_output=True,
         text=True,
     )
@@ -370,7 +375,7 @@ def test_endpoint_timer_and_service_verify(tmp_path):
 @pytest.mark.netns
 def test_endpoint_hook_saves_and_restores_only_known_peers(edge_ns, tmp_path):
     _wg_up(edge_ns)
-    hook = bootstrap.WG_ENDPOINT_PATH
+    hook = edge_contract.WG_ENDPOINT_HOOK
     edge_ns.write(hook, bootstrap.wg_endpoint_hook(), 0o755)
     home, stranger = (generate_keypair()[1] for _ in range(2))
     edge_ns.run("wg", "set", "wg0", "listen-port", "51820", "private-key", "/dev/stdin", input=generate_keypair()[0])

@@ -68,7 +68,7 @@ def test_every_push_carries_the_contract_and_the_first_boot_does_not_need_it(fle
     assert files[edge_contract.CONTRACT_JSON] == contract.json_text()
     # Only the push and the verifier read it, and both arrive with the first push.
     assert {edge_contract.CONTRACT_SH, edge_contract.CONTRACT_JSON} <= set(bootstrap.NOT_IN_USER_DATA)
-    assert bootstrap.VERIFY_PATH in bootstrap.NOT_IN_USER_DATA
+    assert edge_contract.VERIFY in bootstrap.NOT_IN_USER_DATA
 
 
 def test_the_bundle_decodes_to_the_files_it_was_made_of(fleet_config):

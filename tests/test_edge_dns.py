@@ -28,6 +28,7 @@ import pytest
 
 from components import config as config_module
 from components.lab.netns import Node, wait_for
+from components.model import edge_contract
 from components.model.deployed import DeployedEdge
 from components.renderers import edge_dns, nftables, templates
 from tests import mmdb
@@ -193,7 +194,7 @@ def test_rendered_zone_answers_with_the_edges_whose_agent_says_up(cfg, fleet, tm
     fsn = cfg.edges[0]
     (tmp_path / "zone.db").write_text(edge_dns.zone(cfg, fsn, fleet))
     (tmp_path / "named.conf").write_text(
-        edge_dns.named_conf(cfg).replace(edge_dns.ZONE_PATH, str(tmp_path / "zone.db"))
+        edge_dns.named_conf(cfg).replace(edge_contract.PDNS_ZONE, str(tmp_path / "zone.db"))
     )
     conf = edge_dns.pdns_conf(cfg).replace(edge_dns.NAMED_CONF_PATH, str(tmp_path / "named.conf"))
     conf = conf.replace("local-address=0.0.0.0, ::", "local-address=127.0.0.1").replace(
@@ -298,7 +299,7 @@ def test_geoip_answers_nearest_healthy_edge_first(raw_config, tmp_path: Path):
     fsn = cfg.edges[0]
     (tmp_path / "zone.db").write_text(edge_dns.zone(cfg, fsn, fleet))
     (tmp_path / "named.conf").write_text(
-        edge_dns.named_conf(cfg).replace(edge_dns.ZONE_PATH, str(tmp_path / "zone.db"))
+        edge_dns.named_conf(cfg).replace(edge_contract.PDNS_ZONE, str(tmp_path / "zone.db"))
     )
     (tmp_path / "geoip-zones.yaml").write_text(edge_dns.geoip_zones())
     conf = (

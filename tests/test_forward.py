@@ -16,9 +16,10 @@ import pytest
 
 from components import config as config_module
 from components.lab import runner
+from components.model import edge_contract
 from components.model.deployed import DeployedEdge
 from components.model.keys import generate_keypair
-from components.renderers import bootstrap, forwarding, home_configs, nftables, traefik
+from components.renderers import bootstrap, home_configs, nftables, traefik
 from tests.support import LAB_STACK, PROJECT, namespaces, require_root, require_tool
 from tests.test_nftables import PROBE
 
@@ -109,8 +110,8 @@ def test_edge_gets_forwarding_only_with_forward_services(cfg, fleet_config):
     def files(c):
         return {f.path: f.content for f in bootstrap.node_files(c, c.edges[0], "[Interface]\n")}
 
-    assert files(cfg)[forwarding.SYSCTL_PATH].strip().endswith("net.ipv4.ip_forward = 1")
-    assert forwarding.SYSCTL_PATH not in files(fleet_config)
+    assert files(cfg)[edge_contract.FORWARD_SYSCTL].strip().endswith("net.ipv4.ip_forward = 1")
+    assert edge_contract.FORWARD_SYSCTL not in files(fleet_config)
     assert "dnat" not in nftables.ruleset(fleet_config)
 
 

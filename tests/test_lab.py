@@ -27,7 +27,8 @@ from components.lab.errors import LabError
 from components.lab.netns import PREFIX, wait_for
 from components.lab.rendered import render_stack
 from components.lab.smoke import smoke
-from components.renderers import bootstrap, bundle, edge_dns
+from components.model import edge_contract
+from components.renderers import bootstrap, bundle
 from components.tools import offline
 from tests.support import DEV_STACK, LAB_STACK, PROJECT, require_root, require_tool
 
@@ -48,7 +49,6 @@ def _failed(results):
 def test_render_decodes_compressed_cloud_config_files():
     """Big stacks gzip their files inside the cloud-config; the render (and so the lab)
     must write what cloud-init would, not the encoded text."""
-    from components.renderers import bootstrap
     from components.tools import render
 
     text = "x = 1\n" * 600
@@ -207,7 +207,7 @@ def test_service_change_is_pushed_in_place_without_restarting_wireguard(el, lab_
         return [c for c in result.systemctl if c.split()[0] in ("start", "stop", "kill", "restart", "reload")]
 
     # dnsMode edges: the health agent checks the target, so its config changed with it.
-    agent = f"restart {edge_dns.AGENT_UNIT}"
+    agent = f"restart {edge_contract.HEALTH_UNIT}"
     for name, edge in el.edges.items():
         result = edge.push(changed.bundle(name))
         assert agent in result.systemctl, result.systemctl
@@ -299,10 +299,10 @@ def test_an_edge_of_the_single_unit_days_is_handed_over_to_the_slots(el):
     saved manifest: its first push hands Traefik over to a slot and removes the unit."""
     edge = el.edges["fsn"]
     unit = "/etc/systemd/system/traefik.service"
-    single = edge.read(bootstrap.TRAEFIK_UNIT_PATH).replace("%i", "single")
+    single = edge.read(edge_contract.TRAEFIK_UNIT).replace("%i", "single")
     edge.node.write(unit, single, 0o644)
     with edge._lock:
-        for slot in bootstrap.TRAEFIK_SLOTS:
+        for slot in edge_contract.TRAEFIK_SLOTS:
             edge._stop(slot)
             edge.enabled.discard(slot)
         edge.enabled.add("traefik.service")
@@ -314,7 +314,7 @@ def test_an_edge_of_the_single_unit_days_is_handed_over_to_the_slots(el):
     assert result.ok, result.output
     assert "Traefik handed over from traefik.service to traefik@" in result.output
     assert edge.node.run("test", "-e", unit, check=False).returncode == 1
-    assert "traefik.service" not in edge.enabled and len(edge.enabled & set(bootstrap.TRAEFIK_SLOTS)) == 1
+    assert "traefik.service" not in edge.enabled and len(edge.enabled & set(edge_contract.TRAEFIK_SLOTS)) == 1
     assert not _failed(smoke(el, edges=["fsn"]))
 
 
@@ -326,7 +326,7 @@ def test_a_dead_edge_leaves_the_other_serving_and_comes_back_without_touching_ho
     keepalive = el.cfg.tunnel.keepalive
     edge = el.edges["fsn"]
     home_before = {t: el.home.run("cat", f"/sys/class/net/{t}/ifindex").stdout for t in ("wg-fsn", "wg-ams")}
-    edge.fire_timer(bootstrap.WG_ENDPOINT_UNIT)
+    edge.fire_timer(edge_contract.WG_ENDPOINT_UNIT)
     saved = edge.node.run("cat", "/var/lib/cgnat-edge/wg0.endpoints").stdout.split()
     assert saved == [
         el.rendered.run.output("homeConfigs")["structured"]["publicKey"],

@@ -20,6 +20,7 @@ import yaml
 from components import config as config_module
 from components.config import ConfigError
 from components.lab.protection import rir_file
+from components.model import edge_contract
 from components.renderers import home_configs, nftables, protection, templates, traefik
 from tests.support import LAB_STACK, PROJECT, require_root, require_tool
 
@@ -75,7 +76,7 @@ def test_ruleset_with_country_sets_loads_with_cached_lists(raw, tmp_path):
     require_root()
     raw["denyCountries"] = ["AQ"]
     text = nftables.ruleset(config_module.parse(raw))
-    text = text.replace(protection.GEO_STATE_DIR, str(tmp_path))
+    text = text.replace(edge_contract.GEO_STATE_DIR, str(tmp_path))
     conf = tmp_path / "nftables.conf"
     conf.write_text(text)
     check = ["unshare", "--net", "sh", "-c", 'nft -f "$1" && nft list set inet cgnat_edge geo4_aq', "sh", str(conf)]

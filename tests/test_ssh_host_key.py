@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from components.lab.netns import wait_for
+from components.model import edge_contract
 from components.model.keys import generate_host_key
 from components.renderers import bootstrap
 from components.resources.keys import SshHostKeyProvider
@@ -128,9 +129,9 @@ def test_an_openssh_upgrade_never_adds_a_served_host_key(tmp_path):
         edge.overlay("/etc")
         edge.run("sh", "-c", "rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub /etc/ssh/sshd_config.d/*")
         for path in (
-            bootstrap.SSHD_DROPIN_PATH,
-            bootstrap.HOST_KEY_PATH,
-            f"{bootstrap.HOST_KEY_PATH}.pub",
+            edge_contract.SSHD_DROPIN,
+            edge_contract.HOST_KEY,
+            f"{edge_contract.HOST_KEY}.pub",
             bootstrap.HOST_KEYS_HOOK_PATH,
         ):
             edge.run("mkdir", "-p", str(Path(path).parent))
@@ -142,7 +143,7 @@ def test_an_openssh_upgrade_never_adds_a_served_host_key(tmp_path):
 
         edge.run("mkdir", "-p", "/run/sshd")
         edge.spawn("/usr/sbin/sshd", "-D", "-e", "-p", "2222", "-o", "PidFile=none", "-o", "UsePAM=no")
-        pinned = " ".join(files[f"{bootstrap.HOST_KEY_PATH}.pub"].content.split()[:2])
+        pinned = " ".join(files[f"{edge_contract.HOST_KEY}.pub"].content.split()[:2])
 
         def served():
             scan = edge.run("ssh-keyscan", "-p", "2222", "-t", "rsa,ecdsa,ed25519", "127.0.0.1", check=False).stdout
@@ -155,4 +156,4 @@ def test_an_openssh_upgrade_never_adds_a_served_host_key(tmp_path):
         (command,) = {c for c in re.findall(r'^DPkg::Post-Invoke:: "(.*)";$', hook, re.M) if "ssh_host_" in c}
         edge.run("sh", "-c", command)
         left = edge.run("sh", "-c", "ls /etc/ssh/ssh_host_*_key*").stdout.split()
-        assert left == [bootstrap.HOST_KEY_PATH, f"{bootstrap.HOST_KEY_PATH}.pub"]
+        assert left == [edge_contract.HOST_KEY, f"{edge_contract.HOST_KEY}.pub"]

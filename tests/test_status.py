@@ -16,6 +16,7 @@ import pytest
 
 from components.lab import protection as lab_protection
 from components.lab.netns import wait_for
+from components.model import edge_contract
 from components.model.keys import generate_host_key
 from components.renderers import protection
 from components.tools import offline, status
@@ -44,7 +45,7 @@ def mirror(el):
     served = lab_protection.Mirror(el, el.cfg.protection.geo_sources[0])
     served.publish(COUNTRY_FILE)
     for edge in el.edges.values():
-        edge.fire_timer(protection.GEO_UNIT)
+        edge.fire_timer(edge_contract.GEO_UNIT)
     return served
 
 

@@ -26,6 +26,7 @@ import yaml
 from components import config as config_module
 from components.lab.certs import self_signed
 from components.lab.netns import Node, wait_for
+from components.model import edge_contract
 from components.renderers import traefik
 from tests.support import ROOT, namespaces, stack_raw
 
@@ -226,7 +227,7 @@ def running(edge_ns, tmp_path_factory):
 
     log_path = work / "traefik.log"
     proc = edge_ns.spawn(str(TRAEFIK), f"--configFile={work / 'traefik.yaml'}", log=log_path)
-    ping = f"http://{traefik.PING_ADDRESS}/ping"
+    ping = f"http://{edge_contract.TRAEFIK_PING}/ping"
     wait_for(
         lambda: (
             proc.poll() is not None or edge_ns.run("curl", "-fsS", "--max-time", "1", ping, check=False).returncode == 0
@@ -246,8 +247,8 @@ def _error_lines(log: str) -> list[str]:
 
 def test_ping_answers_on_loopback_only(running):
     ns = running["ns"]
-    assert ns.run("curl", "-fsS", f"http://{traefik.PING_ADDRESS}/ping").stdout == "OK"
-    port = traefik.PING_ADDRESS.rsplit(":", 1)[1]
+    assert ns.run("curl", "-fsS", f"http://{edge_contract.TRAEFIK_PING}/ping").stdout == "OK"
+    port = edge_contract.TRAEFIK_PING.rsplit(":", 1)[1]
     assert ns.run("curl", "-sS", "--max-time", "2", f"http://{EDGE}:{port}/ping", check=False).returncode != 0
 
 

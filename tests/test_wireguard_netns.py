@@ -24,6 +24,7 @@ import pytest
 
 from components import config as config_module
 from components.lab.netns import wait_for
+from components.model import edge_contract
 from components.model.deployed import DeployedEdge
 from components.model.fleet import FleetConfig
 from components.model.keys import generate_keypair
@@ -160,7 +161,7 @@ def _internet(lab, edges):
 
 
 def _edge_up(cfg, edge_node, spec, edge_private, home_public):
-    edge_node.write(tunnel.WG_ENDPOINT_HOOK, bootstrap.wg_endpoint_hook(), 0o755)
+    edge_node.write(edge_contract.WG_ENDPOINT_HOOK, bootstrap.wg_endpoint_hook(), 0o755)
     edge_node.write("/etc/wireguard/wg0.conf", tunnel.edge_wg_conf(cfg, spec, edge_private, home_public))
     edge_node.run("wg-quick", "up", "wg0")
 

@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..model import platforms
-from ..model.firewall import firewall_rules
-from ..model.fleet import EdgeSpec, FleetConfig, HomeRole, HomeSpec, Mode, TunnelSpec
-from . import acme, dns, edges, home, protection, road_warriors, services, ssh, tunnel
-from .keys import DNS_PROVIDERS, KEYS, NAMESPACE, fix_key
-from .parser import Parser
+from components.config import acme, dns, edges, home, protection, road_warriors, services, ssh, tunnel
+from components.config.keys import DNS_PROVIDERS, KEYS, NAMESPACE, fix_key
+from components.config.parser import Parser
+from components.model import platforms
+from components.model.firewall import firewall_rules
+from components.model.fleet import EdgeSpec, FleetConfig, HomeRole, HomeSpec, Mode, TunnelSpec
 
 
 class ConfigError(Exception):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import urllib.parse
 
-from ..model.fleet import AcmeChallenge, AcmeSpec, Mode, ServiceSpec
-from .keys import KEYS
-from .parser import Parser
+from components.config.keys import KEYS
+from components.config.parser import Parser
+from components.model.fleet import AcmeChallenge, AcmeSpec, Mode, ServiceSpec
 
 
 def parse(p: Parser) -> AcmeSpec:

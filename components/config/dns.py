@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..model.fleet import NO_DNS_PROVIDER, DnsMode, DnsSpec, ServiceSpec
-from . import geoip
-from .keys import DNS_PROVIDERS, fix_key
-from .parser import Parser
+from components.config import geoip
+from components.config.keys import DNS_PROVIDERS, fix_key
+from components.config.parser import Parser
+from components.model.fleet import NO_DNS_PROVIDER, DnsMode, DnsSpec, ServiceSpec
 
 EDGE_DNS_PORTS = {53: "DNS (dnsMode edges)"}
 """Taken only in this mode; the health agent's port is taken in every mode (``services.RESERVED_TCP_PORTS``)."""

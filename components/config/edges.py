@@ -6,11 +6,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ..model import catalog, platforms
-from ..model.fleet import EdgeSpec
-from ..model.platforms.base import Platform
-from .keys import fix_key
-from .parser import Parser
+from components.config.keys import fix_key
+from components.config.parser import Parser
+from components.model import catalog, platforms
+from components.model.fleet import EdgeSpec
+from components.model.platforms.base import Platform
 
 
 def parse(p: Parser, items: list[Any] | None) -> list[EdgeSpec]:

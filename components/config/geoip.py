@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ..model.fleet import DnsMode
-from .parser import Parser
+from components.config.parser import Parser
+from components.model.fleet import DnsMode
 
 KEY = "dnsGeoipDatabase"
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"

@@ -8,8 +8,8 @@ import ipaddress
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from ..model.fleet import HomeRole, HomeSpec, IPNetwork
-from .parser import WG_KEY_RE, Parser
+from components.config.parser import WG_KEY_RE, Parser
+from components.model.fleet import HomeRole, HomeSpec, IPNetwork
 
 # Addresses that mean something else on every host: routed into a tunnel or used as a
 # target they would point an edge at itself (127.0.0.1:22 is the edge's own sshd,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model import platforms
-from ..model.fleet import NO_DNS_PROVIDER
-from ..model.protection import RIR_SOURCES
-from ..model.road_warriors import DEFAULT_POOL
+from components.model import platforms
+from components.model.fleet import NO_DNS_PROVIDER
+from components.model.protection import RIR_SOURCES
+from components.model.road_warriors import DEFAULT_POOL
 
 NAMESPACE = "cgnat-edge"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..model.fleet import Middlewares, RateLimit
-from .parser import Parser
+from components.config.parser import Parser
+from components.model.fleet import Middlewares, RateLimit
 
 _HTPASSWD_RE = re.compile(r"^[^:\s]+:\$(2[aby]|apr1|5|6)\$\S+$")
 

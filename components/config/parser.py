@@ -14,8 +14,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..model.fleet import IPNetwork, Target
-from .keys import KEYS, REQUIRED, fix_key
+from components.config.keys import KEYS, REQUIRED, fix_key
+from components.model.fleet import IPNetwork, Target
 
 _NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")

@@ -14,9 +14,11 @@ import re
 import urllib.parse
 from typing import Any
 
-from ..model.countries import COUNTRIES
-from ..model.fleet import HomeSpec, Mode, ServiceSpec, effective_geo
-from ..model.protection import (
+from components.config.keys import SECRET_SET
+from components.config.parser import Parser
+from components.model.countries import COUNTRIES
+from components.model.fleet import HomeSpec, Mode, ServiceSpec, effective_geo
+from components.model.protection import (
     DEFAULT_AUTH_HEADERS,
     EDGE_LOOPBACK,
     RIR_SOURCES,
@@ -25,8 +27,6 @@ from ..model.protection import (
     GeoPolicy,
     ProtectionSpec,
 )
-from .keys import SECRET_SET
-from .parser import Parser
 
 _HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from ..model.fleet import TunnelSpec
-from ..model.road_warriors import DEFAULT_POOL, RoadWarrior, RoadWarriorsSpec
-from .keys import fix_key
-from .parser import WG_KEY_RE, Parser
-from .tunnel import CGNAT_RANGE
+from components.config.keys import fix_key
+from components.config.parser import WG_KEY_RE, Parser
+from components.config.tunnel import CGNAT_RANGE
+from components.model.fleet import TunnelSpec
+from components.model.road_warriors import DEFAULT_POOL, RoadWarrior, RoadWarriorsSpec
 
 FIELDS = {"name", "publicKey", "allowedPrefixes", "internet", "index"}
 

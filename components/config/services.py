@@ -6,12 +6,12 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from ..model.fleet import HomeSpec, Middlewares, Mode, Protocol, ServiceSpec, Target, TunnelSpec
-from ..model.ports import HEALTH_AGENT_PORT
-from . import middlewares, protection
-from .home import SPECIAL_RANGES
-from .keys import fix_key
-from .parser import Parser
+from components.config import middlewares, protection
+from components.config.home import SPECIAL_RANGES
+from components.config.keys import fix_key
+from components.config.parser import Parser
+from components.model.fleet import HomeSpec, Middlewares, Mode, Protocol, ServiceSpec, Target, TunnelSpec
+from components.model.ports import HEALTH_AGENT_PORT
 
 RESERVED_TCP_PORTS = {
     80: "HTTP (redirect and ACME)",

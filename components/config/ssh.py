@@ -11,9 +11,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ..model.fleet import SshSpec
-from .keys import fix_key
-from .parser import Parser
+from components.config.keys import fix_key
+from components.config.parser import Parser
+from components.model.fleet import SshSpec
 
 SSH_KEY_TYPES = (
     "ssh-ed25519",

@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from ..model.fleet import FleetConfig
-from . import parse
-from .keys import NAMESPACE, SECRET_SET, is_secret_key
+from components.config import parse
+from components.config.keys import NAMESPACE, SECRET_SET, is_secret_key
+from components.model.fleet import FleetConfig
 
 SECRET_KEY = f"{NAMESPACE}:sshPrivateKey"
 

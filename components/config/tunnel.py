@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 
-from ..model.fleet import TunnelSpec
-from .keys import KEYS
-from .parser import Parser
+from components.config.keys import KEYS
+from components.config.parser import Parser
+from components.model.fleet import TunnelSpec
 
 CGNAT_RANGE = ipaddress.IPv4Network("100.64.0.0/10")
 SPARE_TUNNEL_PREFIXES = tuple(

@@ -12,15 +12,15 @@ import functools
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..model.fleet import Mode
-from ..renderers import edge_dns
-from . import lab_dns, platform_firewall, topology
-from .certs import self_signed
-from .edge import Edge
-from .edge_lab import EdgeLab
-from .errors import LabError
-from .netns import Lab, wait_for
-from .rendered import Rendered
+from components.lab import lab_dns, platform_firewall, topology
+from components.lab.certs import self_signed
+from components.lab.edge import Edge
+from components.lab.edge_lab import EdgeLab
+from components.lab.errors import LabError
+from components.lab.netns import Lab, wait_for
+from components.lab.rendered import Rendered
+from components.model.fleet import Mode
+from components.renderers import edge_dns
 
 
 def build(rendered: Rendered, *, exclude_targets: Iterable[str] = ()) -> EdgeLab:

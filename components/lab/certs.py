@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ..tools import home_files
+from components.tools import home_files
 
 
 class SelfSigned(NamedTuple):

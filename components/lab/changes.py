@@ -27,18 +27,18 @@ from typing import Any
 
 import yaml
 
-from ..model.fleet import FleetConfig, Mode
-from ..model.keys import generate_host_key
-from ..renderers import edge_dns, nftables, traefik
-from ..tools import home_files, offline
-from .certs import self_signed
-from .edge_lab import EdgeLab
-from .errors import LabError
-from .netns import wait_for
-from .rendered import Rendered, render_stack
-from .report import Check
-from .rollout import Rollout, rollout
-from .smoke import smoke
+from components.lab.certs import self_signed
+from components.lab.edge_lab import EdgeLab
+from components.lab.errors import LabError
+from components.lab.netns import wait_for
+from components.lab.rendered import Rendered, render_stack
+from components.lab.report import Check
+from components.lab.rollout import Rollout, rollout
+from components.lab.smoke import smoke
+from components.model import edge_contract
+from components.model.fleet import FleetConfig, Mode
+from components.model.keys import generate_host_key
+from components.tools import home_files, offline
 
 
 class Stack:
@@ -145,7 +145,7 @@ def _stand_in_certificate(el: EdgeLab, rendered: Rendered) -> None:
     el.http_cert = self_signed(hosts, el.lab.workdir, f"edge-acme-standin-{time.monotonic_ns()}")
     cert, key, _ = el.http_cert
     standin = yaml.safe_dump({"tls": {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}})
-    path = f"{traefik.DYNAMIC_DIR}/lab-acme-standin.yaml"
+    path = f"{edge_contract.TRAEFIK_DYNAMIC_DIR}/lab-acme-standin.yaml"
     for edge in el.edges.values():
         # Renamed into place: Traefik watches the folder and must never read half a file.
         edge.node.write(f"{path}.new", standin, 0o644)
@@ -225,7 +225,7 @@ def _only_fleet_files_changed(el: EdgeLab, output: str) -> bool:
     if "already up to date" in output:
         return True
     updated = set(re.findall(r"updated (\S+)", output))
-    return el.cfg.dns.edge_served and bool(updated) and updated <= {edge_dns.ZONE_PATH, nftables.PATH}
+    return el.cfg.dns.edge_served and bool(updated) and updated <= {edge_contract.PDNS_ZONE, edge_contract.NFT_CONF}
 
 
 def _require_matrix_services(cfg: FleetConfig) -> None:

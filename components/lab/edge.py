@@ -34,10 +34,11 @@ from typing import Protocol
 
 import yaml
 
-from ..model.fleet import FleetConfig
-from ..renderers import bootstrap, edge_dns, nftables, traefik
-from .errors import LabError
-from .netns import Lab, Node, wait_for
+from components.lab.errors import LabError
+from components.lab.netns import Lab, Node, wait_for
+from components.model import edge_contract
+from components.model.fleet import FleetConfig
+from components.renderers import bootstrap, edge_dns
 
 TRAEFIK_BINARY = Path(sys.executable).parent / "traefik"
 SPAWNED_UNITS = ("pdns.service", "cgnat-edge-health.service")
@@ -119,7 +120,7 @@ class Edge:
         node.overlay("/var/lib")
         for private in ("/etc/wireguard", "/usr/local/bin"):
             node.run("mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", private)
-        node.run("ln", "-s", str(TRAEFIK_BINARY), traefik.BINARY_PATH)
+        node.run("ln", "-s", str(TRAEFIK_BINARY), edge_contract.TRAEFIK_BINARY)
         node.sh(
             "grep -q '^traefik:' /etc/group || echo 'traefik:x:64990:' >> /etc/group; "
             "grep -q '^traefik:' /etc/passwd || echo 'traefik:x:64990:64990::/var/lib/traefik:/usr/sbin/nologin' >> /etc/passwd"
@@ -135,7 +136,9 @@ class Edge:
         if lab.http_cert is not None:
             cert, key, _ = lab.http_cert
             standin = {"tls": {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}}
-            self.node.write(f"{traefik.DYNAMIC_DIR}/lab-acme-standin.yaml", yaml.safe_dump(standin), 0o644)
+            self.node.write(
+                f"{edge_contract.TRAEFIK_DYNAMIC_DIR}/lab-acme-standin.yaml", yaml.safe_dump(standin), 0o644
+            )
 
     def read(self, path: str) -> str:
         return self.node.run("cat", path).stdout
@@ -185,20 +188,20 @@ class Edge:
             return
         if unit.startswith("traefik"):  # a slot (traefik@a) or an older edge's single unit
             slot = unit.split("@")[1].split(".")[0] if "@" in unit else ""
-            path = bootstrap.TRAEFIK_UNIT_PATH if slot else f"/etc/systemd/system/{unit}"
+            path = edge_contract.TRAEFIK_UNIT if slot else f"/etc/systemd/system/{unit}"
             text = self.read(path)
             exec_start = next(x.split("=", 1)[1] for x in text.splitlines() if x.startswith("ExecStart="))
             argv = shlex.split(exec_start.replace("%i", slot))
-            self.node.run("mkdir", "-p", "-m", "0700", traefik.STATE_DIR)
+            self.node.run("mkdir", "-p", "-m", "0700", edge_contract.TRAEFIK_STATE_DIR)
             self.units[unit] = self.node.spawn(*argv, log=self.work / f"traefik-{slot or 'single'}.log")
-        elif unit == edge_dns.PDNS_UNIT:
+        elif unit == edge_contract.PDNS_UNIT:
             # Debian's unit's ExecStart; its RuntimeDirectory (/run/pdns) is the
             # machine's, so the control socket goes to the edge's work folder.
             self.units[unit] = self.node.spawn(
                 "pdns_server", "--guardian=no", "--daemon=no", "--disable-syslog", "--write-pid=no",
                 f"--socket-dir={self.work}", log=self.work / "pdns.log",
             )  # fmt: skip
-        elif unit == edge_dns.AGENT_UNIT:
+        elif unit == edge_contract.HEALTH_UNIT:
             text = self.read(edge_dns.AGENT_UNIT_PATH)
             exec_start = next(x.split("=", 1)[1] for x in text.splitlines() if x.startswith("ExecStart="))
             self.units[unit] = self.node.spawn(*shlex.split(exec_start), log=self.work / "health.log")
@@ -277,11 +280,11 @@ class Edge:
         """What the edge's runcmd does after write_files: firewall, tunnel, Traefik, sshd."""
         for command in self.takeover:
             self.node.sh(command)
-        self.node.run("nft", "-f", nftables.PATH)
+        self.node.run("nft", "-f", edge_contract.NFT_CONF)
         with self._lock:
             self._start("wg-quick@wg0.service")
-            self.enabled |= {bootstrap.TRAEFIK_SLOTS[0], f"{bootstrap.WG_ENDPOINT_UNIT}.timer"}
-            self._start(bootstrap.TRAEFIK_SLOTS[0])
+            self.enabled |= {edge_contract.TRAEFIK_SLOTS[0], f"{edge_contract.WG_ENDPOINT_UNIT}.timer"}
+            self._start(edge_contract.TRAEFIK_SLOTS[0])
             self.node.sh("rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* /etc/ssh/ssh_host_dsa_key*")
             self._start("ssh.service")
             # A rebooted edge: systemd starts the enabled DNS units (dnsMode edges) too.
@@ -291,7 +294,7 @@ class Edge:
         self.wait_serving()
 
     def wait_serving(self) -> None:
-        ping = f"http://{traefik.PING_ADDRESS}/ping"
+        ping = f"http://{edge_contract.TRAEFIK_PING}/ping"
         wait_for(
             lambda: (
                 self.traefik is None
@@ -305,12 +308,12 @@ class Edge:
             logs = "".join(p.read_text()[-3000:] for p in self.work.glob("traefik-*.log"))
             raise LabError(f"Traefik on edge {self.name} exited:\n{logs}")
         # Ping answers before the routers are loaded: wait for those too.
-        dynamic = yaml.safe_load(self.read(traefik.DYNAMIC_PATH))
+        dynamic = yaml.safe_load(self.read(edge_contract.TRAEFIK_DYNAMIC))
 
         def routers_loaded() -> bool:
             for proto in ("http", "tcp", "udp"):
                 want = {f"{name}@file" for name in dynamic.get(proto, {}).get("routers", {})}
-                url = f"http://{traefik.PING_ADDRESS}/api/{proto}/routers"
+                url = f"http://{edge_contract.TRAEFIK_PING}/api/{proto}/routers"
                 done = self.node.run("curl", "-fsS", "--max-time", "1", url, check=False)
                 have = {r["name"] for r in json.loads(done.stdout or "[]")} if done.returncode == 0 else set()
                 if not want <= have:
@@ -322,7 +325,7 @@ class Edge:
     @property
     def traefik(self) -> subprocess.Popen | None:
         """The Traefik of the enabled slot."""
-        slot = next((u for u in bootstrap.TRAEFIK_SLOTS if u in self.enabled), None)
+        slot = next((u for u in edge_contract.TRAEFIK_SLOTS if u in self.enabled), None)
         return self.units.get(slot) if slot else None
 
     def crash(self) -> None:

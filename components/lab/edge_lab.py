@@ -23,13 +23,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model.fleet import FleetConfig, Mode, Target
-from ..tools import home_files
-from .certs import self_signed
-from .edge import Edge
-from .errors import LabError
-from .netns import Lab, Node, wait_for
-from .rendered import Rendered
+from components.lab.certs import self_signed
+from components.lab.edge import Edge
+from components.lab.errors import LabError
+from components.lab.netns import Lab, Node, wait_for
+from components.lab.rendered import Rendered
+from components.model.fleet import FleetConfig, Mode, Target
+from components.tools import home_files
 
 SERVICES_SCRIPT = Path(__file__).resolve().parent / "services.py"
 

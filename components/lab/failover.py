@@ -27,11 +27,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..model.fleet import Mode
-from ..renderers import edge_dns
-from .edge_lab import EdgeLab
-from .errors import LabError
-from .report import Check
+from components.lab.edge_lab import EdgeLab
+from components.lab.errors import LabError
+from components.lab.report import Check
+from components.model.fleet import Mode
+from components.renderers import edge_dns
 
 BOUND_S = 15.0
 """The goal: fault to exclusion, and repair to inclusion, within 15 s."""

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 
-from ..model.fleet import Mode, ServiceSpec
-from .edge_lab import EdgeLab
-from .report import Check
+from components.lab.edge_lab import EdgeLab
+from components.lab.report import Check
+from components.model.fleet import Mode, ServiceSpec
 
 BURST = 8
 """Datagrams per edge in the reply-path check."""

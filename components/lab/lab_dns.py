@@ -12,11 +12,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ..model.fleet import FleetConfig
-from .edge_lab import EdgeLab
-from .errors import LabError
-from .netns import Node
-from .rendered import Rendered
+from components.lab.edge_lab import EdgeLab
+from components.lab.errors import LabError
+from components.lab.netns import Node
+from components.lab.rendered import Rendered
+from components.model.fleet import FleetConfig
 
 
 def zone(rendered: Rendered, dns_ip: str, records: str) -> str:

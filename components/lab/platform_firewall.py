@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import subprocess
 
-from .. import providers
-from ..model.platforms.base import ImageTraits
-from ..renderers import nftables
-from .edge import Edge
-from .edge_lab import EdgeLab
-from .report import Check
-from .smoke import smoke
+from components import providers
+from components.lab.edge import Edge
+from components.lab.edge_lab import EdgeLab
+from components.lab.report import Check
+from components.lab.smoke import smoke
+from components.model import edge_contract
+from components.model.platforms.base import ImageTraits
 
 LOADER = "netfilter-persistent.service"
 """The Debian-family unit that loads /etc/iptables/rules.v4 and rules.v6 at boot."""
@@ -67,7 +67,7 @@ def reboot(edge: Edge, order: tuple[str, str]) -> list[str]:
     loaded: list[str] = []
     for step in order:
         if step == "nftables":
-            edge.node.run("nft", "-f", nftables.PATH)
+            edge.node.run("nft", "-f", edge_contract.NFT_CONF)
         else:
             loaded = load_image_rules(edge)
     return loaded
@@ -78,7 +78,7 @@ def ruleset_differences(edge: Edge) -> list[str]:
     the same nft (the rendered one loaded in a scratch namespace)."""
     want = subprocess.run(
         ["unshare", "--net", "sh", "-c", 'nft -f "$1" && nft list ruleset', "sh", "/dev/stdin"],
-        input=edge.read(nftables.PATH),
+        input=edge.read(edge_contract.NFT_CONF),
         capture_output=True,
         text=True,
         check=True,

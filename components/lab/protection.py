@@ -35,15 +35,16 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from ..model.fleet import Mode, ServiceSpec, effective_geo
-from ..renderers import bootstrap, protection, templates
-from .edge import Edge
-from .edge_lab import EdgeLab
-from .errors import LabError
-from .netns import Node, wait_for
-from .report import Check
-from .services import IDP_SESSION
-from .topology import attach, free_internet_addresses
+from components.lab.edge import Edge
+from components.lab.edge_lab import EdgeLab
+from components.lab.errors import LabError
+from components.lab.netns import Node, wait_for
+from components.lab.report import Check
+from components.lab.services import IDP_SESSION
+from components.lab.topology import attach, free_internet_addresses
+from components.model import edge_contract
+from components.model.fleet import Mode, ServiceSpec, effective_geo
+from components.renderers import protection, templates
 
 PROBE_TIMEOUT = 2.0
 MIRROR_FILE = "delegated-lab-extended-latest"
@@ -145,11 +146,11 @@ def _geo_rows(el: EdgeLab, blocked: Node, blocked_ip: str, country: str) -> list
     fetched = {}
     for name, edge in el.edges.items():
         try:
-            edge.fire_timer(protection.GEO_UNIT)
+            edge.fire_timer(edge_contract.GEO_UNIT)
         except Exception as exc:  # reported in the row, with the status the script wrote
             fetched[name] = {"ok": False, "error": str(exc)[-300:]}
             continue
-        fetched[name] = json.loads(edge.read(protection.GEO_STATUS_PATH))
+        fetched[name] = json.loads(edge.read(edge_contract.GEO_STATUS))
     load_s = time.monotonic() - t0
     ok_fetch = all(s.get("ok") for s in fetched.values())
     rows.append(
@@ -189,7 +190,7 @@ def _keep_last_good(el: EdgeLab, mirror: Mirror, assignments: dict, blocked: Nod
     problems = []
     for name, edge in el.edges.items():
         done = edge.node.run(protection.GEO_SCRIPT_PATH, "--force", check=False)
-        status = json.loads(edge.read(protection.GEO_STATUS_PATH))
+        status = json.loads(edge.read(edge_contract.GEO_STATUS))
         if done.returncode == 0 or status.get("ok") or "MD5" not in status.get("error", ""):
             problems.append(f"{name}: rc {done.returncode}, status {status.get('ok')} {status.get('error')!r}")
         edge.node.run("nft", "-f", "/etc/nftables.conf")  # a push reloads the ruleset
@@ -285,7 +286,7 @@ def _restart_bouncer(edge: Edge, pids: dict) -> None:
 
 
 def _verifier_accepts_the_ruleset(edge: Edge) -> bool:
-    done = edge.node.run("python3", bootstrap.VERIFY_PATH, check=False)
+    done = edge.node.run("python3", edge_contract.VERIFY, check=False)
     return "cgnat-edge verify: nftables runs as declared" in done.stdout
 
 

@@ -60,11 +60,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ..config import stack
-from ..model.platforms.base import ImageTraits
-from ..renderers import bootstrap, traefik
-from ..tools import offline, render
-from .report import Check, write_report
+from components.config import stack
+from components.lab.report import Check, write_report
+from components.model import edge_contract
+from components.model.platforms.base import ImageTraits
+from components.renderers import bootstrap, traefik
+from components.tools import offline, render
 
 
 def _dpkg_architecture() -> str:
@@ -547,8 +548,8 @@ def tool_checks(b: Boot) -> list[Check]:
     """The consumers of what was written, run in the root on it."""
     (b.path("/run/sshd")).mkdir(parents=True, exist_ok=True)  # RuntimeDirectory of ssh.service on a real boot
     units = [
-        bootstrap.TRAEFIK_UNIT_PATH,
-        *(f"/etc/systemd/system/{bootstrap.WG_ENDPOINT_UNIT}.{t}" for t in ("service", "timer")),
+        edge_contract.TRAEFIK_UNIT,
+        *(f"/etc/systemd/system/{edge_contract.WG_ENDPOINT_UNIT}.{t}" for t in ("service", "timer")),
     ]
     runs = {
         "nft-check": ["nft", "-c", "-f", "/etc/nftables.conf"],
@@ -578,9 +579,9 @@ def host_key_check(b: Boot) -> Check:
     problems = []
     if present != want:
         problems.append(f"host key files {present}, want {want}")
-    elif b.path(bootstrap.HOST_KEY_PATH).read_text().strip() != keys.get("ed25519_private", "").strip():
+    elif b.path(edge_contract.HOST_KEY).read_text().strip() != keys.get("ed25519_private", "").strip():
         problems.append("the private key is not the pinned one")
-    elif b.path(f"{bootstrap.HOST_KEY_PATH}.pub").read_text().split()[:2] != keys.get("ed25519_public", "").split()[:2]:
+    elif b.path(f"{edge_contract.HOST_KEY}.pub").read_text().split()[:2] != keys.get("ed25519_public", "").split()[:2]:
         problems.append("the public key is not the pinned one")
     return Check(
         f"boot:{b.edge}:host-key",
@@ -592,7 +593,7 @@ def host_key_check(b: Boot) -> Check:
 
 
 def pinned_digest(user_data: dict) -> str:
-    return next(c[1] for c in user_data["runcmd"] if c[0] == bootstrap.INSTALL_TRAEFIK_PATH)
+    return next(c[1] for c in user_data["runcmd"] if c[0] == edge_contract.INSTALL_TRAEFIK)
 
 
 def traefik_check(b: Boot) -> Check:
@@ -689,7 +690,7 @@ def edge_checks(b: Boot) -> list[Check]:
     ]
 
 
-READINESS_MESSAGE = f"{bootstrap.TRAEFIK_BINARY_PATH} is missing"
+READINESS_MESSAGE = f"{edge_contract.TRAEFIK_BINARY} is missing"
 READINESS_SCRIPT = """set -e
 ip link set lo up
 ip link add wg0 type veth peer name wg0-peer

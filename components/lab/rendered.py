@@ -11,11 +11,11 @@ from typing import Any
 
 import yaml
 
-from ..config import stack
-from ..model.fleet import FleetConfig
-from ..model.keys import generate_host_key
-from ..renderers import bootstrap
-from ..tools import offline, render
+from components.config import stack
+from components.model import edge_contract
+from components.model.fleet import FleetConfig
+from components.model.keys import generate_host_key
+from components.tools import offline, render
 
 
 @dataclass
@@ -48,8 +48,8 @@ class Rendered:
         keys = doc.get("ssh_keys") or {}
         if keys:
             files += [
-                {"path": bootstrap.HOST_KEY_PATH, "content": keys["ed25519_private"], "permissions": "0600"},
-                {"path": f"{bootstrap.HOST_KEY_PATH}.pub", "content": keys["ed25519_public"], "permissions": "0644"},
+                {"path": edge_contract.HOST_KEY, "content": keys["ed25519_private"], "permissions": "0600"},
+                {"path": f"{edge_contract.HOST_KEY}.pub", "content": keys["ed25519_public"], "permissions": "0644"},
             ]
         return files
 

@@ -10,10 +10,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .edge_lab import SERVICES_SCRIPT, EdgeLab
-from .netns import wait_for
-from .rendered import Rendered
-from .services import IDP_SESSION
+from components.lab.edge_lab import SERVICES_SCRIPT, EdgeLab
+from components.lab.netns import wait_for
+from components.lab.rendered import Rendered
+from components.lab.services import IDP_SESSION
 
 
 def _watch_checks(el: EdgeLab, edges: list[str], rendered: Rendered) -> list[dict]:

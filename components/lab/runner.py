@@ -8,17 +8,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import platform_firewall, smoke
-from .build import build
-from .changes import run_matrix
-from .edge import TRAEFIK_BINARY
-from .errors import LabError
-from .failover import run_faults
-from .forward import run_forward
-from .protection import run_protection
-from .rendered import render_stack
-from .report import Check, write_report
-from .vpn import run_vpn
+from components.lab import platform_firewall, smoke
+from components.lab.build import build
+from components.lab.changes import run_matrix
+from components.lab.edge import TRAEFIK_BINARY
+from components.lab.errors import LabError
+from components.lab.failover import run_faults
+from components.lab.forward import run_forward
+from components.lab.protection import run_protection
+from components.lab.rendered import render_stack
+from components.lab.report import Check, write_report
+from components.lab.vpn import run_vpn
 
 TOOLS = ("ip", "nsenter", "unshare", "wg", "wg-quick", "wireguard-go", "nft", "pdns_server", "bash", "curl")
 

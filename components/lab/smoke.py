@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..model.fleet import Mode, ServiceSpec
-from ..renderers import geodns
-from .edge_lab import EdgeLab
-from .report import Check
+from components.lab.edge_lab import EdgeLab
+from components.lab.report import Check
+from components.model.fleet import Mode, ServiceSpec
+from components.renderers import geodns
 
 
 @dataclass

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..model.fleet import FleetConfig
-from .edge_lab import EdgeLab
-from .errors import LabError
-from .netns import Lab, Node
+from components.lab.edge_lab import EdgeLab
+from components.lab.errors import LabError
+from components.lab.netns import Lab, Node
+from components.model.fleet import FleetConfig
 
 INTERNET_POOLS = (ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("198.51.100.0/24"))
 CGNAT_INSIDE = ("100.64.0.1", "100.64.0.2", 10)

@@ -20,10 +20,10 @@ import json
 import sys
 import time
 
-from .edge_lab import SERVICES_SCRIPT, EdgeLab
-from .netns import Node, wait_for
-from .report import Check
-from .topology import attach, free_internet_addresses
+from components.lab.edge_lab import SERVICES_SCRIPT, EdgeLab
+from components.lab.netns import Node, wait_for
+from components.lab.report import Check
+from components.lab.topology import attach, free_internet_addresses
 
 ECHO_PORT = 25
 """The lab's ``mail`` forward service listens on 192.0.2.30:25: a LAN tcp echo."""

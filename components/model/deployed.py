@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .fleet import EdgeSpec
+from components.model.fleet import EdgeSpec
 
 A = TypeVar("A")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .fleet import FleetConfig
-from .ports import HEALTH_AGENT_PORT
+from components.model.fleet import FleetConfig
+from components.model.ports import HEALTH_AGENT_PORT
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from . import catalog
-from .protection import ForwardAuth, GeoPolicy, ProtectionSpec
-from .road_warriors import RoadWarriorsSpec
+from components.model import catalog
+from components.model.protection import ForwardAuth, GeoPolicy, ProtectionSpec
+from components.model.road_warriors import RoadWarriorsSpec
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -6,8 +6,8 @@ config parser and the renderers know its platform, ``components.model.platforms`
 
 from __future__ import annotations
 
-from . import digitalocean, hetzner, oracle
-from .base import Provider
+from components.providers import digitalocean, hetzner, oracle
+from components.providers.base import Provider
 
 REGISTRY: dict[str, Provider] = {p.name: p for p in (hetzner.PROVIDER, digitalocean.PROVIDER, oracle.PROVIDER)}
 

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..model.fleet import EdgeSpec, FleetConfig
-from ..model.platforms.base import Platform
+from components.model.fleet import EdgeSpec, FleetConfig
+from components.model.platforms.base import Platform
 
 if TYPE_CHECKING:
     import pulumi

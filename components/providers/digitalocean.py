@@ -7,10 +7,10 @@ import hashlib
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..model.firewall import ANYWHERE, firewall_rules
-from ..model.fleet import EdgeSpec, FleetConfig
-from ..model.platforms import digitalocean as platform
-from .base import (
+from components.model.firewall import ANYWHERE, firewall_rules
+from components.model.fleet import EdgeSpec, FleetConfig
+from components.model.platforms import digitalocean as platform
+from components.providers.base import (
     USER_DATA_IGNORED,
     InboundRule,
     Machine,

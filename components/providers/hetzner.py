@@ -6,10 +6,10 @@ import ipaddress
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..model.firewall import firewall_rules
-from ..model.fleet import EdgeSpec, FleetConfig
-from ..model.platforms import hetzner as platform
-from .base import (
+from components.model.firewall import firewall_rules
+from components.model.fleet import EdgeSpec, FleetConfig
+from components.model.platforms import hetzner as platform
+from components.providers.base import (
     USER_DATA_IGNORED,
     InboundRule,
     Machine,

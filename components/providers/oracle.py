@@ -9,12 +9,11 @@ import ipaddress
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..model.firewall import ANYWHERE, FirewallRule, firewall_rules
-from ..model.fleet import EdgeSpec, FleetConfig
-from ..model.platforms import oracle as platform
-from ..model.platforms.oracle import BOOT_VOLUME_GB, DOMAINS, SHAPE, OracleEdge
-from ..renderers.bootstrap import UserDataTooLarge
-from .base import (
+from components.model.firewall import ANYWHERE, FirewallRule, firewall_rules
+from components.model.fleet import EdgeSpec, FleetConfig
+from components.model.platforms import oracle as platform
+from components.model.platforms.oracle import BOOT_VOLUME_GB, DOMAINS, SHAPE, OracleEdge
+from components.providers.base import (
     InboundRule,
     Machine,
     Provider,
@@ -22,6 +21,7 @@ from .base import (
     labels,
     server_name,
 )
+from components.renderers.bootstrap import UserDataTooLarge
 
 if TYPE_CHECKING:
     import pulumi

@@ -14,7 +14,7 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..model import edge_contract
+from components.model import edge_contract
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,9 @@ installs no default route for that, and routes the edge's own addresses itself.
 
 from __future__ import annotations
 
-from ..model import edge_contract
-from ..model.fleet import FleetConfig, Mode, ServiceSpec
-from . import tunnel
-from .nft_literals import one_or_set
+from components.model import edge_contract
+from components.model.fleet import FleetConfig, Mode, ServiceSpec
+from components.renderers.nft_literals import one_or_set
 
 MARK_BASE = 0xCE00
 """Connection/packet mark of the tunnel to the edge with index i: MARK_BASE + i."""
@@ -41,7 +40,6 @@ TABLE_BASE = 51900
 RULE_PRIORITY_BASE = 5000
 """ip rule priorities: RULE_PRIORITY_BASE + 2 i and + 2 i + 1; below main's 32766."""
 
-SYSCTL_PATH = edge_contract.FORWARD_SYSCTL
 SYSCTL = "# cgnat-edge: forward services route visitors' packets into the tunnel.\nnet.ipv4.ip_forward = 1\n"
 
 
@@ -89,7 +87,7 @@ def edge_forward_rules(cfg: FleetConfig) -> list[str]:
     the tunnel, their replies come back; nothing else is routed."""
     if not needs_ip_forward(cfg):
         return []
-    wg = tunnel.EDGE_INTERFACE
+    wg = edge_contract.WG_INTERFACE
     return [
         "ct state established,related accept",
         *(
@@ -111,7 +109,7 @@ def edge_chains(cfg: FleetConfig) -> list[str]:
     carries)."""
     if not services(cfg):
         return []
-    wg = tunnel.EDGE_INTERFACE
+    wg = edge_contract.WG_INTERFACE
     rules = []
     for s in services(cfg):
         to = f"{s.target.host}" if s.port_end else f"{s.target.host}:{s.target.port}"

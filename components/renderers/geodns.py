@@ -42,9 +42,9 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..model.deployed import DeployedEdge
-from ..model.fleet import FleetConfig, ServiceSpec
-from ..model.ports import HEALTH_AGENT_PORT
+from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig, ServiceSpec
+from components.model.ports import HEALTH_AGENT_PORT
 
 PORT_SERVICES_LABEL = "edge"
 """``<label>.<domain>`` is the name for tcp/udp services (see the module docstring)."""

@@ -71,11 +71,11 @@ import ipaddress
 import re
 import shlex
 
-from ..model.deployed import DeployedEdge
-from ..model.fleet import FleetConfig, HomeRole, Target
-from ..model.keys import public_key_of
-from . import forwarding, road_warriors
-from . import tunnel as tunnel_module
+from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig, HomeRole, Target
+from components.model.keys import public_key_of
+from components.renderers import forwarding, road_warriors
+from components.renderers import tunnel as tunnel_module
 
 HOME_KEY_FILE = "/etc/wireguard/cgnat-edge-home.key"
 """Where the wg-quick files read the home private key from when it never left home."""

@@ -9,12 +9,11 @@ that starts with ``flush ruleset``: loading it again is how changes are applied.
 
 from __future__ import annotations
 
-from ..model import edge_contract
-from ..model.fleet import FleetConfig
-from . import edge_dns, forwarding, protection, road_warriors, tunnel
-from .nft_literals import set_of
+from components.model import edge_contract
+from components.model.fleet import FleetConfig
+from components.renderers import edge_dns, forwarding, protection, road_warriors
+from components.renderers.nft_literals import set_of
 
-PATH = edge_contract.NFT_CONF
 METADATA_ADDRESS = "169.254.169.254"
 
 
@@ -123,7 +122,7 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         "    # records from stalling when ICMP too-big messages are lost on the way.",
         "    chain mss_clamp {",
         "        type filter hook postrouting priority mangle; policy accept;",
-        f'        oifname "{tunnel.EDGE_INTERFACE}" tcp flags syn / syn,rst tcp option maxseg size set rt mtu',
+        f'        oifname "{edge_contract.WG_INTERFACE}" tcp flags syn / syn,rst tcp option maxseg size set rt mtu',
         "    }",
         *protection.nft_table_lines(cfg),
         *forwarding.edge_chains(cfg),

@@ -20,17 +20,13 @@ from typing import Any
 
 import yaml
 
-from ..model import edge_contract
-from ..model.fleet import FleetConfig, Mode, ServiceSpec, effective_geo
-from ..model.protection import CrowdSec, GeoPolicy
-from . import templates, tunnel
-from .nft_literals import one_or_set
+from components.model import edge_contract
+from components.model.fleet import FleetConfig, Mode, ServiceSpec, effective_geo
+from components.model.protection import CrowdSec, GeoPolicy
+from components.renderers import templates
+from components.renderers.nft_literals import one_or_set
 
-GEO_CONFIG_PATH = edge_contract.GEO_CONFIG
 GEO_SCRIPT_PATH = "/usr/local/sbin/cgnat-edge-geo-sets"
-GEO_UNIT = edge_contract.GEO_UNIT
-GEO_STATE_DIR = edge_contract.GEO_STATE_DIR
-GEO_STATUS_PATH = edge_contract.GEO_STATUS
 TABLE = ("inet", "cgnat_edge")
 
 CROWDSEC_SETUP_PATH = "/usr/local/sbin/cgnat-edge-crowdsec"
@@ -46,17 +42,14 @@ CROWDSEC_TABLES = tuple(f"{family} {table}" for family, table, _, _ in CROWDSEC_
 CROWDSEC_CHAIN = "bans"
 BOUNCER_SETTINGS_PATH = "/etc/cgnat-edge/crowdsec-bouncer.yaml"
 """Merged by the setup into the bouncer's ``.yaml.local`` (which holds its API key)."""
-BOUNCER_UNIT = edge_contract.BOUNCER_UNIT
-CROWDSEC_UNIT = edge_contract.CROWDSEC_UNIT
-"""The agent with its Local API, which the bouncer asks for decisions."""
 ACCESS_LOG = "/var/lib/traefik/access.log"
 """Traefik's access log, in its state directory: the only place its unit lets it write."""
 LOGROTATE_PATH = "/etc/logrotate.d/cgnat-edge-traefik"
 PUSHED_ONLY = (
-    GEO_CONFIG_PATH,
+    edge_contract.GEO_CONFIG,
     GEO_SCRIPT_PATH,
-    f"{edge_contract.SYSTEMD_DIR}/{GEO_UNIT}.service",
-    f"{edge_contract.SYSTEMD_DIR}/{GEO_UNIT}.timer",
+    f"{edge_contract.SYSTEMD_DIR}/{edge_contract.GEO_UNIT}.service",
+    f"{edge_contract.SYSTEMD_DIR}/{edge_contract.GEO_UNIT}.timer",
 )
 """Arrive with the first push (which enables the timer), right after boot: the
 user data stays small for the stacks that use no country filters."""
@@ -83,7 +76,7 @@ def countries(cfg: FleetConfig) -> list[str]:
 
 
 def cache_file(country: str) -> str:
-    return f"{GEO_STATE_DIR}/{country.lower()}.nft"
+    return f"{edge_contract.GEO_STATE_DIR}/{country.lower()}.nft"
 
 
 def nft_table_lines(cfg: FleetConfig) -> list[str]:
@@ -103,7 +96,7 @@ def nft_table_lines(cfg: FleetConfig) -> list[str]:
         "        # Before the forward services' DNAT and before the input chain accepts a port:",
         "        # a dropped visitor never reaches Traefik or home.",
         "        type filter hook prerouting priority dstnat - 10; policy accept;",
-        f'        iifname "{tunnel.EDGE_INTERFACE}" accept',
+        f'        iifname "{edge_contract.WG_INTERFACE}" accept',
         "        ct state established,related accept",
     ]
     for i, (proto, ports, _) in enumerate(rules):
@@ -187,7 +180,7 @@ def geo_config(cfg: FleetConfig) -> dict[str, Any]:
         "sources": list(cfg.protection.geo_sources),
         "countries": countries(cfg),
         "table": list(TABLE),
-        "state": GEO_STATE_DIR,
+        "state": edge_contract.GEO_STATE_DIR,
     }
 
 
@@ -226,10 +219,18 @@ def crowdsec_acquisition(cfg: FleetConfig) -> str:
 def node_files(cfg: FleetConfig) -> list[tuple[str, str, str]]:
     """(path, content, mode) of the protection files on every edge."""
     files = [
-        (GEO_CONFIG_PATH, json.dumps(geo_config(cfg), indent=1) + "\n", "0644"),
+        (edge_contract.GEO_CONFIG, json.dumps(geo_config(cfg), indent=1) + "\n", "0644"),
         (GEO_SCRIPT_PATH, templates.text("geo-sets.py"), "0755"),
-        (f"{edge_contract.SYSTEMD_DIR}/{GEO_UNIT}.service", templates.text(f"{GEO_UNIT}.service"), "0644"),
-        (f"{edge_contract.SYSTEMD_DIR}/{GEO_UNIT}.timer", templates.text(f"{GEO_UNIT}.timer"), "0644"),
+        (
+            f"{edge_contract.SYSTEMD_DIR}/{edge_contract.GEO_UNIT}.service",
+            templates.text(f"{edge_contract.GEO_UNIT}.service"),
+            "0644",
+        ),
+        (
+            f"{edge_contract.SYSTEMD_DIR}/{edge_contract.GEO_UNIT}.timer",
+            templates.text(f"{edge_contract.GEO_UNIT}.timer"),
+            "0644",
+        ),
     ]
     if cfg.protection.crowdsec != CrowdSec.OFF:
         files += [
@@ -250,7 +251,7 @@ def enroll_command(edge: str) -> str:
     command line pulumi logs); the agent picks the enrolment up on reload."""
     return (
         f'key=$(cat) && cscli console enroll --overwrite --name {shlex.quote(edge)} --tags cgnat-edge "$key" '
-        f"&& systemctl reload-or-restart {CROWDSEC_UNIT}"
+        f"&& systemctl reload-or-restart {edge_contract.CROWDSEC_UNIT}"
     )
 
 

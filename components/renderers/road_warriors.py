@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..model.deployed import DeployedEdge
-from ..model.fleet import FleetConfig
-from ..model.road_warriors import RoadWarrior
-from . import tunnel
-from .nft_literals import set_of
+from components.model import edge_contract
+from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig
+from components.model.road_warriors import RoadWarrior
+from components.renderers.nft_literals import set_of
 
 KEEPALIVE = 25
 
@@ -32,7 +32,7 @@ def peers(cfg: FleetConfig) -> tuple[RoadWarrior, ...]:
 
 def edge_forward_rules(cfg: FleetConfig) -> list[str]:
     """Forward-chain rules (policy drop): each device to its LAN prefixes, into the tunnel."""
-    wg = tunnel.EDGE_INTERFACE
+    wg = edge_contract.WG_INTERFACE
     rules = []
     for rw in peers(cfg):
         v4 = [n for n in rw.allowed if n.version == 4]
@@ -53,7 +53,7 @@ def edge_chains(cfg: FleetConfig) -> list[str]:
         "    # road warriors with internet: true leave through the edge, behind its address.",
         "    chain road_warrior_exit {",
         "        type nat hook postrouting priority srcnat; policy accept;",
-        f'        oifname != "{tunnel.EDGE_INTERFACE}" ip saddr {set_of(exits)} masquerade',
+        f'        oifname != "{edge_contract.WG_INTERFACE}" ip saddr {set_of(exits)} masquerade',
         "    }",
     ]
 

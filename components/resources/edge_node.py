@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_command as command
 
-from .. import providers
-from ..config import geoip
-from ..model.deployed import DeployedEdge
-from ..model.fleet import EdgeSpec, FleetConfig
-from ..renderers import bootstrap, bundle, edge_dns, protection, tunnel
-from .keys import SshHostKey, WireGuardKey
+from components import providers
+from components.config import geoip
+from components.model.deployed import DeployedEdge
+from components.model.fleet import EdgeSpec, FleetConfig
+from components.renderers import bootstrap, bundle, edge_dns, protection, tunnel
+from components.resources.keys import SshHostKey, WireGuardKey
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 
 import pulumi
 
-from .. import providers
-from ..model import catalog
-from ..model.deployed import DeployedEdge
-from ..model.fleet import FleetConfig
-from ..renderers import edge_dns, geodns, home_configs, tunnel
-from .edge_node import EdgeNode, EdgeNodeArgs
-from .keys import StackSshKey, WireGuardKey
-from .managed_dns import ManagedDns, ManagedDnsArgs
+from components import providers
+from components.model import catalog
+from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig
+from components.renderers import edge_dns, geodns, home_configs, tunnel
+from components.resources.edge_node import EdgeNode, EdgeNodeArgs
+from components.resources.keys import StackSshKey, WireGuardKey
+from components.resources.managed_dns import ManagedDns, ManagedDnsArgs
 
 
 def monthly_cost(cfg: FleetConfig) -> dict:

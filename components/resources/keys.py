@@ -28,7 +28,7 @@ from typing import Any
 import pulumi
 import pulumi.dynamic
 
-from ..model.keys import generate_host_key, generate_keypair
+from components.model.keys import generate_host_key, generate_keypair
 
 
 class WireGuardKeyProvider(pulumi.dynamic.ResourceProvider):

@@ -22,10 +22,10 @@ from typing import Any
 
 import pulumi
 
-from .. import providers
-from ..model.deployed import DeployedEdge
-from ..model.fleet import FleetConfig
-from ..renderers import edge_dns, geodns
+from components import providers
+from components.model.deployed import DeployedEdge
+from components.model.fleet import FleetConfig
+from components.renderers import edge_dns, geodns
 
 TYPE_TOKEN = "cgnat-edge:index:ManagedDns"
 

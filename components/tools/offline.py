@@ -18,11 +18,11 @@ from typing import Any
 import dill
 import pulumi
 
-from .. import program as program_module
-from .. import providers
-from ..config import stack
-from ..config.keys import NAMESPACE
-from ..resources import pulumi_private
+from components import program as program_module
+from components import providers
+from components.config import stack
+from components.config.keys import NAMESPACE
+from components.resources import pulumi_private
 
 SECRET = "[secret]"
 DYNAMIC_PREFIX = "pulumi-python:dynamic"

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import providers
-from ..config import stack
-from ..config.keys import NAMESPACE
-from ..model.fleet import FleetConfig
-from ..renderers import edge_dns
-from . import offline, render
+from components import providers
+from components.config import stack
+from components.config.keys import NAMESPACE
+from components.model.fleet import FleetConfig
+from components.renderers import edge_dns
+from components.tools import offline, render
 
 SECRET_MARKER = "[secret]"
 SSH_PORT = 22

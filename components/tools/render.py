@@ -14,10 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from .. import providers
-from ..model import edge_contract
-from ..renderers import bundle
-from . import home_files, offline
+from components import providers
+from components.model import edge_contract
+from components.renderers import bundle
+from components.tools import home_files, offline
 
 
 def _write(path: Path, text: str, private: bool = False) -> Path:

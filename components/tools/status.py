@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..model import edge_contract
-from ..renderers import bootstrap, edge_dns, protection, templates
-from . import home_files
+from components.model import edge_contract
+from components.renderers import bootstrap, edge_dns, protection, templates
+from components.tools import home_files
 
 HANDSHAKE_STALE_S = 180
 """WireGuard renews a session every 2 minutes while traffic flows and home keeps it alive."""
@@ -185,7 +185,7 @@ def _judge(st: EdgeStatus, e: dict, facts: dict, ssh: str) -> None:
     active = [u for u, up in facts["slots"].items() if up]
     f["traefik"] = active[0] if active else "stopped"
     if not active or facts["ping"][0] != 0:
-        slot = active[0] if active else bootstrap.TRAEFIK_SLOTS[0]
+        slot = active[0] if active else edge_contract.TRAEFIK_SLOTS[0]
         st.problem(f"Traefik is not serving ({f['traefik']}, ping failed)", f"{ssh} sudo systemctl restart {slot}")
 
     drifted = sorted(p for p, want in e["pushedFiles"].items() if facts["files"].get(p) != want)
@@ -200,7 +200,7 @@ def _judge(st: EdgeStatus, e: dict, facts: dict, ssh: str) -> None:
         lines = [ln for ln in (out + err).splitlines() if ln.strip()][:5]
         st.problem(
             "the running edge differs from its files: " + " | ".join(lines)[:400],
-            f"{ssh} sudo {bootstrap.VERIFY_PATH}; then `systemctl reload-or-restart` what it names (nftables, wg-quick@wg0)",
+            f"{ssh} sudo {edge_contract.VERIFY}; then `systemctl reload-or-restart` what it names (nftables, wg-quick@wg0)",
         )
 
     stamp = facts["upgrades"]
@@ -235,7 +235,7 @@ def _judge_protection(st: EdgeStatus, facts: dict, ssh: str) -> None:
             "loadedAge": _age(now, s.get("loaded")),
             "error": s.get("error") or None,
         }
-        unit = protection.GEO_UNIT
+        unit = edge_contract.GEO_UNIT
         fix = f"{ssh} sudo systemctl start {unit}.service; {ssh} sudo journalctl -u {unit}"
         since = _age(now, s.get("failing_since"))
         if g["loadedAge"] is None:

@@ -5,8 +5,8 @@ its cloud resources are the provider of the same name (``components/providers/``
 
 from __future__ import annotations
 
-from . import digitalocean, hetzner, oracle
-from .base import Platform
+from components.model.platforms import digitalocean, hetzner, oracle
+from components.model.platforms.base import Platform
 
 REGISTRY: dict[str, Platform] = {p.name: p for p in (hetzner.PLATFORM, digitalocean.PLATFORM, oracle.PLATFORM)}
 

@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..catalog import MIN_RAM_GB, Location, ServerType
-from ..firewall import FirewallRule
-from ..fleet import EdgeSpec
+from components.model.catalog import MIN_RAM_GB, Location, ServerType
+from components.model.firewall import FirewallRule
+from components.model.fleet import EdgeSpec
 
 Fail = Callable[[str, str], None]
 """How a platform reports a config problem: (key below ``cgnat-edge:``, problem and fix)."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..catalog import Location, ServerType
-from .base import Platform
+from components.model.catalog import Location, ServerType
+from components.model.platforms.base import Platform
 
 OUTBOUND = ("tcp", "udp", "icmp")
 """Protocols every Droplet firewall lets out: without outbound rules it blocks all egress."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..catalog import Location, ServerType
-from .base import Platform
+from components.model.catalog import Location, ServerType
+from components.model.platforms.base import Platform
 
 _EU = frozenset({"fsn1", "nbg1", "hel1"})
 _ALL = frozenset({"fsn1", "nbg1", "hel1", "ash", "hil", "sin"})

@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..catalog import Location, ServerType
-from ..firewall import FirewallRule
-from ..fleet import EdgeSpec
-from .base import Fail, ImageTraits, Platform
+from components.model.catalog import Location, ServerType
+from components.model.firewall import FirewallRule
+from components.model.fleet import EdgeSpec
+from components.model.platforms.base import Fail, ImageTraits, Platform
 
 SHAPE = "VM.Standard.A1.Flex"
 FREE_OCPUS = 4
