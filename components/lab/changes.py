@@ -36,7 +36,7 @@ from components.lab.report import Check
 from components.lab.rollout import Rollout, rollout
 from components.lab.smoke import smoke
 from components.model import edge_contract
-from components.model.fleet import FleetConfig, Mode
+from components.model.fleet import FleetConfig, HomeRole, Mode
 from components.model.keys import generate_host_key
 from components.tools import home_files, offline
 
@@ -356,7 +356,7 @@ class Matrix:
     def add_lan_prefix(self) -> None:
         el, edges, stack = self.el, self.edges, self.stack
         prefix, router_address, nas = NEW_LAN
-        el.home.addresses("lan" if el.cfg.home.role == "router" else "eth0", [router_address])
+        el.home.addresses("lan" if el.cfg.home.role == HomeRole.ROUTER else "eth0", [router_address])
         lan = [*list(stack.values["homeLanPrefixes"]), prefix]
         services = [*list(stack.values["services"]), nas]
         if self.push("add-lan-prefix", stack.render(homeLanPrefixes=lan, services=services), probe=False):

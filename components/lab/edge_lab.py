@@ -28,7 +28,7 @@ from components.lab.edge import Edge
 from components.lab.errors import LabError
 from components.lab.netns import Lab, Node, wait_for
 from components.lab.rendered import Rendered
-from components.model.fleet import FleetConfig, Mode, Target
+from components.model.fleet import FleetConfig, Mode, Protocol, Target
 from components.tools import home_files
 
 SERVICES_SCRIPT = Path(__file__).resolve().parent / "services.py"
@@ -63,7 +63,7 @@ def home_listeners(
             if s.forward_auth is not None and s.forward_auth.at_home:
                 fa = s.forward_auth
                 add("tcp", Target(fa.host, fa.port), {"kind": "idp", "service": f"{s.name}-signin"})
-        elif s.mode is Mode.TCP or (s.mode is Mode.FORWARD and s.protocol == "tcp"):
+        elif s.mode is Mode.TCP or (s.mode is Mode.FORWARD and s.protocol == Protocol.TCP):
             add("tcp", s.target, {"kind": "tcp-echo", "service": s.name, "proxy": s.proxy_protocol})
         else:
             add("udp", s.target, {"kind": "udp-echo", "service": s.name})

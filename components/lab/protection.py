@@ -44,6 +44,7 @@ from components.lab.services import IDP_SESSION
 from components.lab.topology import attach, free_internet_addresses
 from components.model import edge_contract
 from components.model.fleet import Mode, ServiceSpec, effective_geo
+from components.model.protection import CrowdSec
 from components.renderers import protection, templates
 
 PROBE_TIMEOUT = 2.0
@@ -454,6 +455,6 @@ def run_protection(el: EdgeLab) -> list[Check]:
         rows.append(_keep_last_good(el, mirror, assignments, blocked))
         rows.append(_lifted_row(el, mirror, country, blocked, blocked_ip))
     rows.append(_forward_auth_row(el))
-    if cfg.protection.crowdsec != "off":
+    if cfg.protection.crowdsec != CrowdSec.OFF:
         rows += _crowdsec_rows(el)
     return rows

@@ -18,7 +18,7 @@ import ipaddress
 from components.lab.edge_lab import EdgeLab
 from components.lab.errors import LabError
 from components.lab.netns import Lab, Node
-from components.model.fleet import FleetConfig
+from components.model.fleet import FleetConfig, HomeRole
 
 INTERNET_POOLS = (ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("198.51.100.0/24"))
 CGNAT_INSIDE = ("100.64.0.1", "100.64.0.2", 10)
@@ -137,7 +137,7 @@ def wire(el: EdgeLab, edge_ips: dict[str, str], *, dns_node: bool) -> None:
     inside_cgnat, home_wan, plen = CGNAT_INSIDE
     router_lan, server_addrs, server_gw = lan_plan(cfg)
     server = el.nodes["server"] = lab.node("server")
-    if cfg.home.role == "router":
+    if cfg.home.role == HomeRole.ROUTER:
         home = el.nodes["home"] = lab.node("home")
         lab.link(home, "wan", [f"{home_wan}/{plen}"], cgnat, "inside", [f"{inside_cgnat}/{plen}"])
         home.route("default", "via", inside_cgnat)

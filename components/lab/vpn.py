@@ -24,6 +24,7 @@ from components.lab.edge_lab import SERVICES_SCRIPT, EdgeLab
 from components.lab.netns import Node, wait_for
 from components.lab.report import Check
 from components.lab.topology import attach, free_internet_addresses
+from components.model.fleet import Protocol
 
 ECHO_PORT = 25
 """The lab's ``mail`` forward service listens on 192.0.2.30:25: a LAN tcp echo."""
@@ -76,7 +77,7 @@ def run_vpn(el: EdgeLab) -> list[Check]:
     edges = sorted(el.edges, key=lambda n: next(e.index for e in cfg.edges if e.name == n))
     first, second = edges[0], edges[1 % len(edges)]
     target = next(
-        (str(s.target.host) for s in cfg.services if s.target.port == ECHO_PORT and s.protocol == "tcp"), None
+        (str(s.target.host) for s in cfg.services if s.target.port == ECHO_PORT and s.protocol == Protocol.TCP), None
     )
     allowed = [n for n in device.allowed if n.version == 4]
     lan = next(n for n in cfg.home.lan_prefixes if n.version == 4)
