@@ -6,13 +6,15 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
 
 from components.config import ConfigError
 from components.tools import offline
-from tests.support import DEV_STACK, stack_raw
+from tests.support import DEV_STACK, ROOT, stack_raw
 
 WG_KEY = "pulumi-python:dynamic/cgnat-edge:WireGuardKey"
 HOST_KEY = "pulumi-python:dynamic/cgnat-edge:SshHostKey"
@@ -290,3 +292,35 @@ def test_crowdsec_enrolment_runs_once_per_edge_with_the_key_only_as_a_secret():
     assert not [r for r in without.resources if r.name.endswith("-crowdsec-enroll")]
     with pytest.raises(Exception, match="crowdsecEnrollKey: needs CrowdSec's Central API"):
         offline.run_program(DEV_STACK, config_overrides={"crowdsec": "offline"}, secrets={"crowdsecEnrollKey": key})
+
+
+_BUILD_FAILS = """
+import sys
+from components import providers
+from components.tools import offline
+from tests.support import DEV_STACK
+
+def fail(*args, **kwargs):
+    raise RuntimeError("the machine could not be described")
+
+type(providers.get("hetzner")).create_machine = fail
+try:
+    offline.run_program(DEV_STACK, config_overrides={"dnsMode": sys.argv[1]})
+except RuntimeError as error:
+    print(error)
+"""
+
+
+@pytest.mark.parametrize("dns_mode", ["records", "edges"])
+def test_an_edge_that_fails_to_build_ends_the_run_with_its_error(dns_mode):
+    """In dnsMode edges every edge's zone waits on the whole fleet; an edge that raises
+    while it is built must end the run with that error, not leave the others waiting."""
+    done = subprocess.run(
+        [sys.executable, "-c", _BUILD_FAILS, dns_mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "the machine could not be described"

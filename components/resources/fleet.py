@@ -45,6 +45,20 @@ def dns_outputs(cfg: FleetConfig, fleet: list[DeployedEdge[str]]) -> dict:
     return out
 
 
+def _deployed(cfg: FleetConfig, values: list) -> list[DeployedEdge[str]]:
+    return [DeployedEdge(edge, ipv4, ipv6) for edge, (ipv4, ipv6, _key) in zip(cfg.edges, values, strict=True)]
+
+
+def _failed(error: Exception) -> pulumi.Output[list[DeployedEdge[str]]]:
+    """An output that fails with ``error``: what the edges waiting on the fleet get when
+    building it failed."""
+
+    def fail(_: object) -> list[DeployedEdge[str]]:
+        raise error
+
+    return pulumi.Output.from_input(None).apply(fail)
+
+
 @dataclass(frozen=True)
 class EdgeFleetArgs:
     cfg: FleetConfig
@@ -91,26 +105,35 @@ class EdgeFleet(pulumi.ComponentResource):
         resolve_fleet: Callable[[pulumi.Output[list[DeployedEdge[str]]]], None] | None = None
         if cfg.dns.edge_served:
             fleet, resolve_fleet = pulumi.deferred_output()
-        for edge in cfg.edges:
-            nodes.append(
-                EdgeNode(
-                    edge.name,
-                    EdgeNodeArgs(
-                        cfg,
-                        edge,
-                        home_public_key,
-                        key_ids[edge.provider],
-                        ssh_private_key=args.ssh_private_key,
-                        after=nodes[-1].config_step if nodes else None,
-                        road_warrior_keys=road_warrior_keys,
-                        fleet=fleet,
-                        crowdsec_enroll_key=args.crowdsec_enroll_key,
-                    ),
-                    child,
+        try:
+            for edge in cfg.edges:
+                nodes.append(
+                    EdgeNode(
+                        edge.name,
+                        EdgeNodeArgs(
+                            cfg,
+                            edge,
+                            home_public_key,
+                            key_ids[edge.provider],
+                            ssh_private_key=args.ssh_private_key,
+                            after=nodes[-1].config_step if nodes else None,
+                            road_warrior_keys=road_warrior_keys,
+                            fleet=fleet,
+                            crowdsec_enroll_key=args.crowdsec_enroll_key,
+                        ),
+                        child,
+                    )
                 )
-            )
 
-        endpoints = pulumi.Output.all(*[pulumi.Output.all(n.ipv4, n.ipv6, n.public_key) for n in nodes])
+            endpoints = pulumi.Output.all(*[pulumi.Output.all(n.ipv4, n.ipv6, n.public_key) for n in nodes])
+        except Exception as error:
+            if resolve_fleet is not None:
+                # The edges built so far wait on the whole fleet; unanswered, the run would
+                # wait for ever instead of ending with this error.
+                resolve_fleet(_failed(error))
+            raise
+        if resolve_fleet is not None:
+            resolve_fleet(endpoints.apply(lambda values: _deployed(cfg, values)))
         access = pulumi.Output.all(*[pulumi.Output.all(n.host_public_key, n.pushed_files) for n in nodes])
 
         def summary(values: list) -> dict:
@@ -138,12 +161,6 @@ class EdgeFleet(pulumi.ComponentResource):
             return out
 
         self.edges = pulumi.Output.all(endpoints, access).apply(summary)
-
-        def deployed_plain(values: list) -> list[DeployedEdge[str]]:
-            return [DeployedEdge(edge, ipv4, ipv6) for edge, (ipv4, ipv6, _key) in zip(cfg.edges, values, strict=True)]
-
-        if resolve_fleet is not None:
-            resolve_fleet(endpoints.apply(deployed_plain))
 
         def deployed(values: list) -> list[DeployedEdge[str]]:
             return [
