@@ -10,7 +10,7 @@ import json
 import pytest
 
 from components.config import ConfigError, geoip
-from components.tools import offline
+from components.tools import offline, render
 from tests import mmdb
 from tests.support import DEV_STACK
 
@@ -56,3 +56,11 @@ def test_country_database_is_refused(tmp_path):
 def test_database_type_is_read_from_the_metadata(database):
     assert geoip.database_type(database.read_bytes()) == "Test-City"
     assert geoip.database_type(b"not an mmdb" * 100) is None
+
+
+def test_render_writes_the_database_as_the_path_of_its_asset(database, tmp_path):
+    run = offline.run_program(DEV_STACK, config_overrides={"dnsGeoipDatabase": str(database)})
+    render.write(run, tmp_path / "render")
+    resources = json.loads((tmp_path / "render" / "resources.json").read_text())
+    sources = [r["inputs"]["source"] for r in resources if r["type"] == "command:remote:CopyToRemote"]
+    assert sources and all(s == {"fileAsset": str(database)} for s in sources)

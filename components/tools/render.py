@@ -12,6 +12,7 @@ import gzip
 import json
 from pathlib import Path
 
+import pulumi
 import yaml
 
 from components import providers
@@ -80,11 +81,21 @@ def resource_table(run: offline.Run) -> list[dict]:
     ]
 
 
+def _asset(value: object) -> dict[str, str]:
+    """A file the program hands Pulumi as an asset (the GeoIP database): named by its path,
+    as the copy step reads it, not embedded."""
+    if isinstance(value, pulumi.FileAsset):
+        return {"fileAsset": str(value.path)}
+    raise TypeError(f"{type(value).__name__} is not something a render can write")
+
+
 def write(run: offline.Run, out: Path, show_secrets: bool = False) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     written = []
     resources = resource_table(run)
-    written.append(_write(out / "resources.json", json.dumps(resources, indent=2, sort_keys=True) + "\n"))
+    written.append(
+        _write(out / "resources.json", json.dumps(resources, indent=2, sort_keys=True, default=_asset) + "\n")
+    )
     lines = [f"{r['type']:<62} {r['name']:<36} {r['parent'].rsplit('::', 1)[-1]}" for r in resources]
     written.append(_write(out / "resources.txt", "\n".join(lines) + "\n"))
     shown = offline.reveal(run.outputs) if show_secrets else offline.masked(run.outputs)
