@@ -20,7 +20,7 @@ from components.model import edge_contract
 from components.model.keys import generate_host_key
 from components.renderers import protection
 from components.tools import offline, status
-from tests.support import ROOT
+from tests.support import ROOT, require_tool
 
 DRIFTED = "/etc/apt/apt.conf.d/20auto-upgrades"
 COUNTRY_FILE = lab_protection.rir_file({"AQ": ["2001:db8:a0::/48"]})
@@ -225,3 +225,22 @@ def test_country_sets_and_crowdsec_are_judged_from_what_the_edge_reports():
     config["countries"] = []
     st = judge(None, None)
     assert st.problems == [] and "geo" not in st.facts and status._geo_cell(st.facts.get("geo")) == "-"
+
+
+@pytest.mark.netns
+def test_the_login_from_the_outputs_cannot_become_an_ssh_option(tmp_path):
+    """sshUser and the address come from the stack's outputs; ssh itself (``-G`` prints
+    what it would do and connects nowhere) must read them as a user and a host, never as
+    an option such as a ProxyCommand."""
+    require_tool("ssh")
+
+    def ssh_g(user: str) -> subprocess.CompletedProcess:
+        argv = status.ssh_argv(user, "192.0.2.10", tmp_path / "known", None, "true")
+        return subprocess.run([argv[0], "-G", *argv[1:]], capture_output=True, text=True)
+
+    plain = ssh_g("deploy")
+    config = dict(line.split(" ", 1) for line in plain.stdout.splitlines() if " " in line)
+    assert (config["user"], config["hostname"]) == ("deploy", "192.0.2.10")
+    hostile = ssh_g(f"-oProxyCommand=touch {tmp_path}/ran")
+    assert hostile.returncode == 255 and "invalid characters" in hostile.stderr
+    assert "proxycommand" not in hostile.stdout and not (tmp_path / "ran").exists()

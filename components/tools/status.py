@@ -98,7 +98,8 @@ def ssh_argv(user: str, address: str, known_hosts: Path, identity: Path | None, 
     argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=8", "-o", "GlobalKnownHostsFile=/dev/null"]
     if identity:
         argv += ["-i", str(identity), "-o", "IdentitiesOnly=yes"]
-    return [*argv, f"{user}@{address}", command]
+    # The user and address come from the stack's outputs: after "--" neither can be read as an option.
+    return [*argv, "-l", user, "--", address, command]
 
 
 def remote_command(user: str, files: list[str]) -> str:
