@@ -15,7 +15,7 @@ from components import cli, providers
 from components.config import parse
 from components.model.firewall import firewall_rules
 from components.tools import policy
-from tests.support import DEV_STACK, ROOT
+from tests.support import DEV_STACK, PROD_STACK, ROOT
 
 HETZNER = providers.get("hetzner")
 DO = providers.get("digitalocean")
@@ -334,3 +334,11 @@ def test_the_command_refuses_a_damaged_render(dev_render, tmp_path, capsys, name
         f"cgnat-edge policy: {out / name} is not what `cgnat-edge render` writes; "
         f"render again with `cgnat-edge render --stack <stack> --out {out}`\n"
     )
+
+
+def test_the_command_refuses_a_render_of_another_stack(dev_render, capsys):
+    command = ["policy", "--stack-file", str(PROD_STACK), "--render-dir", str(dev_render)]
+    assert cli.main(command) == 2
+    err = capsys.readouterr().err
+    assert f"{dev_render} is a render of stack 'dev' of project 'cgnat-edge', not of stack 'prod'" in err
+    assert f"cgnat-edge render --stack-file {PROD_STACK} --out {dev_render}" in err

@@ -321,9 +321,24 @@ def main_for_stack(stack_file: Path, project_file: Path | None = None) -> int:
     return report(violations, f"stack {cfg.stack} ({len(resources)} resources, {len(outputs)} outputs)")
 
 
+def _check_render_is_of(cfg: FleetConfig, resources: list[dict], stack_file: Path, render_dir: Path) -> None:
+    """A render checked against another stack's config would pass or fail for the wrong
+    reasons; every URN names the stack and project it was rendered from."""
+    rendered = {tuple([*str(r.get("urn", "")).split("::"), "", ""][:2]) for r in resources}
+    wanted = (f"urn:pulumi:{cfg.stack}", cfg.project)
+    if rendered != {wanted}:
+        found = ", ".join(sorted(f"stack {s.removeprefix('urn:pulumi:')!r} of project {p!r}" for s, p in rendered))
+        raise RenderDirError(
+            f"{render_dir} is a render of {found or 'nothing'}, not of stack {cfg.stack!r} of project "
+            f"{cfg.project!r}; render this stack (`cgnat-edge render --stack-file {stack_file} --out {render_dir}`) "
+            "or check the render against its own stack file"
+        )
+
+
 def main_for_render(stack_file: Path, render_dir: Path, project_file: Path | None = None) -> int:
     """Check a folder written earlier by ``cgnat-edge render`` against the stack's config."""
     cfg = load_config(stack_file, project_file)
     resources, outputs, secret_outputs = load_render(render_dir)
+    _check_render_is_of(cfg, resources, stack_file, render_dir)
     violations = check(cfg, resources, outputs, secret_outputs)
     return report(violations, f"{render_dir} ({len(resources)} resources, {len(outputs)} outputs)")
