@@ -13,7 +13,7 @@ import pulumi
 from components.config import ConfigError, parse
 from components.config.keys import KEYS, NAMESPACE, SECRET_SET, is_secret_key
 from components.model.fleet import FleetConfig
-from components.resources import pulumi_private
+from components.resources import pulumi_internals
 from components.resources.fleet import EdgeFleet, EdgeFleetArgs
 
 
@@ -28,7 +28,7 @@ def read_config() -> FleetConfig:
     such as ``cgnat-edge:edge`` is reported instead of silently ignored."""
     prefix = NAMESPACE + ":"
     known = {f"{prefix}{key}" for key in KEYS}
-    present = pulumi_private.config_keys()
+    present = pulumi_internals.config_keys()
     raw: dict[str, Any] = {}
     for full_key in sorted(present | known):
         if not full_key.startswith(prefix) or full_key == f"{prefix}sshPrivateKey":

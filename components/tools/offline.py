@@ -22,7 +22,7 @@ from components import program as program_module
 from components import providers
 from components.config import stack
 from components.config.keys import NAMESPACE
-from components.resources import pulumi_private
+from components.resources import pulumi_internals
 
 SECRET = "[secret]"
 DYNAMIC_PREFIX = "pulumi-python:dynamic"
@@ -70,7 +70,7 @@ class Run:
 
 
 def is_secret(value: Any) -> bool:
-    return pulumi_private.is_secret(value)
+    return pulumi_internals.is_secret(value)
 
 
 def reveal(value: Any) -> Any:
@@ -155,7 +155,7 @@ class CloudMocks(pulumi.runtime.Mocks):
         return (provider.mock_call(args.token, reveal(args.args)) if provider else {}), []
 
 
-class RecordingMonitor(pulumi_private.MockMonitor):
+class RecordingMonitor(pulumi_internals.MockMonitor):
     """The stock mock monitor, plus what it drops: parents, options and outputs."""
 
     def __init__(self, mocks: CloudMocks):
@@ -175,8 +175,8 @@ class RecordingMonitor(pulumi_private.MockMonitor):
                     name=request.name,
                     parent=request.parent,
                     custom=request.custom,
-                    inputs=as_cli_reads(pulumi_private.from_wire(request.object)),
-                    outputs=as_cli_reads(pulumi_private.from_wire(response.object)) if request.custom else {},
+                    inputs=as_cli_reads(pulumi_internals.from_wire(request.object)),
+                    outputs=as_cli_reads(pulumi_internals.from_wire(response.object)) if request.custom else {},
                     ignore_changes=list(request.ignoreChanges),
                     protect=bool(request.protect),
                     delete_before_replace=bool(request.deleteBeforeReplace),
@@ -188,7 +188,7 @@ class RecordingMonitor(pulumi_private.MockMonitor):
 
     def RegisterResourceOutputs(self, request):
         if "::pulumi:pulumi:Stack::" in request.urn:
-            self.stack_outputs = as_cli_reads(pulumi_private.from_wire(request.outputs))
+            self.stack_outputs = as_cli_reads(pulumi_internals.from_wire(request.outputs))
         return super().RegisterResourceOutputs(request)
 
 
@@ -239,7 +239,7 @@ def run_program(
     )
     secret_values = {k if ":" in k else f"{NAMESPACE}:{k}": v for k, v in (secrets or {}).items()}
     pulumi.runtime.set_all_config({**loaded.values, **secret_values}, sorted({*loaded.secret_keys, *secret_values}))
-    pulumi_private.run_in_new_stack(program)
+    pulumi_internals.run_in_new_stack(program)
     return Run(project, stack_name, monitor.registrations, monitor.stack_outputs, monitor.logs)
 
 
