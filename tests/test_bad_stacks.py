@@ -13,7 +13,9 @@ which no overlay could carry.
 A file's header says what it expects: ``# expect: text`` lines the error must contain
 (``# expect-re:`` for a regular expression), ``# problems: N`` how many problems it
 reports (one mistake, one line: no echo of it from other keys), and ``# raises:
-StackFileError`` when the file cannot even be read as a stack.  Whatever is wrong, the
+StackFileError`` when the file cannot even be read as a stack.  A file headed ``# accept:
+why`` is the opposite case, a strange but valid stack that must parse without a problem
+(the corpus keeps both, so a fix that refuses too much fails here too).  Whatever is wrong, the
 error must be one of the two the tools print without a traceback, and every problem must
 name its ``cgnat-edge:`` key and a fix."""
 
@@ -110,7 +112,7 @@ PROBLEM_RE = re.compile(r"^cgnat-edge:[A-Za-z][A-Za-z0-9]*(\[\d+\]|\.[A-Za-z]+)*
 def header(path: Path) -> dict[str, list[str]]:
     fields: dict[str, list[str]] = {}
     for line in path.read_bytes().decode("utf-8", "replace").splitlines():
-        match = re.match(r"# (expect|expect-re|raises|problems): (.*)$", line)
+        match = re.match(r"# (expect|expect-re|raises|problems|accept): (.*)$", line)
         if match:
             fields.setdefault(match.group(1), []).append(match.group(2))
     return fields
@@ -124,8 +126,12 @@ def error_of(path: Path) -> Exception:
     pytest.fail(f"{path.name} was accepted")
 
 
-def params():
-    for path in FILES:
+REFUSED = [p for p in FILES if "accept" not in header(p)]
+ACCEPTED = [p for p in FILES if "accept" in header(p)]
+
+
+def params(files: list[Path]):
+    for path in files:
         name = stack.stack_name(path)
         marks = [pytest.mark.xfail(reason="provider registry", strict=False)] if name in PROVIDER_REGISTRY else []
         yield pytest.param(path, id=name, marks=marks)
@@ -137,7 +143,9 @@ def test_corpus_is_large_and_every_file_says_what_it_expects():
     assert stack.load(CORPUS / "base.yaml", project_file=PROJECT).parse().edges
     for path in FILES:
         fields = header(path)
-        assert fields.get("expect") or fields.get("expect-re"), f"{path.name} has no # expect: line"
+        assert bool(fields.get("expect") or fields.get("expect-re")) != bool(fields.get("accept")), (
+            f"{path.name} needs either # expect: lines or one # accept: line"
+        )
     assert {stack.stack_name(p) for p in FILES} >= PROVIDER_REGISTRY
 
 
@@ -153,7 +161,15 @@ def test_overlay_rule():
     assert base["m"] == {"x": 1, "y": 2} and len(base["items"]) == 2, "the base is left as it was"
 
 
-@pytest.mark.parametrize("path", params())
+@pytest.mark.parametrize("path", params(ACCEPTED))
+def test_strange_but_valid_stack_is_accepted(path, corpus):
+    try:
+        stack.load(corpus / path.name, project_file=PROJECT).parse()
+    except (ConfigError, StackFileError) as exc:
+        pytest.fail(f"{path.name} was refused: {exc}")
+
+
+@pytest.mark.parametrize("path", params(REFUSED))
 def test_bad_stack_is_refused_with_its_message(path, corpus):
     fields = header(path)
     error = error_of(corpus / path.name)
