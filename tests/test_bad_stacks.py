@@ -47,8 +47,30 @@ class Replace(dict):
     """``!replace``: a mapping taken as it is, where merging would read it as named items."""
 
 
+class Plain(str):
+    """A scalar as written in the overlay (``off``, ``1_380``, ``2024-01-01``), written
+    back the same way: the corpus tests how the stack's text is read, so the overlay
+    must not read it first."""
+
+    tag = "tag:yaml.org,2002:str"
+
+
 class _OverlayLoader(yaml.SafeLoader):
+    def construct_plain(self, node):
+        plain = Plain(node.value)
+        plain.tag = node.tag
+        return plain
+
+
+for _tag in ("bool", "int", "float", "null", "timestamp"):
+    _OverlayLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _OverlayLoader.construct_plain)
+
+
+class _CorpusDumper(yaml.SafeDumper):
     pass
+
+
+_CorpusDumper.add_representer(Plain, lambda dumper, value: dumper.represent_scalar(value.tag, str(value)))
 
 
 _OverlayLoader.add_constructor("!delete", lambda loader, node: DELETE)
@@ -93,7 +115,10 @@ def write_corpus(folder: Path) -> None:
             shutil.copyfile(path, folder / path.name)
         else:
             overlay = yaml.load(path.read_text(), Loader=_OverlayLoader)
-            (folder / path.name).write_text(yaml.safe_dump(merge(base, overlay), sort_keys=False))
+            merged = merge(base, overlay)
+            (folder / path.name).write_text(
+                yaml.dump(merged, Dumper=_CorpusDumper, sort_keys=False, allow_unicode=False)
+            )
 
 
 @pytest.fixture(scope="session")
@@ -151,13 +176,13 @@ def test_corpus_is_large_and_every_file_says_what_it_expects():
 
 def test_overlay_rule():
     base = {"a": 1, "m": {"x": 1, "y": 2}, "items": [{"name": "p", "v": 1}, {"name": "q", "v": 2}]}
-    overlay = "a: !delete\nm: {y: 3}\nitems:\n  p: {v: 9}\n  q: !delete\n  r: {v: 3}\n"
+    overlay = "a: !delete\nm: {y: three}\nitems:\n  p: {v: nine}\n  q: !delete\n  r: {v: three}\n"
     assert merge(base, yaml.load(overlay, Loader=_OverlayLoader)) == {
-        "m": {"x": 1, "y": 3},
-        "items": [{"name": "p", "v": 9}, {"name": "r", "v": 3}],
+        "m": {"x": 1, "y": "three"},
+        "items": [{"name": "p", "v": "nine"}, {"name": "r", "v": "three"}],
     }
-    replaced = merge(base, yaml.load("items: !replace {p: 1}\nm: [1]\n", Loader=_OverlayLoader))
-    assert replaced == {"a": 1, "m": [1], "items": {"p": 1}} and type(replaced["items"]) is dict
+    replaced = merge(base, yaml.load("items: !replace {p: one}\nm: [one]\n", Loader=_OverlayLoader))
+    assert replaced == {"a": 1, "m": ["one"], "items": {"p": "one"}} and type(replaced["items"]) is dict
     assert base["m"] == {"x": 1, "y": 2} and len(base["items"]) == 2, "the base is left as it was"
 
 
@@ -246,3 +271,30 @@ def test_a_pasted_private_key_is_refused_and_never_echoed(kind, tmp_path):
     assert expected in error.problems[0]
     body = private.split()[0] if kind == "wireguard" else private.splitlines()[1]
     assert body not in str(error)
+
+
+SPELLINGS = {
+    "yaml11-crowdsec-off": lambda cfg: cfg.protection.crowdsec.value == "off",
+    "yaml11-ipv6-no": lambda cfg: cfg.tunnel.ipv6_prefix is None,
+    "yaml11-ha-yes": lambda cfg: cfg.ha is True,
+    "yaml11-road-warrior-internet-no": lambda cfg: cfg.road_warriors.peers[0].internet is False,
+    "yaml11-road-warrior-internet-quoted": lambda cfg: cfg.road_warriors.peers[0].internet is True,
+    "num-index-quoted": lambda cfg: [e.index for e in cfg.edges] == [1, 2],
+    "binary-email": lambda cfg: cfg.acme.email == "admin@example.org",
+    "yaml-anchors-merge": lambda cfg: (
+        [(e.name, e.provider) for e in cfg.edges] == [("fsn", "hetzner"), ("ams", "digitalocean")]
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SPELLINGS)
+def test_a_spelling_means_the_same_to_render_and_to_pulumi_up(name, corpus):
+    """The program under ``pulumi up`` gets each value as the text the CLI passes;
+    ``render``, ``policy`` and the lab read the stack file.  Both readings give the
+    same typed config, and the spelling means what it says."""
+    path = corpus / f"Pulumi.{name}.yaml"
+    read = stack.load(path, project_file=PROJECT).parse()
+    assert SPELLINGS[name](read), read
+    seen = []
+    offline.run_program(path, program=lambda: seen.append(program.read_config()), project_file=PROJECT)
+    assert seen == [read]

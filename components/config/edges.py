@@ -70,9 +70,12 @@ def parse(p: Parser, items: list[Any] | None) -> list[EdgeSpec]:
                 f"removing another edge never moves them; set index: {i + 1} (its place in the list today)",
             )
             continue
-        index = item.get("index", i + 1)
-        if isinstance(index, bool) or not isinstance(index, int) or index < 1:
-            p.fail(f"{key}.index", f"{index!r} must be a whole number from 1; it fixes the edge's tunnel addresses")
+        index = p.whole(item.get("index", i + 1))
+        if index is None or index < 1:
+            p.fail(
+                f"{key}.index",
+                f"{item.get('index')!r} must be a whole number from 1; it fixes the edge's tunnel addresses",
+            )
             continue
         if index in seen_indexes:
             p.fail(

@@ -23,14 +23,18 @@ def parse(p: Parser, key: str, raw: Any) -> Middlewares:
     rate = None
     if raw.get("rateLimit") is not None:
         rl = raw["rateLimit"]
-        avg, burst = (rl.get("average"), rl.get("burst", rl.get("average"))) if isinstance(rl, dict) else (None, None)
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (avg, burst)):
+        avg, burst = (
+            (p.whole(rl.get("average")), p.whole(rl.get("burst", rl.get("average"))))
+            if isinstance(rl, dict)
+            else (None, None)
+        )
+        if avg is None or burst is None or avg <= 0 or burst <= 0:
             p.fail(
                 f"{key}.rateLimit",
                 "needs positive whole numbers; write it like {average: 50, burst: 100} (requests per second per client)",
             )
         else:
-            rate = RateLimit(int(avg), int(burst))  # type: ignore[arg-type]  # both checked to be int above
+            rate = RateLimit(avg, burst)
     allow, deny = (
         tuple(
             n

@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,10 +20,19 @@ from components.model.fleet import IPNetwork, Target
 
 _NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_CONTROL = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""Unicode categories no value may hold: C0/C1 controls (line breaks, tab, escape),
+format characters (bidi overrides, zero-width ones), lone surrogates, line separators."""
+_CONTROL_NAMES = {"\n": "line feed", "\r": "carriage return", "\t": "tab", "\x1b": "escape", "\x00": "null"}
+_FIELD_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+PLAIN_KEYS = frozenset({"sshPublicKeys"})
+"""Keys whose own check words a line break better than the general one (several keys
+pasted into one item)."""
 WG_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
 
 
-def _json_if_needed(value: Any) -> Any:
+def decode(value: Any) -> Any:
+    """A value as the CLI passes it (text; structured values as JSON), read."""
     if isinstance(value, str):
         stripped = value.strip()
         if stripped[:1] in ("[", "{"):
@@ -41,12 +51,43 @@ class Parser:
     small value parsers below report their own problems and return None."""
 
     def __init__(self, raw: Mapping[str, Any]):
-        self.raw = {k: _json_if_needed(v) for k, v in raw.items()}
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self._unprintable: set[str] = set()
+        self.raw = {k: decode(v) if k in PLAIN_KEYS else self._printable(k, decode(v)) for k, v in raw.items()}
+
+    def _printable(self, key: str, value: Any) -> Any:
+        """``value`` with every control character reported once, at the field that holds
+        it, and removed, so the field's own check judges the rest and the one mistake is
+        one problem.  Every string here ends up in a file on an edge or the home router
+        (a zone, a unit, a ruleset, a shell script), where a line break starts a new
+        line of that file and an escape sequence reaches whoever reads it."""
+        if isinstance(value, str):
+            bad = next((c for c in value if unicodedata.category(c) in _CONTROL), None)
+            if bad is None:
+                return value
+            name = unicodedata.name(bad, "") or _CONTROL_NAMES.get(bad, "control character")
+            self.fail(
+                key,
+                f"holds a control character (U+{ord(bad):04X} {name.lower()} at position {value.index(bad) + 1}); "
+                f"remove it: a value is one line of printable text",
+            )
+            self._unprintable.add(fix_key(key))
+            return "".join(c for c in value if unicodedata.category(c) not in _CONTROL)
+        if isinstance(value, list):
+            return [self._printable(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            clean = {}
+            for k, v in value.items():
+                field = self._printable(key, k) if not _FIELD_RE.fullmatch(k) else k
+                clean[field] = self._printable(f"{key}.{field}" if _FIELD_RE.fullmatch(field) else key, v)
+            return clean
+        return value
 
     def fail(self, key: str, message: str) -> None:
         problem = f"{fix_key(key)}: {message}"
+        if fix_key(key) in self._unprintable:
+            return  # its control character is the one problem; what is left of it is not another
         if problem not in self.problems:  # a key read twice reports its problem once
             self.problems.append(problem)
 
@@ -85,18 +126,15 @@ class Parser:
         """``value`` as ``kind``; on a problem the default (None for a required key)."""
         fallback = None if default is REQUIRED else default
         if kind == "integer":
-            try:
-                if isinstance(value, (bool, float)):
-                    raise ValueError  # the CLI hands 1380.5 over as a string int() refuses too
-                return int(value)
-            except (TypeError, ValueError):
-                self.fail(key, f"must be a whole number, got {value!r}; write digits only, e.g. {default}")
-                return fallback
+            number = self.whole(value)
+            if number is not None:
+                return number
+            self.fail(key, f"must be a whole number, got {value!r}; write digits only, e.g. {default}")
+            return fallback
         if kind == "boolean":
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "false"):
-                return str(value).lower() == "true"
+            truth = self.truth(value)
+            if truth is not None:
+                return truth
             self.fail(key, f"must be true or false, got {value!r}; write true or false ({KEYS[key][2]})")
             return fallback
         if kind in ("array", "object-array"):
@@ -115,15 +153,42 @@ class Parser:
 
     # -- small value parsers --------------------------------------------------
 
+    @staticmethod
+    def whole(value: Any) -> int | None:
+        """A whole number inside a structured value, written as a number or quoted
+        (``index: "2"``: the same number either way); None for anything else."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+            return int(value)
+        return None
+
+    @staticmethod
+    def truth(value: Any) -> bool | None:
+        """A yes/no value in any spelling YAML 1.1 gives one (``true``, ``yes``, ``on``,
+        ``y``), whether it arrives as the CLI's text or parsed inside a structured value,
+        so ``tunnelIpv6: no`` and ``internet: no`` both mean false; None for anything else."""
+        if isinstance(value, bool):
+            return value
+        text = value.strip().lower() if isinstance(value, str) else None
+        if text in ("true", "yes", "on", "y"):
+            return True
+        if text in ("false", "no", "off", "n"):
+            return False
+        return None
+
     def flag(self, key: str, item: dict, name: str, default: bool, meaning: str) -> bool:
         """A yes/no field of a structured item; ``meaning`` says what true does."""
-        value = item.get(name, default)
-        if not isinstance(value, bool):
+        value = self.truth(item.get(name, default))
+        if value is None:
             self.fail(f"{key}.{name}", f"must be true or false; {meaning}")
             return False
         return value
 
     def unique_name(self, key: str, item: dict, seen: set[str], what: str) -> str | None:
+        if isinstance(item.get("name"), (bool, int, float)):
+            self.fail(f"{key}.name", f"{item['name']!r} is not text; write the name in quotes")
+            return None
         name = str(item.get("name", ""))
         if not _NAME_RE.match(name):
             self.fail(

@@ -52,9 +52,12 @@ def parse(
                 "or leave it out to have a key generated",
             )
             continue
-        index = item.get("index", i + 1)
-        if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= hosts:
-            p.fail(f"{key}.index", f"{index!r} must be a whole number from 1 to {hosts}, the device's place in {pool}")
+        index = p.whole(item.get("index", i + 1))
+        if index is None or not 1 <= index <= hosts:
+            p.fail(
+                f"{key}.index",
+                f"{item.get('index', i + 1)!r} must be a whole number from 1 to {hosts}, the device's place in {pool}",
+            )
             continue
         if index in used:
             p.fail(f"{key}.index", f"index {index} is already used by road warrior {used[index]!r}; give each its own")

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from components.config import parse
 from components.config.keys import NAMESPACE, SECRET_SET, is_secret_key
+from components.config.parser import decode
 from components.model.fleet import FleetConfig
 
 SECRET_KEY = f"{NAMESPACE}:sshPrivateKey"
@@ -47,9 +49,15 @@ def find(stack: str, project_dir: Path | str = ".") -> Path:
     )
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys; the Pulumi CLI refuses the file.  Refusing
-    here too means a second ``cgnat-edge:services:`` never silently replaces the first."""
+class _StackLoader(yaml.SafeLoader):
+    """YAML as the Pulumi CLI reads a stack file (go-yaml v2, YAML 1.1).
+
+    Where PyYAML and the CLI differ, this follows the CLI: two equal keys refuse the file
+    (PyYAML keeps the last, so a second ``cgnat-edge:services:`` would silently replace
+    the first); ``y``/``n`` are booleans like ``yes``/``no``; a date stays the text it
+    was written as; ``!!binary`` is the text it decodes to."""
+
+    bool_values: ClassVar[dict[str, bool]] = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
@@ -67,8 +75,58 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_timestamp(self, node):
+        return self.construct_scalar(node)
 
-def _read_yaml(path: Path, what: str) -> Any:
+    def construct_yaml_binary(self, node):
+        return super().construct_yaml_binary(node).decode("utf-8", "replace")
+
+
+_StackLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
+_StackLoader.add_constructor("tag:yaml.org,2002:timestamp", _StackLoader.construct_yaml_timestamp)
+_StackLoader.add_constructor("tag:yaml.org,2002:binary", _StackLoader.construct_yaml_binary)
+
+_NULL = "tag:yaml.org,2002:null"
+
+
+def _go_text(value: Any) -> str:
+    """A mapping key as go-yaml's ``fmt.Sprintf("%v")`` turns it into a JSON key."""
+    if value is None:
+        return "<nil>"
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+def _go_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_go_text(k): _go_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_go_keys(v) for v in value]
+    return value
+
+
+def _as_pulumi_text(loader: _StackLoader, node: yaml.Node, value: Any) -> Any:
+    """One ``config:`` value (``value`` as read from ``node``) as the CLI hands it to the
+    program: a scalar as the very text written (``off`` stays ``off``, ``0755`` stays
+    ``0755``, ``~`` is empty), a structured value as JSON of its YAML 1.1 reading; a
+    secret ``{secure: ...}`` as its mapping."""
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag == _NULL:
+            return ""
+        return value if node.tag == "tag:yaml.org,2002:binary" else node.value
+    value = _go_keys(value)
+    if isinstance(value, dict) and set(value) == {"secure"}:
+        return value
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise yaml.constructor.ConstructorError(
+            None, None, "a number Pulumi cannot pass (.inf or .nan); write a finite number", node.start_mark
+        ) from None
+
+
+def _read_yaml(path: Path, what: str, as_stack: bool = False) -> Any:
+    """The file's data; for a stack (``as_stack``), its ``config:`` values are the text
+    the CLI would pass (``_as_pulumi_text``) and everything else as read."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -77,8 +135,17 @@ def _read_yaml(path: Path, what: str) -> Any:
         raise StackFileError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 and run again") from None
     except OSError as exc:
         raise StackFileError(f"{path} cannot be read ({exc.strerror}); {what}") from None
+    loader = _StackLoader(text)
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+        if as_stack and node is not None and isinstance(data, dict) and isinstance(data.get("config"), dict):
+            config_node = next(v for k, v in node.value if loader.construct_object(k) == "config")
+            config = data["config"]
+            for key_node, value_node in config_node.value:  # merge keys already flattened in
+                key = loader.construct_object(key_node)
+                config[key] = _as_pulumi_text(loader, value_node, config[key])
+        return data
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -90,6 +157,8 @@ def _read_yaml(path: Path, what: str) -> Any:
         if context and start and mark and start.line != mark.line:
             problem += f" ({context} at line {start.line + 1})"
         raise StackFileError(f"{path} is not valid YAML{where}: {problem}{tabs}; fix the file and run again") from None
+    finally:
+        loader.dispose()
 
 
 def _check_keys(stack_file: Path, config: dict[Any, Any], top: dict[Any, Any]) -> None:
@@ -120,18 +189,18 @@ class StackFile:
     project_file: Path
     project: str
     name: str
-    settings: dict[str, Any]
-    """Every config key (``namespace:key``) with its YAML value; encrypted ones are ``""``."""
+    settings: dict[str, str]
+    """Every config key (``namespace:key``) as the text the CLI passes; encrypted ones are ``""``."""
     secret_keys: tuple[str, ...]
 
     @property
     def values(self) -> dict[str, str]:
         """The config as the CLI passes it to a program: structured values as JSON."""
-        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in self.settings.items()}
+        return dict(self.settings)
 
-    def raw(self) -> dict[str, Any]:
-        """This project's keys, namespace stripped, as ``config.parse`` takes them
-        (the secret SSH key is never part of the typed config)."""
+    def text(self) -> dict[str, str]:
+        """This project's keys, namespace stripped, as ``config.parse`` takes them from
+        the running program (the secret SSH key is never part of the typed config)."""
         prefix = NAMESPACE + ":"
         return {
             k[len(prefix) :]: SECRET_SET if k in self.secret_keys and is_secret_key(k[len(prefix) :]) else v
@@ -139,8 +208,19 @@ class StackFile:
             if k.startswith(prefix) and k != SECRET_KEY
         }
 
+    def raw(self) -> dict[str, Any]:
+        """``text()`` read as the parser reads it: lists and mappings, for code that
+        changes a stack's values before handing them back as overrides."""
+        return {k: decode(v) for k, v in self.text().items()}
+
     def parse(self) -> FleetConfig:
-        return parse(self.raw(), project=self.project, stack=self.name, base_dir=self.path.parent)
+        return parse(self.text(), project=self.project, stack=self.name, base_dir=self.path.parent)
+
+
+def _as_text(value: Any) -> str:
+    """A Python value as ``pulumi config set`` would store it: text as it is, anything
+    else as JSON (``true``, ``1380``, ``["a"]``)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def load(
@@ -158,7 +238,12 @@ def load(
     )
     if not isinstance(project, dict) or not project.get("name"):
         raise StackFileError(f"{project_path} has no project name; is it a Pulumi project file?")
-    stack = _read_yaml(stack_file, "pass --stack NAME for an existing Pulumi.NAME.yaml, or --stack-file PATH") or {}
+    stack = (
+        _read_yaml(
+            stack_file, "pass --stack NAME for an existing Pulumi.NAME.yaml, or --stack-file PATH", as_stack=True
+        )
+        or {}
+    )
     if not isinstance(stack, dict) or not isinstance(stack.get("config") or {}, dict):
         raise StackFileError(f"{stack_file} must be a mapping with a config: section, as `pulumi config set` writes it")
     _check_keys(stack_file, stack.get("config") or {}, stack)
@@ -166,14 +251,14 @@ def load(
     values: dict[str, Any] = {}
     for key, decl in (project.get("config") or {}).items():
         if isinstance(decl, dict) and "default" in decl:
-            values[f"{NAMESPACE}:{key}"] = decl["default"]
+            values[f"{NAMESPACE}:{key}"] = _as_text(decl["default"])
     values.update(stack.get("config") or {})
     for key, value in (overrides or {}).items():
         full = key if ":" in key else f"{NAMESPACE}:{key}"
         if value is None:
             values.pop(full, None)
         else:
-            values[full] = value
+            values[full] = _as_text(value)
 
     secret_keys = tuple(k for k, v in values.items() if isinstance(v, dict) and set(v) == {"secure"})
     settings = {str(k): "" if k in secret_keys else v for k, v in values.items()}
