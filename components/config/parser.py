@@ -17,7 +17,10 @@ from typing import Any
 from components.config.keys import KEYS, REQUIRED, fix_key
 from components.model.fleet import IPNetwork, Target
 
-_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
+NAME_RE = re.compile(r"[a-z]([a-z0-9-]{0,22}[a-z0-9])?")
+"""Edge, service and road-warrior names, whole (``fullmatch``: ``$`` would let a final
+line break through).  They become file, unit and interface names, so nothing else fits."""
+NAME_RULE = "use 1-24 lowercase letters, digits or hyphens, starting with a letter and not ending with a hyphen"
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 WG_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
 
@@ -125,11 +128,8 @@ class Parser:
 
     def unique_name(self, key: str, item: dict, seen: set[str], what: str) -> str | None:
         name = str(item.get("name", ""))
-        if not _NAME_RE.match(name):
-            self.fail(
-                f"{key}.name",
-                f"{name!r} is not a valid {what} name; use 1-24 lowercase letters, digits or hyphens, starting with a letter",
-            )
+        if not NAME_RE.fullmatch(name):
+            self.fail(f"{key}.name", f"{name!r} is not a valid {what} name; {NAME_RULE}")
             return None
         if name in seen:
             self.fail(f"{key}.name", f"{what} name {name!r} is used twice; every {what} needs its own name")
