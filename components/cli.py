@@ -156,7 +156,12 @@ def parser() -> argparse.ArgumentParser:
         help="saved `pulumi stack output --json --show-secrets`, or a render folder made with --show-secrets; "
         "'-' reads stdin; default: ask the Pulumi CLI for the selected stack's outputs",
     )
-    p.add_argument("--out", default="home-configs", help="directory to write (created with mode 0700)")
+    p.add_argument(
+        "--out",
+        default="home-configs",
+        help="directory to write: a new one is made with mode 0700; in an existing one the files this command "
+        "writes are replaced, its mode and other files stay",
+    )
     p.add_argument("--qr", action="store_true", help="also write a PNG QR code of each wg-quick file")
     p.add_argument(
         "--qr-terminal",

@@ -216,10 +216,10 @@ def test_home_config_when_the_pulumi_cli_prints_no_json(tmp_path, capsys, monkey
         ("[1, 2]", "no 'homeConfigs' output found; is this the output of `pulumi stack output --json --show-secrets`"),
         ('{"homeConfigs": "[secret]"}', "homeConfigs is hidden; add --show-secrets to `pulumi stack output --json`"),
         ('{"homeConfigs": "{oops"}', "the homeConfigs output is not JSON (line 1, column 2"),
-        ('{"homeConfigs": 7}', "homeConfigs lacks one of structured, wgQuick, openwrt, routeros"),
+        ('{"homeConfigs": 7}', "homeConfigs: must be an object (structured, wgQuick, openwrt, routeros), got a number"),
         (
             '{"homeConfigs": {"structured": {}, "wgQuick": {}, "openwrt": "", "routeros": ""}}',
-            "homeConfigs does not have the shape this version writes",
+            "homeConfigs.structured.tunnels: is missing; was the file edited, or made by another version?",
         ),
     ],
 )
@@ -265,7 +265,8 @@ def test_an_unwritable_out_is_a_message(secret_render, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     err = _fail(capsys, ["home-config", str(secret_render), "--out", str(blocker / "home")])
-    assert err == f"cgnat-edge home-config: {blocker / 'home'}: Not a directory\n"
+    assert err == f"cgnat-edge home-config: {blocker}: Not a directory\n"
+    assert blocker.read_text() == ""
 
 
 def test_the_installed_command_prints_no_traceback(tmp_path):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import ipaddress
 import json
+import os
 import re
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -818,7 +821,7 @@ def test_write_from_render_dir_and_refuses_hidden_secrets(fleet_config, keys, tm
     (existing / "wg-fsn.conf").write_text("old")
     (existing / "wg-fsn.conf").chmod(0o644)
     paths = home_files.write(render, existing, qr=False)
-    assert _mode(existing) == 0o700 and _mode(existing / "wg-fsn.conf") == 0o600
+    assert _mode(existing) == 0o755 and _mode(existing / "wg-fsn.conf") == 0o600
     assert (existing / "wg-fsn.conf").read_text() == configs["wgQuick"]["fsn"]
     assert not any(p.suffix == ".png" for p in paths)
     with pytest.raises(home_files.HomeConfigError, match="--show-secrets"):
@@ -837,3 +840,220 @@ def test_home_config_command_reads_stdin(fleet_config, keys, tmp_path, monkeypat
     assert cli.main(["home-config", "-", "--out", str(tmp_path / "new"), "--qr-terminal", "nope"]) == 2
     assert capsys.readouterr().err == "cgnat-edge home-config: no edge 'nope'; edges are ams, fsn\n"
     assert not (tmp_path / "new").exists()
+
+
+# --- outputs that are not what this version writes, and folders that are not ours ----
+
+
+@pytest.fixture
+def outputs(fleet_config, keys):
+    """``homeConfigs`` as JSON gives it back, with a road warrior's files."""
+    configs = home_configs.render(fleet_config, _peers(fleet_config, keys), keys["home"][0])
+    configs["roadWarriors"] = {"phone": {"fsn": "[Interface]\n# phone via fsn\n", "ams": "[Interface]\n# via ams\n"}}
+    return json.loads(json.dumps(configs))
+
+
+def _home_config(monkeypatch, capsys, configs, out, *options):
+    """Exit code, stdout and stderr of ``cgnat-edge home-config - --out OUT`` fed ``configs``."""
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"homeConfigs": configs})))
+    code = cli.main(["home-config", "-", "--out", str(out), *options])
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err
+
+
+def _tree(root):
+    """Every path below ``root`` (hidden ones too) with its mode and content."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder, name)
+            found[str(path.relative_to(root))] = (path.lstat().st_mode, path.read_bytes() if name in files else None)
+    return found
+
+
+def _with_name(configs, place, name):
+    """``configs`` with ``name`` where a file name is made of it; the field the error must name."""
+    tunnel = configs["structured"]["tunnels"][0]
+    if place == "tunnel edge":
+        configs["wgQuick"][name] = configs["wgQuick"].pop(tunnel["edge"])
+        tunnel["edge"] = name
+        return "homeConfigs.structured.tunnels[0].edge"
+    if place == "interface":
+        tunnel["interface"] = name
+        return "homeConfigs.structured.tunnels[0].interface"
+    if place == "wgQuick":
+        configs["wgQuick"][name] = "[Interface]\n"
+        return "homeConfigs.wgQuick"
+    if place == "device":
+        configs["roadWarriors"][name] = {"fsn": "[Interface]\n"}
+        return "homeConfigs.roadWarriors"
+    configs["roadWarriors"]["phone"][name] = "[Interface]\n"
+    return "homeConfigs.roadWarriors.phone"
+
+
+@pytest.mark.parametrize("place", ["tunnel edge", "interface", "wgQuick", "device", "device's edge"])
+@pytest.mark.parametrize("name", ["../x", "ABSOLUTE", "a/b", "..", "", "x\x00y", "fsn\n", "fsn\nPostUp = id", "Fsn"])
+def test_a_name_that_would_leave_the_folder_is_refused_and_nothing_is_written(
+    outputs, place, name, tmp_path, monkeypatch, capsys
+):
+    name = name.replace("ABSOLUTE", str(tmp_path / "evil"))
+    (tmp_path / "share").mkdir()
+    before = _tree(tmp_path)
+    field = _with_name(outputs, place, name)
+    code, printed, err = _home_config(monkeypatch, capsys, outputs, tmp_path / "share" / "home")
+    assert (code, printed) == (2, "")
+    assert err.startswith(f"cgnat-edge home-config: {field}: {repr(name)[:30]}"), err
+    assert "Read the outputs again from the deployed stack" in err and len(err.splitlines()) == 1
+    assert _tree(tmp_path) == before
+
+
+def test_an_existing_shared_folder_keeps_its_mode_and_its_other_files(outputs, tmp_path, monkeypatch, capsys):
+    share = tmp_path / "share"
+    share.mkdir()
+    share.chmod(0o1777)
+    (share / "notes.txt").write_text("mine")
+    (share / "notes.txt").chmod(0o644)
+    (share / "wg-fsn.conf").write_text("old")
+    (share / "wg-fsn.conf").chmod(0o644)
+    code, printed, err = _home_config(monkeypatch, capsys, outputs, share, "--qr")
+    assert (code, err) == (0, "")
+    assert _mode(share) == 0o1777
+    assert (share / "notes.txt").read_text() == "mine" and _mode(share / "notes.txt") == 0o644
+    assert (share / "wg-fsn.conf").read_text() == outputs["wgQuick"]["fsn"]
+    written = [share / line.rsplit("/", 1)[1] for line in printed.splitlines()]
+    assert printed.splitlines() == [str(p) for p in written]
+    assert sorted(p.name for p in share.iterdir()) == sorted([*(p.name for p in written), "notes.txt"])
+    assert {p.name: _mode(p) for p in written} == {p.name: 0o600 for p in written}
+    assert (share / "road-warrior-phone-ams.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_new_folder_and_its_parents_are_made_the_new_folder_private(outputs, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "a" / "b" / "home"
+    assert _home_config(monkeypatch, capsys, outputs, out)[0] == 0
+    assert _mode(out) == 0o700
+    assert sorted(_tree(tmp_path)) == ["a", "a/b", "a/b/home", *sorted(f"a/b/home/{p.name}" for p in out.iterdir())]
+    assert len(list(out.iterdir())) == 7  # 2 edges, 2 road warrior files, openwrt, routeros, home.json
+
+
+@pytest.mark.parametrize(
+    ("road_warriors", "message"),
+    [
+        (["phone"], "homeConfigs.roadWarriors: must be an object (a wg-quick file per device and edge), got an array"),
+        (
+            {"phone": "[Interface]"},
+            "homeConfigs.roadWarriors.phone: must be an object (a wg-quick file per edge), got a string",
+        ),
+        ({"phone": {"fsn": 7}}, "homeConfigs.roadWarriors.phone.fsn: must be the text of a config file, got a number"),
+        ({"phone": {"fsn": None}}, "homeConfigs.roadWarriors.phone.fsn: must be the text of a config file, got null"),
+        ({"phone": {"FSN": "x"}}, "homeConfigs.roadWarriors.phone: 'FSN' is not a valid edge name (use 1-24"),
+        ({"my phone": {"fsn": "x"}}, "homeConfigs.roadWarriors: 'my phone' is not a valid road warrior name"),
+        ({"phone": {"fsn": "\ud800"}}, "homeConfigs.roadWarriors.phone.fsn: is not UTF-8 text"),
+    ],
+)
+@pytest.mark.parametrize("out", ["new", "existing"])
+def test_a_malformed_road_warrior_leaves_no_file_and_no_staging_folder(
+    outputs, road_warriors, message, out, tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "existing" / "wg-fsn.conf").write_text("old")
+    before = _tree(tmp_path)
+    outputs["roadWarriors"] = road_warriors
+    code, printed, err = _home_config(
+        monkeypatch, capsys, outputs, tmp_path / out / "home" if out == "new" else tmp_path / out
+    )
+    assert (code, printed) == (2, "")
+    assert err.startswith(f"cgnat-edge home-config: {message}") and len(err.splitlines()) == 1
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.pop("wgQuick"), "homeConfigs.wgQuick: is missing"),
+        (
+            lambda c: c.update(structured=[]),
+            "homeConfigs.structured: must be an object (the structured form), got an array",
+        ),
+        (
+            lambda c: c["structured"].update(tunnels={}),
+            "homeConfigs.structured.tunnels: must be an array (one tunnel per edge), got an object",
+        ),
+        (
+            lambda c: c["structured"]["tunnels"].__setitem__(0, "fsn"),
+            "homeConfigs.structured.tunnels[0]: must be an object (edge, interface, ...), got a string",
+        ),
+        (
+            lambda c: c["structured"]["tunnels"][0].pop("interface"),
+            "homeConfigs.structured.tunnels[0].interface: is missing",
+        ),
+        (
+            lambda c: c["structured"]["tunnels"][0].update(edge=5),
+            "homeConfigs.structured.tunnels[0].edge: 5 is not a valid edge name",
+        ),
+        (
+            lambda c: c["structured"]["tunnels"][0].update(interface="wg-sixteen-chars"),
+            "homeConfigs.structured.tunnels[0].interface: 'wg-sixteen-chars' is not a Linux interface name (at most 15",
+        ),
+        (
+            lambda c: c["structured"]["tunnels"][1].update(interface="wg-fsn"),
+            "homeConfigs.structured.tunnels[1].interface: 'wg-fsn' is another edge's interface already",
+        ),
+        (
+            lambda c: c["structured"]["tunnels"][1].update(edge="fsn"),
+            "homeConfigs.structured.tunnels[1].edge: edge 'fsn' has a tunnel already",
+        ),
+        (
+            lambda c: c["wgQuick"].update(fsn=["[Interface]"]),
+            "homeConfigs.wgQuick.fsn: must be the text of a config file, got an array",
+        ),
+        (
+            lambda c: c["wgQuick"].update(ghost="[Interface]"),
+            "homeConfigs.wgQuick.ghost: has no tunnel in structured.tunnels",
+        ),
+        (lambda c: c.update(openwrt=None), "homeConfigs.openwrt: must be the text of a config file, got null"),
+        (lambda c: c.update(routeros=True), "homeConfigs.routeros: must be the text of a config file, got true/false"),
+        (lambda c: c.update(routeros="\udcff"), "homeConfigs.routeros: is not UTF-8 text"),
+        (
+            lambda c: c.update(roadWarriors={"a-b": {"c": "x"}, "a": {"b-c": "y"}}),
+            "two configs would both be written as road-warrior-a-b-c.conf; rename a road warrior or an edge",
+        ),
+    ],
+)
+def test_each_malformed_field_is_one_line_naming_it(outputs, change, message, tmp_path, monkeypatch, capsys):
+    change(outputs)
+    code, printed, err = _home_config(monkeypatch, capsys, outputs, tmp_path / "home")
+    assert (code, printed) == (2, "")
+    assert err.startswith(f"cgnat-edge home-config: {message}"), err
+    assert len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("out", ["new", "existing"])
+def test_a_failure_while_writing_leaves_the_folder_as_it_was(outputs, out, tmp_path, monkeypatch, capsys):
+    """Checks pass, the disk fills up at the fourth file: no half-written folder."""
+    (tmp_path / "existing").mkdir(mode=0o750)
+    (tmp_path / "existing" / "wg-fsn.conf").write_text("old")
+    before = _tree(tmp_path)
+    calls = []
+    real = home_files.write_private
+
+    def disk_full(path, data):
+        calls.append(path)
+        if len(calls) == 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, data)
+
+    monkeypatch.setattr(home_files, "write_private", disk_full)
+    target = tmp_path / "new" / "deeper" / "home" if out == "new" else tmp_path / "existing"
+    code, printed, err = _home_config(monkeypatch, capsys, outputs, target)
+    assert (code, printed) == (2, "")
+    assert err.endswith(": No space left on device\n") and len(calls) == 4
+    assert _tree(tmp_path) == before
+
+
+def test_a_road_warrior_file_too_big_for_a_qr_code_gets_none(outputs, tmp_path, monkeypatch, capsys):
+    outputs["roadWarriors"]["phone"]["fsn"] = "[Interface]\n" + "# padding\n" * 400
+    assert _home_config(monkeypatch, capsys, outputs, tmp_path / "home", "--qr")[0] == 0
+    names = {p.name for p in (tmp_path / "home").iterdir()}
+    assert {"road-warrior-phone-fsn.conf", "road-warrior-phone-ams.png"} <= names
+    assert "road-warrior-phone-fsn.png" not in names

@@ -18,7 +18,10 @@ from typing import Any
 from components.config.keys import KEYS, REQUIRED, fix_key
 from components.model.fleet import IPNetwork, Target
 
-_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
+NAME_RE = re.compile(r"[a-z]([a-z0-9-]{0,22}[a-z0-9])?")
+"""Edge, service and road-warrior names, whole (``fullmatch``: ``$`` would let a final
+line break through).  They become file, unit and interface names, so nothing else fits."""
+NAME_RULE = "use 1-24 lowercase letters, digits or hyphens, starting with a letter and not ending with a hyphen"
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _CONTROL = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 """Unicode categories no value may hold: C0/C1 controls (line breaks, tab, escape),
@@ -190,11 +193,8 @@ class Parser:
             self.fail(f"{key}.name", f"{item['name']!r} is not text; write the name in quotes")
             return None
         name = str(item.get("name", ""))
-        if not _NAME_RE.match(name):
-            self.fail(
-                f"{key}.name",
-                f"{name!r} is not a valid {what} name; use 1-24 lowercase letters, digits or hyphens, starting with a letter",
-            )
+        if not NAME_RE.fullmatch(name):
+            self.fail(f"{key}.name", f"{name!r} is not a valid {what} name; {NAME_RULE}")
             return None
         if name in seen:
             self.fail(f"{key}.name", f"{what} name {name!r} is used twice; every {what} needs its own name")
