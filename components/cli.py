@@ -126,6 +126,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             status.load(args.source),
             Path(args.identity) if args.identity else None,
             cert_warn_days=args.cert_warn_days,
+            progress=lambda line: print(f"status: {line}", file=sys.stderr, flush=True),
         )
     except status.StatusError as exc:
         raise _Unusable(exc) from None

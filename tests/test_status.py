@@ -6,21 +6,30 @@ broken tunnel, a stopped Traefik and a drifted file each as what it is."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import io
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import dns.query
 import pytest
 
+from components import cli
 from components.lab import protection as lab_protection
 from components.lab.netns import wait_for
 from components.model import edge_contract
 from components.model.keys import generate_host_key
 from components.renderers import protection
-from components.tools import offline, status
-from tests.support import ROOT, require_tool
+from components.tools import offline, policy, render, status
+from tests.support import DEV_STACK, ROOT, require_tool
 
 DRIFTED = "/etc/apt/apt.conf.d/20auto-upgrades"
 COUNTRY_FILE = lab_protection.rir_file({"AQ": ["2001:db8:a0::/48"]})
@@ -244,3 +253,223 @@ def test_the_login_from_the_outputs_cannot_become_an_ssh_option(tmp_path):
     hostile = ssh_g(f"-oProxyCommand=touch {tmp_path}/ran")
     assert hostile.returncode == 255 and "invalid characters" in hostile.stderr
     assert "proxycommand" not in hostile.stdout and not (tmp_path / "ran").exists()
+
+
+# Without the lab: fake edges behind the runner, nothing on the network.
+
+FILES = {"/etc/wireguard/wg0.conf": "a" * 64}
+OUTPUTS = {
+    "edges": {
+        name: {"ipv4": ip, "sshUser": "root", "hostPublicKey": "ssh-ed25519 AAAA", "pushedFiles": FILES}
+        for name, ip in (("fsn", "203.0.113.10"), ("ams", "198.51.100.20"))
+    }
+}
+ESCAPES = ("\x1b", "\x9b", "\x07", "\u202e", "\x7f")
+
+
+def healthy_facts(**changes) -> dict:
+    now = time.time()
+    peer = f"peer=\t(none)\t192.0.2.1:51820\t10.254.0.1/32\t{int(now) - 5}\t100\t200\toff"
+    return {
+        "now": now,
+        "cloudInit": [0, "status: done\n", ""],
+        "wg": [0, f"key=\tpub=\t51820\toff\n{peer}\n", ""],
+        "slots": {"traefik@a.service": True, "traefik@b.service": False},
+        "ping": [0, "OK", ""],
+        "verify": [0, "", ""],
+        "files": dict(FILES),
+        "upgrades": now - 60,
+        "rebootRequired": False,
+        "desired": None,
+        "geo": {"config": None, "status": None},
+        "crowdsec": None,
+        **changes,
+    }
+
+
+def _answer(stdout: str, code: int = 0, stderr: str = "") -> subprocess.CompletedProcess:
+    return subprocess.CompletedProcess([], code, stdout, stderr)
+
+
+def fake_probes(answers: dict, **kwargs) -> status.Probes:
+    """A runner answering as ``answers[address]`` does (a CompletedProcess, or a callable);
+    certificates, resolver and nameservers that must not be asked."""
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess:
+        answer = answers[argv[argv.index("--") + 1]]
+        return answer() if callable(answer) else answer
+
+    def nothing(*args):
+        raise AssertionError(f"asked the network: {args}")
+
+    return status.Probes(run=run, cert=nothing, ask=nothing, resolve=lambda host: [], **kwargs)
+
+
+def _problems_of(edges: list[status.EdgeStatus], name: str) -> list[str]:
+    return [p.what for e in edges if e.edge == name for p in e.problems]
+
+
+def test_the_outputs_of_a_render_are_refused_without_contacting_anything(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "dev"
+    assert cli.main(["render", "--stack-file", str(DEV_STACK), "--out", str(out)]) == 0
+    capsys.readouterr()
+
+    def contacted(*args, **kwargs):
+        raise AssertionError(f"status contacted something: {args}")
+
+    for module, name in (
+        (subprocess, "Popen"),
+        (socket, "create_connection"),
+        (socket, "getaddrinfo"),
+        (socket.socket, "connect"),
+        (socket.socket, "sendto"),
+        (dns.query, "udp"),
+    ):
+        monkeypatch.setattr(module, name, contacted)
+    for source in (out, out / "outputs.json"):
+        assert cli.main(["status", str(source), "--json"]) == 2
+        got = capsys.readouterr()
+        assert got.out == ""
+        assert got.err.startswith(
+            "cgnat-edge status: these outputs were written by `cgnat-edge render` (stack dev): "
+            "the mock engine's keys and documentation addresses, nothing is deployed there; after `pulumi up`, "
+        ), got.err
+        assert "`pulumi stack output --json --show-secrets`" in got.err and "Traceback" not in got.err
+    # A program output never carries the marker; policy reads the render without it.
+    assert render.RENDER_MARKER in json.loads((out / "outputs.json").read_text())
+    assert render.RENDER_MARKER not in policy.load_render(out)[1]
+
+
+@pytest.mark.parametrize(
+    "answer, problem",
+    [
+        (RuntimeError("runner broke"), "the check of this edge failed: RuntimeError: runner broke"),
+        (
+            subprocess.TimeoutExpired(["ssh"], status.SSH_TIMEOUT_S),
+            "no answer over SSH within 60 s: the login or the status script hangs",
+        ),
+        (_answer("<html>not json", stderr="bash: python3: command not found\n"), "the edge's status script failed"),
+        (_answer(json.dumps([1, 2])), "the edge's status script answered what this version cannot read"),
+        (_answer(json.dumps(healthy_facts(cloudInit=5))), "the edge's status script answered what"),
+        (_answer(json.dumps(healthy_facts(crowdsec=["x"]))), "the edge's status script answered what"),
+        (_answer(json.dumps(healthy_facts(slots="traefik"))), "the edge's status script answered what"),
+    ],
+    ids=["raises", "timeout", "garbage", "list", "wrong-type", "crowdsec-list", "slots-str"],
+)
+def test_one_broken_edge_is_its_own_row_and_the_others_are_checked(answer, problem):
+    def fsn() -> subprocess.CompletedProcess:
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    probes = fake_probes({"203.0.113.10": fsn, "198.51.100.20": _answer(json.dumps(healthy_facts()))})
+    edges, hosts = status.status(OUTPUTS, probes=probes)
+    assert [e.edge for e in edges] == ["fsn", "ams"]  # the outputs' order
+    (what,) = _problems_of(edges, "fsn")
+    assert what.startswith(problem), what
+    ams = edges[1]
+    assert ams.reachable and ams.problems == [] and ams.facts["cloudInit"] == "done"
+    assert ams.facts["traefik"] == "traefik@a.service" and ams.facts["handshakeAge"] < 60
+    table = status.table(edges, hosts)
+    assert f"fsn: {what}" in table and "1 problem(s)" in table
+    assert json.loads(status.as_json(edges, hosts))["ok"] is False
+
+
+def test_a_hanging_edge_is_cut_at_the_bound(monkeypatch):
+    release = threading.Event()
+
+    def hang() -> subprocess.CompletedProcess:
+        release.wait(30)
+        return _answer(json.dumps(healthy_facts()))
+
+    probes = fake_probes(
+        {"203.0.113.10": hang, "198.51.100.20": _answer(json.dumps(healthy_facts()))}, edge_deadline=0.5
+    )
+    lines: list[str] = []
+    start = time.monotonic()
+    edges, _hosts = status.status(OUTPUTS, probes=probes, progress=lines.append)
+    took = time.monotonic() - start
+    release.set()
+    assert took < 3, took
+    assert _problems_of(edges, "fsn") == ["no result within 0.5 s: the SSH check hangs"]
+    assert edges[1].reachable and edges[1].problems == []
+    assert "fsn: no result after 0.5 s, given up" in lines
+
+
+def test_the_system_resolver_is_bounded(monkeypatch):
+    monkeypatch.setattr(status, "RESOLVE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args: time.sleep(5))
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"no answer within 0\.2 s"):
+        status._system_answers("git.example.org")
+    assert time.monotonic() - start < 2
+    (host,) = status.check_dns(["git.example.org"], OUTPUTS["edges"])
+    assert host.problems[0].what.startswith("DNS answers nothing for git.example.org (the system resolver gave no")
+
+
+def test_what_an_edge_sends_reaches_the_terminal_without_its_escapes(monkeypatch, capsys):
+    hostile = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202eevil\x7f"
+    facts = healthy_facts(
+        cloudInit=[1, f"status: {hostile}\n", ""],
+        slots={f"traefik{hostile}": True},
+        verify=[1, f"wg0 differs {hostile}\n", ""],
+    )
+    answers = {
+        "203.0.113.10": _answer(json.dumps(facts)),
+        "198.51.100.20": _answer("", 255, f"ssh: connect to host: {hostile}\n"),
+    }
+    probes = fake_probes(answers)
+    monkeypatch.setattr(status, "Probes", lambda: probes)  # what the command uses
+    for args in ([], ["--json"]):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(OUTPUTS)))
+        assert cli.main(["status", "-", *args]) == 1
+        got = capsys.readouterr()
+        for escape in ESCAPES:
+            assert escape not in got.out and escape not in got.err, (escape, got)
+        assert "owned" in got.out and "evil" in got.out  # shown, not obeyed
+    # Written out, so the operator sees that the edge sent them.
+    assert status.visible(hostile) == "\\x1b]0;owned\\x07\\x1b[2J\\x9b31m\\u202eevil\\x7f"
+    assert status.visible({"k\x1b": ["\tv\n\x00"]}) == {"k\\x1b": ["\tv\n\\x00"]}
+
+
+def test_progress_goes_to_stderr_and_stdout_stays_the_report(monkeypatch, capsys):
+    answers = {a: _answer(json.dumps(healthy_facts())) for a in ("203.0.113.10", "198.51.100.20")}
+    probes = fake_probes(answers)
+    monkeypatch.setattr(status, "Probes", lambda: probes)  # what the command uses
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(OUTPUTS)))
+    assert cli.main(["status", "-", "--json"]) == 0
+    got = capsys.readouterr()
+    assert json.loads(got.out)["ok"] is True and "status:" not in got.out
+    lines = got.err.splitlines()
+    assert "status: fsn: ssh root@203.0.113.10 ..." in lines and "status: ams: ssh root@198.51.100.20 ..." in lines
+    assert any(re.fullmatch(r"status: fsn: ssh ok \(\d+\.\d s\)", line) for line in lines), lines
+    assert all(line.startswith("status: ") for line in lines), lines
+
+
+def test_certificates_are_judged_per_edge_and_a_hanging_handshake_is_cut(monkeypatch):
+    for bound in ("TLS_TIMEOUT_S", "RESOLVE_TIMEOUT_S", "NAMESERVER_TIMEOUT_S"):
+        monkeypatch.setattr(status, bound, 0.1)
+    desired = {"traefik": {"routers": {"http": {"git": "Host(`git.example.org`)"}}}}
+    answer = _answer(json.dumps(healthy_facts(desired=desired)))
+    release = threading.Event()
+    in_60_days = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=60, hours=1)
+
+    def cert(address: str, hostname: str) -> datetime.datetime:
+        assert hostname == "git.example.org"
+        if address == "203.0.113.10":
+            release.wait(30)
+        return in_60_days
+
+    probes = fake_probes({"203.0.113.10": answer, "198.51.100.20": answer})
+    probes = dataclasses.replace(probes, cert=cert, resolve=lambda host: ["203.0.113.10", "198.51.100.20"])
+    start = time.monotonic()
+    edges, hosts = status.status(OUTPUTS, probes=probes)
+    took = time.monotonic() - start
+    release.set()
+    assert took < 3, took
+    assert _problems_of(edges, "fsn") == ["no certificate for git.example.org on :443 (no TLS answer in time)"]
+    assert edges[0].facts["certDays"] == {"git.example.org": None}
+    assert edges[1].problems == [] and edges[1].facts["certDays"] == {"git.example.org": 60}
+    assert [(h.hostname, h.answers, h.problems) for h in hosts] == [
+        ("git.example.org", ["203.0.113.10", "198.51.100.20"], [])
+    ]

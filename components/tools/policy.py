@@ -281,6 +281,7 @@ def load_render(directory: Path) -> tuple[list[dict], dict, set[str]]:
         )
     resources = _read_json(directory / "resources.json", list, dict)
     outputs = _read_json(directory / "outputs.json", dict, object)
+    outputs.pop(render.RENDER_MARKER, None)  # the render's, not an output of the program
     secret_outputs = _read_json(directory / "secret_outputs.json", list, str)
     return resources, outputs, set(secret_outputs)
 

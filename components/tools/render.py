@@ -30,6 +30,10 @@ def _write(path: Path, text: str, private: bool = False) -> Path:
     return path
 
 
+RENDER_MARKER = "cgnatEdgeRender"
+"""A key of a render's outputs.json and of no program output: ``status`` refuses those
+outputs, whose addresses are the mock engine's."""
+
 SERVER_TYPES = {p.server_resource_type for p in providers.REGISTRY.values()}
 
 
@@ -99,6 +103,7 @@ def write(run: offline.Run, out: Path, show_secrets: bool = False) -> list[Path]
     lines = [f"{r['type']:<62} {r['name']:<36} {r['parent'].rsplit('::', 1)[-1]}" for r in resources]
     written.append(_write(out / "resources.txt", "\n".join(lines) + "\n"))
     shown = offline.reveal(run.outputs) if show_secrets else offline.masked(run.outputs)
+    shown = {**shown, RENDER_MARKER: {"project": run.project, "stack": run.stack}}
     written.append(
         _write(out / "outputs.json", json.dumps(shown, indent=2, sort_keys=True) + "\n", private=show_secrets)
     )

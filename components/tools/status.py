@@ -10,30 +10,46 @@ Traefik routers and sshd against those files), upgrades.  From here it asks each
 ``http`` hostname's certificate and what the DNS answers.
 
 Every problem comes with the command that fixes it; the exit status is 1 when there
-is any."""
+is any.  Each edge is checked on its own, concurrently and within a bound: a broken
+edge is a row of the report, never the end of it.  What an edge sends is text from a
+machine that may be compromised, so its control characters are made visible before
+anything prints it (``visible``)."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import re
 import shlex
 import socket
 import ssl
 import subprocess
 import tempfile
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from components.model import edge_contract
 from components.renderers import bootstrap, edge_dns, protection, templates
-from components.tools import home_files
+from components.tools import home_files, render
 
 HANDSHAKE_STALE_S = 180
 """WireGuard renews a session every 2 minutes while traffic flows and home keeps it alive."""
 UPGRADES_STALE_S = 2 * 86400
+SSH_CONNECT_S = 8
+SSH_TIMEOUT_S = 60
+"""The whole remote run: the login and the edge's status script."""
+EDGE_DEADLINE_S = SSH_TIMEOUT_S + 5
+"""All edges' SSH checks together (they run at once); an edge still running then is a problem row."""
+TLS_TIMEOUT_S = 5
+"""For the connection, and again for each read of the handshake."""
 NAMESERVER_TIMEOUT_S = 3
+RESOLVE_TIMEOUT_S = 5
+"""The system resolver (``getaddrinfo``) has no timeout of its own."""
 GEO_STALE_S = 3 * 86400
 """The registries publish daily and the timer fetches after 20 hours: three days
 without a fetch is a source that keeps failing, not a slow one."""
@@ -77,7 +93,40 @@ Runner = Callable[[list[str]], subprocess.CompletedProcess]
 
 
 def _local(argv: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=SSH_TIMEOUT_S)
+
+
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""C0 controls but tab and newline, ESC among them; DEL; C1; the bidi marks and overrides."""
+
+
+def visible(value: Any) -> Any:
+    """``value`` with every control character (ESC, so every escape sequence, with them)
+    and bidi override written out as ``\\xNN``/``\\uNNNN`` text, in dict keys too; tab
+    and newline stay, the wg dump is tab-separated lines.  An edge's output reaches the
+    operator's terminal: written out, an escape sequence shows and does nothing."""
+    if isinstance(value, str):
+        return _UNSAFE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", value)
+    if isinstance(value, dict):
+        return {visible(k): visible(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [visible(v) for v in value]
+    return value
+
+
+def refuse_render(outputs: dict) -> None:
+    """The outputs ``cgnat-edge render`` writes carry its marker: their addresses are the
+    mock engine's documentation addresses, so logging in there would only time out and
+    report every edge as broken."""
+    marker = outputs.get(render.RENDER_MARKER)
+    if marker is not None:
+        stack = marker.get("stack") if isinstance(marker, dict) else None
+        raise StatusError(
+            f"these outputs were written by `cgnat-edge render`{f' (stack {stack})' if stack else ''}: "
+            "the mock engine's keys and documentation addresses, nothing is deployed there; after `pulumi up`, "
+            "run `cgnat-edge status` (it asks the Pulumi CLI) or give it what "
+            "`pulumi stack output --json --show-secrets` prints"
+        )
 
 
 def edges_from(outputs: dict) -> dict[str, dict]:
@@ -85,7 +134,7 @@ def edges_from(outputs: dict) -> dict[str, dict]:
     if not isinstance(edges, dict) or not edges:
         raise StatusError("the outputs have no `edges`; pass what `pulumi stack output --json --show-secrets` prints")
     for name, e in edges.items():
-        if not e.get("hostPublicKey") or "pushedFiles" not in e:
+        if not isinstance(e, dict) or not e.get("hostPublicKey") or "pushedFiles" not in e:
             raise StatusError(
                 f"edge {name!r} in the outputs has no hostPublicKey/pushedFiles (outputs of an older cgnat-edge); "
                 "run `pulumi up` once with this version"
@@ -95,7 +144,7 @@ def edges_from(outputs: dict) -> dict[str, dict]:
 
 def ssh_argv(user: str, address: str, known_hosts: Path, identity: Path | None, command: str) -> list[str]:
     argv = ["ssh", "-F", "/dev/null", "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-    argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=8", "-o", "GlobalKnownHostsFile=/dev/null"]
+    argv += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_CONNECT_S}", "-o", "GlobalKnownHostsFile=/dev/null"]
     if identity:
         argv += ["-i", str(identity), "-o", "IdentitiesOnly=yes"]
     # The user and address come from the stack's outputs: after "--" neither can be read as an option.
@@ -122,15 +171,31 @@ def remote_command(user: str, files: list[str]) -> str:
     return bootstrap.as_root(user, f"python3 -c {shlex.quote(program)} {shlex.quote(json.dumps(args))}")
 
 
+def _ssh(e: dict) -> str:
+    return f"ssh {e.get('sshUser', 'root')}@{e['ipv4']}"
+
+
 def check_edge(name: str, e: dict, identity: Path | None, run: Runner = _local) -> EdgeStatus:
+    """One edge, whatever it answers: a login that fails or hangs, output that is not the
+    status script's, facts of the wrong shape each become a problem of this edge."""
     st = EdgeStatus(name, e["ipv4"])
-    user, ssh = e.get("sshUser", "root"), f"ssh {e.get('sshUser', 'root')}@{e['ipv4']}"
-    with tempfile.TemporaryDirectory(prefix="cgnat-edge-status-") as tmp:
-        known = Path(tmp) / "known_hosts"
-        known.write_text(f"{e['ipv4']} {e['hostPublicKey']}\n")
-        done = run(ssh_argv(user, e["ipv4"], known, identity, remote_command(user, sorted(e["pushedFiles"]))))
+    user, ssh = e.get("sshUser", "root"), _ssh(e)
+    try:
+        with tempfile.TemporaryDirectory(prefix="cgnat-edge-status-") as tmp:
+            known = Path(tmp) / "known_hosts"
+            known.write_text(f"{e['ipv4']} {e['hostPublicKey']}\n")
+            done = run(ssh_argv(user, e["ipv4"], known, identity, remote_command(user, sorted(e["pushedFiles"]))))
+    except subprocess.TimeoutExpired as exc:
+        st.problem(
+            f"no answer over SSH within {exc.timeout:g} s: the login or the status script hangs",
+            f"`{ssh} true` shows whether the login does; then `{ssh} sudo cloud-init status --long`",
+        )
+        return st
+    except FileNotFoundError as exc:
+        st.problem(f"cannot run {exc.filename or 'ssh'}: not on PATH", "install the OpenSSH client")
+        return st
+    err = visible(done.stderr or "")
     if done.returncode == 255:
-        err = done.stderr
         if "REMOTE HOST IDENTIFICATION HAS CHANGED" in err or "Host key verification failed" in err:
             st.problem(
                 f"host key mismatch: {e['ipv4']} does not present the pinned key ({e['hostPublicKey'][:40]}...)",
@@ -145,14 +210,21 @@ def check_edge(name: str, e: dict, identity: Path | None, run: Runner = _local) 
             )
         return st
     try:
-        facts = json.loads(done.stdout)
-    except json.JSONDecodeError:
-        st.problem(
-            f"the edge's status script failed: {done.stderr.strip()[:300]}", f"{ssh} sudo cloud-init status --long"
-        )
+        facts = visible(json.loads(done.stdout))
+    except (json.JSONDecodeError, TypeError):
+        said = err.strip() or visible(str(done.stdout or "")).strip() or f"exit {done.returncode}, no output"
+        st.problem(f"the edge's status script failed: {said[:300]}", f"{ssh} sudo cloud-init status --long")
         return st
     st.reachable = True
-    _judge(st, e, facts, ssh)
+    try:
+        _judge(st, e, facts, ssh)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        st.facts = {}  # half-judged facts may hold values of any type
+        st.problem(
+            f"the edge's status script answered what this version cannot read ({type(exc).__name__}: "
+            f"{visible(str(exc))[:200]})",
+            f"{ssh} sudo cloud-init status --long; look at the edge's python3 and /etc (a tampered edge answers so)",
+        )
     return st
 
 
@@ -278,8 +350,9 @@ def _http_hosts(desired: dict | None) -> list[str]:
     return sorted(hosts)
 
 
-def cert_expiry(address: str, hostname: str, timeout: float = 5) -> datetime.datetime:
-    """The notAfter of the certificate ``address``:443 presents for ``hostname``."""
+def cert_expiry(address: str, hostname: str, timeout: float = TLS_TIMEOUT_S) -> datetime.datetime:
+    """The notAfter of the certificate ``address``:443 presents for ``hostname``; the
+    socket's timeout bounds the connection and each read of the handshake."""
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     with (
@@ -292,17 +365,18 @@ def cert_expiry(address: str, hostname: str, timeout: float = 5) -> datetime.dat
     return x509.load_der_x509_certificate(der or b"").not_valid_after_utc
 
 
-def check_certs(st: EdgeStatus, warn_days: int = CERT_WARN_DAYS) -> None:
+def judge_certs(st: EdgeStatus, expiries: dict[str, Any], warn_days: int = CERT_WARN_DAYS) -> None:
+    """``expiries``: each hostname's notAfter on this edge, or what kept it from coming
+    (an exception, or None for a check cut at its bound)."""
     now = datetime.datetime.now(datetime.UTC)
     days: dict[str, int | None] = {}
-    for host in st.facts.get("httpHosts", []):
-        try:
-            left = (cert_expiry(st.address, host) - now).days
-        except (OSError, ValueError) as exc:
+    for host, got in sorted(expiries.items()):
+        if not isinstance(got, datetime.datetime):
             days[host] = None
-            st.problem(f"no certificate for {host} on :443 ({exc})", f"ssh {st.address} sudo journalctl -u 'traefik@*'")
+            why = "no TLS answer in time" if got is None else visible(str(got)) or type(got).__name__
+            st.problem(f"no certificate for {host} on :443 ({why})", f"ssh {st.address} sudo journalctl -u 'traefik@*'")
             continue
-        days[host] = left
+        left = days[host] = (got - now).days
         if left < warn_days:
             st.problem(
                 f"the certificate for {host} expires in {left} days",
@@ -311,11 +385,44 @@ def check_certs(st: EdgeStatus, warn_days: int = CERT_WARN_DAYS) -> None:
     st.facts["certDays"] = days
 
 
+T = TypeVar("T")
+
+
+def in_parallel(jobs: Sequence[Callable[[], T]], seconds: float) -> list[T | Exception | None]:
+    """Each job's result (or exception), in the jobs' order; None for a job still running
+    after ``seconds`` in all.  Daemon threads rather than a pool: a job stuck where no
+    timeout reaches must not keep the command from exiting."""
+    results: list[T | Exception | None] = [None] * len(jobs)
+
+    def run(i: int, job: Callable[[], T]) -> None:
+        try:
+            results[i] = job()
+        except Exception as exc:  # the caller turns it into that job's problem
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i, job), daemon=True) for i, job in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + seconds
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+    return [None if t.is_alive() else results[i] for i, t in enumerate(threads)]
+
+
 def _system_answers(host: str) -> list[str]:
-    try:
-        return sorted({str(a[4][0]) for a in socket.getaddrinfo(host, 443, socket.AF_INET, socket.SOCK_STREAM)})
-    except OSError:
-        return []
+    """What the system resolver answers, as a browser would ask it; ``getaddrinfo`` has no
+    timeout, so it runs in a thread given ``RESOLVE_TIMEOUT_S``."""
+
+    def lookup() -> list[str]:
+        try:
+            return sorted({str(a[4][0]) for a in socket.getaddrinfo(host, 443, socket.AF_INET, socket.SOCK_STREAM)})
+        except OSError:
+            return []
+
+    (got,) = in_parallel([lookup], RESOLVE_TIMEOUT_S)
+    if not isinstance(got, list):
+        raise TimeoutError(f"the system resolver gave no answer within {RESOLVE_TIMEOUT_S} s")
+    return got
 
 
 def _ask(server: str, name: str) -> list[str] | str:
@@ -342,6 +449,11 @@ def _ask(server: str, name: str) -> list[str] | str:
 Asker = Callable[[str, str], "list[str] | str"]
 
 
+def dns_deadline(edges: dict[str, dict]) -> float:
+    """Every hostname is checked at once; each one asks the resolver, then every edge's nameserver in turn."""
+    return RESOLVE_TIMEOUT_S + NAMESERVER_TIMEOUT_S * len(edges) + 1
+
+
 def check_dns(
     hostnames: list[str],
     edges: dict[str, dict],
@@ -359,22 +471,45 @@ def check_dns(
         r["name"]: r["values"][0] for r in served.get("delegation", []) if r.get("type") == "CNAME" and r.get("values")
     }
     records = {r["hostname"] for r in (dns_output or {}).get("records", []) if isinstance(r, dict) and "hostname" in r}
-    out = []
-    for host in sorted(set(hostnames) | records | set(names)):
+    hosts = sorted(set(hostnames) | records | set(names))
+    for host in hosts:
         if zone and host not in names and (host == zone or host.endswith("." + zone)):
             names[host] = host
-        answers = resolve(host)
+
+    def check(host: str) -> HostStatus:
+        try:
+            answers = resolve(host)
+        except TimeoutError as exc:
+            answers, why = [], str(exc)
+        else:
+            why = ""
         hs = HostStatus(host, answers, expected)
         strangers = [a for a in answers if a not in expected]
         if not answers or strangers:
             hs.problems.append(
                 Problem(
-                    f"DNS answers {', '.join(answers) or 'nothing'} for {host}, the edges are {', '.join(expected)}",
+                    f"DNS answers {', '.join(answers) or 'nothing'} for {host}{f' ({why})' if why else ''}, "
+                    f"the edges are {', '.join(expected)}",
                     "publish the records of `pulumi stack output dns` at your DNS provider (or let managed DNS do it)",
                 )
             )
         if host in names:
             _check_nameservers(hs, names[host], edges, ask)
+        return hs
+
+    out = []
+    for host, got in zip(hosts, in_parallel([partial(check, h) for h in hosts], dns_deadline(edges)), strict=True):
+        if isinstance(got, HostStatus):
+            out.append(got)
+            continue
+        hs = HostStatus(host, [], expected)
+        what = f"no answer within {dns_deadline(edges):.0f} s" if got is None else f"{type(got).__name__}: {got}"
+        hs.problems.append(
+            Problem(
+                f"the DNS check of {host} failed ({visible(what)})",
+                f"`dig {host}`, and with dnsMode edges `dig @<edge address> {host}`, show which resolver is slow",
+            )
+        )
         out.append(hs)
     return out
 
@@ -422,18 +557,90 @@ def _check_nameservers(hs: HostStatus, name: str, edges: dict[str, dict], ask: A
         )
 
 
+@dataclass(frozen=True)
+class Probes:
+    """How status reaches the fleet, each step bounded; the tests put fakes in."""
+
+    run: Runner = _local
+    cert: Callable[[str, str], datetime.datetime] = cert_expiry
+    ask: Asker = _ask
+    resolve: Callable[[str], list[str]] = _system_answers
+    edge_deadline: float = EDGE_DEADLINE_S
+
+
+def _summary(st: EdgeStatus) -> str:
+    if not st.reachable:
+        return f"FAIL: {st.problems[0].what if st.problems else 'unreachable'}"
+    return f"ssh ok, {len(st.problems)} problem(s)" if st.problems else "ssh ok"
+
+
 def status(
-    outputs: dict, identity: Path | None = None, run: Runner = _local, cert_warn_days: int = CERT_WARN_DAYS
+    outputs: dict,
+    identity: Path | None = None,
+    probes: Probes | None = None,
+    cert_warn_days: int = CERT_WARN_DAYS,
+    progress: Callable[[str], None] = lambda line: None,
 ) -> tuple[list[EdgeStatus], list[HostStatus]]:
+    """Every edge at once over SSH, then every certificate and hostname at once, each
+    batch within its bound; the report keeps the outputs' order.  ``progress`` gets a
+    line as each edge starts and ends (from several threads, one call per line)."""
+    refuse_render(outputs)
     edges = edges_from(outputs)
+    probes = probes or Probes()
+    said = threading.Lock()
+
+    def say(line: str) -> None:
+        with said:
+            progress(line)
+
+    def one(name: str, e: dict) -> EdgeStatus:
+        say(f"{name}: {_ssh(e)} ...")
+        start = time.monotonic()
+        st = check_edge(name, e, identity, probes.run)
+        say(f"{name}: {_summary(st)} ({time.monotonic() - start:.1f} s)")
+        return st
+
     results = []
-    for name, e in edges.items():
-        st = check_edge(name, e, identity, run)
-        if st.reachable:
-            check_certs(st, cert_warn_days)
+    jobs = [partial(one, n, e) for n, e in edges.items()]
+    for (name, e), got in zip(edges.items(), in_parallel(jobs, probes.edge_deadline), strict=True):
+        if isinstance(got, EdgeStatus):
+            results.append(got)
+            continue
+        st = EdgeStatus(name, str(e.get("ipv4")))
+        if got is None:
+            say(f"{name}: no result after {probes.edge_deadline:g} s, given up")
+            st.problem(
+                f"no result within {probes.edge_deadline:g} s: the SSH check hangs",
+                f"`{_ssh(e)} true` shows whether the login does; then `{_ssh(e)} sudo cloud-init status --long`",
+            )
+        else:
+            say(f"{name}: FAIL: {visible(f'{type(got).__name__}: {got}')}")
+            st.problem(
+                f"the check of this edge failed: {visible(f'{type(got).__name__}: {got}')[:300]}",
+                "fix the outputs (`pulumi stack output --json --show-secrets`) if this edge's entry is damaged; "
+                "otherwise report it with `cgnat-edge status --json`",
+            )
         results.append(st)
+
     hostnames = sorted({h for st in results for h in st.facts.get("httpHosts", [])})
-    return results, check_dns(hostnames, edges, outputs.get("dns") if isinstance(outputs.get("dns"), dict) else None)
+    dns_output = outputs.get("dns") if isinstance(outputs.get("dns"), dict) else None
+    pairs = [(st, host) for st in results if st.reachable for host in st.facts.get("httpHosts", [])]
+    say(f"certificates ({len(pairs)}) and DNS ...")
+    start = time.monotonic()
+    jobs_after: list[Callable[[], Any]] = [partial(probes.cert, st.address, host) for st, host in pairs]
+    jobs_after.append(partial(check_dns, hostnames, edges, dns_output, probes.ask, probes.resolve))
+    *expiries, hosts = in_parallel(jobs_after, max(dns_deadline(edges), 2 * TLS_TIMEOUT_S) + 1)
+    for st in results:
+        if st.reachable and "httpHosts" in st.facts:
+            mine = {host: x for (owner, host), x in zip(pairs, expiries, strict=True) if owner is st}
+            judge_certs(st, mine, cert_warn_days)
+    say(f"certificates and DNS done ({time.monotonic() - start:.1f} s)")
+    if not isinstance(hosts, list):  # the outputs' `dns` is damaged: check_dns handles each hostname itself
+        why = visible(f"{type(hosts).__name__}: {hosts}") if hosts else "no result"
+        hosts = [
+            HostStatus("(dns)", [], [], [Problem(f"the DNS check failed ({why})", "see `pulumi stack output dns`")])
+        ]
+    return results, hosts
 
 
 def load(source: str | None) -> dict:
@@ -473,7 +680,7 @@ def _geo_cell(geo: dict | None) -> str:
 
 
 def _crowdsec_cell(units: dict | None) -> str:
-    if not units:
+    if not units or not isinstance(units, dict):
         return "-"
     return "ok" if all(units.values()) else "FAIL"
 
