@@ -11,6 +11,11 @@ ruleset includes are written first, so a later reload of the ruleset loads the s
 sets.  On any failure the loaded sets and files stay as they were (the last good
 lists) and status.json says what failed and since when.
 
+Sources are fetched over HTTPS only, with the system's trust store.  Every download
+must be whole within a deadline (FILE_DEADLINE_S, and RUN_DEADLINE_S for the run, or
+$CGNAT_EDGE_GEO_DEADLINE seconds) and at most MAX_BYTES long: a server that stalls or
+trickles bytes, or sends without end, fails the refresh like a corrupt file does.
+
     cgnat-edge-geo-sets [--force]     fetch when older than 20 hours (or forced), load
 Standard library only: it runs on a bare Debian.
 """
@@ -18,29 +23,76 @@ Standard library only: it runs on a bare Debian.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import ipaddress
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 CONFIG = os.environ.get("CGNAT_EDGE_GEO_CONFIG", "/etc/cgnat-edge/geo.json")
 MAX_AGE_S = 20 * 3600
-TIMEOUT_S = 60
+RUN_DEADLINE_S = float(os.environ.get("CGNAT_EDGE_GEO_DEADLINE") or 300)
+"""Every download of a run, together; the unit's TimeoutStartSec leaves room for the load."""
+FILE_DEADLINE_S = 120.0
+"""One download: a registry's file is about 10 MB, seconds on an edge's link."""
+SOCKET_TIMEOUT_S = 30.0
+MAX_BYTES = 64 * 1024 * 1024
+"""Six times the largest registry's file (RIPE's, about 10 MB in 2026): room for years of
+growth, while a server sending without end cannot fill the edge's memory (the file is
+held whole to check its MD5) or its disk."""
+CHUNK = 1 << 16
 
 
 class SourceError(Exception):
     pass
 
 
-def fetch(url: str) -> bytes:
+def _expire(signum: int, frame: object) -> None:
+    raise TimeoutError("deadline passed")
+
+
+def fetch(url: str, deadline: float) -> bytes:
+    """The body at ``url``, whole by ``deadline`` (a time.monotonic() value) or not at all.
+
+    urlopen's timeout bounds each socket operation, not the download: a server sending
+    a byte every few seconds, in its TLS handshake, headers or body, would hold the
+    refresh for ever.  An interval timer (SIGALRM) ends the download wherever it waits."""
+    if urllib.parse.urlsplit(url).scheme != "https":
+        raise SourceError(f"{url}: not an https:// URL; country lists are fetched over HTTPS only")
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise SourceError(f"{url}: timed out: the run's {RUN_DEADLINE_S:g} s deadline passed before its download")
     req = urllib.request.Request(url, headers={"User-Agent": "cgnat-edge-geo-sets"})
-    with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:
-        return r.read()
+    previous = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, left)
+    try:
+        with urllib.request.urlopen(req, timeout=min(left, SOCKET_TIMEOUT_S)) as r:
+            if urllib.parse.urlsplit(r.geturl()).scheme != "https":
+                raise SourceError(f"{url}: redirected to {r.geturl()}, which is not https://")
+            body = bytearray()
+            while chunk := r.read1(CHUNK):
+                body += chunk
+                if len(body) > MAX_BYTES:
+                    raise SourceError(f"{url}: over {MAX_BYTES >> 20} MiB, far larger than a statistics file")
+            return bytes(body)
+    except (OSError, http.client.HTTPException) as exc:
+        if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+            raise SourceError(f"{url}: timed out: not whole within its deadline ({left:.1f} s)") from exc
+        raise SourceError(f"{url}: {exc}") from exc
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SourceError(f"stopped by {signal.Signals(signum).name} (the unit's TimeoutStartSec, or a shutdown)")
 
 
 def check(url: str, data: bytes, digest_text: bytes) -> None:
@@ -127,6 +179,7 @@ def load(cfg: dict, files: dict[str, str]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, _stopped)  # recorded in status.json like any failure
     with open(CONFIG) as f:
         cfg = json.load(f)
     state = cfg["state"]
@@ -152,11 +205,10 @@ def main(argv: list[str]) -> int:
                 with open(f"{state}/raw/{i}", "rb") as f:
                     raws.append(f.read())
         else:
+            run_deadline = time.monotonic() + RUN_DEADLINE_S
             for url in cfg["sources"]:
-                try:
-                    data, digest = fetch(url), fetch(url + ".md5")
-                except OSError as exc:
-                    raise SourceError(f"{url}: {exc}") from exc
+                data = fetch(url, min(run_deadline, time.monotonic() + FILE_DEADLINE_S))
+                digest = fetch(url + ".md5", min(run_deadline, time.monotonic() + FILE_DEADLINE_S))
                 check(url, data, digest)
                 raws.append(data)
             for i, data in enumerate(raws):

@@ -13,12 +13,16 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
 
 from components import config as config_module
 from components.config import ConfigError
+from components.lab.certs import self_signed
+from components.lab.file_server import FileServer
+from components.lab.netns import Lab
 from components.lab.protection import rir_file
 from components.model import edge_contract
 from components.renderers import home_configs, nftables, protection, templates, traefik
@@ -207,11 +211,109 @@ def test_loader_merges_ranges_and_keeps_only_delegated_space():
     assert counts == {"v4": 2, "v6": 0} and "geo4_nz" in content and "geo6_nz" not in content
 
 
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """A registry's server on 127.0.0.1, over HTTPS with a fresh certificate the
+    loader trusts (through SSL_CERT_FILE, as OpenSSL reads it)."""
+    cert = self_signed(["127.0.0.1"], tmp_path)
+    folder = tmp_path / "www"
+    folder.mkdir()
+    server = FileServer(("127.0.0.1", 0), folder, cert).start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert.cert))
+    yield server, folder, f"https://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_fetch_reads_over_https_and_refuses_what_is_not(registry, monkeypatch):
+    geo = _loader()
+    server, folder, base = registry
+    (folder / "stats").write_bytes(b"2|lab|x\n")
+    assert geo.fetch(f"{base}/stats", time.monotonic() + 10) == b"2|lab|x\n"
+    for url in (f"http://127.0.0.1:{server.server_address[1]}/stats", f"file://{folder}/stats"):
+        with pytest.raises(geo.SourceError, match=r"not an https:// URL; country lists are fetched over HTTPS only"):
+            geo.fetch(url, time.monotonic() + 10)
+    monkeypatch.setenv("SSL_CERT_FILE", "/dev/null")  # a certificate nobody vouches for
+    with pytest.raises(geo.SourceError, match="CERTIFICATE_VERIFY_FAILED"):
+        geo.fetch(f"{base}/stats", time.monotonic() + 10)
+
+
+def test_fetch_of_a_trickling_server_ends_at_its_deadline(registry):
+    """One byte every 0.2 s, status line and headers included: each read succeeds, so
+    only a deadline over the whole download can end it."""
+    geo = _loader()
+    server, folder, base = registry
+    (folder / "stats").write_bytes(b"x" * 4096)
+    server.trickle = 0.2
+    t0 = time.monotonic()
+    with pytest.raises(geo.SourceError, match=r"timed out: not whole within its deadline \(1\.5 s\)"):
+        geo.fetch(f"{base}/stats", time.monotonic() + 1.5)
+    took = time.monotonic() - t0
+    assert 1.4 < took < 2.5, took
+
+
+def test_fetch_refuses_a_body_over_the_size_bound(registry):
+    geo = _loader()
+    _, folder, base = registry
+    with open(folder / "huge", "wb") as f:
+        f.truncate(geo.MAX_BYTES + 1)  # sparse: no disk
+    (folder / "largest").write_bytes(b"x" * (geo.MAX_BYTES))
+    with pytest.raises(geo.SourceError, match="over 64 MiB, far larger than a statistics file"):
+        geo.fetch(f"{base}/huge", time.monotonic() + 60)
+    assert len(geo.fetch(f"{base}/largest", time.monotonic() + 60)) == geo.MAX_BYTES
+
+
+def _refresh(registry, tmp_path, deadline: str) -> subprocess.Popen:
+    """The script as the timer runs it, against a stalled server (it fails before it
+    loads, so it needs no nft)."""
+    server, folder, base = registry
+    for name in ("a", "b"):
+        (folder / name).write_text(rir_file({"AQ": ["203.0.113.0/28"]}))
+    server.trickle = 0.2
+    cfg = {"sources": [f"{base}/a", f"{base}/b"], "countries": ["AQ"], "table": ["inet", "x"]}
+    (tmp_path / "geo.json").write_text(json.dumps(cfg | {"state": str(tmp_path / "state")}))
+    env = {
+        "CGNAT_EDGE_GEO_CONFIG": str(tmp_path / "geo.json"),
+        "CGNAT_EDGE_GEO_DEADLINE": deadline,
+        "SSL_CERT_FILE": str(tmp_path / "test.crt"),
+        "PATH": "/nonexistent",  # no nft: a load would fail loudly
+    }
+    script = str(templates.DIRECTORY / "geo-sets.py")
+    return subprocess.Popen([sys.executable, script], env=env, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_stalled_refresh_fails_within_the_run_deadline_and_says_so(registry, tmp_path):
+    t0 = time.monotonic()
+    run = _refresh(registry, tmp_path, "2")
+    _, stderr = run.communicate(timeout=30)
+    took = time.monotonic() - t0
+    assert run.returncode == 1, stderr
+    assert took < 2 + 1.5, took
+    status = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert status["ok"] is False
+    assert status["error"].startswith(f"{registry[2]}/a: timed out: not whole within its deadline"), status
+    assert "keeping the last good sets" in stderr
+    assert not list((tmp_path / "state").glob("*.nft")) and not (tmp_path / "state" / "raw" / "0").exists()
+
+
+def test_a_refresh_stopped_by_systemd_says_so(registry, tmp_path):
+    """The unit's TimeoutStartSec ends the run with SIGTERM: status.json must say why."""
+    run = _refresh(registry, tmp_path, "60")
+    time.sleep(1.5)
+    run.terminate()
+    _, stderr = run.communicate(timeout=10)
+    assert run.returncode == 1, stderr
+    status = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert status["ok"] is False and status["error"].startswith("stopped by SIGTERM (the unit's TimeoutStartSec"), (
+        status
+    )
+
+
 @pytest.mark.netns
 def test_loader_keeps_the_last_good_sets_on_a_bad_source(tmp_path):
-    """End to end in a scratch network namespace: a good file loads, a bad one is
-    refused with the sets and cached files untouched and the status saying why."""
-    require_tool("nft", "unshare")
+    """End to end in a scratch network namespace: a good file loads over HTTPS, a bad
+    one is refused with the sets and cached files untouched and the status saying why."""
+    require_tool("nft", "ip", "nsenter")
     require_root()
     good = rir_file({"AQ": ["203.0.113.0/28", "2001:db8:a0::/48"]})
     src = tmp_path / "src"
@@ -220,43 +322,40 @@ def test_loader_keeps_the_last_good_sets_on_a_bad_source(tmp_path):
     (src / "stats.md5").write_text(hashlib.md5(good.encode()).hexdigest())
     state = tmp_path / "state"
     cfg = {
-        "sources": [f"file://{src}/stats"],
+        "sources": ["https://127.0.0.1/stats"],
         "countries": ["AQ"],
         "table": ["inet", "cgnat_edge"],
         "state": str(state),
     }
     (tmp_path / "geo.json").write_text(json.dumps(cfg))
-    ruleset = (
+    (tmp_path / "rules.nft").write_text(
         "table inet cgnat_edge {\n set geo4_aq { type ipv4_addr; flags interval; }\n"
         " set geo6_aq { type ipv6_addr; flags interval; }\n}\n"
     )
-    script = templates.DIRECTORY / "geo-sets.py"
-    shell = (
-        'nft -f "$1" && "$2" "$3" && cp "$4/stats.bad" "$4/stats" && "$2" "$3" --force; echo "rc=$?"; '
-        "nft list set inet cgnat_edge geo4_aq; nft list set inet cgnat_edge geo6_aq"
-    )
-    (src / "stats.bad").write_text(good + "lab|AQ|ipv4|192.0.2.0|1|20260101|allocated|x\n")
-    (tmp_path / "rules.nft").write_text(ruleset)
-    done = subprocess.run(
-        [
-            "unshare",
-            "--net",
-            "sh",
-            "-c",
-            shell,
-            "sh",
-            str(tmp_path / "rules.nft"),
-            sys.executable,
-            str(script),
-            str(src),
-        ],
-        capture_output=True,
-        text=True,
-        env={"CGNAT_EDGE_GEO_CONFIG": str(tmp_path / "geo.json"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-    )
-    assert "rc=1" in done.stdout, done.stdout + done.stderr
-    assert "203.0.113.0/28" in done.stdout and "2001:db8:a0::/48" in done.stdout
-    assert "192.0.2.0" not in done.stdout
+    cert = self_signed(["127.0.0.1"], tmp_path)
+    env = {
+        "CGNAT_EDGE_GEO_CONFIG": str(tmp_path / "geo.json"),
+        "SSL_CERT_FILE": str(cert.cert),
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    }
+    script = str(templates.DIRECTORY / "geo-sets.py")
+    with Lab() as lab:
+        node = lab.node("geo")
+        server = node.call(lambda: FileServer(("127.0.0.1", 443), src, cert)).start()
+        try:
+            node.run("nft", "-f", str(tmp_path / "rules.nft"))
+            first = node.run(sys.executable, script, env=env, check=False)
+            assert first.returncode == 0, first.stderr
+            (src / "stats").write_text(good + "lab|AQ|ipv4|192.0.2.0|1|20260101|allocated|x\n")
+            second = node.run(sys.executable, script, "--force", env=env, check=False)
+            sets = node.run("nft", "list", "set", "inet", "cgnat_edge", "geo4_aq").stdout
+            sets += node.run("nft", "list", "set", "inet", "cgnat_edge", "geo6_aq").stdout
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert second.returncode == 1, second.stderr
+    assert "203.0.113.0/28" in sets and "2001:db8:a0::/48" in sets
+    assert "192.0.2.0" not in sets
     status = json.loads((state / "status.json").read_text())
     assert status["ok"] is False and "MD5" in status["error"] and status["counts"] == {"AQ": {"v4": 1, "v6": 1}}
     assert "203.0.113.0/28" in (state / "aq.nft").read_text()

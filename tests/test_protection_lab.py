@@ -43,10 +43,17 @@ def _failed(rows, names):
 
 
 def test_a_visitor_from_a_denied_country_is_dropped_on_every_mode(rows):
-    names = ["protect:geo:fetch", *(f"protect:geo:{m}" for m in MODES), "protect:geo:keep-last-good"]
+    names = [
+        "protect:geo:fetch",
+        *(f"protect:geo:{m}" for m in MODES),
+        "protect:geo:keep-last-good",
+        "protect:geo:stalled",
+    ]
     assert set(names) <= set(rows), sorted(rows)
     assert all(rows[n].ok for n in names), _failed(rows, names)
     assert all(rows[f"protect:geo:{m}"].value == 2 for m in MODES)  # dropped by both edges
+    stalled = rows["protect:geo:stalled"]
+    assert stalled.value == 2 and stalled.detail.count("timed out: not whole within its deadline") == 2, stalled.detail
     assert rows["protect:geo:lifted"].ok and rows["protect:geo:lifted"].value >= 8, rows["protect:geo:lifted"].detail
 
 

@@ -86,7 +86,7 @@ KEYS: dict[str, tuple[str, Any, str]] = {
     "geoSources": (
         "array",
         list(RIR_SOURCES),
-        "Country prefix lists: RIR delegated-extended statistics files, each with an .md5 beside it.",
+        "Country prefix lists: https:// URLs of RIR delegated-extended statistics files, each with an .md5 beside it.",
     ),
     "crowdsec": ("string", "off", "off, offline (bans from the edge's own logs) or online (plus the community list)."),
     "crowdsecEnrollKey": (

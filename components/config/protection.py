@@ -29,6 +29,8 @@ from components.model.protection import (
 )
 
 _HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+MAX_GEO_SOURCE_LEN = 2048
+"""Longer URLs are refused by many servers and proxies; no registry's comes close."""
 
 
 def _countries(p: Parser, key: str, raw: Any) -> tuple[str, ...]:
@@ -63,21 +65,66 @@ def _policy(p: Parser, key: str, allow_raw: Any, deny_raw: Any, allow_key: str, 
     return GeoPolicy(allow, deny)
 
 
+def _geo_source(p: Parser, i: int, raw: Any) -> str | None:
+    """A country-list URL every edge fetches as root and trusts to drop or admit whole
+    countries: HTTPS only (over plain http anyone on the path could serve any list with a
+    matching .md5), nothing a server never sees (a fragment) or every edge would hold (a
+    password), nothing a shell or log line could misread."""
+    key, example = f"geoSources[{i}]", RIR_SOURCES[1]
+    if not isinstance(raw, str):
+        p.fail(key, f"{raw!r} is not a URL; list https:// URLs of RIR statistics files such as {example}")
+        return None
+    if len(raw) > MAX_GEO_SOURCE_LEN:
+        p.fail(key, f"is {len(raw)} characters long; use a URL of at most {MAX_GEO_SOURCE_LEN} characters")
+        return None
+    if not raw.isascii() or any(ch.isspace() or not ch.isprintable() for ch in raw):
+        p.fail(
+            key,
+            f"{raw!r} contains whitespace, a control or a non-ASCII character; remove it or percent-encode it "
+            "(a space in a path is %20)",
+        )
+        return None
+    try:
+        parts = urllib.parse.urlsplit(raw)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        p.fail(key, f"{raw!r} is not a URL ({exc}); use one such as {example}")
+        return None
+    if "@" in parts.netloc:
+        shown = urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+        p.fail(
+            key,
+            f"{shown!r} carries a user name or password, which every edge would hold; the registries' files are "
+            "public: use the URL without user:pass@",
+        )
+        return None
+    if parts.scheme == "http":
+        fix = urllib.parse.urlunsplit(parts._replace(scheme="https"))
+        p.fail(
+            key,
+            f"{raw!r} is plain http, where anyone on the path can serve any list with a matching .md5; use {fix} "
+            "(the registries all serve HTTPS)",
+        )
+        return None
+    if parts.scheme != "https":
+        p.fail(key, f"{raw!r} is not an https:// URL; use https://..., e.g. {example}")
+        return None
+    if not parts.hostname:
+        p.fail(key, f"{raw!r} names no host; use https://host/path, e.g. {example}")
+        return None
+    if "#" in raw:
+        p.fail(key, f"{raw!r} has a fragment (#...), which is never sent to the server; remove it")
+        return None
+    return raw
+
+
 def parse_fleet(p: Parser) -> ProtectionSpec:
     geo = _policy(
         p, "allowCountries", p.get("allowCountries"), p.get("denyCountries"), "allowCountries", "denyCountries"
     )
-    sources = []
-    for i, url in enumerate(p.get("geoSources") or []):
-        parts = urllib.parse.urlsplit(str(url))
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            p.fail(
-                f"geoSources[{i}]",
-                f"{url!r} is not an http(s) URL; list RIR delegated-extended statistics files such as {RIR_SOURCES[1]}",
-            )
-            continue
-        sources.append(str(url))
-    if not sources and not p.has_problem("geoSources"):
+    listed = p.get("geoSources") or []
+    sources = [url for i, raw in enumerate(listed) if (url := _geo_source(p, i, raw))]
+    if not listed and not p.has_problem("geoSources"):
         p.fail("geoSources", f"is empty; leave it out to use the five registries' files ({RIR_SOURCES[0]} ...)")
     mode = p.get("crowdsec")
     if mode not in tuple(CrowdSec):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +29,8 @@ class SelfSigned(NamedTuple):
 
 
 def self_signed(hostnames: Iterable[str], directory: Path, stem: str = "test") -> SelfSigned:
-    """A certificate for ``hostnames`` (the first is the subject), written to
+    """A certificate for ``hostnames`` (the first is the subject; an IP address is named
+    as one, for a server that clients reach by address), written to
     ``directory/<stem>.crt`` and ``.key``, valid for two days: long enough for any
     lab session, short enough to be worthless if a copy is left behind."""
     hostnames = list(hostnames)
@@ -43,7 +45,7 @@ def self_signed(hostnames: Iterable[str], directory: Path, stem: str = "test") -
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hostnames]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_alt_name(h) for h in hostnames]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
@@ -53,3 +55,10 @@ def self_signed(hostnames: Iterable[str], directory: Path, stem: str = "test") -
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
     return SelfSigned(cert_path, key_path, hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest())
+
+
+def _alt_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)

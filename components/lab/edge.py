@@ -15,6 +15,8 @@ What the lab changes on the edge, and why (everything else is byte for byte):
 * ``systemctl`` asks a stand-in for systemd in the lab process, which starts, signals
   and stops the same processes systemd would (``Edge._systemctl``); ``cloud-init
   status`` answers done.
+* ``--protection`` adds its mirror's certificate to the edge's trust store
+  (components/lab/protection.py), as a local CA would be added.
 * sshd runs without PAM and without a pid file (they would reach the machine's logind
   and /run); the operator's key is added to ``sshPublicKeys`` by ``render_stack``.
 """

@@ -3,13 +3,16 @@
 ``cgnat-edge lab --protection`` adds, to a running lab:
 
 * a mirror of the registries' statistics at the address the stack's ``geoSources``
-  names (a documentation address), serving a small file in the registries' format
-  with its ``.md5``: the visitor's address is in one test country, a second visitor's
-  in the stack's denied one.  Each edge's own ``cgnat-edge-geo-sets`` (its systemd
-  timer's command) fetches, checks and loads it; then the second visitor must be
-  dropped on every mode while the first gets through.  A corrupted file is then
+  names (a documentation address), serving over HTTPS a small file in the registries'
+  format with its ``.md5``: the visitor's address is in one test country, a second
+  visitor's in the stack's denied one.  The mirror's certificate is made for the run
+  and added to each edge's own trust store (the edge's /etc is the lab's overlay, so
+  nothing outside the lab trusts it).  Each edge's own ``cgnat-edge-geo-sets`` (its
+  systemd timer's command) fetches, checks and loads it; then the second visitor must
+  be dropped on every mode while the first gets through.  A corrupted file is then
   served: the edge must keep its sets, say so in its status file, and keep them across
-  a reload of its ruleset.
+  a reload of its ruleset.  Then the mirror stalls (one byte a second): the refresh
+  must end within its deadline, keep the sets and say it timed out.
 * CrowdSec from Debian's packages in each edge: the agent with its Local API, reading
   the edge's Traefik access log (the lab leaves journald out), and the nftables
   firewall bouncer with its packaged configuration and the edge's set-only settings;
@@ -35,9 +38,11 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from components.lab.certs import self_signed
 from components.lab.edge import Edge
 from components.lab.edge_lab import EdgeLab
 from components.lab.errors import LabError
+from components.lab.file_server import FileServer
 from components.lab.netns import Node, wait_for
 from components.lab.report import Check
 from components.lab.services import IDP_SESSION
@@ -72,11 +77,14 @@ def rir_file(assignments: dict[str, list[str]], registry: str = "lab") -> str:
 
 
 class Mirror:
-    """The registries' file server, on the address ``geoSources`` names."""
+    """The registries' file server, over HTTPS on the address ``geoSources`` names."""
+
+    TRUST_STORE = "/etc/ssl/certs/ca-certificates.crt"
+    """Debian's bundle, what the edge's Python verifies servers against."""
 
     def __init__(self, el: EdgeLab, url: str):
         parts = urllib.parse.urlsplit(url)
-        self.address, self.port, self.path = parts.hostname or "", parts.port or 80, parts.path.lstrip("/")
+        self.address, self.port, self.path = parts.hostname or "", parts.port or 443, parts.path.lstrip("/")
         taken = {e.public_ip for e in el.edges.values()} | {el.client_ip, el.dns_ip, el.cgnat_ip, el.operator_ip}
         if self.address in taken:
             raise LabError(f"geoSources address {self.address} is taken by another lab node; use another one")
@@ -84,11 +92,11 @@ class Mirror:
         self.dir.mkdir()
         self.node = el.lab.node("mirror")
         attach(el.lab, el.nodes["inet"], self.node, "i-mirror", self.address)
-        self.node.spawn(
-            "python3", "-m", "http.server", "--bind", self.address, "--directory", str(self.dir), str(self.port),
-            log=el.lab.workdir / "mirror.log",
-        )  # fmt: skip
-        wait_for(lambda: self.node.run("ss", "-ltn", check=False).stdout.count(f"{self.address}:{self.port}"), 10)
+        cert = self_signed([self.address], el.lab.workdir, "mirror")
+        for edge in el.edges.values():  # what update-ca-certificates makes of a local CA, in the edge's /etc
+            edge.node.sh(f"cat {cert.cert} >> {self.TRUST_STORE}")
+        self.server = self.node.call(lambda: FileServer((self.address, self.port), self.dir, cert)).start()
+        el.servers.append(self.server)
 
     def publish(self, text: str, digest_of: str | None = None) -> None:
         """The file, and its .md5 (of ``digest_of`` to publish a mismatching one)."""
@@ -206,6 +214,40 @@ def _keep_last_good(el: EdgeLab, mirror: Mirror, assignments: dict, blocked: Nod
         "; ".join(problems)
         or "corrupt file refused (MD5), status says so, sets kept across a ruleset reload"
         + (f"; leaked: {', '.join(leaked)}" if leaked else ""),
+    )
+
+
+STALL_DEADLINE_S = 4
+"""The refresh's deadline while the mirror stalls (CGNAT_EDGE_GEO_DEADLINE; 300 s on an edge)."""
+
+
+def _stalled_row(el: EdgeLab, mirror: Mirror, country: str, blocked_ip: str) -> Check:
+    """A mirror that answers one byte a second: each refresh must end within its
+    deadline, the error must name the timeout and the loaded set must still hold the
+    denied visitor."""
+    family, table = protection.TABLE
+    env = {**os.environ, "CGNAT_EDGE_GEO_DEADLINE": str(STALL_DEADLINE_S)}
+    bound = STALL_DEADLINE_S + 3  # the interpreter's start and the status file around the deadline
+    mirror.server.trickle = 1.0
+    seen, problems = [], []
+    try:
+        for name, edge in el.edges.items():
+            t0 = time.monotonic()
+            done = edge.node.run(protection.GEO_SCRIPT_PATH, "--force", check=False, env=env, timeout=60)
+            took = time.monotonic() - t0
+            error = json.loads(edge.read(edge_contract.GEO_STATUS)).get("error", "")
+            kept = blocked_ip in edge.node.run("nft", "list", "set", family, table, f"geo4_{country.lower()}").stdout
+            seen.append(f"{name}: ended in {took:.1f} s, rc {done.returncode}, {error!r}, set kept: {kept}")
+            if done.returncode == 0 or took > bound or "timed out" not in error or not kept:
+                problems.append(seen[-1])
+    finally:
+        mirror.server.trickle = 0.0
+    return Check(
+        "protect:geo:stalled",
+        not problems,
+        len(el.edges) - len(problems),
+        "edges",
+        f"a mirror sending a byte a second, deadline {STALL_DEADLINE_S} s (bound {bound} s): " + "; ".join(seen),
     )
 
 
@@ -440,8 +482,8 @@ def run_protection(el: EdgeLab) -> list[Check]:
     cfg = el.cfg
     country = (cfg.protection.geo.deny or ("",))[0]
     rows: list[Check] = []
-    if not country or not cfg.protection.geo_sources[0].startswith("http://"):
-        rows.append(Check("protect:geo", False, None, "", "the lab needs a fleet denyCountries and an http geoSources"))
+    if not country:
+        rows.append(Check("protect:geo", False, None, "", "the lab needs a fleet denyCountries"))
     else:
         mirror = Mirror(el, cfg.protection.geo_sources[0])
         blocked, blocked_ip = _visitor(el, "visitor2", {mirror.address})
@@ -453,6 +495,7 @@ def run_protection(el: EdgeLab) -> list[Check]:
         mirror.publish(rir_file(assignments))
         rows += _geo_rows(el, blocked, blocked_ip, country)
         rows.append(_keep_last_good(el, mirror, assignments, blocked))
+        rows.append(_stalled_row(el, mirror, country, blocked_ip))
         rows.append(_lifted_row(el, mirror, country, blocked, blocked_ip))
     rows.append(_forward_auth_row(el))
     if cfg.protection.crowdsec != CrowdSec.OFF:
