@@ -50,7 +50,7 @@ def oversized_user_data(cfg: FleetConfig) -> list[str]:
     """Each edge's user-data, rendered as the program renders it, held to its provider's
     limit.  Only the keys are not known before ``pulumi up`` makes them; throwaway keys of
     the same kinds have the same sizes, so the size measured here is the size deployed
-    (to a few bytes where gzip packs the keys: large stacks, Oracle's metadata)."""
+    (to a few bytes where gzip packs the keys: a large stack, a provider that gzips)."""
     edge_private, home_public = generate_keypair()
     road_warriors = {
         rw.name: rw.public_key or generate_keypair()[1] for rw in (cfg.road_warriors.peers if cfg.road_warriors else ())
