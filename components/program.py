@@ -10,6 +10,7 @@ from typing import Any
 
 import pulumi
 
+from components import preflight
 from components.config import ConfigError, parse
 from components.config.keys import KEYS, NAMESPACE, SECRET_SET, is_secret_key
 from components.model.fleet import FleetConfig
@@ -25,7 +26,9 @@ def read_config() -> FleetConfig:
     """This project's keys from the running program, parsed.
 
     Keys in the namespace that the program does not know are passed on too, so a typo
-    such as ``cgnat-edge:edge`` is reported instead of silently ignored."""
+    such as ``cgnat-edge:edge`` is reported instead of silently ignored.  What the text
+    alone cannot show (a missing provider SDK, oversized user-data) is checked here too,
+    before the first resource (``components/preflight.py``)."""
     prefix = NAMESPACE + ":"
     known = {f"{prefix}{key}" for key in KEYS}
     present = pulumi_internals.config_keys()
@@ -40,9 +43,13 @@ def read_config() -> FleetConfig:
         elif value is not None:
             raw[key] = value
     try:
-        return parse(raw, project=pulumi.get_project(), stack=pulumi.get_stack())
+        cfg = parse(raw, project=pulumi.get_project(), stack=pulumi.get_stack())
     except ConfigError as exc:
         raise StackConfigError(exc.problems) from None
+    problems = preflight.problems(cfg)
+    if problems:
+        raise StackConfigError(problems)
+    return cfg
 
 
 def ssh_private_key() -> pulumi.Output[str] | None:

@@ -28,6 +28,21 @@ PROD_STACK = ROOT / "Pulumi.prod.yaml"
 LAB_STACK = ROOT / "tests" / "fixtures" / "Pulumi.lab.yaml"
 """Documentation addresses only: the one stack the lab can put on its wires whole."""
 IN_CI = os.environ.get("CI") == "true"
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".mypy_cache",
+    "render",
+    "home-configs",
+)
+"""What a checkout holds besides the sources (none of it goes into a build): a copy of
+the checkout without these is what a fresh clone holds."""
 
 
 def stack_raw(stack_file: Path | str = DEV_STACK) -> dict:

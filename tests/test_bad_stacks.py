@@ -222,6 +222,7 @@ WHOLE_PROGRAM = [
     "edge-index-500",
     "ssh-key-garbage",
     "ssh-key-eight-as",
+    "ssh-key-comment-cr",
     "ha-one-provider",
     "home-key-all-zero",
     "acme-ca-http",

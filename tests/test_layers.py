@@ -1,7 +1,7 @@
 """The package's layers: every project import points down or sideways, never up, and
 none hides inside a function.
 
-model < config < renderers < pulumi (providers, resources, program) < tools < lab < cli.  A
+model < config < renderers < pulumi (providers, resources, preflight, program) < tools < lab < cli.  A
 renderer that reached into the config parser, or a spec that needed a provider, would
 tie the pure layers to the ones that read files or talk to clouds; an import inside a
 function is how such a tie usually hides, so none is allowed.
@@ -20,7 +20,7 @@ LAYERS = (
     ("model", ("components.model",)),
     ("config", ("components.config",)),
     ("renderers", ("components.renderers",)),
-    ("pulumi", ("components.providers", "components.resources", "components.program")),
+    ("pulumi", ("components.providers", "components.resources", "components.preflight", "components.program")),
     ("tools", ("components.tools",)),
     ("lab", ("components.lab",)),
     ("cli", ("components.cli",)),

@@ -20,26 +20,12 @@ import pytest
 import yaml
 
 from components import cli
-from tests.support import DEV_STACK, ROOT, require_tool
+from tests.support import DEV_STACK, NOT_SOURCE, ROOT, require_tool
 
 # It builds and installs from the package index: part of the full suite, not the fast lane.
 pytestmark = pytest.mark.netns
 
 STACK_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml")
-# What a checkout holds besides the sources; none of it goes into a build.
-_NOT_SOURCE = shutil.ignore_patterns(
-    ".git",
-    ".venv",
-    "build",
-    "dist",
-    "*.egg-info",
-    "__pycache__",
-    ".pytest_cache",
-    ".ruff_cache",
-    ".mypy_cache",
-    "render",
-    "home-configs",
-)
 
 
 def _run(args: list[str | Path], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> str:
@@ -77,7 +63,7 @@ def installed(tmp_path_factory) -> Path:
     require_tool("uv")
     tmp = tmp_path_factory.mktemp("wheel")
     source = tmp / "source"
-    shutil.copytree(ROOT, source, ignore=_NOT_SOURCE)
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
     # No --wheel: uv builds the sdist, then the wheel from the unpacked sdist, so a file
     # missing from either one is missing from the wheel.
     _run(["uv", "build", "--out-dir", tmp / "dist"], cwd=source)

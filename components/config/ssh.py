@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import unicodedata
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -78,6 +79,29 @@ def _ssh_string(data: bytes) -> tuple[bytes, bytes] | None:
     return data[4 : 4 + size], data[4 + size :]
 
 
+def _control_character(line: str) -> str | None:
+    """Why a control character inside the key's line is refused, or None.  The edge reads
+    its authorized_keys file by lines, and a carriage return (a Windows line ending
+    pasted into the middle of the line) or another line break splits the key in two, so
+    every push would fail its check and roll back.  Around the line (a pasted CRLF) such
+    characters are only its end and are stripped, as all surrounding whitespace is."""
+    for position, char in enumerate(line):
+        if char == "\t" or unicodedata.category(char) not in ("Cc", "Zl", "Zp"):
+            continue
+        comment = re.match(r"[^ \t]+[ \t]+[^ \t]+[ \t]+", line)
+        where = "in its comment" if comment and position >= comment.end() else "inside the key"
+        if char == "\r":
+            return (
+                f"has a carriage return (\\r) {where}, which splits the key's line in two on the edge; "
+                "remove it (save the .pub or stack file with Unix line endings and paste the line again)"
+            )
+        return (
+            f"has the control character U+{ord(char):04X} {where}, which the edge's authorized_keys "
+            "file cannot hold; remove it and paste the line again"
+        )
+    return None
+
+
 def _ssh_key_problem(line: Any) -> str | None:
     """Why ``line`` is not a public key the edges' sshd accepts, or None.  Messages never
     echo the key data: a pasted private key must not end up in a log."""
@@ -89,6 +113,9 @@ def _ssh_key_problem(line: Any) -> str | None:
         return f"{head}: it is a PRIVATE key, which must never leave your machine; paste the public one (~/.ssh/id_ed25519.pub) instead"
     if "\n" in line.strip():
         return f"{head}: it holds several lines; list each key as its own item, one line each"
+    control = _control_character(line.strip())
+    if control:
+        return control
     parts = line.split(maxsplit=2)
     if len(parts) < 2:
         return f"{head} (type, base64 key data, optional comment); {paste}"

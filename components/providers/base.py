@@ -14,7 +14,7 @@ resources, so a stack that does not use a provider never loads its SDK.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +102,12 @@ class Provider(Platform, ABC):
         The addresses are created with ``protect=True``: DNS and the home router point at
         them, so ``pulumi destroy`` or dropping an edge stops there until they are
         unprotected on purpose (see docs/operations.md, "Deleting for real")."""
+
+    def check_user_data(self, edge: EdgeSpec, user_data: str, ssh_keys: Sequence[str]) -> None:
+        """Raises ``UserDataTooLarge`` when the provider would refuse ``user_data`` with
+        ``ssh_keys`` (the stack's own key, then ``sshPublicKeys``) beside it.  The bootstrap
+        already holds the cloud-config to the platform's ``user_data_limit``; a provider
+        whose limit counts more than the cloud-config checks that here."""
 
     def dns_records(
         self,

@@ -9,6 +9,7 @@ import ipaddress
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from components.config.keys import fix_key
 from components.model.firewall import ANYWHERE, FirewallRule, firewall_rules
 from components.model.fleet import EdgeSpec, FleetConfig
 from components.model.platforms import oracle as platform
@@ -289,13 +290,17 @@ class Oracle(platform.Oracle, Provider):
             else None,
         )
 
+    def check_user_data(self, edge: EdgeSpec, user_data: str, ssh_keys: Sequence[str]) -> None:
+        self._metadata(edge, user_data, ssh_keys)
+
     def _metadata(self, edge: EdgeSpec, user_data: str, keys: Sequence[str]) -> dict[str, str]:
         metadata = user_data_metadata(user_data, keys)
         size = metadata_size(metadata)
         if size > METADATA_LIMIT:
             raise UserDataTooLarge(
-                f"cgnat-edge: the instance metadata of edge {edge.name!r} (gzipped user data and SSH keys) is {size} "
-                f"bytes, over Oracle Cloud's {METADATA_LIMIT}-byte limit. Declare fewer services or SSH keys."
+                f"{fix_key('services')}: the instance metadata of edge {edge.name!r} (gzipped user-data and SSH keys) "
+                f"would be {size} bytes, over Oracle Cloud's {METADATA_LIMIT}-byte limit by {size - METADATA_LIMIT} "
+                f"bytes; declare fewer services or fewer {fix_key('sshPublicKeys')}"
             )
         return metadata
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import yaml
 
+from components.config.keys import fix_key
 from components.model import edge_contract, platforms
 from components.model.deployed import DeployedEdge
 from components.model.fleet import EdgeSpec, FleetConfig
@@ -38,7 +39,9 @@ HOST_KEYS_HOOK_PATH = "/etc/apt/apt.conf.d/53cgnat-edge-host-keys"
 
 
 class UserDataTooLarge(ValueError):
-    """The rendered cloud-config would be refused by the provider."""
+    """The rendered cloud-config would be refused by the provider.  The message is a
+    config problem (``cgnat-edge:services: ...; fix``): the program checks every edge's
+    user-data before its first resource (``components/preflight.py``)."""
 
 
 class _Dumper(yaml.SafeDumper):
@@ -306,9 +309,10 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str, host_key: tuple[st
     provider = platforms.get(edge.provider)
     if size > provider.user_data_limit:
         raise UserDataTooLarge(
-            f"cgnat-edge: the cloud-config of edge {edge.name!r} is {size} bytes, over the {provider.user_data_limit}-byte "
-            f"user-data limit of {provider.label} by {size - provider.user_data_limit} bytes ({len(cfg.services)} services). "
-            "Declare fewer services, shorten hostnames, or split the services over two stacks."
+            f"{fix_key('services')}: the user-data of edge {edge.name!r} would be {size} bytes, over the "
+            f"{provider.user_data_limit}-byte user-data limit of {provider.label} by {size - provider.user_data_limit} "
+            f"bytes ({len(cfg.services)} services); declare fewer services, shorten hostnames, or split the services "
+            "over two stacks"
         )
     return text
 

@@ -68,6 +68,12 @@ class Platform:
     """Edge fields only this provider reads (``parse_edge``), beside the common ones."""
     locations_note: str = ""
     """What the catalog's locations have in common, for the unknown-location error."""
+    sdk_extra: str | None = None
+    """The optional dependency group (``pyproject.toml``) that installs this provider's
+    Pulumi SDK, when the SDK is too large to install for every stack; None: a default
+    dependency, always there."""
+    sdk_module: str = ""
+    """The SDK's Python module, what a stack naming this provider must be able to import."""
 
     # -- catalog ----------------------------------------------------------------
 
