@@ -68,6 +68,9 @@ class Platform:
     """Edge fields only this provider reads (``parse_edge``), beside the common ones."""
     locations_note: str = ""
     """What the catalog's locations have in common, for the unknown-location error."""
+    private_prefix: str = ""
+    """The subnet the provider puts an edge's own private address in, when the program
+    chooses it: a tunnel, LAN or device prefix over it would take the edge's own routes."""
 
     # -- catalog ----------------------------------------------------------------
 

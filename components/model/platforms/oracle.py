@@ -166,6 +166,7 @@ class Oracle(Platform):
     user_data_limit = 32 * 1024
     firewall_rule_limit = 200  # ingress rules per security list
     edge_fields = ("compartment", "availabilityDomain", "alwaysFree")
+    private_prefix = "10.0.0.0/24"
 
     def firewall_rule_count(self, rules: Sequence[FirewallRule]) -> int:
         """A security-list rule has one source, and ICMP is two protocols (v4 and v6)."""
