@@ -49,7 +49,11 @@ def _check_directory(p: Parser, url: str) -> None:
     """ACME runs over HTTPS only (RFC 8555, section 6.1); an http:// directory would
     fail at the first certificate, long after the edges were built.  The URL is written
     into every edge's Traefik config, so it holds no credentials and nothing but a URL."""
-    if "@" in urllib.parse.urlsplit(url).netloc:
+    try:
+        netloc = urllib.parse.urlsplit(url).netloc
+    except ValueError:  # an unclosed [ of an IPv6 host
+        netloc = ""
+    if "@" in netloc:
         # Never echoed: what sits before the @ is a password as often as not.
         p.fail(
             "acmeCaServer",
