@@ -14,8 +14,9 @@ import subprocess
 import pytest
 
 from components import config as config_module
+from components.model.deployed import DeployedEdge
 from components.model.keys import generate_keypair
-from components.renderers import nftables, tunnel
+from components.renderers import home_configs, nftables, tunnel
 from components.tools import home_files, offline
 from tests.support import LAB_STACK, PROJECT, require_tool
 
@@ -47,6 +48,27 @@ def test_every_edge_carries_every_device(cfg):
         text = tunnel.edge_wg_conf(cfg, edge, generate_keypair()[0], generate_keypair()[1], keys)
         assert f"PublicKey = {keys['phone']}\nAllowedIPs = 10.252.0.1/32" in text
         assert f"PublicKey = {keys['laptop']}\nAllowedIPs = 10.252.0.2/32" in text
+
+
+def test_exit_only_device_and_ipv6_lan_leave_home_rules_well_formed(raw_config):
+    """A device with no LAN prefix gets no rule at home (an empty nft set is a syntax
+    error, an OpenWrt rule without dest_ip lets it reach the whole LAN), and an IPv6 LAN
+    prefix, which a device's IPv4 address cannot reach, is not in its defaults."""
+    raw = copy.deepcopy(raw_config)
+    raw["homeLanPrefixes"] = [*raw["homeLanPrefixes"], "fd00:1::/64"]
+    raw["roadWarriors"] = [{"name": "phone"}, {"name": "exit", "allowedPrefixes": [], "internet": True}]
+    cfg = config_module.parse(raw, stack="dev")
+    v4_lans = tuple(n for n in cfg.home.lan_prefixes if n.version == 4)
+    assert [rw.allowed for rw in cfg.road_warriors.peers] == [v4_lans, ()]
+    keys = {e.name: generate_keypair() for e in cfg.edges}
+    peers = [DeployedEdge(e, f"203.0.113.{e.index}", None, keys[e.name][1]) for e in cfg.edges]
+    out = home_configs.render(cfg, peers, generate_keypair()[0])
+    assert [rw["name"] for rw in out["structured"]["roadWarriorAllow"]] == ["phone"]
+    for text in out["wgQuick"].values():
+        assert "{  }" not in text and "ip saddr 10.252.0.2" not in text
+        assert f"ip saddr 10.252.0.1 ip daddr {{ {', '.join(map(str, v4_lans))} }} accept" in text
+    assert "road warrior exit" not in out["openwrt"] and "road warrior exit" not in out["routeros"]
+    assert "fd00:1::/64" not in out["openwrt"].split("road warrior phone")[1]
 
 
 @pytest.mark.netns

@@ -10,6 +10,7 @@ never ``pulumi.Config``.  Each section has its module; the checks here span sect
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from components.config.keys import DNS_PROVIDERS, KEYS, NAMESPACE, fix_key
 from components.config.parser import Parser
 from components.model import platforms
 from components.model.firewall import firewall_rules
-from components.model.fleet import EdgeSpec, FleetConfig, HomeRole, HomeSpec, Mode, TunnelSpec
+from components.model.fleet import DnsMode, EdgeSpec, FleetConfig, HomeRole, HomeSpec, IPNetwork, Mode, TunnelSpec
+from components.model.road_warriors import RoadWarriorsSpec
 
 
 class ConfigError(Exception):
@@ -70,7 +72,7 @@ def parse(
         p.get("roadWarriors"),
         p.get("roadWarriorPool"),
         p.get("roadWarriorDns"),
-        home_spec.lan_prefixes,
+        home_spec,
         tunnel_spec,
     )
     if home_spec.role == HomeRole.HOST and any(s.mode is Mode.FORWARD for s in service_specs):
@@ -81,6 +83,13 @@ def parse(
         )
     acme.check_email(p, acme_spec, service_specs)
     dns_spec = dns.parse(p, domain, service_specs, base_dir or Path.cwd())
+    if dns_spec.mode is DnsMode.EDGES and tunnel_spec.listen_port in dns.EDGE_DNS_PORTS:
+        p.fail(
+            "wireguardPort",
+            f"udp {tunnel_spec.listen_port} is used by {dns.EDGE_DNS_PORTS[tunnel_spec.listen_port]}; pick another "
+            "port, e.g. 51820",
+        )
+    _check_edge_subnets(p, edge_specs, tunnel_spec, home_spec, warriors)
 
     if p.problems:
         raise ConfigError(p.problems)
@@ -168,3 +177,36 @@ def _check_tunnel_outside_lan(p: Parser, tunnel_spec: TunnelSpec, home_spec: Hom
                 "tunnelIpv6Prefix",
                 f"{tunnel_net} overlaps {fix_key('homeLanPrefixes')}[{i}] {lan}; set {fix_key('tunnelIpv6Prefix')} to a ULA /64 outside it, or set {fix_key('tunnelIpv6')} false",
             )
+
+
+def _check_edge_subnets(
+    p: Parser,
+    edge_specs: list[EdgeSpec],
+    tunnel_spec: TunnelSpec,
+    home_spec: HomeSpec,
+    warriors: RoadWarriorsSpec | None,
+) -> None:
+    """A prefix the edges route into the tunnel must not cover the subnet an edge's own
+    address is in: its default route goes through that subnet's gateway."""
+    prefixes: list[tuple[str, IPNetwork]] = [("tunnelIpv4Prefix", tunnel_spec.ipv4_prefix)]
+    prefixes += [(f"homeLanPrefixes[{i}]", lan) for i, lan in enumerate(home_spec.lan_prefixes)]
+    if warriors:
+        prefixes.append(("roadWarriorPool", warriors.pool))
+    for name in sorted({e.provider for e in edge_specs}):
+        own = platforms.REGISTRY[name].private_prefix
+        if not own:
+            continue
+        subnet = ipaddress.ip_network(own)
+        users = ", ".join(e.name for e in edge_specs if e.provider == name)
+        for key, net in prefixes:
+            if net.version == subnet.version and net.overlaps(subnet):
+                fix = (
+                    "the program fixes that subnet, so put those edges on another provider"
+                    if key.startswith("homeLanPrefixes")
+                    else f"pick a prefix outside {subnet}"
+                )
+                p.fail(
+                    key,
+                    f"{net} overlaps {subnet}, the subnet of the {platforms.REGISTRY[name].label} edges' own "
+                    f"addresses ({users}), which their routes into the tunnel would take over; {fix}",
+                )

@@ -39,7 +39,7 @@ def parse(p: Parser) -> HomeSpec:
             "is not a WireGuard public key (44 base64 characters ending in '='); print it at home with `wg pubkey < private.key`",
         )
         key = None
-    elif key and _is_low_order(base64.b64decode(key)):
+    elif key and is_low_order(base64.b64decode(key)):
         p.fail(
             "homePublicKey",
             "is a low-order point (all zeros or one of its kind), not a real key: every handshake with it would "
@@ -76,7 +76,7 @@ def parse(p: Parser) -> HomeSpec:
     return HomeSpec(key, tuple(lans), HomeRole(role))
 
 
-def _is_low_order(public: bytes) -> bool:
+def is_low_order(public: bytes) -> bool:
     """X25519 with a low-order point yields the all-zero secret for every private key
     (the 0, 1 and order-8 points and their non-canonical forms); the exchange refuses
     exactly those, as WireGuard does."""

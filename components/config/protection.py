@@ -33,10 +33,28 @@ MAX_GEO_SOURCE_LEN = 2048
 """Longer URLs are refused by many servers and proxies; no registry's comes close."""
 
 
+NOT_ISO = {
+    "UK": "the United Kingdom's ISO code is GB",
+    "EL": "Greece's ISO code is GR",
+    "XK": "Kosovo has no ISO code, and the registries list its networks under a neighbouring country's",
+}
+"""Codes in common use that the registries' files never carry."""
+
+
 def _countries(p: Parser, key: str, raw: Any) -> tuple[str, ...]:
     codes: list[str] = []
     for j, code in enumerate(p.items(key, raw, "ISO 3166 country codes")):
-        text = str(code).strip().upper()
+        if code is False:
+            p.fail(
+                f"{key}[{j}]",
+                "is false, which YAML makes of an unquoted NO; write Norway as 'NO', in quotes",
+            )
+            continue
+        if not isinstance(code, str):
+            what = "is empty" if code is None else f"{code!r} is not a country code"
+            p.fail(f"{key}[{j}]", f"{what}; write two letters such as DE, FR or US")
+            continue
+        text = code.strip().upper()
         if text in COUNTRIES:
             if text not in codes:
                 codes.append(text)
@@ -44,6 +62,8 @@ def _countries(p: Parser, key: str, raw: Any) -> tuple[str, ...]:
         names = {name.upper(): c for c, name in COUNTRIES.items()}
         close = names.get(text) or next(iter(difflib.get_close_matches(text, list(names), n=1)), None)
         hint = f" (did you mean {close if close in COUNTRIES else names[close]}?)" if close else ""
+        if text in NOT_ISO:
+            hint = f" ({NOT_ISO[text]})"
         p.fail(
             f"{key}[{j}]",
             f"{code!r} is not an ISO 3166-1 alpha-2 country code{hint}; use two letters such as DE, FR or US "

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from components.config.keys import fix_key
 from components.config.parser import Parser
-from components.model.fleet import SshSpec
+from components.model.fleet import IPNetwork, SshSpec
 
 SSH_KEY_TYPES = (
     "ssh-ed25519",
@@ -47,21 +47,30 @@ def parse(p: Parser) -> SshSpec:
                 "to store one key twice, remove one of them",
             )
         seen.setdefault(blob, i)
-    cidrs = []
-    for i, text in enumerate(p.get("sshAllowedCidrs") or []):
+    cidrs: list[IPNetwork] = []
+    items = p.get("sshAllowedCidrs") or []
+    for i, text in enumerate(items):
         net = p.network(f"sshAllowedCidrs[{i}]", text)
-        if net is not None:
+        if net in cidrs:
+            p.fail(
+                f"sshAllowedCidrs[{i}]",
+                f"{net} is listed twice (first as {fix_key('sshAllowedCidrs')}[{cidrs.index(net)}]); every firewall "
+                "rule would carry it twice; remove one",
+            )
+        elif net is not None:
             cidrs.append(net)
-    if not cidrs:
+    if not items and not p.has_problem("sshAllowedCidrs"):
         p.fail(
             "sshAllowedCidrs",
             "allows nobody; pulumi needs SSH to push config, list at least the prefix you run pulumi from",
         )
     user = p.get("sshUser")
+    # Also keeps it from reading as an option (-oProxyCommand=...) on the ssh command line.
     if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
         p.fail(
             "sshUser",
-            f"{user!r} is not a user name; use a login such as root or admin (lowercase letters, digits, _ and -)",
+            f"{user!r} is not a user name; use a login such as root or admin (at most 32 lowercase letters, "
+            "digits, _ and -, starting with a letter or _)",
         )
     rotation = p.get("sshHostKeyRotation")
     if rotation < 0:

@@ -69,7 +69,13 @@ def parse(p: Parser, project: str, stack: str, edge_count: int) -> TunnelSpec:
             f"{mtu} is out of range; use 1280 (IPv6 minimum) to 1420 (WireGuard over a clean 1500 path); 1380 suits PPPoE and DS-Lite",
         )
     keepalive = p.get("keepaliveSeconds")
-    if not 10 <= keepalive <= 120:
+    if keepalive == 0:
+        p.fail(
+            "keepaliveSeconds",
+            "0 turns keepalives off, but the edges reach home behind CGNAT only through the mapping its "
+            "keepalives hold open; use 10 to 120 seconds (25 keeps most CGNAT mappings open)",
+        )
+    elif not 10 <= keepalive <= 120:
         p.fail(
             "keepaliveSeconds",
             f"{keepalive} is out of range; use 10 to 120 seconds (25 keeps most CGNAT mappings open)",

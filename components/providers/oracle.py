@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 METADATA_LIMIT = 32_000
 """Bytes of instance metadata (the base64 user data and the SSH keys together)."""
 VCN_CIDR = "10.0.0.0/16"
-SUBNET_CIDR = "10.0.0.0/24"
+SUBNET_CIDR = platform.Oracle.private_prefix
 IPV6_HOST = 0xED6E
 """Host part of the edge's IPv6 address in its subnet's /64: chosen, not assigned, so a
 replaced instance comes back on the same address (Oracle keeps no IPv6 for a VNIC)."""

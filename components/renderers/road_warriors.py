@@ -60,9 +60,12 @@ def edge_chains(cfg: FleetConfig) -> list[str]:
 
 def home_allow(cfg: FleetConfig) -> list[dict]:
     """The structured output's ``roadWarriorAllow``: what home lets in from a tunnel besides
-    the service targets (the edge enforces the same, per device)."""
+    the service targets (the edge enforces the same, per device).  A device with no LAN
+    prefix (``internet`` only) never reaches home, so home has no rule for it."""
     return [
-        {"name": rw.name, "address": str(rw.address), "prefixes": [str(n) for n in rw.allowed]} for rw in peers(cfg)
+        {"name": rw.name, "address": str(rw.address), "prefixes": [str(n) for n in rw.allowed]}
+        for rw in peers(cfg)
+        if rw.allowed
     ]
 
 

@@ -74,6 +74,9 @@ class Platform:
     dependency, always there."""
     sdk_module: str = ""
     """The SDK's Python module, what a stack naming this provider must be able to import."""
+    private_prefix: str = ""
+    """The subnet the provider puts an edge's own private address in, when the program
+    chooses it: a tunnel, LAN or device prefix over it would take the edge's own routes."""
 
     # -- catalog ----------------------------------------------------------------
 

@@ -169,6 +169,7 @@ class Oracle(Platform):
     # 150 MB installed, as much as every other dependency together.
     sdk_extra = "oracle"
     sdk_module = "pulumi_oci"
+    private_prefix = "10.0.0.0/24"
 
     def firewall_rule_count(self, rules: Sequence[FirewallRule]) -> int:
         """A security-list rule has one source, and ICMP is two protocols (v4 and v6)."""
