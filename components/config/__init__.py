@@ -80,7 +80,7 @@ def parse(
             "target on the box itself sees the visitor's address",
         )
     acme.check_email(p, acme_spec, service_specs)
-    dns_spec = dns.parse(p, domain, service_specs, base_dir or Path.cwd())
+    dns_spec = dns.parse(p, domain, service_specs, base_dir or Path.cwd(), edge_specs)
 
     if p.problems:
         raise ConfigError(p.problems)

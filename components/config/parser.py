@@ -17,8 +17,23 @@ from typing import Any
 from components.config.keys import KEYS, REQUIRED, fix_key
 from components.model.fleet import IPNetwork, Target
 
-_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
-_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_NAME_RE = re.compile(r"[a-z]([a-z0-9-]{0,22}[a-z0-9])?")
+_LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_DIGITS_RE = re.compile(r"[0-9]{1,20}")
+"""Patterns here are used with ``fullmatch``: ``$`` would let a trailing newline through."""
+
+
+def whole_number(value: Any) -> int | None:
+    """``value`` as a whole number: an int, or a string of ASCII digits (a quoted YAML
+    value stays a string, ``pulumi config set --path`` stores a number; both mean the
+    same).  None for anything else, bools and fractions included."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _DIGITS_RE.fullmatch(value.strip()):
+        return int(value)
+    return None
+
+
 WG_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
 
 
@@ -117,15 +132,17 @@ class Parser:
 
     def flag(self, key: str, item: dict, name: str, default: bool, meaning: str) -> bool:
         """A yes/no field of a structured item; ``meaning`` says what true does."""
-        value = item.get(name, default)
+        value = item.get(name)
+        if value is None:  # null is the field left out
+            return default
         if not isinstance(value, bool):
             self.fail(f"{key}.{name}", f"must be true or false; {meaning}")
             return False
         return value
 
     def unique_name(self, key: str, item: dict, seen: set[str], what: str) -> str | None:
-        name = str(item.get("name", ""))
-        if not _NAME_RE.match(name):
+        name = "" if item.get("name") is None else str(item["name"])
+        if not _NAME_RE.fullmatch(name):
             self.fail(
                 f"{key}.name",
                 f"{name!r} is not a valid {what} name; use 1-24 lowercase letters, digits or hyphens, starting with a letter",
@@ -148,15 +165,11 @@ class Parser:
             return None
 
     def port(self, key: str, value: Any) -> int | None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, str))
-            or not str(value).isdigit()
-            or not 1 <= int(value) <= 65535
-        ):
+        number = whole_number(value)
+        if number is None or not 1 <= number <= 65535:
             self.fail(key, f"{value!r} is not a port; use a number from 1 to 65535")
             return None
-        return int(value)
+        return number
 
     def target(self, key: str, value: Any) -> Target | None:
         if value is None or value == "":
@@ -179,18 +192,20 @@ class Parser:
         return Target(host, port) if port else None
 
     def hostname(self, key: str, value: Any, domain: str | None) -> str | None:
-        name = str(value).strip().rstrip(".").lower()
+        """A fully qualified name, lowercased (DNS ignores case) and without its final dot."""
+        if not isinstance(value, str) or not value.strip():
+            got = "empty" if value is None or value == "" else f"a {type(value).__name__}"
+            self.fail(key, f"is {got}, not a hostname; write one fully qualified name like app.example.org")
+            return None
+        name = value.strip().rstrip(".").lower()
         labels = name.split(".")
         if (
             len(name) > 253
             or len(labels) < 2
-            or not all(_LABEL_RE.match(label) for label in labels)
+            or not all(_LABEL_RE.fullmatch(label) for label in labels)
             or labels[-1].isdigit()
         ):
-            self.fail(
-                key,
-                f"{value!r} is not a hostname; use a fully qualified name like app.example.org (letters, digits, hyphens)",
-            )
+            self.fail(key, f"{value!r} is not a hostname; {_hostname_fix(name)}")
             return None
         if domain and not (name == domain or name.endswith("." + domain)):
             self.fail(
@@ -198,3 +213,15 @@ class Parser:
             )
             return None
         return name
+
+
+def _hostname_fix(name: str) -> str:
+    """How to write ``name`` as a hostname: its punycode form when it is an
+    internationalised name, else what a hostname is made of."""
+    if not name.isascii():
+        with contextlib.suppress(UnicodeError):
+            ascii_name = name.encode("idna").decode("ascii")
+            return f"DNS carries internationalised names in punycode: write {ascii_name}"
+    if len(name) > 253:
+        return f"it has {len(name)} characters and DNS carries at most 253; use a shorter name"
+    return "use a fully qualified name like app.example.org (letters, digits, hyphens)"
