@@ -27,7 +27,7 @@ def parse(p: Parser, key: str, raw: Any) -> Middlewares:
     if raw.get("rateLimit") is not None:
         rl = raw["rateLimit"]
         avg, burst = (
-            (whole_number(rl.get("average")), whole_number(rl.get("burst", rl.get("average"))))
+            (whole_number(rl.get("average")), whole_number(rl["average" if rl.get("burst") is None else "burst"]))
             if isinstance(rl, dict)
             else (None, None)
         )

@@ -135,6 +135,8 @@ class Parser:
         value = item.get(name)
         if value is None:  # null is the field left out
             return default
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"  # quoted, the same word
         if not isinstance(value, bool):
             self.fail(f"{key}.{name}", f"must be true or false; {meaning}")
             return False

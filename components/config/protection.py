@@ -155,6 +155,9 @@ def _forward_auth(p: Parser, key: str, raw: Any, home: HomeSpec) -> ForwardAuth 
     for k in sorted(set(raw) - {"address", "authResponseHeaders"}):
         p.fail(f"{key}.{k}", "is not a forwardAuth field; use address and authResponseHeaders")
     address = raw.get("address")
+    if address is None:
+        p.fail(f"{key}.address", "is required; write it like http://192.168.1.5:9091/api/authz/forward-auth")
+        return None
     match = _AUTH_URL_RE.fullmatch(address) if isinstance(address, str) else None
     host, port = None, 0
     if match:

@@ -201,6 +201,13 @@ def _public_ports(
             return None
         proto, (port, port_end) = span
     else:
+        if isinstance(item.get("port"), str) and "-" in item["port"]:
+            p.fail(
+                f"{key}.port",
+                f"{item['port']!r} is a port range, which only a forward service carries; give one port, or make "
+                "the service mode: forward with protocol: tcp or udp",
+            )
+            return None
         public_port = p.port(f"{key}.port", item.get("port"))
         if public_port is None:
             return None

@@ -221,6 +221,8 @@ class Oracle(Platform):
             )
             return None
         always_free = True if item.get("alwaysFree") is None else item["alwaysFree"]
+        if isinstance(always_free, str) and always_free.strip().lower() in ("true", "false"):
+            always_free = always_free.strip().lower() == "true"  # quoted, the same word
         if not isinstance(always_free, bool):
             fail(
                 "alwaysFree", f"{always_free!r} is not true or false; write true (stay in the free allowance) or false"
