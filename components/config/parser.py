@@ -196,7 +196,7 @@ class Parser:
     def hostname(self, key: str, value: Any, domain: str | None) -> str | None:
         """A fully qualified name, lowercased (DNS ignores case) and without its final dot."""
         if not isinstance(value, str) or not value.strip():
-            got = "empty" if value is None or value == "" else f"a {type(value).__name__}"
+            got = "empty" if value is None or isinstance(value, str) else f"a {type(value).__name__}"
             self.fail(key, f"is {got}, not a hostname; write one fully qualified name like app.example.org")
             return None
         name = value.strip().rstrip(".").lower()

@@ -164,7 +164,7 @@ def _forward_auth(p: Parser, key: str, raw: Any, home: HomeSpec) -> ForwardAuth 
         with contextlib.suppress(ValueError):
             host = ipaddress.ip_address(match["v6"] or match["v4"])
         port = int(match["port"] or (443 if match["scheme"] == "https" else 80))
-    if isinstance(address, str) and "@" in address.partition("?")[0].partition("#")[0]:
+    if isinstance(address, str) and "@" in address.partition("://")[2].partition("/")[0]:
         p.fail(
             f"{key}.address",
             "has a user or password in it (the part before @), which would be written into every edge's Traefik "
