@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import re
+import time
 
 import pytest
 
@@ -288,3 +290,71 @@ def test_ha_false_allows_one_provider(raw_config):
     assert any(p.startswith("cgnat-edge:ha:") for p in problems(raw_config))
     raw_config["ha"] = False
     assert [e.provider for e in config.parse(raw_config).edges] == ["hetzner"]
+
+
+SCALE = 3000
+"""Services in a stack far larger than any home's: every collision check (hostnames,
+ports, forward ranges, the edges' zone names, firewall spans) is a lookup, so parsing
+stays linear; a check over every pair would take minutes here."""
+SCALE_SECONDS = 5.0
+
+
+def _timed_parse(raw: dict) -> tuple[float, object]:
+    start = time.perf_counter()
+    try:
+        result: object = config.parse(raw)
+    except config.ConfigError as exc:
+        result = exc
+    return time.perf_counter() - start, result
+
+
+def test_thousands_of_http_services_are_accepted_in_bounded_time(raw_config):
+    raw_config["services"] = [
+        {"name": f"s{i}", "mode": "http", "hostnames": [f"s{i}.example.org"], "target": "192.168.1.20:8080"}
+        for i in range(SCALE)
+    ]
+    seconds, cfg = _timed_parse(raw_config)
+    assert isinstance(cfg, config.FleetConfig), cfg
+    assert len(cfg.services) == SCALE and cfg.services[-1].hostnames == (f"s{SCALE - 1}.example.org",)
+    assert seconds < SCALE_SECONDS
+
+
+def test_thousands_of_scattered_ports_are_refused_for_the_firewall_rules(raw_config):
+    """Every other port: no two merge into a range rule, so each provider firewall would
+    need thousands of rules; refused for that, once per provider, with the fix."""
+    raw_config["services"] = [
+        {"name": f"s{i}", "mode": "tcp", "port": 10000 + 2 * i, "target": "192.168.1.20:8080"} for i in range(SCALE)
+    ]
+    seconds, error = _timed_parse(raw_config)
+    assert isinstance(error, config.ConfigError), error
+    assert len(error.problems) == 2
+    for label in ("DigitalOcean", "Hetzner Cloud"):
+        assert any(
+            re.fullmatch(
+                rf"cgnat-edge:services: the declared tcp/udp ports need 300\d rules in each {label} firewall, over its "
+                r"limit of 50; give services consecutive ports .*",
+                problem,
+            )
+            for problem in error.problems
+        ), error.problems
+    assert seconds < SCALE_SECONDS
+
+
+def test_thousands_of_forward_ranges_find_the_one_collision_in_bounded_time(raw_config):
+    raw_config["services"] = [
+        {
+            "name": f"s{i}",
+            "mode": "forward",
+            "protocol": "udp",
+            "port": f"{20000 + 10 * i}-{20009 + 10 * i}",
+            "target": f"192.168.1.20:{20000 + 10 * i}",
+        }
+        for i in range(SCALE)
+    ]
+    raw_config["services"][-1].update(port="20005-20014", target="192.168.1.20:20005")
+    seconds, error = _timed_parse(raw_config)
+    assert isinstance(error, config.ConfigError), error
+    assert error.problems == [
+        f"cgnat-edge:services[{SCALE - 1}].port: udp port 20005 is already used by service 's0'; pick another public port"
+    ]
+    assert seconds < SCALE_SECONDS

@@ -325,7 +325,7 @@ def test_health_path_stays_with_the_agent(raw_config):
     """``healthPath`` is fetched by the agent through the tunnel; the zone file never
     carries it, so no path can break out of the LUA strings."""
     raw = copy.deepcopy(raw_config)
-    raw["services"][0]["healthPath"] = '/it\'s "ok"\\'
+    raw["services"][0]["healthPath"] = "/it's(ok)!$&*+,;=:@%22"
     cfg = config_module.parse(raw, stack="dev")
     records = geodns.policy(cfg, endpoints_for(cfg))
     text = geodns.powerdns_lua(records, cfg)
@@ -334,7 +334,7 @@ def test_health_path_stays_with_the_agent(raw_config):
         if not line.startswith(";"):
             assert line.count('"') == 2, line
     agent = edge_dns.agent_config(cfg, cfg.edges[0])
-    assert agent["checks"]["cloud"][0]["path"] == '/it\'s "ok"\\'
+    assert agent["checks"]["cloud"][0]["path"] == "/it's(ok)!$&*+,;=:@%22"
 
 
 def test_long_lua_content_is_split_into_strings(raw_config):

@@ -82,7 +82,7 @@ def parse(
             "target on the box itself sees the visitor's address",
         )
     acme.check_email(p, acme_spec, service_specs)
-    dns_spec = dns.parse(p, domain, service_specs, base_dir or Path.cwd())
+    dns_spec = dns.parse(p, domain, service_specs, base_dir or Path.cwd(), edge_specs)
     if dns_spec.mode is DnsMode.EDGES and tunnel_spec.listen_port in dns.EDGE_DNS_PORTS:
         p.fail(
             "wireguardPort",

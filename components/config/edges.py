@@ -7,7 +7,7 @@ import functools
 from typing import Any
 
 from components.config.keys import fix_key
-from components.config.parser import Parser
+from components.config.parser import Parser, whole_number
 from components.model import catalog, platforms
 from components.model.fleet import EdgeSpec
 from components.model.platforms.base import Platform
@@ -44,13 +44,9 @@ def parse(p: Parser, items: list[Any] | None) -> list[EdgeSpec]:
                 f"{provider_name!r} is not a supported provider; use one of {', '.join(platforms.REGISTRY)}",
             )
             continue
-        code = str(item.get("location", ""))
-        location = provider.location(code)
+        code = str(item.get("location") or "")
+        location = _location(p, key, code, provider)
         if location is None:
-            p.fail(
-                f"{key}.location",
-                f"{code!r} is not a {provider.label} location{provider.locations_note}; use one of {', '.join(loc.code for loc in provider.locations)}",
-            )
             continue
         stype = _server_type(p, key, item, provider, code)
         if stype is None:
@@ -63,19 +59,17 @@ def parse(p: Parser, items: list[Any] | None) -> list[EdgeSpec]:
                 f"use {' or '.join(provider.images)} (or leave image out)",
             )
             continue
-        if "index" not in item and len(items) > 1:
+        if item.get("index") is None and len(items) > 1:
             p.fail(
                 f"{key}.index",
                 f"is required when the fleet has more than one edge: it fixes the edge's tunnel addresses, so "
                 f"removing another edge never moves them; set index: {i + 1} (its place in the list today)",
             )
             continue
-        index = p.whole(item.get("index", i + 1))
+        raw_index = item.get("index")
+        index = i + 1 if raw_index is None else whole_number(raw_index)
         if index is None or index < 1:
-            p.fail(
-                f"{key}.index",
-                f"{item.get('index')!r} must be a whole number from 1; it fixes the edge's tunnel addresses",
-            )
+            p.fail(f"{key}.index", f"{raw_index!r} must be a whole number from 1; it fixes the edge's tunnel addresses")
             continue
         if index in seen_indexes:
             p.fail(
@@ -90,6 +84,19 @@ def parse(p: Parser, items: list[Any] | None) -> list[EdgeSpec]:
         seen_indexes[index] = name
         edges.append(EdgeSpec(name, provider.name, location, stype, image, index, options))
     return edges
+
+
+def _location(p: Parser, key: str, code: str, provider: Platform) -> catalog.Location | None:
+    location = provider.location(code)
+    if location is None:
+        codes = ", ".join(loc.code for loc in provider.locations)
+        p.fail(
+            f"{key}.location",
+            f"is required; use one of {codes}"
+            if not code
+            else f"{code!r} is not a {provider.label} location{provider.locations_note}; use one of {codes}",
+        )
+    return location
 
 
 def _fail_field(p: Parser, key: str, field: str, message: str) -> None:

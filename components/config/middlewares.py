@@ -6,10 +6,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from components.config.parser import Parser
+from components.config.parser import Parser, whole_number
 from components.model.fleet import Middlewares, RateLimit
 
-_HTPASSWD_RE = re.compile(r"^[^:\s]+:\$(2[aby]|apr1|5|6)\$\S+$")
+_HTPASSWD_RE = re.compile(r"[^:\s]+:\$(2[aby]|apr1|5|6)\$\S+")
+"""Used with ``fullmatch``: one line, no trailing newline."""
+MAX_RATE = 1_000_000
+"""Requests per second; beyond it a limit limits nothing, and far beyond it Traefik's int64 overflows."""
 
 
 def parse(p: Parser, key: str, raw: Any) -> Middlewares:
@@ -24,14 +27,15 @@ def parse(p: Parser, key: str, raw: Any) -> Middlewares:
     if raw.get("rateLimit") is not None:
         rl = raw["rateLimit"]
         avg, burst = (
-            (p.whole(rl.get("average")), p.whole(rl.get("burst", rl.get("average"))))
+            (whole_number(rl.get("average")), whole_number(rl["average" if rl.get("burst") is None else "burst"]))
             if isinstance(rl, dict)
             else (None, None)
         )
-        if avg is None or burst is None or avg <= 0 or burst <= 0:
+        if avg is None or burst is None or not (0 < avg <= MAX_RATE and 0 < burst <= MAX_RATE):
             p.fail(
                 f"{key}.rateLimit",
-                "needs positive whole numbers; write it like {average: 50, burst: 100} (requests per second per client)",
+                f"needs whole numbers from 1 to {MAX_RATE}; write it like {{average: 50, burst: 100}} (requests per "
+                "second per client)",
             )
         else:
             rate = RateLimit(avg, burst)
@@ -47,7 +51,7 @@ def parse(p: Parser, key: str, raw: Any) -> Middlewares:
         p.fail(key, "ipAllowList and ipDenyList together are ambiguous; use one of them")
     users = p.items(f"{key}.basicAuth", raw.get("basicAuth"), "htpasswd lines")
     for j, u in enumerate(users):
-        if not isinstance(u, str) or not _HTPASSWD_RE.match(u):
+        if not isinstance(u, str) or not _HTPASSWD_RE.fullmatch(u):
             p.fail(
                 f"{key}.basicAuth[{j}]",
                 "must be an htpasswd line user:hash with a bcrypt, apr1 or sha-crypt hash; make one with `htpasswd -nB user`",

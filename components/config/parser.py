@@ -22,7 +22,7 @@ NAME_RE = re.compile(r"[a-z]([a-z0-9-]{0,22}[a-z0-9])?")
 """Edge, service and road-warrior names, whole (``fullmatch``: ``$`` would let a final
 line break through).  They become file, unit and interface names, so nothing else fits."""
 NAME_RULE = "use 1-24 lowercase letters, digits or hyphens, starting with a letter and not ending with a hyphen"
-_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _CONTROL = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 """Unicode categories no value may hold: C0/C1 controls (line breaks, tab, escape),
 format characters (bidi overrides, zero-width ones), lone surrogates, line separators."""
@@ -31,6 +31,21 @@ _FIELD_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 PLAIN_KEYS = frozenset({"sshPublicKeys"})
 """Keys whose own check words a line break better than the general one (several keys
 pasted into one item)."""
+_DIGITS_RE = re.compile(r"-?[0-9]{1,20}")
+"""Patterns here are used with ``fullmatch``: ``$`` would let a trailing newline through."""
+
+
+def whole_number(value: Any) -> int | None:
+    """``value`` as a whole number: an int, or a string of ASCII digits (a quoted YAML
+    value stays a string, ``pulumi config set --path`` stores a number; both mean the
+    same).  None for anything else, bools and fractions included."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _DIGITS_RE.fullmatch(value.strip()):
+        return int(value)
+    return None
+
+
 WG_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
 
 
@@ -129,7 +144,7 @@ class Parser:
         """``value`` as ``kind``; on a problem the default (None for a required key)."""
         fallback = None if default is REQUIRED else default
         if kind == "integer":
-            number = self.whole(value)
+            number = whole_number(value)
             if number is not None:
                 return number
             self.fail(key, f"must be a whole number, got {value!r}; write digits only, e.g. {default}")
@@ -157,16 +172,6 @@ class Parser:
     # -- small value parsers --------------------------------------------------
 
     @staticmethod
-    def whole(value: Any) -> int | None:
-        """A whole number inside a structured value, written as a number or quoted
-        (``index: "2"``: the same number either way); None for anything else."""
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
-            return int(value)
-        return None
-
-    @staticmethod
     def truth(value: Any) -> bool | None:
         """A yes/no value in any spelling YAML 1.1 gives one (``true``, ``yes``, ``on``,
         ``y``), whether it arrives as the CLI's text or parsed inside a structured value,
@@ -182,7 +187,10 @@ class Parser:
 
     def flag(self, key: str, item: dict, name: str, default: bool, meaning: str) -> bool:
         """A yes/no field of a structured item; ``meaning`` says what true does."""
-        value = self.truth(item.get(name, default))
+        value = item.get(name)
+        if value is None:  # null is the field left out
+            return default
+        value = self.truth(value)
         if value is None:
             self.fail(f"{key}.{name}", f"must be true or false; {meaning}")
             return False
@@ -192,7 +200,7 @@ class Parser:
         if isinstance(item.get("name"), (bool, int, float)):
             self.fail(f"{key}.name", f"{item['name']!r} is not text; write the name in quotes")
             return None
-        name = str(item.get("name", ""))
+        name = "" if item.get("name") is None else str(item["name"])
         if not NAME_RE.fullmatch(name):
             self.fail(f"{key}.name", f"{name!r} is not a valid {what} name; {NAME_RULE}")
             return None
@@ -213,15 +221,11 @@ class Parser:
             return None
 
     def port(self, key: str, value: Any) -> int | None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, str))
-            or not str(value).isdigit()
-            or not 1 <= int(value) <= 65535
-        ):
+        number = whole_number(value)
+        if number is None or not 1 <= number <= 65535:
             self.fail(key, f"{value!r} is not a port; use a number from 1 to 65535")
             return None
-        return int(value)
+        return number
 
     def target(self, key: str, value: Any) -> Target | None:
         if value is None or value == "":
@@ -244,18 +248,20 @@ class Parser:
         return Target(host, port) if port else None
 
     def hostname(self, key: str, value: Any, domain: str | None) -> str | None:
-        name = str(value).strip().rstrip(".").lower()
+        """A fully qualified name, lowercased (DNS ignores case) and without its final dot."""
+        if not isinstance(value, str) or not value.strip():
+            got = "empty" if value is None or isinstance(value, str) else f"a {type(value).__name__}"
+            self.fail(key, f"is {got}, not a hostname; write one fully qualified name like app.example.org")
+            return None
+        name = value.strip().rstrip(".").lower()
         labels = name.split(".")
         if (
             len(name) > 253
             or len(labels) < 2
-            or not all(_LABEL_RE.match(label) for label in labels)
+            or not all(_LABEL_RE.fullmatch(label) for label in labels)
             or labels[-1].isdigit()
         ):
-            self.fail(
-                key,
-                f"{value!r} is not a hostname; use a fully qualified name like app.example.org (letters, digits, hyphens)",
-            )
+            self.fail(key, f"{value!r} is not a hostname; {_hostname_fix(name)}")
             return None
         if domain and not (name == domain or name.endswith("." + domain)):
             self.fail(
@@ -263,3 +269,15 @@ class Parser:
             )
             return None
         return name
+
+
+def _hostname_fix(name: str) -> str:
+    """How to write ``name`` as a hostname: its punycode form when it is an
+    internationalised name, else what a hostname is made of."""
+    if not name.isascii():
+        with contextlib.suppress(UnicodeError):
+            ascii_name = name.encode("idna").decode("ascii")
+            return f"DNS carries internationalised names in punycode: write {ascii_name}"
+    if len(name) > 253:
+        return f"it has {len(name)} characters and DNS carries at most 253; use a shorter name"
+    return "use a fully qualified name like app.example.org (letters, digits, hyphens)"

@@ -8,6 +8,7 @@ the request, which only ``http`` services show the edge.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import ipaddress
 import re
@@ -28,7 +29,6 @@ from components.model.protection import (
     ProtectionSpec,
 )
 
-_HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 MAX_GEO_SOURCE_LEN = 2048
 """Longer URLs are refused by many servers and proxies; no registry's comes close."""
 
@@ -39,6 +39,17 @@ NOT_ISO = {
     "XK": "Kosovo has no ISO code, and the registries list its networks under a neighbouring country's",
 }
 """Codes in common use that the registries' files never carry."""
+
+
+_HEADER_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
+PATH_CHAR = r"(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})"
+"""One character of a URL path or query as RFC 3986 writes it (a percent-escape counts as one)."""
+_AUTH_URL_RE = re.compile(
+    rf"(?P<scheme>https?)://(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<v4>[0-9.]+))(?::(?P<port>[0-9]{{1,5}}))?"
+    rf"(?P<rest>(?:/{PATH_CHAR}*)*(?:\?(?:{PATH_CHAR}|[/?])*)?)"
+)
+"""A forwardAuth address: scheme, an IP literal, a port, a path and query, nothing else
+(no user or password, no space or line break: the address is written into Traefik's file)."""
 
 
 def _countries(p: Parser, key: str, raw: Any) -> tuple[str, ...]:
@@ -176,7 +187,7 @@ def parse_service(
 ) -> tuple[GeoPolicy | None, ForwardAuth | None]:
     """The service's own countries (None: the fleet default applies) and sign-in."""
     geo = None
-    if "allowCountries" in item or "denyCountries" in item:
+    if item.get("allowCountries") is not None or item.get("denyCountries") is not None:  # null: left out
         geo = _policy(
             p,
             key,
@@ -212,20 +223,33 @@ def _forward_auth(p: Parser, key: str, raw: Any, home: HomeSpec) -> ForwardAuth 
         return None
     for k in sorted(set(raw) - {"address", "authResponseHeaders"}):
         p.fail(f"{key}.{k}", "is not a forwardAuth field; use address and authResponseHeaders")
-    address = str(raw.get("address", ""))
-    parts = urllib.parse.urlsplit(address)
-    try:
-        host = ipaddress.ip_address(parts.hostname or "")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        host = None
-    if parts.scheme not in ("http", "https") or host is None:
+    address = raw.get("address")
+    if address is None:
+        p.fail(f"{key}.address", "is required; write it like http://192.168.1.5:9091/api/authz/forward-auth")
+        return None
+    match = _AUTH_URL_RE.fullmatch(address) if isinstance(address, str) else None
+    host, port = None, 0
+    if match:
+        with contextlib.suppress(ValueError):
+            host = ipaddress.ip_address(match["v6"] or match["v4"])
+        port = int(match["port"] or (443 if match["scheme"] == "https" else 80))
+    if isinstance(address, str) and "@" in address.partition("://")[2].partition("/")[0]:
         p.fail(
             f"{key}.address",
-            f"{address!r} is not an http(s) URL with an IP address; write it like "
+            "has a user or password in it (the part before @), which would be written into every edge's Traefik "
+            "file (not shown here); give the address without it and let the identity provider authenticate "
+            "Traefik by its address",
+        )
+        return None
+    if host is None or not 1 <= port <= 65535 or (match and match["v6"] and host.version != 6):
+        p.fail(
+            f"{key}.address",
+            f"{address!r} is not an http(s) URL with an IP address, a port from 1 to 65535 and a path of URL "
+            "characters (no user or password, spaces or line breaks); write it like "
             "http://192.168.1.5:9091/api/authz/forward-auth (at home) or http://127.0.0.1:9091/... (on the edge)",
         )
         return None
+    assert isinstance(address, str)
     if host not in EDGE_LOOPBACK and not any(host in lan for lan in home.lan_prefixes):
         p.fail(
             f"{key}.address",
@@ -236,7 +260,7 @@ def _forward_auth(p: Parser, key: str, raw: Any, home: HomeSpec) -> ForwardAuth 
         return None
     headers = []
     for j, h in enumerate(p.items(f"{key}.authResponseHeaders", raw.get("authResponseHeaders"), "header names")):
-        if not isinstance(h, str) or not _HEADER_RE.match(h):
+        if not isinstance(h, str) or not _HEADER_RE.fullmatch(h):
             p.fail(f"{key}.authResponseHeaders[{j}]", f"{h!r} is not a header name; write it like Remote-User")
             continue
         headers.append(h)

@@ -13,7 +13,7 @@ from typing import Any
 
 from components.config.home import is_low_order
 from components.config.keys import fix_key
-from components.config.parser import WG_KEY_RE, Parser
+from components.config.parser import WG_KEY_RE, Parser, whole_number
 from components.config.tunnel import CGNAT_RANGE
 from components.model.fleet import HomeSpec, TunnelSpec
 from components.model.road_warriors import DEFAULT_POOL, RoadWarrior, RoadWarriorsSpec
@@ -60,7 +60,7 @@ def parse(
             continue
         if public_key:
             keys.setdefault(public_key, name)
-        index = p.whole(item.get("index", i + 1))
+        index = i + 1 if item.get("index") is None else whole_number(item["index"])
         if index is None or not 1 <= index <= hosts:
             p.fail(
                 f"{key}.index",

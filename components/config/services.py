@@ -3,13 +3,16 @@ public ports or hostnames."""
 
 from __future__ import annotations
 
+import collections
 import ipaddress
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from components.config import middlewares, protection
 from components.config.home import SPECIAL_RANGES
 from components.config.keys import fix_key
-from components.config.parser import Parser
+from components.config.parser import Parser, whole_number
 from components.model.fleet import HomeSpec, Middlewares, Mode, Protocol, ServiceSpec, Target, TunnelSpec
 from components.model.ports import HEALTH_AGENT_PORT
 
@@ -50,7 +53,7 @@ def parse(
         name = p.unique_name(key, item, names, "service")
         if name is None:
             continue
-        mode_text = str(item.get("mode", Mode.PASSTHROUGH))
+        mode_text = str(Mode.PASSTHROUGH if item.get("mode") is None else item["mode"])
         if mode_text not in Mode.__members__.values():
             p.fail(
                 f"{key}.mode",
@@ -76,7 +79,7 @@ def parse(
         if mode.by_hostname:
             spec_hosts = _hostnames(p, key, item, mode, domain, name, hostnames)
         else:
-            public = _public_ports(p, key, item, mode, target, name, {**reserved, **ports})
+            public = _public_ports(p, key, item, mode, target, name, collections.ChainMap(ports, reserved))
             if public is None:
                 continue
             proto, port, port_end = public
@@ -88,10 +91,7 @@ def parse(
             mode is Mode.PASSTHROUGH,
             "true sends the visitor's address to home in a PROXY header",
         )
-        health = item.get("healthPath")
-        if health is not None and not (isinstance(health, str) and health.startswith("/")):
-            p.fail(f"{key}.healthPath", f"{health!r} must be a URL path starting with /; write it like /status.php")
-            health = None
+        health = _health_path(p, f"{key}.healthPath", item.get("healthPath"))
         chain = (
             middlewares.parse(p, f"{key}.middlewares", item.get("middlewares") or {})
             if mode is Mode.HTTP
@@ -118,6 +118,42 @@ def parse(
             )
         )
     return services
+
+
+_HEALTH_PATH_RE = re.compile(rf"(/{protection.PATH_CHAR}*)+(\?(?:{protection.PATH_CHAR}|[/?])*)?")
+"""An origin-form request target (RFC 9112): a path of RFC 3986 characters and
+percent-escapes, then an optional query.  The health agent writes it into its request
+line as it is, so a space, a line break or a ``#`` cannot pass."""
+MAX_HEALTH_PATH = 1024
+"""Well under the 8 kB request line web servers accept; a health check needs a short path."""
+
+
+def _health_path(p: Parser, key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    fix = "write the path (and query) a browser sends for the status page, e.g. /status.php or /health?full=1"
+    if not isinstance(value, str) or not _HEALTH_PATH_RE.fullmatch(value):
+        what = f"is a {type(value).__name__}," if not isinstance(value, str) else f"{value[:80]!r} is"
+        p.fail(
+            key,
+            f"{what} not a URL path starting with / (letters, digits, - . _ ~ ! $ & ' ( ) * + , ; = : @ and "
+            f"%XX escapes; no spaces, line breaks or #fragment); {fix}",
+        )
+        return None
+    if value.startswith("//"):
+        p.fail(key, f"{value[:80]!r} starts with //, which a client reads as a host name; {fix}")
+        return None
+    if any(segment in (".", "..") for segment in value.partition("?")[0].split("/")):
+        p.fail(
+            key,
+            f"{value[:80]!r} has a . or .. segment, which servers resolve away (or refuse) before the app sees it; "
+            "write the path it resolves to",
+        )
+        return None
+    if len(value) > MAX_HEALTH_PATH:
+        p.fail(key, f"has {len(value)} characters, over {MAX_HEALTH_PATH}; {fix}")
+        return None
+    return value
 
 
 def _hostnames(
@@ -149,7 +185,7 @@ def _hostnames(
 
 
 def _public_ports(
-    p: Parser, key: str, item: dict, mode: Mode, target: Target | None, name: str, used: dict[tuple[str, int], str]
+    p: Parser, key: str, item: dict, mode: Mode, target: Target | None, name: str, used: Mapping[tuple[str, int], str]
 ) -> tuple[str, int, int] | None:
     """Protocol, first and last public port of a port-bound service, refused when any
     of them is reserved or already another service's."""
@@ -165,6 +201,13 @@ def _public_ports(
             return None
         proto, (port, port_end) = span
     else:
+        if isinstance(item.get("port"), str) and "-" in item["port"]:
+            p.fail(
+                f"{key}.port",
+                f"{item['port']!r} is a port range, which only a forward service carries; give one port, or make "
+                "the service mode: forward with protocol: tcp or udp",
+            )
+            return None
         public_port = p.port(f"{key}.port", item.get("port"))
         if public_port is None:
             return None
@@ -183,18 +226,26 @@ def _forward_span(p: Parser, key: str, item: dict, target: Target | None) -> tup
     """Protocol and public port span of a forward service: ``port: 27015`` or
     ``port: 27015-27030``.  A range keeps its ports (the target names the first one), so
     each public port reaches the same port at home."""
-    proto = str(item.get("protocol", ""))
+    proto = item.get("protocol")
     if proto not in ("tcp", "udp"):
         p.fail(
             f"{key}.protocol",
-            f"{proto!r} is not a protocol a forward service carries; write protocol: tcp or protocol: udp "
-            "(declare two services for both)",
+            ("is required" if proto is None else f"{proto!r} is not a protocol a forward service carries")
+            + "; write protocol: tcp or protocol: udp (declare two services for both)",
         )
         return None
-    text = str(item.get("port")).strip()
-    low_text, dash, high_text = text.partition("-")
-    low = p.port(f"{key}.port", low_text.strip())
-    high = p.port(f"{key}.port", high_text.strip()) if dash else low
+    raw = item.get("port")
+    match = _FORWARD_PORTS_RE.fullmatch(raw.strip()) if isinstance(raw, str) else None
+    if match is None and whole_number(raw) is None:
+        p.fail(
+            f"{key}.port",
+            f"{raw!r} is not a port or a port range; write one port (27015) or the first and last port joined by "
+            "a hyphen (27015-27030)",
+        )
+        return None
+    text = str(raw).strip()
+    low = p.port(f"{key}.port", match.group(1) if match else raw)
+    high = p.port(f"{key}.port", match.group(2)) if match and match.group(2) else low
     if low is None or high is None:
         return None
     if high < low:
@@ -224,6 +275,7 @@ def _forward_span(p: Parser, key: str, item: dict, target: Target | None) -> tup
     return proto, (low, 0 if high == low else high)
 
 
+_FORWARD_PORTS_RE = re.compile(r"([0-9]+)(?:\s*-\s*([0-9]+))?")
 MAX_FORWARD_RANGE = 1024
 """The widest forward range: wider ones open more than any one application needs."""
 

@@ -6,6 +6,7 @@ the config check counts them against each provider's rule limit."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,8 +49,11 @@ def firewall_rules(cfg: FleetConfig) -> list[FirewallRule]:
     """The provider firewall mirrors the host's nftables rules: same ports, same sources."""
     rules = [FirewallRule("tcp", (22, 22), tuple(str(c) for c in cfg.ssh.allowed_cidrs), "SSH")]
     for protocol in ("tcp", "udp"):
+        # (first port, place, name) in port order, so each span finds its services by
+        # bisection: thousands of services stay linear, not services x spans.
+        starts = sorted((s.port, i, s.name) for i, s in enumerate(cfg.services) if s.protocol == protocol)
         for span in _ranges(cfg.public_ports(protocol)):
-            rules.append(FirewallRule(protocol, span, ANYWHERE, _describe(cfg, protocol, span)))
+            rules.append(FirewallRule(protocol, span, ANYWHERE, _describe(cfg, protocol, span, starts)))
     # The edges' health agents: in dnsMode edges only the other edges pass (nftables on
     # the edge holds the fleet's addresses, which the provider firewall cannot know up
     # front); in dnsMode records every checker, rate-limited per source by nftables.
@@ -60,13 +64,14 @@ def firewall_rules(cfg: FleetConfig) -> list[FirewallRule]:
     return rules
 
 
-def _describe(cfg: FleetConfig, protocol: str, span: tuple[int, int]) -> str:
+def _describe(cfg: FleetConfig, protocol: str, span: tuple[int, int], starts: list[tuple[int, int, str]]) -> str:
     low, high = span
     if protocol == "udp" and low == high == cfg.tunnel.listen_port:
         return "WireGuard"
     if protocol == "tcp" and low == high and low in (80, 443):
         return "HTTP" if low == 80 else "HTTPS"
-    names = [s.name for s in cfg.services if s.protocol == protocol and low <= s.port <= high]
+    inside = starts[bisect.bisect_left(starts, (low,)) : bisect.bisect_left(starts, (high + 1,))]
+    names = [name for _, _, name in sorted(inside, key=lambda entry: entry[1])]
     if protocol == "udp" and low <= cfg.tunnel.listen_port <= high:
         names.insert(0, "WireGuard")
     return f"service {', '.join(names)}"

@@ -32,7 +32,8 @@ FREE_BLOCK_GB = 200
 BOOT_VOLUME_GB = 50
 """Oracle's minimum boot volume; four edges fill the 200 GB the allowance includes."""
 IMAGE = "ubuntu-24.04"
-_OCID = re.compile(r"^ocid1\.(compartment|tenancy)\.oc[0-9]+\.[a-z0-9-]*\.[a-z0-9]+$")
+_OCID = re.compile(r"ocid1\.(compartment|tenancy)\.oc[0-9]+\.[a-z0-9-]*\.[a-z0-9]{1,200}")
+"""Used with ``fullmatch``, so a pasted line break cannot ride along into the provider calls."""
 
 RULES_V4 = """\
 # Oracle Cloud's Canonical Ubuntu platform image: /etc/iptables/rules.v4, loaded at
@@ -199,16 +200,21 @@ class Oracle(Platform):
                 "instance go in (ocid1.compartment.oc1..., or the tenancy OCID for the root compartment)",
             )
             return None
-        if not _OCID.match(str(compartment)):
+        if not isinstance(compartment, str) or not _OCID.fullmatch(compartment):
+            text = compartment if isinstance(compartment, str) else ""
+            shown = repr(text[:100] + "...") if len(text) > 100 else repr(compartment)
+            extra = "; remove the spaces or line breaks around it" if text and text != text.strip() else ""
             fail(
                 "compartment",
-                f"{compartment!r} is not a compartment or tenancy OCID; copy it from the console "
+                f"{shown} is not a compartment or tenancy OCID{extra}; copy it from the console "
                 "(Identity > Compartments), it looks like ocid1.compartment.oc1..aaaa...",
             )
             return None
         code = str(item.get("location", ""))
         domains = DOMAINS.get(code, 1)
         domain = item.get("availabilityDomain")
+        if isinstance(domain, str) and domain.strip().isascii() and domain.strip().isdigit():
+            domain = int(domain)  # quoted in the stack file: the same number
         if domain is not None and (
             isinstance(domain, bool) or not isinstance(domain, int) or not 1 <= domain <= domains
         ):
@@ -218,7 +224,9 @@ class Oracle(Platform):
                 + ("only 1; leave availabilityDomain out" if domains == 1 else f"{domains}; use 1 to {domains}"),
             )
             return None
-        always_free = item.get("alwaysFree", True)
+        always_free = True if item.get("alwaysFree") is None else item["alwaysFree"]
+        if isinstance(always_free, str) and always_free.strip().lower() in ("true", "false"):
+            always_free = always_free.strip().lower() == "true"  # quoted, the same word
         if not isinstance(always_free, bool):
             fail(
                 "alwaysFree", f"{always_free!r} is not true or false; write true (stay in the free allowance) or false"
