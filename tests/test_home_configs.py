@@ -544,6 +544,46 @@ def test_openwrt_sections_follow_firewall4_and_netifd(raw_config, keys, tmp_path
     assert checked == {"zone", "rule", "nat", "interface", "wireguard_wg_fsn", "wireguard_wg_ams"}
 
 
+def _fw4_input_verdict(firewall, network, packet):
+    """What firewall4 does with ``packet`` arriving on ``network`` for the router itself:
+    its input chain accepts established and related traffic first, then jumps to the
+    zone of the arriving interface, whose input rules (``src`` the zone or ``*``, no
+    ``dest``) decide in order, and the zone's ``input`` policy after them."""
+    if packet["state"] in ("established", "related"):
+        return "ACCEPT"
+    [zone] = [z for z in firewall.values() if z[".type"] == "zone" and network in z.get("network", [])]
+    for rule in firewall.values():
+        if rule[".type"] != "rule" or "dest" in rule or rule.get("src") not in (zone["name"], "*"):
+            continue
+        unknown = set(rule) - {".type", "name", "src", "proto", "dest_port", "target"}
+        assert not unknown, f"the model cannot match {unknown}"
+        protos = rule.get("proto", ["tcp", "udp"])
+        if packet["proto"] in (protos if isinstance(protos, list) else protos.split()) and (
+            "dest_port" not in rule or str(packet.get("port")) == rule["dest_port"]
+        ):
+            return rule["target"]
+    return zone.get("input", "REJECT")
+
+
+def test_openwrt_keeps_the_tunnels_off_the_router_itself(raw_config, keys, tmp_path):
+    """firewall4's REJECT answers TCP with a reset (the health agent's tunnel probe) and
+    anything else with port unreachable; replies to the router come back."""
+    require_tool("sh", "sed")
+    state = OpenWrtModel(tmp_path).apply(_home(raw_config, keys, homeRole="host")["openwrt"])
+    for network in ("wg_fsn", "wg_ams"):
+        for packet, verdict in [
+            ({"state": "new", "proto": "tcp", "port": 22}, "REJECT"),
+            ({"state": "new", "proto": "tcp", "port": 9}, "REJECT"),
+            ({"state": "new", "proto": "udp", "port": 53}, "REJECT"),
+            ({"state": "new", "proto": "icmp"}, "REJECT"),
+            ({"state": "established", "proto": "tcp", "port": 40000}, "ACCEPT"),
+            ({"state": "related", "proto": "icmp"}, "ACCEPT"),
+        ]:
+            assert _fw4_input_verdict(state["firewall"], network, packet) == verdict, (network, packet)
+    # the router's own tunnel stays in its lan zone, which its input policy accepts
+    assert _fw4_input_verdict(state["firewall"], "wg_vpn", {"state": "new", "proto": "tcp", "port": 22}) == "ACCEPT"
+
+
 # --- re-applying: the RouterOS script against a model of its menus ----------------------
 
 
@@ -767,6 +807,90 @@ def test_routeros_rules_without_any_drop_rule(raw_config, keys):
     view = RouterOSModel({}).apply(_home(raw_config, keys)["routeros"])
     assert [r["action"] for r in _forward(view)] == ["accept"] * 6 + ["drop"]
     assert [r["action"] for r in _forward(view, "ipv6")] == ["drop"]
+
+
+# --- the router itself, from its tunnels: each form's rules as the router walks them ----
+
+
+def _ros_matches(rule, packet, lists):
+    """One RouterOS filter rule against a packet; a match on anything this model does
+    not know fails the test rather than being guessed."""
+    for key, want in rule.items():
+        if key in ("chain", "action", "comment", "reject-with", "dynamic", "disabled"):
+            continue
+        if key == "in-interface-list":
+            member = packet["in"] in lists.get(want.lstrip("!"), ())
+            if member == want.startswith("!"):
+                return False
+        elif key == "connection-state":
+            if packet["state"] not in want.split(","):
+                return False
+        elif key in ("protocol", "dst-port", "dst-address"):
+            if str(packet.get(key)) != want:
+                return False
+        else:
+            raise AssertionError(f"the model cannot match {key}={want}")
+    return True
+
+
+def _ros_verdict(view, family, packet):
+    """What the router does with ``packet`` in its input chain: the first matching
+    rule's action (with its reject-with), else the chain's default, accept."""
+    lists = {}
+    for member in view["/interface list member"]:
+        lists.setdefault(member["list"], set()).add(member["interface"])
+    lists.setdefault("LAN", set()).add("bridge")  # the router's own LAN, as defconf has it
+    for rule in view[f"/{family} firewall filter"]:
+        if rule["chain"] != "input" or rule.get("dynamic") == "yes" or rule["action"] == "passthrough":
+            continue
+        if _ros_matches(rule, packet, lists):
+            return " ".join(filter(None, (rule["action"], rule.get("reject-with"))))
+    return "accept"
+
+
+# The router's own address on each tunnel, and what an edge might send it.
+TUNNEL_PACKETS = [
+    ({"state": "new", "protocol": "tcp", "dst-port": 22}, "reject tcp-reset"),  # its SSH, its web UI ...
+    ({"state": "new", "protocol": "tcp", "dst-port": 9}, "reject tcp-reset"),  # the health agent's tunnel probe
+    ({"state": "new", "protocol": "udp", "dst-port": 53}, "drop"),
+    ({"state": "new", "protocol": "icmp"}, "drop"),
+    ({"state": "invalid", "protocol": "tcp", "dst-port": 22}, "reject tcp-reset"),
+    ({"state": "established", "protocol": "tcp", "dst-port": 40000}, "accept"),  # replies to the router
+    ({"state": "related", "protocol": "icmp"}, "accept"),  # e.g. packet too big (path MTU)
+]
+
+ROUTEROS_OPEN = {"/interface list": [{"name": "LAN"}]}  # no firewall rules at all: input accepts everything
+ROUTEROS_ACCEPTING = {  # a user's accept ahead of everything, as "accept ICMP" is in defconf
+    "/interface list": [{"name": "LAN"}],
+    "/ip firewall filter": [
+        {"chain": "input", "action": "passthrough", "dynamic": "yes", "comment": "special dummy rule"},
+        {"chain": "input", "action": "accept", "comment": "mine: anything"},
+    ],
+    "/ipv6 firewall filter": [{"chain": "input", "action": "accept", "comment": "mine: anything"}],
+}
+
+
+@pytest.mark.parametrize(
+    "router", [ROUTEROS_DEFCONF, ROUTEROS_OPEN, ROUTEROS_ACCEPTING], ids=["defconf", "open", "accepting"]
+)
+def test_routeros_keeps_the_tunnels_off_the_router_itself(raw_config, keys, router):
+    """Whatever the router's own input chain says, a tunnel gets replies and a TCP reset
+    (the health agent's probe of home's tunnel address needs one), nothing else; the
+    router's LAN is judged by the router's own rules, as before."""
+    script = _home(raw_config, keys)["routeros"]
+    view = RouterOSModel(router).apply(script)
+    for iface in ("wg-fsn", "wg-ams"):
+        for family in ("ip", "ipv6"):
+            for packet, verdict in TUNNEL_PACKETS:
+                packet = {**packet, "in": iface, "dst-address": "10.254.0.6" if family == "ip" else "fd00::6"}
+                assert _ros_verdict(view, family, packet) == verdict, (router, family, packet)
+    lan = {"in": "bridge", "state": "new", "protocol": "tcp", "dst-port": 22, "dst-address": "192.168.1.1"}
+    before = RouterOSModel(router).view()
+    assert _ros_verdict(view, "ip", lan) == _ros_verdict(before, "ip", lan)
+    # importing again keeps one set of rules, still ahead of the router's own
+    assert RouterOSModel(router).apply(script + script) == view
+    ours = [r for r in view["/ip firewall filter"] if r["chain"] == "input" and "cgnat-edge" in r.get("comment", "")]
+    assert [r["action"] for r in ours] == ["accept", "reject", "drop"]
 
 
 # --- files -----------------------------------------------------------------------

@@ -272,11 +272,23 @@ def test_home_behind_cgnat_reaches_two_edges(lab, tmp_path):
     # Anything not declared is refused: other ports, other hosts, the other protocol.
     _assert_only_declared_targets(edges["fsn"], "198.51.100.5", lan_side=home)
     _assert_only_declared_targets(edges["ams"], "198.51.100.9", lan_side=home)
-    # The home router itself is no target either, over IPv4 or IPv6 ...
+    # The home router itself is no target either, over IPv4 or IPv6, at its LAN address
+    # or its tunnel addresses, over TCP or UDP ...
     _echo_server(home, addr="[fd00:cafe::6]", port=9000, family="TCP6")
-    _echo_server(home, addr="192.0.2.1", port=9000)
+    _echo_server(home, port=9000)
+    _udp_echo_server(home, port=9000)
     assert wait_for(lambda: _ask(lan, "192.0.2.1:9000"), message="LAN -> home router") == LAN_HOST
-    assert _refused(edges["fsn"], "[fd00:cafe::6]:9000") and _refused(edges["fsn"], "192.0.2.1:9000")
+    assert wait_for(lambda: _ask_udp(lan, "192.0.2.1:9000"), message="LAN -> home router/udp") == LAN_HOST
+    for edge, target in [
+        ("fsn", "[fd00:cafe::6]:9000"),
+        ("fsn", "192.0.2.1:9000"),
+        ("fsn", "198.51.100.6:9000"),
+        ("ams", "198.51.100.10:9000"),
+    ]:
+        assert _refused(edges[edge], target), f"edge {edge} reached the home router at {target}"
+    assert _ask_udp(edges["fsn"], "198.51.100.6:9000") is None and _ask_udp(edges["ams"], "192.0.2.1:9000") is None
+    # ... while the edge's health agent gets the reset it takes as "the tunnel is up".
+    assert _refused(edges["ams"], "198.51.100.10:9")
     # ... but what home opens towards an edge works, over IPv4 and IPv6 inside the tunnel.
     _echo_server(edges["ams"], addr="198.51.100.9", port=9001)
     assert wait_for(lambda: _ask(home, "198.51.100.9:9001"), message="home -> ams") == "198.51.100.10"

@@ -16,10 +16,13 @@ default route and the rest of its routing table are never touched.
 
 Every form lets an edge reach only the declared service targets (address, protocol and
 port, ``forwardAllow``): an edge is a server on the internet, and if it is taken over it
-must not see the rest of the LAN.  Every form can be applied again after an edge or a
-service was removed and leaves nothing of it behind: the OpenWrt script deletes the
-sections an earlier run made before it writes the current ones, the RouterOS script
-removes every item carrying its comment tag before it adds them again.
+must not see the rest of the LAN.  The router itself answers a tunnel only with replies
+and refusals (a TCP reset, which the edge's health agent needs from home's tunnel
+address); the box running wg-quick is a LAN host like any other.  Every form can be
+applied again after an edge or a service was removed and leaves nothing of it behind:
+the OpenWrt script deletes the sections an earlier run made before it writes the
+current ones, the RouterOS script removes every item carrying its comment tag before it
+adds them again.
 
 ``structured`` (version 1)::
 
@@ -70,6 +73,7 @@ import hashlib
 import ipaddress
 import re
 import shlex
+from collections.abc import Callable
 
 from components.model.deployed import DeployedEdge
 from components.model.fleet import FleetConfig, HomeRole, Target
@@ -464,9 +468,33 @@ _ROS_MENUS_IN_REMOVAL_ORDER = (
 """Every menu the script adds to, users of an item before the item they use."""
 
 
+ROUTEROS_INPUT_DROP = "nothing else to the router"
+
+
+def _routeros_input(menu: str, tag: str, comment: Callable[[str], str]) -> list[str]:
+    """The router itself, from its tunnels: replies, and a TCP reset for every new
+    connection (the edge's health agent takes a reset from home's tunnel address as
+    "the tunnel is up", and an edge has no business with the router otherwise).
+
+    The rules go first in the input chain, before the router's own: no accept of the
+    user's, such as RouterOS's default "accept ICMP", can let tunnel traffic in before
+    them.  As in the forward chain, the drop is placed first and each rule before it."""
+    first = f"[{menu} find where chain=input and dynamic=no]"
+    drop = f"{menu} add chain=input in-interface-list=cgnat-edge action=drop {comment(ROUTEROS_INPUT_DROP)}"
+    before_drop = f"place-before=[:pick [{menu} find where comment={_ros(f'{tag}: {ROUTEROS_INPUT_DROP}')}] 0]"
+    return [
+        f":if ([:len {first}] > 0) do={{{drop} place-before=[:pick {first} 0]}} else={{{drop}}}",
+        f"{menu} add chain=input in-interface-list=cgnat-edge connection-state=established,related action=accept "
+        f"{comment('replies to the router')} {before_drop}",
+        f"{menu} add chain=input in-interface-list=cgnat-edge protocol=tcp action=reject reject-with=tcp-reset "
+        f"{comment('a reset for TCP to the router')} {before_drop}",
+    ]
+
+
 def routeros(data: dict) -> str:
     """RouterOS 7 script: interfaces, peers, addresses, forward rules for the service
-    targets only, and for role host a masquerade of tunnel traffic into the LAN.
+    targets only, input rules that keep the tunnels off the router itself, and for role
+    host a masquerade of tunnel traffic into the LAN.
 
     Every item's comment starts with ``cgnat-edge <project>/<stack>:``; the script first
     removes every item with that tag, so importing it again replaces, never duplicates,
@@ -507,6 +535,7 @@ def routeros(data: dict) -> str:
                 out.append(f"/ipv6 address add address={a} interface={iface} advertise=no {comment(iface)}")
     for family in ("ip", "ipv6"):
         menu = f"/{family} firewall filter"
+        out += _routeros_input(menu, tag, comment)
         first_drop = (
             f"[{menu} find where chain=forward and (action=drop or action=reject) and dynamic=no and disabled=no]"
         )
