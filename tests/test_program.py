@@ -283,7 +283,7 @@ def test_crowdsec_enrolment_runs_once_per_edge_with_the_key_only_as_a_secret():
     for edge in ("fsn", "ams"):
         step = steps[f"{edge}-crowdsec-enroll"]
         assert offline.reveal(step.inputs["stdin"]) == key
-        assert f"--name {edge} " in step.inputs["create"] and key not in step.inputs["create"]
+        assert f" {edge} cgnat-edge && systemctl" in step.inputs["create"] and key not in step.inputs["create"]
         # After the edge's own push (CrowdSec is installed by then), again only for a new server or key.
         assert run.one("command:remote:Command", f"{edge}-config").urn in step.dependencies
         assert len(step.inputs["triggers"]) == 2

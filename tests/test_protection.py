@@ -400,21 +400,87 @@ def test_verifier_ignores_the_elements_of_the_bouncers_sets_only():
     assert verify.without_elements(running, []) == running
 
 
-def test_the_enrolment_command_hands_the_key_from_stdin_to_cscli(tmp_path):
-    """Run as the push runs it (bash, the key on stdin), with cscli and systemctl
-    standing in to record what they are given."""
-    for tool in ("cscli", "systemctl"):
+KEY = "cl0ud-enr0l-key-4b1d"
+
+
+def test_the_enrolment_command_hands_the_key_to_no_process_argument(tmp_path):
+    """Run as the push runs it (bash, the key on stdin), with python3, cscli and
+    systemctl standing in to record their arguments and what reached their stdin: the
+    key is read from stdin by the enrolment script alone."""
+    for tool in ("python3", "cscli", "systemctl"):
         stub = tmp_path / tool
-        stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {tmp_path}/{tool}.log\n')
+        stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {tmp_path}/{tool}.argv\ncat > {tmp_path}/{tool}.stdin\n')
         stub.chmod(0o755)
     command = protection.enroll_command("fsn-1")
     done = subprocess.run(
-        ["bash", "-c", command], input="the-enrol-key", capture_output=True, text=True,
+        ["bash", "-c", command], input=KEY, capture_output=True, text=True,
         env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "cscli.log").read_text() == (
-        "console enroll --overwrite --name fsn-1 --tags cgnat-edge the-enrol-key\n"
-    )
-    assert (tmp_path / "systemctl.log").read_text() == "reload-or-restart crowdsec.service\n"
-    assert "the-enrol-key" not in command
+    argv = {tool: (tmp_path / f"{tool}.argv").read_text() for tool in ("python3", "systemctl")}
+    assert argv["python3"].startswith("-c ") and argv["python3"].endswith(" fsn-1 cgnat-edge\n")
+    assert argv["systemctl"] == "reload-or-restart crowdsec.service\n"
+    assert not (tmp_path / "cscli.argv").exists()  # cscli console enroll would want the key as an argument
+    assert (tmp_path / "python3.stdin").read_text() == KEY
+    assert KEY not in command and KEY not in "".join(argv.values())
+    assert not re.search(r"set -[a-z]*x|xtrace", command)  # no trace could print it either
+
+
+def _enroller():
+    spec = importlib.util.spec_from_file_location("crowdsec_enroll", templates.DIRECTORY / "crowdsec-enroll.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_enrolment_script_sends_the_key_only_in_the_enrol_request(tmp_path, monkeypatch, capsys):
+    """The two Central API calls cscli makes, with the registration's credentials and
+    the installed scenarios; the key goes in the body of the second and nowhere else."""
+    enroller = _enroller()
+    creds = tmp_path / "online_api_credentials.yaml"
+    creds.write_text("url: https://api.example.net/\nlogin: machine-1\npassword: 'pw:with colon'\n")
+    monkeypatch.setattr(enroller, "CREDENTIALS", str(creds))
+    requests, commands = [], []
+
+    class Answer:
+        def __init__(self, body: bytes):
+            self.body = body
+
+        def read(self) -> bytes:
+            return self.body
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            return None
+
+    def urlopen(request, timeout):
+        requests.append((request.full_url, dict(request.header_items()), json.loads(request.data)))
+        return Answer(b'{"code": 200, "token": "jwt-1"}' if request.full_url.endswith("/login") else b"")
+
+    def run(argv, **kwargs):
+        commands.append(argv)
+        listed = json.dumps({"scenarios": [{"name": "crowdsecurity/ssh-bf"}, {"name": "crowdsecurity/http-probing"}]})
+        return subprocess.CompletedProcess(argv, 0, listed if "scenarios" in argv else "", "")
+
+    monkeypatch.setattr(enroller.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(enroller.subprocess, "run", run)
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(KEY + "\n"))
+    assert enroller.main(["fsn-1", "cgnat-edge"]) == 0
+    (login_url, login_headers, login), (enrol_url, enrol_headers, enrol) = requests
+    assert login_url == "https://api.example.net/v3/watchers/login"
+    assert login == {
+        "machine_id": "machine-1",
+        "password": "pw:with colon",
+        "scenarios": ["crowdsecurity/http-probing", "crowdsecurity/ssh-bf"],
+    }
+    assert enrol_url == "https://api.example.net/v3/watchers/enroll"
+    assert enrol_headers["Authorization"] == "Bearer jwt-1"
+    assert enrol == {"attachment_key": KEY, "name": "fsn-1", "tags": ["cgnat-edge"], "overwrite": True}
+    assert KEY not in json.dumps([login_url, login_headers, login, enrol_url, enrol_headers])
+    assert commands == [
+        ["cscli", "scenarios", "list", "-o", "json"],
+        ["cscli", "console", "enable", "manual", "tainted"],
+    ]
+    assert KEY not in capsys.readouterr().out
