@@ -123,8 +123,9 @@ class DigitalOcean(platform.DigitalOcean, Provider):
             ipv4=reserved.ip_address,
             ipv6=droplet.ipv6_address,
             reachable_after=[droplet, assignment, firewall],
-            # A Droplet's own connections leave from its own address, not the reserved IP
-            # (that one only receives, per DigitalOcean's documentation).
+            # A reserved IP takes inbound traffic; the Droplet's own connections leave from
+            # its own address (per DigitalOcean's documentation), the one the other edges
+            # see its health checks come from.
             source_ipv4=droplet.ipv4_address,
         )
 
