@@ -3,7 +3,7 @@
 #   cgnat-edge-crowdsec offline|online SETTINGS
 # offline: no registration with CrowdSec's Central API; bans come from this edge's own
 # logs and from `cscli decisions add`.  online: registers, receives the community
-# blocklist, and can be enrolled in the console with `cscli console enroll KEY`.
+# blocklist, and can be enrolled in the console (crowdsecEnrollKey, crowdsec-enroll.py).
 set -euo pipefail
 mode=${1:?offline or online}
 settings=${2:?the bouncer settings file}

@@ -158,3 +158,78 @@ def test_health_agent_is_open_to_every_checker_rate_limited_per_source(cfg, pair
     opened = burst(STRANGER, 120)
     assert 30 <= opened <= 70, opened  # burst 40 (+ refill while the SYNs go out), never all 120
     assert burst(ALLOWED_ADMIN, 5) == 5  # per source: another checker is not starved
+
+
+METADATA_V4, METADATA_V6 = "169.254.169.254", "fd00:c1::a9fe:a9fe"  # Oracle's pair; the others use the v4 one
+ASK = r"""
+import socket, sys
+kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+s.settimeout(1.5)
+try:
+    s.connect((host, port))
+    s.send(b"probe")
+    print("open" if s.recv(10) == b"probe" else "odd")
+except (socket.timeout, TimeoutError):
+    print("dropped")
+except OSError as e:
+    print("refused", e.errno)
+"""
+
+
+def test_only_root_on_the_edge_reaches_the_metadata_service_and_nothing_routed_does(cfg, tmp_path):
+    """A fake metadata service at the providers' addresses, beyond the edge as the real
+    one is.  Root on the edge (cloud-init) gets an answer; a service user gets refused,
+    except for the resolver and NTP Oracle runs on the same address; a client routed
+    through the edge (a visitor, a road warrior with ``internet: true``) gets nothing,
+    even with a rule after the drop that accepts everything."""
+    with namespaces("nft", "socat", "ss", "setpriv") as lab:
+        client, edge, net = lab.node("client"), lab.node("edge"), lab.node("net")
+        lab.link(edge, "e0", [f"{EDGE}/24", "2001:db8:1::1/64"], net, "n0", [f"{ALLOWED_ADMIN}/24", "2001:db8:1::2/64"])
+        lab.link(
+            client, "c0", ["198.51.100.2/24", "2001:db8:2::2/64"], edge, "v0", ["198.51.100.1/24", "2001:db8:2::1/64"]
+        )
+        net.addresses("lo", [f"{METADATA_V4}/32", f"{METADATA_V6}/128"])
+        edge.forward()
+        edge.route(METADATA_V4, "via", ALLOWED_ADMIN)
+        edge.route(METADATA_V6, "via", "2001:db8:1::2")
+        client.route("default", "via", "198.51.100.1")
+        client.route("default", "via", "2001:db8:2::1")
+        net.route("198.51.100.0/24", "via", EDGE)
+        net.route("2001:db8:2::/64", "via", "2001:db8:1::1")
+        net.spawn("socat", f"TCP-LISTEN:80,bind={METADATA_V4},reuseaddr,fork", "EXEC:cat")
+        net.spawn("socat", f"TCP6-LISTEN:80,bind=[{METADATA_V6}],reuseaddr,fork", "EXEC:cat")
+        net.spawn("socat", f"TCP-LISTEN:80,bind={ALLOWED_ADMIN},reuseaddr,fork", "EXEC:cat")
+        net.spawn("socat", f"UDP4-RECVFROM:53,bind={METADATA_V4},fork", "EXEC:cat")
+        wanted = {f"{METADATA_V4}:80", f"[{METADATA_V6}]:80", f"{ALLOWED_ADMIN}:80", f"{METADATA_V4}:53"}
+        wait_for(lambda: wanted <= set(net.run("ss", "-Hlntu", check=False).stdout.split()), message="socat listening")
+
+        path = tmp_path / "nftables.conf"
+        path.write_text(nftables.ruleset(cfg))
+        loaded = edge.run("nft", "-f", str(path), check=False)
+        assert loaded.returncode == 0, loaded.stderr
+        # Whatever a later rule lets through (a road warrior's exit, a forward service),
+        # the metadata drop comes first.
+        edge.run("nft", "add", "rule", "inet", "cgnat_edge", "forward", "accept")
+
+        def ask(node, kind: str, host: str, port: int, *, user: str | None = None) -> str:
+            argv = ["python3", "-c", ASK, kind, host, str(port)]
+            if user:
+                argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+            return node.run(*argv, check=False, timeout=10).stdout.strip()
+
+        nobody = "65534"
+        assert ask(edge, "tcp", METADATA_V4, 80) == "open"  # root: cloud-init still reads its datasource
+        assert ask(edge, "tcp", METADATA_V6, 80) == "open"
+        assert ask(edge, "tcp", METADATA_V4, 80, user=nobody).startswith("refused")
+        assert ask(edge, "tcp", METADATA_V6, 80, user=nobody).startswith("refused")
+        assert ask(edge, "udp", METADATA_V4, 53, user=nobody) == "open"  # Oracle's resolver
+        assert ask(edge, "tcp", ALLOWED_ADMIN, 80, user=nobody) == "open"  # only the metadata service is shut
+        assert ask(client, "tcp", ALLOWED_ADMIN, 80) == "open"  # the edge routes the client
+        assert ask(client, "tcp", METADATA_V4, 80) == "dropped"
+        assert ask(client, "tcp", METADATA_V6, 80) == "dropped"
+        # Without the ruleset the same requests are answered: the refusals are its doing.
+        edge.run("nft", "flush", "ruleset")
+        assert ask(edge, "tcp", METADATA_V4, 80, user=nobody) == "open"
+        assert ask(client, "tcp", METADATA_V4, 80) == "open"
+        assert ask(client, "tcp", METADATA_V6, 80) == "open"

@@ -54,6 +54,7 @@ def test_an_oracle_edge_is_its_own_network_and_an_always_free_a1_instance(prod):
     assert instance["sourceDetails"]["bootVolumeSizeInGbs"] == "50"
     assert instance["createVnicDetails"]["assignPublicIp"] == "false"  # only the reserved address is public
     assert instance["availabilityDomain"] == "Mock:REGION-AD-1"
+    assert instance["instanceOptions"] == {"areLegacyImdsEndpointsDisabled": True}
     vcn = _inputs(prod, "oci:Core/vcn:Vcn")
     assert vcn["isIpv6enabled"] is True
     routes = _inputs(prod, "oci:Core/routeTable:RouteTable")

@@ -13,6 +13,8 @@ from collections import Counter
 import pytest
 
 from components.config import ConfigError
+from components.model import edge_contract
+from components.renderers import bundle, edge_dns
 from components.tools import offline
 from tests.support import DEV_STACK, ROOT, stack_raw
 
@@ -281,7 +283,7 @@ def test_crowdsec_enrolment_runs_once_per_edge_with_the_key_only_as_a_secret():
     for edge in ("fsn", "ams"):
         step = steps[f"{edge}-crowdsec-enroll"]
         assert offline.reveal(step.inputs["stdin"]) == key
-        assert f"--name {edge} " in step.inputs["create"] and key not in step.inputs["create"]
+        assert f" {edge} cgnat-edge && systemctl" in step.inputs["create"] and key not in step.inputs["create"]
         # After the edge's own push (CrowdSec is installed by then), again only for a new server or key.
         assert run.one("command:remote:Command", f"{edge}-config").urn in step.dependencies
         assert len(step.inputs["triggers"]) == 2
@@ -324,3 +326,25 @@ def test_an_edge_that_fails_to_build_ends_the_run_with_its_error(dns_mode):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "the machine could not be described"
+
+
+def test_every_edge_accepts_health_checks_from_a_droplets_own_address(prod_run):
+    """dnsMode edges: a Droplet's checks leave from its own address, not the reserved IP
+    its records name, so every edge's agent port admits both."""
+    droplets = {
+        r.name.removesuffix("-droplet"): offline.reveal(r.outputs)["ipv4Address"]
+        for r in prod_run.by_type("digitalocean:index/droplet:Droplet")
+    }
+    edges = prod_run.output("edges")
+    assert sorted(droplets) == ["fra", "nyc"]
+    assert not set(droplets.values()) & {e["ipv4"] for e in edges.values()}  # not the reserved IPs
+    for name in edges:
+        pushed = offline.reveal(prod_run.one("command:remote:Command", f"{name}-config").inputs["stdin"])
+        (rules,) = [f.content for f in bundle.decode(pushed) if f.path == edge_contract.NFT_CONF]
+        (allowed,) = [
+            line.strip()
+            for line in rules.splitlines()
+            if line.strip().startswith("ip saddr") and f"tcp dport {edge_dns.HEALTH_PORT} accept" in line
+        ]
+        sources = set(allowed.split("{")[1].split("}")[0].replace(",", " ").split())
+        assert sources == {e["ipv4"] for e in edges.values()} | set(droplets.values()), name

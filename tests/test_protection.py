@@ -13,7 +13,9 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,7 +24,7 @@ from components import config as config_module
 from components.config import ConfigError
 from components.lab.certs import self_signed
 from components.lab.file_server import FileServer
-from components.lab.netns import Lab
+from components.lab.netns import Lab, wait_for
 from components.lab.protection import rir_file
 from components.model import edge_contract
 from components.renderers import home_configs, nftables, protection, templates, traefik
@@ -400,21 +402,173 @@ def test_verifier_ignores_the_elements_of_the_bouncers_sets_only():
     assert verify.without_elements(running, []) == running
 
 
-def test_the_enrolment_command_hands_the_key_from_stdin_to_cscli(tmp_path):
-    """Run as the push runs it (bash, the key on stdin), with cscli and systemctl
-    standing in to record what they are given."""
-    for tool in ("cscli", "systemctl"):
+KEY = "cl0ud-enr0l-key-4b1d"
+
+
+def test_the_enrolment_command_hands_the_key_to_no_process_argument(tmp_path):
+    """Run as the push runs it (bash, the key on stdin), with python3, cscli and
+    systemctl standing in to record their arguments and what reached their stdin: the
+    key is read from stdin by the enrolment script alone."""
+    for tool in ("python3", "cscli", "systemctl"):
         stub = tmp_path / tool
-        stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {tmp_path}/{tool}.log\n')
+        stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {tmp_path}/{tool}.argv\ncat > {tmp_path}/{tool}.stdin\n')
         stub.chmod(0o755)
     command = protection.enroll_command("fsn-1")
     done = subprocess.run(
-        ["bash", "-c", command], input="the-enrol-key", capture_output=True, text=True,
+        ["bash", "-c", command], input=KEY, capture_output=True, text=True,
         env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "cscli.log").read_text() == (
-        "console enroll --overwrite --name fsn-1 --tags cgnat-edge the-enrol-key\n"
-    )
-    assert (tmp_path / "systemctl.log").read_text() == "reload-or-restart crowdsec.service\n"
-    assert "the-enrol-key" not in command
+    argv = {tool: (tmp_path / f"{tool}.argv").read_text() for tool in ("python3", "systemctl")}
+    assert argv["python3"].startswith("-c ") and argv["python3"].endswith(" fsn-1 cgnat-edge\n")
+    assert argv["systemctl"] == "reload-or-restart crowdsec.service\n"
+    assert not (tmp_path / "cscli.argv").exists()  # cscli console enroll would want the key as an argument
+    assert (tmp_path / "python3.stdin").read_text() == KEY
+    assert KEY not in command and KEY not in "".join(argv.values())
+    assert not re.search(r"set -[a-z]*x|xtrace", command)  # no trace could print it either
+
+
+FAKE_CAPI = r"""
+import http.server, json, sys, time
+log = sys.argv[1]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with open(log, "a") as f:
+            f.write(json.dumps([self.path, self.headers.get("Authorization"), body]) + "\n")
+        time.sleep(0.5)  # long enough for /proc to be looked at while the enrolment runs
+        answer = json.dumps({"code": 200, "token": "jwt-1"}).encode() if self.path.endswith("/login") else b""
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 8080), Handler)
+print("ready", flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.mark.netns
+def test_the_enrolment_key_is_in_no_command_line_while_it_runs(tmp_path):
+    """The real command against a fake Central API inside a namespace: while it runs,
+    every process's command line in /proc is read again and again; the enrolment
+    script's own shows up, the key never does, and the API gets it in the enrol body."""
+    require_root()
+    with Lab() as lab:
+        node = lab.node("edge")
+        node.overlay("/etc")
+        node.run("mkdir", "-p", "/etc/crowdsec")
+        node.write(
+            "/etc/crowdsec/online_api_credentials.yaml",
+            "url: http://127.0.0.1:8080/\nlogin: machine-1\npassword: secret-pw\n",
+        )
+        log = tmp_path / "capi.log"
+        out = tmp_path / "capi.out"
+        node.spawn(sys.executable, "-c", FAKE_CAPI, str(log), log=out)
+        wait_for(lambda: out.exists() and "ready" in out.read_text(), timeout=15, message="fake Central API")
+        for tool, answer in (("cscli", '{"scenarios": [{"name": "crowdsecurity/ssh-bf"}]}'), ("systemctl", "")):
+            stub = tmp_path / tool
+            stub.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {tmp_path}/{tool}.argv\nprintf '%s' '{answer}'\n")
+            stub.chmod(0o755)
+        seen = {"script": 0, "key": []}
+        stop = []
+
+        def watch() -> None:
+            while not stop:
+                for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                    try:
+                        text = cmdline.read_bytes().decode(errors="replace")
+                    except OSError:
+                        continue
+                    if KEY in text:
+                        seen["key"].append(text[:200])
+                    if "watchers/enroll" in text:
+                        seen["script"] += 1
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            done = node.run(
+                "bash", "-c", protection.enroll_command("fsn-1"), input=KEY, check=False,
+                env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+            )  # fmt: skip
+        finally:
+            stop.append(True)
+            watcher.join()
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert seen["script"] > 0  # the watcher saw the enrolment's command line ...
+        assert seen["key"] == []  # ... and never the key in any
+        calls = [json.loads(line) for line in log.read_text().splitlines()]
+        assert [c[0] for c in calls] == ["/v3/watchers/login", "/v3/watchers/enroll"]
+        assert calls[0][2] == {
+            "machine_id": "machine-1",
+            "password": "secret-pw",
+            "scenarios": ["crowdsecurity/ssh-bf"],
+        }
+        assert calls[1][1:] == [
+            "Bearer jwt-1",
+            {"attachment_key": KEY, "name": "fsn-1", "tags": ["cgnat-edge"], "overwrite": True},
+        ]
+        assert KEY not in (tmp_path / "cscli.argv").read_text() + (tmp_path / "systemctl.argv").read_text()
+
+
+def _enroller():
+    spec = importlib.util.spec_from_file_location("crowdsec_enroll", templates.DIRECTORY / "crowdsec-enroll.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_enrolment_script_sends_the_key_only_in_the_enrol_request(tmp_path, monkeypatch, capsys):
+    """The two Central API calls cscli makes, with the registration's credentials and
+    the installed scenarios; the key goes in the body of the second and nowhere else."""
+    enroller = _enroller()
+    creds = tmp_path / "online_api_credentials.yaml"
+    creds.write_text("url: https://api.example.net/\nlogin: machine-1\npassword: 'pw:with colon'\n")
+    monkeypatch.setattr(enroller, "CREDENTIALS", str(creds))
+    requests, commands = [], []
+
+    class Answer:
+        def __init__(self, body: bytes):
+            self.body = body
+
+        def read(self) -> bytes:
+            return self.body
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            return None
+
+    def urlopen(request, timeout):
+        requests.append((request.full_url, dict(request.header_items()), json.loads(request.data)))
+        return Answer(b'{"code": 200, "token": "jwt-1"}' if request.full_url.endswith("/login") else b"")
+
+    def run(argv, **kwargs):
+        commands.append(argv)
+        listed = json.dumps({"scenarios": [{"name": "crowdsecurity/ssh-bf"}, {"name": "crowdsecurity/http-probing"}]})
+        return subprocess.CompletedProcess(argv, 0, listed if "scenarios" in argv else "", "")
+
+    monkeypatch.setattr(enroller.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(enroller.subprocess, "run", run)
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(KEY + "\n"))
+    assert enroller.main(["fsn-1", "cgnat-edge"]) == 0
+    (login_url, login_headers, login), (enrol_url, enrol_headers, enrol) = requests
+    assert login_url == "https://api.example.net/v3/watchers/login"
+    assert login == {
+        "machine_id": "machine-1",
+        "password": "pw:with colon",
+        "scenarios": ["crowdsecurity/http-probing", "crowdsecurity/ssh-bf"],
+    }
+    assert enrol_url == "https://api.example.net/v3/watchers/enroll"
+    assert enrol_headers["Authorization"] == "Bearer jwt-1"
+    assert enrol == {"attachment_key": KEY, "name": "fsn-1", "tags": ["cgnat-edge"], "overwrite": True}
+    assert KEY not in json.dumps([login_url, login_headers, login, enrol_url, enrol_headers])
+    assert commands == [
+        ["cscli", "scenarios", "list", "-o", "json"],
+        ["cscli", "console", "enable", "manual", "tainted"],
+    ]
+    assert KEY not in capsys.readouterr().out

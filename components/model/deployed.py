@@ -23,6 +23,10 @@ class DeployedEdge(Generic[A]):
     """None: the edge has no IPv6 address (known when the program runs)."""
     public_key: str | None = None
     """The edge's WireGuard public key; needed by the home configs only."""
+    source_ipv4: A | None = None
+    """The address the edge's own connections leave from when it is not ``ipv4`` (a
+    Droplet's own address behind its reserved IP): what the other edges must accept
+    the health checks from, never what a record or a router names."""
 
     @property
     def name(self) -> str:

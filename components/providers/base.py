@@ -36,6 +36,8 @@ class Machine:
     ipv6: pulumi.Output[str]
     reachable_after: list[pulumi.Resource]
     """What must exist before SSH to ``ipv4`` can work (e.g. the IP's assignment)."""
+    source_ipv4: pulumi.Output[str] | None = None
+    """The address the server's own connections leave from, when it is not ``ipv4``."""
 
 
 @dataclass(frozen=True)

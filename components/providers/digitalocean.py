@@ -123,6 +123,10 @@ class DigitalOcean(platform.DigitalOcean, Provider):
             ipv4=reserved.ip_address,
             ipv6=droplet.ipv6_address,
             reachable_after=[droplet, assignment, firewall],
+            # A reserved IP takes inbound traffic; the Droplet's own connections leave from
+            # its own address (per DigitalOcean's documentation), the one the other edges
+            # see its health checks come from.
+            source_ipv4=droplet.ipv4_address,
         )
 
     def dns_records(

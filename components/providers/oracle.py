@@ -211,6 +211,9 @@ class Oracle(platform.Oracle, Provider):
                 display_name=display,
             ),
             metadata=metadata,
+            # The legacy endpoints (/opc/v1, /openstack) answer any plain GET; with them
+            # off, the metadata service (user data included) wants IMDSv2's header.
+            instance_options=oci.core.InstanceInstanceOptionsArgs(are_legacy_imds_endpoints_disabled=True),
             preserve_boot_volume=False,
             freeform_tags=tags,
             opts=pulumi.ResourceOptions(

@@ -377,6 +377,6 @@ def agent_files(cfg: FleetConfig, edge: EdgeSpec) -> list[tuple[str, str, str]]:
 
 def fleet_addresses(fleet: Sequence[DeployedEdge[str]]) -> tuple[list[str], list[str]]:
     """The fleet's IPv4 and IPv6 addresses: the only sources the agent answers."""
-    v4 = sorted({e.ipv4 for e in fleet if e.ipv4})
+    v4 = sorted({a for e in fleet for a in (e.ipv4, e.source_ipv4) if a})
     v6 = sorted({e.ipv6 for e in fleet if e.ipv6})
     return v4, v6

@@ -9,12 +9,44 @@ that starts with ``flush ruleset``: loading it again is how changes are applied.
 
 from __future__ import annotations
 
-from components.model import edge_contract
+import ipaddress
+
+from components.model import edge_contract, platforms
 from components.model.fleet import FleetConfig
 from components.renderers import edge_dns, forwarding, protection, road_warriors
-from components.renderers.nft_literals import set_of
+from components.renderers.nft_literals import one_or_set, set_of
 
-METADATA_ADDRESS = "169.254.169.254"
+
+def metadata_addresses() -> tuple[list[str], list[str]]:
+    """Every platform's metadata addresses (IPv4, IPv6): one ruleset for the whole
+    fleet, and an address a provider does not use costs nothing to block."""
+    found = {a for p in platforms.REGISTRY.values() for a in p.metadata_addresses}
+    v4 = sorted(a for a in found if ipaddress.ip_address(a).version == 4)
+    v6 = sorted(a for a in found if ipaddress.ip_address(a).version == 6)
+    return v4, v6
+
+
+def _metadata_output_rules() -> list[str]:
+    """Only root (cloud-init, the bootstrap) may ask the metadata service: it hands out
+    the user data, so a compromised Traefik, agent or PowerDNS must not reach it.  The
+    resolver and NTP some providers run on the same address stay open to every user."""
+    v4, v6 = metadata_addresses()
+    shared = sorted(
+        {tuple(s.split()) for p in platforms.REGISTRY.values() for s in p.metadata_shared},
+        key=lambda s: (s[0], int(s[1])),
+    )
+    kept = f" meta l4proto . th dport != {set_of(f'{proto} . {port}' for proto, port in shared)}" if shared else ""
+    rules = [f"ip daddr {one_or_set(v4)} meta skuid != 0{kept} reject"]
+    if v6:
+        rules.append(f"ip6 daddr {one_or_set(v6)} meta skuid != 0 reject")
+    return rules
+
+
+def _metadata_forward_rules() -> list[str]:
+    """Nothing routed through the edge (a visitor's packet, a road warrior with
+    ``internet: true``) reaches the metadata service, whatever the rules after allow."""
+    v4, v6 = metadata_addresses()
+    return [f"ip daddr {one_or_set(v4)} drop", *([f"ip6 daddr {one_or_set(v6)} drop"] if v6 else [])]
 
 
 DNS_RATE = "50/second burst 100 packets"
@@ -106,15 +138,14 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         "    # The edge proxies in user space (Traefik); it routes only forward services' packets.",
         "    chain forward {",
         "        type filter hook forward priority filter; policy drop;",
+        *(f"        {r}" for r in _metadata_forward_rules()),
         *(f"        {r}" for r in forwarding.edge_forward_rules(cfg)),
         *(f"        {r}" for r in road_warriors.edge_forward_rules(cfg)),
         "    }",
         "",
         "    chain output {",
         "        type filter hook output priority filter; policy accept;",
-        "        # The provider metadata service hands out the user data, which holds the",
-        "        # WireGuard private key: only root may ask it, not a compromised Traefik.",
-        f"        ip daddr {METADATA_ADDRESS} meta skuid != 0 reject",
+        *(f"        {r}" for r in _metadata_output_rules()),
         "    }",
         "",
         "    # Home sits behind PPPoE or DS-Lite with a smaller path MTU than the tunnel's",

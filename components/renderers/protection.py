@@ -247,10 +247,12 @@ def node_files(cfg: FleetConfig) -> list[tuple[str, str, str]]:
 
 
 def enroll_command(edge: str) -> str:
-    """Enrols the edge in the CrowdSec console with the key on stdin (never on the
-    command line pulumi logs); the agent picks the enrolment up on reload."""
+    """Enrols the edge in the CrowdSec console with the key on stdin, read by the
+    enrolment script itself: never on a command line (not the one pulumi logs, not
+    cscli's, which /proc shows every user).  The agent picks the enrolment up on reload."""
+    script = templates.text("crowdsec-enroll.py")
     return (
-        f'key=$(cat) && cscli console enroll --overwrite --name {shlex.quote(edge)} --tags cgnat-edge "$key" '
+        f"python3 -c {shlex.quote(script)} {shlex.quote(edge)} cgnat-edge "
         f"&& systemctl reload-or-restart {edge_contract.CROWDSEC_UNIT}"
     )
 

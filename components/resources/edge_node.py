@@ -139,6 +139,7 @@ class EdgeNode(pulumi.ComponentResource):
 
         self.ipv4 = machine.ipv4
         self.ipv6 = machine.ipv6
+        self.source_ipv4: pulumi.Output[str | None] = pulumi.Output.from_input(machine.source_ipv4)
         self.public_key = key.public_key
         self.host_public_key = host_key.public_key
         # What `cgnat-edge status` compares the edge's files with: digests only, so the

@@ -45,8 +45,11 @@ def dns_outputs(cfg: FleetConfig, fleet: list[DeployedEdge[str]]) -> dict:
     return out
 
 
-def _deployed(cfg: FleetConfig, values: list) -> list[DeployedEdge[str]]:
-    return [DeployedEdge(edge, ipv4, ipv6) for edge, (ipv4, ipv6, _key) in zip(cfg.edges, values, strict=True)]
+def _deployed(cfg: FleetConfig, values: list, sources: list) -> list[DeployedEdge[str]]:
+    return [
+        DeployedEdge(edge, ipv4, ipv6, source_ipv4=source)
+        for edge, (ipv4, ipv6, _key), source in zip(cfg.edges, values, sources, strict=True)
+    ]
 
 
 def _failed(error: Exception) -> pulumi.Output[list[DeployedEdge[str]]]:
@@ -133,7 +136,8 @@ class EdgeFleet(pulumi.ComponentResource):
                 resolve_fleet(_failed(error))
             raise
         if resolve_fleet is not None:
-            resolve_fleet(endpoints.apply(lambda values: _deployed(cfg, values)))
+            sources = pulumi.Output.all(*[n.source_ipv4 for n in nodes])
+            resolve_fleet(pulumi.Output.all(endpoints, sources).apply(lambda values: _deployed(cfg, *values)))
         access = pulumi.Output.all(*[pulumi.Output.all(n.host_public_key, n.pushed_files) for n in nodes])
 
         def summary(values: list) -> dict:

@@ -77,6 +77,12 @@ class Platform:
     private_prefix: str = ""
     """The subnet the provider puts an edge's own private address in, when the program
     chooses it: a tunnel, LAN or device prefix over it would take the edge's own routes."""
+    metadata_addresses: tuple[str, ...] = ("169.254.169.254",)
+    """Where the provider's metadata service answers the instance, IPv4 and IPv6.  It
+    hands out the user data to whoever asks from the machine, for the machine's life."""
+    metadata_shared: tuple[str, ...] = ()
+    """Other services the provider runs on a metadata address ("udp 53"), which every
+    user of the edge may use (the system resolver and time daemon do not run as root)."""
 
     # -- catalog ----------------------------------------------------------------
 

@@ -171,6 +171,11 @@ class Oracle(Platform):
     sdk_extra = "oracle"
     sdk_module = "pulumi_oci"
     private_prefix = "10.0.0.0/24"
+    # The IPv6 address is the one Oracle's own SDK asks; the VCN resolver and the NTP
+    # server share the IPv4 address with the metadata service (the image's own rules,
+    # RULES_V4 above, open them to every user for that reason).
+    metadata_addresses = ("169.254.169.254", "fd00:c1::a9fe:a9fe")
+    metadata_shared = ("udp 53", "tcp 53", "udp 123")
 
     def firewall_rule_count(self, rules: Sequence[FirewallRule]) -> int:
         """A security-list rule has one source, and ICMP is two protocols (v4 and v6)."""
