@@ -27,7 +27,7 @@ def _status(el, edge: str, check: str) -> str:
 
 def test_agent_runs_in_records_mode_and_sees_a_dead_tunnel(el):
     assert not el.cfg.dns.edge_served
-    checks = sorted({geodns.check_id(service) for _host, service in geodns.hostnames(el.cfg)})
+    checks = sorted({geodns.check_id(el.cfg, service) for _host, service in geodns.hostnames(el.cfg)})
     names = sorted(el.edges)
     wait_for(lambda: all(_status(el, e, c) == "200" for e in names for c in checks), 30, 0.2, "every agent's 200")
     victim, other = names[-1], names[0]
