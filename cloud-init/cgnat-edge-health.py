@@ -189,7 +189,8 @@ def reply_to(cfg, request):
     method, target = parts[0], parts[1].split("?", 1)[0]
     if method not in ("GET", "HEAD"):
         return response(405, "text/plain", "GET only\n")
-    return response(*answer(cfg, target), head_only=method == "HEAD")
+    status, ctype, body = answer(cfg, target)
+    return response(status, ctype, body, head_only=method == "HEAD")
 
 
 class Conn:

@@ -147,8 +147,8 @@ def test_idle_connections_neither_block_checks_nor_grow_memory(agent):
         rss = _rss_kb(agent.proc.pid)
         assert rss < RSS_LIMIT_KB, f"VmRSS {rss} kB with 200 idle connections (idle: {baseline} kB)"
         # The idle ones are closed once the read timeout is up; the agent stays.
-        assert _closed_by_peer(socks[0], READ_TIMEOUT_S + 2)
-        assert all(_closed_by_peer(s, 0.5) for s in socks[1:])
+        deadline = time.monotonic() + READ_TIMEOUT_S + 3
+        assert all(_closed_by_peer(s, max(0.1, deadline - time.monotonic())) for s in socks)
     assert agent.proc.poll() is None
     assert agent.get(f"/health/{agent.check}")[0] == 200
 
