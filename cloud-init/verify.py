@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from functools import cache
@@ -255,13 +256,19 @@ def check_ssh(desired: dict) -> list[str]:
 
 
 def _agent_problem() -> str | None:
-    """None when the health agent answers on the port its own configuration names."""
+    """None when the health agent answers on the port its own configuration names: a
+    check's status, up or down (a public agent, dnsMode records, has no overview)."""
     try:
         with open(contract()["health_conf"]) as f:
-            url = f"http://127.0.0.1:{json.load(f)['port']}/health"
-        with urllib.request.urlopen(url, timeout=2) as r:
-            json.load(r)
-        return None
+            conf = json.load(f)
+        url = f"http://127.0.0.1:{conf['port']}/health/{next(iter(conf['checks']), '')}"
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return None
+        except urllib.error.HTTPError as exc:
+            if exc.code == 503:  # answered: the check is down, which is not this check's business
+                return None
+            raise
     except (OSError, ValueError, KeyError) as exc:
         return f"the health agent does not answer on its port ({exc})"
 

@@ -85,6 +85,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             faults=args.faults,
             protection=args.protection,
             forward=args.forward,
+            attacks=args.attacks,
             report=Path(args.report) if args.report else None,
         )
     except LabError as exc:
@@ -197,6 +198,11 @@ def parser() -> argparse.ArgumentParser:
         "--forward",
         action="store_true",
         help="then prove the forward services: visitor's real address, replies through the edge they came in by",
+    )
+    p.add_argument(
+        "--attacks",
+        action="store_true",
+        help="then flood the edges' public side (the health agent with idle connections) and check they hold",
     )
     p.add_argument("--report", help="write every check as JSON to this file")
     p.set_defaults(func=cmd_lab)

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from components.lab import platform_firewall, smoke
+from components.lab.attacks import run_attacks
 from components.lab.build import build
 from components.lab.changes import run_matrix
 from components.lab.edge import TRAEFIK_BINARY
@@ -39,6 +40,7 @@ def run(
     faults: bool = False,
     protection: bool = False,
     forward: bool = False,
+    attacks: bool = False,
     report: Path | None = None,
 ) -> tuple[bool, str]:
     """Render, build, smoke-check, then each family asked for; (all ok, the table)."""
@@ -64,6 +66,8 @@ def run(
                 rows += run_faults(el)
             if protection:
                 rows += run_protection(el)
+            if attacks:
+                rows += run_attacks(el)
     if report is not None:
         write_report(report, rows)
     return all(c.ok for c in rows), smoke.table(results) + _more_rows(rows[len(results) :])

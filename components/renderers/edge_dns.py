@@ -98,7 +98,7 @@ check_id = geodns.check_id
 
 def names(cfg: FleetConfig) -> list[tuple[str, str, str]]:
     """(hostname, name in the edge zone, agent check) for every name the edges answer."""
-    return [(host, served_name(cfg, host), check_id(service)) for host, service in geodns.hostnames(cfg)]
+    return [(host, served_name(cfg, host), check_id(cfg, service)) for host, service in geodns.hostnames(cfg)]
 
 
 # ---------------------------------------------------------------------------
@@ -119,13 +119,16 @@ def _service_checks(cfg: FleetConfig, edge: EdgeSpec, service: ServiceSpec) -> l
 
 
 def agent_config(cfg: FleetConfig, edge: EdgeSpec) -> dict[str, Any]:
-    """What the agent on ``edge`` checks, by check id (a service name, or ``ports``)."""
-    checks = {s.name: _service_checks(cfg, edge, s) for s in cfg.services}
-    ports = [c for s in cfg.services if not s.mode.by_hostname for c in checks[s.name]]
+    """What the agent on ``edge`` checks, by check id (``check_id``).  ``public`` in
+    dnsMode records, where anyone may ask: the agent then answers up or down alone."""
+    by_name = {s.name: _service_checks(cfg, edge, s) for s in cfg.services}
+    checks = {check_id(cfg, s): by_name[s.name] for s in cfg.services}
+    ports = [c for s in cfg.services if not s.mode.by_hostname for c in by_name[s.name]]
     if ports:
-        checks[PORTS_CHECK] = ports
+        checks[check_id(cfg, None)] = ports
     return {
         "edge": edge.name,
+        "public": not cfg.dns.edge_served,
         "port": HEALTH_PORT,
         "interval": AGENT_INTERVAL_S,
         "timeout": AGENT_TIMEOUT_S,

@@ -120,9 +120,16 @@ HEALTH_URL_HOST = "cgnat-edge-health"
 this name, which only becomes the Host header (the agent ignores it)."""
 
 
-def check_id(service: ServiceSpec | None) -> str:
-    """The agent's check for a name: the service's, or ``ports`` for ``edge.<domain>``."""
-    return service.name if service is not None else PORTS_CHECK
+def check_id(cfg: FleetConfig, service: ServiceSpec | None) -> str:
+    """The agent's check for a name.  dnsMode edges: the service's name, or ``ports`` for
+    ``edge.<domain>`` (only the fleet may ask).  dnsMode records: an opaque id derived
+    from it, because the agent is open to the internet there and its URLs sit in
+    third-party configurations; opaque, not secret (no service name, no address in
+    the URL or the answer, which is only up or down)."""
+    name = service.name if service is not None else PORTS_CHECK
+    if cfg.dns.edge_served:
+        return name
+    return hashlib.sha256(f"cgnat-edge-health\n{cfg.project}\n{cfg.stack}\n{name}".encode()).hexdigest()[:24]
 
 
 def _health_check(
@@ -133,7 +140,7 @@ def _health_check(
     tunnel fails it while the edge's own ports still answer."""
     address = endpoint.address(rtype)
     assert address, f"{endpoint.name} has no {rtype} address"  # policy() lists only edges that do
-    check = check_id(service)
+    check = check_id(cfg, service)
     path = f"/health/{check}"
     host = f"[{address}]" if ":" in address else address
     key = f"{endpoint.name}-{'v4' if rtype == 'A' else 'v6'}-health-{check}"
