@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from components import program
 from components.config import stack
 from components.lab.netns import Lab
+from components.tools import offline
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ROOT / "Pulumi.yaml"
@@ -77,3 +79,18 @@ def namespaces(*tools: str) -> Iterator[Lab]:
     require_tool("ip", "nsenter", "unshare", *tools)
     with Lab() as lab:
         yield lab
+
+
+def run_program(stack_file: Path, **kwargs) -> tuple[offline.Run, list[Exception]]:
+    """The program as ``pulumi up`` runs it, under the mocks, and what it raised: a
+    refusal is kept instead of ending the run, so the caller can count what was
+    registered before it."""
+    raised: list[Exception] = []
+
+    def run() -> None:
+        try:
+            program.main()
+        except Exception as exc:  # kept to count what was registered before it
+            raised.append(exc)
+
+    return offline.run_program(stack_file, program=run, project_file=PROJECT, **kwargs), raised

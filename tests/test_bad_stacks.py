@@ -33,7 +33,7 @@ from components import program
 from components.config import ConfigError, stack
 from components.config.stack import StackFileError
 from components.tools import offline
-from tests.support import DEV_STACK, PROJECT
+from tests.support import DEV_STACK, PROJECT, run_program
 
 CORPUS = Path(__file__).resolve().parent / "bad_stacks"
 WHOLE = CORPUS / "whole"
@@ -237,15 +237,7 @@ def test_whole_program_registers_nothing(name, corpus):
     """Through the program as ``pulumi up`` runs it (values as the CLI stores them):
     the same problems, raised as a RunError before a single resource is registered."""
     path = corpus / f"Pulumi.{name}.yaml"
-    raised: list[Exception] = []
-
-    def run() -> None:
-        try:
-            program.main()
-        except Exception as exc:  # kept to count what was registered before it
-            raised.append(exc)
-
-    result = offline.run_program(path, program=run, project_file=PROJECT)
+    result, raised = run_program(path)
     assert result.resources == []
     assert len(raised) == 1 and isinstance(raised[0], program.StackConfigError), raised
     assert raised[0].problems == error_of(path).problems

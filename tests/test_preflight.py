@@ -9,7 +9,6 @@ import copy
 import hashlib
 import re
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -19,7 +18,7 @@ from components.config import stack
 from components.model import platforms
 from components.providers import oracle
 from components.tools import offline, render
-from tests.support import DEV_STACK, PROD_STACK, PROJECT, ROOT
+from tests.support import DEV_STACK, PROD_STACK, ROOT, run_program
 
 SDK_PROBLEM = re.compile(
     r"cgnat-edge:edges\[3\]\.provider: edge 'ams' is on Oracle Cloud, whose Pulumi SDK \(pulumi_oci, an optional "
@@ -43,19 +42,6 @@ def without_oci(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "pulumi_oci", None)
 
 
-def _program(stack_file: Path, **kwargs) -> tuple[offline.Run, list[Exception]]:
-    """The program as ``pulumi up`` runs it, and what it raised."""
-    raised: list[Exception] = []
-
-    def run() -> None:
-        try:
-            program.main()
-        except Exception as exc:  # kept to count what was registered before it
-            raised.append(exc)
-
-    return offline.run_program(stack_file, program=run, project_file=PROJECT, **kwargs), raised
-
-
 def _refused(capsys, argv: list[str]) -> list[str]:
     """The problems a command prints when it refuses the stack."""
     capsys.readouterr()
@@ -71,7 +57,7 @@ def _refused(capsys, argv: list[str]) -> list[str]:
 
 
 def test_the_program_without_the_oracle_sdk_registers_nothing(without_oci):
-    run, raised = _program(PROD_STACK)
+    run, raised = run_program(PROD_STACK)
     assert run.resources == []
     assert len(raised) == 1 and isinstance(raised[0], program.StackConfigError), raised
     [problem] = raised[0].problems
@@ -131,7 +117,7 @@ USER_DATA_PROBLEM = re.compile(
 def test_user_data_over_the_limit_registers_nothing():
     """600 more services: over Hetzner's 32 KiB for ``fsn``, still under DigitalOcean's
     64 KiB for ``ams``, so only ``fsn`` is named."""
-    run, raised = _program(DEV_STACK, config_overrides={"services": _services(600)})
+    run, raised = run_program(DEV_STACK, config_overrides={"services": _services(600)})
     assert run.resources == []
     assert len(raised) == 1 and isinstance(raised[0], program.StackConfigError), raised
     [problem] = raised[0].problems
