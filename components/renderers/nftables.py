@@ -54,6 +54,16 @@ def _health_agent_rules() -> list[str]:
     ]
 
 
+METERS = ("dns", "health")
+
+
+def filled_sets() -> list[str]:
+    """``family table set`` of every per-source set the kernel fills as traffic comes:
+    the verifier compares the rules, not who has been counted."""
+    names = (nft_limits.TCP_COUNT, nft_limits.UDP_COUNT, *METERS)
+    return [f"inet {edge_contract.NFT_TABLE} {name}_{fam}" for name in names for fam in nft_limits.KEYS]
+
+
 def _sets(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None) -> list[str]:
     """The per-source sets the rules below use (nft_limits)."""
     lines = nft_limits.count_sets() if fleet is not None else []
