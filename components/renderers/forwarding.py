@@ -90,10 +90,10 @@ def edge_forward_rules(cfg: FleetConfig, counted: bool = True) -> list[str]:
     if not needs_ip_forward(cfg):
         return []
     wg = edge_contract.WG_INTERFACE
-    protocols = sorted({str(s.protocol) for s in services(cfg)}) if counted else []
+    counts = counted and any(s.protocol == "tcp" for s in services(cfg))
     return [
         "ct state established,related accept",
-        *(rule for p in protocols for rule in nft_limits.count_rules(f"ct status dnat meta l4proto {p}", p, ("v4",))),
+        *(nft_limits.count_rules("ct status dnat meta l4proto tcp", ("v4",)) if counts else []),
         *(
             f'ct status dnat oifname "{wg}" ip daddr {s.target.host} {s.protocol} dport {_target_ports(s)} accept'
             for s in services(cfg)

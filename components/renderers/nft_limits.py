@@ -29,8 +29,7 @@ METER_TIMEOUT = "10s"
 set quickly."""
 
 CONNECTIONS_PER_SOURCE = 64
-"""Open TCP connections (and UDP flows to Traefik's udp services and forward services)
-per IPv4 address or IPv6 /64.  A browser opens at most 6 per host name and a few
+"""Open TCP connections per IPv4 address or IPv6 /64.  A browser opens at most 6 per host name and a few
 hosts; a family of five behind one NAT with phones, laptops and a game client stays
 well below 64.  One client holding idle connections is held to 64 instead of
 exhausting Traefik, PowerDNS over TCP or home."""
@@ -39,7 +38,7 @@ V6_PREFIX = "ffff:ffff:ffff:ffff::"
 KEYS = {"v4": ("ipv4_addr", "ip saddr"), "v6": ("ipv6_addr", f"ip6 saddr & {V6_PREFIX}")}
 """Family suffix: the set's element type and the key expression (IPv6 per /64)."""
 
-TCP_COUNT, UDP_COUNT = "conn", "flows"
+TCP_COUNT = "conn"
 
 
 def rate_meter_sets(name: str) -> list[str]:
@@ -65,16 +64,16 @@ def rate_meter(name: str, match: str, rate: str) -> list[str]:
 
 def count_sets() -> list[str]:
     return [
-        f"    set {count}_{fam} {{ type {kind}; size {METER_SIZE}; flags dynamic; }}"
-        for count in (TCP_COUNT, UDP_COUNT)
+        f"    set {TCP_COUNT}_{fam} {{ type {kind}; size {METER_SIZE}; flags dynamic; }}"
         for fam, (kind, _) in KEYS.items()
     ]
 
 
-def count_rules(match: str, protocol: str, families: tuple[str, ...] = ("v4", "v6")) -> list[str]:
-    """Drop a new connection (or flow) of ``match`` beyond ``CONNECTIONS_PER_SOURCE``."""
-    count = TCP_COUNT if protocol == "tcp" else UDP_COUNT
+def count_rules(match: str, families: tuple[str, ...] = ("v4", "v6")) -> list[str]:
+    """Drop a new TCP connection of ``match`` beyond ``CONNECTIONS_PER_SOURCE``.  Not for
+    UDP: conntrack keeps every source port of a request/response service for 30 s, so
+    an ordinary client of such a service would count as dozens of flows."""
     return [
-        f"{match} ct state new add @{count}_{fam} {{ {KEYS[fam][1]} ct count over {CONNECTIONS_PER_SOURCE} }} drop"
+        f"{match} ct state new add @{TCP_COUNT}_{fam} {{ {KEYS[fam][1]} ct count over {CONNECTIONS_PER_SOURCE} }} drop"
         for fam in families
     ]

@@ -10,7 +10,7 @@ that starts with ``flush ruleset``: loading it again is how changes are applied.
 from __future__ import annotations
 
 from components.model import edge_contract
-from components.model.fleet import FleetConfig, Mode
+from components.model.fleet import FleetConfig
 from components.renderers import edge_dns, forwarding, nft_limits, protection, road_warriors
 from components.renderers.nft_literals import set_of
 
@@ -60,7 +60,7 @@ METERS = ("dns", "health")
 def filled_sets() -> list[str]:
     """``family table set`` of every per-source set the kernel fills as traffic comes:
     the verifier compares the rules, not who has been counted."""
-    names = (nft_limits.TCP_COUNT, nft_limits.UDP_COUNT, *METERS)
+    names = (nft_limits.TCP_COUNT, *METERS)
     return [f"inet {edge_contract.NFT_TABLE} {name}_{fam}" for name in names for fam in nft_limits.KEYS]
 
 
@@ -74,15 +74,10 @@ def _sets(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None) -> list[s
     return [*lines, ""] if lines else []
 
 
-def _count_rules(cfg: FleetConfig, tcp_ports: list[int], udp_ports: list[int]) -> list[str]:
+def _count_rules(tcp_ports: list[int]) -> list[str]:
     """Open connections per source to everything public that holds state per
-    connection: SSH, Traefik, PowerDNS over TCP, Traefik's udp sessions (each one a
-    socket to home)."""
-    traefik_udp = sorted({p for s in cfg.services if s.mode is Mode.UDP for p in s.ports} & set(udp_ports))
-    rules = nft_limits.count_rules(f"tcp dport {set_of([22, *tcp_ports])}", "tcp")
-    if traefik_udp:
-        rules += nft_limits.count_rules(f"udp dport {set_of(traefik_udp)}", "udp")
-    return rules
+    connection: SSH, Traefik, PowerDNS over TCP."""
+    return nft_limits.count_rules(f"tcp dport {set_of([22, *tcp_ports])}")
 
 
 def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) -> str:
@@ -110,7 +105,7 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
     if fleet is not None:
         # Not in the first boot's ruleset (the user-data has no room left): the first
         # push, which the same `pulumi up` runs right after boot, brings them.
-        input_rules += _count_rules(cfg, tcp_ports, udp_ports)
+        input_rules += _count_rules(tcp_ports)
     if ssh_v4:
         input_rules.append(f"ip saddr {set_of(ssh_v4)} tcp dport 22 accept")
     if ssh_v6:
