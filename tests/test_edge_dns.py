@@ -84,7 +84,7 @@ def test_push_ruleset_rate_limits_dns_and_keeps_the_agent_to_the_fleet(cfg, flee
     pushed = nftables.ruleset(cfg, edge_dns.fleet_addresses(fleet))
     assert "dport 53" not in first_boot  # DNS opens with the push that brings the zone
     assert "ip saddr { 198.51.100.20, 203.0.113.10 } tcp dport 8053 accept" in pushed
-    assert "udp dport 53 meter dns_v4 { ip saddr limit rate over 50/second burst 100 packets } drop" in pushed
+    assert "udp dport 53 update @dns_v4 { ip saddr limit rate over 50/second burst 100 packets } drop" in pushed
     assert "8053 accept" not in pushed.replace("tcp dport 8053 accept", "")  # no unrestricted 8053
     path = tmp_path / "nftables.conf"
     path.write_text(pushed)

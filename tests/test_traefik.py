@@ -252,6 +252,19 @@ def test_ping_answers_on_loopback_only(running):
     assert ns.run("curl", "-sS", "--max-time", "2", f"http://{EDGE}:{port}/ping", check=False).returncode != 0
 
 
+def test_traefik_runs_with_the_entrypoint_timeouts(running):
+    """What the running Traefik reports for :443 and :80, not what the file says."""
+    ns = running["ns"]
+    api = f"http://{edge_contract.TRAEFIK_PING}/api/entrypoints"
+    timeouts = {
+        name: json.loads(ns.run("curl", "-fsS", f"{api}/{name}").stdout)["transport"]["respondingTimeouts"]
+        for name in ("websecure", "web")
+    }
+    assert timeouts["websecure"]["readTimeout"] in ("120s", "2m0s"), timeouts
+    assert timeouts["websecure"]["idleTimeout"] in ("60s", "1m0s"), timeouts
+    assert timeouts["web"]["idleTimeout"] in ("60s", "1m0s"), timeouts
+
+
 def test_passthrough_hands_the_client_hello_to_home_with_proxy_v2(running):
     ns = running["ns"]
     receiver = ns.spawn(sys.executable, "-c", PROXY_V2_RECEIVER, HOME, "8443", stdout=subprocess.PIPE, text=True)

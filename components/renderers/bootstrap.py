@@ -85,7 +85,7 @@ def desired_state(cfg: FleetConfig, edge: EdgeSpec, host_public_key: str | None)
         "interface": edge_contract.WG_INTERFACE,
         "wgConf": edge_contract.WG_CONF,
         "nftConf": edge_contract.NFT_CONF,
-        "nftFilledSets": protection.crowdsec_sets(cfg),
+        "nftFilledSets": protection.crowdsec_sets(cfg) + nftables.filled_sets(),
         "traefik": {
             "slots": list(edge_contract.TRAEFIK_SLOTS),
             "entryPoints": {name: ep["address"] for name, ep in traefik.static_config(cfg)["entryPoints"].items()},

@@ -51,6 +51,10 @@ from components.model.fleet import EdgeSpec, FleetConfig, Mode, ServiceSpec
 from components.renderers import geodns, templates, tunnel
 
 HEALTH_PORT = geodns.HEALTH_PORT
+PDNS_TCP_PER_CLIENT = 5
+"""PowerDNS's connections over TCP per client address, of 50 in all: one client holding
+connections open used to take all 50 and with them every TCP answer.  Resolvers ask
+over TCP only after a truncated answer, one query per connection."""
 PDNS_CONF_PATH = "/etc/powerdns/pdns.conf"
 NAMED_CONF_PATH = "/etc/powerdns/cgnat-edge/named.conf"
 AGENT_UNIT_PATH = f"{edge_contract.SYSTEMD_DIR}/{edge_contract.HEALTH_UNIT}"
@@ -201,7 +205,14 @@ def pdns_conf(cfg: FleetConfig) -> str:
         # second distributor only added memory (scripts/bench_dns.py).
         "receiver-threads=1",
         "distributor-threads=1",
+        # TCP: one thread per connection, so bounded overall, per client, and in time.
+        # A resolver falls back to TCP only for a truncated answer and sends one query
+        # per connection; an idle connection closes after 5 s (tcp-idle-timeout's
+        # default), and none lasts longer than 10 s, however slowly it trickles.
         "max-tcp-connections=50",
+        f"max-tcp-connections-per-client={PDNS_TCP_PER_CLIENT}",
+        "max-tcp-connection-duration=10",
+        "max-tcp-transactions-per-conn=100",
         "",
     ]
     return "\n".join(lines)

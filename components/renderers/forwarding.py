@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from components.model import edge_contract
 from components.model.fleet import FleetConfig, Mode, ServiceSpec
+from components.renderers import nft_limits
 from components.renderers.nft_literals import one_or_set
 
 MARK_BASE = 0xCE00
@@ -82,14 +83,17 @@ def port_text(s: ServiceSpec) -> str:
 # -- the edge -------------------------------------------------------------------
 
 
-def edge_forward_rules(cfg: FleetConfig) -> list[str]:
+def edge_forward_rules(cfg: FleetConfig, counted: bool = True) -> list[str]:
     """Rules of the edge's forward chain (policy drop): the DNATed connections go into
-    the tunnel, their replies come back; nothing else is routed."""
+    the tunnel, their replies come back; nothing else is routed.  ``counted``: visitors'
+    connections count with those to the edge's own ports (nft_limits)."""
     if not needs_ip_forward(cfg):
         return []
     wg = edge_contract.WG_INTERFACE
+    counts = counted and any(s.protocol == "tcp" for s in services(cfg))
     return [
         "ct state established,related accept",
+        *(nft_limits.count_rules("ct status dnat meta l4proto tcp", ("v4",)) if counts else []),
         *(
             f'ct status dnat oifname "{wg}" ip daddr {s.target.host} {s.protocol} dport {_target_ports(s)} accept'
             for s in services(cfg)

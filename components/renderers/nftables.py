@@ -13,7 +13,7 @@ import ipaddress
 
 from components.model import edge_contract, platforms
 from components.model.fleet import FleetConfig
-from components.renderers import edge_dns, forwarding, protection, road_warriors
+from components.renderers import edge_dns, forwarding, nft_limits, protection, road_warriors
 from components.renderers.nft_literals import one_or_set, set_of
 
 
@@ -50,18 +50,16 @@ def _metadata_forward_rules() -> list[str]:
 
 
 DNS_RATE = "50/second burst 100 packets"
-"""Per source address, on udp/53 (dnsMode edges): PowerDNS has no response rate
-limiting, and an open authoritative server is a reflector.  A resolver asking for a
-few home services stays far below it; a spoofed flood aimed at a victim is cut to this
-rate per victim address.  TCP answers cannot be reflected (handshake first)."""
+"""Per source address (IPv6 per /64), on udp/53 (dnsMode edges): PowerDNS has no
+response rate limiting, and an open authoritative server is a reflector.  A resolver
+asking for a few home services stays far below it; a spoofed flood aimed at a victim
+is cut to this rate per victim address.  TCP answers cannot be reflected (handshake
+first)."""
 
 
 def _edge_dns_rules(fleet: tuple[list[str], list[str]]) -> list[str]:
     """udp/53 limited per source; the health agent only for the fleet's addresses."""
-    rules = [
-        f"udp dport 53 meter dns_v4 {{ ip saddr limit rate over {DNS_RATE} }} drop",
-        f"udp dport 53 meter dns_v6 {{ ip6 saddr limit rate over {DNS_RATE} }} drop",
-    ]
+    rules = nft_limits.rate_meter("dns", "udp dport 53", DNS_RATE)
     v4, v6 = fleet
     if v4:
         rules.append(f"ip saddr {set_of(v4)} tcp dport {edge_dns.HEALTH_PORT} accept")
@@ -71,21 +69,47 @@ def _edge_dns_rules(fleet: tuple[list[str], list[str]]) -> list[str]:
 
 
 HEALTH_RATE = "20/second burst 40 packets"
-"""New connections per source address to the health agent in dnsMode records, where it
-answers everyone: the checkers (a PowerDNS of the user's, Route 53's many published and
-changing ranges) cannot be listed up front, and the agent tells only whether named
-checks pass.  A PowerDNS asking every second opens one connection per check and
-address; Route 53's checkers one per 10 s each."""
+"""New connections per source address (IPv6 per /64) to the health agent in dnsMode
+records, where it answers everyone: the checkers (a PowerDNS of the user's, Route 53's
+many published and changing ranges) cannot be listed up front, and the agent tells
+only whether named checks pass.  A PowerDNS asking every second opens one connection
+per check and address; Route 53's checkers one per 10 s each."""
 
 
 def _health_agent_rules() -> list[str]:
     """dnsMode records: the agent open to every source, new connections rate-limited."""
     port = edge_dns.HEALTH_PORT
+    match = f"tcp dport {port} ct state new"
     return [
-        f"tcp dport {port} ct state new meter health_v4 {{ ip saddr limit rate over {HEALTH_RATE} }} drop",
-        f"tcp dport {port} ct state new meter health_v6 {{ ip6 saddr limit rate over {HEALTH_RATE} }} drop",
+        *nft_limits.rate_meter("health", match, HEALTH_RATE),
         f"tcp dport {port} accept",
     ]
+
+
+METERS = ("dns", "health")
+
+
+def filled_sets() -> list[str]:
+    """``family table set`` of every per-source set the kernel fills as traffic comes:
+    the verifier compares the rules, not who has been counted."""
+    names = (nft_limits.TCP_COUNT, *METERS)
+    return [f"inet {edge_contract.NFT_TABLE} {name}_{fam}" for name in names for fam in nft_limits.KEYS]
+
+
+def _sets(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None) -> list[str]:
+    """The per-source sets the rules below use (nft_limits)."""
+    lines = nft_limits.count_sets() if fleet is not None else []
+    names = ["dns"] if cfg.dns.edge_served and fleet is not None else []
+    if not cfg.dns.edge_served:
+        names.append("health")
+    lines += [line for name in names for line in nft_limits.rate_meter_sets(name)]
+    return [*lines, ""] if lines else []
+
+
+def _count_rules(tcp_ports: list[int]) -> list[str]:
+    """Open connections per source to everything public that holds state per
+    connection: SSH, Traefik, PowerDNS over TCP."""
+    return nft_limits.count_rules(f"tcp dport {set_of([22, *tcp_ports])}")
 
 
 def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) -> str:
@@ -110,6 +134,10 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         "icmpv6 type echo-request limit rate 10/second accept",
         "ip6 saddr fe80::/10 udp dport 546 accept",  # DHCPv6 replies, where the image uses it
     ]
+    if fleet is not None:
+        # Not in the first boot's ruleset (the user-data has no room left): the first
+        # push, which the same `pulumi up` runs right after boot, brings them.
+        input_rules += _count_rules(tcp_ports)
     if ssh_v4:
         input_rules.append(f"ip saddr {set_of(ssh_v4)} tcp dport 22 accept")
     if ssh_v6:
@@ -130,6 +158,7 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         "flush ruleset",
         "",
         "table inet cgnat_edge {",
+        *_sets(cfg, fleet),
         "    chain input {",
         "        type filter hook input priority filter; policy drop;",
         *(f"        {r}" for r in input_rules),
@@ -139,7 +168,7 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         "    chain forward {",
         "        type filter hook forward priority filter; policy drop;",
         *(f"        {r}" for r in _metadata_forward_rules()),
-        *(f"        {r}" for r in forwarding.edge_forward_rules(cfg)),
+        *(f"        {r}" for r in forwarding.edge_forward_rules(cfg, counted=fleet is not None)),
         *(f"        {r}" for r in road_warriors.edge_forward_rules(cfg)),
         "    }",
         "",

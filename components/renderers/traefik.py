@@ -44,10 +44,16 @@ trip, so 3 s is ample, and a dead tunnel closes the visitor's connection after i
 RESOLVER = "le"
 
 ACME_PATH_PREFIX = "/.well-known/acme-challenge/"
-HTTP_READ_TIMEOUT = "600s"
-"""Bounds slow-loris clients on the TLS-terminating entrypoint while leaving room for
-large uploads over slow home upstreams.  It does not cut long-lived TCP sessions:
-for TCP routers Traefik applies it only until the router is chosen."""
+HTTP_READ_TIMEOUT = "120s"
+"""How long a client on :443 may take to send a TLS ClientHello, and for the
+TLS-terminating routers a whole request, body included (Traefik has no separate
+header timeout): long enough for a 100 MB upload at 7 Mbit/s, short enough that a
+connection that says nothing is gone in two minutes.  It does not cut long-lived TCP
+sessions: for TCP routers Traefik applies it only until the router is chosen.  What
+one source can hold at once is bounded by nftables (nft_limits), not here."""
+HTTP_IDLE_TIMEOUT = "60s"
+"""A keep-alive connection with no request in flight closes after this; a browser
+opens a new one at the cost of one handshake."""
 UDP_SESSION_TIMEOUT = "120s"
 DRAIN_TIMEOUT = "3600s"
 """How long a Traefik replaced by a static change keeps serving the connections it
@@ -99,7 +105,7 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
             "allowACMEByPass": any(s.http_target for s in web_services),
             "http": {"aliasHeadersStrategy": "delete"},
             "transport": {
-                "respondingTimeouts": {"readTimeout": "30s", "idleTimeout": "60s"},
+                "respondingTimeouts": {"readTimeout": "30s", "idleTimeout": HTTP_IDLE_TIMEOUT},
                 "lifeCycle": {"graceTimeOut": DRAIN_TIMEOUT},
             },
         }
@@ -114,7 +120,7 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
                     # Passthrough routers share this entrypoint; for them the timeout
                     # only bounds the wait for the ClientHello.
                     "readTimeout": HTTP_READ_TIMEOUT,
-                    "idleTimeout": "180s",
+                    "idleTimeout": HTTP_IDLE_TIMEOUT,
                 },
                 "lifeCycle": {"graceTimeOut": DRAIN_TIMEOUT},
             },
