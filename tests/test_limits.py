@@ -90,6 +90,8 @@ def test_ipv6_sources_are_keyed_per_64(raw_config):
     )
     # A source the full set cannot take shares one source's budget with the others.
     assert "udp dport 53 ip saddr != @dns_v4 limit rate over 50/second burst 100 packets drop" in text
+    # Before conntrack's shortcut: a reflection flood repeats one flow, established after one answer.
+    assert text.index("udp dport 53 update @dns_v4") < text.index("ct state established,related accept")
 
 
 def test_connections_are_counted_per_source_on_every_stateful_public_port():

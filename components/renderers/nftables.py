@@ -57,9 +57,16 @@ is cut to this rate per victim address.  TCP answers cannot be reflected (handsh
 first)."""
 
 
+def _dns_meter_rules() -> list[str]:
+    """udp/53 limited per source, ahead of ``ct state established accept``: a reflection
+    flood repeats one spoofed address and port, and after the first answer conntrack
+    calls that flow established, so a meter after it would let the whole flood pass."""
+    return nft_limits.rate_meter("dns", "udp dport 53", DNS_RATE)
+
+
 def _edge_dns_rules(fleet: tuple[list[str], list[str]]) -> list[str]:
-    """udp/53 limited per source; the health agent only for the fleet's addresses."""
-    rules = nft_limits.rate_meter("dns", "udp dport 53", DNS_RATE)
+    """The health agent only for the fleet's addresses."""
+    rules = []
     v4, v6 = fleet
     if v4:
         rules.append(f"ip saddr {set_of(v4)} tcp dport {edge_dns.HEALTH_PORT} accept")
@@ -123,6 +130,7 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
     ssh_v6 = [n for n in cfg.ssh.allowed_cidrs if n.version == 6]
 
     input_rules = [
+        *(_dns_meter_rules() if cfg.dns.edge_served and fleet is not None else []),
         "ct state established,related accept",
         "ct state invalid drop",
         'iifname "lo" accept',
