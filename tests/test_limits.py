@@ -100,12 +100,28 @@ def test_connections_are_counted_per_source_on_every_stateful_public_port():
     tcp = ", ".join(str(p) for p in sorted({22, *cfg.public_ports("tcp")} - {2525}))  # 2525: forward (DNAT)
     assert f"tcp dport {{ {tcp} }} ct state new add @conn_v4 {{ ip saddr ct count over 64 }} drop" in text
     assert "53" in tcp.split(", ") and "443" in tcp.split(", ")
-    assert "@flows" not in text and "udp dport { 2456 } ct" not in text  # UDP: see nft_limits.count_rules
+    assert "udp dport { 2456 } ct" not in text and "l4proto udp ct state new add" not in text  # UDP: no count
     forward = text.split("chain forward {", 1)[1].split("\n    }\n", 1)[0]
     assert "ct status dnat meta l4proto tcp ct state new add @conn_v4 { ip saddr ct count over 64 } drop" in forward
     # Counted before anything accepts them.
     assert forward.index("ct count") < forward.index("dnat oifname")
     assert text.index("@conn_v4") < text.index("tcp dport 22 accept")
+
+
+def test_new_udp_flows_are_rate_limited_per_source_on_udp_and_forward_services():
+    """UDP is limited by the rate of new flows, one budget per source for every udp and
+    forward service; udp/53 keeps its own meter."""
+    text = nftables.ruleset(_lab_cfg(), FLEET)
+    assert "set udp_v6 { type ipv6_addr; size 65535; flags dynamic,timeout; timeout 10s; }" in text
+    rate = "limit rate over 20/second burst 100 packets"
+    assert f"udp dport {{ 2456, 51820 }} ct state new update @udp_v4 {{ ip saddr {rate} }} drop" in text
+    assert f"udp dport {{ 2456, 51820 }} ct state new ip saddr != @udp_v4 {rate} drop" in text
+    forward = text.split("chain forward {", 1)[1].split("\n    }\n", 1)[0]
+    meter = f"ct status dnat meta l4proto udp ct state new update @udp_v6 {{ ip6 saddr & ffff:ffff:ffff:ffff:: {rate} }} drop"
+    assert meter in forward
+    assert forward.index("@udp_v4") < forward.index("udp dport 27015-27017 accept")
+    first_boot = nftables.ruleset(_lab_cfg())
+    assert "@udp_v4" not in first_boot and "set udp_v4" not in first_boot
 
 
 @pytest.mark.netns
