@@ -336,3 +336,32 @@ def test_one_source_holds_at_most_its_share_of_connections(raw_config, pair, tmp
     assert int(other.stdout.readline()) == 10  # another visitor is not starved
     hog.stdin.close()
     other.stdin.close()
+
+
+SEND_FLOWS = r"""
+import socket, sys, time
+started = time.monotonic()
+for _ in range(int(sys.argv[4])):  # each from a new source port: a new flow
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((sys.argv[1], 0))
+        s.sendto(b"hello", (sys.argv[2], int(sys.argv[3])))
+print(time.monotonic() - started, flush=True)
+"""
+
+
+@pytest.mark.netns
+def test_new_udp_flows_of_one_source_are_rate_limited(pair, tmp_path):
+    edge, net = pair
+    path = tmp_path / "nftables.conf"
+    path.write_text(nftables.ruleset(_lab_cfg(), FLEET))
+    loaded = edge.run("nft", "-f", str(path), check=False)
+    assert loaded.returncode == 0, loaded.stderr
+    counter = edge.spawn(sys.executable, "-c", COUNT_UDP, EDGE, "2456", VISITOR, stdout=subprocess.PIPE, text=True)
+    assert counter.stdout.readline().strip() == "ready"
+    took = float(net.run(sys.executable, "-c", SEND_FLOWS, VISITOR, EDGE, "2456", "300", timeout=20).stdout)
+    time.sleep(0.2)
+    edge.run(sys.executable, "-c", f"import socket; socket.socket(2, 2).sendto(b'stop', ('{EDGE}', 2456))")
+    out, _ = counter.communicate(timeout=15)
+    got = int(out.strip())
+    # The burst (100) passes, then 20 new flows a second.
+    assert 100 <= got <= 100 + 20 * took + 5, f"{got} of 300 new flows in {took:.2f} s"
