@@ -86,7 +86,9 @@ def _dns_query(qid: int, name: str) -> bytes:
 
 def _answered(reply: bytes, qid: int) -> bool:
     """The answer to ``qid``, without error (QR set, RCODE 0)."""
-    return len(reply) >= 4 and struct.unpack("!H", reply[:2])[0] == qid and bool(reply[2] & 0x80) and reply[3] & 0x0F == 0
+    return (
+        len(reply) >= 4 and struct.unpack("!H", reply[:2])[0] == qid and bool(reply[2] & 0x80) and reply[3] & 0x0F == 0
+    )
 
 
 def _p50(seconds: list[float]) -> float:
