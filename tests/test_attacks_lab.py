@@ -74,12 +74,3 @@ def test_dns_tcp(el):
 def test_ssh(el):
     row = floods.ssh_flood(el)
     assert row.ok, row.detail
-
-
-def test_every_row_in_one_run(el, capsys):
-    """What ``--attacks`` reports; the figures are printed for the docs."""
-    rows = floods.run_floods(el)
-    with capsys.disabled():
-        for row in rows:
-            print(f"\n{row.name}: {row.ok} {row.value} {row.unit} {row.detail}")
-    assert [r.name for r in rows if not r.ok] == []

@@ -414,8 +414,8 @@ def dns_tcp(el: EdgeLab) -> Check:
     established = holder.established[(edge.public_ip, 53)]
     ok = success >= SUCCESS_PCT and established <= nft_limits.CONNECTIONS_PER_SOURCE
     detail = (
-        f"one source held {established} of {DNS_HOLD} connections to PowerDNS over TCP "
-        f"({holder.closed} closed by it and opened again); another source's queries: "
+        f"one source got {established} of {DNS_HOLD} connections to PowerDNS over TCP established "
+        f"(PowerDNS closed {holder.closed}, each opened again); another source's queries: "
         f"{sum(over_tcp)}/{len(over_tcp)} over TCP, {sum(over_udp)}/{len(over_udp)} over UDP answered"
     )
     return Check(name, ok, round(success, 1), "%", detail)
@@ -444,8 +444,8 @@ def ssh_flood(el: EdgeLab) -> Check:
     established = holder.established[(edge.public_ip, 22)]
     ok = baseline.returncode == 0 and login.returncode == 0 and pushed.ok
     detail = (
-        f"one source held {established} of {SSH_HOLD} connections to sshd, sending nothing "
-        f"({reopened} closed by sshd and opened again); the operator's ssh login + command took "
+        f"one source got {established} of {SSH_HOLD} connections to sshd established, sending nothing "
+        f"(sshd closed {reopened}, each opened again); the operator's ssh login + command took "
         f"{login_before:.2f} s before, {box['login']:.2f} s during (exit {login.returncode}); "
         f"the push {'succeeded' if pushed.ok else 'failed: ' + pushed.output[-300:]}"
     )
