@@ -90,6 +90,8 @@ def test_ipv6_sources_are_keyed_per_64(raw_config):
     )
     # A source the full set cannot take shares one source's budget with the others.
     assert "udp dport 53 ip saddr != @dns_v4 limit rate over 50/second burst 100 packets drop" in text
+    # Before conntrack's shortcut: a reflection flood repeats one flow, established after one answer.
+    assert text.index("udp dport 53 update @dns_v4") < text.index("ct state established,related accept")
 
 
 def test_connections_are_counted_per_source_on_every_stateful_public_port():
@@ -98,12 +100,28 @@ def test_connections_are_counted_per_source_on_every_stateful_public_port():
     tcp = ", ".join(str(p) for p in sorted({22, *cfg.public_ports("tcp")} - {2525}))  # 2525: forward (DNAT)
     assert f"tcp dport {{ {tcp} }} ct state new add @conn_v4 {{ ip saddr ct count over 64 }} drop" in text
     assert "53" in tcp.split(", ") and "443" in tcp.split(", ")
-    assert "@flows" not in text and "udp dport { 2456 } ct" not in text  # UDP: see nft_limits.count_rules
+    assert "udp dport { 2456 } ct" not in text and "l4proto udp ct state new add" not in text  # UDP: no count
     forward = text.split("chain forward {", 1)[1].split("\n    }\n", 1)[0]
     assert "ct status dnat meta l4proto tcp ct state new add @conn_v4 { ip saddr ct count over 64 } drop" in forward
     # Counted before anything accepts them.
     assert forward.index("ct count") < forward.index("dnat oifname")
     assert text.index("@conn_v4") < text.index("tcp dport 22 accept")
+
+
+def test_new_udp_flows_are_rate_limited_per_source_on_udp_and_forward_services():
+    """UDP is limited by the rate of new flows, one budget per source for every udp and
+    forward service; udp/53 keeps its own meter."""
+    text = nftables.ruleset(_lab_cfg(), FLEET)
+    assert "set udp_v6 { type ipv6_addr; size 65535; flags dynamic,timeout; timeout 10s; }" in text
+    rate = "limit rate over 20/second burst 100 packets"
+    assert f"udp dport {{ 2456, 51820 }} ct state new update @udp_v4 {{ ip saddr {rate} }} drop" in text
+    assert f"udp dport {{ 2456, 51820 }} ct state new ip saddr != @udp_v4 {rate} drop" in text
+    forward = text.split("chain forward {", 1)[1].split("\n    }\n", 1)[0]
+    meter = f"ct status dnat meta l4proto udp ct state new update @udp_v6 {{ ip6 saddr & ffff:ffff:ffff:ffff:: {rate} }} drop"
+    assert meter in forward
+    assert forward.index("@udp_v4") < forward.index("udp dport 27015-27017 accept")
+    first_boot = nftables.ruleset(_lab_cfg())
+    assert "@udp_v4" not in first_boot and "set udp_v4" not in first_boot
 
 
 @pytest.mark.netns
@@ -318,3 +336,32 @@ def test_one_source_holds_at_most_its_share_of_connections(raw_config, pair, tmp
     assert int(other.stdout.readline()) == 10  # another visitor is not starved
     hog.stdin.close()
     other.stdin.close()
+
+
+SEND_FLOWS = r"""
+import socket, sys, time
+started = time.monotonic()
+for _ in range(int(sys.argv[4])):  # each from a new source port: a new flow
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((sys.argv[1], 0))
+        s.sendto(b"hello", (sys.argv[2], int(sys.argv[3])))
+print(time.monotonic() - started, flush=True)
+"""
+
+
+@pytest.mark.netns
+def test_new_udp_flows_of_one_source_are_rate_limited(pair, tmp_path):
+    edge, net = pair
+    path = tmp_path / "nftables.conf"
+    path.write_text(nftables.ruleset(_lab_cfg(), FLEET))
+    loaded = edge.run("nft", "-f", str(path), check=False)
+    assert loaded.returncode == 0, loaded.stderr
+    counter = edge.spawn(sys.executable, "-c", COUNT_UDP, EDGE, "2456", VISITOR, stdout=subprocess.PIPE, text=True)
+    assert counter.stdout.readline().strip() == "ready"
+    took = float(net.run(sys.executable, "-c", SEND_FLOWS, VISITOR, EDGE, "2456", "300", timeout=20).stdout)
+    time.sleep(0.2)
+    edge.run(sys.executable, "-c", f"import socket; socket.socket(2, 2).sendto(b'stop', ('{EDGE}', 2456))")
+    out, _ = counter.communicate(timeout=15)
+    got = int(out.strip())
+    # The burst (100) passes, then 20 new flows a second.
+    assert 100 <= got <= 100 + 20 * took + 5, f"{got} of 300 new flows in {took:.2f} s"

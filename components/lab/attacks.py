@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from components.lab.edge_lab import EdgeLab
+from components.lab.floods import run_floods
 from components.lab.netns import Node
 from components.lab.report import Check
 from components.model import edge_contract
@@ -127,4 +128,4 @@ def agent_flood(el: EdgeLab) -> Check:
 
 
 def run_attacks(el: EdgeLab) -> list[Check]:
-    return [agent_flood(el)]
+    return [agent_flood(el), *run_floods(el)]

@@ -91,9 +91,17 @@ def edge_forward_rules(cfg: FleetConfig, counted: bool = True) -> list[str]:
         return []
     wg = edge_contract.WG_INTERFACE
     counts = counted and any(s.protocol == "tcp" for s in services(cfg))
+    flows = counted and any(s.protocol == "udp" for s in services(cfg))
     return [
         "ct state established,related accept",
         *(nft_limits.count_rules("ct status dnat meta l4proto tcp", ("v4",)) if counts else []),
+        *(
+            nft_limits.rate_meter(
+                nft_limits.UDP_METER, "ct status dnat meta l4proto udp ct state new", nft_limits.UDP_FLOW_RATE
+            )
+            if flows
+            else []
+        ),
         *(
             f'ct status dnat oifname "{wg}" ip daddr {s.target.host} {s.protocol} dport {_target_ports(s)} accept'
             for s in services(cfg)

@@ -34,11 +34,21 @@ hosts; a family of five behind one NAT with phones, laptops and a game client st
 well below 64.  One client holding idle connections is held to 64 instead of
 exhausting Traefik, PowerDNS over TCP or home."""
 
+UDP_FLOW_RATE = "20/second burst 100 packets"
+"""New UDP flows per source (IPv4 address, IPv6 /64) to the ``udp`` and ``forward``
+services, all of them together.  Not a count of open flows: conntrack keeps every
+source port of a request/response service for 30 s (120 s once answered), so an
+ordinary client would count as dozens.  A game client opens one flow per session and a
+request/response client one per question; a source opening flows faster than this
+(each a Traefik session, or a conntrack entry and home's work) is cut to it, which
+bounds it to some 2,500 flows held at once instead of as many as it can send."""
+
 V6_PREFIX = "ffff:ffff:ffff:ffff::"
 KEYS = {"v4": ("ipv4_addr", "ip saddr"), "v6": ("ipv6_addr", f"ip6 saddr & {V6_PREFIX}")}
 """Family suffix: the set's element type and the key expression (IPv6 per /64)."""
 
 TCP_COUNT = "conn"
+UDP_METER = "udp"
 
 
 def rate_meter_sets(name: str) -> list[str]:

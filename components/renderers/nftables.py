@@ -57,9 +57,16 @@ is cut to this rate per victim address.  TCP answers cannot be reflected (handsh
 first)."""
 
 
+def _dns_meter_rules() -> list[str]:
+    """udp/53 limited per source, ahead of ``ct state established accept``: a reflection
+    flood repeats one spoofed address and port, and after the first answer conntrack
+    calls that flow established, so a meter after it would let the whole flood pass."""
+    return nft_limits.rate_meter("dns", "udp dport 53", DNS_RATE)
+
+
 def _edge_dns_rules(fleet: tuple[list[str], list[str]]) -> list[str]:
-    """udp/53 limited per source; the health agent only for the fleet's addresses."""
-    rules = nft_limits.rate_meter("dns", "udp dport 53", DNS_RATE)
+    """The health agent only for the fleet's addresses."""
+    rules = []
     v4, v6 = fleet
     if v4:
         rules.append(f"ip saddr {set_of(v4)} tcp dport {edge_dns.HEALTH_PORT} accept")
@@ -86,7 +93,7 @@ def _health_agent_rules() -> list[str]:
     ]
 
 
-METERS = ("dns", "health")
+METERS = ("dns", "health", nft_limits.UDP_METER)
 
 
 def filled_sets() -> list[str]:
@@ -96,12 +103,19 @@ def filled_sets() -> list[str]:
     return [f"inet {edge_contract.NFT_TABLE} {name}_{fam}" for name in names for fam in nft_limits.KEYS]
 
 
-def _sets(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None) -> list[str]:
+def _udp_ports(udp_ports: list[int]) -> list[int]:
+    """The udp services' ports: udp/53 has its own meter."""
+    return [p for p in udp_ports if p != 53]
+
+
+def _sets(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None, udp_ports: list[int]) -> list[str]:
     """The per-source sets the rules below use (nft_limits)."""
     lines = nft_limits.count_sets() if fleet is not None else []
     names = ["dns"] if cfg.dns.edge_served and fleet is not None else []
     if not cfg.dns.edge_served:
         names.append("health")
+    if fleet is not None and (_udp_ports(udp_ports) or any(s.protocol == "udp" for s in forwarding.services(cfg))):
+        names.append(nft_limits.UDP_METER)
     lines += [line for name in names for line in nft_limits.rate_meter_sets(name)]
     return [*lines, ""] if lines else []
 
@@ -123,6 +137,7 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
     ssh_v6 = [n for n in cfg.ssh.allowed_cidrs if n.version == 6]
 
     input_rules = [
+        *(_dns_meter_rules() if cfg.dns.edge_served and fleet is not None else []),
         "ct state established,related accept",
         "ct state invalid drop",
         'iifname "lo" accept',
@@ -138,6 +153,9 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         # Not in the first boot's ruleset (the user-data has no room left): the first
         # push, which the same `pulumi up` runs right after boot, brings them.
         input_rules += _count_rules(tcp_ports)
+        if _udp_ports(udp_ports):
+            match = f"udp dport {set_of(_udp_ports(udp_ports))} ct state new"
+            input_rules += nft_limits.rate_meter(nft_limits.UDP_METER, match, nft_limits.UDP_FLOW_RATE)
     if ssh_v4:
         input_rules.append(f"ip saddr {set_of(ssh_v4)} tcp dport 22 accept")
     if ssh_v6:
@@ -158,7 +176,7 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         "flush ruleset",
         "",
         "table inet cgnat_edge {",
-        *_sets(cfg, fleet),
+        *_sets(cfg, fleet, udp_ports),
         "    chain input {",
         "        type filter hook input priority filter; policy drop;",
         *(f"        {r}" for r in input_rules),
