@@ -24,9 +24,10 @@ the OpenWrt script deletes the sections an earlier run made before it writes the
 current ones, the RouterOS script removes every item carrying its comment tag before it
 adds them again.
 
-``structured`` (version 1)::
+``structured`` (version 2: road warriors' sessions end at home, ``roadWarriors``
+replaces version 1's ``roadWarriorAllow``)::
 
-    version          1
+    version          2
     project, stack   where it came from
     role             "router" (the peer is the LAN's gateway) or "host" (a LAN box:
                      masquerade tunnel traffic into the LAN so LAN hosts answer it)
@@ -184,7 +185,7 @@ def structured(
             }
         )
     return {
-        "version": 1,
+        "version": 2,
         "project": cfg.project,
         "stack": cfg.stack,
         "role": cfg.home.role,
