@@ -333,7 +333,7 @@ def run_edge_sees_ciphertext(el: EdgeLab) -> list[Check]:
             "vpn:edge-sees-ciphertext",
             ok,
             reached,
-            "arrived",
+            "packets",
             f"edge {setup.edges[0]} in the device's name: {injected} of {INJECTED} connections to {target}:{ECHO_PORT} "
             f"answered, {reached} packets arrived at the target's host; from its own tunnel address: "
             f"{'answered' if control else 'NO ANSWER'}; the device through "
