@@ -52,16 +52,11 @@ def oversized_user_data(cfg: FleetConfig) -> list[str]:
     the same kinds have the same sizes, so the size measured here is the size deployed
     (to a few bytes where gzip packs the keys: a large stack, a provider that gzips)."""
     edge_private, home_public = generate_keypair()
-    road_warriors = {
-        rw.name: rw.public_key or generate_keypair()[1] for rw in (cfg.road_warriors.peers if cfg.road_warriors else ())
-    }
     host_key = generate_host_key()
     stack_key = generate_host_key()[1]
     found: list[str] = []
     for edge in cfg.edges:
-        wg_conf = tunnel.edge_wg_conf(
-            cfg, edge, edge_private, cfg.home.public_key or home_public, road_warriors or None
-        )
+        wg_conf = tunnel.edge_wg_conf(cfg, edge, edge_private, cfg.home.public_key or home_public)
         try:
             text = bootstrap.user_data(cfg, edge, wg_conf, host_key)
             providers.get(edge.provider).check_user_data(edge, text, [stack_key, *cfg.ssh.public_keys])

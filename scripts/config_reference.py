@@ -41,6 +41,7 @@ SEE = {
     "roadWarriors": ("the fields", "#road-warriors"),
     "roadWarriorPool": ("road warriors", "services.md#road-warriors-a-vpn-into-the-lan-through-any-edge"),
     "roadWarriorDns": ("road warriors", "services.md#road-warriors-a-vpn-into-the-lan-through-any-edge"),
+    "roadWarriorPort": ("road warriors", "services.md#road-warriors-a-vpn-into-the-lan-through-any-edge"),
     "homeRole": ("home side", "home.md#home-side"),
     "sshHostKeyRotation": ("home side", "home.md#home-side"),
     "dnsProvider": ("GeoDNS", "dns.md#geodns"),

@@ -429,12 +429,12 @@ OPENWRT_BASE = {
 # and which of them may be lists (any other option given as a list: "must not be a list").
 FW4_OPTIONS = {
     "zone": ({"name", "input", "output", "forward"}, {"network"}),
-    "rule": ({"name", "src", "dest", "target"}, {"dest_ip", "dest_port", "proto"}),
+    "rule": ({"name", "src", "dest", "target"}, {"src_ip", "dest_ip", "dest_port", "proto"}),
     "nat": ({"name", "src", "src_ip", "target"}, {"proto"}),
 }
 # netifd's wireguard protocol handler (interface) and its peer sections
 WIREGUARD_OPTIONS = {
-    "interface": ({"proto", "private_key", "mtu"}, {"addresses"}),
+    "interface": ({"proto", "private_key", "mtu", "listen_port"}, {"addresses"}),
     "peer": (
         {"description", "public_key", "endpoint_host", "endpoint_port", "persistent_keepalive", "route_allowed_ips"},
         {"allowed_ips"},
@@ -544,6 +544,16 @@ def test_openwrt_sections_follow_firewall4_and_netifd(raw_config, keys, tmp_path
     assert checked == {"zone", "rule", "nat", "interface", "wireguard_wg_fsn", "wireguard_wg_ams"}
 
 
+def _fw4_address(want, address):
+    """A rule's src_ip / dest_ip (one or a list, absent: any) against a packet's address."""
+    if want is None:
+        return True
+    if address is None:
+        return False
+    wants = want if isinstance(want, list) else [want]
+    return any(ipaddress.ip_address(address) in ipaddress.ip_network(w) for w in wants)
+
+
 def _fw4_input_verdict(firewall, network, packet):
     """What firewall4 does with ``packet`` arriving on ``network`` for the router itself:
     its input chain accepts established and related traffic first, then jumps to the
@@ -555,11 +565,16 @@ def _fw4_input_verdict(firewall, network, packet):
     for rule in firewall.values():
         if rule[".type"] != "rule" or "dest" in rule or rule.get("src") not in (zone["name"], "*"):
             continue
-        unknown = set(rule) - {".type", "name", "src", "proto", "dest_port", "target"}
+        unknown = set(rule) - {".type", "name", "src", "proto", "dest_port", "target", "src_ip", "dest_ip"}
         assert not unknown, f"the model cannot match {unknown}"
         protos = rule.get("proto", ["tcp", "udp"])
-        if packet["proto"] in (protos if isinstance(protos, list) else protos.split()) and (
-            "dest_port" not in rule or str(packet.get("port")) == rule["dest_port"]
+        if protos == "all":
+            protos = [packet["proto"]]
+        if (
+            packet["proto"] in (protos if isinstance(protos, list) else protos.split())
+            and ("dest_port" not in rule or str(packet.get("port")) == rule["dest_port"])
+            and _fw4_address(rule.get("src_ip"), packet.get("src"))
+            and _fw4_address(rule.get("dest_ip"), packet.get("dst"))
         ):
             return rule["target"]
     return zone.get("input", "REJECT")
@@ -608,6 +623,8 @@ class RouterOSModel:
         "/ipv6 address",
         "/ip firewall filter",
         "/ip firewall nat",
+        "/ip firewall raw",
+        "/ip firewall address-list",
         "/ip address",
     )
 
@@ -825,7 +842,21 @@ def _ros_matches(rule, packet, lists):
         elif key == "connection-state":
             if packet["state"] not in want.split(","):
                 return False
-        elif key in ("protocol", "dst-port", "dst-address"):
+        elif key == "in-interface":
+            if packet["in"] != want:
+                return False
+        elif key == "dst-address-list":
+            listed = any(
+                ipaddress.ip_address(packet["dst-address"]) in ipaddress.ip_network(a)
+                for a in lists.get("addr:" + want.lstrip("!"), ())
+            )
+            if listed == want.startswith("!"):
+                return False
+        elif key in ("src-address", "dst-address"):
+            address = packet.get(key)
+            if address is None or ipaddress.ip_address(address) not in ipaddress.ip_network(want):
+                return False
+        elif key in ("protocol", "dst-port"):
             if str(packet.get(key)) != want:
                 return False
         else:
@@ -833,15 +864,17 @@ def _ros_matches(rule, packet, lists):
     return True
 
 
-def _ros_verdict(view, family, packet):
-    """What the router does with ``packet`` in its input chain: the first matching
-    rule's action (with its reject-with), else the chain's default, accept."""
+def _ros_verdict(view, family, packet, chain="input"):
+    """What the router does with ``packet`` in ``chain``: the first matching rule's
+    action (with its reject-with), else the chain's default, accept."""
     lists = {}
     for member in view["/interface list member"]:
         lists.setdefault(member["list"], set()).add(member["interface"])
     lists.setdefault("LAN", set()).add("bridge")  # the router's own LAN, as defconf has it
+    for entry in view.get("/ip firewall address-list", []):
+        lists.setdefault("addr:" + entry["list"], set()).add(entry["address"])
     for rule in view[f"/{family} firewall filter"]:
-        if rule["chain"] != "input" or rule.get("dynamic") == "yes" or rule["action"] == "passthrough":
+        if rule["chain"] != chain or rule.get("dynamic") == "yes" or rule["action"] == "passthrough":
             continue
         if _ros_matches(rule, packet, lists):
             return " ".join(filter(None, (rule["action"], rule.get("reject-with"))))

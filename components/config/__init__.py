@@ -74,6 +74,8 @@ def parse(
         p.get("roadWarriorDns"),
         home_spec,
         tunnel_spec,
+        p.get("roadWarriorPort"),
+        service_specs,
     )
     if home_spec.role == HomeRole.HOST and any(s.mode is Mode.FORWARD for s in service_specs):
         p.warn(

@@ -12,7 +12,7 @@ from typing import Any
 from components.model import platforms
 from components.model.fleet import NO_DNS_PROVIDER
 from components.model.protection import RIR_SOURCES
-from components.model.road_warriors import DEFAULT_POOL
+from components.model.road_warriors import DEFAULT_POOL, DEFAULT_PORT
 
 NAMESPACE = "cgnat-edge"
 
@@ -70,9 +70,19 @@ KEYS: dict[str, tuple[str, Any, str]] = {
     "roadWarriors": (
         "object-array",
         [],
-        "Devices that reach the home LAN through any edge: name, optional publicKey, allowedPrefixes, internet.",
+        "Devices that reach the home LAN through any edge: name, optional publicKey, allowedPrefixes (the LAN "
+        "parts, or [lan] for all of it), internet.",
     ),
-    "roadWarriorPool": ("string", DEFAULT_POOL, "IPv4 prefix the road warriors' addresses come from."),
+    "roadWarriorPool": (
+        "string",
+        DEFAULT_POOL,
+        "IPv4 prefix the road warriors' addresses come from; its last host is home's.",
+    ),
+    "roadWarriorPort": (
+        "integer",
+        DEFAULT_PORT,
+        "UDP port the edges forward to home for the road warriors' WireGuard sessions, which end at home.",
+    ),
     "roadWarriorDns": ("string", "", "DNS server the road-warrior configs push; empty = none."),
     "acmeEmail": ("string", "", "Contact e-mail for Let's Encrypt; required when an http service exists."),
     "acmeChallenge": ("string", "tls", "tls (TLS-ALPN-01) or http (HTTP-01) for certificates of http services."),

@@ -1,9 +1,12 @@
-"""``roadWarriors``: the user's own devices, each one more peer on every edge's ``wg0``
-with an address from ``roadWarriorPool`` and the LAN prefixes it may reach.
+"""``roadWarriors``: the user's own devices, each a peer of home's road-warrior
+interface with an address from ``roadWarriorPool`` and the LAN prefixes it may reach.
 
 A device has one IPv4 address and nothing else, so it reaches IPv4 prefixes only; and
-``wg0`` keeps one peer per public key, so a key that two peers share (two devices, or
-a device and home) silently drops one of them from every edge."""
+an interface keeps one peer per public key, so a key that two devices share silently
+drops one of them (and home's own key would make the device a peer of itself).  What a
+device reaches is always written down: ``allowedPrefixes`` lists LAN parts, or ``lan``
+for all of ``homeLanPrefixes``; leaving it out was once "the whole LAN" and is refused
+now, so no stack opens the LAN to a device without saying so."""
 
 from __future__ import annotations
 
@@ -15,27 +18,35 @@ from components.config.home import is_low_order
 from components.config.keys import fix_key
 from components.config.parser import WG_KEY_RE, Parser, whole_number
 from components.config.tunnel import CGNAT_RANGE
-from components.model.fleet import HomeSpec, TunnelSpec
-from components.model.road_warriors import DEFAULT_POOL, RoadWarrior, RoadWarriorsSpec
+from components.model.fleet import HomeSpec, ServiceSpec, TunnelSpec
+from components.model.road_warriors import DEFAULT_POOL, DEFAULT_PORT, WHOLE_LAN, RoadWarrior, RoadWarriorsSpec
 
 FIELDS = {"name", "publicKey", "allowedPrefixes", "internet", "index"}
 
 
 def parse(
-    p: Parser, items: list[Any], pool_text: str, dns_text: str, home: HomeSpec, tunnel: TunnelSpec
+    p: Parser,
+    items: list[Any],
+    pool_text: str,
+    dns_text: str,
+    home: HomeSpec,
+    tunnel: TunnelSpec,
+    port_value: Any = DEFAULT_PORT,
+    services: tuple[ServiceSpec, ...] | list[ServiceSpec] = (),
 ) -> RoadWarriorsSpec | None:
     if not items:
         return None
     lans = tuple(lan for lan in home.lan_prefixes if lan.version == 4)
+    port = _port(p, port_value, tunnel, services)
     pool = _pool(p, pool_text, home.lan_prefixes, tunnel)
-    if pool is None:
+    if pool is None or port is None:
         return None
-    hosts = pool.num_addresses - 2
+    hosts = RoadWarriorsSpec((), pool).hosts
     if hosts < len(items):
         p.fail(
             "roadWarriorPool",
-            f"{pool} has room for {max(hosts, 0)} device(s), not {len(items)}; use a shorter prefix, e.g. "
-            f"{DEFAULT_POOL}",
+            f"{pool} has room for {hosts} device(s) besides home's own address, not {len(items)}; use a shorter "
+            f"prefix, e.g. {DEFAULT_POOL}",
         )
         return None
     peers: list[RoadWarrior] = []
@@ -64,7 +75,8 @@ def parse(
         if index is None or not 1 <= index <= hosts:
             p.fail(
                 f"{key}.index",
-                f"{item.get('index', i + 1)!r} is not a place in {pool}; use a whole number from 1 to {hosts}, or leave index out",
+                f"{item.get('index', i + 1)!r} is not a place in {pool}; use a whole number from 1 to {hosts} (the "
+                "last host is home's), or leave index out",
             )
             continue
         if index in used:
@@ -72,12 +84,31 @@ def parse(
             continue
         used[index] = name
         internet = p.flag(
-            key, item, "internet", False, "true lets the device use the edges as its exit to the internet"
+            key, item, "internet", False, "true lets the device use home's own uplink as its exit to the internet"
         )
         allowed = _allowed(p, key, item.get("allowedPrefixes", None), lans, internet)
         peers.append(RoadWarrior(name, public_key or None, pool.network_address + index, tuple(allowed), internet))
     dns = _dns(p, dns_text, peers)
-    return RoadWarriorsSpec(tuple(peers), pool, dns)
+    return RoadWarriorsSpec(tuple(peers), pool, dns, port)
+
+
+def _port(p: Parser, value: Any, tunnel: TunnelSpec, services) -> int | None:
+    """The UDP port every edge forwards to home: one nothing else on the edges holds."""
+    port = p.port("roadWarriorPort", DEFAULT_PORT if value is None else value)
+    if port is None:
+        return None
+    taken = {tunnel.listen_port: f"WireGuard to home ({fix_key('wireguardPort')})", 53: "DNS", 22: "SSH"}
+    taken |= {80: "HTTP", 443: "HTTPS (HTTP/3 would use it)"}
+    for i, s in enumerate(services):
+        if s.protocol == "udp" and not s.mode.by_hostname and port in s.ports:
+            taken.setdefault(port, f"service {s.name!r} ({fix_key(f'services[{i}]')})")
+    if port in taken:
+        p.fail(
+            "roadWarriorPort",
+            f"udp {port} is {taken[port]} on the edges already; pick a port of its own, e.g. {DEFAULT_PORT}",
+        )
+        return None
+    return port
 
 
 def _public_key(p: Parser, key: str, raw: Any, home_key: str | None, seen: dict[str, str]) -> tuple[bool, str | None]:
@@ -105,7 +136,7 @@ def _public_key(p: Parser, key: str, raw: Any, home_key: str | None, seen: dict[
     if clash:
         p.fail(
             f"{key}.publicKey",
-            f"is {clash}; each edge's wg0 keeps one peer per key, so one would replace the other there: make a "
+            f"is {clash}; home's road-warrior interface keeps one peer per key, so one would replace the other: make a "
             "key on this device (the WireGuard app does), or leave publicKey out to have one generated",
         )
         return False, None
@@ -142,15 +173,24 @@ def _pool(p: Parser, pool_text: str, lans: tuple, tunnel: TunnelSpec) -> ipaddre
 
 
 def _allowed(p: Parser, key: str, raw_allowed: Any, lans: tuple, internet: bool) -> list:
-    """The IPv4 LAN prefixes a device may reach: all of them unless it lists parts.
-    None (empty) only with ``internet``: a device that uses the edges as its exit only."""
+    """The IPv4 LAN prefixes a device may reach, as listed (``lan``: every one of them).
+    None (empty) only with ``internet``: a device that uses home as its exit only."""
     if raw_allowed is None:
-        if not lans and not internet:
+        whole = ", ".join(map(str, lans)) or "none set"
+        p.fail(
+            f"{key}.allowedPrefixes",
+            "is required: a device reaches only what is listed for it; list the LAN parts it may reach, e.g. "
+            f"[{lans[0] if lans else '192.168.1.0/24'}], write [{WHOLE_LAN}] for all of "
+            f"{fix_key('homeLanPrefixes')} ({whole}; what leaving it out meant before), or [] with internet: true",
+        )
+        return []
+    if raw_allowed == WHOLE_LAN or raw_allowed == [WHOLE_LAN]:
+        if not lans:
             p.fail(
                 f"{key}.allowedPrefixes",
-                f"has nothing to default to: {fix_key('homeLanPrefixes')} lists no IPv4 prefix, and a device has "
-                "an IPv4 address only; add the home LAN's IPv4 prefix there, or set internet: true for a device "
-                "that uses the edges as its exit only",
+                f"is {WHOLE_LAN}, but {fix_key('homeLanPrefixes')} lists no IPv4 prefix, and a device has an IPv4 "
+                "address only; add the home LAN's IPv4 prefix there, or use [] with internet: true for a device "
+                "that uses home as its exit only",
             )
         return list(lans)
     allowed = []
@@ -158,9 +198,9 @@ def _allowed(p: Parser, key: str, raw_allowed: Any, lans: tuple, internet: bool)
     if not items and isinstance(raw_allowed, list) and not internet:
         p.fail(
             f"{key}.allowedPrefixes",
-            "is empty, so the device could reach nothing; leave it out to reach every IPv4 prefix of "
+            f"is empty, so the device could reach nothing; write [{WHOLE_LAN}] to reach every IPv4 prefix of "
             f"{fix_key('homeLanPrefixes')}, list the parts it may reach, or set internet: true for a device that "
-            "uses the edges as its exit only",
+            "uses home as its exit only",
         )
     for j, text in enumerate(items):
         field = f"{key}.allowedPrefixes[{j}]"
@@ -176,7 +216,7 @@ def _allowed(p: Parser, key: str, raw_allowed: Any, lans: tuple, internet: bool)
         elif net.prefixlen == 0:
             p.fail(
                 field,
-                f"{net} is every address, not a part of the home LAN; to use the edges as the device's exit to the "
+                f"{net} is every address, not a part of the home LAN; to use home as the device's exit to the "
                 "internet set internet: true, and list here only the LAN parts it may reach",
             )
         elif not any(net.subnet_of(lan) for lan in lans):

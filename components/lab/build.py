@@ -20,6 +20,7 @@ from components.lab.errors import LabError
 from components.lab.netns import Lab, wait_for
 from components.lab.rendered import Rendered
 from components.model.fleet import Mode
+from components.model.road_warriors import INTERFACE as ROAD_WARRIORS
 from components.renderers import edge_dns
 
 
@@ -95,11 +96,15 @@ def _add_edges(el: EdgeLab, edge_ips: dict[str, str]) -> None:
 
 
 def _bring_up_tunnels(el: EdgeLab) -> None:
-    """Home's wg-quick files, up, and a handshake with every edge."""
+    """Home's wg-quick files (the road warriors' too), up, and a handshake with every edge."""
     for tunnel in el.rendered.home["tunnels"]:
         iface = tunnel["interface"]
         el.home.write(f"/etc/wireguard/{iface}.conf", (el.rendered.out / "home" / f"{iface}.conf").read_text())
         el.home.run("wg-quick", "up", iface)
+    devices = el.rendered.out / "home" / f"{ROAD_WARRIORS}.conf"
+    if devices.is_file():  # the road warriors' sessions end at home
+        el.home.write(f"/etc/wireguard/{ROAD_WARRIORS}.conf", devices.read_text())
+        el.home.run("wg-quick", "up", ROAD_WARRIORS)
     for name in el.edges:
         # handshake_time is 0 until home's first handshake with the edge
         wait_for(functools.partial(el.handshake_time, name), timeout=20, message=f"home's handshake with edge {name}")

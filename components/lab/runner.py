@@ -19,7 +19,7 @@ from components.lab.forward import run_forward
 from components.lab.protection import run_protection
 from components.lab.rendered import render_stack
 from components.lab.report import Check, write_report
-from components.lab.vpn import run_vpn
+from components.lab.vpn import run_edge_sees_ciphertext, run_vpn
 
 TOOLS = ("ip", "nsenter", "unshare", "wg", "wg-quick", "wireguard-go", "nft", "pdns_server", "bash", "curl")
 
@@ -68,6 +68,7 @@ def run(
                 rows += run_protection(el)
             if attacks:
                 rows += run_attacks(el)
+                rows += run_edge_sees_ciphertext(el)
     if report is not None:
         write_report(report, rows)
     return all(c.ok for c in rows), smoke.table(results) + _more_rows(rows[len(results) :])

@@ -68,10 +68,14 @@ def _describe(cfg: FleetConfig, protocol: str, span: tuple[int, int], starts: li
     low, high = span
     if protocol == "udp" and low == high == cfg.tunnel.listen_port:
         return "WireGuard"
+    if protocol == "udp" and cfg.road_warriors and low == high == cfg.road_warriors.port:
+        return "road warriors (WireGuard to home)"
     if protocol == "tcp" and low == high and low in (80, 443):
         return "HTTP" if low == 80 else "HTTPS"
     inside = starts[bisect.bisect_left(starts, (low,)) : bisect.bisect_left(starts, (high + 1,))]
     names = [name for _, _, name in sorted(inside, key=lambda entry: entry[1])]
+    if protocol == "udp" and cfg.road_warriors and low <= cfg.road_warriors.port <= high:
+        names.insert(0, "road warriors")
     if protocol == "udp" and low <= cfg.tunnel.listen_port <= high:
         names.insert(0, "WireGuard")
     return f"service {', '.join(names)}"

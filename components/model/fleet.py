@@ -232,6 +232,8 @@ class FleetConfig:
         ports: set[int] = set()
         if protocol == "udp":
             ports.add(self.tunnel.listen_port)
+            if self.road_warriors:
+                ports.add(self.road_warriors.port)
         else:
             if any(s.mode.by_hostname for s in self.services):
                 ports.update((80, 443))

@@ -150,8 +150,11 @@ def edge_chains(cfg: FleetConfig) -> list[str]:
 
 def input_ports_excluded(cfg: FleetConfig, protocol: str) -> set[int]:
     """Public ports the edge's own input chain never sees over IPv4 (they are DNATed
-    before it)."""
-    return {p for s in services(cfg) if s.protocol == protocol for p in s.ports}
+    before it): forward services', and the road warriors' (forwarded to home)."""
+    ports = {p for s in services(cfg) if s.protocol == protocol for p in s.ports}
+    if protocol == "udp" and cfg.road_warriors:
+        ports.add(cfg.road_warriors.port)
+    return ports
 
 
 def edge_input_rules(cfg: FleetConfig) -> list[str]:
@@ -163,6 +166,8 @@ def edge_input_rules(cfg: FleetConfig) -> list[str]:
     rules = []
     for protocol in ("tcp", "udp"):
         ports = sorted({port_text(s) for s in services(cfg) if s.protocol == protocol})
+        if protocol == "udp" and cfg.road_warriors:
+            ports.append(str(cfg.road_warriors.port))
         if ports:
             dport = one_or_set(ports)
             verdict = "reject with tcp reset" if protocol == "tcp" else "reject with icmpx port-unreachable"

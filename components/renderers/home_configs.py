@@ -24,9 +24,10 @@ the OpenWrt script deletes the sections an earlier run made before it writes the
 current ones, the RouterOS script removes every item carrying its comment tag before it
 adds them again.
 
-``structured`` (version 1)::
+``structured`` (version 2: road warriors' sessions end at home, ``roadWarriors``
+replaces version 1's ``roadWarriorAllow``)::
 
-    version          1
+    version          2
     project, stack   where it came from
     role             "router" (the peer is the LAN's gateway) or "host" (a LAN box:
                      masquerade tunnel traffic into the LAN so LAN hosts answer it)
@@ -39,8 +40,13 @@ adds them again.
     forwardAllow     [{"service", "address", "port", "protocol"[, "portEnd"]}]: the only LAN
                      destinations the edges need; a firewall may allow just these
                      (portEnd: the last port of a forward service's range)
-    roadWarriorAllow [{"name", "address", "prefixes"}]: road-warrior devices (their pool
-                     address) and the LAN prefixes each may reach through a tunnel
+    roadWarriors     null, or the devices' interface at home (their sessions end there;
+                     every edge forwards udp listenPort to address):
+      interface, listenPort, address (with the pool's length), pool, mtu
+      notInternet    prefixes an internet: true device still may not reach
+      devices        [{"name", "publicKey", "address", "prefixes", "internet"}]: each
+                     device reaches its prefixes only; drop anything from a tunnel
+                     with a source in pool (an edge never speaks for a device)
     tunnels          one per edge:
       edge, provider, location, country
       interface      Linux-safe interface name (<= 15 characters)
@@ -63,8 +69,9 @@ adds them again.
                      route, rule "priority"+1: table "table" = default dev <interface>
                      (see components/renderers/forwarding.py)
 
-With road warriors the output also holds ``roadWarriors``: {device: {edge: wg-quick
-file}}, the files for the devices' WireGuard apps (see renderers/road_warriors.py).
+With road warriors the output also holds ``wgQuickRoadWarriors`` (home's
+/etc/wireguard/cgnat-rw.conf) and ``roadWarriors``: {device: {edge: wg-quick file}},
+the files for the devices' WireGuard apps (see renderers/road_warriors.py).
 """
 
 from __future__ import annotations
@@ -136,7 +143,12 @@ def _forward_allow(cfg: FleetConfig) -> list[dict]:
     return rules
 
 
-def structured(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_key: str | None) -> dict:
+def structured(
+    cfg: FleetConfig,
+    peers: list[DeployedEdge[str]],
+    home_private_key: str | None,
+    road_warrior_keys: dict[str, str | None] | None = None,
+) -> dict:
     """The router-neutral form; every other rendering is made from it."""
     home_public = public_key_of(home_private_key) if home_private_key else cfg.home.public_key
     if not home_public:
@@ -173,7 +185,7 @@ def structured(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_ke
             }
         )
     return {
-        "version": 1,
+        "version": 2,
         "project": cfg.project,
         "stack": cfg.stack,
         "role": cfg.home.role,
@@ -183,7 +195,7 @@ def structured(cfg: FleetConfig, peers: list[DeployedEdge[str]], home_private_ke
         "lanPrefixes": [str(n) for n in cfg.home.lan_prefixes],
         "masquerade": cfg.home.role == HomeRole.HOST,
         "forwardAllow": _forward_allow(cfg),
-        "roadWarriorAllow": road_warriors.home_allow(cfg),
+        "roadWarriors": road_warriors.home_block(cfg, road_warrior_keys or {}),
         "tunnels": tunnels,
     }
 
@@ -222,12 +234,10 @@ def _wg_quick_firewall(data: dict, iface: str) -> list[str]:
     ]
     for rule in data["forwardAllow"]:
         lines += [f"# service {rule['service']}", nft(f"add rule inet {table} from_edge {_nft_match(rule)} accept")]
-    for rw in data.get("roadWarriorAllow", []):
-        v4 = [n for n in rw["prefixes"] if ":" not in n]
-        lines += [
-            f"# road warrior {rw['name']}: its LAN prefixes",
-            nft(f"add rule inet {table} from_edge ip saddr {rw['address']} ip daddr {{ {', '.join(v4)} }} accept"),
-        ]
+    rw = road_warriors.wg_quick_tunnel_rules(data, table)
+    if rw:
+        lines += ["# road warriors: their WireGuard to home; never a device's address from the edge."]
+        lines += [nft(command) for command in rw]
     lines += [
         nft(f"add rule inet {table} from_edge meta l4proto tcp reject with tcp reset"),
         nft(f"add rule inet {table} from_edge reject"),
@@ -338,6 +348,7 @@ def openwrt(data: dict) -> str:
     the current sections to ``uci batch`` and commits only network and firewall."""
     zone = OPENWRT_ZONE
     sections = [_uci_name(t["interface"]) for t in data["tunnels"]]
+    owned = [*sections, road_warriors.OPENWRT_SECTION]
     out = [
         "#!/bin/sh",
         f"# cgnat-edge {data['project']}/{data['stack']}: OpenWrt 22.03+ with firewall4 (packages wireguard-tools, kmod-wireguard).",
@@ -349,7 +360,7 @@ def openwrt(data: dict) -> str:
         out.append(
             f"# Replace {PRIVATE_KEY_PLACEHOLDER} with the private key kept at home (public key {data['publicKey']})."
         )
-    out += ["set -eu", _OPENWRT_CLEANUP.format(zone=zone, current=" ".join(sections)).rstrip("\n")]
+    out += ["set -eu", _OPENWRT_CLEANUP.format(zone=zone, current=" ".join(owned)).rstrip("\n")]
     out += ["# 2. Write the current sections (staged until the commit below).", "uci batch <<'EOF'"]
 
     def s(path: str, value: object) -> None:
@@ -393,17 +404,9 @@ def openwrt(data: dict) -> str:
         s(f"firewall.{sec}.dest_port", _ports(rule))
         s(f"firewall.{sec}.proto", rule["protocol"])
         s(f"firewall.{sec}.target", "ACCEPT")
-    for i, rw in enumerate(data.get("roadWarriorAllow", [])):
-        sec = f"{zone}_rw{i}"
-        out.append(f"set firewall.{sec}=rule")
-        s(f"firewall.{sec}.name", f"cgnat-edge road warrior {rw['name']}")
-        s(f"firewall.{sec}.src", zone)
-        s(f"firewall.{sec}.dest", "lan")
-        s(f"firewall.{sec}.src_ip", rw["address"])
-        for prefix in rw["prefixes"]:
-            out.append(f"add_list firewall.{sec}.dest_ip={_uci_quote(prefix)}")
-        s(f"firewall.{sec}.proto", "all")
-        s(f"firewall.{sec}.target", "ACCEPT")
+    road_warriors.openwrt_batch(
+        data, s, lambda path, value: out.append(f"add_list {path}={_uci_quote(value)}"), out.append
+    )
     if data["masquerade"]:
         # firewall4 takes one src_ip per nat section ("must not be a list"): one section
         # per tunnel address of each edge.  `src lan` is the zone the traffic leaves by.
@@ -417,11 +420,12 @@ def openwrt(data: dict) -> str:
                 s(f"firewall.{sec}.proto", "all")
                 s(f"firewall.{sec}.target", "MASQUERADE")
     out.append("EOF")
-    marks = forwarding.openwrt_nft(data)
+    marks = (forwarding.openwrt_nft(data) or "") + road_warriors.openwrt_nft(data)
     out.append(f"rm -f {forwarding.OPENWRT_NFT_PATH}")
     if marks:
         out += [
-            "# Forward services: mark each tunnel's connections so replies leave through it (firewall4 include).",
+            "# Mark each tunnel's connections so replies leave through it; no device address from an edge",
+            "# (firewall4 include).",
             f"mkdir -p {forwarding.OPENWRT_NFT_PATH.rsplit('/', 1)[0]}",
             f"cat >{forwarding.OPENWRT_NFT_PATH} <<'EOF'",
             marks.rstrip("\n"),
@@ -456,6 +460,8 @@ _ROS_MENUS_IN_REMOVAL_ORDER = (
     "/routing table",
     "/ip firewall nat",
     "/ipv6 firewall nat",
+    "/ip firewall raw",
+    "/ip firewall address-list",
     "/ip firewall filter",
     "/ipv6 firewall filter",
     "/ip address",
@@ -533,9 +539,15 @@ def routeros(data: dict) -> str:
                 out.append(f"/ip address add address={a} interface={iface} {comment(iface)}")
             else:
                 out.append(f"/ipv6 address add address={a} interface={iface} advertise=no {comment(iface)}")
+    out += road_warriors.routeros_interface(data, comment, _ros)
     for family in ("ip", "ipv6"):
         menu = f"/{family} firewall filter"
         out += _routeros_input(menu, tag, comment)
+        if family == "ip":
+            before_input_drop = (
+                f"place-before=[:pick [{menu} find where comment={_ros(f'{tag}: {ROUTEROS_INPUT_DROP}')}] 0]"
+            )
+            out += road_warriors.routeros_filter(data, comment, "input", before_input_drop)
         first_drop = (
             f"[{menu} find where chain=forward and (action=drop or action=reject) and dynamic=no and disabled=no]"
         )
@@ -549,15 +561,10 @@ def routeros(data: dict) -> str:
                 f"{menu} add chain=forward in-interface-list=cgnat-edge dst-address={rule['address']} protocol={rule['protocol']} "
                 f"dst-port={_ports(rule)} action=accept {comment(rule['service'])} {before_ours}"
             )
-        for rw in data.get("roadWarriorAllow", []):
-            for prefix in rw["prefixes"]:
-                if (":" in prefix) != (family == "ipv6"):
-                    continue
-                out.append(
-                    f"{menu} add chain=forward in-interface-list=cgnat-edge src-address={rw['address']} "
-                    f"dst-address={prefix} action=accept {comment('road warrior ' + rw['name'])} {before_ours}"
-                )
+        if family == "ip":
+            out += road_warriors.routeros_filter(data, comment, "forward", before_ours)
     out += forwarding.routeros_lines(data, comment)
+    out += road_warriors.routeros_nat(data, comment)
     if data["masquerade"]:
         for t in data["tunnels"]:
             for a in t["routes"]:
@@ -576,13 +583,14 @@ def render(
 ) -> dict:
     """Every home rendering, as the JSON-serialisable secret output ``homeConfigs``;
     with road warriors also their device files (``roadWarriors``: device -> edge -> file)."""
-    data = structured(cfg, peers, home_private_key)
-    out = {
+    data = structured(cfg, peers, home_private_key, road_warrior_keys)
+    out: dict[str, object] = {
         "structured": data,
         "wgQuick": {t["edge"]: wg_quick(data, t) for t in data["tunnels"]},
         "openwrt": openwrt(data),
         "routeros": routeros(data),
     }
     if cfg.road_warriors:
-        out["roadWarriors"] = road_warriors.device_configs(cfg, peers, road_warrior_keys or {})
+        out["wgQuickRoadWarriors"] = road_warriors.wg_quick(data)
+        out["roadWarriors"] = road_warriors.device_configs(cfg, peers, road_warrior_keys or {}, data["publicKey"])
     return out

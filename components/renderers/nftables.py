@@ -43,8 +43,8 @@ def _metadata_output_rules() -> list[str]:
 
 
 def _metadata_forward_rules() -> list[str]:
-    """Nothing routed through the edge (a visitor's packet, a road warrior with
-    ``internet: true``) reaches the metadata service, whatever the rules after allow."""
+    """Nothing routed through the edge (a visitor's packet, forwarded or DNATed) reaches
+    the metadata service, whatever the rules after allow."""
     v4, v6 = metadata_addresses()
     return [f"ip daddr {one_or_set(v4)} drop", *([f"ip6 daddr {one_or_set(v6)} drop"] if v6 else [])]
 

@@ -13,7 +13,6 @@ Renderers here take keys as plain strings, so they can run inside ``Output.apply
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from components.model import edge_contract
@@ -74,10 +73,12 @@ def addresses(tunnel: TunnelSpec, edge: EdgeSpec) -> TunnelAddresses:
 
 def edge_allowed_ips(cfg: FleetConfig, edge: EdgeSpec) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """What the edge sends to home: home's tunnel addresses and every LAN prefix, so
-    Traefik can reach service targets directly.  wg-quick turns these into routes."""
+    Traefik can reach service targets directly, and home's road-warrior address (the
+    devices' forwarded port; no device address).  wg-quick turns these into routes."""
     addrs = addresses(cfg.tunnel, edge)
     lans = [lan for lan in cfg.home.lan_prefixes if lan.version == 4 or addrs.home_v6 is not None]
-    return addrs.home_hosts + list(lans)
+    rw = [ipaddress.ip_network(cfg.road_warriors.home_address)] if cfg.road_warriors else []
+    return addrs.home_hosts + list(lans) + rw
 
 
 def edge_wg_conf(
@@ -85,7 +86,6 @@ def edge_wg_conf(
     edge: EdgeSpec,
     edge_private_key: str,
     home_public_key: str,
-    road_warrior_keys: Mapping[str, str] | None = None,
 ) -> str:
     """/etc/wireguard/wg0.conf on ``edge``.
 
@@ -110,16 +110,5 @@ def edge_wg_conf(
         f"PublicKey = {home_public_key}",
         f"AllowedIPs = {', '.join(str(n) for n in edge_allowed_ips(cfg, edge))}",
     ]
-    if road_warrior_keys:
-        lines += _road_warrior_peers(cfg, road_warrior_keys)
     lines.append("")
     return "\n".join(lines)
-
-
-def _road_warrior_peers(cfg: FleetConfig, public_keys: Mapping[str, str]) -> list[str]:
-    """wg0.conf [Peer] sections of the devices on every edge."""
-    lines: list[str] = []
-    for rw in cfg.road_warriors.peers if cfg.road_warriors else ():
-        lines += ["", "[Peer]", f"# road warrior {rw.name}", f"PublicKey = {public_keys[rw.name]}"]
-        lines.append(f"AllowedIPs = {rw.address}/32")
-    return lines

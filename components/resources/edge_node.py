@@ -27,7 +27,6 @@ class EdgeNodeArgs:
     after: pulumi.Resource | None = None
     """The previous edge's config step; this edge's push starts only once that edge
     verifiably runs the new configuration (one edge at a time)."""
-    road_warrior_keys: pulumi.Input[dict] | None = None
     fleet: pulumi.Output[list[DeployedEdge[str]]] | None = None
     """Every edge with its addresses (dnsMode edges: the zone and the health agent's
     allow list name them all), resolved once every machine exists."""
@@ -51,8 +50,8 @@ class EdgeNode(pulumi.ComponentResource):
         key = WireGuardKey(f"{edge.name}-wireguard-key", opts=child)
         host_key = SshHostKey(f"{edge.name}-ssh-host-key", rotation=cfg.ssh.host_key_rotation, opts=child)
         wg_conf: pulumi.Output[str] = pulumi.Output.secret(
-            pulumi.Output.all(key.private_key, args.home_public_key, args.road_warrior_keys or {}).apply(
-                lambda keys: tunnel.edge_wg_conf(cfg, edge, keys[0], keys[1], keys[2])
+            pulumi.Output.all(key.private_key, args.home_public_key).apply(
+                lambda keys: tunnel.edge_wg_conf(cfg, edge, keys[0], keys[1])
             )
         )
         user_data: pulumi.Output[str] = pulumi.Output.secret(

@@ -89,15 +89,13 @@ class EdgeFleet(pulumi.ComponentResource):
             home_public_key, home_private_key = home_key.public_key, home_key.private_key
 
         # Road warriors without a public key get one made here, kept as a Pulumi secret.
+        # Only home and the device's own file need them: no edge holds a device key.
         rw_private: dict[str, pulumi.Output[str] | None] = {}
-        rw_public: dict[str, pulumi.Input[str]] = {}
         for rw in cfg.road_warriors.peers if cfg.road_warriors else ():
             if rw.public_key:
-                rw_public[rw.name], rw_private[rw.name] = rw.public_key, None
+                rw_private[rw.name] = None
             else:
-                rw_key = WireGuardKey(f"road-warrior-{rw.name}-wireguard-key", opts=child)
-                rw_public[rw.name], rw_private[rw.name] = rw_key.public_key, rw_key.private_key
-        road_warrior_keys = pulumi.Output.all(**rw_public) if rw_public else None
+                rw_private[rw.name] = WireGuardKey(f"road-warrior-{rw.name}-wireguard-key", opts=child).private_key
 
         stack_key = StackSshKey("stack-ssh-key", opts=child)
         key_ids = {name: providers.get(name).ssh_keys(cfg, stack_key.public_key, self) for name in cfg.providers}
@@ -120,7 +118,6 @@ class EdgeFleet(pulumi.ComponentResource):
                             key_ids[edge.provider],
                             ssh_private_key=args.ssh_private_key,
                             after=nodes[-1].config_step if nodes else None,
-                            road_warrior_keys=road_warrior_keys,
                             fleet=fleet,
                             crowdsec_enroll_key=args.crowdsec_enroll_key,
                         ),

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config.parser import NAME_RE, NAME_RULE
+from components.model.road_warriors import INTERFACE as ROAD_WARRIOR_INTERFACE
 from components.renderers.tunnel import IFNAMSIZ
 
 OUTPUT_KEY = "homeConfigs"
@@ -163,6 +164,8 @@ def _checked(configs: Any) -> dict:
         _text(text, f"wgQuick.{edge}")
     for key in ("openwrt", "routeros"):
         _text(_member(configs, key, ""), key)
+    if configs.get("wgQuickRoadWarriors") is not None:
+        _text(configs["wgQuickRoadWarriors"], "wgQuickRoadWarriors")
     devices = _object(configs.get("roadWarriors", {}), "roadWarriors", "a wg-quick file per device and edge")
     for device, per_edge in devices.items():
         _name(device, "roadWarriors", "road warrior")
@@ -275,6 +278,8 @@ def _files(configs: dict, qr: bool) -> dict[str, bytes]:
 
     for edge, text in sorted(configs["wgQuick"].items()):
         put(interfaces[edge], text)
+    if configs.get("wgQuickRoadWarriors"):
+        put(ROAD_WARRIOR_INTERFACE, configs["wgQuickRoadWarriors"])
     for device, per_edge in sorted(configs.get("roadWarriors", {}).items()):
         for edge, text in sorted(per_edge.items()):
             put(f"road-warrior-{device}-{edge}", text)

@@ -239,9 +239,8 @@ def _judge(st: EdgeStatus, e: dict, facts: dict, ssh: str) -> None:
     peers = [line.split("\t") for line in out.splitlines()[1:]] if code == 0 else []
     if not peers:
         st.problem(f"WireGuard wg0 is down: {err.strip()[:200]}", f"{ssh} sudo systemctl restart wg-quick@wg0")
-    # wg0 may also hold road warriors, listed in no fixed order (wireguard-go): home is
-    # the peer that handshook last.
-    for peer in sorted(peers, key=lambda p: int(p[4]) if len(p) > 4 and p[4].isdigit() else 0, reverse=True)[:1]:
+    # wg0's one peer is home (road warriors' sessions end at home, not here).
+    for peer in peers[:1]:
         handshake = int(peer[4])
         age = int(facts["now"] - handshake) if handshake else None
         f["handshakeAge"] = age
