@@ -209,3 +209,37 @@ def test_a_bad_input_fails_like_the_stack_file_before_any_resource():
     message = str(raised[0])
     assert "cgnat-edge:edges[1].provider: 'linode' is not a supported provider; use one of" in message
     assert "nothing was created" in message
+
+
+# -- the examples ---------------------------------------------------------------------------
+
+
+def _unknown_fields(value: Any, props: dict, types: dict, where: str) -> list[str]:
+    """Fields the schema does not have (the host would drop them without a word)."""
+    out = []
+    for name, v in value.items():
+        prop = props.get(name)
+        if prop is None:
+            out.append(f"{where}.{name}")
+            continue
+        ref = (prop.get("items") or prop).get("$ref", "")
+        if ref.startswith("#/types/"):
+            shape = types[ref.removeprefix("#/types/")]["properties"]
+            for i, item in enumerate(v if isinstance(v, list) else [v]):
+                out += _unknown_fields(item, shape, types, f"{where}.{name}[{i}]")
+    return out
+
+
+def test_the_yaml_example_deploys_the_dev_stacks_fleet():
+    example = yaml.safe_load((ROOT / "examples" / "yaml" / "Pulumi.yaml").read_text())
+    [(name, resource)] = example["resources"].items()
+    assert resource["type"] == "cgnat-edge:EdgeFleet"
+    assert example["packages"]["cgnat-edge"].endswith("/provider@<tag>")
+    schema = yaml.safe_load(package_schema.SCHEMA_FILE.read_text())
+    props = resource["properties"]
+    assert _unknown_fields(props, schema["resources"][TOKEN]["inputProperties"], schema["types"], name) == []
+    # The host maps the names, then the component parses: the dev stack's config, exactly.
+    provider = ComponentProvider([fleet.EdgeFleet], package_schema.PACKAGE)
+    mapped = provider.map_inputs(_as_on_the_wire(props), provider._component_defs["EdgeFleet"])
+    assert parse(fleet.raw_config(mapped)) == parse(stack_raw(DEV_STACK))
+    assert set(example["outputs"]) == set(schema["resources"][TOKEN]["properties"])

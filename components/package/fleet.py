@@ -61,7 +61,8 @@ def raw_config(args: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _secret(value: Any) -> pulumi.Output[str] | None:
-    return None if value is None else pulumi.Output.secret(value)
+    """A secret input as a secret, even when given as plain text; empty is not given."""
+    return None if value is None or value == "" else pulumi.Output.secret(value)
 
 
 class EdgeFleet(fleet.EdgeFleet):
