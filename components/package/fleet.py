@@ -4,7 +4,8 @@ same fleet out as the program builds from a stack file.
 The inputs go through the program's parser and preflight, so a bad input fails with the
 same message, naming the key, before the first resource is registered; then the
 program's own component does the rest, under the same type token, so a consumer's
-resources have the same types and names as the program's."""
+resources have the same types and names as the program's.  No ``from __future__ import
+annotations`` here or in the inputs' modules: the host reads the annotations as types."""
 
 import typing
 from collections.abc import Mapping
@@ -53,7 +54,7 @@ def raw_config(args: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in args.items():
         key = camel(name)
         if key in SECRETS:
-            if key != "sshPrivateKey" and value is not None:
+            if key != "sshPrivateKey" and value not in (None, ""):
                 raw[key] = SECRET_SET
             continue
         raw[key] = _as_keys(value, shapes.ITEMS.get(key))
@@ -74,7 +75,7 @@ class EdgeFleet(fleet.EdgeFleet):
     edges: pulumi.Output[dict[str, Any]]
     """Per edge: provider, location, addresses, WireGuard key and endpoint, SSH login and pinned host key."""
     home_configs: pulumi.Output[dict[str, Any]]
-    """Secret: the home peer's WireGuard configs (wg-quick, systemd-networkd, RouterOS, OpenWrt) and road-warrior configs."""
+    """Secret: the home router's WireGuard configs (structured, wg-quick per edge, OpenWrt, RouterOS) and road-warrior devices' files."""
     dns: pulumi.Output[dict[str, Any]]
     """The edge records in every rendering, and with dnsMode edges the delegation the parent zone needs."""
     monthly_cost: dict[str, Any]

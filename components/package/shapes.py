@@ -40,7 +40,7 @@ class Edge(TypedDict, total=False):
     name: str
     """Edge name: resource names, hostnames of the edge, tunnel interface."""
     provider: str
-    """hetzner, digitalocean or oracle."""
+    """The provider the edge is rented from (docs/edges.md)."""
     location: str
     """The provider's location code, e.g. fsn1, ams3, eu-amsterdam-1."""
     server_type: str
@@ -49,12 +49,13 @@ class Edge(TypedDict, total=False):
     """Operating system image; default the provider's Debian."""
     index: int
     """Fixes the edge's tunnel addresses (one /30 each); required with more than one edge."""
+    # The fields one provider takes besides these (its platform's edge_fields).
     compartment: str
-    """oracle: the compartment OCID the edge is created in."""
+    """The compartment OCID the edge is created in (the provider with compartments only)."""
     availability_domain: int
-    """oracle: 1-3 in regions with three; default the first that offers A1."""
+    """1-3 in regions with three; default the first that offers A1 (the provider with availability domains only)."""
     always_free: bool
-    """oracle: default true, refuse anything beyond the free allowance."""
+    """Default true: refuse anything beyond the provider's free allowance (the provider with one only)."""
 
 
 class Service(TypedDict, total=False):
