@@ -19,6 +19,7 @@ import yaml
 from pulumi.provider.experimental.component import ComponentProvider
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
+from components import cli
 from components.config import ConfigError, parse
 from components.config.keys import KEYS, NAMESPACE, REQUIRED
 from components.model import platforms
@@ -243,3 +244,10 @@ def test_the_yaml_example_deploys_the_dev_stacks_fleet():
     mapped = provider.map_inputs(_as_on_the_wire(props), provider._component_defs["EdgeFleet"])
     assert parse(fleet.raw_config(mapped)) == parse(stack_raw(DEV_STACK))
     assert set(example["outputs"]) == set(schema["resources"][TOKEN]["properties"])
+
+
+def test_a_new_key_makes_the_files_stale_and_the_command_says_how_to_fix_it(monkeypatch, capsys):
+    monkeypatch.setitem(KEYS, "edgeColour", ("string", "", "A key no schema has yet."))
+    assert package_schema.ARGS_FILE in package_schema.stale()
+    assert cli.main(["package-schema"]) == 1
+    assert f"components/package/args.py is stale; regenerate: {package_schema.REGENERATE}" in capsys.readouterr().err
