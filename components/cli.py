@@ -1,5 +1,5 @@
-"""``cgnat-edge``: the commands around the Pulumi program (render, home configs, policy, lab,
-rehearse, status).
+"""``cgnat-edge``: the commands around the Pulumi program (render, home configs, policy,
+package schema, lab, rehearse, status).
 
 One parser for every command, so options, stack selection and errors behave the same
 everywhere.  Exit status: 0 done, 1 the command ran and found a problem (a policy
@@ -15,7 +15,7 @@ from pathlib import Path
 from components.config import ConfigError, stack
 from components.lab import rehearse, runner
 from components.lab.errors import LabError
-from components.tools import home_files, policy, render, status
+from components.tools import home_files, package_schema, policy, render, status
 
 DEFAULT_STACK = "dev"
 
@@ -73,6 +73,20 @@ def cmd_policy(args: argparse.Namespace) -> int:
     if args.render_dir:
         return policy.main_for_render(stack_file, Path(args.render_dir), project_file)
     return policy.main_for_stack(stack_file, project_file)
+
+
+def cmd_package_schema(args: argparse.Namespace) -> int:
+    if args.write:
+        for path in package_schema.write():
+            print(f"wrote {path.relative_to(package_schema.ROOT)}")
+        return 0
+    stale = package_schema.stale()
+    for path in stale:
+        print(
+            f"{path.relative_to(package_schema.ROOT)} is stale; regenerate: {package_schema.REGENERATE}",
+            file=sys.stderr,
+        )
+    return 1 if stale else 0
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -178,6 +192,13 @@ def parser() -> argparse.ArgumentParser:
         "--render-dir", metavar="DIR", help="check this folder from `cgnat-edge render` instead of rendering again"
     )
     p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser(
+        "package-schema",
+        help="check (or --write) the component package's args.py and schema.json against the key table",
+    )
+    p.add_argument("--write", action="store_true", help="regenerate them")
+    p.set_defaults(func=cmd_package_schema)
 
     p = sub.add_parser(
         "lab", help="(root) boot the stack's rendered configs in network namespaces and send traffic through every edge"

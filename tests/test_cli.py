@@ -55,6 +55,7 @@ def test_every_command_is_a_subcommand_of_one_parser(capsys):
         "render",
         "home-config",
         "policy",
+        "package-schema",
         "lab",
         "rehearse",
         "status",

@@ -20,7 +20,16 @@ LAYERS = (
     ("model", ("components.model",)),
     ("config", ("components.config",)),
     ("renderers", ("components.renderers",)),
-    ("pulumi", ("components.providers", "components.resources", "components.preflight", "components.program")),
+    (
+        "pulumi",
+        (
+            "components.providers",
+            "components.resources",
+            "components.preflight",
+            "components.program",
+            "components.package",
+        ),
+    ),
     ("tools", ("components.tools",)),
     ("lab", ("components.lab",)),
     ("cli", ("components.cli",)),

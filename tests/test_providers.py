@@ -11,6 +11,7 @@ import pytest
 from components import config, providers
 from components.model.firewall import firewall_rules
 from components.model.fleet import FleetConfig
+from components.tools import package_schema
 from tests.support import ROOT
 
 
@@ -28,11 +29,13 @@ def test_no_module_outside_the_registry_names_a_provider():
     """A new provider is one module in components/model/platforms/ and one in components/providers/:
     nothing else may know one by name."""
     names = [n for p in providers.REGISTRY.values() for n in (p.name, p.resource_prefix.rstrip(":"))]
+    # written from the key table, whose texts name the registry's providers
+    generated = {package_schema.ARGS_FILE}
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b", re.I)
     offenders = [
         f"{path.relative_to(ROOT)}:{i}: {line.strip()}"
         for path in sorted((ROOT / "components").rglob("*.py"))
-        if not {"platforms", "providers"} & set(path.relative_to(ROOT).parts)
+        if not {"platforms", "providers"} & set(path.relative_to(ROOT).parts) and path not in generated
         for i, line in enumerate(path.read_text().splitlines(), 1)
         if pattern.search(line)
     ]

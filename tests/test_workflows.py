@@ -95,7 +95,7 @@ def test_actionlint_catches_a_broken_workflow(tmp_path):
 
 
 def test_expected_workflows_exist():
-    assert [p.name for p in workflow_files()] == ["deploy.yml", "preview.yml", "test.yml"]
+    assert [p.name for p in workflow_files()] == ["deploy.yml", "drift.yml", "preview.yml", "test.yml"]
 
 
 @pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.name)
@@ -133,8 +133,26 @@ def test_preview_runs_per_stack_and_comments():
     assert preview["with"]["comment-on-pr"] is True
     assert preview["with"]["stack-name"] == "${{ matrix.stack }}"
     assert preview["with"]["cloud-url"] == "${{ vars.PULUMI_BACKEND_URL }}"
+    # the policy pack runs inside the preview, its result in the same comment
+    assert preview["with"]["policyPacks"] == "policy"
+    assert (ROOT / preview["with"]["policyPacks"] / "PulumiPolicy.yaml").is_file()
     names = [s.get("name") for _, s in steps(workflow)]
     assert names.index("Policy check (offline render, no credentials)") < names.index("Preview")
+
+
+def test_drift_refreshes_each_stack_on_a_schedule_and_fails_on_changes():
+    workflow = load("drift.yml")
+    assert set(workflow["on"]) == {"schedule", "workflow_dispatch"}
+    assert "pull_request" not in workflow["on"] and "pull_request_target" not in workflow["on"]
+    job = workflow["jobs"]["refresh"]
+    assert job["environment"] == "drift"
+    assert job["strategy"]["matrix"]["stack"] == load("preview.yml")["jobs"]["preview"]["strategy"]["matrix"]["stack"]
+    # the queue deploy.yml uses, so a refresh never runs beside an up of the same stack
+    assert job["concurrency"] == {"group": "pulumi-up-${{ matrix.stack }}", "cancel-in-progress": False}
+    [refresh] = [s for _, s in steps(workflow) if str(s.get("uses", "")).startswith("pulumi/actions@")]
+    assert refresh["with"]["command"] == "refresh"
+    assert refresh["with"]["expect-no-changes"] is True
+    assert refresh["with"]["stack-name"] == "${{ matrix.stack }}"
 
 
 def test_up_needs_approval_and_never_runs_twice_per_stack():
@@ -163,7 +181,7 @@ def test_secrets_come_from_github_secrets_only():
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
     }
-    for name in ("preview.yml", "deploy.yml"):
+    for name in ("preview.yml", "deploy.yml", "drift.yml"):
         workflow = load(name)
         [pulumi_step] = [s for _, s in steps(workflow) if str(s.get("uses", "")).startswith("pulumi/actions@")]
         env = pulumi_step["env"]

@@ -8,8 +8,10 @@ decide that from plain data (the render's ``resources.json``, ``outputs.json`` a
 ``secret_outputs.json``) so they run the same in the tests, in CI before every preview,
 and on a laptop without cloud credentials.
 
-Why not a CrossGuard policy pack: it needs the Pulumi CLI and a preview against real
-providers; this needs neither, and the render it reads is the same program run.
+The same rules (``RULES``) are a CrossGuard policy pack too (``policy/``, through
+``components/tools/policy_pack.py``), for ``pulumi preview --policy-pack policy/`` in CI
+and for Pulumi users who already run packs; this command stays for what the pack cannot
+do: check a stack offline, without the Pulumi CLI, cloud credentials or a preview.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import ipaddress
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,20 +243,60 @@ def check_inputs(resources: list[dict]) -> list[Violation]:
 
 
 # ---------------------------------------------------------------------------
-# (c) high availability that is not
+# The rules, as both front-ends run them
 # ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StackData:
+    """What the rules read, however it was obtained: from an offline render (the
+    command) or from the engine during a preview (the policy pack, policy/)."""
+
+    cfg: FleetConfig
+    resources: list[dict]
+    """Rows shaped like the render's resources.json: type, name, urn, parent, inputs."""
+    outputs: Mapping[str, Any]
+    secret_outputs: set[str]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    description: str
+    check: Callable[[StackData], list[Violation]]
+
+
+RULES = (
+    Rule(
+        "undeclared-port",
+        "Every inbound port of a provider firewall belongs to a declared service (or SSH from sshAllowedCidrs).",
+        lambda d: check_ports(d.cfg, d.resources),
+    ),
+    Rule(
+        "unfirewalled-machine",
+        "Every edge machine sits behind its provider's firewall.",
+        lambda d: check_firewalled(d.resources),
+    ),
+    Rule(
+        "private-key-in-output",
+        "No plain stack output carries a private key.",
+        lambda d: check_outputs(d.outputs, d.secret_outputs),
+    ),
+    Rule(
+        "private-key-in-input",
+        "No plain resource input carries a private key.",
+        lambda d: check_inputs(d.resources),
+    ),
+)
+"""Every rule, in the order the command reports them; the policy pack makes one policy of each."""
 
 
 def check(
     cfg: FleetConfig, resources: list[dict], outputs: Mapping[str, Any], secret_outputs: set[str]
 ) -> list[Violation]:
     """Every rule, in a stable order; an empty list means the stack may be previewed."""
-    return (
-        check_ports(cfg, resources)
-        + check_firewalled(resources)
-        + check_outputs(outputs, set(secret_outputs))
-        + check_inputs(resources)
-    )
+    data = StackData(cfg, resources, outputs, set(secret_outputs))
+    return [v for rule in RULES for v in rule.check(data)]
 
 
 # ---------------------------------------------------------------------------
