@@ -62,9 +62,11 @@ class EdgeFleetArgs(TypedDict, total=False):
     dns_geoip_database: str
     """dnsMode edges: a City MMDB (DB-IP City Lite, GeoLite2 City); answers nearest edge first (EDNS Client Subnet). Relative to the stack file's folder."""
     road_warriors: list[shapes.RoadWarrior]
-    """Devices that reach the home LAN through any edge: name, optional publicKey, allowedPrefixes, internet."""
+    """Devices that reach the home LAN through any edge: name, optional publicKey, allowedPrefixes (the LAN parts, or [lan] for all of it), internet."""
     road_warrior_pool: str
-    """IPv4 prefix the road warriors' addresses come from."""
+    """IPv4 prefix the road warriors' addresses come from; its last host is home's."""
+    road_warrior_port: int
+    """UDP port the edges forward to home for the road warriors' WireGuard sessions, which end at home."""
     road_warrior_dns: str
     """DNS server the road-warrior configs push; empty = none."""
     acme_email: str
