@@ -11,7 +11,7 @@ import yaml
 from components.lab import secrets
 from components.model import edge_contract
 from components.model.keys import generate_host_key, generate_keypair
-from components.renderers import templates
+from components.renderers import bootstrap, templates
 from components.tools import offline, render
 from tests.support import require_tool
 
@@ -62,3 +62,18 @@ def test_secrets_rows_on_the_lab(el):
     assert user_data.ok and user_data.value == 0, user_data.detail
     assert retired.ok and retired.value == len(el.edges), retired.detail
     assert all(e.install_key.startswith(f"{edge_contract.INSTALL_KEY_TYPE} ") for e in el.edges.values())
+
+    # The row can fail: an edge that serves its bootstrap key again is caught.
+    name = sorted(el.edges)[0]
+    edge, script = el.edges[name], bootstrap.as_root(el.cfg.ssh.user, bootstrap.host_key_script())
+    keys = el.rendered.cloud_config(name)["ssh_keys"]
+    put_back = edge.ssh(script, host_key=edge.install_key, input=keys["ed25519_private"])
+    assert put_back.returncode == 0, put_back.stderr
+    try:
+        caught = secrets.host_key_retired(el)
+        assert not caught.ok and f"{name}: sshd presents 2 keys, the bootstrap key among them" in caught.detail
+    finally:
+        pinned = offline.reveal(el.rendered.run.one("command:remote:Command", f"{name}-host-key").inputs["stdin"])
+        restored = edge.ssh(script, host_key=edge.install_key, input=pinned)
+        assert restored.returncode == 0, restored.stderr
+    assert secrets.host_key_retired(el).ok

@@ -91,6 +91,12 @@ def install_host_key(el: EdgeLab, name: str) -> None:
     edge.install_key = bootstrap.reported_install_key(done.stdout)
     if done.returncode != 0 or not edge.install_key:
         raise LabError(f"the boot step on edge {name} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+    # sshd re-executes on the reload: pulumi-command retries the dial meanwhile.
+    wait_for(
+        lambda: edge.ssh("true", host_key=edge.install_key, timeout=10).returncode == 0,
+        timeout=20,
+        message=f"edge {name}'s sshd with its install key",
+    )
     step = run.one("command:remote:Command", f"{name}-host-key")
     done = edge.ssh(step.inputs["create"], host_key=edge.install_key, input=offline.reveal(step.inputs["stdin"]))
     if done.returncode != 0:

@@ -137,6 +137,8 @@ class Edge:
         )
         self.node.write("/usr/local/sbin/cloud-init", CLOUD_INIT_STUB, 0o755)
         self._install(files)
+        # The runcmd makes Traefik's dynamic folder; the first push fills it.
+        self.node.run("mkdir", "-p", edge_contract.TRAEFIK_DYNAMIC_DIR)
         if lab.http_cert is not None:
             cert, key, _ = lab.http_cert
             standin = {"tls": {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}}
