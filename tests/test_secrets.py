@@ -3,6 +3,7 @@ data holds only the bootstrap host key, which the ``<edge>-boot`` step retires."
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pytest
@@ -52,6 +53,18 @@ def test_the_boot_script_retires_the_contract_host_key():
     assert re.search(rf"^host_key={re.escape(edge_contract.HOST_KEY)}$", script, re.M)
     assert re.search(rf"^install_key={re.escape(edge_contract.INSTALL_KEY)}$", script, re.M)
     assert f"-t {edge_contract.INSTALL_KEY_TYPE.split('-')[0]} -b {edge_contract.INSTALL_KEY_TYPE[-3:]}" in script
+
+
+BOOT_COMMAND_SHA256 = "29574eb67e5ca5e17cd8115447141827b68192dc95219fe09f270302a8f51e17"
+
+
+def test_the_boot_command_stays_as_deployed():
+    """A changed boot command re-runs ``<edge>-boot`` on every deployed edge, over a
+    connection pinned to the bootstrap key those edges no longer have: ``pulumi up``
+    would fail on each.  Change it only together with a way for deployed edges to skip
+    the re-run (a new step name that existing edges never get, for instance)."""
+    digest = hashlib.sha256(bootstrap.boot_command("root").encode()).hexdigest()
+    assert digest == BOOT_COMMAND_SHA256
 
 
 @pytest.mark.netns
