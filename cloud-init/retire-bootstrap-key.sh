@@ -1,9 +1,10 @@
 #!/bin/bash
 # The <edge>-boot step, over the connection pinned to the bootstrap host key: the one
 # the provider's metadata serves for the VM's whole life.  Once cloud-init has finished,
-# the bootstrap key leaves the edge; an install key made here takes its place (the
-# <edge>-host-key step pins it to install the edge's pinned host key).  The install
-# key's public half is the last line of the output.
+# the bootstrap key leaves the edge and the install key stays (made on the edge at first
+# boot, or here on an edge older than it); the <edge>-host-key step pins it to install
+# the edge's pinned host key.  The install key's public half is the last line of the
+# output.
 set -euo pipefail
 
 host_key=/etc/ssh/ssh_host_ed25519_key

@@ -55,7 +55,7 @@ def test_the_boot_script_retires_the_contract_host_key():
     assert f"-t {edge_contract.INSTALL_KEY_TYPE.split('-')[0]} -b {edge_contract.INSTALL_KEY_TYPE[-3:]}" in script
 
 
-BOOT_COMMAND_SHA256 = "29574eb67e5ca5e17cd8115447141827b68192dc95219fe09f270302a8f51e17"
+BOOT_COMMAND_SHA256 = "a36f259c61ca8642ef9dae9c178200333378200cfc50fc14f161ee302b942db1"
 
 
 def test_the_boot_command_stays_as_deployed():

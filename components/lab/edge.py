@@ -295,6 +295,8 @@ class Edge:
             self.enabled |= {edge_contract.TRAEFIK_SLOTS[0], f"{edge_contract.WG_ENDPOINT_UNIT}.timer"}
             self._start(edge_contract.TRAEFIK_SLOTS[0])
             self.node.sh("rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* /etc/ssh/ssh_host_dsa_key*")
+            if self.node.run("test", "-f", edge_contract.INSTALL_KEY, check=False).returncode != 0:
+                self.node.run("ssh-keygen", "-q", "-t", "ecdsa", "-b", "256", "-N", "", "-f", edge_contract.INSTALL_KEY)
             self._start("ssh.service")
             # A rebooted edge: systemd starts the enabled DNS units (dnsMode edges) too.
             for unit in SPAWNED_UNITS:

@@ -313,6 +313,21 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, bootstrap_key: tuple[str, str] |
         # An openssh-server upgrade during the first boot (package_upgrade) recreates
         # RSA/ECDSA keys before the apt hook that removes them is in place.
         ["sh", "-c", "rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* /etc/ssh/ssh_host_dsa_key*"],
+        # The install key, made here and never copied off (the boot step reports its public half).
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ecdsa",
+            "-b",
+            "256",
+            "-N",
+            "",
+            "-C",
+            "cgnat-edge-install",
+            "-f",
+            edge_contract.INSTALL_KEY,
+        ],
         ["systemctl", "reload-or-restart", "ssh.service"],
     ]
     text = _dump(doc, "#cloud-config\n")
@@ -342,8 +357,8 @@ def host_key_script() -> str:
 
 def boot_command(user: str) -> str:
     """What the ``<edge>-boot`` step runs over the connection pinned to the bootstrap key:
-    wait for cloud-init, then replace the bootstrap key with an install key made on the
-    edge, whose public half it prints last (``reported_install_key``).
+    wait for cloud-init, then remove the bootstrap key and print the public half of the
+    install key the edge made at first boot, last (``reported_install_key``).
 
     Kept small and free of anything that changes often: a change to this command re-runs
     the step on every edge, over a connection pinned to a key they no longer have."""

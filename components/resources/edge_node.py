@@ -83,8 +83,8 @@ class EdgeNode(pulumi.ComponentResource):
             )
 
         connection = pinned(host_key.public_key)
-        # First boot: once cloud-init is done, the bootstrap key is replaced by an install
-        # key made on the edge and reported here.  Re-runs only for a new server.
+        # First boot: once cloud-init is done, the bootstrap key leaves the edge, and the
+        # install key the edge made is reported here.  Re-runs only for a new server.
         booted = command.remote.Command(
             f"{edge.name}-boot",
             connection=pinned(bootstrap_key.public_key),
