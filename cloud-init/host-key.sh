@@ -1,7 +1,8 @@
 #!/bin/bash
-# Install a rotated SSH host key on a running edge: the program runs this over a
-# connection that still pins the key the server presents now; the next step (the
-# push) already pins the new one.  stdin: the new ed25519 private key (OpenSSH).
+# Install the edge's pinned SSH host key (a new edge has none: the boot step retired
+# the bootstrap key; a rotated one replaces the last).  The program runs this over a
+# connection pinned to the install key the edge made; the next step (the push)
+# already pins the new key.  stdin: the ed25519 private key (OpenSSH).
 # The key is checked, sshd -t must pass with it, and the old key comes back if not.
 set -euo pipefail
 
@@ -21,11 +22,11 @@ if cmp -s "$work/key" "$key"; then
   echo "cgnat-edge host key: already installed"
   exit 0
 fi
-cp -p "$key" "$work/old" && cp -p "$key.pub" "$work/old.pub"
+if [[ -f $key ]]; then cp -p "$key" "$work/old" && cp -p "$key.pub" "$work/old.pub"; fi
 install -m 0600 -o root -g root "$work/key" "$key.cgnat-edge-new" && mv -f "$key.cgnat-edge-new" "$key"
 install -m 0644 -o root -g root "$work/key.pub" "$key.pub.cgnat-edge-new" && mv -f "$key.pub.cgnat-edge-new" "$key.pub"
 if ! sshd -t; then
-  mv -f "$work/old" "$key" && mv -f "$work/old.pub" "$key.pub"
+  if [[ -f $work/old ]]; then mv -f "$work/old" "$key" && mv -f "$work/old.pub" "$key.pub"; else rm -f "$key" "$key.pub"; fi
   die "sshd -t fails with the new host key; the old one is back"
 fi
 systemctl reload ssh.service

@@ -235,8 +235,9 @@ def check_ssh(desired: dict) -> list[str]:
             have = [line.strip() for line in f if line.strip() and not line.startswith("#")]
     if sorted(have) != sorted(desired["ssh"]["authorizedKeys"]):
         problems.append(f"{path} holds {len(have)} keys, not the {len(desired['ssh']['authorizedKeys'])} listed")
-    if host_keys != [desired["ssh"]["hostKey"]]:
-        problems.append(f"sshd loads host keys {host_keys}, want only {desired['ssh']['hostKey']}")
+    want_files = [desired["ssh"]["hostKey"], desired["ssh"]["installKey"]]
+    if host_keys != want_files:
+        problems.append(f"sshd loads host keys {host_keys}, want only {want_files}")
     # What the running sshd presents (it may still be re-executing after a reload).
     served: list[str] = []
     for _ in range(20):
@@ -247,10 +248,14 @@ def check_ssh(desired: dict) -> list[str]:
         if served:
             break
         time.sleep(0.1)
-    want_key = " ".join(desired["ssh"]["hostPublicKey"].split()[:2])
-    if served != [want_key]:
+    want = [" ".join(desired["ssh"]["hostPublicKey"].split()[:2])]
+    if os.path.exists(desired["ssh"]["installKey"] + ".pub"):
+        with open(desired["ssh"]["installKey"] + ".pub") as f:
+            want.append(" ".join(f.read().split()[:2]))
+    if served != sorted(want):
         problems.append(
-            f"sshd serves {len(served)} host keys {[s.split()[0] for s in served]}, want only the pinned one"
+            f"sshd serves {len(served)} host keys {[s.split()[0] for s in served]}, want only the pinned one "
+            "and the edge's install key"
         )
     return problems
 

@@ -17,8 +17,8 @@ from components import providers
 from components.config.keys import fix_key
 from components.model import platforms
 from components.model.fleet import FleetConfig
-from components.model.keys import generate_host_key, generate_keypair
-from components.renderers import bootstrap, tunnel
+from components.model.keys import generate_host_key
+from components.renderers import bootstrap
 
 
 def problems(cfg: FleetConfig, import_module: Callable[[str], Any] = importlib.import_module) -> list[str]:
@@ -48,17 +48,15 @@ def missing_sdks(cfg: FleetConfig, import_module: Callable[[str], Any] = importl
 
 def oversized_user_data(cfg: FleetConfig) -> list[str]:
     """Each edge's user-data, rendered as the program renders it, held to its provider's
-    limit.  Only the keys are not known before ``pulumi up`` makes them; throwaway keys of
-    the same kinds have the same sizes, so the size measured here is the size deployed
-    (to a few bytes where gzip packs the keys: a large stack, a provider that gzips)."""
-    edge_private, home_public = generate_keypair()
-    host_key = generate_host_key()
+    limit.  Only the bootstrap key is not known before ``pulumi up`` makes it; a throwaway
+    key of the same kind has the same size, so the size measured here is the size deployed
+    (to a few bytes where gzip packs the key: a large stack, a provider that gzips)."""
+    bootstrap_key = generate_host_key()
     stack_key = generate_host_key()[1]
     found: list[str] = []
     for edge in cfg.edges:
-        wg_conf = tunnel.edge_wg_conf(cfg, edge, edge_private, cfg.home.public_key or home_public)
         try:
-            text = bootstrap.user_data(cfg, edge, wg_conf, host_key)
+            text = bootstrap.user_data(cfg, edge, bootstrap_key)
             providers.get(edge.provider).check_user_data(edge, text, [stack_key, *cfg.ssh.public_keys])
         except bootstrap.UserDataTooLarge as exc:
             found.append(str(exc))

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from measure_user_data import EXAMPLE_STACK, HOST_KEY, wg_conf, with_services  # noqa: E402
+from measure_user_data import EXAMPLE_STACK, HOST_KEY, with_services  # noqa: E402
 
 from components import config  # noqa: E402
 from components.config import stack  # noqa: E402
@@ -33,7 +33,7 @@ def sizes(raw: dict) -> tuple[int, int, str]:
     """(cloud-config bytes, metadata bytes, edge) for the stack's first Oracle edge."""
     cfg = config.parse(raw)
     edge = next(e for e in cfg.edges if e.provider == oracle.PROVIDER.name)
-    text = bootstrap.user_data(cfg, edge, wg_conf(cfg, edge), HOST_KEY)
+    text = bootstrap.user_data(cfg, edge, HOST_KEY)
     metadata = oracle.user_data_metadata(text, [STACK_KEY, *cfg.ssh.public_keys])
     return len(text.encode()), oracle.metadata_size(metadata), edge.name
 

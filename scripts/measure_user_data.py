@@ -14,19 +14,11 @@ from pathlib import Path
 
 from components import config
 from components.config import stack
-from components.model.fleet import EdgeSpec, FleetConfig
-from components.model.keys import generate_host_key, generate_keypair
-from components.renderers import bootstrap, tunnel
+from components.model.keys import generate_host_key
+from components.renderers import bootstrap
 
 EXAMPLE_STACK = Path(__file__).resolve().parent.parent / "Pulumi.dev.yaml"
 HOST_KEY = generate_host_key()
-
-
-def wg_conf(cfg: FleetConfig, edge: EdgeSpec) -> str:
-    """The edge's real WireGuard config, from the program's own renderer."""
-    edge_private, _ = generate_keypair()
-    _, home_public = generate_keypair()
-    return tunnel.edge_wg_conf(cfg, edge, edge_private, home_public)
 
 
 def with_services(raw: dict, extra: int) -> dict:
@@ -47,10 +39,10 @@ def with_services(raw: dict, extra: int) -> dict:
 
 
 def size(raw: dict) -> tuple[int, str]:
-    """Bytes of the first edge's cloud-config, with real keys and the pinned host key."""
+    """Bytes of the first edge's cloud-config, with a real bootstrap host key."""
     cfg = config.parse(raw)
     edge = cfg.edges[0]
-    return len(bootstrap.user_data(cfg, edge, wg_conf(cfg, edge), HOST_KEY).encode()), edge.name
+    return len(bootstrap.user_data(cfg, edge, HOST_KEY).encode()), edge.name
 
 
 def main() -> None:

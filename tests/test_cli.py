@@ -137,7 +137,7 @@ def test_project_dir_gives_the_project_for_a_stack_file_elsewhere(tmp_path, caps
     stack = tmp_path / "Pulumi.dev.yaml"
     stack.write_text(DEV_STACK.read_text())
     assert cli.main(["policy", "--stack-file", str(stack), "--project-dir", str(ROOT)]) == 0
-    assert capsys.readouterr().out.startswith("policy: stack dev (25 resources, 4 outputs): no violations")
+    assert capsys.readouterr().out.startswith("policy: stack dev (27 resources, 4 outputs): no violations")
 
 
 def test_a_config_error_is_the_message_alone(tmp_path, capsys):

@@ -88,7 +88,7 @@ def test_schema_validator_can_fail(tmp_path):
 def test_user_data_installs_the_right_build_per_architecture(fleet_config, keys):
     by_arch = {}
     for edge in fleet_config.edges:
-        doc = yaml.safe_load(bootstrap.user_data(fleet_config, edge, wg_conf(keys)))
+        doc = yaml.safe_load(bootstrap.user_data(fleet_config, edge))
         install = doc["runcmd"][0]
         assert install[0] == edge_contract.INSTALL_TRAEFIK
         by_arch[edge.arch] = install[1:]
@@ -99,7 +99,7 @@ def test_user_data_installs_the_right_build_per_architecture(fleet_config, keys)
 
 def test_user_data_carries_node_files_keys_and_hardening(fleet_config, keys):
     edge = fleet_config.edges[0]
-    text = bootstrap.user_data(fleet_config, edge, wg_conf(keys))
+    text = bootstrap.user_data(fleet_config, edge)
     assert text.startswith("#cloud-config\n")
     doc = yaml.safe_load(text)
     files = {
@@ -111,7 +111,9 @@ def test_user_data_carries_node_files_keys_and_hardening(fleet_config, keys):
     for path, f in files.items():
         assert render.file_content(written[path]) == f.content
         assert written[path]["permissions"] == f.mode and written[path]["owner"] == f.owner
-    assert written[edge_contract.WG_CONF]["permissions"] == "0600"
+    # Nothing the provider's metadata would serve stays valid: no tunnel key, no pinned host key.
+    assert not {edge_contract.WG_CONF, edge_contract.HOST_KEY} & set(written)
+    assert "PrivateKey" not in text
     assert doc["ssh_authorized_keys"] == list(fleet_config.ssh.public_keys)
     assert doc["ssh_pwauth"] is False
     assert {"wireguard-tools", "nftables", "unattended-upgrades", "curl"} <= set(doc["packages"])
@@ -119,7 +121,9 @@ def test_user_data_carries_node_files_keys_and_hardening(fleet_config, keys):
     assert "PasswordAuthentication no" in sshd and "PermitRootLogin prohibit-password" in sshd
     assert 'APT::Periodic::Unattended-Upgrade "1";' in files[bootstrap.AUTO_UPGRADES_PATH].content
     enabled = [c[-1] for c in doc["runcmd"] if c[:3] == ["systemctl", "enable", "--now"]]
-    assert enabled == ["nftables.service", "wg-quick@wg0.service", "traefik@a.service", "cgnat-edge-wg-endpoint.timer"]
+    assert enabled == ["nftables.service", "traefik@a.service", "cgnat-edge-wg-endpoint.timer"]
+    # The tunnel starts with the first push (it brings wg0.conf), and on every boot after.
+    assert ["systemctl", "enable", "wg-quick@wg0.service"] in doc["runcmd"]
     assert any(u.get("name") == "traefik" and u.get("system") for u in doc["users"] if isinstance(u, dict))
 
 
@@ -130,7 +134,7 @@ def test_reboot_windows_differ_between_edges(fleet_config, keys):
 
 def test_example_user_data_is_well_under_the_limit(fleet_config, keys):
     for edge in fleet_config.edges:
-        size = len(bootstrap.user_data(fleet_config, edge, wg_conf(keys)).encode())
+        size = len(bootstrap.user_data(fleet_config, edge).encode())
         print(f"{edge.name}: {size} bytes of {bootstrap.USER_DATA_LIMIT}")
         assert size < bootstrap.USER_DATA_LIMIT // 2
         assert size < bootstrap.PLAIN_TEXT_BUDGET  # stays readable: no compressed files
@@ -140,12 +144,7 @@ def _many_services(raw: dict, n: int) -> dict:
     raw = copy.deepcopy(raw)
     for i in range(n):
         raw["services"].append(
-            {
-                "name": f"s{i}",
-                "mode": "passthrough",
-                "hostnames": [f"s{i}.example.org"],
-                "target": f"192.168.1.10:{10000 + i}",
-            }
+            {"name": f"s{i}", "mode": "tcp", "port": 10000 + i, "target": f"192.168.1.10:{10000 + i}"}
         )
     return raw
 
@@ -153,17 +152,15 @@ def _many_services(raw: dict, n: int) -> dict:
 @pytest.mark.netns
 def test_large_stacks_are_compressed_and_still_valid(raw_config, keys, tmp_path):
     require_tool("cloud-init")
-    cfg = config_module.parse(_many_services(raw_config, 100))
+    cfg = config_module.parse(_many_services(raw_config, 1400))
     edge = cfg.edges[0]
-    text = bootstrap.user_data(cfg, edge, wg_conf(keys))
+    text = bootstrap.user_data(cfg, edge)
     assert len(text.encode()) < bootstrap.USER_DATA_LIMIT
     doc = yaml.safe_load(text)
-    dynamic = next(w for w in doc["write_files"] if w["path"] == edge_contract.TRAEFIK_DYNAMIC)
-    assert dynamic["encoding"] == "gz+b64"
-    expected = next(
-        f for f in bootstrap.node_files(cfg, edge, wg_conf(keys)) if f.path == edge_contract.TRAEFIK_DYNAMIC
-    )
-    assert gzip.decompress(base64.b64decode(dynamic["content"])).decode() == expected.content
+    static = next(w for w in doc["write_files"] if w["path"] == edge_contract.TRAEFIK_STATIC)
+    assert static["encoding"] == "gz+b64"
+    expected = next(f for f in bootstrap.node_files(cfg, edge, wg_conf(keys)) if f.path == edge_contract.TRAEFIK_STATIC)
+    assert gzip.decompress(base64.b64decode(static["content"])).decode() == expected.content
     path = tmp_path / "big.yaml"
     path.write_text(text)
     res = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
@@ -173,7 +170,7 @@ def test_large_stacks_are_compressed_and_still_valid(raw_config, keys, tmp_path)
 def test_oversized_user_data_fails_naming_edge_and_size(raw_config, keys):
     cfg = config_module.parse(_many_services(raw_config, 2000))
     with pytest.raises(bootstrap.UserDataTooLarge) as err:
-        bootstrap.user_data(cfg, cfg.edges[0], wg_conf(keys))
+        bootstrap.user_data(cfg, cfg.edges[0])
     message = str(err.value)
     assert "'fsn'" in message and str(bootstrap.USER_DATA_LIMIT) in message and "fewer services" in message
     assert isinstance(err.value, ValueError)

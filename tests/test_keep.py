@@ -28,9 +28,9 @@ def prod(prod_run) -> offline.Run:
 
 def test_every_address_and_key_is_protected_and_nothing_else(prod):
     kept = [r for r in prod.resources if r.type in KEY_TYPES + ADDRESS_TYPES]
-    # host keys, WireGuard keys (4 edges + home), the stack key, Primary IPv4+IPv6 of fsn, reserved IPs of fra,
-    # nyc and ams
-    assert len(kept) == 4 + 4 + 1 + 1 + 2 + 3
+    # host and bootstrap keys (2 per edge), WireGuard keys (4 edges + home), the stack key, Primary IPv4+IPv6
+    # of fsn, reserved IPs of fra, nyc and ams
+    assert len(kept) == 2 * 4 + 4 + 1 + 1 + 2 + 3
     assert [r.name for r in kept if not r.protect] == []
     # Servers, firewalls and records stay replaceable: protecting them would block every rebuild.
     assert [r.name for r in prod.resources if r.protect and r.type not in KEY_TYPES + ADDRESS_TYPES] == []

@@ -286,7 +286,7 @@ def test_the_command_checks_a_render_folder_and_fails_on_a_leak(dev_render, tmp_
     shutil.copytree(dev_render, out)
     command = ["policy", "--stack-file", str(DEV_STACK), "--render-dir", str(out)]
     assert cli.main(command) == 0
-    assert capsys.readouterr().out == f"policy: {out} (25 resources, 4 outputs): no violations\n"
+    assert capsys.readouterr().out == f"policy: {out} (27 resources, 4 outputs): no violations\n"
 
     outputs = json.loads((out / "outputs.json").read_text())
     private, _ = wg_keypair()

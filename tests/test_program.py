@@ -41,7 +41,7 @@ def test_resource_graph(run):
         "cgnat-edge:index:EdgeNode": 2,
         WG_KEY: 3,
         WG_KEY.replace("WireGuardKey", "StackSshKey"): 1,  # the one key the providers get, for every edge
-        HOST_KEY: 2,  # SSH host key per edge, pinned by the SSH steps  # WireGuard keys: home + one per edge
+        HOST_KEY: 4,  # per edge: the bootstrap key (user data) and the host key the SSH steps pin
         "hcloud:index/sshKey:SshKey": 1,
         "hcloud:index/primaryIp:PrimaryIp": 2,
         "hcloud:index/firewall:Firewall": 1,
@@ -51,7 +51,7 @@ def test_resource_graph(run):
         "digitalocean:index/reservedIp:ReservedIp": 1,
         "digitalocean:index/reservedIpAssignment:ReservedIpAssignment": 1,
         "digitalocean:index/firewall:Firewall": 1,
-        "command:remote:Command": 6,  # per edge: first-boot readiness, host-key rotation, config push
+        "command:remote:Command": 6,  # per edge: boot (retires the bootstrap key), host key, config push
     }
 
 
@@ -154,7 +154,7 @@ def test_outputs(run):
 def test_no_private_key_in_plain_outputs_or_inputs(run):
     keys = [r for r in run.resources if r.type in (WG_KEY, HOST_KEY)]
     privates = [offline.reveal(r.outputs["private_key"]) for r in keys]
-    assert len(privates) == 5 and sum(len(p) == 44 for p in privates) == 3
+    assert len(privates) == 7 and sum(len(p) == 44 for p in privates) == 3
     for r in keys:
         assert r.additional_secret_outputs == ["private_key"]
     plain = json.dumps(offline.masked(run.outputs)) + json.dumps([offline.masked(r.inputs) for r in run.resources])
@@ -164,19 +164,52 @@ def test_no_private_key_in_plain_outputs_or_inputs(run):
     assert privates[[r.name for r in keys].index("home-wireguard-key")] in json.dumps(run.output("homeConfigs"))
 
 
-def test_ssh_steps_pin_the_edge_host_key(run):
+def _user_data(run: offline.Run, edge: str) -> str:
+    server = run.one(
+        SERVER_TYPES[0] if edge == "fsn" else SERVER_TYPES[1], "fsn-server" if edge == "fsn" else "ams-droplet"
+    )
+    return offline.reveal(server.inputs["userData"])
+
+
+def test_user_data_holds_no_key_valid_after_the_first_push(run):
+    """The provider's metadata serves the user data for the server's whole life: it
+    holds the bootstrap host key (retired by the boot step) and no other private key."""
     import yaml
 
-    for edge, server in (("fsn", "fsn-server"), ("ams", "ams-droplet")):
-        host_key = run.one(HOST_KEY, f"{edge}-ssh-host-key")
-        public = host_key.outputs["public_key"]
-        server_type = "hcloud:index/server:Server" if edge == "fsn" else "digitalocean:index/droplet:Droplet"
-        user_data = yaml.safe_load(offline.reveal(run.one(server_type, server).inputs["userData"]))
-        assert user_data["ssh_keys"]["ed25519_public"] == public
-        for step in ("boot", "config"):
-            connection = offline.reveal(run.one("command:remote:Command", f"{edge}-{step}").inputs["connection"])
-            assert connection["hostKey"] == public
-            assert connection["host"] == run.output("edges")[edge]["ipv4"]
+    privates = {r.name: offline.reveal(r.outputs["private_key"]) for r in run.resources if r.type in (WG_KEY, HOST_KEY)}
+    for edge in ("fsn", "ams"):
+        text = _user_data(run, edge)
+        bootstrap_key = privates.pop(f"{edge}-ssh-bootstrap-key")
+        assert yaml.safe_load(text)["ssh_keys"]["ed25519_private"] == bootstrap_key
+        assert text.count("PRIVATE KEY-----") == 2  # BEGIN and END of the bootstrap key
+        assert "PrivateKey" not in text
+    assert len(privates) == 5  # every edge's WireGuard and pinned host key, home's key
+    for edge in ("fsn", "ams"):
+        text = _user_data(run, edge)
+        for name, private in privates.items():
+            assert private.strip() not in text, name
+
+
+def test_boot_retires_the_bootstrap_key_and_later_steps_pin_the_edge_host_key(run):
+    for edge in ("fsn", "ams"):
+        bootstrap_key = run.one(HOST_KEY, f"{edge}-ssh-bootstrap-key")
+        host_key = run.one(HOST_KEY, f"{edge}-ssh-pinned-host-key")
+        public, private = host_key.outputs["public_key"], offline.reveal(host_key.outputs["private_key"])
+        assert bootstrap_key.outputs["public_key"] != public
+        # An existing stack keeps the key its servers' metadata already holds as the bootstrap key.
+        assert f"{edge}-ssh-host-key" in json.dumps([str(a) for a in bootstrap_key.aliases])
+        assert bootstrap_key.ignore_changes == ["rotation"]
+        steps = {s: run.one("command:remote:Command", f"{edge}-{s}") for s in ("boot", "host-key", "config")}
+        pins = {s: offline.reveal(step.inputs["connection"])["hostKey"] for s, step in steps.items()}
+        assert pins["boot"] == bootstrap_key.outputs["public_key"]
+        assert "retired" in steps["boot"].inputs["create"] and "stdin" not in steps["boot"].inputs
+        # The host-key step pins the install key the boot step reports ("" under the mocks).
+        assert pins["host-key"] == "" and steps["host-key"].inputs["triggers"][0] == public
+        assert offline.is_secret(steps["host-key"].inputs["stdin"])
+        assert offline.reveal(steps["host-key"].inputs["stdin"]) == private
+        assert pins["config"] == public == run.output("edges")[edge]["hostPublicKey"]
+        for step in steps.values():
+            assert offline.reveal(step.inputs["connection"])["host"] == run.output("edges")[edge]["ipv4"]
 
 
 def test_same_state_gives_identical_inputs(run):
@@ -224,7 +257,7 @@ def test_server_replacement_keeps_wireguard_keys(run):
     assert offline.reveal(replaced.one("hcloud:index/server:Server", "fsn-server").inputs)["serverType"] == "cax21"
     keys_before = {r.name: offline.reveal(r.inputs) for r in run.resources if r.type in (WG_KEY, HOST_KEY)}
     keys_after = {r.name: offline.reveal(r.inputs) for r in replaced.resources if r.type in (WG_KEY, HOST_KEY)}
-    assert len(keys_before) == 5
+    assert len(keys_before) == 7
     assert keys_before == keys_after
     assert run.output("edges")["fsn"]["wireguardPublicKey"] == replaced.output("edges")["fsn"]["wireguardPublicKey"]
     assert offline.reveal(run.outputs["homeConfigs"]) == offline.reveal(replaced.outputs["homeConfigs"])

@@ -14,7 +14,7 @@ from tests.support import DEV_STACK, PROJECT
 def test_render_writes_every_artifact(tmp_path, capsys):
     out = tmp_path / "dev"
     assert cli.main(["render", "--stack-file", str(DEV_STACK), "--out", str(out)]) == 0
-    assert "rendered 25 resources" in capsys.readouterr().out
+    assert "rendered 27 resources" in capsys.readouterr().out
 
     for edge in ("fsn", "ams"):
         user_data = out / "nodes" / edge / "user-data.yaml"
@@ -23,7 +23,9 @@ def test_render_writes_every_artifact(tmp_path, capsys):
         files = {e["path"] for e in doc["write_files"]}
         for path in files:
             assert (out / "nodes" / edge / "files" / path.lstrip("/")).is_file(), path
-        wg = (out / "nodes" / edge / "files/etc/wireguard/wg0.conf").read_text()
+        # The tunnel's key travels with the push, never in the user data.
+        assert "/etc/wireguard/wg0.conf" not in files
+        wg = (out / "nodes" / edge / "bundle/files/etc/wireguard/wg0.conf").read_text()
         assert "ListenPort = 51820" in wg and "PrivateKey = " in wg
     assert {p.name for p in (out / "home").iterdir()} == {
         "wg-fsn.conf",
@@ -84,8 +86,8 @@ def test_compressed_files_are_rendered_as_the_edge_writes_them(tmp_path):
     render.write(run, tmp_path)
     doc = yaml.safe_load((tmp_path / "nodes/fsn/user-data.yaml").read_text())
     assert any(e.get("encoding") == "gz+b64" for e in doc["write_files"])
-    dynamic = (tmp_path / "nodes/fsn/files/etc/traefik/dynamic/cgnat-edge.yaml").read_text()
-    assert "svc149" in yaml.safe_load(dynamic)["tcp"]["routers"]
+    static = (tmp_path / "nodes/fsn/files/etc/traefik/traefik.yaml").read_text()
+    assert ":10149/tcp" in json.dumps(yaml.safe_load(static)["entryPoints"])
 
 
 def test_each_edge_bundle_is_written_unpacked_with_the_desired_state(tmp_path):

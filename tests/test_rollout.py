@@ -42,20 +42,24 @@ def test_the_config_step_pushes_then_verifies_then_waits_for_readiness(dev_run):
     assert offline.is_secret(step.inputs["stdin"])
 
 
-def test_a_rotated_host_key_is_installed_over_a_connection_pinning_the_old_one(dev_run):
+def test_a_rotated_host_key_is_installed_over_a_connection_pinning_the_install_key(dev_run):
     """sshHostKeyRotation rotates the key in place: the ``<edge>-host-key`` step pins the
-    key the server still presents (the replaced one) and installs the new one; the
-    config step and every later run pin the new key."""
+    install key the edge reported at boot (valid whichever host key the edge has) and
+    installs the new one; the config step and every later run pin the new key."""
     first = dev_run
     old = offline.reveal(first.one("command:remote:Command", "fsn-config").inputs["connection"])["hostKey"]
-    step = first.one("command:remote:Command", "fsn-host-key")
-    assert offline.reveal(step.inputs["connection"])["hostKey"] == old  # nothing to rotate from yet
     rotated = offline.run_program(DEV_STACK, config_overrides={"sshHostKeyRotation": 1}, state=offline.key_state(first))
     step = rotated.one("command:remote:Command", "fsn-host-key")
     config = rotated.one("command:remote:Command", "fsn-config")
     new = offline.reveal(config.inputs["connection"])["hostKey"]
-    assert new != old and offline.reveal(step.inputs["connection"])["hostKey"] == old
+    before = first.one("command:remote:Command", "fsn-host-key")
+    assert new != old and step.inputs["triggers"][0] == new != before.inputs["triggers"][0]
+    # The same pin as before the rotation: the boot step's report (empty under the mocks).
+    assert offline.reveal(step.inputs["connection"]) == offline.reveal(before.inputs["connection"])
     assert offline.is_secret(step.inputs["stdin"]) and "cgnat-edge host key" in step.inputs["create"]
+    # The boot step is untouched by a rotation: it pins the bootstrap key, which no longer matches.
+    boots = [run.one("command:remote:Command", "fsn-boot").inputs for run in (first, rotated)]
+    assert offline.reveal(boots[0]) == offline.reveal(boots[1])
     assert step.urn in config.dependencies
     # The WireGuard keys did not change with it.
     wg = [r for r in rotated.resources if r.name.endswith("-wireguard-key")]

@@ -43,7 +43,7 @@ def test_provider_keeps_the_key_unless_rotated():
 
 def test_cloud_config_installs_only_that_key(fleet_config):
     private, public = generate_host_key()
-    doc = yaml.safe_load(bootstrap.user_data(fleet_config, fleet_config.edges[0], "[Interface]\n", (private, public)))
+    doc = yaml.safe_load(bootstrap.user_data(fleet_config, fleet_config.edges[0], (private, public)))
     assert doc["ssh_keys"] == {"ed25519_private": private, "ed25519_public": public}
     assert doc["ssh_deletekeys"] is True and "ssh_genkeytypes" not in doc
 

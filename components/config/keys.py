@@ -44,7 +44,7 @@ KEYS: dict[str, tuple[str, Any, str]] = {
     "sshHostKeyRotation": (
         "integer",
         0,
-        "Bump to give every edge a new SSH host key; the push that installs it trusts the old one.",
+        "Bump to give every edge a new SSH host key; the step that installs it pins the edge's install key.",
     ),
     "sshUser": ("string", "root", "User pulumi-command logs in as to push config and check readiness."),
     "sshPrivateKey": ("secret", "", "Private key for that login (secret); empty = use the local ssh-agent."),

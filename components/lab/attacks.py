@@ -8,6 +8,8 @@
   second edge; the flood in dnsMode edges too (only the fleet reaches the agent there:
   a fleet member gone bad), in dnsMode records from the visitor, whose new connections
   nftables also limits per source (what got through is in the detail).
+
+and the ``secrets:`` rows (components/lab/secrets.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from components.lab import secrets
 from components.lab.edge_lab import EdgeLab
 from components.lab.floods import run_floods
 from components.lab.netns import Node
@@ -128,4 +131,4 @@ def agent_flood(el: EdgeLab) -> Check:
 
 
 def run_attacks(el: EdgeLab) -> list[Check]:
-    return [agent_flood(el), *run_floods(el)]
+    return [agent_flood(el), *run_floods(el), *secrets.run_secrets(el)]

@@ -1,6 +1,6 @@
 """Building the lab for a render, in the order a deployment happens: the network, the
-edges as their images come up, home's services, each edge's first boot, home's tunnels,
-then the first push, as ``pulumi up`` runs each edge's config step after its boot step.
+edges as their images come up, home's services, each edge's first boot, its boot and
+host-key steps and first push (as ``pulumi up`` runs them), then home's tunnels.
 
 ``build`` hands back a running ``EdgeLab`` once every edge serves and names resolve; a
 failure on the way tears down what was built.
@@ -21,7 +21,8 @@ from components.lab.netns import Lab, wait_for
 from components.lab.rendered import Rendered
 from components.model.fleet import Mode
 from components.model.road_warriors import INTERFACE as ROAD_WARRIORS
-from components.renderers import edge_dns
+from components.renderers import bootstrap, edge_dns
+from components.tools import offline
 
 
 def build(rendered: Rendered, *, exclude_targets: Iterable[str] = ()) -> EdgeLab:
@@ -65,11 +66,12 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
     el.start_home_services(exclude=exclude_targets)
     for edge in el.edges.values():
         edge.boot()
-    _bring_up_tunnels(el)
     for name, edge in el.edges.items():
+        install_host_key(el, name)
         first = edge.push(rendered.bundle(name))
         if not first.ok:
             raise LabError(f"the first push to edge {name} failed:\n{first.output[-3000:]}")
+    _bring_up_tunnels(el)
     if edge_served:
         _wait_for_edge_nameservers(el, edge_ips)
     else:
@@ -78,6 +80,28 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
             timeout=15,
             message="the lab's DNS server",
         )
+
+
+def install_host_key(el: EdgeLab, name: str) -> None:
+    """The program's ``<edge>-boot`` step (pinning the bootstrap key, it retires that key
+    and reports the install key the edge made) and ``<edge>-host-key`` step (pinning
+    the install key, it installs the pinned host key), as ``pulumi up`` runs them."""
+    edge, run = el.edges[name], el.rendered.run
+    boot = run.one("command:remote:Command", f"{name}-boot")
+    done = edge.ssh(boot.inputs["create"], host_key=offline.reveal(boot.inputs["connection"])["hostKey"])
+    edge.install_key = bootstrap.reported_install_key(done.stdout)
+    if done.returncode != 0 or not edge.install_key:
+        raise LabError(f"the boot step on edge {name} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+    # sshd re-executes on the reload: pulumi-command retries the dial meanwhile.
+    wait_for(
+        lambda: edge.ssh("true", host_key=edge.install_key, timeout=10).returncode == 0,
+        timeout=20,
+        message=f"edge {name}'s sshd with its install key",
+    )
+    step = run.one("command:remote:Command", f"{name}-host-key")
+    done = edge.ssh(step.inputs["create"], host_key=edge.install_key, input=offline.reveal(step.inputs["stdin"]))
+    if done.returncode != 0:
+        raise LabError(f"the host-key step on edge {name} failed:\n{(done.stdout + done.stderr)[-3000:]}")
 
 
 def _add_edges(el: EdgeLab, edge_ips: dict[str, str]) -> None:

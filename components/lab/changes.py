@@ -75,7 +75,8 @@ def _login(el: EdgeLab, edge: str, key: Path, host_key: str | None = None) -> tu
 
 
 def _served_host_key(el: EdgeLab, edge: str) -> str:
-    scan = el.operator.run("ssh-keyscan", "-T", "3", "-t", "ed25519,rsa,ecdsa", el.edges[edge].public_ip, check=False)
+    """The host keys the edge's sshd presents, but for its install key (ECDSA, its own)."""
+    scan = el.operator.run("ssh-keyscan", "-T", "3", "-t", "ed25519,rsa", el.edges[edge].public_ip, check=False)
     keys = [" ".join(line.split()[1:3]) for line in scan.stdout.splitlines() if line and not line.startswith("#")]
     return "\n".join(sorted(keys))
 
@@ -326,10 +327,10 @@ class Matrix:
         self.stack.state = offline.key_state(rotated.run)
         ok, detail = True, []
         for e in edges:
-            # As the program does: the <edge>-host-key step pins the key the server has
-            # now (the old one) and installs the new; the push then pins the new one.
+            # As the program does: the <edge>-host-key step pins the install key the edge
+            # reported at boot and installs the new key; the push then pins the new one.
             step = rotated.run.one("command:remote:Command", f"{e}-host-key")
-            pinned = offline.reveal(step.inputs["connection"])["hostKey"]
+            pinned = el.edges[e].install_key
             installed = el.edges[e].ssh(
                 step.inputs["create"], host_key=pinned, input=offline.reveal(step.inputs["stdin"])
             )
@@ -339,10 +340,10 @@ class Matrix:
             served = _served_host_key(el, e)
             old_refused = el.edges[e].ssh("true", host_key=old_keys[e]).returncode != 0
             new_ok = el.edges[e].ssh("true", host_key=rotated.host_key(e)).returncode == 0
-            pinned_old = pinned.strip() == old_keys[e].strip() != rotated.host_key(e).strip()
-            ok &= result.ok and served == new and old_refused and new_ok and pinned_old
+            pinned_install = bool(pinned) and pinned.strip() not in (old_keys[e].strip(), rotated.host_key(e).strip())
+            ok &= result.ok and served == new and old_refused and new_ok and pinned_install
             detail.append(
-                f"{e}: the host-key step pinned {'the old key' if pinned_old else 'ANOTHER key'} and "
+                f"{e}: the host-key step pinned {'the install key' if pinned_install else 'ANOTHER key'} and "
                 f"{'installed the new one' if installed.returncode == 0 else 'FAILED: ' + installed.stderr[-200:]}; "
                 f"sshd serves {'the new key only' if served == new else served!r}; pinning the old key is "
                 f"{'refused' if old_refused else 'STILL ACCEPTED'}; the push {'pinning the new key ' if new_ok else ''}"

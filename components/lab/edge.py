@@ -117,6 +117,8 @@ class Edge:
         self.units: dict[str, subprocess.Popen] = {}
         self.enabled: set[str] = set()
         self.sshd: subprocess.Popen | None = None
+        self.install_key = ""
+        """The install key's public half, as the ``<edge>-boot`` step reported it."""
         self._lock = threading.Lock()
         node.overlay("/etc")
         node.overlay("/var/lib")
@@ -135,6 +137,8 @@ class Edge:
         )
         self.node.write("/usr/local/sbin/cloud-init", CLOUD_INIT_STUB, 0o755)
         self._install(files)
+        # The runcmd makes Traefik's dynamic folder; the first push fills it.
+        self.node.run("mkdir", "-p", edge_contract.TRAEFIK_DYNAMIC_DIR)
         if lab.http_cert is not None:
             cert, key, _ = lab.http_cert
             standin = {"tls": {"certificates": [{"certFile": str(cert), "keyFile": str(key)}]}}
@@ -284,10 +288,15 @@ class Edge:
             self.node.sh(command)
         self.node.run("nft", "-f", edge_contract.NFT_CONF)
         with self._lock:
-            self._start("wg-quick@wg0.service")
+            # The first boot has no wg0.conf (the first push brings it); a reboot has.
+            self.enabled.add(f"wg-quick@{edge_contract.WG_INTERFACE}.service")
+            if self.node.run("test", "-f", edge_contract.WG_CONF, check=False).returncode == 0:
+                self._start("wg-quick@wg0.service")
             self.enabled |= {edge_contract.TRAEFIK_SLOTS[0], f"{edge_contract.WG_ENDPOINT_UNIT}.timer"}
             self._start(edge_contract.TRAEFIK_SLOTS[0])
             self.node.sh("rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* /etc/ssh/ssh_host_dsa_key*")
+            if self.node.run("test", "-f", edge_contract.INSTALL_KEY, check=False).returncode != 0:
+                self.node.run("ssh-keygen", "-q", "-t", "ecdsa", "-b", "256", "-N", "", "-f", edge_contract.INSTALL_KEY)
             self._start("ssh.service")
             # A rebooted edge: systemd starts the enabled DNS units (dnsMode edges) too.
             for unit in SPAWNED_UNITS:
@@ -309,8 +318,10 @@ class Edge:
         if self.traefik is None or self.traefik.poll() is not None:
             logs = "".join(p.read_text()[-3000:] for p in self.work.glob("traefik-*.log"))
             raise LabError(f"Traefik on edge {self.name} exited:\n{logs}")
-        # Ping answers before the routers are loaded: wait for those too.
-        dynamic = yaml.safe_load(self.read(edge_contract.TRAEFIK_DYNAMIC))
+        # Ping answers before the routers are loaded: wait for those too (none before
+        # the first push, which brings them).
+        exists = self.node.run("test", "-f", edge_contract.TRAEFIK_DYNAMIC, check=False).returncode == 0
+        dynamic = yaml.safe_load(self.read(edge_contract.TRAEFIK_DYNAMIC)) if exists else {}
 
         def routers_loaded() -> bool:
             for proto in ("http", "tcp", "udp"):

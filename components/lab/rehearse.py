@@ -588,7 +588,7 @@ def host_key_check(b: Boot) -> Check:
         not problems,
         len(present),
         "files",
-        "; ".join(problems) or "only the pinned ed25519 key",
+        "; ".join(problems) or "only the bootstrap ed25519 key",
     )
 
 

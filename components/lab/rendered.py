@@ -41,7 +41,7 @@ class Rendered:
         return yaml.safe_load(text.split("\n", 1)[1])
 
     def write_files(self, edge: str) -> list[dict]:
-        """The edge's cloud-config ``write_files``, contents decoded, and its pinned host
+        """The edge's cloud-config ``write_files``, contents decoded, and its bootstrap host
         key where cloud-init's ``ssh_keys`` puts it."""
         doc = self.cloud_config(edge)
         files = [{**entry, "content": render.file_content(entry)} for entry in doc["write_files"]]

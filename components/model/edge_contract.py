@@ -57,6 +57,11 @@ TRAEFIK_API = f"http://{TRAEFIK_PING}/api"
 SSH_UNIT = "ssh.service"
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/50-cgnat-edge.conf"
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
+INSTALL_KEY = "/etc/ssh/cgnat-edge-install_ecdsa_key"
+"""Made on the edge at its first boot and never copied off it: the second
+host key, of another type, that only the step installing ``HOST_KEY`` pins, so that
+step can connect whichever ``HOST_KEY`` the edge has (none, or one being rotated)."""
+INSTALL_KEY_TYPE = "ecdsa-sha2-nistp256"
 AUTHORIZED_KEYS_DIR = "/etc/ssh/cgnat-edge-authorized-keys"
 """sshd's AuthorizedKeysFile (one file per user): the stack's keys, and nothing else."""
 

@@ -44,7 +44,7 @@ class EdgeFleetArgs(TypedDict, total=False):
     ssh_allowed_cidrs: list[str]
     """Source prefixes allowed to reach SSH on the edges."""
     ssh_host_key_rotation: int
-    """Bump to give every edge a new SSH host key; the push that installs it trusts the old one."""
+    """Bump to give every edge a new SSH host key; the step that installs it pins the edge's install key."""
     ssh_user: str
     """User pulumi-command logs in as to push config and check readiness."""
     ssh_private_key: pulumi.Input[str]

@@ -6,6 +6,10 @@ rendered once and delivered two ways: inside the cloud-config for a fresh node, 
 a ``bundle`` piped into ``push_script`` over SSH for a running one.  Because the
 provider's user data is ignored after creation, changing a service never replaces a
 VPS, yet a replacement node boots straight into the current configuration.
+
+The provider serves the user data to the VM for as long as it exists, so nothing in it
+stays valid: no WireGuard key (wg0.conf comes with the first push), and only a bootstrap
+host key, which the ``<edge>-boot`` step retires (``boot_command``).
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ def desired_state(cfg: FleetConfig, edge: EdgeSpec, host_public_key: str | None)
             "authorizedKeysFile": f"{edge_contract.AUTHORIZED_KEYS_DIR}/%u",
             "authorizedKeys": list(cfg.ssh.public_keys),
             "hostKey": edge_contract.HOST_KEY,
+            "installKey": edge_contract.INSTALL_KEY,
             "hostPublicKey": host_public_key or "",
         },
     }
@@ -153,6 +158,7 @@ def node_files(
                 "sshd-hardening.conf.j2",
                 permit_root_login=permit_root,
                 host_key=edge_contract.HOST_KEY,
+                install_key=edge_contract.INSTALL_KEY,
                 authorized_keys=edge_contract.AUTHORIZED_KEYS_DIR,
             ),
             "0644",
@@ -241,12 +247,16 @@ NOT_IN_USER_DATA = (
     edge_contract.CONTRACT_JSON,
     edge_contract.HOST_KEY,
     f"{edge_contract.HOST_KEY}.pub",
+    edge_contract.WG_CONF,
+    edge_contract.TRAEFIK_DYNAMIC,
     *protection.PUSHED_ONLY,
     *edge_dns.AGENT_FILES,
 )
-"""The host key reaches a new node through ``ssh_keys``; the verifier, its desired
-state and the edge contract (which only the push and the verifier read) arrive with
-the first push, which the same ``pulumi up`` runs right after boot."""
+"""The user data is readable from the provider's metadata for the VM's whole life, so
+the tunnel's private key, the pinned host key and Traefik's routers (basic-auth hashes
+among them; useless before the tunnel is up) arrive only with the first push, which the
+same ``pulumi up`` runs right after boot; so do the verifier, its desired state and the
+edge contract (which only the push and the verifier read)."""
 
 
 def _write_files(files: list[NodeFile], compress: bool) -> list[dict[str, object]]:
@@ -265,40 +275,59 @@ def _write_files(files: list[NodeFile], compress: bool) -> list[dict[str, object
     return entries
 
 
-def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str, host_key: tuple[str, str] | None = None) -> str:
-    """The ``#cloud-config`` document that turns a fresh image into this edge.
+def user_data(cfg: FleetConfig, edge: EdgeSpec, bootstrap_key: tuple[str, str] | None = None) -> str:
+    """The ``#cloud-config`` document that turns a fresh image into this edge, with its
+    firewall up and its tunnel down until the first push brings wg0.conf.
 
-    ``host_key`` (OpenSSH private, public) becomes the edge's only SSH host key, so the
-    operator's first connection can already verify it.
-    Raises ``UserDataTooLarge`` when the provider would refuse it."""
+    ``bootstrap_key`` (OpenSSH private, public) becomes the edge's only SSH host key
+    until the ``<edge>-boot`` step retires it, so that step's connection can already
+    verify the server.  Raises ``UserDataTooLarge`` when the provider would refuse it."""
     doc = yaml.safe_load(templates.text("base.yaml"))
     doc["ssh_authorized_keys"] = list(cfg.ssh.public_keys)
     if cfg.dns.edge_served:
         doc["packages"] = [*doc["packages"], *edge_dns.packages(cfg)]
-    if host_key is not None:
+    if bootstrap_key is not None:
         # The image's own host keys are deleted; with ssh_keys given, cloud-init
         # generates no others, so sshd can only present the pinned one.
         doc["ssh_deletekeys"] = True
-        doc["ssh_keys"] = {"ed25519_private": host_key[0], "ed25519_public": host_key[1]}
+        doc["ssh_keys"] = {"ed25519_private": bootstrap_key[0], "ed25519_public": bootstrap_key[1]}
     # Root keeps key-only access when pulumi logs in as root (sshd: prohibit-password).
     doc["disable_root"] = cfg.ssh.user != "root"
     doc["users"] = _users(cfg)
 
-    files = [f for f in node_files(cfg, edge, wg_conf, host_key) if f.path not in NOT_IN_USER_DATA]
+    files = [f for f in node_files(cfg, edge, "") if f.path not in NOT_IN_USER_DATA]
     files.append(NodeFile(edge_contract.INSTALL_TRAEFIK, templates.render("install-traefik.sh"), "0755"))
     doc["write_files"] = _write_files(files, compress=False)
     doc["runcmd"] = [
         [edge_contract.INSTALL_TRAEFIK, traefik.binary_sha256(edge.arch), traefik.release_url(edge.arch)],
         ["systemctl", "daemon-reload"],
+        # Traefik watches this folder; the first push brings its routers.
+        ["install", "-d", "-m", "0755", edge_contract.TRAEFIK_DYNAMIC_DIR],
         *(["sh", "-c", command] for command in image_traits(edge).firewall_takeover),
         ["systemctl", "enable", "--now", "nftables.service"],
-        ["systemctl", "enable", "--now", "wg-quick@wg0.service"],
+        # Started by the first push, which brings wg0.conf; enabled now for every boot after.
+        ["systemctl", "enable", "wg-quick@wg0.service"],
         ["systemctl", "enable", "--now", edge_contract.TRAEFIK_SLOTS[0]],
         ["systemctl", "enable", "--now", f"{edge_contract.WG_ENDPOINT_UNIT}.timer"],
         *protection.runcmd(cfg),
         # An openssh-server upgrade during the first boot (package_upgrade) recreates
         # RSA/ECDSA keys before the apt hook that removes them is in place.
         ["sh", "-c", "rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* /etc/ssh/ssh_host_dsa_key*"],
+        # The install key, made here and never copied off (the boot step reports its public half).
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ecdsa",
+            "-b",
+            "256",
+            "-N",
+            "",
+            "-C",
+            "cgnat-edge-install",
+            "-f",
+            edge_contract.INSTALL_KEY,
+        ],
         ["systemctl", "reload-or-restart", "ssh.service"],
     ]
     text = _dump(doc, "#cloud-config\n")
@@ -311,8 +340,7 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, wg_conf: str, host_key: tuple[st
         raise UserDataTooLarge(
             f"{fix_key('services')}: the user-data of edge {edge.name!r} would be {size} bytes, over the "
             f"{provider.user_data_limit}-byte user-data limit of {provider.label} by {size - provider.user_data_limit} "
-            f"bytes ({len(cfg.services)} services); declare fewer services, shorten hostnames, or split the services "
-            "over two stacks"
+            f"bytes ({len(cfg.services)} services); declare fewer services or split the services over two stacks"
         )
     return text
 
@@ -323,8 +351,25 @@ def push_script() -> str:
 
 
 def host_key_script() -> str:
-    """Bash that installs a rotated host key read from stdin (the ``<edge>-host-key`` step)."""
+    """Bash that installs the pinned host key read from stdin (the ``<edge>-host-key`` step)."""
     return templates.text("host-key.sh")
+
+
+def boot_command(user: str) -> str:
+    """What the ``<edge>-boot`` step runs over the connection pinned to the bootstrap key:
+    wait for cloud-init, then remove the bootstrap key and print the public half of the
+    install key the edge made at first boot, last (``reported_install_key``).
+
+    Kept small and free of anything that changes often: a change to this command re-runs
+    the step on every edge, over a connection pinned to a key they no longer have."""
+    return as_root(user, templates.text("retire-bootstrap-key.sh"))
+
+
+def reported_install_key(stdout: str | None) -> str:
+    """The install key's public half from the ``<edge>-boot`` step's output ("" before
+    the step has run, as in a preview)."""
+    lines = [line for line in (stdout or "").splitlines() if line.startswith(f"{edge_contract.INSTALL_KEY_TYPE} ")]
+    return lines[-1].strip() if lines else ""
 
 
 def as_root(user: str, script: str) -> str:

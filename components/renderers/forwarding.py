@@ -83,15 +83,15 @@ def port_text(s: ServiceSpec) -> str:
 # -- the edge -------------------------------------------------------------------
 
 
-def edge_forward_rules(cfg: FleetConfig, counted: bool = True) -> list[str]:
+def edge_forward_rules(cfg: FleetConfig) -> list[str]:
     """Rules of the edge's forward chain (policy drop): the DNATed connections go into
-    the tunnel, their replies come back; nothing else is routed.  ``counted``: visitors'
+    the tunnel, their replies come back; nothing else is routed.  Visitors'
     connections count with those to the edge's own ports (nft_limits)."""
     if not needs_ip_forward(cfg):
         return []
     wg = edge_contract.WG_INTERFACE
-    counts = counted and any(s.protocol == "tcp" for s in services(cfg))
-    flows = counted and any(s.protocol == "udp" for s in services(cfg))
+    counts = any(s.protocol == "tcp" for s in services(cfg))
+    flows = any(s.protocol == "udp" for s in services(cfg))
     return [
         "ct state established,related accept",
         *(nft_limits.count_rules("ct status dnat meta l4proto tcp", ("v4",)) if counts else []),

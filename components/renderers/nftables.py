@@ -110,11 +110,11 @@ def _udp_ports(udp_ports: list[int]) -> list[int]:
 
 def _sets(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None, udp_ports: list[int]) -> list[str]:
     """The per-source sets the rules below use (nft_limits)."""
-    lines = nft_limits.count_sets() if fleet is not None else []
+    lines = nft_limits.count_sets()
     names = ["dns"] if cfg.dns.edge_served and fleet is not None else []
     if not cfg.dns.edge_served:
         names.append("health")
-    if fleet is not None and (_udp_ports(udp_ports) or any(s.protocol == "udp" for s in forwarding.services(cfg))):
+    if _udp_ports(udp_ports) or any(s.protocol == "udp" for s in forwarding.services(cfg)):
         names.append(nft_limits.UDP_METER)
     lines += [line for name in names for line in nft_limits.rate_meter_sets(name)]
     return [*lines, ""] if lines else []
@@ -149,13 +149,10 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         "icmpv6 type echo-request limit rate 10/second accept",
         "ip6 saddr fe80::/10 udp dport 546 accept",  # DHCPv6 replies, where the image uses it
     ]
-    if fleet is not None:
-        # Not in the first boot's ruleset (the user-data has no room left): the first
-        # push, which the same `pulumi up` runs right after boot, brings them.
-        input_rules += _count_rules(tcp_ports)
-        if _udp_ports(udp_ports):
-            match = f"udp dport {set_of(_udp_ports(udp_ports))} ct state new"
-            input_rules += nft_limits.rate_meter(nft_limits.UDP_METER, match, nft_limits.UDP_FLOW_RATE)
+    input_rules += _count_rules(tcp_ports)
+    if _udp_ports(udp_ports):
+        match = f"udp dport {set_of(_udp_ports(udp_ports))} ct state new"
+        input_rules += nft_limits.rate_meter(nft_limits.UDP_METER, match, nft_limits.UDP_FLOW_RATE)
     if ssh_v4:
         input_rules.append(f"ip saddr {set_of(ssh_v4)} tcp dport 22 accept")
     if ssh_v6:
@@ -186,7 +183,7 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         "    chain forward {",
         "        type filter hook forward priority filter; policy drop;",
         *(f"        {r}" for r in _metadata_forward_rules()),
-        *(f"        {r}" for r in forwarding.edge_forward_rules(cfg, counted=fleet is not None)),
+        *(f"        {r}" for r in forwarding.edge_forward_rules(cfg)),
         *(f"        {r}" for r in road_warriors.edge_forward_rules(cfg)),
         "    }",
         "",

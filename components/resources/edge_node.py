@@ -48,36 +48,61 @@ class EdgeNode(pulumi.ComponentResource):
         # The key is a sibling of the server, not derived from it: rebuilding the VPS
         # keeps the edge's WireGuard identity, so the home router needs no change.
         key = WireGuardKey(f"{edge.name}-wireguard-key", opts=child)
-        host_key = SshHostKey(f"{edge.name}-ssh-host-key", rotation=cfg.ssh.host_key_rotation, opts=child)
+        # The provider's metadata serves the user data, and this key with it, for the
+        # server's whole life: it lets only the <edge>-boot step check the server, which
+        # then removes it.  Before the edge had a pinned key of its own (below), this one
+        # was its host key under the name in the alias; its rotation no longer applies.
+        bootstrap_key = SshHostKey(
+            f"{edge.name}-ssh-bootstrap-key",
+            opts=pulumi.ResourceOptions(
+                parent=self, aliases=[pulumi.Alias(name=f"{edge.name}-ssh-host-key")], ignore_changes=["rotation"]
+            ),
+        )
+        host_key = SshHostKey(f"{edge.name}-ssh-pinned-host-key", rotation=cfg.ssh.host_key_rotation, opts=child)
         wg_conf: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(key.private_key, args.home_public_key).apply(
                 lambda keys: tunnel.edge_wg_conf(cfg, edge, keys[0], keys[1])
             )
         )
         user_data: pulumi.Output[str] = pulumi.Output.secret(
-            pulumi.Output.all(wg_conf, host_key.private_key, host_key.public_key).apply(
-                lambda values: bootstrap.user_data(cfg, edge, values[0], (values[1], values[2]))
+            pulumi.Output.all(bootstrap_key.private_key, bootstrap_key.public_key).apply(
+                lambda values: bootstrap.user_data(cfg, edge, (values[0], values[1]))
             )
         )
         machine = providers.get(edge.provider).create_machine(cfg, edge, user_data, args.ssh_key_ids, parent=self)
 
-        connection = command.remote.ConnectionArgs(
-            host=machine.ipv4,
-            user=cfg.ssh.user,
-            private_key=args.ssh_private_key,
-            host_key=host_key.public_key,
-            dial_error_limit=40,
-            per_dial_timeout=15,
-        )
-        ready = bootstrap.as_root(cfg.ssh.user, bootstrap.readiness_script())
-        # First boot: cloud-init has built the node from user data; wait until it serves.
-        # Re-runs only for a new server.
+        def pinned(host_public_key: pulumi.Input[str]) -> command.remote.ConnectionArgs:
+            return command.remote.ConnectionArgs(
+                host=machine.ipv4,
+                user=cfg.ssh.user,
+                private_key=args.ssh_private_key,
+                host_key=host_public_key,
+                dial_error_limit=40,
+                per_dial_timeout=15,
+            )
+
+        connection = pinned(host_key.public_key)
+        # First boot: once cloud-init is done, the bootstrap key leaves the edge, and the
+        # install key the edge made is reported here.  Re-runs only for a new server.
         booted = command.remote.Command(
             f"{edge.name}-boot",
-            connection=connection,
-            create=ready,
+            connection=pinned(bootstrap_key.public_key),
+            create=bootstrap.boot_command(cfg.ssh.user),
             triggers=[machine.server_id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=machine.reachable_after),
+        )
+        # The pinned host key reaches the server over a connection pinned to the install
+        # key, which the edge keeps beside it: valid whether the edge is new (no pinned
+        # key yet) or has the key this one rotates out (sshHostKeyRotation).
+        install_key = booted.stdout.apply(bootstrap.reported_install_key)
+        host_private_key: pulumi.Output[str] = pulumi.Output.secret(host_key.private_key)
+        rotated = command.remote.Command(
+            f"{edge.name}-host-key",
+            connection=pinned(install_key),
+            create=bootstrap.as_root(cfg.ssh.user, bootstrap.host_key_script()),
+            stdin=host_private_key,
+            triggers=[host_key.public_key, install_key],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[booted, *([after] if after else [])]),
         )
         # Every later change to services, tunnel or SSH keys lands here, in place (no
         # rebuild, same IP), and the step ends only when the edge serves again.
@@ -89,28 +114,6 @@ class EdgeNode(pulumi.ComponentResource):
                     bootstrap.node_files(cfg, edge, values[0], (values[1], values[2]), fleet=values[3])
                 )
             )
-        )
-        # A rotated host key (sshHostKeyRotation) reaches the server over a connection that
-        # still pins the key the server presents now, the one it replaces; the push below
-        # already pins the new one.  Its inputs change only on rotation.
-        previous_connection = command.remote.ConnectionArgs(
-            host=machine.ipv4,
-            user=cfg.ssh.user,
-            private_key=args.ssh_private_key,
-            host_key=pulumi.Output.all(host_key.previous_public_key, host_key.public_key).apply(
-                lambda keys: keys[0] or keys[1]
-            ),
-            dial_error_limit=40,
-            per_dial_timeout=15,
-        )
-        host_private_key: pulumi.Output[str] = pulumi.Output.secret(host_key.private_key)
-        rotated = command.remote.Command(
-            f"{edge.name}-host-key",
-            connection=previous_connection,
-            create=bootstrap.as_root(cfg.ssh.user, bootstrap.host_key_script()),
-            stdin=host_private_key,
-            triggers=[host_key.public_key],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[booted, *([after] if after else [])]),
         )
         geoip_step = self._geoip_copy(cfg, edge, connection, [booted, rotated])
         self.config_step = command.remote.Command(

@@ -110,8 +110,8 @@ class WireGuardKey(KeyPair, module="cgnat-edge", name="WireGuardKey"):
 
 class SshHostKeyProvider(WireGuardKeyProvider):
     """Made once like the WireGuard keys, but rotated in place: the new key keeps the
-    one it replaces as ``previous_public_key``, which the push that installs the new
-    key on the server pins (the server still presents the old one until then)."""
+    one it replaces as ``previous_public_key``, for the record: the step that installs
+    the new key pins the edge's install key (components/resources/edge_node.py)."""
 
     def generate(self) -> tuple[str, str]:
         return generate_host_key()
@@ -140,8 +140,9 @@ class SshHostKeyProvider(WireGuardKeyProvider):
 
 
 class SshHostKey(KeyPair, module="cgnat-edge", name="SshHostKey"):
-    """One ed25519 host key pair (OpenSSH formats): cloud-init installs it and the SSH
-    steps pin it, so not even the first push of WireGuard keys can be intercepted."""
+    """One ed25519 host key pair (OpenSSH formats) that SSH steps pin, so not even the
+    first push of WireGuard keys can be intercepted: an edge's bootstrap key (in its
+    user data, retired at first boot) and its pinned host key (pushed, rotated)."""
 
     provider_class = SshHostKeyProvider
     previous_public_key: pulumi.Output[str]

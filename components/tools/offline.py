@@ -43,6 +43,8 @@ class Registration:
     dependencies: list[str]
     protect: bool = False
     delete_before_replace: bool = False
+    aliases: list[str] = field(default_factory=list)
+    """The old names a resource answers to (``pulumi.Alias``), as the engine gets them."""
 
 
 @dataclass
@@ -182,6 +184,7 @@ class RecordingMonitor(pulumi_internals.MockMonitor):
                     delete_before_replace=bool(request.deleteBeforeReplace),
                     additional_secret_outputs=list(request.additionalSecretOutputs),
                     dependencies=list(request.dependencies),
+                    aliases=[str(a) for a in request.aliases],
                 )
             )
         return response

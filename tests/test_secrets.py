@@ -1,0 +1,92 @@
+"""Nothing the provider's metadata serves stays valid after the first push: the user
+data holds only the bootstrap host key, which the ``<edge>-boot`` step retires."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+import yaml
+
+from components.lab import secrets
+from components.model import edge_contract
+from components.model.keys import generate_host_key, generate_keypair
+from components.renderers import bootstrap, templates
+from components.tools import offline, render
+from tests.support import require_tool
+
+WG_KEY = f"{offline.DYNAMIC_PREFIX}/cgnat-edge:WireGuardKey"
+
+
+def test_findings_name_a_wireguard_key_in_use_and_any_other_private_key():
+    """The ``secrets:user-data`` row's judge can fail, on exactly what it looks for."""
+    require_tool("wg", "ssh-keygen")
+    bootstrap_private, bootstrap_public = generate_host_key()
+    other_private, _ = generate_host_key()
+    wg_private, wg_public = generate_keypair()
+    clean = f"#cloud-config\nssh_keys:\n  ed25519_private: |\n    {bootstrap_private}\n"
+    assert secrets.user_data_findings([clean], bootstrap_public, {wg_public}) == []
+    leaked = clean + f"[Interface]\nPrivateKey = {wg_private}\n"
+    assert secrets.user_data_findings([leaked], bootstrap_public, {wg_public}) == ["a WireGuard private key in use"]
+    assert secrets.user_data_findings([leaked], bootstrap_public, set()) == []  # a key nobody uses is harmless
+    another = secrets.user_data_findings([clean, other_private], bootstrap_public, set())
+    assert another == ["a private key block (ssh-ed25519)"]
+
+
+def test_the_rendered_user_data_holds_only_the_bootstrap_key(dev_run, prod_run):
+    require_tool("wg", "ssh-keygen")
+    for run in (dev_run, prod_run):
+        in_use = {offline.reveal(r.outputs["public_key"]) for r in run.by_type(WG_KEY)}
+        assert len(in_use) == len(run.by_type(WG_KEY)) > len(run.output("edges"))
+        for edge, text in render._user_data(run).items():
+            boot = run.one("command:remote:Command", f"{edge}-boot")
+            bootstrap_public = offline.reveal(boot.inputs["connection"])["hostKey"]
+            files = [render.file_content(w) for w in yaml.safe_load(text)["write_files"]]
+            assert secrets.user_data_findings([text, *files], bootstrap_public, in_use) == [], edge
+
+
+def test_the_boot_script_retires_the_contract_host_key():
+    """The script runs before the first push brings the edge contract, so it names the
+    paths itself: the contract's."""
+    script = templates.text("retire-bootstrap-key.sh")
+    assert re.search(rf"^host_key={re.escape(edge_contract.HOST_KEY)}$", script, re.M)
+    assert re.search(rf"^install_key={re.escape(edge_contract.INSTALL_KEY)}$", script, re.M)
+    assert f"-t {edge_contract.INSTALL_KEY_TYPE.split('-')[0]} -b {edge_contract.INSTALL_KEY_TYPE[-3:]}" in script
+
+
+BOOT_COMMAND_SHA256 = "a36f259c61ca8642ef9dae9c178200333378200cfc50fc14f161ee302b942db1"
+
+
+def test_the_boot_command_stays_as_deployed():
+    """A changed boot command re-runs ``<edge>-boot`` on every deployed edge, over a
+    connection pinned to the bootstrap key those edges no longer have: ``pulumi up``
+    would fail on each.  Change it only together with a way for deployed edges to skip
+    the re-run (a new step name that existing edges never get, for instance)."""
+    digest = hashlib.sha256(bootstrap.boot_command("root").encode()).hexdigest()
+    assert digest == BOOT_COMMAND_SHA256
+
+
+@pytest.mark.netns
+def test_secrets_rows_on_the_lab(el):
+    """On the running lab: the user data gives nothing away, and each edge's sshd
+    presents only keys that never passed through the metadata."""
+    user_data, retired = secrets.run_secrets(el)
+    assert user_data.ok and user_data.value == 0, user_data.detail
+    assert retired.ok and retired.value == len(el.edges), retired.detail
+    assert all(e.install_key.startswith(f"{edge_contract.INSTALL_KEY_TYPE} ") for e in el.edges.values())
+
+    # The row can fail: an edge that serves its bootstrap key again is caught.
+    name = sorted(el.edges)[0]
+    edge, script = el.edges[name], bootstrap.as_root(el.cfg.ssh.user, bootstrap.host_key_script())
+    keys = el.rendered.cloud_config(name)["ssh_keys"]
+    put_back = edge.ssh(script, host_key=edge.install_key, input=keys["ed25519_private"])
+    assert put_back.returncode == 0, put_back.stderr
+    try:
+        caught = secrets.host_key_retired(el)
+        assert not caught.ok and f"{name}: sshd presents 2 keys, the bootstrap key among them" in caught.detail
+    finally:
+        pinned = offline.reveal(el.rendered.run.one("command:remote:Command", f"{name}-host-key").inputs["stdin"])
+        restored = edge.ssh(script, host_key=edge.install_key, input=pinned)
+        assert restored.returncode == 0, restored.stderr
+    assert secrets.host_key_retired(el).ok
