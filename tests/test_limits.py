@@ -119,8 +119,10 @@ def test_new_udp_flows_are_rate_limited_per_source_on_udp_and_forward_services()
     meter = f"ct status dnat meta l4proto udp ct state new update @udp_v6 {{ ip6 saddr & ffff:ffff:ffff:ffff:: {rate} }} drop"
     assert meter in forward
     assert forward.index("@udp_v4") < forward.index("udp dport 27015-27017 accept")
+    # From the first boot on: the user data's ruleset has the same meter.
     first_boot = nftables.ruleset(_lab_cfg())
-    assert "@udp_v4" not in first_boot and "set udp_v4" not in first_boot
+    assert f"udp dport {{ 2456, 51820 }} ct state new update @udp_v4 {{ ip saddr {rate} }} drop" in first_boot
+    assert "set udp_v4 { type ipv4_addr; size 65535; flags dynamic,timeout; timeout 10s; }" in first_boot
 
 
 @pytest.mark.netns
