@@ -71,7 +71,10 @@ def test_the_boot_command_stays_as_deployed():
 def test_secrets_rows_on_the_lab(el):
     """On the running lab: the user data gives nothing away, and each edge's sshd
     presents only keys that never passed through the metadata."""
-    user_data, retired = secrets.run_secrets(el)
+    user_data, retired, metadata = secrets.run_secrets(el)
+    assert metadata.ok and metadata.value == 0, metadata.detail
+    assert metadata.detail.count(" answered") == 2  # root on the edge, IPv4 and IPv6: the service was up
+    assert metadata.detail.count("nothing") == 6, metadata.detail
     assert user_data.ok and user_data.value == 0, user_data.detail
     assert retired.ok and retired.value == len(el.edges), retired.detail
     assert all(e.install_key.startswith(f"{edge_contract.INSTALL_KEY_TYPE} ") for e in el.edges.values())
@@ -90,3 +93,22 @@ def test_secrets_rows_on_the_lab(el):
         restored = edge.ssh(script, host_key=edge.install_key, input=pinned)
         assert restored.returncode == 0, restored.stderr
     assert secrets.host_key_retired(el).ok
+
+
+@pytest.mark.netns
+def test_the_metadata_row_fails_without_the_edge_rules(el):
+    """The refusals are the ruleset's doing: with an accept before everything in the
+    edge's forward and output chains, every routed and non-root request is answered."""
+    name = min(el.edges, key=lambda n: next(e.index for e in el.cfg.edges if e.name == n))
+    node = el.edges[name].node
+    for chain in ("forward", "output"):
+        node.run("nft", "insert", "rule", "inet", "cgnat_edge", chain, "accept")
+    try:
+        row = secrets.metadata_blocked(el)
+    finally:
+        for chain in ("forward", "output"):
+            handle = node.run("nft", "-a", "list", "chain", "inet", "cgnat_edge", chain).stdout
+            first = next(line for line in handle.splitlines() if line.strip().startswith("accept # handle"))
+            node.run("nft", "delete", "rule", "inet", "cgnat_edge", chain, "handle", first.split()[-1])
+    assert not row.ok and row.value == 6, row.detail
+    assert secrets.metadata_blocked(el).ok

@@ -7,6 +7,14 @@
 * ``secrets:host-key-retired``  after the first push, each edge's sshd (the lab runs a
   real one) presents no key from its user data, a connection pinned to the bootstrap
   key is refused, and a second push pinned to the edge's host key succeeds.
+* ``secrets:metadata-blocked``  a fake metadata service at every provider's addresses
+  (IPv4 and IPv6), beyond the first edge as the real one is.  Root on the edge (what
+  cloud-init runs as) is answered: the service is up.  Nothing else is: a non-root user
+  on the edge, a visitor whose packets the lab's internet routes to the edge, a
+  neighbour in the provider's network (IPv4 and IPv6, the edge forwarding both), and
+  home's side of the tunnel, where road warriors' sessions now end (a device's packets
+  reach an edge only from home: through the tunnel, or as a visitor from home's
+  uplink).  The value: how many of those were answered.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from components.lab.edge_lab import EdgeLab
+from components.lab.netns import Node, wait_for
 from components.lab.report import Check
+from components.renderers import nftables
 from components.tools import offline
 
 PRIVATE_BLOCK = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)
@@ -118,5 +128,109 @@ def host_key_retired(el: EdgeLab) -> Check:
     return Check("secrets:host-key-retired", ok, len(el.edges), "edges", "; ".join(notes))
 
 
+METADATA_PORT = 80
+META_LINK_V4 = ("169.254.0.1", 16)
+"""The edge's side of the link to the fake service: link-local, as the provider's is."""
+META_LINK_V6 = ("fd00:c1::1", 64)
+NEIGHBOUR = ("2001:db8:ff::1", "2001:db8:ff::2", "203.0.113.241", "203.0.113.242")
+"""Edge and neighbour on their own link (IPv6 and IPv4, documentation addresses)."""
+NOBODY = "65534"
+
+ASK = r"""
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(1.5)
+try:
+    s.connect((host, port))
+    s.send(b"user-data?")
+    print("answered" if s.recv(16) == b"user-data?" else "odd")
+except OSError as e:
+    print(f"nothing ({e.__class__.__name__})")
+"""
+
+
+def _ask(node: Node, host: str, *, user: str | None = None) -> str:
+    argv = ["python3", "-c", ASK, host, str(METADATA_PORT)]
+    if user:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+    return node.run(*argv, check=False, timeout=15).stdout.strip() or "nothing"
+
+
+def _fake_metadata(el: EdgeLab, edge: Node) -> tuple[list[str], list[str]]:
+    """The service on its own node behind ``edge``; a TCP echo on every address."""
+    v4, v6 = nftables.metadata_addresses()
+    meta = el.nodes.get("metadata")
+    if meta is None:
+        meta = el.nodes["metadata"] = el.lab.node("metadata")
+        el.lab.link(
+            edge, "meta0", [f"{META_LINK_V4[0]}/{META_LINK_V4[1]}", f"{META_LINK_V6[0]}/{META_LINK_V6[1]}"],
+            meta, "eth0", [f"{a}/{META_LINK_V4[1]}" for a in v4] + [f"{a}/{META_LINK_V6[1]}" for a in v6],
+        )  # fmt: skip
+        meta.route("default", "via", META_LINK_V4[0])
+        meta.route("default", "via", META_LINK_V6[0])
+        for address in [*v4, *v6]:
+            bind = f"[{address}]" if ":" in address else address
+            kind = "TCP6" if ":" in address else "TCP4"
+            meta.spawn("socat", f"{kind}-LISTEN:{METADATA_PORT},bind={bind},reuseaddr,fork", "EXEC:cat")
+        wanted = {f"{a}:{METADATA_PORT}" for a in v4} | {f"[{a}]:{METADATA_PORT}" for a in v6}
+        wait_for(lambda: wanted <= set(meta.run("ss", "-Hlnt", check=False).stdout.split()), message="metadata up")
+    return v4, v6
+
+
+def _neighbour(el: EdgeLab, edge: Node, v4: list[str], v6: list[str]) -> Node:
+    nb = el.nodes.get("neighbour")
+    if nb is None:
+        edge_v6, nb_v6, edge_v4, nb_v4 = NEIGHBOUR
+        nb = el.nodes["neighbour"] = el.lab.node("neighbour")
+        el.lab.link(edge, "nb0", [f"{edge_v6}/64", f"{edge_v4}/30"], nb, "eth0", [f"{nb_v6}/64", f"{nb_v4}/30"])
+        for address in v4:
+            nb.route(f"{address}/32", "via", edge_v4)
+        for address in v6:
+            nb.route(f"{address}/128", "via", edge_v6)
+    return nb
+
+
+def metadata_blocked(el: EdgeLab) -> Check:
+    name = min(el.edges, key=lambda n: next(e.index for e in el.cfg.edges if e.name == n))
+    edge = el.edges[name]
+    v4, v6 = _fake_metadata(el, edge.node)
+    neighbour = _neighbour(el, edge.node, v4, v6)
+    # The provider's network delivers to the edge whatever is addressed to it: the lab's
+    # internet routes the metadata addresses to this edge, and the edge routes both
+    # families (forward services route IPv4 anyway).
+    inet = el.nodes["inet"]
+    for address in v4:
+        inet.run("ip", "route", "replace", f"{address}/32", "via", edge.public_ip)
+    forwarding_v6 = edge.node.run("sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip()
+    edge.node.sysctl("net.ipv6.conf.all.forwarding", 1)
+    home_iface = el.home_interface(name)
+    peer = el.home.run("wg", "show", home_iface, "peers").stdout.split()[0]
+    allowed = el.home.run("wg", "show", home_iface, "allowed-ips").stdout.split()[1:]
+    el.home.run("wg", "set", home_iface, "peer", peer, "allowed-ips", ",".join([*allowed, *(f"{a}/32" for a in v4)]))
+    for address in v4:
+        el.home.run("ip", "route", "replace", f"{address}/32", "dev", home_iface, "table", "main")
+    try:
+        root = {a: _ask(edge.node, a) for a in [*v4, *v6]}
+        refused = {
+            **{f"non-root on {name} -> {a}": _ask(edge.node, a, user=NOBODY) for a in [*v4, *v6]},
+            **{f"visitor -> {a}": _ask(el.client, a) for a in v4},
+            **{f"neighbour -> {a}": _ask(neighbour, a) for a in [*v4, *v6]},
+            **{f"home through {home_iface} -> {a}": _ask(el.home, a) for a in v4},
+        }
+    finally:
+        for address in v4:
+            el.home.run("ip", "route", "del", f"{address}/32", "dev", home_iface, "table", "main", check=False)
+            inet.run("ip", "route", "del", f"{address}/32", check=False)
+        el.home.run("wg", "set", home_iface, "peer", peer, "allowed-ips", ",".join(allowed), check=False)
+        edge.node.sysctl("net.ipv6.conf.all.forwarding", forwarding_v6 or 0)
+    up = all(r == "answered" for r in root.values())
+    answered = [who for who, r in refused.items() if r == "answered"]
+    detail = f"root on {name}: {', '.join(f'{a} {r}' for a, r in root.items())}; " + "; ".join(
+        f"{who}: {r}" for who, r in refused.items()
+    )
+    return Check("secrets:metadata-blocked", up and not answered, len(answered), "answered", detail)
+
+
 def run_secrets(el: EdgeLab) -> list[Check]:
-    return [user_data(el), host_key_retired(el)]
+    return [user_data(el), host_key_retired(el), metadata_blocked(el)]
