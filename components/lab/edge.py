@@ -122,7 +122,10 @@ class Edge:
         self._lock = threading.Lock()
         node.overlay("/etc")
         node.overlay("/var/lib")
-        for private in ("/etc/wireguard", "/usr/local/bin"):
+        # The edge contract too: on the machine's /usr/local/lib, every lab running at the
+        # same time (another checkout's, with other paths) would share one.
+        for private in ("/etc/wireguard", "/usr/local/bin", edge_contract.CONTRACT_DIR):
+            node.run("mkdir", "-p", private)
             node.run("mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", private)
         node.run("ln", "-s", str(TRAEFIK_BINARY), edge_contract.TRAEFIK_BINARY)
         node.sh(
