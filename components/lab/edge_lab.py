@@ -176,7 +176,11 @@ class EdgeLab:
         Only the filter: the tables' reply routing marks (forward services) stay."""
         for line in self.home.run("nft", "list", "tables").stdout.splitlines():
             family, _, name = line.removeprefix("table ").partition(" ")
-            if name.startswith("cgnat_edge"):
+            # The tunnels' tables; the road warriors' (cgnat-rw.conf) has no from_edge.
+            if (
+                name.startswith("cgnat_edge")
+                and "chain from_edge {" in self.home.run("nft", "list", "table", family, name).stdout
+            ):
                 self.home.run("nft", "insert", "rule", family, name, "from_edge", "accept")
 
     def start_home_services(self, rendered: Rendered | None = None, exclude: Iterable[str] = ()) -> list[dict]:

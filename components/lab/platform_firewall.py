@@ -19,6 +19,7 @@ from components.lab.report import Check
 from components.lab.smoke import smoke
 from components.model import edge_contract
 from components.model.platforms.base import ImageTraits
+from components.renderers import nftables
 
 LOADER = "netfilter-persistent.service"
 """The Debian-family unit that loads /etc/iptables/rules.v4 and rules.v6 at boot."""
@@ -73,6 +74,25 @@ def reboot(edge: Edge, order: tuple[str, str]) -> list[str]:
     return loaded
 
 
+def _without_counted(listing: str) -> str:
+    """``nft list ruleset`` without the elements of the per-source sets, which the
+    kernel fills with whoever came (``nftables.filled_sets``): the rules are compared."""
+    filled = {entry.split()[-1] for entry in nftables.filled_sets()}
+    kept: list[str] = []
+    current, skipping = "", False
+    for line in listing.splitlines(keepends=True):
+        words = line.split()
+        if words[:1] == ["set"]:
+            current = words[1]
+        if not skipping and current in filled and line.lstrip().startswith("elements = {"):
+            skipping = True
+        if skipping:
+            skipping = not line.rstrip().endswith("}")
+            continue
+        kept.append(line)
+    return "".join(kept)
+
+
 def ruleset_differences(edge: Edge) -> list[str]:
     """Lines the running ruleset has or lacks against the rendered file, both listed by
     the same nft (the rendered one loaded in a scratch namespace)."""
@@ -83,7 +103,7 @@ def ruleset_differences(edge: Edge) -> list[str]:
         text=True,
         check=True,
     ).stdout
-    have = edge.node.run("nft", "list", "ruleset").stdout
+    have = _without_counted(edge.node.run("nft", "list", "ruleset").stdout)
     if have == want:
         return []
     extra = sorted(set(have.splitlines()) - set(want.splitlines()))
