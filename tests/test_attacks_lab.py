@@ -45,8 +45,10 @@ def test_meter_fill_fails_without_the_shared_budget(el):
         row = floods.meter_fill(el)
     finally:
         restore()
-    assert not row.ok
-    assert row.value == floods.PROBES, row.detail
+    # The set was full, as in the row, and nearly every query got through: far above
+    # the ~160 of 300 the rate allows (a few may be lost on a loaded machine).
+    assert not row.ok and "the set was full" in row.detail, row.detail
+    assert row.value >= 0.9 * floods.PROBES, row.detail
 
 
 def test_slow_clients(el):

@@ -144,8 +144,24 @@ def _wait_for_edge_nameservers(el: EdgeLab, edge_ips: dict[str, str]) -> None:
         timeout=15,
         message="the edges' nameservers",
     )
-    # Each agent's first checks run once its edge serves; until every edge's have,
-    # an answer may still leave one out.  The lab starts from the settled fleet.
+    # Each agent's first checks run once its edge serves, and the tunnel comes up only
+    # with the first push: until every agent reports every check up, a nameserver may
+    # still learn "down" from one, after answering with every edge on a check it had
+    # not made yet.  The lab starts from the settled fleet.
+    checks = sorted({check for _host, _name, check in edge_dns.names(cfg)})
+    wait_for(
+        lambda: all(
+            edge.node.run(
+                "curl", "-fsS", "-m", "3", "-o", "/dev/null",
+                f"http://127.0.0.1:{edge_dns.HEALTH_PORT}/health/{check}", check=False,
+            ).returncode == 0
+            for edge in el.edges.values()
+            for check in checks
+        ),
+        timeout=60,
+        interval=0.5,
+        message="every edge's health agent to report every check up",
+    )  # fmt: skip
     served = [name for _host, name, _check in edge_dns.names(cfg)]
     every = set(edge_ips.values())
     wait_for(
