@@ -2,10 +2,11 @@
 that update and check it later.
 
 The files that change when services or the tunnel change (``node_files``) are
-rendered once and delivered two ways: inside the cloud-config for a fresh node, and as
-a ``bundle`` piped into ``push_script`` over SSH for a running one.  Because the
-provider's user data is ignored after creation, changing a service never replaces a
-VPS, yet a replacement node boots straight into the current configuration.
+rendered once and delivered as a ``bundle`` piped into ``push_script`` over SSH; the
+cloud-config of a fresh node carries the part that needs no secret.  Because the
+provider's user data is ignored after creation (and Pulumi keeps an ignored input on a
+replacement too), changing a service never replaces a VPS, and every node, new or
+rebuilt, reaches the current configuration through its first push.
 
 The provider serves the user data to the VM for as long as it exists, so nothing in it
 stays valid: no WireGuard key (wg0.conf comes with the first push), and only a bootstrap
