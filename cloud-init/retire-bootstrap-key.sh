@@ -19,6 +19,12 @@ fi
 echo "cgnat-edge boot: cloud-init finished"
 umask 077
 [[ -f $install_key ]] || ssh-keygen -q -t ecdsa -b 256 -N '' -C cgnat-edge-install -f "$install_key"
+# An edge older than the install key has an sshd drop-in that names only the host key:
+# sshd must offer the install key before the bootstrap key goes (the push rewrites it).
+if ! sshd -T 2>/dev/null | grep -qx "hostkey $install_key"; then
+  echo "HostKey $install_key" >>/etc/ssh/sshd_config.d/50-cgnat-edge.conf
+fi
+sshd -t
 rm -f "$host_key" "$host_key.pub"
 sshd -t
 systemctl reload ssh.service

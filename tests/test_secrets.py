@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from components.lab import secrets
+from components.lab.netns import wait_for
 from components.model import edge_contract
 from components.model.keys import generate_host_key, generate_keypair
 from components.renderers import bootstrap, templates
@@ -55,7 +56,7 @@ def test_the_boot_script_retires_the_contract_host_key():
     assert f"-t {edge_contract.INSTALL_KEY_TYPE.split('-')[0]} -b {edge_contract.INSTALL_KEY_TYPE[-3:]}" in script
 
 
-BOOT_COMMAND_SHA256 = "a36f259c61ca8642ef9dae9c178200333378200cfc50fc14f161ee302b942db1"
+BOOT_COMMAND_SHA256 = "e3ce76fe44ffaeae0ddd092c7c1f4d90140fa52d28ef83e75d14c25a1ee50d06"
 
 
 def test_the_boot_command_stays_as_deployed():
@@ -112,3 +113,46 @@ def test_the_metadata_row_fails_without_the_edge_rules(el):
             node.run("nft", "delete", "rule", "inet", "cgnat_edge", chain, "handle", first.split()[-1])
     assert not row.ok and row.value == 6, row.detail
     assert secrets.metadata_blocked(el).ok
+
+
+@pytest.mark.netns
+def test_an_edge_made_before_the_install_key_upgrades_in_place(el):
+    """An edge made by an earlier version: its host key is the one in its user data (now
+    the bootstrap key), its sshd drop-in names only that key, and it has no install key.
+    The boot step, which re-runs once on the upgrade, leaves it reachable by an install
+    key it makes; the host-key step and a push then work as on a new edge."""
+    name = sorted(el.edges)[-1]
+    edge, user = el.edges[name], el.cfg.ssh.user
+    keys = el.rendered.cloud_config(name)["ssh_keys"]
+    bootstrap_public = " ".join(keys["ed25519_public"].split()[:2])
+    put_back = edge.ssh(
+        bootstrap.as_root(user, bootstrap.host_key_script()), host_key=edge.install_key, input=keys["ed25519_private"]
+    )
+    assert put_back.returncode == 0, put_back.stderr
+    older = (
+        f"sed -i '\\#{edge_contract.INSTALL_KEY}#d' {edge_contract.SSHD_DROPIN} && "
+        f"rm -f {edge_contract.INSTALL_KEY} {edge_contract.INSTALL_KEY}.pub && systemctl reload ssh.service"
+    )
+    assert edge.ssh(bootstrap.as_root(user, older), host_key=bootstrap_public).returncode == 0
+    wait_for(
+        lambda: edge.ssh("true", host_key=edge.install_key, timeout=10).returncode != 0,
+        timeout=20,
+        message="sshd without the install key",
+    )
+
+    boot = edge.ssh(bootstrap.boot_command(user), host_key=bootstrap_public)
+    assert boot.returncode == 0, boot.stdout + boot.stderr
+    install_key = bootstrap.reported_install_key(boot.stdout)
+    assert install_key.startswith(f"{edge_contract.INSTALL_KEY_TYPE} ") and install_key != edge.install_key
+    edge.install_key = install_key
+    wait_for(
+        lambda: edge.ssh("true", host_key=install_key, timeout=10).returncode == 0,
+        timeout=20,
+        message="sshd with the new install key",
+    )
+    step = el.rendered.run.one("command:remote:Command", f"{name}-host-key")
+    installed = edge.ssh(step.inputs["create"], host_key=install_key, input=offline.reveal(step.inputs["stdin"]))
+    assert installed.returncode == 0, installed.stderr
+    pushed = edge.push(el.rendered.bundle(name), host_key=el.rendered.host_key(name))
+    assert pushed.ok, pushed.output[-2000:]
+    assert secrets.host_key_retired(el).ok
