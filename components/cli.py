@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from components.config import ConfigError, stack
-from components.lab import rehearse, runner
+from components.lab import rehearse, runner, vm
 from components.lab.errors import LabError
 from components.tools import home_files, package_schema, policy, render, status
 
@@ -115,7 +115,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 def cmd_rehearse(args: argparse.Namespace) -> int:
     stack_file, project_file = _stack(args)
     try:
-        ok, checks = rehearse.run(
+        ok, checks = (vm.run if args.vm else rehearse.run)(
             stack_file,
             project_file,
             only=args.edge,
@@ -127,7 +127,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
         raise _Unusable(exc) from None
     print(rehearse.table(checks))
     print(
-        "rehearse: every edge's first boot did what its user-data says"
+        f"rehearse: every edge's first boot{' as a machine' if args.vm else ''} did what its user-data says"
         if ok
         else "rehearse: FAILED, see the rows marked FAIL",
         file=sys.stderr,
@@ -240,6 +240,11 @@ def parser() -> argparse.ArgumentParser:
         help="where the Debian root and packages are cached (default: $CGNAT_EDGE_CACHE or /var/cache/cgnat-edge)",
     )
     p.add_argument("--keep", action="store_true", help="keep the booted roots (under the cache folder) to look into")
+    p.add_argument(
+        "--vm",
+        action="store_true",
+        help="boot every edge as a QEMU virtual machine of its own architecture instead of in a chroot",
+    )
     p.set_defaults(func=cmd_rehearse)
 
     p = sub.add_parser("status", help="log in to every deployed edge (pinned host key) and report what is wrong")

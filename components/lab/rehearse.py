@@ -282,9 +282,10 @@ def _ca(directory: Path, host: str) -> tuple[Path, Path, Path]:
 
 
 class ReleaseServer:
-    """HTTPS on a loopback address, port 443, answering every GET with ``payload`` (404 when None)."""
+    """HTTPS on the first free one of ``addresses``, port 443, answering every GET with
+    ``payload`` (404 when None)."""
 
-    def __init__(self, directory: Path, host: str):
+    def __init__(self, directory: Path, host: str, addresses: list[str] = SERVER_ADDRESSES):
         self.host = host
         self.ca, cert, key = _ca(directory, host)
         self.payload: bytes | None = None
@@ -309,14 +310,16 @@ class ReleaseServer:
 
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
-        for address in SERVER_ADDRESSES:
+        for address in addresses:
             try:
                 self.httpd = ThreadingHTTPServer((address, 443), Handler)
                 break
             except OSError as exc:
                 error = exc
         else:
-            raise RehearsalError(f"cannot listen on any of 127.13.0.1-32:443 for the Traefik release: {error}")
+            raise RehearsalError(
+                f"cannot listen on any of {', '.join(addresses)} port 443 for the Traefik release: {error}"
+            )
         self.address = address
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
