@@ -175,9 +175,9 @@ def accelerator(disk: vm_image.Disk, work: Path) -> str:
     if disk.arch != rehearse.ARCH or not Path("/dev/kvm").exists():
         return "tcg"
     console = work / "kvm-probe.log"
-    argv = [*QEMU[disk.arch], "-accel", "kvm", "-m", "256", "-display", "none", "-monitor", "none"]
+    argv = [*QEMU[disk.arch], "-accel", "kvm", "-m", "256", "-nic", "none", "-display", "none", "-monitor", "none"]
     argv += ["-serial", f"file:{console}", "-no-reboot", "-kernel", str(disk.kernel)]
-    argv += ["-append", f"console={CONSOLE[disk.arch]} panic=-1 root=/dev/nothing rootwait=0"]
+    argv += ["-append", f"console={CONSOLE[disk.arch]} panic=-1 root=/dev/nothing"]
     try:
         subprocess.run(argv, capture_output=True, timeout=60)
     except subprocess.TimeoutExpired:
