@@ -45,8 +45,7 @@ TOOLS = ("debootstrap", "mkfs.ext4", "qemu-img")
 SEED_UNIT = """[Unit]
 Description=cgnat-edge rehearsal: the lab's mirror proxy, release host and CA from the seed disk
 DefaultDependencies=no
-Requires=dev-disk-by\\x2dlabel-CIDATA.device
-After=dev-disk-by\\x2dlabel-CIDATA.device local-fs.target
+After=local-fs.target
 Before=cloud-init-local.service
 
 [Service]
@@ -61,8 +60,11 @@ SEED_SCRIPT = """#!/bin/sh
 # cgnat-edge rehearsal: the lab's side of the network, as the seed disk describes it.
 set -eu
 dir=/run/cgnat-lab-seed
+# blkid reads the disks itself: under TCG udev's by-label link can come after the
+# 90 s a device unit waits.
+for _ in $(seq 600); do dev=$(blkid -L CIDATA) && break; sleep 1; done
 mkdir -p "$dir"
-mount -o ro LABEL=CIDATA "$dir"
+mount -o ro "$dev" "$dir"
 trap 'umount "$dir"' EXIT
 [ -f "$dir/lab/apt-proxy.conf" ] && cp "$dir/lab/apt-proxy.conf" /etc/apt/apt.conf.d/80cgnat-lab-proxy
 if [ -f "$dir/lab/hosts" ] && ! grep -qxFf "$dir/lab/hosts" /etc/hosts; then cat "$dir/lab/hosts" >> /etc/hosts; fi
