@@ -115,10 +115,8 @@ def _pump(a: socket.socket, b: socket.socket) -> None:
     with selectors.DefaultSelector() as sel:
         sel.register(a, selectors.EVENT_READ, b)
         sel.register(b, selectors.EVENT_READ, a)
-        while True:
-            for key, _ in sel.select(timeout=120) or [(None, None)]:
-                if key is None:
-                    return
+        while events := sel.select(timeout=120):
+            for key, _ in events:
                 block = key.fileobj.recv(CHUNK)  # type: ignore[union-attr]
                 if not block:
                     return

@@ -116,7 +116,7 @@ def seed(path: Path, edge: str, user_data: str, lab_files: dict[str, str]) -> Pa
     (work / "network-config").write_text(yaml.safe_dump(network))
     for name, text in lab_files.items():
         (work / "lab" / name).write_text(text)
-    steps = [
+    steps: list[list[str | Path]] = [
         ["mkfs.vfat", "-n", vm_image.SEED_LABEL, "-C", path, "4096"],
         ["mcopy", "-i", path, work / "user-data", work / "meta-data", work / "network-config", "::/"],
         ["mcopy", "-s", "-i", path, work / "lab", "::/"],
@@ -317,7 +317,8 @@ def run(
         host = urlsplit(traefik.release_url("arm64")).hostname or "github.com"
         hosts = mirror_proxy.mirror_hosts()
         accel = {arch: accelerator(d, work) for arch, d in disks.items()}
-        guests, servers = [], []
+        guests: list[tuple[Guest, dict]] = []
+        servers: list[mirror_proxy.MirrorProxy | rehearse.ReleaseServer] = []
         as_rendered: dict[str, bool] = {}
         try:
             for edge in edges:
@@ -330,10 +331,10 @@ def run(
                 g = start_edge(lab, node_work, disks[archs[edge]], edge, user_data, host, hosts, rel, accel, servers)
                 guests.append((g, yaml.safe_load(user_data)))
                 log(f"rehearse: {edge} ({archs[edge]}, {accel[archs[edge]]}) powered on")
-            for g, user_data in guests:
+            for g, config in guests:
                 probe, seconds = wait_probe(g)
                 log(f"rehearse: {g.edge} reported after {seconds:.0f}s")
-                checks += boot_checks(g, probe, seconds, user_data)
+                checks += boot_checks(g, probe, seconds, config)
                 if probe:
                     checks.append(
                         Check(
