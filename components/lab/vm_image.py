@@ -10,12 +10,15 @@ What the disk holds beyond the chroot root is what a provider's image has: a ker
 systemd-networkd for the network config the provider hands cloud-init, no SSH host
 keys (cloud-init writes the edge's own), and two lab units:
 
-* ``cgnat-lab-seed`` (before cloud-init): copies the lab's files from the seed disk:
-  the apt proxy (a provider image points at the provider's mirror the same way), the
-  release host's address and the lab CA the Traefik download is checked against;
-* ``cgnat-lab-probe`` (after cloud-init, every boot): writes what the rehearsal checks
-  (cloud-init's result, failed units, the ruleset, the kernel's WireGuard) to a
-  virtio serial port, so the checks need no login on the guest.
+* ``cgnat-lab-seed`` (before cloud-init, every boot): copies the seed disk's ``lab/``
+  folder to /run/cgnat-lab and runs its ``seed.sh`` (the apt proxy, as a provider image
+  points at the provider's mirror, the release host's address, the lab CA);
+* ``cgnat-lab-probe`` (after cloud-init, every boot): runs its ``probe.sh``, which
+  writes what the rehearsal checks to a virtio serial port, so the checks need no
+  login on the guest.
+
+Both run what the seed disk brings, so the disk is rebuilt only for another package
+list or kernel.
 """
 
 from __future__ import annotations
@@ -34,71 +37,65 @@ from components.lab import rehearse
 
 KERNELS = {"amd64": "linux-image-cloud-amd64", "arm64": "linux-image-arm64"}
 """The kernel a provider's image of that architecture boots; both build WireGuard in as a module."""
-PACKAGES = (*(p for p in rehearse.PACKAGES if not p.startswith("linux-image")), "nftables")
-"""The chroot root's packages (its kernel aside), and ``nftables`` for the probe to read the ruleset
-with: Debian installs its unit disabled, so what loads at boot is still the user-data's doing."""
+PACKAGES = (*(p for p in rehearse.PACKAGES if not p.startswith("linux-image")), "udev", "nftables")
+"""The chroot root's packages (its kernel aside); ``udev``, which a machine needs for
+systemd-networkd to take its network card (a chroot has no devices); ``nftables`` for the
+probe to read the ruleset with: Debian installs its unit disabled, so what loads at boot
+is still the user-data's doing."""
 DISK_SIZE = "3G"
 SEED_LABEL = "CIDATA"
 PROBE_PORT = "cgnat.probe"
 TOOLS = ("debootstrap", "mkfs.ext4", "qemu-img")
+LAB_DIR = "/run/cgnat-lab"
+"""Where the boot unit copies the seed disk's ``lab/`` folder: the scripts the rehearsal
+runs on the guest travel on the seed disk, so changing them never rebuilds the disk."""
+SLIM = """path-exclude=/usr/share/man/*
+path-exclude=/usr/share/doc/*
+path-include=/usr/share/doc/*/copyright
+path-exclude=/usr/share/locale/*
+path-include=/usr/share/locale/locale.alias
+"""
+"""dpkg's excludes for the disk: man-db's trigger and the docs cost minutes under
+qemu-user when the disk is not the host's architecture, and no edge reads them."""
 
-SEED_UNIT = """[Unit]
-Description=cgnat-edge rehearsal: the lab's mirror proxy, release host and CA from the seed disk
+SEED_UNIT = f"""[Unit]
+Description=cgnat-edge rehearsal: the lab's files from the seed disk
 DefaultDependencies=no
-After=local-fs.target
+After=local-fs.target systemd-udevd.service
 Before=cloud-init-local.service
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/local/sbin/cgnat-lab-seed
+TimeoutStartSec=15min
 
 [Install]
 WantedBy=cloud-init-local.service
 """
-SEED_SCRIPT = """#!/bin/sh
-# cgnat-edge rehearsal: the lab's side of the network, as the seed disk describes it.
+SEED_SCRIPT = f"""#!/bin/sh
+# cgnat-edge rehearsal: copy the seed disk's lab/ folder to {LAB_DIR}, then run its seed.sh.
 set -eu
-dir=/run/cgnat-lab-seed
-# blkid reads the disks itself: under TCG udev's by-label link can come after the
-# 90 s a device unit waits.
-for _ in $(seq 600); do dev=$(blkid -L CIDATA) && break; sleep 1; done
-mkdir -p "$dir"
-mount -o ro "$dev" "$dir"
-trap 'umount "$dir"' EXIT
-[ -f "$dir/lab/apt-proxy.conf" ] && cp "$dir/lab/apt-proxy.conf" /etc/apt/apt.conf.d/80cgnat-lab-proxy
-if [ -f "$dir/lab/hosts" ] && ! grep -qxFf "$dir/lab/hosts" /etc/hosts; then cat "$dir/lab/hosts" >> /etc/hosts; fi
-if [ -f "$dir/lab/ca.crt" ]; then
-  cp "$dir/lab/ca.crt" /usr/local/share/ca-certificates/cgnat-lab.crt
-  update-ca-certificates >/dev/null
-fi
+# blkid reads the disks itself: under TCG udev's by-label link can come late.
+for _ in $(seq 600); do dev=$(blkid -L {SEED_LABEL}) && break; sleep 1; done
+mnt=$(mktemp -d)
+mount -o ro "$dev" "$mnt"
+rm -rf {LAB_DIR}
+cp -r "$mnt/lab" {LAB_DIR}
+umount "$mnt"
+if [ -f {LAB_DIR}/seed.sh ]; then exec sh {LAB_DIR}/seed.sh; fi
 """
-PROBE_UNIT = """[Unit]
+PROBE_UNIT = f"""[Unit]
 Description=cgnat-edge rehearsal: report the boot to the lab
 After=cloud-final.service multi-user.target
+ConditionPathExists={LAB_DIR}/probe.sh
 
 [Service]
 Type=oneshot
-ExecStart=/usr/local/sbin/cgnat-lab-probe
+ExecStart=/bin/sh {LAB_DIR}/probe.sh
 
 [Install]
 WantedBy=multi-user.target
-"""
-PROBE_SCRIPT = f"""#!/bin/bash
-# cgnat-edge rehearsal: what the lab checks, once cloud-init is done, on the virtio port.
-cloud-init status --wait >/dev/null 2>&1
-sleep 2  # units cloud-init started in its last module settle
-{{
-  echo "== uptime"; cut -d' ' -f1 /proc/uptime
-  echo "== arch"; uname -m
-  echo "== boot-id"; cat /proc/sys/kernel/random/boot_id
-  echo "== status"; cloud-init status --long 2>&1
-  echo "== result"; cat /run/cloud-init/result.json 2>&1
-  echo "== failed"; systemctl --failed --plain --no-legend 2>&1
-  echo "== nft"; nft -j list ruleset 2>&1
-  echo "== wireguard"; [ -d /sys/module/wireguard ] && echo module; ip -j -d link show type wireguard 2>&1
-  echo "== end"
-}} > /dev/virtio-ports/{PROBE_PORT}
 """
 BUILD_SCRIPT = """set -eu
 root=$1
@@ -128,7 +125,7 @@ class Disk:
 def key(arch: str) -> str:
     """The cache key: another package list, kernel or lab unit builds a new disk."""
     parts = [rehearse.SUITE, rehearse.MIRROR, sorted(PACKAGES), KERNELS[arch], DISK_SIZE]
-    parts += [rehearse.LOCALE_SETUP, SEED_UNIT, SEED_SCRIPT, PROBE_UNIT, PROBE_SCRIPT, BUILD_SCRIPT]
+    parts += [rehearse.LOCALE_SETUP, SLIM, SEED_UNIT, SEED_SCRIPT, PROBE_UNIT, BUILD_SCRIPT]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -168,6 +165,7 @@ def disk(cache: Path, arch: str, log: Callable[[str], None] = print) -> Disk:
         done = rehearse._run(
             [
                 "debootstrap",
+                "--foreign",
                 f"--arch={arch}",
                 f"--variant={rehearse.VARIANT}",
                 f"--cache-dir={debs.resolve()}",
@@ -177,6 +175,10 @@ def disk(cache: Path, arch: str, log: Callable[[str], None] = print) -> Disk:
                 rehearse.MIRROR,
             ]
         )
+        if done.returncode == 0:
+            # Between the stages, so that no package unpacks what the excludes leave out.
+            _write(root, "etc/dpkg/dpkg.cfg.d/01-cgnat-slim", SLIM, 0o644)
+            done = rehearse._run(["chroot", root, "/debootstrap/debootstrap", "--second-stage"])
         if done.returncode != 0:
             raise ImageError(f"debootstrap ({arch}) failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
         gen = rehearse._run(["chroot", root, "sh", "-c", rehearse.LOCALE_SETUP])
@@ -185,7 +187,6 @@ def disk(cache: Path, arch: str, log: Callable[[str], None] = print) -> Disk:
         _write(root, "etc/systemd/system/cgnat-lab-seed.service", SEED_UNIT, 0o644)
         _write(root, "usr/local/sbin/cgnat-lab-seed", SEED_SCRIPT, 0o755)
         _write(root, "etc/systemd/system/cgnat-lab-probe.service", PROBE_UNIT, 0o644)
-        _write(root, "usr/local/sbin/cgnat-lab-probe", PROBE_SCRIPT, 0o755)
         done = rehearse._run(["bash", "-c", BUILD_SCRIPT, "build", root])
         if done.returncode != 0:
             raise ImageError(f"setting up the {arch} disk failed: {done.stdout}{done.stderr}")
