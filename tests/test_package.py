@@ -4,15 +4,11 @@ the program registers; the committed generated files are current."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import grpc
 import pulumi
 import pytest
 import yaml
@@ -25,33 +21,15 @@ from components.config.keys import KEYS, NAMESPACE, REQUIRED
 from components.model import platforms
 from components.package import fleet, shapes
 from components.tools import offline, package_schema
-from tests.support import DEV_STACK, PROD_STACK, ROOT, run_program, stack_raw
+from tests.support import DEV_STACK, PROD_STACK, ROOT, plugin_channel, run_program, stack_raw
 
 TOKEN = f"{package_schema.PACKAGE}:index:EdgeFleet"
 
 
 @contextmanager
 def host() -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
-    """The plugin as the Pulumi CLI starts it: its folder's __main__.py with an engine
-    address (never dialled for GetSchema); it prints the port it serves on."""
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "provider"), "127.0.0.1:9"],
-        cwd=ROOT / "provider",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        assert proc.stdout is not None
-        port = proc.stdout.readline().decode().strip()
-        assert port.isdigit(), (
-            f"the host printed {port!r}, stderr: {proc.stderr.read().decode() if proc.stderr else ''}"
-        )
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield provider_pb2_grpc.ResourceProviderStub(channel)
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    with plugin_channel(ROOT / "provider") as channel:
+        yield provider_pb2_grpc.ResourceProviderStub(channel)
 
 
 @pytest.fixture(scope="module")
