@@ -19,55 +19,56 @@ from components.lab.rendered import render_stack
 from components.tools import offline
 from tests.support import DEV_STACK, LAB_STACK, PROD_STACK, PROJECT, require_root, require_tool, stack_raw
 
-NETNS_IDS = pytest.StashKey[Path]()
+LAB_IDS = pytest.StashKey[Path]()
 
 
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):
-        config.stash[NETNS_IDS] = Path(tempfile.mkdtemp(prefix="cgnat-edge-xdist-")) / "netns.json"
+        config.stash[LAB_IDS] = Path(tempfile.mkdtemp(prefix="cgnat-edge-xdist-")) / "netns.json"
 
 
 def pytest_unconfigure(config):
-    if NETNS_IDS in config.stash:
-        shutil.rmtree(config.stash[NETNS_IDS].parent, ignore_errors=True)
+    if LAB_IDS in config.stash:
+        shutil.rmtree(config.stash[LAB_IDS].parent, ignore_errors=True)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
-    node.workerinput["netns_ids"] = str(node.config.stash[NETNS_IDS])
+    node.workerinput["lab_ids"] = str(node.config.stash[LAB_IDS])
 
 
 def pytest_collection_modifyitems(config, items):
-    """Each worker tells the controller which tests are namespace tests (nodeids are all
-    the controller sees)."""
-    path = getattr(config, "workerinput", {}).get("netns_ids")
+    """Each worker tells the controller which tests boot a lab (nodeids are all the
+    controller sees): those that use the booted lab ``el`` or are marked ``lab``."""
+    path = getattr(config, "workerinput", {}).get("lab_ids")
     if path:
+        labs = [item.nodeid for item in items if "el" in item.fixturenames or item.get_closest_marker("lab")]
         part = Path(f"{path}.{config.workerinput['workerid']}")
-        part.write_text(json.dumps([item.nodeid for item in items if item.get_closest_marker("netns")]))
+        part.write_text(json.dumps(labs))
         part.replace(path)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """With ``--dist loadgroup`` the namespace tests run one after another on one worker
-    while the others take the unit tests: their labs share the host's tools and cores,
-    and their timing rows must not compete with another lab. (xdist's own grouping marks
-    a test by rewriting a node id attribute pytest 9 no longer reads.)"""
+    """With ``--dist loadgroup`` the tests that boot a lab run one after another on one
+    worker while the others take the rest: a lab's timing rows must not compete with
+    another lab for the cores. (xdist's own grouping marks a test by rewriting a node id
+    attribute pytest 9 no longer reads.)"""
     if config.getoption("dist") != "loadgroup":
         return None
-    return NamespaceTestsTogether(config, log, config.stash[NETNS_IDS])
+    return LabsTogether(config, log, config.stash[LAB_IDS])
 
 
-class NamespaceTestsTogether(LoadScopeScheduling):
-    def __init__(self, config, log, netns_ids: Path) -> None:
+class LabsTogether(LoadScopeScheduling):
+    def __init__(self, config, log, lab_ids: Path) -> None:
         super().__init__(config, log)
-        self.netns_ids = netns_ids
-        self.netns: frozenset[str] | None = None
+        self.lab_ids = lab_ids
+        self.labs: frozenset[str] | None = None
 
     def _split_scope(self, nodeid: str) -> str:
-        if self.netns is None:
-            self.netns = frozenset(json.loads(self.netns_ids.read_text()))
-        return "netns" if nodeid in self.netns else nodeid
+        if self.labs is None:
+            self.labs = frozenset(json.loads(self.lab_ids.read_text()))
+        return "lab" if nodeid in self.labs else nodeid
 
 
 @pytest.fixture

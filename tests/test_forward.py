@@ -170,6 +170,7 @@ def test_without_forward_services_home_is_unchanged(fleet_config):
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_lab_forward_report(tmp_path):
     """``cgnat-edge lab --forward --report FILE``: both edges forward at once; home logs
     the visitor's own address for tcp and udp, and replies leave through the edge the

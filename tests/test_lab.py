@@ -32,7 +32,7 @@ from components.renderers import bootstrap, bundle
 from components.tools import offline
 from tests.support import DEV_STACK, LAB_STACK, PROJECT, require_root, require_tool
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.lab]
 
 
 def _require_lab() -> None:

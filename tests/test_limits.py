@@ -126,6 +126,7 @@ def test_new_udp_flows_are_rate_limited_per_source_on_udp_and_forward_services()
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_rulesets_pass_nft_check(raw_config, tmp_path):
     require_tool("nft")
     for name, text in _rulesets(raw_config).items():
@@ -257,6 +258,7 @@ def pair():
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_a_full_dns_meter_still_limits_a_new_source(raw_config, pair, tmp_path):
     edge, net = pair
     cfg = config_module.parse({**raw_config, "dnsMode": "edges"}, stack="dev")
@@ -299,6 +301,7 @@ sys.stdin.read()  # hold them until told
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_one_source_holds_at_most_its_share_of_connections(raw_config, pair, tmp_path):
     edge, net = pair
     cfg = config_module.parse(raw_config, stack="dev")
@@ -352,6 +355,7 @@ print(time.monotonic() - started, flush=True)
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_new_udp_flows_of_one_source_are_rate_limited(pair, tmp_path):
     edge, net = pair
     path = tmp_path / "nftables.conf"

@@ -80,6 +80,7 @@ def _problems(report: dict, edge: str) -> list[str]:
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_status_sees_a_healthy_fleet_then_each_fault(el, mirror, tmp_path):
     # The edges' health agents and nameservers need a few seconds after the lab starts.
     wait_for(lambda: _status(el, tmp_path)[0] == 0, 60, 2, "the fleet to be healthy")
@@ -140,6 +141,7 @@ def test_status_sees_a_healthy_fleet_then_each_fault(el, mirror, tmp_path):
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_status_refuses_a_host_key_that_does_not_match_and_names_an_unreachable_edge(el, tmp_path):
     edges = offline.reveal(el.rendered.edges)
     edges["fsn"] = {**edges["fsn"], "hostPublicKey": generate_host_key()[1]}
@@ -237,6 +239,7 @@ def test_country_sets_and_crowdsec_are_judged_from_what_the_edge_reports():
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_the_login_from_the_outputs_cannot_become_an_ssh_option(tmp_path):
     """sshUser and the address come from the stack's outputs; ssh itself (``-G`` prints
     what it would do and connects nowhere) must read them as a user and a host, never as
