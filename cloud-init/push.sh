@@ -544,7 +544,8 @@ finish() { # exit status: the verdict, written once the edge is on the old or th
   # The connection hold exists only once the contract is loaded.
   [[ -z ${nft_table:-} ]] || release_connections
   [[ -z $stage ]] || rm -rf "$stage"
-  rm -f "$dir/bundle"
+  # What holds secrets goes; the files before a verified push stay in $state_dir/previous.
+  rm -rf "$dir/bundle" "$dir/before"
   echo "$rc" >"$dir/result.new"
   sync -f "$dir/result.new"
   mv "$dir/result.new" "$dir/result"

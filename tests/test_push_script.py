@@ -48,6 +48,7 @@ def test_a_push_that_cannot_get_the_lock_is_refused_and_changes_nothing(tmp_path
     push = tmp_path / "20261207T101010-0a1b2c3d"
     push.mkdir()
     (push / "bundle").write_text("not read: the lock comes first\n")
+    (push / "before").mkdir()
     (tmp_path / "holder").write_text("20261207T100000-00000000\n")
     holder = subprocess.Popen(["flock", str(tmp_path / "lock"), "sleep", "30"])
     try:
@@ -60,7 +61,7 @@ def test_a_push_that_cannot_get_the_lock_is_refused_and_changes_nothing(tmp_path
     assert "waits for push 20261207T100000-00000000 to finish (up to 1s)" in done.stdout
     assert "REFUSED: push 20261207T100000-00000000 has held the edge for over 1s; nothing was changed" in done.stderr
     assert (push / "result").read_text() == "1\n"
-    assert not (push / "bundle").exists() and not (push / "journal").exists()
+    assert not (push / "bundle").exists() and not (push / "before").exists() and not (push / "journal").exists()
 
 
 def test_the_wait_command_takes_only_a_push_id():
