@@ -305,6 +305,10 @@ class Edge:
             for unit in SPAWNED_UNITS:
                 if unit in self.enabled:
                     self._start(unit)
+        # Then, after the units it is ordered after, the recovery of a push the
+        # restart cut off (its systemctl calls come back to the stand-in: no lock held).
+        if edge_contract.PUSH_RECOVER_UNIT in self.enabled:
+            self.fire_timer(edge_contract.PUSH_RECOVER_UNIT.removesuffix(".service"))
         self.wait_serving()
 
     def wait_serving(self) -> None:

@@ -128,6 +128,17 @@ class EdgeLab:
         input: str | None = None,
         timeout: float = 120,
     ) -> subprocess.CompletedProcess:
+        argv, known = self.operator_ssh_argv(edge, command, key=key, host_key=host_key)
+        try:
+            return self.operator.run(*argv, input=input, timeout=timeout, check=False)
+        finally:
+            known.unlink()
+
+    def operator_ssh_argv(
+        self, edge: Edge, command: str, *, key: Path | None = None, host_key: str | None = None
+    ) -> tuple[list[str], Path]:
+        """The operator's ssh command line for ``command`` on ``edge``, pinning
+        ``host_key`` (default: the rendered one), and the known-hosts file it reads."""
         known = self.lab.workdir / f"known_hosts-{time.monotonic_ns()}"
         known.write_text(f"{edge.public_ip} {host_key or self.rendered.host_key(edge.name)}\n")
         if key is None:
@@ -139,10 +150,7 @@ class EdgeLab:
             "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
             "-o", "ConnectTimeout=5", f"{self.cfg.ssh.user}@{edge.public_ip}", command,
         ]  # fmt: skip
-        try:
-            return self.operator.run(*argv, input=input, timeout=timeout, check=False)
-        finally:
-            known.unlink()
+        return argv, known
 
     def close(self) -> None:
         for server in self.servers:

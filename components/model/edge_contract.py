@@ -23,6 +23,12 @@ BUNDLE_FILES = "files"
 
 STATE_DIR = "/var/lib/cgnat-edge"
 """The push's own state: the last bundle's MANIFEST and the files it replaced."""
+PUSH_DIR = f"{STATE_DIR}/pushes"
+"""One folder per push (its bundle until it ends, journal, log and verdict), the lock
+and the script the boot-time recovery runs; push.sh names it itself, as it needs it
+before the bundle that brings the contract is unpacked."""
+PUSH_RECOVER_UNIT = "cgnat-edge-push-recover.service"
+"""Runs at boot: puts back the files of a push the restart cut off, and verifies."""
 DESIRED = "/etc/cgnat-edge/desired.json"
 VERIFY = "/usr/local/sbin/cgnat-edge-verify"
 INSTALL_TRAEFIK = "/usr/local/sbin/cgnat-edge-install-traefik"

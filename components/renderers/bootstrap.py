@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import re
 import shlex
 from collections.abc import Sequence
 
@@ -383,6 +384,18 @@ def config_command(user: str, readiness_timeout_s: int = 600) -> str:
     """What the ``<edge>-config`` step runs over SSH, with the bundle on stdin: apply
     and verify (rolling back on failure), then wait until the edge serves."""
     return f"{as_root(user, push_script())} && {as_root(user, readiness_script(readiness_timeout_s))}"
+
+
+PUSH_ID = re.compile(r"^cgnat-edge push: push id ([0-9A-Za-z-]+)$", re.MULTILINE)
+"""The push script's first line: the id of the push folder on the edge."""
+
+
+def push_wait_command(user: str, push_id: str) -> str:
+    """Waits, over a new connection, for push ``push_id``'s verdict (its log, then its
+    exit status): what a client whose connection dropped mid-push runs."""
+    if not re.fullmatch(r"[0-9A-Za-z-]+", push_id):
+        raise ValueError(f"not a push id: {push_id!r}")
+    return f"{as_root(user, push_script())} _ wait {push_id}"
 
 
 def readiness_script(timeout_s: int = 600) -> str:
