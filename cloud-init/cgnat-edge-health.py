@@ -14,6 +14,7 @@ and the agent never probes home more often than once per interval, however many 
   udp  A TCP SYN to home's tunnel address (port 9): any answer (a reset from home's
        filter or kernel) proves the tunnel carries packets both ways; then a datagram
        to the target, down only when it says port unreachable.
+  tunnel  That SYN alone: the alert daemons' view of the tunnel (cgnat-edge-alerts.py).
 
 Hostile askers: in dnsMode records the port is open to the internet, so the server is
 one thread with a selector, whatever the number of connections.  At most
@@ -94,10 +95,10 @@ def _udp_answer(address, timeout):
             return "silent"
 
 
-def check_udp(spec, cfg):
-    # The tunnel: a TCP SYN to home's tunnel address on the discard port.  Home answers
-    # it either way (a reset from its filter or kernel, or a connection), through the
-    # tunnel, at once; resets are not rate-limited the way ICMP errors are.
+def check_tunnel(spec, cfg):
+    # A TCP SYN to home's tunnel address on the discard port.  Home answers it either
+    # way (a reset from its filter or kernel, or a connection), through the tunnel, at
+    # once; resets are not rate-limited the way ICMP errors are.
     try:
         with socket.create_connection((spec["home"], 9), timeout=min(cfg["timeout"], 2)):
             pass
@@ -105,13 +106,18 @@ def check_udp(spec, cfg):
         pass
     except TimeoutError:
         raise OSError(f"no answer from home's tunnel address {spec['home']}: the tunnel is down") from None
+    return "home answers through the tunnel"
+
+
+def check_udp(spec, cfg):
+    check_tunnel(spec, cfg)
     target = _udp_answer((spec["host"], spec["port"]), 1)
     if target == "refused":
         raise OSError(f"{spec['host']}:{spec['port']} answers port unreachable")
     return f"tunnel answers; target {target}"
 
 
-CHECKS = {"tls": check_tls, "tcp": check_tcp, "udp": check_udp}
+CHECKS = {"tls": check_tls, "tcp": check_tcp, "udp": check_udp, "tunnel": check_tunnel}
 
 
 def run_checks(name, specs, cfg):

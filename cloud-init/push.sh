@@ -372,6 +372,21 @@ reconcile_edge_dns() {
   fi
 }
 
+# The alert daemon runs whenever the bundle brings its config (a channel is set).
+reconcile_alerts() {
+  if [[ -f $alerts_conf ]]; then
+    if was_changed "$alerts_daemon" || was_changed "$alerts_conf" || was_changed "$alert_channels" ||
+      was_changed "$systemd_dir/$alerts_unit" || ! systemctl is-active --quiet "$alerts_unit"; then
+      systemctl enable --quiet "$alerts_unit"
+      systemctl restart "$alerts_unit"
+      log "alert daemon restarted"
+    fi
+  elif was_changed "$alerts_conf"; then
+    systemctl disable --now --quiet "$alerts_unit" 2>/dev/null || true
+    log "alert daemon stopped (no alert channel is set)"
+  fi
+}
+
 reconcile() {
   local p units=false
   if was_changed "$sshd_dropin" || was_changed "$host_key" || was_changed "$authorized_keys_dir/*"; then
@@ -406,6 +421,7 @@ reconcile() {
   fi
   reconcile_wireguard
   reconcile_edge_dns
+  reconcile_alerts
   local running
   running=$(enabled_traefik)
   if was_changed "$traefik_static" || was_changed "$traefik_unit" || [[ -z $running || $running == "$legacy_traefik" ]] ||

@@ -72,6 +72,14 @@ HEALTH_AGENT = "/usr/local/sbin/cgnat-edge-health"
 HEALTH_CONF = "/etc/cgnat-edge/health.json"
 HEALTH_UNIT = "cgnat-edge-health.service"
 
+ALERTS_DAEMON = "/usr/local/sbin/cgnat-edge-alerts"
+ALERTS_CONF = "/etc/cgnat-edge/alerts.json"
+ALERT_CHANNELS = "/etc/cgnat-edge/alert-channels.json"
+"""The channels' secrets, root-only; the unit hands them to the daemon as a credential."""
+ALERTS_UNIT = "cgnat-edge-alerts.service"
+ALERTS_STATE = "/var/lib/cgnat-edge-alerts/state.json"
+"""Open incidents and each channel's last delivery (``status`` reads it)."""
+
 FORWARD_SYSCTL = "/etc/sysctl.d/60-cgnat-edge-forward.conf"
 """Only with forward services: IPv4 forwarding on."""
 

@@ -98,6 +98,13 @@ def served_name(cfg: FleetConfig, hostname: str) -> str:
 
 
 check_id = geodns.check_id
+TUNNEL_CHECK = "_tunnel"
+"""The agent's check of the tunnel alone, for the alert daemons; no service name starts
+with ``_``, so none can take it."""
+
+
+def tunnel_check(cfg: FleetConfig) -> str:
+    return geodns.named_check(cfg, TUNNEL_CHECK)
 
 
 def names(cfg: FleetConfig) -> list[tuple[str, str, str]]:
@@ -130,6 +137,9 @@ def agent_config(cfg: FleetConfig, edge: EdgeSpec) -> dict[str, Any]:
     ports = [c for s in cfg.services if not s.mode.by_hostname for c in by_name[s.name]]
     if ports:
         checks[check_id(cfg, None)] = ports
+    if cfg.alerts:
+        home = str(tunnel.addresses(cfg.tunnel, edge).home_v4.ip)
+        checks[tunnel_check(cfg)] = [{"kind": "tunnel", "home": home}]
     return {
         "edge": edge.name,
         "public": not cfg.dns.edge_served,
