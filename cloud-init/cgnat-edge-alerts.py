@@ -81,11 +81,15 @@ WHAT = {
 # ---------------------------------------------------------------------------
 
 
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""The agents are asked directly, whatever proxy the environment names."""
+
+
 def ask(url, timeout):
     """True (200), False (503: the check fails) or None (no agent answered)."""
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as r:
+        with _DIRECT.open(request, timeout=timeout) as r:
             return r.status == 200
     except urllib.error.HTTPError as exc:
         return False if exc.code == 503 else None
@@ -306,8 +310,8 @@ def backoff(attempt):
 class Channel:
     """One channel's queue, worked through in order by its own thread."""
 
-    def __init__(self, name, send, clock=time.time, sleep=None):
-        self.name, self.send, self.clock = name, send, clock
+    def __init__(self, name, send, clock=time.time, sleep=None, secret=None):
+        self.name, self.send, self.clock, self.secret = name, send, clock, secret
         self.queue = collections.deque()
         self.wake = threading.Condition()
         self.sleep = sleep or self._wait
@@ -334,7 +338,10 @@ class Channel:
                 break
             except Exception as exc:  # any failure is retried; its reason is kept
                 attempt += 1
-                self.state.update(lastError=f"{type(exc).__name__}: {exc}"[:300], lastErrorAt=self.clock())
+                error = f"{type(exc).__name__}: {exc}"
+                if self.secret:  # some errors quote the URL, which is the credential
+                    error = error.replace(self.secret, "<secret>")
+                self.state.update(lastError=error[:300], lastErrorAt=self.clock())
                 print(f"cgnat-edge-alerts: {self.name}: {self.state['lastError']}", flush=True)
                 if self.clock() - queued_at > GIVE_UP_S:
                     break
@@ -356,9 +363,9 @@ def channels(cfg, secrets):
     for name in ("ntfy", "webhook", "smtp"):
         secret = secrets.get("smtpPassword" if name == "smtp" else name)
         if name == "smtp" and cfg.get("smtp"):
-            found.append(Channel(name, lambda m, s=secret: send_smtp(s, m, cfg)))
+            found.append(Channel(name, lambda m, s=secret: send_smtp(s, m, cfg), secret=secret))
         elif name != "smtp" and secret:
-            found.append(Channel(name, lambda m, u=secret, f=SENDERS[name]: f(u, m, cfg)))
+            found.append(Channel(name, lambda m, u=secret, f=SENDERS[name]: f(u, m, cfg), secret=secret))
     return found
 
 

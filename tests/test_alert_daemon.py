@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.server
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -302,6 +303,17 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
         pass
 
 
+RSS_LIMIT_KB = 32 * 1024
+"""Well under the unit's MemoryMax=48M."""
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def _serve(handler: type) -> http.server.ThreadingHTTPServer:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -368,6 +380,9 @@ def test_two_daemons_send_one_alert_and_one_resolved_for_the_fleet(tmp_path: Pat
         state = json.loads((tmp_path / "ams-state.json").read_text())
         assert state["leader"] == "fsn" and list(state["incidents"]) == ["tunnel-down:ams"]
         assert json.loads((tmp_path / "fsn-state.json").read_text())["channels"]["webhook"]["delivered"] == 1
+        rss = [_rss_kb(p.pid) for p in procs]
+        print(f"alert daemons' RSS: {rss} kB")
+        assert max(rss) < RSS_LIMIT_KB
         agents[1].up["_tunnel"] = True
         wait_for(lambda: len(receiver_class.got) == 2, 15, message="the resolved message")
         time.sleep(2)
@@ -381,3 +396,49 @@ def test_two_daemons_send_one_alert_and_one_resolved_for_the_fleet(tmp_path: Pat
             p.wait(5)
         for s in [*servers, receiver]:
             s.shutdown()
+
+
+def test_an_error_that_quotes_the_url_does_not_put_it_in_the_state():
+    url = "https://hooks.example.org/hook/s3cr3t-token"
+    clock = [NOW]
+
+    def bad(msg: dict) -> None:
+        if clock[0] == NOW:
+            raise ValueError(f"unknown url type: {url!r}")
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    (channel,) = alerts.channels(CFG, {"webhook": url})
+    channel.send, channel.clock, channel.sleep = bad, lambda: clock[0], sleep
+    channel.put({"title": "x"})
+    channel.deliver_next()
+    assert channel.state["lastError"] == "ValueError: unknown url type: '<secret>'"
+    assert channel.state["delivered"] == 1
+
+
+def test_the_verifier_wants_a_fresh_state_file(tmp_path: Path, monkeypatch):
+    """After a push the verifier waits for the daemon's first look; a daemon that died
+    leaves a stale state file (or none), and the push rolls back."""
+    spec = importlib.util.spec_from_file_location("verify", templates.DIRECTORY / "verify.py")
+    assert spec and spec.loader
+    verify = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verify)
+    state = tmp_path / "state.json"
+    conf = tmp_path / "alerts.json"
+    contract = {"alerts_state": str(state), "alerts_conf": str(conf), "alerts_unit": "cgnat-edge-alerts.service"}
+    contract |= {"pdns_zone": str(tmp_path / "none"), "health_conf": str(tmp_path / "none")}
+    monkeypatch.setattr(verify, "contract", lambda: contract)
+    assert "alerts" not in verify.checks()
+    conf.write_text("{}")
+    assert verify.checks()["alerts"] is verify.check_alerts
+    (problem,) = verify.check_alerts({}, timeout=0.2)
+    assert problem.startswith("the alert daemon has written no state (")
+    assert problem.endswith("; see journalctl -u cgnat-edge-alerts.service")
+    state.write_text(json.dumps({"updated": time.time() - 60}))
+    (stale,) = verify.check_alerts({}, timeout=0.2)
+    assert re.fullmatch(
+        r"the alert daemon last looked 6[01] s ago; see journalctl -u cgnat-edge-alerts\.service", stale
+    )
+    state.write_text(json.dumps({"updated": time.time()}))
+    assert verify.check_alerts({}, timeout=0.2) == []
