@@ -62,18 +62,22 @@ WHAT = {
         "edge {subject} is unreachable from the other edges",
         "Its services are served by the other edges if DNS fails over. Check the VPS in the provider's console "
         "(stopped, rebooting, out of memory?); `cgnat-edge status` shows what the other edges see.",
+        "edge {subject} is reachable again",
     ),
     "tunnel-down": (
         "home's tunnel to edge {subject} is down",
         "Visitors reaching {subject} get no answer from home. Check the home router's internet connection and its "
         "WireGuard interface for {subject} (`wg show`: latest handshake); `cgnat-edge status` shows every tunnel.",
+        "home's tunnel to edge {subject} is back",
     ),
     "service-down": (
         "service {subject} is down on every edge",
         "The tunnels are up, so the fault is at home: check {subject}'s target (is it running, does it answer on "
         "its address and port?).",
+        "service {subject} answers again",
     ),
 }
+"""Per kind: what is wrong, what to do, and what the "resolved" message says."""
 
 
 # ---------------------------------------------------------------------------
@@ -219,9 +223,9 @@ def message(cfg, event):
     """The message for one event: a dict every channel renders from."""
     status, key, since, at = event
     kind, subject = key.split(":", 1)
-    what, todo = (text.format(subject=subject) for text in WHAT[kind])
+    what, todo, back = (text.format(subject=subject) for text in WHAT[kind])
     if status == "resolved":
-        title = f"Resolved: {what.replace(' is down', ' is back').replace(' is unreachable', ' is reachable')}"
+        title = f"Resolved: {back}"
         body = f"It was down for {_span(at - since)}, from {_clock(since)} to {_clock(at)}."
     else:
         title = ("Still: " if status == "reminder" else "") + what[0].upper() + what[1:]

@@ -184,7 +184,7 @@ def test_messages_say_what_where_since_when_and_what_to_do():
     assert fire["message"].startswith("Since 2023-11-14 22:13:20 UTC (62 s). Visitors reaching ams")
     assert "wg show" in fire["message"] and fire["message"].endswith("(Reported by edge fsn.)")
     done = alerts.message(CFG, ("resolved", "service-down:cloud", 1_700_000_000, 1_700_000_600))
-    assert done["title"] == "[cgnat-edge/test] Resolved: service cloud is back on every edge"
+    assert done["title"] == "[cgnat-edge/test] Resolved: service cloud answers again"
     assert "down for 10 min" in done["message"] and done["status"] == "resolved"
     edge = alerts.message(CFG, ("reminder", "edge-down:hel", 1_700_000_000, 1_700_021_600))
     assert edge["title"] == "[cgnat-edge/test] Still: Edge hel is unreachable from the other edges"
@@ -442,3 +442,13 @@ def test_the_verifier_wants_a_fresh_state_file(tmp_path: Path, monkeypatch):
     )
     state.write_text(json.dumps({"updated": time.time()}))
     assert verify.check_alerts({}, timeout=0.2) == []
+
+
+def test_the_agents_tunnel_check_is_up_when_home_answers_with_a_reset():
+    spec = importlib.util.spec_from_file_location("health", templates.DIRECTORY / "cgnat-edge-health.py")
+    assert spec and spec.loader
+    health = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(health)
+    assert health.CHECKS["tunnel"] is health.check_tunnel
+    # Nothing listens on 127.0.0.1:9: the kernel answers with a reset, as home's does.
+    assert health.check_tunnel({"home": "127.0.0.1"}, {"timeout": 1}) == "home answers through the tunnel"
