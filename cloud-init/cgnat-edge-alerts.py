@@ -7,7 +7,9 @@ others' on their public addresses, which their nftables admit from the fleet) fo
 tunnel check (a TCP SYN to home's tunnel address, answered by home through the
 tunnel) and each service's check.  From those answers come the faults:
 
-  edge-down:<edge>      the edge's agent has not answered for STALE_ROUNDS looks
+  edge-down:<edge>      the edge's agent answered once and has not for STALE_ROUNDS
+                        looks (an edge never seen is not deployed yet: the first
+                        ``pulumi up`` pushes one edge after the other)
   tunnel-down:<edge>    the edge answers, but home does not answer through its tunnel
   service-down:<name>   every edge whose tunnel is up reports the service down
 
@@ -104,10 +106,11 @@ def ask(url, timeout):
 class View:
     """One edge as the last looks saw it."""
 
-    __slots__ = ("answered", "services", "tunnel")
+    __slots__ = ("answered", "seen", "services", "tunnel")
 
-    def __init__(self):
+    def __init__(self, seen=False):
         self.answered = None  # monotonic time of the last answer
+        self.seen = seen  # it has answered once (kept across restarts in the state file)
         self.tunnel = None
         self.services = {}
 
@@ -123,7 +126,7 @@ def look(edge, cfg, view, lock, asker=ask):
             services[name] = asker(f"{base}/health/{check}", cfg["timeout"])
     with lock:
         if tunnel is not None:
-            view.answered, view.tunnel, view.services = time.monotonic(), tunnel, services
+            view.answered, view.tunnel, view.services, view.seen = time.monotonic(), tunnel, services, True
 
 
 def reachable(view, now, cfg):
@@ -137,7 +140,8 @@ def faults(cfg, views, now):
     for edge in cfg["edges"]:
         view = views[edge["name"]]
         if edge["name"] != cfg["edge"] and not reachable(view, now, cfg):
-            found.add(f"edge-down:{edge['name']}")
+            if view.seen:
+                found.add(f"edge-down:{edge['name']}")
         elif reachable(view, now, cfg) and view.tunnel is False:
             found.add(f"tunnel-down:{edge['name']}")
         elif reachable(view, now, cfg) and view.tunnel:
@@ -385,10 +389,11 @@ def write_state(path, state):
     os.replace(tmp, path)
 
 
-def state_of(cfg, lead, incidents, outlets):
+def state_of(cfg, lead, incidents, outlets, views):
     return {
         "edge": cfg["edge"],
         "leader": lead,
+        "seen": sorted(name for name, view in views.items() if view.seen),
         "updated": time.time(),
         "incidents": {k: {"since": v["since"]} for k, v in incidents.open.items()},
         "channels": {c.name: dict(c.state) for c in outlets},
@@ -410,8 +415,12 @@ def main():
     incidents = Incidents(cfg["after"], cfg["reminder"], cfg["interval"])
     try:
         with open(cfg["state"]) as f:
-            incidents.restore(json.load(f).get("incidents", {}), time.time())
-    except (OSError, ValueError, AttributeError):
+            saved = json.load(f)
+        incidents.restore(saved.get("incidents", {}), time.time())
+        for name in saved.get("seen", []):
+            if name in views:
+                views[name].seen = True
+    except (OSError, ValueError, AttributeError, TypeError):
         pass  # the first start, or a state file from elsewhere: nothing to restore
     print(
         f"cgnat-edge-alerts: watching {len(views)} edges, sending to {', '.join(c.name for c in outlets)}", flush=True
@@ -438,7 +447,7 @@ def main():
                 msg = message(cfg, event)
                 for c in outlets:
                     c.put(msg)
-        write_state(cfg["state"], state_of(cfg, lead, incidents, outlets))
+        write_state(cfg["state"], state_of(cfg, lead, incidents, outlets, views))
         time.sleep(max(0.0, cfg["interval"] - (time.monotonic() - started)))
 
 

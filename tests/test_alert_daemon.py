@@ -51,7 +51,7 @@ def views(**edges: tuple[bool | None, dict[str, bool]] | None) -> dict[str, Any]
         view = alerts.View()
         given = edges.get(e["name"], (True, {"cloud": True, "blog": True}))
         if given is not None:
-            view.answered, (view.tunnel, view.services) = NOW, given
+            view.answered, (view.tunnel, view.services), view.seen = NOW, given, True
         out[e["name"]] = view
     return out
 
@@ -94,6 +94,17 @@ def test_an_edge_that_stops_answering_is_down_after_the_stale_rounds_and_hands_o
     assert alerts.leader(as_ams, v, NOW) == "ams", "fsn is gone: the next index leads"
     assert alerts.faults(as_ams, v, NOW) == {"edge-down:fsn", "edge-down:hel"}
     assert alerts.leader(CFG, v, NOW) == "fsn", "fsn counts itself: it is running"
+
+
+def test_an_edge_never_seen_is_not_yet_deployed_not_down():
+    """The first ``pulumi up`` pushes one edge after the other: the first edge's daemon
+    must not report the next ones, whose agents come with their own push."""
+    v = views(hel=None)
+    assert v["hel"].seen is False
+    assert alerts.faults(CFG, v, NOW) == set()
+    assert alerts.leader(CFG, v, NOW) == "fsn"
+    v["hel"].seen = True  # it answered once, before this daemon's restart (the state file says so)
+    assert alerts.faults(CFG, v, NOW) == {"edge-down:hel"}
 
 
 def test_look_asks_the_tunnel_first_and_skips_the_services_of_a_silent_edge():
@@ -379,6 +390,7 @@ def test_two_daemons_send_one_alert_and_one_resolved_for_the_fleet(tmp_path: Pat
         assert 2 <= alerted < 2 + 3 * 0.5 + 2
         state = json.loads((tmp_path / "ams-state.json").read_text())
         assert state["leader"] == "fsn" and list(state["incidents"]) == ["tunnel-down:ams"]
+        assert state["seen"] == ["ams", "fsn"]
         assert json.loads((tmp_path / "fsn-state.json").read_text())["channels"]["webhook"]["delivered"] == 1
         rss = [_rss_kb(p.pid) for p in procs]
         print(f"alert daemons' RSS: {rss} kB")
