@@ -75,6 +75,12 @@ def _smtp(p: Parser, password: bool) -> SmtpSpec | None:
         security = SmtpSecurity.STARTTLS
     security = SmtpSecurity(security)
     host, port = _server(p, server, SMTP_PORTS[security])
+    known = not p.has_problem("alertSmtpSecurity")
+    if known and port == SMTP_PORTS[SmtpSecurity.TLS] and security is SmtpSecurity.STARTTLS:
+        p.fail(
+            "alertSmtpSecurity",
+            f"is starttls, but port {port} speaks TLS from the first byte; set {fix_key('alertSmtpSecurity')} to tls",
+        )
     if not sender:
         p.fail("alertSmtpFrom", "is required with alertSmtpServer; give the address the alerts are sent from")
     elif not EMAIL_RE.fullmatch(sender):
