@@ -46,7 +46,7 @@ LINGER_S = 1.0
 """After the answer, what the client still sends is read and dropped for this long, so
 closing with unread bytes does not reset the connection before the answer arrives."""
 CHECK_STACK_BYTES = 512 * 1024
-results: dict[str, tuple[bool, str, float]] = {}
+results: dict[str, tuple[bool, str, float, float]] = {}
 lock = threading.Lock()
 
 
@@ -134,7 +134,7 @@ def run_checks(name, specs, cfg):
                 break
         detail = "; ".join(details)
         with lock:
-            results[name] = (ok, detail, time.monotonic())
+            results[name] = (ok, detail, time.monotonic(), time.monotonic() - started)
         if ok != was:
             print(f"cgnat-edge-health: {name} {'up' if ok else 'down'}: {detail}", flush=True)
             was = ok
@@ -164,14 +164,14 @@ def answer(cfg, path):
         snapshot = dict(results)
     if path in ("/health", "/health/") and not public:
         body = {
-            n: {"ok": ok and now - t < stale, "detail": d, "age": round(now - t, 1)}
-            for n, (ok, d, t) in snapshot.items()
+            n: {"ok": ok and now - t < stale, "detail": d, "age": round(now - t, 1), "seconds": round(took, 4)}
+            for n, (ok, d, t, took) in snapshot.items()
         }
         return 200, "application/json", json.dumps({"edge": cfg["edge"], "checks": body}, sort_keys=True) + "\n"
     name = path.removeprefix("/health/")
     if not path.startswith("/health/") or name not in cfg["checks"]:
         return 404, "text/plain", "no such check\n"
-    ok, detail, t = snapshot.get(name, (False, "not checked yet", now))
+    ok, detail, t, _ = snapshot.get(name, (False, "not checked yet", now, 0.0))
     up = ok and now - t < stale
     if public:
         return (200 if up else 503), "text/plain", f"{'up' if up else 'down'}\n"

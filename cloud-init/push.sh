@@ -387,6 +387,24 @@ reconcile_alerts() {
   fi
 }
 
+# Metrics: Debian's node exporter with the edge's arguments, and the timer that writes
+# the edge's own series.  An edge made before metrics has no node exporter: it is said,
+# and the push goes on (apt-get install prometheus-node-exporter, or a rebuild, adds it).
+reconcile_metrics() {
+  [[ -f $metrics_conf ]] || return 0
+  if [[ ! -x $node_exporter ]]; then
+    warn "metrics: $node_exporter is not installed (an edge made before metrics); no metrics here"
+    return 0
+  fi
+  systemctl enable --now --quiet "$metrics_timer"
+  if was_changed "$node_exporter_args" || was_changed "$node_exporter_dropin" ||
+    ! systemctl is-active --quiet "$node_exporter_unit"; then
+    systemctl enable --quiet "$node_exporter_unit"
+    systemctl restart "$node_exporter_unit"
+    log "node exporter restarted on the tunnel address"
+  fi
+}
+
 reconcile() {
   local p units=false
   if was_changed "$sshd_dropin" || was_changed "$host_key" || was_changed "$authorized_keys_dir/*"; then
@@ -422,6 +440,7 @@ reconcile() {
   reconcile_wireguard
   reconcile_edge_dns
   reconcile_alerts
+  reconcile_metrics
   local running
   running=$(enabled_traefik)
   if was_changed "$traefik_static" || was_changed "$traefik_unit" || [[ -z $running || $running == "$legacy_traefik" ]] ||

@@ -80,6 +80,18 @@ ALERTS_UNIT = "cgnat-edge-alerts.service"
 ALERTS_STATE = "/var/lib/cgnat-edge-alerts/state.json"
 """Open incidents and each channel's last delivery (``status`` reads it)."""
 
+METRICS_SCRIPT = "/usr/local/sbin/cgnat-edge-metrics"
+METRICS_CONF = "/etc/cgnat-edge/metrics.json"
+METRICS_UNIT = "cgnat-edge-metrics"
+METRICS_TIMER = f"{METRICS_UNIT}.timer"
+METRICS_DIR = "/var/lib/cgnat-edge-metrics"
+"""The node exporter's textfile folder: the script writes the edge's own series here."""
+NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+NODE_EXPORTER_UNIT = "prometheus-node-exporter.service"
+"""Debian's unit, with the edge's arguments and a drop-in of the edge's."""
+NODE_EXPORTER_ARGS = "/etc/default/prometheus-node-exporter"
+NODE_EXPORTER_DROPIN = f"{SYSTEMD_DIR}/{NODE_EXPORTER_UNIT}.d/cgnat-edge.conf"
+
 FORWARD_SYSCTL = "/etc/sysctl.d/60-cgnat-edge-forward.conf"
 """Only with forward services: IPv4 forwarding on."""
 

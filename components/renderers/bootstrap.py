@@ -28,7 +28,17 @@ from components.model import edge_contract, platforms
 from components.model.deployed import DeployedEdge
 from components.model.fleet import EdgeSpec, FleetConfig
 from components.model.platforms.base import ImageTraits
-from components.renderers import alerts, contract, edge_dns, forwarding, nftables, protection, templates, traefik
+from components.renderers import (
+    alerts,
+    contract,
+    edge_dns,
+    forwarding,
+    metrics,
+    nftables,
+    protection,
+    templates,
+    traefik,
+)
 from components.renderers.bundle import NodeFile
 
 USER_DATA_LIMIT = min(platform.user_data_limit for platform in platforms.REGISTRY.values())
@@ -41,6 +51,11 @@ COMPRESS_FILES_OVER = 1024
 AUTO_UPGRADES_PATH = "/etc/apt/apt.conf.d/20auto-upgrades"
 UNATTENDED_PATH = "/etc/apt/apt.conf.d/52cgnat-edge-unattended-upgrades"
 HOST_KEYS_HOOK_PATH = "/etc/apt/apt.conf.d/53cgnat-edge-host-keys"
+
+
+METRICS_INSTALL = (
+    "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus-node-exporter"
+)
 
 
 class UserDataTooLarge(ValueError):
@@ -165,6 +180,7 @@ def node_files(
                 host_key=edge_contract.HOST_KEY,
                 install_key=edge_contract.INSTALL_KEY,
                 authorized_keys=edge_contract.AUTHORIZED_KEYS_DIR,
+                metrics=metrics.address(cfg, edge),
             ),
             "0644",
         ),
@@ -201,6 +217,7 @@ def node_files(
         # end-to-end checks (geodns); with the first push, like everything it checks.
         files += [NodeFile(path, content, mode) for path, content, mode in edge_dns.agent_files(cfg, edge)]
     files += [NodeFile(path, content, mode) for path, content, mode in protection.node_files(cfg)]
+    files += metrics.node_files(cfg, edge)
     if fleet is not None:
         # Every edge's address is in its config, so the daemon arrives with the first push.
         files += alerts.node_files(cfg, edge, fleet, alert_secrets or {})
@@ -259,6 +276,7 @@ NOT_IN_USER_DATA = (
     edge_contract.TRAEFIK_DYNAMIC,
     *protection.PUSHED_ONLY,
     *edge_dns.AGENT_FILES,
+    *metrics.PUSHED_ONLY,
 )
 """The user data is readable from the provider's metadata for the VM's whole life, so
 the tunnel's private key, the pinned host key and Traefik's routers (basic-auth hashes
@@ -318,6 +336,9 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, bootstrap_key: tuple[str, str] |
         ["systemctl", "enable", "--now", edge_contract.TRAEFIK_SLOTS[0]],
         ["systemctl", "enable", "--now", f"{edge_contract.WG_ENDPOINT_UNIT}.timer"],
         *protection.runcmd(cfg),
+        # Here, not in packages: without its recommended collectors package, whose
+        # timers would run a dozen scripts for hardware an edge does not have.
+        ["sh", "-c", METRICS_INSTALL],
         # An openssh-server upgrade during the first boot (package_upgrade) recreates
         # RSA/ECDSA keys before the apt hook that removes them is in place.
         ["sh", "-c", "rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* /etc/ssh/ssh_host_dsa_key*"],
