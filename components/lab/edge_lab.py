@@ -127,7 +127,9 @@ class EdgeLab:
         host_key: str | None = None,
         input: str | None = None,
         timeout: float = 120,
+        options: tuple[str, ...] = (),
     ) -> subprocess.CompletedProcess:
+        """``options``: more of ssh's own (a port forward)."""
         known = self.lab.workdir / f"known_hosts-{time.monotonic_ns()}"
         known.write_text(f"{edge.public_ip} {host_key or self.rendered.host_key(edge.name)}\n")
         if key is None:
@@ -137,7 +139,7 @@ class EdgeLab:
         argv = [
             "ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes",
             "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=5", f"{self.cfg.ssh.user}@{edge.public_ip}", command,
+            "-o", "ConnectTimeout=5", *options, f"{self.cfg.ssh.user}@{edge.public_ip}", command,
         ]  # fmt: skip
         try:
             return self.operator.run(*argv, input=input, timeout=timeout, check=False)
