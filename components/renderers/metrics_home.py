@@ -44,13 +44,13 @@ def scrape_config(data: dict) -> str:
 
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-PANEL_WIDTH = 24 // 5
+PANEL_WIDTH = 4
 PANEL_HEIGHT = 8
 
 
 def _panels(edge: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
-    """(title, unit, [(query, legend)]) of ``edge``'s row: tunnel, services, traffic,
-    drops, DNS answers."""
+    """(title, unit, [(query, legend)]) of ``edge``'s row: tunnel, services, traffic
+    (the tunnel's and the network's bytes, Traefik's requests), drops, DNS answers."""
     e = f'edge="{edge}"'
     return [
         (
@@ -74,6 +74,13 @@ def _panels(edge: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
                 (f"rate(cgnat_edge_wireguard_received_bytes_total{{{e}}}[5m])", "from {{peer}}"),
                 (f"rate(cgnat_edge_wireguard_sent_bytes_total{{{e}}}[5m])", "to {{peer}}"),
                 (f'rate(node_network_receive_bytes_total{{{e},device!="lo"}}[5m])', "in {{device}}"),
+            ],
+        ),
+        (
+            "HTTP requests",
+            "reqps",
+            [
+                (f"sum by (entrypoint) (rate(traefik_entrypoint_requests_total{{{e}}}[5m]))", "{{entrypoint}}"),
             ],
         ),
         (
