@@ -127,7 +127,7 @@ def _ssh_forward(el: EdgeLab, name: str) -> dict[str, float] | None:
 
     try:
         wait_for(answered, timeout=6, interval=0.3, message="the SSH forward")
-    except Exception:
+    except AssertionError:  # wait_for's timeout: no answer through the forward
         return None
     finally:
         ssh.join(timeout=15)
