@@ -61,6 +61,7 @@ def facts(args: dict[str, Any]) -> dict[str, Any]:
         "rebootRequired": os.path.exists(args["rebootRequired"]),
         "desired": load(args["desired"]),
         "geo": {"config": load(args["geoConfig"]), "status": load(args["geoStatus"])},
+        "alerts": {"on": os.path.exists(args["alertsConfig"]), "state": load(args["alertsState"])},
         "crowdsec": {u: sh("systemctl", "is-active", u)[0] == 0 for u in args["crowdsec"]}
         if sh("systemctl", "is-enabled", bouncer)[0] == 0
         else None,

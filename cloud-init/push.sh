@@ -392,6 +392,39 @@ reconcile_edge_dns() {
   fi
 }
 
+# The alert daemon runs whenever the bundle brings its config (a channel is set).
+reconcile_alerts() {
+  if [[ -f $alerts_conf ]]; then
+    if was_changed "$alerts_daemon" || was_changed "$alerts_conf" || was_changed "$alert_channels" ||
+      was_changed "$systemd_dir/$alerts_unit" || ! systemctl is-active --quiet "$alerts_unit"; then
+      systemctl enable --quiet "$alerts_unit"
+      systemctl restart "$alerts_unit"
+      log "alert daemon restarted"
+    fi
+  elif was_changed "$alerts_conf"; then
+    systemctl disable --now --quiet "$alerts_unit" 2>/dev/null || true
+    log "alert daemon stopped (no alert channel is set)"
+  fi
+}
+
+# Metrics: Debian's node exporter with the edge's arguments, and the timer that writes
+# the edge's own series.  An edge made before metrics has no node exporter: it is said,
+# and the push goes on (apt-get install prometheus-node-exporter, or a rebuild, adds it).
+reconcile_metrics() {
+  [[ -f $metrics_conf ]] || return 0
+  if [[ ! -x $node_exporter ]]; then
+    warn "metrics: $node_exporter is not installed (an edge made before metrics); no metrics here"
+    return 0
+  fi
+  systemctl enable --now --quiet "$metrics_timer"
+  if was_changed "$node_exporter_args" || was_changed "$node_exporter_dropin" ||
+    ! systemctl is-active --quiet "$node_exporter_unit"; then
+    systemctl enable --quiet "$node_exporter_unit"
+    systemctl restart "$node_exporter_unit"
+    log "node exporter restarted on the tunnel address"
+  fi
+}
+
 reconcile() {
   local p units=false
   if was_changed "$sshd_dropin" || was_changed "$host_key" || was_changed "$authorized_keys_dir/*"; then
@@ -426,6 +459,8 @@ reconcile() {
   fi
   reconcile_wireguard
   reconcile_edge_dns
+  reconcile_alerts
+  reconcile_metrics
   local running
   running=$(enabled_traefik)
   if was_changed "$traefik_static" || was_changed "$traefik_unit" || [[ -z $running || $running == "$legacy_traefik" ]] ||

@@ -101,6 +101,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             forward=args.forward,
             attacks=args.attacks,
             pushes=args.pushes,
+            alerts=args.alerts,
             report=Path(args.report) if args.report else None,
         )
     except LabError as exc:
@@ -230,6 +231,11 @@ def parser() -> argparse.ArgumentParser:
         "--pushes",
         action="store_true",
         help="then cut a push's SSH connection, restart its edge mid-change and run two pushes at once",
+    )
+    p.add_argument(
+        "--alerts",
+        action="store_true",
+        help="then check what the edges tell: metrics scraped from home through the tunnels, closed to the internet",
     )
     p.add_argument("--report", help="write every check as JSON to this file")
     p.set_defaults(func=cmd_lab)

@@ -156,6 +156,7 @@ def test_sshd_runs_with_the_start_up_limits(fleet_config, tmp_path):
             host_key=str(key),
             install_key=str(tmp_path / "install_key"),
             authorized_keys=edge_contract.AUTHORIZED_KEYS_DIR,
+            metrics="10.254.0.5:9100",
         )
     )
     done = subprocess.run(
@@ -169,6 +170,9 @@ def test_sshd_runs_with_the_start_up_limits(fleet_config, tmp_path):
     assert effective["persourcemaxstartups"] == "4"
     assert effective["persourcenetblocksize"] == "32:64"
     assert effective["logingracetime"] == "20"
+    # The operator's one forward, to the metrics endpoint (docs/metrics.md).
+    assert (effective["allowtcpforwarding"], effective["permitopen"]) == ("local", "10.254.0.5:9100")
+    assert effective["permitlisten"] == "none"
 
 
 def test_powerdns_knows_the_tcp_limits(tmp_path):

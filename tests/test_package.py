@@ -4,6 +4,8 @@ the program registers; the committed generated files are current."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -229,3 +231,23 @@ def test_a_new_key_makes_the_files_stale_and_the_command_says_how_to_fix_it(monk
     assert package_schema.ARGS_FILE in package_schema.stale()
     assert cli.main(["package-schema"]) == 1
     assert f"components/package/args.py is stale; regenerate: {package_schema.REGENERATE}" in capsys.readouterr().err
+
+
+def test_alert_secrets_reach_the_push_as_secrets_and_a_bad_url_registers_nothing():
+    from components.model import edge_contract
+    from components.renderers import bundle
+
+    webhook = "https://hooks.example.org/hook/" + os.urandom(6).hex()
+    built, raised = construct(DEV_STACK, {**stack_inputs(DEV_STACK), "alertWebhookUrl": webhook})
+    assert raised == []
+    step = built.one("command:remote:Command", "fsn-config")
+    assert offline.is_secret(step.inputs["stdin"])
+    files = {f.path: f for f in bundle.decode(offline.reveal(step.inputs["stdin"]))}
+    assert json.loads(files[edge_contract.ALERT_CHANNELS].content) == {"webhook": webhook}
+    assert webhook not in json.dumps([offline.masked(r.inputs) for r in built.resources])
+
+    built, raised = construct(DEV_STACK, {**stack_inputs(DEV_STACK), "alertWebhookUrl": "http://hooks.example.org/x"})
+    assert built.resources == []
+    (error,) = raised
+    assert "cgnat-edge:alertWebhookUrl: is not an https:// URL (it starts with http)" in str(error)
+    assert "hooks.example.org" not in str(error)

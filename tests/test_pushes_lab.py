@@ -11,7 +11,7 @@ from components.lab import pushes
 from components.renderers import bootstrap
 from tests.support import LAB_STACK, PROJECT
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.lab]
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ broken tunnel, a stopped Traefik and a drifted file each as what it is."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import io
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import dns.query
 import pytest
@@ -476,3 +478,57 @@ def test_certificates_are_judged_per_edge_and_a_hanging_handshake_is_cut(monkeyp
     assert [(h.hostname, h.answers, h.problems) for h in hosts] == [
         ("git.example.org", ["203.0.113.10", "198.51.100.20"], [])
     ]
+
+
+def test_the_alert_daemon_and_its_channels_are_judged_from_its_state_file():
+    now = 1_800_000_000
+    ssh = "ssh root@203.0.113.10"
+
+    def judge(on: bool, state: Any) -> status.EdgeStatus:
+        st = status.EdgeStatus("fsn", "203.0.113.10")
+        status.judge_alerts(st, {"now": now, "alerts": {"on": on, "state": state}}, ssh)
+        return st
+
+    assert judge(False, None).problems == [] and "alerts" not in judge(False, None).facts
+    (p,) = judge(True, None).problems
+    assert p.what == "alerts are on, but the alert daemon has written no state: no alert can be sent"
+    assert (
+        p.fix
+        == f"{ssh} sudo systemctl restart cgnat-edge-alerts.service; {ssh} sudo journalctl -u cgnat-edge-alerts.service"
+    )
+
+    healthy = {
+        "edge": "fsn",
+        "leader": "fsn",
+        "updated": now - 1,
+        "incidents": {"tunnel-down:ams": {"since": now - 300}},
+        "channels": {
+            "webhook": {"delivered": 3, "lastOk": now - 600, "lastError": None, "lastErrorAt": None, "queued": 0},
+            "ntfy": {
+                "delivered": 2,
+                "lastOk": now - 900,
+                "lastError": "URLError: <urlopen error timed out>",
+                "lastErrorAt": now - 1000,
+                "queued": 0,
+            },
+        },
+    }
+    st = judge(True, healthy)
+    assert st.problems == [], "an error followed by a delivery is recovered"
+    assert st.facts["alerts"]["incidents"] == {"tunnel-down:ams": 300}
+    assert st.facts["alerts"]["state"] == "1 open" and st.facts["alerts"]["channels"]["webhook"]["lastOkAge"] == 600
+
+    failing = copy.deepcopy(healthy)
+    failing["channels"]["ntfy"].update(lastErrorAt=now - 5, queued=2)
+    (p,) = judge(True, failing).problems
+    assert p.what == (
+        "alert channel ntfy fails (URLError: <urlopen error timed out>), 2 message(s) waiting; it last delivered 900s ago"
+    )
+    assert p.fix.startswith("check cgnat-edge:alertNtfyUrl and that the edge can reach it; ")
+
+    stale = {**healthy, "updated": now - 120}
+    st = judge(True, stale)
+    (p,) = st.problems
+    assert p.what == "the alert daemon last looked 120s ago: no alert can be sent"
+    assert st.facts["alerts"]["state"] == "FAIL"
+    assert "FAIL" in status.table([st], []).splitlines()[1]

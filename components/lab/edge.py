@@ -43,8 +43,8 @@ from components.model.fleet import FleetConfig
 from components.renderers import bootstrap, edge_dns
 
 TRAEFIK_BINARY = Path(sys.executable).parent / "traefik"
-SPAWNED_UNITS = ("pdns.service", "cgnat-edge-health.service")
-"""dnsMode edges: units the stand-in runs as processes, like Traefik's slots."""
+SPAWNED_UNITS = ("pdns.service", "cgnat-edge-health.service", edge_contract.NODE_EXPORTER_UNIT)
+"""Units the stand-in runs as processes, like Traefik's slots."""
 
 
 class RunningLab(Protocol):
@@ -67,6 +67,7 @@ class RunningLab(Protocol):
         host_key: str | None = None,
         input: str | None = None,
         timeout: float = 120,
+        options: tuple[str, ...] = (),
     ) -> subprocess.CompletedProcess: ...
 
 
@@ -210,6 +211,16 @@ class Edge:
                 "pdns_server", "--guardian=no", "--daemon=no", "--disable-syslog", "--write-pid=no",
                 f"--socket-dir={self.work}", log=self.work / "pdns.log",
             )  # fmt: skip
+        elif unit == edge_contract.NODE_EXPORTER_UNIT:
+            # Debian's unit: ExecStart=/usr/bin/prometheus-node-exporter $ARGS.
+            args = next(
+                line.split("=", 1)[1].strip('"')
+                for line in self.read(edge_contract.NODE_EXPORTER_ARGS).splitlines()
+                if line.startswith("ARGS=")
+            )
+            self.units[unit] = self.node.spawn(
+                edge_contract.NODE_EXPORTER, *shlex.split(args), log=self.work / "node-exporter.log"
+            )
         elif unit == edge_contract.HEALTH_UNIT:
             text = self.read(edge_dns.AGENT_UNIT_PATH)
             exec_start = next(x.split("=", 1)[1] for x in text.splitlines() if x.startswith("ExecStart="))

@@ -16,6 +16,7 @@ from components.lab.edge import TRAEFIK_BINARY
 from components.lab.errors import LabError
 from components.lab.failover import run_faults
 from components.lab.forward import run_forward
+from components.lab.metrics import run_metrics
 from components.lab.protection import run_protection
 from components.lab.pushes import run_pushes
 from components.lab.rendered import render_stack
@@ -43,6 +44,7 @@ def run(
     forward: bool = False,
     attacks: bool = False,
     pushes: bool = False,
+    alerts: bool = False,
     report: Path | None = None,
 ) -> tuple[bool, str]:
     """Render, build, smoke-check, then each family asked for; (all ok, the table)."""
@@ -73,6 +75,8 @@ def run(
                 rows += run_edge_sees_ciphertext(el)
             if pushes:
                 rows += run_pushes(el, stack_file, project_file)
+            if alerts:
+                rows += run_metrics(el)
     if report is not None:
         write_report(report, rows)
     return all(c.ok for c in rows), smoke.table(results) + _more_rows(rows[len(results) :])

@@ -142,6 +142,9 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
         "log": {"level": "INFO", "noColor": True},
         "ping": {"entryPoint": "ping"},
         "api": {"dashboard": False},
+        # Read by the edge's metrics script on loopback, which hands them on to the
+        # node exporter (components/renderers/metrics.py).
+        "metrics": {"prometheus": {"entryPoint": "ping"}},
         "entryPoints": entry_points,
         "providers": {"file": {"directory": edge_contract.TRAEFIK_DYNAMIC_DIR, "watch": True}},
         # A dead tunnel must cost a visitor seconds, not Traefik's default 30 s, before

@@ -1,0 +1,55 @@
+"""Alerts as the stack configures them: where they go and when a fault becomes one.
+
+The channels' addresses and the SMTP password are Pulumi secrets (a webhook or ntfy
+URL is itself the credential: whoever has it can post, or read); the typed config
+only knows which channels are set, and the values travel to the edges inside the
+push bundle alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+DEFAULT_AFTER_S = 60
+"""A fault lasts this long before it is an alert.  A home router's forced nightly
+reconnect (PPPoE) or a reboot takes 20-50 s, and its keepalive (25 s) then brings the
+tunnel back: under a minute is routine, not news."""
+DEFAULT_REMINDER_H = 6
+"""While an incident lasts it is announced again this often: twice in a working day,
+not a pager."""
+SECRET_KEYS = ("alertNtfyUrl", "alertWebhookUrl", "alertSmtpPassword")
+"""The keys whose values reach the edges only in the push (``edge_contract.ALERT_CHANNELS``)."""
+
+
+class SmtpSecurity(StrEnum):
+    STARTTLS = "starttls"
+    """Plain connection upgraded with STARTTLS (submission, port 587)."""
+    TLS = "tls"
+    """TLS from the first byte (implicit TLS, port 465)."""
+
+
+@dataclass(frozen=True)
+class SmtpSpec:
+    host: str
+    port: int
+    security: SmtpSecurity
+    sender: str
+    recipients: tuple[str, ...]
+    user: str | None = None
+    """None: the relay takes mail without a login (one at home, through the tunnel)."""
+
+
+@dataclass(frozen=True)
+class AlertsSpec:
+    ntfy: bool = False
+    webhook: bool = False
+    smtp: SmtpSpec | None = None
+    after_s: int = DEFAULT_AFTER_S
+    reminder_s: int = DEFAULT_REMINDER_H * 3600
+    """0: no reminders, one message when it starts and one when it ends."""
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(
+            name for name, on in (("ntfy", self.ntfy), ("webhook", self.webhook), ("smtp", bool(self.smtp))) if on
+        )
