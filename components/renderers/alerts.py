@@ -14,7 +14,7 @@ from typing import Any
 
 from components.model import edge_contract
 from components.model.deployed import DeployedEdge
-from components.model.fleet import EdgeSpec, FleetConfig
+from components.model.fleet import EdgeSpec, FleetConfig, Mode
 from components.renderers import edge_dns, templates
 from components.renderers.bundle import NodeFile
 
@@ -23,6 +23,9 @@ INTERVAL_S = 2
 often would only repeat answers."""
 TIMEOUT_S = 3
 """An agent answers from memory at once; three seconds is a lost packet and its retry."""
+HTTPS_PORT = 443
+"""Where the edge's own Traefik serves every ``http`` service (its ``websecure``
+entrypoint): the daemon asks it on loopback for the certificate of each hostname."""
 UNIT_PATH = f"{edge_contract.SYSTEMD_DIR}/{edge_contract.ALERTS_UNIT}"
 CHANNEL_FILE = edge_contract.ALERT_CHANNELS
 
@@ -48,6 +51,9 @@ def daemon_config(cfg: FleetConfig, edge: EdgeSpec, fleet: Sequence[DeployedEdge
         "services": {s.name: edge_dns.check_id(cfg, s) for s in cfg.services},
         "after": cfg.alerts.after_s,
         "reminder": cfg.alerts.reminder_s,
+        "certs": sorted({h for s in cfg.services if s.mode is Mode.HTTP for h in s.hostnames}),
+        "certDays": cfg.alerts.cert_days,
+        "certPort": HTTPS_PORT,
         "interval": INTERVAL_S,
         "timeout": TIMEOUT_S,
         "state": edge_contract.ALERTS_STATE,
