@@ -18,6 +18,12 @@ there is that edge's own, and the edge sends it itself, leader or not:
 
   cert-expiry:<hostname>  the certificate this edge's Traefik serves for an ``http``
                           hostname ends within ``certDays`` days
+  push-rolled-back:<edge> the last push failed and put the files before it back (the
+                          push records how it ended); a push that succeeds resolves it
+  reboot-required:<edge>  an update has waited ``reboot.hours`` for its reboot
+  upgrades-failing:<edge> unattended upgrades have not succeeded for ``upgrades.hours``
+  geo-stale:<edge>        the country lists have not been fetched for ``geo.hours``
+  crowdsec-down:<edge>    CrowdSec or its bouncer is not running
 
 A fault that lasts ``after`` seconds opens an incident; it resolves once the fault has
 been gone for CLEAR_ROUNDS looks (one good answer in a flapping fault is not a
@@ -49,6 +55,7 @@ import os
 import smtplib
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -95,10 +102,45 @@ WHAT = {
         "rate limit, API token); `cgnat-edge status` lists each edge's certificates.",
         "edge {edge} serves a renewed certificate for {subject}",
     ),
+    "push-rolled-back": (
+        "a push to edge {edge} failed and was rolled back",
+        "The edge runs the configuration it had before; the stack's newer one is not on it. The push's output "
+        "(`pulumi up`) says what failed; fix that and run `pulumi up` again.",
+        "a push to edge {edge} succeeded",
+    ),
+    "reboot-required": (
+        "edge {edge} waits for a reboot after updates",
+        "The nightly automatic reboot did not happen, so the update is installed but not running. "
+        "Reboot it (`sudo reboot` on {edge}; the other edges serve meanwhile) and check "
+        "`journalctl -u unattended-upgrades`.",
+        "edge {edge} rebooted into its updates",
+    ),
+    "upgrades-failing": (
+        "unattended upgrades fail on edge {edge}",
+        "Security updates are not being installed. `sudo unattended-upgrade -d` on {edge} shows why "
+        "(a held package, a full disk, a mirror); /var/log/unattended-upgrades/ has each run.",
+        "unattended upgrades succeed again on edge {edge}",
+    ),
+    "geo-stale": (
+        "the country lists on edge {edge} are not refreshing",
+        "The sets loaded last stay in force, but go stale. `journalctl -u cgnat-edge-geo-sets` on {edge} says "
+        "why (the registries' mirrors unreachable, a failed checksum); `cgnat-edge status` shows each edge's lists.",
+        "the country lists on edge {edge} are fresh again",
+    ),
+    "crowdsec-down": (
+        "CrowdSec is not running on edge {edge}",
+        "Nobody is banned on {edge} while it is down. `systemctl status crowdsec crowdsec-firewall-bouncer` and "
+        "their journals on {edge} say why.",
+        "CrowdSec runs again on edge {edge}",
+    ),
 }
 """Per kind: what is wrong, what to do, and what the "resolved" message says."""
-LOCAL = frozenset({"cert-expiry"})
+LOCAL = frozenset(
+    {"cert-expiry", "push-rolled-back", "reboot-required", "upgrades-failing", "geo-stale", "crowdsec-down"}
+)
 """The kinds only the edge itself can see: it sends them itself, one per edge."""
+ONCE = frozenset({"push-rolled-back"})
+"""Announced once, no reminders: the operator saw the push fail, and the next push ends it."""
 
 
 # ---------------------------------------------------------------------------
@@ -254,9 +296,107 @@ def cert_faults(cfg, now, fetch=served_cert):
     return found
 
 
+def _json(path):
+    try:
+        with open(path) as f:
+            found = json.load(f)
+        return found if isinstance(found, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _mtime(path):
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def uptime():
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
+def push_faults(cfg, now):
+    record = _json(cfg["push"]) if cfg.get("push") else None
+    if not record or record.get("result") != "rolled-back":
+        return {}
+    at = record.get("at")
+    when = f"The push at {_clock(at)}" if isinstance(at, (int, float)) else "The last push"
+    return {f"push-rolled-back:{cfg['edge']}": f"{when} failed: {record.get('reason') or 'no reason recorded'}."}
+
+
+def _stale(stamp, now, hours, up):
+    """Seconds since ``stamp`` when past ``hours``; with no stamp, the time since boot
+    (an edge up for less than ``hours`` has had no chance yet)."""
+    age = now - stamp if stamp is not None else up
+    return age if age > hours * 3600 else None
+
+
+def upgrade_faults(cfg, now, up):
+    found, edge = {}, cfg["edge"]
+    reboot = cfg.get("reboot")
+    if reboot:
+        since = _mtime(reboot["file"])
+        if since is not None and now - since > reboot["hours"] * 3600:
+            try:
+                with open(reboot["file"] + ".pkgs") as f:
+                    pkgs = sorted({line.strip() for line in f if line.strip()})
+            except OSError:
+                pkgs = []
+            which = f" ({', '.join(pkgs[:5])}{', ...' if len(pkgs) > 5 else ''})" if pkgs else ""
+            found[f"reboot-required:{edge}"] = f"Updates{which} have waited {_span(now - since)} for it."
+    upgrades = cfg.get("upgrades")
+    if upgrades:
+        stamp = _mtime(upgrades["stamp"])
+        age = _stale(stamp, now, upgrades["hours"], up)
+        if age is not None:
+            found[f"upgrades-failing:{edge}"] = (
+                f"The last run that succeeded was {_span(age)} ago."
+                if stamp is not None
+                else f"No run has succeeded since the edge booted {_span(age)} ago."
+            )
+    return found
+
+
+def is_active(unit):
+    return subprocess.run(["systemctl", "is-active", "--quiet", unit], timeout=10, check=False).returncode == 0
+
+
+def protection_faults(cfg, now, up, active=is_active):
+    found, edge = {}, cfg["edge"]
+    geo = cfg.get("geo")
+    if geo:
+        status = _json(geo["status"]) or {}
+        fetched = status.get("fetched")
+        age = _stale(fetched if isinstance(fetched, (int, float)) and fetched else None, now, geo["hours"], up)
+        if age is not None:
+            error = f" The last attempt: {status['error']}" if status.get("error") else ""
+            found[f"geo-stale:{edge}"] = (
+                f"They were last fetched {_span(age)} ago." if fetched else "They were never fetched."
+            ) + error
+    down = []
+    for unit in cfg.get("crowdsec") or []:
+        try:
+            running = active(unit)
+        except (OSError, subprocess.SubprocessError):
+            continue  # systemctl itself failed: no fact either way
+        if not running:
+            down.append(unit)
+    if down:
+        found[f"crowdsec-down:{edge}"] = f"Not running: {', '.join(down)}."
+    return found
+
+
 def local_faults(cfg, now):
     """This edge's own faults: key -> what the message adds about it."""
-    return cert_faults(cfg, now)
+    up = uptime()
+    return {
+        **cert_faults(cfg, now),
+        **push_faults(cfg, now),
+        **upgrade_faults(cfg, now, up),
+        **protection_faults(cfg, now, up),
+    }
 
 
 def watch_self(cfg, found, lock, every=LOCAL_EVERY_S):
@@ -314,7 +454,7 @@ class Incidents:
                 if now - inc["clear"] >= self.clear_after:
                     del self.open[key]
                     events.append(("resolved", key, inc["since"], inc["clear"]))
-            elif self.reminder and now - inc["announced"] >= self.reminder:
+            elif self.reminder and now - inc["announced"] >= self.reminder and key.split(":", 1)[0] not in ONCE:
                 inc["announced"] = now
                 events.append(("reminder", key, inc["since"], now))
         return events
@@ -493,6 +633,19 @@ def channels(cfg, secrets):
 # ---------------------------------------------------------------------------
 
 
+def decide(cfg, incidents, own, current, mine, lead, now):
+    """The messages this daemon sends now: the fleet's incidents if it leads, its own
+    edge's (``mine``: key -> detail) always.  Every event is logged, sent or not."""
+    events = [(e, lead == cfg["edge"]) for e in incidents.update(current, now)]
+    events += [(e, True) for e in own.update(set(mine), now)]
+    out = []
+    for event, send in events:
+        print(f"cgnat-edge-alerts: {event[0]} {event[1]}", flush=True)
+        if send:
+            out.append(message(cfg, event, mine.get(event[1], "")))
+    return out
+
+
 def write_state(path, state):
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -557,15 +710,9 @@ def main():
         if lead != was_leader:
             print(f"cgnat-edge-alerts: {lead} leads", flush=True)
             was_leader = lead
-        wall = time.time()
-        events = [(e, lead == cfg["edge"]) for e in incidents.update(current, wall)]
-        events += [(e, True) for e in own.update(set(mine), wall)]
-        for event, send in events:
-            print(f"cgnat-edge-alerts: {event[0]} {event[1]}", flush=True)
-            if send:
-                msg = message(cfg, event, mine.get(event[1], ""))
-                for c in outlets:
-                    c.put(msg)
+        for msg in decide(cfg, incidents, own, current, mine, lead, time.time()):
+            for c in outlets:
+                c.put(msg)
         write_state(cfg["state"], state_of(cfg, lead, incidents, own, outlets, views))
         time.sleep(max(0.0, cfg["interval"] - (time.monotonic() - started)))
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import json
+import os
 import re
 import socket
 import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,3 +185,132 @@ def test_the_certificate_message_names_the_edge_the_host_its_end_and_the_fix():
     assert msg["kind"] == "cert-expiry" and msg["subject"] == "cloud.example.org" and msg["edge"] == "ams"
     done = alerts.message(CFG, ("resolved", "cert-expiry:cloud.example.org", 1_700_000_000, 1_700_003_600))
     assert done["title"] == "[cgnat-edge/test] Resolved: edge ams serves a renewed certificate for cloud.example.org"
+
+
+# -- the push, the upgrades, the protection ---------------------------------------------------
+
+NOW = 1_700_000_000.0
+HOUR = 3600.0
+
+
+def _aged(path: Path, text: str, age_s: float) -> Path:
+    path.write_text(text)
+    os.utime(path, (NOW - age_s, NOW - age_s))
+    return path
+
+
+def test_a_rolled_back_push_is_a_fault_until_a_push_is_ok(tmp_path: Path):
+    record = tmp_path / "push-result.json"
+    cfg = {**CFG, "push": str(record)}
+    assert alerts.push_faults(cfg, NOW) == {}, "no push recorded yet"
+    reason = "the edge does not run the new configuration (see DIFFERS above)"
+    record.write_text(json.dumps({"result": "rolled-back", "at": 1_699_999_000, "reason": reason}))
+    assert alerts.push_faults(cfg, NOW) == {
+        "push-rolled-back:ams": f"The push at 2023-11-14 21:56:40 UTC failed: {reason}."
+    }
+    record.write_text(json.dumps({"result": "ok", "at": 1_699_999_900, "reason": ""}))
+    assert alerts.push_faults(cfg, NOW) == {}
+    record.write_text("{half a file")
+    assert alerts.push_faults(cfg, NOW) == {}
+
+
+def test_a_reboot_waiting_past_its_hours_is_a_fault_naming_the_packages(tmp_path: Path):
+    flag = tmp_path / "reboot-required"
+    cfg = {**CFG, "reboot": {"file": str(flag), "hours": 30}}
+    assert alerts.upgrade_faults(cfg, NOW, 1e6) == {}, "nothing waits"
+    _aged(flag, "*** System restart required ***\n", 29 * HOUR)
+    assert alerts.upgrade_faults(cfg, NOW, 1e6) == {}, "tonight's reboot is still to come"
+    _aged(flag, "*** System restart required ***\n", 31 * HOUR)
+    (tmp_path / "reboot-required.pkgs").write_text("linux-image-6.1.0-30-arm64\nlibc6\nlibc6\n")
+    assert alerts.upgrade_faults(cfg, NOW, 1e6) == {
+        "reboot-required:ams": "Updates (libc6, linux-image-6.1.0-30-arm64) have waited 31 h 0 min for it."
+    }
+
+
+def test_upgrades_fail_when_no_run_succeeded_for_their_hours(tmp_path: Path):
+    stamp = tmp_path / "unattended-upgrades-stamp"
+    cfg = {**CFG, "upgrades": {"stamp": str(stamp), "hours": 48}}
+    assert alerts.upgrade_faults(cfg, NOW, 47 * HOUR) == {}, "no stamp, but booted less than 48 h ago"
+    assert alerts.upgrade_faults(cfg, NOW, 50 * HOUR) == {
+        "upgrades-failing:ams": "No run has succeeded since the edge booted 50 h 0 min ago."
+    }
+    _aged(stamp, "", 20 * HOUR)
+    assert alerts.upgrade_faults(cfg, NOW, 1e6) == {}
+    _aged(stamp, "", 49 * HOUR)
+    assert alerts.upgrade_faults(cfg, NOW, 1e6) == {
+        "upgrades-failing:ams": "The last run that succeeded was 49 h 0 min ago."
+    }
+
+
+def test_country_lists_not_fetched_for_their_hours_are_a_fault_with_the_last_error(tmp_path: Path):
+    status = tmp_path / "status.json"
+    cfg = {**CFG, "geo": {"status": str(status), "hours": 48}}
+    assert alerts.protection_faults({**CFG, "geo": None}, NOW, 1e6) == {}, "geo off: never looked at"
+    assert alerts.protection_faults(cfg, NOW, HOUR) == {}, "just booted: the first refresh is still to come"
+    assert alerts.protection_faults(cfg, NOW, 49 * HOUR) == {"geo-stale:ams": "They were never fetched."}
+    status.write_text(json.dumps({"ok": True, "fetched": NOW - 21 * HOUR, "error": ""}))
+    assert alerts.protection_faults(cfg, NOW, 1e6) == {}
+    error = "https://ftp.ripe.net/...: timed out"
+    status.write_text(json.dumps({"ok": False, "fetched": NOW - 50 * HOUR, "error": error}))
+    assert alerts.protection_faults(cfg, NOW, 1e6) == {
+        "geo-stale:ams": f"They were last fetched 50 h 0 min ago. The last attempt: {error}"
+    }
+
+
+def test_crowdsec_down_names_the_units_that_do_not_run():
+    units = ["crowdsec.service", "crowdsec-firewall-bouncer.service"]
+    cfg = {**CFG, "crowdsec": units}
+    running = {"crowdsec.service": True, "crowdsec-firewall-bouncer.service": False}
+    assert alerts.protection_faults(cfg, NOW, 1e6, active=running.__getitem__) == {
+        "crowdsec-down:ams": "Not running: crowdsec-firewall-bouncer.service."
+    }
+    assert alerts.protection_faults(cfg, NOW, 1e6, active=lambda u: True) == {}
+    assert alerts.protection_faults({**CFG, "crowdsec": None}, NOW, 1e6, active=lambda u: False) == {}
+
+    def broken(unit: str) -> bool:
+        raise subprocess.TimeoutExpired("systemctl", 10)
+
+    assert alerts.protection_faults(cfg, NOW, 1e6, active=broken) == {}, "no answer is no fact"
+
+
+@pytest.mark.parametrize(
+    ("kind", "title", "todo", "resolved"),
+    [
+        (
+            "push-rolled-back",
+            "A push to edge ams failed and was rolled back",
+            "pulumi up",
+            "a push to edge ams succeeded",
+        ),
+        ("reboot-required", "Edge ams waits for a reboot after updates", "sudo reboot", "edge ams rebooted"),
+        ("upgrades-failing", "Unattended upgrades fail on edge ams", "unattended-upgrade -d", "succeed again"),
+        ("geo-stale", "The country lists on edge ams are not refreshing", "cgnat-edge-geo-sets", "fresh again"),
+        ("crowdsec-down", "CrowdSec is not running on edge ams", "systemctl status crowdsec", "runs again"),
+    ],
+)
+def test_each_kind_says_what_which_edge_and_what_to_do(kind: str, title: str, todo: str, resolved: str):
+    msg = alerts.message(CFG, ("firing", f"{kind}:ams", NOW, NOW + 60), "The detail.")
+    assert msg["title"] == f"[cgnat-edge/test] {title}"
+    assert msg["message"].startswith("Since 2023-11-14 22:13:20 UTC (60 s). The detail. ")
+    assert todo in msg["message"] and msg["subject"] == "ams" and msg["kind"] == kind
+    done = alerts.message(CFG, ("resolved", f"{kind}:ams", NOW, NOW + 600), "")
+    assert resolved in done["title"] and "lasted 10 min" in done["message"]
+
+
+def test_a_rolled_back_push_is_announced_once_and_a_waiting_reboot_is_reminded():
+    inc = alerts.Incidents(after=60, reminder=3600, interval=2)
+    faults = {"push-rolled-back:ams", "reboot-required:ams"}
+    events = [e for t in range(0, 3 * 3600, 60) for e in inc.update(faults, NOW + t)]
+    assert [(e[0], e[1]) for e in events if e[1].startswith("push")] == [("firing", "push-rolled-back:ams")]
+    assert [e[0] for e in events if e[1].startswith("reboot")] == ["firing", "reminder", "reminder"]
+
+
+def test_an_edge_sends_its_own_incidents_whether_it_leads_or_not():
+    cfg = {**CFG, "edge": "ams", "after": 60, "reminder": 0, "interval": 2}
+    fleet, own = alerts.Incidents(60, 0, 2), alerts.Incidents(60, 0, 2)
+    mine = {"cert-expiry:cloud.example.org": "It ends soon."}
+    for t in (0, 60):
+        sent = alerts.decide(cfg, fleet, own, {"tunnel-down:hel"}, mine, "fsn", NOW + t)
+    assert [(m["kind"], m["edge"]) for m in sent] == [("cert-expiry", "ams")], "fsn leads: hel's tunnel is fsn's"
+    assert "It ends soon." in sent[0]["message"]
+    assert set(fleet.open) == {"tunnel-down:hel"}, "kept, to send its resolved message if the lead comes here"

@@ -12,10 +12,12 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from components.model import alerts as model
 from components.model import edge_contract
 from components.model.deployed import DeployedEdge
 from components.model.fleet import EdgeSpec, FleetConfig, Mode
-from components.renderers import edge_dns, templates
+from components.model.protection import CrowdSec
+from components.renderers import edge_dns, protection, templates
 from components.renderers.bundle import NodeFile
 
 INTERVAL_S = 2
@@ -54,6 +56,15 @@ def daemon_config(cfg: FleetConfig, edge: EdgeSpec, fleet: Sequence[DeployedEdge
         "certs": sorted({h for s in cfg.services if s.mode is Mode.HTTP for h in s.hostnames}),
         "certDays": cfg.alerts.cert_days,
         "certPort": HTTPS_PORT,
+        "push": edge_contract.PUSH_RESULT,
+        "reboot": {"file": edge_contract.REBOOT_REQUIRED, "hours": model.REBOOT_WAIT_H},
+        "upgrades": {"stamp": edge_contract.UPGRADES_STAMP, "hours": model.UPGRADES_STALE_H},
+        "geo": {"status": edge_contract.GEO_STATUS, "hours": model.REFRESH_STALE_H}
+        if protection.countries(cfg)
+        else None,
+        "crowdsec": [edge_contract.CROWDSEC_UNIT, edge_contract.BOUNCER_UNIT]
+        if cfg.protection.crowdsec != CrowdSec.OFF
+        else None,
         "interval": INTERVAL_S,
         "timeout": TIMEOUT_S,
         "state": edge_contract.ALERTS_STATE,
