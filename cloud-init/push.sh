@@ -497,25 +497,41 @@ commit() {
   sync -f "$dir"
 }
 
+record() {
+  # How this push ended, for the alert daemon (a dynamic user: the file is 0644 in a
+  # folder it may pass through but not list): rolled-back is an alert until a push is ok.
+  python3 -c 'import json, sys, time
+print(json.dumps({"result": sys.argv[1], "at": int(time.time()), "reason": sys.argv[2]}))' "$1" "$2" >"$push_result.new"
+  chmod 0644 "$push_result.new"
+  mv -f "$push_result.new" "$push_result"
+}
+
 main() {
   read_bundle
   validate
   # shellcheck disable=SC2174 # only the state directory itself is new; its parent exists
-  mkdir -p -m 0700 "$state_dir"
+  mkdir -p -m 0711 "$state_dir"
+  # Passable, not listable: previous/ and pushes/ (0700) keep old files and bundles,
+  # secrets among them.
+  chmod 0711 "$state_dir"
   install_recovery
   snapshot
   swap_in
+  local failed=""
   # A separate process, so that `set -e` holds inside (it does not in a `||` list).
   (reconcile) &
   if ! wait $!; then
-    rollback
-    die "FAILED: the edge could not apply the new configuration; it runs the previous one again"
+    failed="the edge could not apply the new configuration"
+  elif ! python3 "$verify"; then
+    failed="the edge does not run the new configuration (see DIFFERS above)"
   fi
-  if ! python3 "$verify"; then
+  if [[ -n $failed ]]; then
     rollback
-    die "FAILED: the edge does not run the new configuration (see DIFFERS above); it runs the previous one again"
+    record rolled-back "$failed"
+    die "FAILED: $failed; it runs the previous one again"
   fi
   commit
+  record ok ""
   log "done: the edge runs the new configuration (the one before is kept in $state_dir/previous)"
 }
 
@@ -620,6 +636,7 @@ recover() {
     warn "push $id was cut off mid-change (the edge restarted): putting back the files it had before"
     mapfile -t changed < <(cut -f3 "$dir/before/$bundle_manifest" && cat "$dir/before/ABSENT")
     rollback
+    record rolled-back "the edge restarted during push $id"
     die "FAILED: the edge restarted during the push; it runs the previous configuration again"
   elif [[ $(cat "$pushes/current" 2>/dev/null) == "$id" ]]; then
     log "push $id had finished before the edge restarted"
@@ -637,7 +654,7 @@ wait_result() {
 }
 
 start() {
-  # shellcheck disable=SC2174 # umask 077: the state directory above is private too
+  # shellcheck disable=SC2174 # only pushes/ is private; main makes its parent passable
   mkdir -p -m 0700 "$pushes"
   id=$(date -u +%Y%m%dT%H%M%S)-$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
   dir=$pushes/$id

@@ -29,6 +29,8 @@ and the script the boot-time recovery runs; push.sh names it itself, as it needs
 before the bundle that brings the contract is unpacked."""
 PUSH_RECOVER_UNIT = "cgnat-edge-push-recover.service"
 """Runs at boot: puts back the files of a push the restart cut off, and verifies."""
+PUSH_RESULT = f"{STATE_DIR}/push-result.json"
+"""How the last push ended (ok or rolled-back, when, why), readable by the alert daemon."""
 DESIRED = "/etc/cgnat-edge/desired.json"
 VERIFY = "/usr/local/sbin/cgnat-edge-verify"
 INSTALL_TRAEFIK = "/usr/local/sbin/cgnat-edge-install-traefik"
