@@ -100,6 +100,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             protection=args.protection,
             forward=args.forward,
             attacks=args.attacks,
+            pushes=args.pushes,
             report=Path(args.report) if args.report else None,
         )
     except LabError as exc:
@@ -224,6 +225,11 @@ def parser() -> argparse.ArgumentParser:
         "--attacks",
         action="store_true",
         help="then flood the edges' public side (the health agent with idle connections) and check they hold",
+    )
+    p.add_argument(
+        "--pushes",
+        action="store_true",
+        help="then push what reaches a running edge only by a push: CrowdSec turned on, a new pinned Traefik",
     )
     p.add_argument("--report", help="write every check as JSON to this file")
     p.set_defaults(func=cmd_lab)

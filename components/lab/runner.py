@@ -17,6 +17,7 @@ from components.lab.errors import LabError
 from components.lab.failover import run_faults
 from components.lab.forward import run_forward
 from components.lab.protection import run_protection
+from components.lab.pushes import run_pushes
 from components.lab.rendered import render_stack
 from components.lab.report import Check, write_report
 from components.lab.vpn import run_edge_sees_ciphertext, run_vpn
@@ -41,6 +42,7 @@ def run(
     protection: bool = False,
     forward: bool = False,
     attacks: bool = False,
+    pushes: bool = False,
     report: Path | None = None,
 ) -> tuple[bool, str]:
     """Render, build, smoke-check, then each family asked for; (all ok, the table)."""
@@ -69,6 +71,8 @@ def run(
             if attacks:
                 rows += run_attacks(el)
                 rows += run_edge_sees_ciphertext(el)
+            if pushes:
+                rows += run_pushes(el, stack_file, project_file)
     if report is not None:
         write_report(report, rows)
     return all(c.ok for c in rows), smoke.table(results) + _more_rows(rows[len(results) :])
