@@ -10,9 +10,10 @@ import subprocess
 
 import pytest
 
-from components.lab import pushes
+from components.lab import pushes, runner
 from components.lab.changes import Stack
 from components.lab.edge import TRAEFIK_BINARY
+from components.lab.errors import LabError
 from components.renderers import traefik
 from tests.support import LAB_STACK, PROJECT
 
@@ -33,6 +34,12 @@ def test_the_second_release_is_another_executable_that_reports_another_version(t
     assert f"Version:      {version}\n" in out, out
     with pytest.raises(ValueError, match="no version string"):
         pushes.second_executable(b"no version in here")
+
+
+def test_pushes_and_protection_are_refused_together_before_any_lab_is_built(tmp_path):
+    with pytest.raises(LabError, match="--pushes and --protection each start CrowdSec in the edges"):
+        runner.run(LAB_STACK, PROJECT, out=tmp_path, pushes=True, protection=True)
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,8 @@ def run(
     report: Path | None = None,
 ) -> tuple[bool, str]:
     """Render, build, smoke-check, then each family asked for; (all ok, the table)."""
+    if pushes and protection:
+        raise LabError("--pushes and --protection each start CrowdSec in the edges; run them in two labs")
     if os.geteuid() != 0:
         raise LabError(
             "the lab needs root for network namespaces; run it as root, or with `sudo .venv/bin/cgnat-edge lab ...`"
