@@ -240,7 +240,7 @@ def test_country_sets_and_crowdsec_are_judged_from_what_the_edge_reports():
     assert p.what == (
         "CrowdSec should run (crowdsec offline) and does not: it was never set up on this edge; nobody is banned"
     )
-    assert p.fix.startswith("push again: `pulumi up`")
+    assert p.fix.startswith("push again: `pulumi up --target-replace $(") and "::fsn-config" in p.fix
     assert status._crowdsec_cell(judge(good, None, wanted="offline").facts["crowdsec"]) == "FAIL"
     assert judge(good, None, wanted="off").problems == []
     # A fleet without country filters or CrowdSec has nothing to say about them.

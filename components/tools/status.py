@@ -267,7 +267,7 @@ def _judge(st: EdgeStatus, e: dict, facts: dict, ssh: str) -> None:
     if drifted:
         st.problem(
             f"files differ from the last push: {', '.join(drifted)}",
-            f"push again: `pulumi up --target-replace $(pulumi stack --show-urns | grep -o 'urn:[^ ]*::{st.edge}-config')`",
+            _push_again(st.edge),
         )
     code, out, err = facts["verify"]
     if code != 0:
@@ -291,6 +291,11 @@ def _judge(st: EdgeStatus, e: dict, facts: dict, ssh: str) -> None:
     _judge_protection(st, facts, ssh)
 
 
+def _push_again(edge: str) -> str:
+    """A plain ``pulumi up`` pushes only a changed bundle."""
+    return f"push again: `pulumi up --target-replace $(pulumi stack --show-urns | grep -o 'urn:[^ ]*::{edge}-config')`"
+
+
 def _judge_traefik_version(st: EdgeStatus, facts: dict) -> None:
     """A push installs the pinned release; one that failed leaves the old one serving."""
     pinned = ((facts.get("desired") or {}).get("traefik") or {}).get("version")
@@ -303,7 +308,7 @@ def _judge_traefik_version(st: EdgeStatus, facts: dict) -> None:
     if pinned and running and running != pinned:
         st.problem(
             f"Traefik {running} runs, the stack pins {pinned}",
-            "push again: `pulumi up` (the push installs the pinned release); it says why if it cannot",
+            f"{_push_again(st.edge)} (the push installs the pinned release, or says why it cannot)",
         )
 
 
@@ -356,7 +361,7 @@ def _judge_protection(st: EdgeStatus, facts: dict, ssh: str) -> None:
         st.facts["crowdsec"] = {edge_contract.CROWDSEC_UNIT: False, edge_contract.BOUNCER_UNIT: False}
         st.problem(
             f"CrowdSec should run (crowdsec {wanted}) and does not: it was never set up on this edge; nobody is banned",
-            "push again: `pulumi up` (the push sets CrowdSec up); it says why if it cannot",
+            f"{_push_again(st.edge)} (the push sets CrowdSec up, or says why it cannot)",
         )
     elif down:
         st.problem(
