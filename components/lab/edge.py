@@ -21,7 +21,7 @@ What the lab changes on the edge, and why (everything else is byte for byte):
   and /run); the operator's key is added to ``sshPublicKeys`` by ``render_stack``.
 * CrowdSec (a stack with ``crowdsec`` on): the boot leaves its two units enabled, as
   the first boot's setup does, but the stand-in runs their daemons only on an edge
-  with ``crowdsec_daemons`` set (``--pushes``, components/lab/pushes.py), from the
+  with ``crowdsec_daemons`` set (``--pushes``, components/lab/day2.py), from the
   machine's Debian packages with the lab's log folder (components/lab/crowdsec_units.py);
   elsewhere a unit counts as running while it is enabled.
 """

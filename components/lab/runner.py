@@ -17,7 +17,7 @@ from components.lab.errors import LabError
 from components.lab.failover import run_faults
 from components.lab.forward import run_forward
 from components.lab.protection import run_protection
-from components.lab.pushes import run_pushes
+from components.lab.day2 import run_day2
 from components.lab.rendered import render_stack
 from components.lab.report import Check, write_report
 from components.lab.vpn import run_edge_sees_ciphertext, run_vpn
@@ -74,7 +74,7 @@ def run(
                 rows += run_attacks(el)
                 rows += run_edge_sees_ciphertext(el)
             if pushes:
-                rows += run_pushes(el, stack_file, project_file)
+                rows += run_day2(el, stack_file, project_file)
     if report is not None:
         write_report(report, rows)
     return all(c.ok for c in rows), smoke.table(results) + _more_rows(rows[len(results) :])

@@ -232,7 +232,7 @@ def traefik_upgrade_row(el: EdgeLab, stack: Stack, edge: str, server: ReleaseSer
     return Check("push:traefik-upgrade", ok, failed, "requests", detail)
 
 
-def run_pushes(el: EdgeLab, stack_file: Path, project_file: Path | None = None, *, tamper: bool = False) -> list[Check]:
+def run_day2(el: EdgeLab, stack_file: Path, project_file: Path | None = None, *, tamper: bool = False) -> list[Check]:
     """Both rows on the lab's first edge (``tamper``: the release server serves a wrong executable)."""
     with tempfile.TemporaryDirectory(dir=el.lab.workdir, prefix="pushes-") as tmp:
         stack = Stack(el, stack_file, project_file, Path(tmp))
