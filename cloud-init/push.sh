@@ -17,7 +17,9 @@
 # 3. Reconcile each part with the least disruption: nftables reloaded; wg0's peers
 #    synced (wg syncconf) and its addresses, MTU and routes changed in place, the
 #    interface and its tunnels stay; sshd reloaded; Traefik handed over to its other
-#    slot only when its static config or unit changed (its dynamic file is watched).
+#    slot only when its static config or unit changed (its dynamic file is watched) or a
+#    new pinned Traefik release came (downloaded and checked in step 1, swapped in with
+#    the files and rolled back with them); CrowdSec set up or stopped as the stack says.
 # 4. Verify that the edge RUNS the new state (cgnat-edge-verify); on any failure put
 #    the previous files back, reconcile again, and exit 1 saying what failed.  An apply
 #    cut off between 2 and 4 (the machine restarted) leaves its journal: at boot,
@@ -110,14 +112,30 @@ check_traefik() {
     rc=$?
     kill "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
-    exit $rc' _ "$traefik_binary" "$stage/traefik-check.yaml" "$stage/traefik-check.log" "$(staged "$verify")" \
+    exit $rc' _ "$(traefik_to_run)" "$stage/traefik-check.yaml" "$stage/traefik-check.log" "$(staged "$verify")" \
     2>"$stage/traefik-check.err"; then
     die "the new Traefik configuration does not load; nothing was changed: $(head -c 800 "$stage/traefik-check.err")"
   fi
 }
 
+traefik_to_run() { if [[ -f $(staged "$traefik_binary") ]]; then staged "$traefik_binary"; else echo "$traefik_binary"; fi; }
+
+stage_traefik() {
+  # The pinned release, when the executable on the edge is not it: fetched and checked by
+  # the installer the first boot ran, into the stage; from here on it is one more file.
+  [[ -f $(staged "$traefik_release") ]] || return 0
+  local sha url
+  read -r sha url <"$(staged "$traefik_release")"
+  echo "$sha  $traefik_binary" | sha256sum --check --status 2>/dev/null && return 0
+  mkdir -p "$(dirname "$(staged "$traefik_binary")")"
+  bash "$(staged "$install_traefik")" "$sha" "$url" "$(staged "$traefik_binary")" >&2 ||
+    die "the pinned Traefik release could not be installed; nothing was changed"
+  modes+=(0755) owners+=(root:root) paths+=("$traefik_binary")
+}
+
 validate() {
   local path
+  stage_traefik
   for path in "${paths[@]}"; do
     case $path in
       "$nft_conf") nft -c -f "$(staged "$path")" || die "the new nftables ruleset does not load; nothing was changed" ;;
@@ -133,7 +151,7 @@ validate() {
   done
   in_bundle "$sshd_dropin" && check_sshd
   if { in_bundle "$traefik_static" && ! same "$traefik_static"; } ||
-    { in_bundle "$traefik_dynamic" && ! same "$traefik_dynamic"; }; then
+    { in_bundle "$traefik_dynamic" && ! same "$traefik_dynamic"; } || in_bundle "$traefik_binary"; then
     check_traefik
     log "checked: the new Traefik configuration loads every router"
   fi
@@ -362,7 +380,7 @@ traefik_handover() {
     rm -f "$systemd_dir/$legacy_traefik"
     systemctl daemon-reload
   fi
-  log "Traefik handed over from ${old:-nothing} to $new (static configuration changed)"
+  log "Traefik handed over from ${old:-nothing} to $new (its static configuration, unit or executable changed)"
 }
 
 # dnsMode edges: PowerDNS serves the zone the bundle brings; a bundle without it
@@ -463,10 +481,11 @@ reconcile() {
   reconcile_metrics
   local running
   running=$(enabled_traefik)
-  if was_changed "$traefik_static" || was_changed "$traefik_unit" || [[ -z $running || $running == "$legacy_traefik" ]] ||
-    ! systemctl is-active --quiet "$running"; then
+  if was_changed "$traefik_static" || was_changed "$traefik_unit" || was_changed "$traefik_binary" ||
+    [[ -z $running || $running == "$legacy_traefik" ]] || ! systemctl is-active --quiet "$running"; then
     traefik_handover
   fi
+  [[ ! -x $crowdsec_reconcile ]] || "$crowdsec_reconcile"
 }
 
 # -- 4. verify, or roll back ---------------------------------------------------------

@@ -211,6 +211,9 @@ def check_traefik(desired: dict) -> list[str]:
     if subprocess.run(["systemctl", "is-active", "--quiet", enabled[0]]).returncode != 0:
         return [f"Traefik: {enabled[0]} is enabled but not running"]
     problems = wait_traefik(desired, 10)
+    version = api("version").get("Version")
+    if desired["traefik"].get("version") not in (None, version):
+        problems.append(f"Traefik {version} runs, the pinned release is {desired['traefik']['version']}")
     running = {e["name"]: e["address"] for e in api("entrypoints")}
     if running != desired["traefik"]["entryPoints"]:
         problems.append(

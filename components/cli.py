@@ -230,7 +230,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pushes",
         action="store_true",
-        help="then cut a push's SSH connection, restart its edge mid-change and run two pushes at once",
+        help="then push under faults (the SSH connection cut, the edge restarted mid-change, two pushes at once) and what reaches a running edge only by a push (CrowdSec turned on, a new pinned Traefik)",
     )
     p.add_argument(
         "--alerts",

@@ -29,7 +29,7 @@ from components.lab import protection as lab_protection
 from components.lab.netns import wait_for
 from components.model import edge_contract
 from components.model.keys import generate_host_key
-from components.renderers import protection
+from components.renderers import protection, traefik
 from components.tools import offline, policy, render, status
 from tests.support import DEV_STACK, ROOT, require_tool
 
@@ -97,7 +97,9 @@ def test_status_sees_a_healthy_fleet_then_each_fault(el, mirror, tmp_path):
         assert f["homeEndpoint"]
         assert f["httpHosts"] and all(days is not None and days >= 1 for days in f["certDays"].values())
         assert f["geo"]["state"] == "ok" and f["geo"]["loaded"] == ["AQ"] and f["geo"]["fetchedAge"] < 600, f
-        assert f["crowdsec"] is None  # the lab's edges run no CrowdSec unless --protection
+        # The lab stack runs CrowdSec: its units as the first boot's setup leaves them.
+        assert f["crowdsec"] == {"crowdsec.service": True, "crowdsec-firewall-bouncer.service": True}, f
+        assert f["traefikVersion"] == traefik.VERSION
     edge_ips = sorted(e["ipv4"] for e in offline.reveal(el.rendered.edges).values())
     assert report["hostnames"] and all(h["answers"] == edge_ips for h in report["hostnames"])
     # The lab stack's edges serve the zone: each one's own nameserver lists every edge, itself first.
@@ -205,9 +207,10 @@ def test_country_sets_and_crowdsec_are_judged_from_what_the_edge_reports():
     now = 1_800_000_000
     config = {"countries": ["RU", "CN"]}
 
-    def judge(geo_status: dict | None, crowdsec: dict | None = None) -> status.EdgeStatus:
+    def judge(geo_status: dict | None, crowdsec: dict | None = None, wanted: str = "off") -> status.EdgeStatus:
         st = status.EdgeStatus("fsn", "203.0.113.10")
         facts = {"now": now, "geo": {"config": config, "status": geo_status}, "crowdsec": crowdsec}
+        facts["desired"] = {"crowdsec": wanted}
         status._judge_protection(st, facts, "ssh root@203.0.113.10")
         return st
 
@@ -232,8 +235,18 @@ def test_country_sets_and_crowdsec_are_judged_from_what_the_edge_reports():
 
     st = judge(good, {"crowdsec.service": True, "crowdsec-firewall-bouncer.service": False})
     (p,) = st.problems
-    assert p.what == "CrowdSec is enabled but crowdsec-firewall-bouncer.service is not running: nobody is banned"
+    assert p.what == (
+        "CrowdSec should run and does not: crowdsec-firewall-bouncer.service is not running; nobody is banned"
+    )
     assert status._crowdsec_cell(st.facts["crowdsec"]) == "FAIL"
+    # Turned on for a fleet whose edge never got it (the bouncer is not even enabled there).
+    (p,) = judge(good, None, wanted="offline").problems
+    assert p.what == (
+        "CrowdSec should run (crowdsec offline) and does not: it was never set up on this edge; nobody is banned"
+    )
+    assert p.fix.startswith("push again: `pulumi up --target-replace $(") and "::fsn-config" in p.fix
+    assert status._crowdsec_cell(judge(good, None, wanted="offline").facts["crowdsec"]) == "FAIL"
+    assert judge(good, None, wanted="off").problems == []
     # A fleet without country filters or CrowdSec has nothing to say about them.
     config["countries"] = []
     st = judge(None, None)
@@ -290,6 +303,22 @@ def healthy_facts(**changes) -> dict:
         "crowdsec": None,
         **changes,
     }
+
+
+def test_a_traefik_other_than_the_pinned_release_is_reported():
+    def judge(version_answer: list) -> status.EdgeStatus:
+        st = status.EdgeStatus("fsn", "203.0.113.10")
+        desired = {"traefik": {"version": "3.7.15"}}
+        facts = healthy_facts(desired=desired, traefikVersion=version_answer)
+        status._judge(st, {"pushedFiles": dict(FILES)}, facts, "ssh root@203.0.113.10")
+        return st
+
+    st = judge([0, json.dumps({"Version": "3.6.2", "Codename": "x"}), ""])
+    assert [p.what for p in st.problems] == ["Traefik 3.6.2 runs, the stack pins 3.7.15"]
+    assert st.facts["traefikVersion"] == "3.6.2"
+    assert judge([0, json.dumps({"Version": "3.7.15"}), ""]).problems == []
+    # An API that does not answer is the "not serving" row's to report, not a version mismatch.
+    assert judge([7, "", "connection refused"]).problems == []
 
 
 def _answer(stdout: str, code: int = 0, stderr: str = "") -> subprocess.CompletedProcess:

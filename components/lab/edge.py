@@ -19,6 +19,11 @@ What the lab changes on the edge, and why (everything else is byte for byte):
   (components/lab/protection.py), as a local CA would be added.
 * sshd runs without PAM and without a pid file (they would reach the machine's logind
   and /run); the operator's key is added to ``sshPublicKeys`` by ``render_stack``.
+* CrowdSec (a stack with ``crowdsec`` on): the boot leaves its two units enabled, as
+  the first boot's setup does, but the stand-in runs their daemons only on an edge
+  with ``crowdsec_daemons`` set (``--pushes``, components/lab/day2.py), from the
+  machine's Debian packages with the lab's log folder (components/lab/crowdsec_units.py);
+  elsewhere a unit counts as running while it is enabled.
 """
 
 from __future__ import annotations
@@ -36,15 +41,18 @@ from typing import Protocol
 
 import yaml
 
+from components.lab import crowdsec_units
 from components.lab.errors import LabError
 from components.lab.netns import Lab, Node, wait_for
 from components.model import edge_contract
 from components.model.fleet import FleetConfig
+from components.model.protection import CrowdSec
 from components.renderers import bootstrap, edge_dns
 
 TRAEFIK_BINARY = Path(sys.executable).parent / "traefik"
 SPAWNED_UNITS = ("pdns.service", "cgnat-edge-health.service", edge_contract.NODE_EXPORTER_UNIT)
 """Units the stand-in runs as processes, like Traefik's slots."""
+CROWDSEC = (edge_contract.CROWDSEC_UNIT, edge_contract.BOUNCER_UNIT)
 
 
 class RunningLab(Protocol):
@@ -120,6 +128,8 @@ class Edge:
         self.sshd: subprocess.Popen | None = None
         self.install_key = ""
         """The install key's public half, as the ``<edge>-boot`` step reported it."""
+        self.crowdsec_daemons = False
+        """The stand-in runs CrowdSec's daemons (else an enabled unit counts as running)."""
         self._lock = threading.Lock()
         node.overlay("/etc")
         node.overlay("/var/lib")
@@ -180,7 +190,7 @@ class Edge:
         self.lab.servers.append(server)
 
     def _active(self, unit: str) -> bool:
-        if unit.startswith("traefik") or unit in SPAWNED_UNITS:
+        if unit.startswith("traefik") or unit in SPAWNED_UNITS or (self.crowdsec_daemons and unit in CROWDSEC):
             proc = self.units.get(unit)
             return proc is not None and proc.poll() is None
         if unit == "ssh.service":
@@ -225,6 +235,9 @@ class Edge:
             text = self.read(edge_dns.AGENT_UNIT_PATH)
             exec_start = next(x.split("=", 1)[1] for x in text.splitlines() if x.startswith("ExecStart="))
             self.units[unit] = self.node.spawn(*shlex.split(exec_start), log=self.work / "health.log")
+        elif unit in CROWDSEC and self.crowdsec_daemons:
+            start = crowdsec_units.agent if unit == edge_contract.CROWDSEC_UNIT else crowdsec_units.bouncer
+            self.units[unit] = start(self.node, self.work / "crowdsec")
         elif unit.startswith("wg-quick@"):
             iface = unit.split("@")[1].split(".")[0]
             self.node.run("wg-quick", "up", iface)
@@ -268,6 +281,8 @@ class Edge:
                 self._start(unit)
         elif verb == "disable":
             self.enabled.discard(unit)
+            if now:
+                self._stop(unit)
         elif verb in ("start", "restart", "reload-or-restart") and not unit.startswith("ssh"):
             if verb == "restart":
                 self._stop(unit)
@@ -307,6 +322,8 @@ class Edge:
             if self.node.run("test", "-f", edge_contract.WG_CONF, check=False).returncode == 0:
                 self._start("wg-quick@wg0.service")
             self.enabled |= {edge_contract.TRAEFIK_SLOTS[0], f"{edge_contract.WG_ENDPOINT_UNIT}.timer"}
+            if self.lab.cfg.protection.crowdsec != CrowdSec.OFF:
+                self.enabled |= set(CROWDSEC)  # what the first boot's setup leaves
             self._start(edge_contract.TRAEFIK_SLOTS[0])
             self.node.sh("rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* /etc/ssh/ssh_host_dsa_key*")
             if self.node.run("test", "-f", edge_contract.INSTALL_KEY, check=False).returncode != 0:

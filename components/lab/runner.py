@@ -12,6 +12,7 @@ from components.lab import platform_firewall, smoke
 from components.lab.attacks import run_attacks
 from components.lab.build import build
 from components.lab.changes import run_matrix
+from components.lab.day2 import run_day2
 from components.lab.edge import TRAEFIK_BINARY
 from components.lab.errors import LabError
 from components.lab.failover import run_faults
@@ -48,6 +49,8 @@ def run(
     report: Path | None = None,
 ) -> tuple[bool, str]:
     """Render, build, smoke-check, then each family asked for; (all ok, the table)."""
+    if pushes and protection:
+        raise LabError("--pushes and --protection each start CrowdSec in the edges; run them in two labs")
     if os.geteuid() != 0:
         raise LabError(
             "the lab needs root for network namespaces; run it as root, or with `sudo .venv/bin/cgnat-edge lab ...`"
@@ -75,6 +78,7 @@ def run(
                 rows += run_edge_sees_ciphertext(el)
             if pushes:
                 rows += run_pushes(el, stack_file, project_file)
+                rows += run_day2(el, stack_file, project_file)
             if alerts:
                 rows += run_metrics(el)
     if report is not None:

@@ -34,6 +34,9 @@ PUSH_RESULT = f"{STATE_DIR}/push-result.json"
 DESIRED = "/etc/cgnat-edge/desired.json"
 VERIFY = "/usr/local/sbin/cgnat-edge-verify"
 INSTALL_TRAEFIK = "/usr/local/sbin/cgnat-edge-install-traefik"
+TRAEFIK_RELEASE = "/etc/cgnat-edge/traefik-release"
+"""``SHA256 URL`` of the pinned Traefik release for this edge's architecture: a push
+whose running executable differs installs it (install-traefik.sh), as the first boot did."""
 
 SYSTEMD_DIR = "/etc/systemd/system"
 
@@ -110,6 +113,12 @@ GEO_STATE_DIR = f"{STATE_DIR}/geo"
 GEO_STATUS = f"{GEO_STATE_DIR}/status.json"
 CROWDSEC_UNIT = "crowdsec.service"
 BOUNCER_UNIT = "crowdsec-firewall-bouncer.service"
+CROWDSEC_SETUP = "/usr/local/sbin/cgnat-edge-crowdsec"
+"""Installs and starts CrowdSec (cloud-init/crowdsec-setup.sh): run by the first boot
+and, when CrowdSec is turned on for a running edge, by the push."""
+CROWDSEC_RECONCILE = "/usr/local/sbin/cgnat-edge-crowdsec-reconcile"
+"""Run by every push: CrowdSec set up, running and its bouncer pulling, or stopped."""
+BOUNCER_SETTINGS = "/etc/cgnat-edge/crowdsec-bouncer.yaml"
 
 UPGRADES_STAMP = "/var/lib/apt/periodic/unattended-upgrades-stamp"
 REBOOT_REQUIRED = "/var/run/reboot-required"

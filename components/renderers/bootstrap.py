@@ -108,6 +108,7 @@ def desired_state(cfg: FleetConfig, edge: EdgeSpec, host_public_key: str | None)
         "nftConf": edge_contract.NFT_CONF,
         "nftFilledSets": protection.crowdsec_sets(cfg) + nftables.filled_sets(),
         "traefik": {
+            "version": traefik.VERSION,
             "slots": list(edge_contract.TRAEFIK_SLOTS),
             "entryPoints": {name: ep["address"] for name, ep in traefik.static_config(cfg)["entryPoints"].items()},
             "routers": {
@@ -130,6 +131,7 @@ def desired_state(cfg: FleetConfig, edge: EdgeSpec, host_public_key: str | None)
             "installKey": edge_contract.INSTALL_KEY,
             "hostPublicKey": host_public_key or "",
         },
+        "crowdsec": str(cfg.protection.crowdsec),
     }
 
 
@@ -203,6 +205,12 @@ def node_files(
         ),
         NodeFile(HOST_KEYS_HOOK_PATH, templates.text("53cgnat-edge-host-keys"), "0644"),
         NodeFile(edge_contract.VERIFY, templates.text("verify.py"), "0755"),
+        # A new pinned release reaches a running edge through the push, checked as at first boot.
+        NodeFile(edge_contract.INSTALL_TRAEFIK, templates.render("install-traefik.sh"), "0755"),
+        NodeFile(
+            edge_contract.TRAEFIK_RELEASE, f"{traefik.binary_sha256(edge.arch)} {traefik.release_url(edge.arch)}\n"
+        ),
+        NodeFile(edge_contract.CROWDSEC_RECONCILE, templates.text("crowdsec-reconcile.sh"), "0755"),
         *contract.node_files(),
         NodeFile(
             edge_contract.DESIRED,
@@ -268,6 +276,8 @@ ALWAYS_COMPRESSED = (
 the stack's own files (which stay readable text up to ``PLAIN_TEXT_BUDGET``)."""
 NOT_IN_USER_DATA = (
     edge_contract.VERIFY,
+    edge_contract.TRAEFIK_RELEASE,
+    edge_contract.CROWDSEC_RECONCILE,
     edge_contract.DESIRED,
     edge_contract.CONTRACT_SH,
     edge_contract.CONTRACT_JSON,
@@ -282,8 +292,9 @@ NOT_IN_USER_DATA = (
 """The user data is readable from the provider's metadata for the VM's whole life, so
 the tunnel's private key, the pinned host key and Traefik's routers (basic-auth hashes
 among them; useless before the tunnel is up) arrive only with the first push, which the
-same ``pulumi up`` runs right after boot; so do the verifier, its desired state and the
-edge contract (which only the push and the verifier read)."""
+same ``pulumi up`` runs right after boot; so do the verifier, its desired state, the
+edge contract, the pinned Traefik release and the CrowdSec reconciler (which only the
+push and the verifier read)."""
 
 
 def _write_files(files: list[NodeFile], compress: bool) -> list[dict[str, object]]:
@@ -323,7 +334,6 @@ def user_data(cfg: FleetConfig, edge: EdgeSpec, bootstrap_key: tuple[str, str] |
     doc["users"] = _users(cfg)
 
     files = [f for f in node_files(cfg, edge, "") if f.path not in NOT_IN_USER_DATA]
-    files.append(NodeFile(edge_contract.INSTALL_TRAEFIK, templates.render("install-traefik.sh"), "0755"))
     doc["write_files"] = _write_files(files, compress=False)
     doc["runcmd"] = [
         [edge_contract.INSTALL_TRAEFIK, traefik.binary_sha256(edge.arch), traefik.release_url(edge.arch)],

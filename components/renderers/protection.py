@@ -29,7 +29,7 @@ from components.renderers.nft_literals import one_or_set
 GEO_SCRIPT_PATH = "/usr/local/sbin/cgnat-edge-geo-sets"
 TABLE = ("inet", "cgnat_edge")
 
-CROWDSEC_SETUP_PATH = "/usr/local/sbin/cgnat-edge-crowdsec"
+CROWDSEC_SETUP_PATH = edge_contract.CROWDSEC_SETUP
 CROWDSEC_ACQUIS_PATH = "/etc/crowdsec/acquis.d/cgnat-edge.yaml"
 CROWDSEC_SETS = (
     ("ip", "cgnat_edge_crowdsec", "crowdsec-blacklists", "ipv4_addr"),
@@ -40,7 +40,7 @@ reads its drop counters and set sizes (its metrics) with ``nft list chain ip|ip6
 not its default table names, whose chains it would delete on a restart."""
 CROWDSEC_TABLES = tuple(f"{family} {table}" for family, table, _, _ in CROWDSEC_SETS)
 CROWDSEC_CHAIN = "bans"
-BOUNCER_SETTINGS_PATH = "/etc/cgnat-edge/crowdsec-bouncer.yaml"
+BOUNCER_SETTINGS_PATH = edge_contract.BOUNCER_SETTINGS
 """Merged by the setup into the bouncer's ``.yaml.local`` (which holds its API key)."""
 ACCESS_LOG = "/var/lib/traefik/access.log"
 """Traefik's access log, in its state directory: the only place its unit lets it write."""

@@ -71,8 +71,9 @@ def go_arch(arch: str) -> str:
         raise ValueError(f"no Traefik build for architecture {arch!r}; known: {', '.join(GO_ARCH)}") from None
 
 
-def release_url(arch: str, version: str = VERSION) -> str:
+def release_url(arch: str, version: str | None = None) -> str:
     """The official release tarball for a node of ``arch`` (catalog naming)."""
+    version = version or VERSION
     return f"https://github.com/traefik/traefik/releases/download/v{version}/traefik_v{version}_linux_{go_arch(arch)}.tar.gz"
 
 

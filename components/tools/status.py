@@ -162,6 +162,7 @@ def remote_command(user: str, files: list[str]) -> str:
         "interface": edge_contract.WG_INTERFACE,
         "slots": list(edge_contract.TRAEFIK_SLOTS),
         "ping": f"http://{edge_contract.TRAEFIK_PING}/ping",
+        "version": f"{edge_contract.TRAEFIK_API}/version",
         "verify": edge_contract.VERIFY,
         "desired": edge_contract.DESIRED,
         "files": files,
@@ -265,13 +266,14 @@ def _judge(st: EdgeStatus, e: dict, facts: dict, ssh: str) -> None:
     if not active or facts["ping"][0] != 0:
         slot = active[0] if active else edge_contract.TRAEFIK_SLOTS[0]
         st.problem(f"Traefik is not serving ({f['traefik']}, ping failed)", f"{ssh} sudo systemctl restart {slot}")
+    _judge_traefik_version(st, facts)
 
     drifted = sorted(p for p, want in e["pushedFiles"].items() if facts["files"].get(p) != want)
     f["drifted"] = drifted
     if drifted:
         st.problem(
             f"files differ from the last push: {', '.join(drifted)}",
-            f"push again: `pulumi up --target-replace $(pulumi stack --show-urns | grep -o 'urn:[^ ]*::{st.edge}-config')`",
+            _push_again(st.edge),
         )
     code, out, err = facts["verify"]
     if code != 0:
@@ -294,6 +296,27 @@ def _judge(st: EdgeStatus, e: dict, facts: dict, ssh: str) -> None:
     f["httpHosts"] = _http_hosts(facts.get("desired"))
     _judge_protection(st, facts, ssh)
     judge_alerts(st, facts, ssh)
+
+
+def _push_again(edge: str) -> str:
+    """A plain ``pulumi up`` pushes only a changed bundle."""
+    return f"push again: `pulumi up --target-replace $(pulumi stack --show-urns | grep -o 'urn:[^ ]*::{edge}-config')`"
+
+
+def _judge_traefik_version(st: EdgeStatus, facts: dict) -> None:
+    """A push installs the pinned release; one that failed leaves the old one serving."""
+    pinned = ((facts.get("desired") or {}).get("traefik") or {}).get("version")
+    code, out, _ = facts.get("traefikVersion") or [1, "", ""]
+    try:
+        running = json.loads(out).get("Version") if code == 0 else None
+    except (ValueError, AttributeError):
+        running = None
+    st.facts["traefikVersion"] = running
+    if pinned and running and running != pinned:
+        st.problem(
+            f"Traefik {running} runs, the stack pins {pinned}",
+            f"{_push_again(st.edge)} (the push installs the pinned release, or says why it cannot)",
+        )
 
 
 def _age(now: float, stamp: Any) -> int | None:
@@ -340,9 +363,16 @@ def _judge_protection(st: EdgeStatus, facts: dict, ssh: str) -> None:
     units = facts.get("crowdsec")
     st.facts["crowdsec"] = units
     down = sorted(u for u, up in (units or {}).items() if not up)
-    if down:
+    wanted = (facts.get("desired") or {}).get("crowdsec", "off")
+    if units is None and wanted != "off":
+        st.facts["crowdsec"] = {edge_contract.CROWDSEC_UNIT: False, edge_contract.BOUNCER_UNIT: False}
         st.problem(
-            f"CrowdSec is enabled but {', '.join(down)} is not running: nobody is banned",
+            f"CrowdSec should run (crowdsec {wanted}) and does not: it was never set up on this edge; nobody is banned",
+            f"{_push_again(st.edge)} (the push sets CrowdSec up, or says why it cannot)",
+        )
+    elif down:
+        st.problem(
+            f"CrowdSec should run and does not: {', '.join(down)} is not running; nobody is banned",
             f"{ssh} sudo systemctl restart {' '.join(down)}; {ssh} sudo journalctl -u {down[0]}",
         )
 
