@@ -100,6 +100,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             protection=args.protection,
             forward=args.forward,
             attacks=args.attacks,
+            alerts=args.alerts,
             report=Path(args.report) if args.report else None,
         )
     except LabError as exc:
@@ -224,6 +225,11 @@ def parser() -> argparse.ArgumentParser:
         "--attacks",
         action="store_true",
         help="then flood the edges' public side (the health agent with idle connections) and check they hold",
+    )
+    p.add_argument(
+        "--alerts",
+        action="store_true",
+        help="with a webhook and an SMTP relay in the lab: break a tunnel, a service and an edge, time the alerts",
     )
     p.add_argument("--report", help="write every check as JSON to this file")
     p.set_defaults(func=cmd_lab)

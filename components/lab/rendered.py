@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from components.config import stack
+from components.config.keys import SECRET_SET
 from components.model import edge_contract
 from components.model.fleet import FleetConfig
 from components.model.keys import generate_host_key
@@ -70,6 +71,7 @@ def render_stack(
     config_overrides: Mapping[str, Any] | None = None,
     state: Mapping[str, dict] | None = None,
     operator_key: tuple[str, str] | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> Rendered:
     """Render the stack offline for the lab.
 
@@ -77,7 +79,8 @@ def render_stack(
     home, so it needs the private key, which a stack that names only the public key
     never has.  The lab's operator key (``operator_key``, made here when not given) is
     added to ``sshPublicKeys``, so the lab can log in as pulumi does.  Everything else
-    is the stack as written."""
+    is the stack as written, with ``secrets`` (key -> plain text) set as ``pulumi
+    config set --secret`` sets them."""
     operator_key = operator_key or generate_host_key()
     overrides = {"homePublicKey": None, **(config_overrides or {})}
     keys = overrides.get("sshPublicKeys", stack.load(stack_file, project_file, overrides).raw().get("sshPublicKeys"))
@@ -85,6 +88,10 @@ def render_stack(
     if operator_key[1] not in keys:
         keys.append(operator_key[1])
     overrides["sshPublicKeys"] = keys
-    run = offline.run_program(stack_file, project_file=project_file, config_overrides=overrides, state=state)
+    run = offline.run_program(
+        stack_file, project_file=project_file, config_overrides=overrides, state=state, secrets=secrets
+    )
     render.write(run, out, show_secrets=False)
-    return Rendered(run, stack.load(stack_file, project_file, overrides).parse(), out, operator_key)
+    # The typed config sees a secret only as set, as the running program does.
+    typed = {**overrides, **dict.fromkeys(secrets or {}, SECRET_SET)}
+    return Rendered(run, stack.load(stack_file, project_file, typed).parse(), out, operator_key)
