@@ -13,6 +13,18 @@ tunnel) and each service's check.  From those answers come the faults:
   tunnel-down:<edge>    the edge answers, but home does not answer through its tunnel
   service-down:<name>   every edge whose tunnel is up reports the service down
 
+Besides, each daemon looks at its own edge every LOCAL_EVERY_S seconds; what it finds
+there is that edge's own, and the edge sends it itself, leader or not:
+
+  cert-expiry:<hostname>  the certificate this edge's Traefik serves for an ``http``
+                          hostname ends within ``certDays`` days
+  push-rolled-back:<edge> the last push failed and put the files before it back (the
+                          push records how it ended); a push that succeeds resolves it
+  reboot-required:<edge>  an update has waited ``reboot.hours`` for its reboot
+  upgrades-failing:<edge> unattended upgrades have not succeeded for ``upgrades.hours``
+  geo-stale:<edge>        the country lists have not been fetched for ``geo.hours``
+  crowdsec-down:<edge>    CrowdSec or its bouncer is not running
+
 A fault that lasts ``after`` seconds opens an incident; it resolves once the fault has
 been gone for CLEAR_ROUNDS looks (one good answer in a flapping fault is not a
 recovery).  An open incident is announced again every ``reminder`` seconds (0: never).
@@ -41,7 +53,9 @@ import datetime
 import json
 import os
 import smtplib
+import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -58,6 +72,9 @@ BACKOFF_MAX_S = 300.0
 GIVE_UP_S = 24 * 3600.0
 SEND_TIMEOUT_S = 15.0
 USER_AGENT = "cgnat-edge-alerts"
+LOCAL_EVERY_S = 60.0
+"""This edge's own facts change slowly (a certificate's days, a file's age): a look a
+minute is plenty, and a TLS handshake per hostname a minute costs nothing."""
 
 WHAT = {
     "edge-down": (
@@ -78,8 +95,52 @@ WHAT = {
         "its address and port?).",
         "service {subject} answers again",
     ),
+    "cert-expiry": (
+        "the certificate edge {edge} serves for {subject} expires soon",
+        "Traefik renews it 30 days before its end, so renewals have failed: "
+        "`journalctl -u 'traefik@*' | grep -i acme` on {edge} says why (DNS record, port 80 blocked, "
+        "rate limit, API token); `cgnat-edge status` lists each edge's certificates.",
+        "edge {edge} serves a renewed certificate for {subject}",
+    ),
+    "push-rolled-back": (
+        "a push to edge {edge} failed and was rolled back",
+        "The edge runs the configuration it had before; the stack's newer one is not on it. The push's output "
+        "(`pulumi up`) says what failed; fix that and run `pulumi up` again.",
+        "a push to edge {edge} succeeded",
+    ),
+    "reboot-required": (
+        "edge {edge} waits for a reboot after updates",
+        "The nightly automatic reboot did not happen, so the update is installed but not running. "
+        "Reboot it (`sudo reboot` on {edge}; the other edges serve meanwhile) and check "
+        "`journalctl -u unattended-upgrades`.",
+        "edge {edge} rebooted into its updates",
+    ),
+    "upgrades-failing": (
+        "unattended upgrades fail on edge {edge}",
+        "Security updates are not being installed. `sudo unattended-upgrade -d` on {edge} shows why "
+        "(a held package, a full disk, a mirror); /var/log/unattended-upgrades/ has each run.",
+        "unattended upgrades succeed again on edge {edge}",
+    ),
+    "geo-stale": (
+        "the country lists on edge {edge} are not refreshing",
+        "The sets loaded last stay in force, but go stale. `journalctl -u cgnat-edge-geo-sets` on {edge} says "
+        "why (the registries' mirrors unreachable, a failed checksum); `cgnat-edge status` shows each edge's lists.",
+        "the country lists on edge {edge} are fresh again",
+    ),
+    "crowdsec-down": (
+        "CrowdSec is not running on edge {edge}",
+        "Nobody is banned on {edge} while it is down. `systemctl status crowdsec crowdsec-firewall-bouncer` and "
+        "their journals on {edge} say why.",
+        "CrowdSec runs again on edge {edge}",
+    ),
 }
 """Per kind: what is wrong, what to do, and what the "resolved" message says."""
+LOCAL = frozenset(
+    {"cert-expiry", "push-rolled-back", "reboot-required", "upgrades-failing", "geo-stale", "crowdsec-down"}
+)
+"""The kinds only the edge itself can see: it sends them itself, one per edge."""
+ONCE = frozenset({"push-rolled-back"})
+"""Announced once, no reminders: the operator saw the push fail, and the next push ends it."""
 
 
 # ---------------------------------------------------------------------------
@@ -162,6 +223,194 @@ def leader(cfg, views, now):
 
 
 # ---------------------------------------------------------------------------
+# Looking at this edge itself
+# ---------------------------------------------------------------------------
+
+
+def _tlv(der, pos):
+    """(tag, start, end) of the DER element at ``pos``: its contents are der[start:end]."""
+    tag, length = der[pos], der[pos + 1]
+    start = pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        length, start = int.from_bytes(der[start : start + count], "big"), start + count
+    if start + length > len(der):
+        raise ValueError("truncated DER")
+    return tag, start, start + length
+
+
+def not_after(der):
+    """The end of a DER certificate's validity, as a Unix time.
+
+    With verification off (an edge's certificate may be expired, or self-signed in the
+    lab) ``getpeercert()`` says nothing, so the DER is read: Certificate > TBSCertificate
+    > [0] version (optional), serialNumber, signature, issuer, validity > notBefore,
+    notAfter (UTCTime YYMMDDHHMMSSZ or GeneralizedTime YYYYMMDDHHMMSSZ)."""
+    _, cert, _ = _tlv(der, 0)
+    _, pos, _ = _tlv(der, cert)
+    tag, _, end = _tlv(der, pos)
+    if tag == 0xA0:
+        pos = end
+    for _ in range(3):
+        pos = _tlv(der, pos)[2]
+    tag, validity, _ = _tlv(der, pos)
+    if tag != 0x30:
+        raise ValueError("no validity in this certificate")
+    tag, start, end = _tlv(der, _tlv(der, validity)[2])
+    text = der[start:end].decode("ascii")
+    if tag == 0x17:  # UTCTime: 50-99 are 1950-1999 (RFC 5280)
+        year = int(text[:2])
+        text = str(1900 + year if year >= 50 else 2000 + year) + text[2:]
+    elif tag != 0x18:
+        raise ValueError(f"notAfter has tag {tag:#x}, not a time")
+    moment = datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+def served_cert(host, port, timeout):
+    """The DER certificate this edge's Traefik serves for ``host`` (SNI), on loopback."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        return tls.getpeercert(binary_form=True)
+
+
+def cert_faults(cfg, now, fetch=served_cert):
+    """``cert-expiry:<hostname>`` -> what the message says, for each certificate that
+    ends within ``certDays``.  A hostname whose certificate cannot be had (Traefik
+    restarting) is no fault: the agents' checks see a Traefik that is down."""
+    found = {}
+    for host in cfg.get("certs", []):
+        try:
+            end = not_after(fetch(host, cfg["certPort"], cfg["timeout"]))
+        except (OSError, ValueError, IndexError):
+            continue
+        left = end - now
+        if left < cfg["certDays"] * 86400:
+            when = f"in {_span(left)}" if left > 0 else f"{_span(-left)} ago"
+            found[f"cert-expiry:{host}"] = f"It ends {_clock(end)} ({when})."
+    return found
+
+
+def _json(path):
+    try:
+        with open(path) as f:
+            found = json.load(f)
+        return found if isinstance(found, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _mtime(path):
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def uptime():
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
+def push_faults(cfg, now):
+    record = _json(cfg["push"]) if cfg.get("push") else None
+    if not record or record.get("result") != "rolled-back":
+        return {}
+    at = record.get("at")
+    when = f"The push at {_clock(at)}" if isinstance(at, (int, float)) else "The last push"
+    return {f"push-rolled-back:{cfg['edge']}": f"{when} failed: {record.get('reason') or 'no reason recorded'}."}
+
+
+def _stale(stamp, now, hours, up):
+    """Seconds since ``stamp`` when past ``hours``; with no stamp, the time since boot
+    (an edge up for less than ``hours`` has had no chance yet)."""
+    age = now - stamp if stamp is not None else up
+    return age if age > hours * 3600 else None
+
+
+def upgrade_faults(cfg, now, up):
+    found, edge = {}, cfg["edge"]
+    reboot = cfg.get("reboot")
+    if reboot:
+        since = _mtime(reboot["file"])
+        if since is not None and now - since > reboot["hours"] * 3600:
+            try:
+                with open(reboot["file"] + ".pkgs") as f:
+                    pkgs = sorted({line.strip() for line in f if line.strip()})
+            except OSError:
+                pkgs = []
+            which = f" ({', '.join(pkgs[:5])}{', ...' if len(pkgs) > 5 else ''})" if pkgs else ""
+            found[f"reboot-required:{edge}"] = f"Updates{which} have waited {_span(now - since)} for it."
+    upgrades = cfg.get("upgrades")
+    if upgrades:
+        stamp = _mtime(upgrades["stamp"])
+        age = _stale(stamp, now, upgrades["hours"], up)
+        if age is not None:
+            found[f"upgrades-failing:{edge}"] = (
+                f"The last run that succeeded was {_span(age)} ago."
+                if stamp is not None
+                else f"No run has succeeded since the edge booted {_span(age)} ago."
+            )
+    return found
+
+
+def is_active(unit):
+    return subprocess.run(["systemctl", "is-active", "--quiet", unit], timeout=10, check=False).returncode == 0
+
+
+def protection_faults(cfg, now, up, active=is_active):
+    found, edge = {}, cfg["edge"]
+    geo = cfg.get("geo")
+    if geo:
+        status = _json(geo["status"]) or {}
+        fetched = status.get("fetched")
+        age = _stale(fetched if isinstance(fetched, (int, float)) and fetched else None, now, geo["hours"], up)
+        if age is not None:
+            error = f" The last attempt: {status['error']}" if status.get("error") else ""
+            found[f"geo-stale:{edge}"] = (
+                f"They were last fetched {_span(age)} ago." if fetched else "They were never fetched."
+            ) + error
+    down = []
+    for unit in cfg.get("crowdsec") or []:
+        try:
+            running = active(unit)
+        except (OSError, subprocess.SubprocessError):
+            continue  # systemctl itself failed: no fact either way
+        if not running:
+            down.append(unit)
+    if down:
+        found[f"crowdsec-down:{edge}"] = f"Not running: {', '.join(down)}."
+    return found
+
+
+def local_faults(cfg, now):
+    """This edge's own faults: key -> what the message adds about it."""
+    up = uptime()
+    return {
+        **cert_faults(cfg, now),
+        **push_faults(cfg, now),
+        **upgrade_faults(cfg, now, up),
+        **protection_faults(cfg, now, up),
+    }
+
+
+def watch_self(cfg, found, lock, every=LOCAL_EVERY_S):
+    """Keep ``found`` (this edge's own faults) current, on its own thread: a handshake
+    that waits for its timeout never holds up the looks at the fleet."""
+    while True:
+        current = local_faults(cfg, time.time())
+        with lock:
+            found.clear()
+            found.update(current)
+        time.sleep(every)
+
+
+# ---------------------------------------------------------------------------
 # Deciding: incidents
 # ---------------------------------------------------------------------------
 
@@ -176,11 +425,12 @@ class Incidents:
         self.pending = {}  # key -> since (a fault not yet an incident)
         self.open = {}  # key -> {"since", "announced", "clear"}
 
-    def restore(self, saved, now):
-        """The incidents a previous run announced (its state file): a restart (every
-        push restarts the daemon) must not announce them again, and must resolve them."""
+    def restore(self, saved, now, kinds):
+        """The incidents of ``kinds`` a previous run announced (its state file): a
+        restart (every push restarts the daemon) must not announce them again, and must
+        resolve them."""
         for key, inc in saved.items():
-            if key.split(":", 1)[0] in WHAT and isinstance(inc.get("since"), (int, float)):
+            if key.split(":", 1)[0] in kinds and isinstance(inc.get("since"), (int, float)):
                 self.open[key] = {"since": inc["since"], "announced": now, "clear": None}
 
     def update(self, current, now):
@@ -204,7 +454,7 @@ class Incidents:
                 if now - inc["clear"] >= self.clear_after:
                     del self.open[key]
                     events.append(("resolved", key, inc["since"], inc["clear"]))
-            elif self.reminder and now - inc["announced"] >= self.reminder:
+            elif self.reminder and now - inc["announced"] >= self.reminder and key.split(":", 1)[0] not in ONCE:
                 inc["announced"] = now
                 events.append(("reminder", key, inc["since"], now))
         return events
@@ -223,17 +473,18 @@ def _span(seconds):
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
-def message(cfg, event):
-    """The message for one event: a dict every channel renders from."""
+def message(cfg, event, detail=""):
+    """The message for one event: a dict every channel renders from.  ``detail`` is
+    what the fault's look found out (a certificate's end, a handshake's age)."""
     status, key, since, at = event
     kind, subject = key.split(":", 1)
-    what, todo, back = (text.format(subject=subject) for text in WHAT[kind])
+    what, todo, back = (text.format(subject=subject, edge=cfg["edge"]) for text in WHAT[kind])
     if status == "resolved":
         title = f"Resolved: {back}"
-        body = f"It was down for {_span(at - since)}, from {_clock(since)} to {_clock(at)}."
+        body = f"It lasted {_span(at - since)}, from {_clock(since)} to {_clock(at)}."
     else:
         title = ("Still: " if status == "reminder" else "") + what[0].upper() + what[1:]
-        body = f"Since {_clock(since)} ({_span(at - since)}). {todo}"
+        body = f"Since {_clock(since)} ({_span(at - since)}). {detail + ' ' if detail else ''}{todo}"
     return {
         "stack": cfg["stack"],
         "status": status,
@@ -382,6 +633,19 @@ def channels(cfg, secrets):
 # ---------------------------------------------------------------------------
 
 
+def decide(cfg, incidents, own, current, mine, lead, now):
+    """The messages this daemon sends now: the fleet's incidents if it leads, its own
+    edge's (``mine``: key -> detail) always.  Every event is logged, sent or not."""
+    events = [(e, lead == cfg["edge"]) for e in incidents.update(current, now)]
+    events += [(e, True) for e in own.update(set(mine), now)]
+    out = []
+    for event, send in events:
+        print(f"cgnat-edge-alerts: {event[0]} {event[1]}", flush=True)
+        if send:
+            out.append(message(cfg, event, mine.get(event[1], "")))
+    return out
+
+
 def write_state(path, state):
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -389,13 +653,13 @@ def write_state(path, state):
     os.replace(tmp, path)
 
 
-def state_of(cfg, lead, incidents, outlets, views):
+def state_of(cfg, lead, incidents, own, outlets, views):
     return {
         "edge": cfg["edge"],
         "leader": lead,
         "seen": sorted(name for name, view in views.items() if view.seen),
         "updated": time.time(),
-        "incidents": {k: {"since": v["since"]} for k, v in incidents.open.items()},
+        "incidents": {k: {"since": v["since"]} for k, v in (incidents.open | own.open).items()},
         "channels": {c.name: dict(c.state) for c in outlets},
     }
 
@@ -413,10 +677,14 @@ def main():
     lock = threading.Lock()
     views = {e["name"]: View() for e in cfg["edges"]}
     incidents = Incidents(cfg["after"], cfg["reminder"], cfg["interval"])
+    own = Incidents(cfg["after"], cfg["reminder"], cfg["interval"])  # this edge's, sent by it alone
+    found = {}
+    threading.Thread(target=watch_self, args=(cfg, found, lock), daemon=True, name="self").start()
     try:
         with open(cfg["state"]) as f:
             saved = json.load(f)
-        incidents.restore(saved.get("incidents", {}), time.time())
+        incidents.restore(saved.get("incidents", {}), time.time(), set(WHAT) - LOCAL)
+        own.restore(saved.get("incidents", {}), time.time(), LOCAL)
         for name in saved.get("seen", []):
             if name in views:
                 views[name].seen = True
@@ -438,16 +706,14 @@ def main():
         now = time.monotonic()
         with lock:
             current, lead = faults(cfg, views, now), leader(cfg, views, now)
+            mine = dict(found)
         if lead != was_leader:
             print(f"cgnat-edge-alerts: {lead} leads", flush=True)
             was_leader = lead
-        for event in incidents.update(current, time.time()):
-            print(f"cgnat-edge-alerts: {event[0]} {event[1]}", flush=True)
-            if lead == cfg["edge"]:
-                msg = message(cfg, event)
-                for c in outlets:
-                    c.put(msg)
-        write_state(cfg["state"], state_of(cfg, lead, incidents, outlets, views))
+        for msg in decide(cfg, incidents, own, current, mine, lead, time.time()):
+            for c in outlets:
+                c.put(msg)
+        write_state(cfg["state"], state_of(cfg, lead, incidents, own, outlets, views))
         time.sleep(max(0.0, cfg["interval"] - (time.monotonic() - started)))
 
 

@@ -445,26 +445,41 @@ rollback() {
   python3 "$verify" >&2 || warn "after the rollback the edge still differs from its files"
 }
 
+record() {
+  # How this push ended, for the alert daemon (a dynamic user: the file is 0644 in a
+  # folder it may pass through but not list): rolled-back is an alert until a push is ok.
+  python3 -c 'import json, sys, time
+print(json.dumps({"result": sys.argv[1], "at": int(time.time()), "reason": sys.argv[2]}))' "$1" "$2" >"$push_result.new"
+  chmod 0644 "$push_result.new"
+  mv -f "$push_result.new" "$push_result"
+}
+
 main() {
   read_bundle
   validate
   # shellcheck disable=SC2174 # only the state directory itself is new; its parent exists
-  mkdir -p -m 0700 "$state_dir"
+  mkdir -p -m 0711 "$state_dir"
+  # Passable, not listable: previous/ (0700) keeps the old files, secrets among them.
+  chmod 0711 "$state_dir"
   snapshot
   swap_in
+  local failed=""
   # A separate process, so that `set -e` holds inside (it does not in a `||` list).
   (reconcile) &
   if ! wait $!; then
-    rollback
-    die "FAILED: the edge could not apply the new configuration; it runs the previous one again"
+    failed="the edge could not apply the new configuration"
+  elif ! python3 "$verify"; then
+    failed="the edge does not run the new configuration (see DIFFERS above)"
   fi
-  if ! python3 "$verify"; then
+  if [[ -n $failed ]]; then
     rollback
-    die "FAILED: the edge does not run the new configuration (see DIFFERS above); it runs the previous one again"
+    record rolled-back "$failed"
+    die "FAILED: $failed; it runs the previous one again"
   fi
   cp "$stage/$bundle_manifest" "$state_dir/$bundle_manifest"
   rm -rf "$state_dir/previous"
   mv "$state_dir/previous.new" "$state_dir/previous"
+  record ok ""
   log "done: the edge runs the new configuration (the one before is kept in $state_dir/previous)"
 }
 

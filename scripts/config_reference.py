@@ -66,6 +66,7 @@ SEE = {
             "alertSmtpPassword",
             "alertAfterSeconds",
             "alertReminderHours",
+            "alertCertDays",
         )
     },
 }

@@ -179,7 +179,9 @@ def test_no_reminders_with_reminder_zero():
 
 def test_restored_incidents_are_not_announced_again_but_resolve():
     inc = alerts.Incidents(after=60, reminder=3600, interval=2)
-    inc.restore({"tunnel-down:ams": {"since": NOW - 500}, "bogus:x": {"since": 1}, "edge-down:hel": {}}, NOW)
+    inc.restore(
+        {"tunnel-down:ams": {"since": NOW - 500}, "bogus:x": {"since": 1}, "edge-down:hel": {}}, NOW, alerts.WHAT
+    )
     assert set(inc.open) == {"tunnel-down:ams"}
     assert inc.update({"tunnel-down:ams"}, NOW + 2) == []
     events = [e for t in range(4, 20, 2) for e in inc.update(set(), NOW + t)]
@@ -196,7 +198,7 @@ def test_messages_say_what_where_since_when_and_what_to_do():
     assert "wg show" in fire["message"] and fire["message"].endswith("(Reported by edge fsn.)")
     done = alerts.message(CFG, ("resolved", "service-down:cloud", 1_700_000_000, 1_700_000_600))
     assert done["title"] == "[cgnat-edge/test] Resolved: service cloud answers again"
-    assert "down for 10 min" in done["message"] and done["status"] == "resolved"
+    assert "lasted 10 min" in done["message"] and done["status"] == "resolved"
     edge = alerts.message(CFG, ("reminder", "edge-down:hel", 1_700_000_000, 1_700_021_600))
     assert edge["title"] == "[cgnat-edge/test] Still: Edge hel is unreachable from the other edges"
     body = alerts.webhook_body(fire)

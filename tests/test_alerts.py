@@ -38,16 +38,17 @@ def test_channels_and_thresholds_are_read():
             alertSmtpTo=["me@example.org"],
             alertAfterSeconds="30",
             alertReminderHours=0,
+            alertCertDays="7",
         )
     )
     assert cfg.alerts is not None
     assert cfg.alerts.channels == ("ntfy", "smtp")
-    assert (cfg.alerts.after_s, cfg.alerts.reminder_s) == (30, 0)
+    assert (cfg.alerts.after_s, cfg.alerts.reminder_s, cfg.alerts.cert_days) == (30, 0, 7)
     smtp = cfg.alerts.smtp
     assert smtp is not None
     assert (smtp.host, smtp.port, smtp.security, smtp.user) == ("smtp.example.org", 465, SmtpSecurity.TLS, None)
     default = config.parse(_raw(alertWebhookUrl=SECRET_SET)).alerts
-    assert default is not None and (default.after_s, default.reminder_s) == (60, 6 * 3600)
+    assert default is not None and (default.after_s, default.reminder_s, default.cert_days) == (60, 6 * 3600, 14)
     relay = config.parse(
         _raw(alertSmtpServer="192.0.2.25", alertSmtpFrom="edges@example.org", alertSmtpTo=["me@example.org"])
     ).alerts
@@ -119,6 +120,12 @@ def test_the_secrets_reach_the_edges_in_the_push_only():
         me = next(e for e in daemon["edges"] if e["name"] == edge)
         assert me["agent"] == f"http://127.0.0.1:{edge_dns.HEALTH_PORT}"
         assert daemon["smtp"]["user"] == "edges@example.org" and password not in json.dumps(daemon)
+        # Only the http service's hostnames: passthrough's certificates are home's, not the edge's.
+        assert (daemon["certs"], daemon["certDays"], daemon["certPort"]) == (["blog.example.org"], 14, 443)
+        assert daemon["push"] == edge_contract.PUSH_RESULT
+        assert daemon["reboot"] == {"file": edge_contract.REBOOT_REQUIRED, "hours": 30}
+        assert daemon["upgrades"] == {"stamp": edge_contract.UPGRADES_STAMP, "hours": 48}
+        assert daemon["geo"] is None and daemon["crowdsec"] is None, "no protection: nothing to watch refresh"
         health = json.loads(files[edge_contract.HEALTH_CONF].content)
         assert health["checks"][daemon["tunnelCheck"]][0]["kind"] == "tunnel"
         assert set(daemon["services"].values()) <= set(health["checks"])
@@ -152,6 +159,17 @@ def test_without_a_channel_nothing_changes_on_the_edges(dev_run):
     health = json.loads(files[edge_contract.HEALTH_CONF].content)
     assert edge_dns.TUNNEL_CHECK not in json.dumps(health)
     assert all(spec["kind"] != "tunnel" for specs in health["checks"].values() for spec in specs)
+
+
+def test_the_daemon_watches_the_country_lists_and_crowdsec_only_when_they_are_on():
+    run = offline.run_program(
+        DEV_STACK,
+        config_overrides={"denyCountries": '["CN"]', "crowdsec": "offline"},
+        secrets={"alertNtfyUrl": "https://ntfy.sh/t-" + os.urandom(6).hex()},
+    )
+    daemon = json.loads(_decoded(run, "ams")[edge_contract.ALERTS_CONF].content)
+    assert daemon["geo"] == {"status": edge_contract.GEO_STATUS, "hours": 48}
+    assert daemon["crowdsec"] == [edge_contract.CROWDSEC_UNIT, edge_contract.BOUNCER_UNIT]
 
 
 def test_the_pushed_files_list_every_alert_file_but_the_secret_one():

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from components.config.acme import EMAIL_RE
 from components.config.keys import SECRET_SET, fix_key
 from components.config.parser import Parser
-from components.model.alerts import SECRET_KEYS, AlertsSpec, SmtpSecurity, SmtpSpec
+from components.model.alerts import MAX_CERT_DAYS, SECRET_KEYS, AlertsSpec, SmtpSecurity, SmtpSpec
 
 SMTP_PORTS = {SmtpSecurity.STARTTLS: 587, SmtpSecurity.TLS: 465}
 MAX_AFTER_S = 3600
@@ -45,6 +45,9 @@ def parse(p: Parser) -> AlertsSpec | None:
     reminder = p.get("alertReminderHours")
     if not 0 <= reminder <= MAX_REMINDER_H:
         p.fail("alertReminderHours", f"{reminder} is out of range; use 0 (never) to {MAX_REMINDER_H} hours")
+    cert_days = p.get("alertCertDays")
+    if not 1 <= cert_days <= MAX_CERT_DAYS:
+        p.fail("alertCertDays", f"{cert_days} is out of range; use 1 to {MAX_CERT_DAYS} days")
     smtp = _smtp(p, bool(secrets["alertSmtpPassword"]))
     spec = AlertsSpec(
         ntfy=bool(secrets["alertNtfyUrl"]),
@@ -52,6 +55,7 @@ def parse(p: Parser) -> AlertsSpec | None:
         smtp=smtp,
         after_s=after,
         reminder_s=reminder * 3600,
+        cert_days=cert_days,
     )
     return spec if spec.channels else None
 

@@ -130,6 +130,11 @@ KEYS: dict[str, tuple[str, Any, str]] = {
         alerts.DEFAULT_REMINDER_H,
         "An incident that lasts is announced again this often; 0 = only when it starts and ends.",
     ),
+    "alertCertDays": (
+        "integer",
+        alerts.DEFAULT_CERT_DAYS,
+        "Alert when the certificate an edge serves for an http hostname has fewer days left than this.",
+    ),
 }
 
 SECRET_SET = "<secret>"

@@ -23,6 +23,8 @@ BUNDLE_FILES = "files"
 
 STATE_DIR = "/var/lib/cgnat-edge"
 """The push's own state: the last bundle's MANIFEST and the files it replaced."""
+PUSH_RESULT = f"{STATE_DIR}/push-result.json"
+"""How the last push ended (ok or rolled-back, when, why), readable by the alert daemon."""
 DESIRED = "/etc/cgnat-edge/desired.json"
 VERIFY = "/usr/local/sbin/cgnat-edge-verify"
 INSTALL_TRAEFIK = "/usr/local/sbin/cgnat-edge-install-traefik"

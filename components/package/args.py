@@ -105,3 +105,5 @@ class EdgeFleetArgs(TypedDict, total=False):
     """How long a tunnel, edge or service is down before it is an alert; a router's nightly reconnect is shorter."""
     alert_reminder_hours: int
     """An incident that lasts is announced again this often; 0 = only when it starts and ends."""
+    alert_cert_days: int
+    """Alert when the certificate an edge serves for an http hostname has fewer days left than this."""

@@ -12,10 +12,12 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from components.model import alerts as model
 from components.model import edge_contract
 from components.model.deployed import DeployedEdge
-from components.model.fleet import EdgeSpec, FleetConfig
-from components.renderers import edge_dns, templates
+from components.model.fleet import EdgeSpec, FleetConfig, Mode
+from components.model.protection import CrowdSec
+from components.renderers import edge_dns, protection, templates
 from components.renderers.bundle import NodeFile
 
 INTERVAL_S = 2
@@ -23,6 +25,9 @@ INTERVAL_S = 2
 often would only repeat answers."""
 TIMEOUT_S = 3
 """An agent answers from memory at once; three seconds is a lost packet and its retry."""
+HTTPS_PORT = 443
+"""Where the edge's own Traefik serves every ``http`` service (its ``websecure``
+entrypoint): the daemon asks it on loopback for the certificate of each hostname."""
 UNIT_PATH = f"{edge_contract.SYSTEMD_DIR}/{edge_contract.ALERTS_UNIT}"
 CHANNEL_FILE = edge_contract.ALERT_CHANNELS
 
@@ -48,6 +53,18 @@ def daemon_config(cfg: FleetConfig, edge: EdgeSpec, fleet: Sequence[DeployedEdge
         "services": {s.name: edge_dns.check_id(cfg, s) for s in cfg.services},
         "after": cfg.alerts.after_s,
         "reminder": cfg.alerts.reminder_s,
+        "certs": sorted({h for s in cfg.services if s.mode is Mode.HTTP for h in s.hostnames}),
+        "certDays": cfg.alerts.cert_days,
+        "certPort": HTTPS_PORT,
+        "push": edge_contract.PUSH_RESULT,
+        "reboot": {"file": edge_contract.REBOOT_REQUIRED, "hours": model.REBOOT_WAIT_H},
+        "upgrades": {"stamp": edge_contract.UPGRADES_STAMP, "hours": model.UPGRADES_STALE_H},
+        "geo": {"status": edge_contract.GEO_STATUS, "hours": model.REFRESH_STALE_H}
+        if protection.countries(cfg)
+        else None,
+        "crowdsec": [edge_contract.CROWDSEC_UNIT, edge_contract.BOUNCER_UNIT]
+        if cfg.protection.crowdsec != CrowdSec.OFF
+        else None,
         "interval": INTERVAL_S,
         "timeout": TIMEOUT_S,
         "state": edge_contract.ALERTS_STATE,
