@@ -229,7 +229,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--alerts",
         action="store_true",
-        help="with a webhook and an SMTP relay in the lab: break a tunnel, a service and an edge, time the alerts",
+        help="with a webhook and an SMTP relay in the lab: break a tunnel, a service, an edge and a certificate, "
+        "time the alerts",
     )
     p.add_argument("--report", help="write every check as JSON to this file")
     p.set_defaults(func=cmd_lab)

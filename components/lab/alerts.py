@@ -24,6 +24,11 @@ Rows (seconds from the fault, or from its repair, to the message at the receiver
   tunnel to the leader goes down and comes back: once the receiver is back both
   messages arrive, once each, in order; meanwhile the leader's state file (what
   ``status`` reads) names the failing channel.  Seconds from the receiver's return.
+* ``alert:cert-expiry``      the leader's Traefik serves, for each ``http`` hostname, a
+  certificate that ends in half a day (``alertCertDays`` is 1 in the lab, where the
+  stand-in for the ACME certificate lasts two); one alert per hostname, sent by that
+  edge itself, which looks at its own certificates once a minute: ok within a minute
+  and ``GOAL_S``.
 * ``alert:mail``             the first tunnel-down alert as e-mail: its subject names
   the edge, its body the edge that sent it.
 * ``alert:duplicates``       every message the run received beyond one per incident
@@ -72,6 +77,13 @@ REFUSE_S = 40.0
 SETTLE_S = 3.0
 """After a row's last message: time for a duplicate to show up."""
 POLL_S = 0.2
+CERT_DAYS = 1
+ROW_KINDS = ("tunnel-down", "edge-down", "service-down", "cert-expiry")
+"""The kinds the rows make.  The others (upgrades, country lists...) depend on the
+machine the lab runs on (an edge's uptime is the machine's): they are shown, not counted."""
+CERT_LEFT_DAYS = 0.5
+LOCAL_EVERY_S = 60.0
+"""The daemon looks at its own edge (its certificates) once a minute."""
 MEMORY_MAX_MB = 48
 """The unit's MemoryMax=48M."""
 SENDER, RECIPIENT, LOGIN = "edges@example.org", "ops@example.org", "edges@example.org"
@@ -99,6 +111,11 @@ class Plan:
             "alertSmtpUser": LOGIN,
             "alertAfterSeconds": AFTER_S,
             "alertReminderHours": 0,
+            # The lab's stand-in for the ACME certificate lasts two days: only the
+            # certificate the cert-expiry row serves is close to its end.
+            "alertCertDays": CERT_DAYS,
+            # No CrowdSec runs in a lab without --protection: it would be an alert.
+            "crowdsec": "off",
         }
 
     @property
@@ -307,6 +324,8 @@ class AlertLab:
         self.receiver = plan.receiver
         self.expected: set[str] = set()
         self.started = time.monotonic()
+        self.cert_hosts: list[str] = []
+        self.cert_start = self.started
         self.tunnel_window: tuple[float, float] | None = None
         """From the tunnel-down row's fault to its end: the mail row's messages."""
 
@@ -456,17 +475,57 @@ class AlertLab:
         )
         return Check(name, ok, round(at - since, 1), "s", detail)
 
+    def expire_certificate(self) -> None:
+        """The leader's Traefik serves, for every ``http`` hostname, a certificate that
+        ends in ``CERT_LEFT_DAYS``: what failed renewals leave."""
+        hosts = sorted({h for s in self.el.cfg.services if s.mode is Mode.HTTP for h in s.hostnames})
+        self.cert_hosts = hosts
+        self.cert_start = time.monotonic()
+        if not hosts:
+            return
+        for host in hosts:
+            self.expected.add(f"cert-expiry:{host}")
+        cert = self_signed(hosts, self.el.lab.workdir, "expiring", valid_days=CERT_LEFT_DAYS)
+        standin = {"tls": {"certificates": [{"certFile": str(cert.cert), "keyFile": str(cert.key)}]}}
+        self.el.edges[self.leader].node.write(
+            f"{edge_contract.TRAEFIK_DYNAMIC_DIR}/lab-acme-standin.yaml", json.dumps(standin), 0o644
+        )
+
+    def cert_expiry(self) -> Check:
+        name = "alert:cert-expiry"
+        if not self.cert_hosts:
+            return Check(name, False, None, "s", "the stack has no http service: no certificate to expire")
+        keys = [f"cert-expiry:{host}" for host in self.cert_hosts]
+        end = self.cert_start + LOCAL_EVERY_S + GIVE_UP_S
+        while time.monotonic() < end and not all(self.receiver.accepted(k, "firing", self.cert_start) for k in keys):
+            time.sleep(POLL_S)
+        time.sleep(SETTLE_S)
+        got = {k: self.receiver.accepted(k, "firing", self.cert_start) for k in keys}
+        arrived = [rs[0].at for rs in got.values() if rs]
+        seconds = round(max(arrived) - self.cert_start, 1) if len(arrived) == len(keys) else None
+        senders = sorted({r.edge for rs in got.values() for r in rs})
+        once = all(len(rs) == 1 for rs in got.values())
+        ok = seconds is not None and seconds <= LOCAL_EVERY_S + GOAL_S and once and senders == [self.leader]
+        detail = (
+            f"edge {self.leader} serves a certificate ending in {CERT_LEFT_DAYS:g} days for "
+            f"{', '.join(self.cert_hosts)} (alertCertDays {CERT_DAYS}): "
+            + "; ".join(f"{k}: {len(rs)} message(s)" for k, rs in got.items())
+            + f"; sent by {', '.join(senders) or 'none'} (it looks at its own certificates once a minute)"
+        )
+        return Check(name, ok, seconds if seconds is not None else f">{LOCAL_EVERY_S + GIVE_UP_S:g}", "s", detail)
+
     def duplicates(self) -> Check:
         counts = collections.Counter(
             (r.key, r.status) for r in self.receiver.hook.messages() if r.accepted and r.at >= self.started
         )
         extra = {k: n - 1 for k, n in counts.items() if n > 1}
-        stray = sorted({key for key, _ in counts if key not in self.expected})
+        stray = sorted({key for key, _ in counts if key not in self.expected and key.split(":")[0] in ROW_KINDS})
+        other = sorted({key for key, _ in counts if key.split(":")[0] not in ROW_KINDS})
         value = sum(extra.values()) + sum(counts[k] for k in counts if k[0] in stray)
         detail = (
             f"{sum(counts.values())} webhook messages accepted for {len(self.expected)} incidents; "
             f"repeated: {extra or 'none'}; not from a fault of the run: {stray or 'none'}; "
-            f"requests to another path: {self.receiver.hook.strays}"
+            f"requests to another path: {self.receiver.hook.strays}; of the machine the lab runs on: {other or 'none'}"
         )
         return Check("alert:duplicates", value == 0 and self.receiver.hook.strays == 0, value, "messages", detail)
 
@@ -501,7 +560,9 @@ class AlertLab:
         def quiet() -> bool:
             states = [self._state(name) for name in self.el.edges]
             return all(
-                s.get("edge") and not s.get("incidents") and not any(c.get("queued") for c in s["channels"].values())
+                s.get("edge")
+                and not any(key.split(":")[0] in ROW_KINDS for key in s.get("incidents") or {})
+                and not any(c.get("queued") for c in s["channels"].values())
                 for s in states
             )
 
@@ -510,9 +571,11 @@ class AlertLab:
 
     def run(self) -> list[Check]:
         self.settle()
+        self.expire_certificate()  # its alert comes within a minute, while the next rows run
         rows = self.tunnel_down()
         rows += self.service_down()
         rows += self.edge_down()
+        rows.append(self.cert_expiry())
         rows.append(self.channel_down())
         rows.append(self.mail())
         rows.append(self.duplicates())
