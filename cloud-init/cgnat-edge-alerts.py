@@ -360,7 +360,14 @@ def upgrade_faults(cfg, now, up):
 
 
 def is_active(unit):
-    return subprocess.run(["systemctl", "is-active", "--quiet", unit], timeout=10, check=False).returncode == 0
+    """Whether ``unit`` runs, by what systemd says of it; a systemctl that cannot ask
+    (no answer, no such state) raises: no fact, rather than a false alarm."""
+    said = subprocess.run(["systemctl", "is-active", unit], capture_output=True, text=True, timeout=10).stdout.strip()
+    if said in ("active", "reloading", "activating"):
+        return True
+    if said in ("inactive", "failed", "deactivating"):
+        return False
+    raise subprocess.SubprocessError(f"systemctl is-active {unit}: {said or 'no answer'}")
 
 
 def protection_faults(cfg, now, up, active=is_active):
@@ -403,7 +410,12 @@ def watch_self(cfg, found, lock, every=LOCAL_EVERY_S):
     """Keep ``found`` (this edge's own faults) current, on its own thread: a handshake
     that waits for its timeout never holds up the looks at the fleet."""
     while True:
-        current = local_faults(cfg, time.time())
+        try:
+            current = local_faults(cfg, time.time())
+        except Exception as exc:  # a look that breaks must not end the looking
+            print(f"cgnat-edge-alerts: looking at this edge: {type(exc).__name__}: {exc}", flush=True)
+            time.sleep(every)
+            continue
         with lock:
             found.clear()
             found.update(current)

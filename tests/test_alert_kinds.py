@@ -314,3 +314,17 @@ def test_an_edge_sends_its_own_incidents_whether_it_leads_or_not():
     assert [(m["kind"], m["edge"]) for m in sent] == [("cert-expiry", "ams")], "fsn leads: hel's tunnel is fsn's"
     assert "It ends soon." in sent[0]["message"]
     assert set(fleet.open) == {"tunnel-down:hel"}, "kept, to send its resolved message if the lead comes here"
+
+
+def test_is_active_reads_what_systemctl_says(tmp_path: Path, monkeypatch):
+    """A fake systemctl first on PATH: its words decide, and a systemctl that cannot ask
+    systemd is no fact (not a CrowdSec that is down)."""
+    fake = tmp_path / "systemctl"
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    for said, code, expected in (("active", 0, True), ("failed", 3, False), ("inactive", 3, False)):
+        fake.write_text(f"#!/bin/sh\necho {said}\nexit {code}\n")
+        fake.chmod(0o755)
+        assert alerts.is_active("crowdsec.service") is expected
+    fake.write_text("#!/bin/sh\necho 'Failed to connect to bus' >&2\nexit 1\n")
+    with pytest.raises(subprocess.SubprocessError):
+        alerts.is_active("crowdsec.service")

@@ -292,6 +292,13 @@ def test_a_change_the_edge_cannot_run_is_rolled_back(el, tmp_path):
     assert "8883" not in edge.node.run("nft", "list", "ruleset").stdout
     assert edge.ssh("python3 /usr/local/sbin/cgnat-edge-verify").returncode == 0
     assert not _failed(smoke(el, edges=["ams"]))
+    # The record the alert daemon reads: readable by anyone, in a folder none but root lists.
+    record = json.loads(edge.read(edge_contract.PUSH_RESULT))
+    assert record["result"] == "rolled-back" and record["reason"] in result.output
+    modes = edge.node.run("stat", "-c", "%a", edge_contract.PUSH_RESULT, edge_contract.STATE_DIR).stdout.split()
+    assert modes == ["644", "711"]
+    assert edge.push(el.rendered.bundle("ams")).ok
+    assert json.loads(edge.read(edge_contract.PUSH_RESULT))["result"] == "ok"
 
 
 def test_an_edge_of_the_single_unit_days_is_handed_over_to_the_slots(el):
