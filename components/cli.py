@@ -235,7 +235,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--alerts",
         action="store_true",
-        help="then check what the edges tell: metrics scraped from home through the tunnels, closed to the internet",
+        help="with a webhook and an SMTP relay in the lab: break a tunnel, a service, an edge and a certificate, "
+        "time the alerts; then scrape the metrics from home through the tunnels, closed to the internet",
     )
     p.add_argument("--report", help="write every check as JSON to this file")
     p.set_defaults(func=cmd_lab)

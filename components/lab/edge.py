@@ -13,7 +13,8 @@ What the lab changes on the edge, and why (everything else is byte for byte):
 * ACME cannot succeed in a closed lab: a lab certificate for the ``http`` hostnames
   is added to the dynamic folder, standing in for Let's Encrypt's.
 * ``systemctl`` asks a stand-in for systemd in the lab process, which starts, signals
-  and stops the same processes systemd would (``Edge._systemctl``); ``cloud-init
+  and stops the same processes systemd would (``Edge._systemctl``), with what the
+  units' ``StateDirectory=`` and ``LoadCredential=`` ask for, as root; ``cloud-init
   status`` answers done.
 * ``--protection`` adds its mirror's certificate to the edge's trust store
   (components/lab/protection.py), as a local CA would be added.
@@ -29,6 +30,7 @@ What the lab changes on the edge, and why (everything else is byte for byte):
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import socketserver
@@ -50,9 +52,20 @@ from components.model.protection import CrowdSec
 from components.renderers import bootstrap, edge_dns
 
 TRAEFIK_BINARY = Path(sys.executable).parent / "traefik"
-SPAWNED_UNITS = ("pdns.service", "cgnat-edge-health.service", edge_contract.NODE_EXPORTER_UNIT)
-"""Units the stand-in runs as processes, like Traefik's slots."""
+SPAWNED_UNITS = (
+    "pdns.service",
+    "cgnat-edge-health.service",
+    "cgnat-edge-alerts.service",
+    edge_contract.NODE_EXPORTER_UNIT,
+)
+"""Units the stand-in runs as processes, like Traefik's slots: the DNS units of dnsMode
+edges, the alert daemon of a stack with an alert channel, the metrics exporter."""
 CROWDSEC = (edge_contract.CROWDSEC_UNIT, edge_contract.BOUNCER_UNIT)
+EXEC_UNITS = {
+    edge_contract.HEALTH_UNIT: edge_dns.AGENT_UNIT_PATH,
+    edge_contract.ALERTS_UNIT: f"{edge_contract.SYSTEMD_DIR}/{edge_contract.ALERTS_UNIT}",
+}
+"""Units started from their own unit file's ExecStart (the file the push wrote)."""
 
 
 class RunningLab(Protocol):
@@ -231,10 +244,8 @@ class Edge:
             self.units[unit] = self.node.spawn(
                 edge_contract.NODE_EXPORTER, *shlex.split(args), log=self.work / "node-exporter.log"
             )
-        elif unit == edge_contract.HEALTH_UNIT:
-            text = self.read(edge_dns.AGENT_UNIT_PATH)
-            exec_start = next(x.split("=", 1)[1] for x in text.splitlines() if x.startswith("ExecStart="))
-            self.units[unit] = self.node.spawn(*shlex.split(exec_start), log=self.work / "health.log")
+        elif unit in EXEC_UNITS:
+            self.units[unit] = self._spawn_unit(unit, self.read(EXEC_UNITS[unit]))
         elif unit in CROWDSEC and self.crowdsec_daemons:
             start = crowdsec_units.agent if unit == edge_contract.CROWDSEC_UNIT else crowdsec_units.bouncer
             self.units[unit] = start(self.node, self.work / "crowdsec")
@@ -248,6 +259,29 @@ class Edge:
             self.sshd = self.node.spawn(
                 "/usr/sbin/sshd", "-D", "-e", "-o", "PidFile=none", "-o", "UsePAM=no", log=self.work / "sshd.log"
             )
+
+    def _spawn_unit(self, unit: str, text: str) -> subprocess.Popen:
+        """The unit's ExecStart, with what systemd gives it first: ``StateDirectory=``
+        made under /var/lib, each ``LoadCredential=`` copied (read-only) into a folder of
+        its own named by ``$CREDENTIALS_DIRECTORY``.  The process runs as root (a
+        namespace has no dynamic users)."""
+        settings = [line.partition("=")[::2] for line in text.splitlines() if "=" in line and line[:1] != "#"]
+        exec_start = next(value for key, value in settings if key == "ExecStart")
+        env = None
+        for key, value in settings:
+            if key == "StateDirectory":
+                self.node.run("mkdir", "-p", "-m", "0755", f"/var/lib/{value}")
+            elif key == "LoadCredential":
+                name, _, source = value.partition(":")
+                credentials = self.work / "credentials" / unit
+                credentials.mkdir(parents=True, exist_ok=True, mode=0o700)
+                (credentials / name).unlink(missing_ok=True)
+                (credentials / name).write_text(self.read(source))
+                (credentials / name).chmod(0o400)
+                env = {**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)}
+        return self.node.spawn(
+            *shlex.split(exec_start), env=env, log=self.work / f"{unit.removesuffix('.service')}.log"
+        )
 
     def _systemctl(self, argv: list[str]) -> tuple[int, str, str]:
         with open(self.systemctl_log, "a") as f:

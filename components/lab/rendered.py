@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from components.config import stack
+from components.config.keys import SECRET_SET
 from components.lab.edge import TRAEFIK_BINARY
 from components.model import edge_contract
 from components.model.fleet import FleetConfig
@@ -96,6 +97,7 @@ def render_stack(
     state: Mapping[str, dict] | None = None,
     operator_key: tuple[str, str] | None = None,
     release: tuple[str, str] | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> Rendered:
     """Render the stack offline for the lab.
 
@@ -106,7 +108,8 @@ def render_stack(
     Traefik release is ``release`` (version, executable digest), by default the pinned
     version with the digest of the executable the lab runs (this machine's
     architecture, whatever the edge's), so a push finds its edge on the pinned release.
-    Everything else is the stack as written."""
+    Everything else is the stack as written, with ``secrets`` (key -> plain text) set
+    as ``pulumi config set --secret`` sets them."""
     operator_key = operator_key or generate_host_key()
     overrides = {"homePublicKey": None, **(config_overrides or {})}
     keys = overrides.get("sshPublicKeys", stack.load(stack_file, project_file, overrides).raw().get("sshPublicKeys"))
@@ -115,6 +118,10 @@ def render_stack(
         keys.append(operator_key[1])
     overrides["sshPublicKeys"] = keys
     with pinned(*(release or (traefik.VERSION, lab_executable_sha256()))):
-        run = offline.run_program(stack_file, project_file=project_file, config_overrides=overrides, state=state)
+        run = offline.run_program(
+            stack_file, project_file=project_file, config_overrides=overrides, state=state, secrets=secrets
+        )
     render.write(run, out, show_secrets=False)
-    return Rendered(run, stack.load(stack_file, project_file, overrides).parse(), out, operator_key)
+    # The typed config sees a secret only as set, as the running program does.
+    typed = {**overrides, **dict.fromkeys(secrets or {}, SECRET_SET)}
+    return Rendered(run, stack.load(stack_file, project_file, typed).parse(), out, operator_key)

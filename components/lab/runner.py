@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from components.lab import alerts as alert_lab
 from components.lab import platform_firewall, smoke
 from components.lab.attacks import run_attacks
 from components.lab.build import build
@@ -59,8 +60,16 @@ def run(
     if missing:
         raise LabError(f"missing tools: {', '.join(missing)}")
     with tempfile.TemporaryDirectory(prefix="cgnat-edge-lab-") as tmp:
-        rendered = render_stack(stack_file, Path(out or tmp) / "render", project_file=project_file)
-        with build(rendered) as el:
+        # --alerts: the stack gets alert channels the lab receives (secrets made for the run).
+        plan = alert_lab.Plan() if alerts else None
+        rendered = render_stack(
+            stack_file,
+            Path(out or tmp) / "render",
+            project_file=project_file,
+            config_overrides=plan.overrides if plan else None,
+            secrets=plan.secrets if plan else None,
+        )
+        with build(rendered, before_push=plan.receive if plan else None) as el:
             results = smoke.smoke(el)
             rows = smoke.rows(results)
             rows += platform_firewall.checks(el)
@@ -79,7 +88,8 @@ def run(
             if pushes:
                 rows += run_pushes(el, stack_file, project_file)
                 rows += run_day2(el, stack_file, project_file)
-            if alerts:
+            if plan is not None:
+                rows += alert_lab.run_alerts(el, plan)
                 rows += run_metrics(el)
     if report is not None:
         write_report(report, rows)
