@@ -75,6 +75,9 @@ GOAL_S = 30.0
 GIVE_UP_S = 60.0
 REFUSE_S = 40.0
 SETTLE_S = 3.0
+HOLD_S = 10.0
+"""How long a fault stays after its first alert: a second sender (an edge that should
+not send) has as long as the first had, so a doubled alert is seen."""
 """After a row's last message: time for a duplicate to show up."""
 POLL_S = 0.2
 CERT_DAYS = 1
@@ -338,6 +341,7 @@ class AlertLab:
         start = time.monotonic()
         fault()
         fired = self.receiver.wait(key, "firing", start)
+        time.sleep(HOLD_S)
         repair()
         back = time.monotonic()
         resolved = self.receiver.wait(key, "resolved", back)
