@@ -27,13 +27,10 @@ The edge-side checks (``traefik_version``, ``crowdsec_running``, ``banned``) tak
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
-import io
 import json
 import re
 import subprocess
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,6 +43,7 @@ from components.lab.edge import TRAEFIK_BINARY
 from components.lab.edge_lab import EdgeLab
 from components.lab.file_server import FileServer
 from components.lab.netns import wait_for
+from components.lab.rehearse import release_tarball
 from components.lab.report import Check
 from components.lab.rollout import rollout
 from components.lab.topology import attach, free_internet_addresses
@@ -107,19 +105,6 @@ def second_executable(executable: bytes, version: str = traefik.VERSION) -> tupl
     if count == 0:
         raise ValueError(f"the Traefik executable holds no version string {version!r}")
     return patched, new
-
-
-def release_tarball(executable: bytes) -> bytes:
-    """A release tarball laid out as the official ones: ``traefik`` at the top."""
-    raw = io.BytesIO()
-    with (
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=1) as gz,
-        tarfile.open(fileobj=gz, mode="w") as tar,
-    ):
-        info = tarfile.TarInfo("traefik")
-        info.size, info.mode = len(executable), 0o755
-        tar.addfile(info, io.BytesIO(executable))
-    return raw.getvalue()
 
 
 class ReleaseServer:
