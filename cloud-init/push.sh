@@ -397,32 +397,34 @@ reconcile_edge_dns() {
     systemctl disable --now --quiet "$pdns_unit" 2>/dev/null || true
     log "edge DNS stopped (dnsMode is no longer edges)"
   fi
-  if [[ -f $health_conf ]]; then
-    if was_changed "$health_agent" || was_changed "$health_conf" || was_changed "$systemd_dir/$health_unit" ||
-      ! systemctl is-active --quiet "$health_unit"; then
-      systemctl enable --quiet "$health_unit"
-      systemctl restart "$health_unit"
-      log "health agent restarted"
+  reconcile_daemon "$health_unit" "$health_conf" "health agent" "" "$health_agent"
+}
+
+# A daemon that runs whenever the bundle brings its config: (re)started when its
+# config, its unit or one of its other files changed, or when it is not running;
+# stopped when its config went away.  unit config name why-stopped [other files...]
+reconcile_daemon() {
+  local unit=$1 conf=$2 name=$3 why=$4 f restart=false
+  shift 4
+  if [[ -f $conf ]]; then
+    for f in "$conf" "$systemd_dir/$unit" "$@"; do
+      if was_changed "$f"; then restart=true; fi
+    done
+    if $restart || ! systemctl is-active --quiet "$unit"; then
+      systemctl enable --quiet "$unit"
+      systemctl restart "$unit"
+      log "$name restarted"
     fi
-  elif was_changed "$health_conf"; then
-    systemctl disable --now --quiet "$health_unit" 2>/dev/null || true
-    log "health agent stopped"
+  elif was_changed "$conf"; then
+    systemctl disable --now --quiet "$unit" 2>/dev/null || true
+    log "$name stopped$why"
   fi
 }
 
 # The alert daemon runs whenever the bundle brings its config (a channel is set).
 reconcile_alerts() {
-  if [[ -f $alerts_conf ]]; then
-    if was_changed "$alerts_daemon" || was_changed "$alerts_conf" || was_changed "$alert_channels" ||
-      was_changed "$systemd_dir/$alerts_unit" || ! systemctl is-active --quiet "$alerts_unit"; then
-      systemctl enable --quiet "$alerts_unit"
-      systemctl restart "$alerts_unit"
-      log "alert daemon restarted"
-    fi
-  elif was_changed "$alerts_conf"; then
-    systemctl disable --now --quiet "$alerts_unit" 2>/dev/null || true
-    log "alert daemon stopped (no alert channel is set)"
-  fi
+  reconcile_daemon "$alerts_unit" "$alerts_conf" "alert daemon" " (no alert channel is set)" \
+    "$alerts_daemon" "$alert_channels"
 }
 
 # Metrics: Debian's node exporter with the edge's arguments, and the timer that writes
