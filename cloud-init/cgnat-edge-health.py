@@ -14,6 +14,7 @@ and the agent never probes home more often than once per interval, however many 
   udp  A TCP SYN to home's tunnel address (port 9): any answer (a reset from home's
        filter or kernel) proves the tunnel carries packets both ways; then a datagram
        to the target, down only when it says port unreachable.
+  tunnel  That SYN alone: the alert daemons' view of the tunnel (cgnat-edge-alerts.py).
 
 Hostile askers: in dnsMode records the port is open to the internet, so the server is
 one thread with a selector, whatever the number of connections.  At most
@@ -45,7 +46,7 @@ LINGER_S = 1.0
 """After the answer, what the client still sends is read and dropped for this long, so
 closing with unread bytes does not reset the connection before the answer arrives."""
 CHECK_STACK_BYTES = 512 * 1024
-results: dict[str, tuple[bool, str, float]] = {}
+results: dict[str, tuple[bool, str, float, float]] = {}
 lock = threading.Lock()
 
 
@@ -94,10 +95,10 @@ def _udp_answer(address, timeout):
             return "silent"
 
 
-def check_udp(spec, cfg):
-    # The tunnel: a TCP SYN to home's tunnel address on the discard port.  Home answers
-    # it either way (a reset from its filter or kernel, or a connection), through the
-    # tunnel, at once; resets are not rate-limited the way ICMP errors are.
+def check_tunnel(spec, cfg):
+    # A TCP SYN to home's tunnel address on the discard port.  Home answers it either
+    # way (a reset from its filter or kernel, or a connection), through the tunnel, at
+    # once; resets are not rate-limited the way ICMP errors are.
     try:
         with socket.create_connection((spec["home"], 9), timeout=min(cfg["timeout"], 2)):
             pass
@@ -105,13 +106,18 @@ def check_udp(spec, cfg):
         pass
     except TimeoutError:
         raise OSError(f"no answer from home's tunnel address {spec['home']}: the tunnel is down") from None
+    return "home answers through the tunnel"
+
+
+def check_udp(spec, cfg):
+    check_tunnel(spec, cfg)
     target = _udp_answer((spec["host"], spec["port"]), 1)
     if target == "refused":
         raise OSError(f"{spec['host']}:{spec['port']} answers port unreachable")
     return f"tunnel answers; target {target}"
 
 
-CHECKS = {"tls": check_tls, "tcp": check_tcp, "udp": check_udp}
+CHECKS = {"tls": check_tls, "tcp": check_tcp, "udp": check_udp, "tunnel": check_tunnel}
 
 
 def run_checks(name, specs, cfg):
@@ -128,7 +134,7 @@ def run_checks(name, specs, cfg):
                 break
         detail = "; ".join(details)
         with lock:
-            results[name] = (ok, detail, time.monotonic())
+            results[name] = (ok, detail, time.monotonic(), time.monotonic() - started)
         if ok != was:
             print(f"cgnat-edge-health: {name} {'up' if ok else 'down'}: {detail}", flush=True)
             was = ok
@@ -158,14 +164,14 @@ def answer(cfg, path):
         snapshot = dict(results)
     if path in ("/health", "/health/") and not public:
         body = {
-            n: {"ok": ok and now - t < stale, "detail": d, "age": round(now - t, 1)}
-            for n, (ok, d, t) in snapshot.items()
+            n: {"ok": ok and now - t < stale, "detail": d, "age": round(now - t, 1), "seconds": round(took, 4)}
+            for n, (ok, d, t, took) in snapshot.items()
         }
         return 200, "application/json", json.dumps({"edge": cfg["edge"], "checks": body}, sort_keys=True) + "\n"
     name = path.removeprefix("/health/")
     if not path.startswith("/health/") or name not in cfg["checks"]:
         return 404, "text/plain", "no such check\n"
-    ok, detail, t = snapshot.get(name, (False, "not checked yet", now))
+    ok, detail, t, _ = snapshot.get(name, (False, "not checked yet", now, 0.0))
     up = ok and now - t < stale
     if public:
         return (200 if up else 503), "text/plain", f"{'up' if up else 'down'}\n"

@@ -55,12 +55,14 @@ def facts(args: dict[str, Any]) -> dict[str, Any]:
         "wg": sh("wg", "show", args["interface"], "dump"),
         "slots": {u: sh("systemctl", "is-active", u)[0] == 0 for u in args["slots"]},
         "ping": sh("curl", "--fail", "--silent", "--max-time", "3", args["ping"]),
+        "traefikVersion": sh("curl", "--fail", "--silent", "--max-time", "3", args["version"]),
         "verify": sh("python3", args["verify"]),
         "files": {p: digest(p) for p in args["files"]},
         "upgrades": mtime(args["upgradesStamp"]),
         "rebootRequired": os.path.exists(args["rebootRequired"]),
         "desired": load(args["desired"]),
         "geo": {"config": load(args["geoConfig"]), "status": load(args["geoStatus"])},
+        "alerts": {"on": os.path.exists(args["alertsConfig"]), "state": load(args["alertsState"])},
         "crowdsec": {u: sh("systemctl", "is-active", u)[0] == 0 for u in args["crowdsec"]}
         if sh("systemctl", "is-enabled", bouncer)[0] == 0
         else None,

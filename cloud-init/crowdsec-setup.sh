@@ -24,6 +24,8 @@ for item in parsers/s01-parse/crowdsecurity/traefik-logs.yaml collections/crowds
   mkdir -p "$(dirname "$link")"
   [[ -e $link ]] || ln -s "$hub/$item" "$link"
 done
+# Enabled again after a push turned CrowdSec off (Debian's postinst enables it once).
+systemctl enable crowdsec.service
 systemctl restart crowdsec.service
 # The bouncer fills the sets the edge's ruleset declares (set-only) instead of making
 # its own input chains, which forward services' packets never pass.  Its .local file

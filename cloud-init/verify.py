@@ -145,8 +145,9 @@ def check_nftables(desired: dict) -> list[str]:
     so both are listed by the same nft in the same canonical form."""
     want = run("unshare", "--net", "sh", "-c", 'nft -f "$1" && nft list ruleset', "sh", desired["nftConf"])
     have = without_elements(run("nft", "list", "ruleset"), desired.get("nftFilledSets", []))
-    # Counters count (the bans chain's drops); their values are no configuration.
-    want, have = (re.sub(r"counter packets \d+ bytes \d+", "counter", x) for x in (want, have))
+    # Counters count (the bans chain's drops, the named counters the metrics read);
+    # their values are no configuration.
+    want, have = (re.sub(r"packets \d+ bytes \d+", "packets bytes", x) for x in (want, have))
     if have == want:
         return []
     extra = sorted(set(have.splitlines()) - set(want.splitlines()))[:5]
@@ -210,6 +211,9 @@ def check_traefik(desired: dict) -> list[str]:
     if subprocess.run(["systemctl", "is-active", "--quiet", enabled[0]]).returncode != 0:
         return [f"Traefik: {enabled[0]} is enabled but not running"]
     problems = wait_traefik(desired, 10)
+    version = api("version").get("Version")
+    if desired["traefik"].get("version") not in (None, version):
+        problems.append(f"Traefik {version} runs, the pinned release is {desired['traefik']['version']}")
     running = {e["name"]: e["address"] for e in api("entrypoints")}
     if running != desired["traefik"]["entryPoints"]:
         problems.append(
@@ -327,6 +331,24 @@ def check_health_agent(desired: dict, timeout: float = 15) -> list[str]:
         time.sleep(0.5)
 
 
+def check_alerts(desired: dict, timeout: float = 20, fresh: float = 10) -> list[str]:
+    """With an alert channel set: the daemon runs and has looked at the fleet lately
+    (its state file, written after every look, is fresh)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(contract()["alerts_state"]) as f:
+                age = time.time() - float(json.load(f)["updated"])
+            problem = None if age < fresh else f"the alert daemon last looked {age:.0f} s ago"
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            problem = f"the alert daemon has written no state ({exc})"
+        if problem is None:
+            return []
+        if time.monotonic() >= deadline:
+            return [f"{problem}; see journalctl -u {contract()['alerts_unit']}"]
+        time.sleep(0.5)
+
+
 def checks() -> dict[str, Callable[[dict], list[str]]]:
     out: dict[str, Callable[[dict], list[str]]] = {
         "wireguard": check_wireguard,
@@ -338,6 +360,8 @@ def checks() -> dict[str, Callable[[dict], list[str]]]:
         out["edge-dns"] = check_edge_dns
     elif os.path.exists(contract()["health_conf"]):
         out["health-agent"] = check_health_agent
+    if os.path.exists(contract()["alerts_conf"]):
+        out["alerts"] = check_alerts
     return out
 
 

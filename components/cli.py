@@ -100,6 +100,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
             protection=args.protection,
             forward=args.forward,
             attacks=args.attacks,
+            pushes=args.pushes,
+            alerts=args.alerts,
             report=Path(args.report) if args.report else None,
         )
     except LabError as exc:
@@ -224,6 +226,17 @@ def parser() -> argparse.ArgumentParser:
         "--attacks",
         action="store_true",
         help="then flood the edges' public side (the health agent with idle connections) and check they hold",
+    )
+    p.add_argument(
+        "--pushes",
+        action="store_true",
+        help="then push under faults (the SSH connection cut, the edge restarted mid-change, two pushes at once) and what reaches a running edge only by a push (CrowdSec turned on, a new pinned Traefik)",
+    )
+    p.add_argument(
+        "--alerts",
+        action="store_true",
+        help="with a webhook and an SMTP relay in the lab: break a tunnel, a service, an edge and a certificate, "
+        "time the alerts; then scrape the metrics from home through the tunnels, closed to the internet",
     )
     p.add_argument("--report", help="write every check as JSON to this file")
     p.set_defaults(func=cmd_lab)

@@ -11,8 +11,9 @@ from typing import Any
 import pulumi
 
 from components import preflight
-from components.config import ConfigError, parse
+from components.config import ConfigError, alerts, parse
 from components.config.keys import KEYS, NAMESPACE, SECRET_SET, is_secret_key
+from components.model.alerts import SECRET_KEYS as ALERT_SECRETS
 from components.model.fleet import FleetConfig
 from components.resources import pulumi_internals
 from components.resources.fleet import EdgeFleet, EdgeFleetArgs
@@ -33,6 +34,7 @@ def read_config() -> FleetConfig:
     known = {f"{prefix}{key}" for key in KEYS}
     present = pulumi_internals.config_keys()
     raw: dict[str, Any] = {}
+    secret_values: dict[str, str] = {}
     for full_key in sorted(present | known):
         if not full_key.startswith(prefix) or full_key == f"{prefix}sshPrivateKey":
             continue
@@ -40,12 +42,17 @@ def read_config() -> FleetConfig:
         key = full_key[len(prefix) :]
         if value is not None and is_secret_key(key) and pulumi.runtime.is_config_secret(full_key):
             raw[key] = SECRET_SET if value else ""  # the value itself stays an Output (below)
+            secret_values[key] = value
         elif value is not None:
             raw[key] = value
+    # Their form can only be checked here, where the program reads their text.
+    url_problems = alerts.secret_url_problems(secret_values)
     try:
         cfg = parse(raw, project=pulumi.get_project(), stack=pulumi.get_stack())
     except ConfigError as exc:
-        raise StackConfigError(exc.problems) from None
+        raise StackConfigError(exc.problems + url_problems) from None
+    if url_problems:
+        raise StackConfigError(url_problems)
     problems = preflight.problems(cfg)
     if problems:
         raise StackConfigError(problems)
@@ -62,6 +69,14 @@ def crowdsec_enroll_key() -> pulumi.Output[str] | None:
     return pulumi.Config(NAMESPACE).get_secret("crowdsecEnrollKey")
 
 
+def alert_secrets(cfg: FleetConfig) -> dict[str, pulumi.Output[str]]:
+    """The channels' secrets by key, as Pulumi secrets: they reach the edges in the push."""
+    if cfg.alerts is None:
+        return {}
+    config = pulumi.Config(NAMESPACE)
+    return {key: value for key in ALERT_SECRETS if (value := config.get_secret(key)) is not None}
+
+
 def main() -> None:
     cfg = read_config()
     for warning in cfg.warnings:
@@ -72,6 +87,7 @@ def main() -> None:
             cfg,
             ssh_private_key=ssh_private_key(),
             crowdsec_enroll_key=crowdsec_enroll_key() if cfg.protection.crowdsec_enroll else None,
+            alert_secrets=alert_secrets(cfg),
         ),
     )
 

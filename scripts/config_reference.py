@@ -53,6 +53,22 @@ SEE = {
     "geoSources": ("country filters", "protection.md#country-filters-every-mode"),
     "crowdsec": ("CrowdSec", "protection.md#crowdsec-every-mode"),
     "crowdsecEnrollKey": ("CrowdSec", "protection.md#crowdsec-every-mode"),
+    **{
+        key: ("alerts", "alerts.md")
+        for key in (
+            "alertNtfyUrl",
+            "alertWebhookUrl",
+            "alertSmtpServer",
+            "alertSmtpSecurity",
+            "alertSmtpFrom",
+            "alertSmtpTo",
+            "alertSmtpUser",
+            "alertSmtpPassword",
+            "alertAfterSeconds",
+            "alertReminderHours",
+            "alertCertDays",
+        )
+    },
 }
 """Where a key is explained beyond its one line (relative to docs/configuration.md)."""
 

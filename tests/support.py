@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from components import program
@@ -94,3 +97,28 @@ def run_program(stack_file: Path, **kwargs) -> tuple[offline.Run, list[Exception
             raised.append(exc)
 
     return offline.run_program(stack_file, program=run, project_file=PROJECT, **kwargs), raised
+
+
+@contextlib.contextmanager
+def plugin_channel(folder: Path) -> Iterator[grpc.Channel]:
+    """A plugin folder (the component host, the policy pack) started as the Pulumi CLI
+    starts it: its __main__.py with an engine address (never dialled by the calls the
+    tests make); it prints the port it serves on."""
+    proc = subprocess.Popen(
+        [sys.executable, str(folder), "127.0.0.1:9"],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert proc.stdout is not None
+        port = proc.stdout.readline().decode().strip()
+        assert port.isdigit(), (
+            f"{folder.name} printed {port!r}, stderr: {proc.stderr.read().decode() if proc.stderr else ''}"
+        )
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -12,7 +12,7 @@ from components.lab import floods
 from components.lab.netns import wait_for
 from components.model import edge_contract
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.lab]
 
 
 def _without(node, fragment: str):

@@ -14,6 +14,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -95,6 +96,25 @@ def test_user_data_installs_the_right_build_per_architecture(fleet_config, keys)
     assert by_arch["arm64"] == [traefik.BINARY_SHA256["arm64"], traefik.release_url("arm64")]
     assert by_arch["x86_64"] == [traefik.BINARY_SHA256["amd64"], traefik.release_url("x86_64")]
     assert "linux_arm64" in by_arch["arm64"][1] and "linux_amd64" in by_arch["x86_64"][1]
+
+
+def test_every_push_brings_the_pinned_release_of_its_edge_architecture(fleet_config, keys):
+    """What the push installs when the running executable is not the pinned one: the same
+    digest and URL as the first boot's runcmd, with the same installer."""
+    for edge in fleet_config.edges:
+        files = {f.path: f for f in bootstrap.node_files(fleet_config, edge, "")}
+        boot = yaml.safe_load(bootstrap.user_data(fleet_config, edge))["runcmd"][0]
+        assert files[edge_contract.TRAEFIK_RELEASE].content.split() == boot[1:]
+        assert files[edge_contract.INSTALL_TRAEFIK].content == templates.render("install-traefik.sh")
+        assert files[edge_contract.INSTALL_TRAEFIK].mode == "0755"
+        desired = json.loads(files[edge_contract.DESIRED].content)
+        assert desired["traefik"]["version"] == traefik.VERSION
+        assert desired["crowdsec"] == str(fleet_config.protection.crowdsec)
+        assert edge_contract.CROWDSEC_RECONCILE in files
+        # Only the push reads these: the user data stays as small as it was.
+        written = {e["path"] for e in yaml.safe_load(bootstrap.user_data(fleet_config, edge))["write_files"]}
+        assert edge_contract.INSTALL_TRAEFIK in written
+        assert not {edge_contract.TRAEFIK_RELEASE, edge_contract.CROWDSEC_RECONCILE} & written
 
 
 def test_user_data_carries_node_files_keys_and_hardening(fleet_config, keys):

@@ -156,5 +156,5 @@ def test_readme_is_short_and_lists_every_docs_page():
 
 def test_readme_names_the_test_commands():
     readme = (ROOT / "README.md").read_text()
-    assert "uv run --locked --extra test pytest\n" in readme
+    assert "uv run --locked --extra test pytest -n auto --dist loadgroup\n" in readme
     assert 'uv run --extra test pytest -m "not netns" -n auto' in readme

@@ -13,13 +13,14 @@ from components.model import edge_contract
 from components.renderers import bootstrap, bundle, contract, templates
 
 PROGRAMS = {
-    "push.sh": bundle.member(edge_contract.CONTRACT_SH),
-    "verify.py": edge_contract.CONTRACT_JSON,
-    "cgnat-edge-status.py": None,
+    "push.sh": (bundle.member(edge_contract.CONTRACT_SH), edge_contract.PUSH_DIR, edge_contract.PUSH_RECOVER_UNIT),
+    "verify.py": (edge_contract.CONTRACT_JSON,),
+    "cgnat-edge-status.py": (),
 }
-"""The edge's programs that read the contract, and the one place each may name by hand:
-where the contract itself is (in the bundle for the push, on the edge for the verifier);
-status gets its paths as its argument."""
+"""The edge's programs that read the contract, and the places each may name by hand:
+where the contract itself is (in the bundle for the push, on the edge for the verifier),
+and for the push what it needs before the bundle is unpacked; status gets its paths as
+its argument."""
 
 
 def _named_by_hand() -> list[str]:
@@ -31,9 +32,8 @@ def _named_by_hand() -> list[str]:
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_the_edge_programs_name_no_contract_path_by_hand(program):
     text = templates.text(program)
-    own = PROGRAMS[program]
-    if own is not None:
-        assert own in text, f"{program} no longer reads the contract at {own}"
+    for own in PROGRAMS[program]:
+        assert own in text, f"{program} no longer names {own} where the contract says"
         text = text.replace(own, "")
     named = sorted(v for v in _named_by_hand() if v in text)
     assert not named, f"{program} names {named} by hand; take them from the contract"

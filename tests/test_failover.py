@@ -16,7 +16,7 @@ import pytest
 from components.lab import failover, runner
 from tests.support import DEV_STACK, LAB_STACK, PROJECT, require_root, require_tool
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.lab]
 
 
 @pytest.mark.parametrize(

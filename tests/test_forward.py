@@ -67,8 +67,11 @@ def test_traefik_never_sees_forward_services(cfg):
 def test_edge_ruleset_dnats_keeping_the_source_and_loads(cfg, tmp_path):
     require_tool("nft")
     text = nftables.ruleset(cfg)
-    assert 'fib daddr type local udp dport 27015-27030 dnat ip to 192.168.1.30 comment "service game"' in text
-    assert "tcp dport 25 dnat ip to 192.168.1.40:2525" in text
+    assert (
+        "fib daddr type local udp dport 27015-27030 counter name forward_game dnat ip to 192.168.1.30"
+        ' comment "service game"'
+    ) in text
+    assert "tcp dport 25 counter name forward_mail dnat ip to 192.168.1.40:2525" in text
     assert "masquerade" not in text and "snat" not in text, "the visitor's address must reach home"
     assert 'ct status dnat oifname "wg0" ip daddr 192.168.1.30 udp dport 27015-27030 accept' in text
     input_chain = text.split("chain forward {")[0]
@@ -170,6 +173,7 @@ def test_without_forward_services_home_is_unchanged(fleet_config):
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_lab_forward_report(tmp_path):
     """``cgnat-edge lab --forward --report FILE``: both edges forward at once; home logs
     the visitor's own address for tcp and udp, and replies leave through the edge the

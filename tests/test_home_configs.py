@@ -73,6 +73,7 @@ def test_structured_form(fleet_config, keys):
         },
         "routes": ["10.254.0.5/32", f"{_v6(fleet_config, 5)}/128"],
         "policyRouting": None,
+        "metrics": "10.254.0.5:9100",
     }
     assert (
         ams["interface"] == "wg-ams"
@@ -939,8 +940,10 @@ def test_write_from_stack_output(fleet_config, keys, tmp_path):
     out = tmp_path / "home"
     paths = home_files.write(stack_output, out, qr=True)
     assert sorted(p.name for p in paths) == [
+        "grafana-edges.json",
         "home.json",
         "openwrt.sh",
+        "prometheus-edges.yml",
         "routeros.rsc",
         "wg-ams.conf",
         "wg-ams.png",
@@ -1089,7 +1092,8 @@ def test_a_new_folder_and_its_parents_are_made_the_new_folder_private(outputs, t
     assert _home_config(monkeypatch, capsys, outputs, out)[0] == 0
     assert _mode(out) == 0o700
     assert sorted(_tree(tmp_path)) == ["a", "a/b", "a/b/home", *sorted(f"a/b/home/{p.name}" for p in out.iterdir())]
-    assert len(list(out.iterdir())) == 7  # 2 edges, 2 road warrior files, openwrt, routeros, home.json
+    # 2 edges, 2 road warrior files, openwrt, routeros, home.json, scrape config, dashboard
+    assert len(list(out.iterdir())) == 9
 
 
 @pytest.mark.parametrize(

@@ -126,6 +126,7 @@ def test_new_udp_flows_are_rate_limited_per_source_on_udp_and_forward_services()
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_rulesets_pass_nft_check(raw_config, tmp_path):
     require_tool("nft")
     for name, text in _rulesets(raw_config).items():
@@ -155,6 +156,7 @@ def test_sshd_runs_with_the_start_up_limits(fleet_config, tmp_path):
             host_key=str(key),
             install_key=str(tmp_path / "install_key"),
             authorized_keys=edge_contract.AUTHORIZED_KEYS_DIR,
+            metrics="10.254.0.5:9100",
         )
     )
     done = subprocess.run(
@@ -168,6 +170,9 @@ def test_sshd_runs_with_the_start_up_limits(fleet_config, tmp_path):
     assert effective["persourcemaxstartups"] == "4"
     assert effective["persourcenetblocksize"] == "32:64"
     assert effective["logingracetime"] == "20"
+    # The operator's one forward, to the metrics endpoint (docs/metrics.md).
+    assert (effective["allowtcpforwarding"], effective["permitopen"]) == ("local", "10.254.0.5:9100")
+    assert effective["permitlisten"] == "none"
 
 
 def test_powerdns_knows_the_tcp_limits(tmp_path):
@@ -257,6 +262,7 @@ def pair():
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_a_full_dns_meter_still_limits_a_new_source(raw_config, pair, tmp_path):
     edge, net = pair
     cfg = config_module.parse({**raw_config, "dnsMode": "edges"}, stack="dev")
@@ -299,6 +305,7 @@ sys.stdin.read()  # hold them until told
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_one_source_holds_at_most_its_share_of_connections(raw_config, pair, tmp_path):
     edge, net = pair
     cfg = config_module.parse(raw_config, stack="dev")
@@ -352,6 +359,7 @@ print(time.monotonic() - started, flush=True)
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_new_udp_flows_of_one_source_are_rate_limited(pair, tmp_path):
     edge, net = pair
     path = tmp_path / "nftables.conf"

@@ -16,7 +16,7 @@ from components.lab import platform_firewall
 from components.lab.smoke import smoke
 from tests.support import LAB_STACK, PROJECT
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.lab]
 
 ORACLE_EDGE = {
     "name": "fra",

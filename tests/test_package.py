@@ -4,15 +4,13 @@ the program registers; the committed generated files are current."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import grpc
 import pulumi
 import pytest
 import yaml
@@ -25,33 +23,15 @@ from components.config.keys import KEYS, NAMESPACE, REQUIRED
 from components.model import platforms
 from components.package import fleet, shapes
 from components.tools import offline, package_schema
-from tests.support import DEV_STACK, PROD_STACK, ROOT, run_program, stack_raw
+from tests.support import DEV_STACK, PROD_STACK, ROOT, plugin_channel, run_program, stack_raw
 
 TOKEN = f"{package_schema.PACKAGE}:index:EdgeFleet"
 
 
 @contextmanager
 def host() -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
-    """The plugin as the Pulumi CLI starts it: its folder's __main__.py with an engine
-    address (never dialled for GetSchema); it prints the port it serves on."""
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "provider"), "127.0.0.1:9"],
-        cwd=ROOT / "provider",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        assert proc.stdout is not None
-        port = proc.stdout.readline().decode().strip()
-        assert port.isdigit(), (
-            f"the host printed {port!r}, stderr: {proc.stderr.read().decode() if proc.stderr else ''}"
-        )
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield provider_pb2_grpc.ResourceProviderStub(channel)
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    with plugin_channel(ROOT / "provider") as channel:
+        yield provider_pb2_grpc.ResourceProviderStub(channel)
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +231,23 @@ def test_a_new_key_makes_the_files_stale_and_the_command_says_how_to_fix_it(monk
     assert package_schema.ARGS_FILE in package_schema.stale()
     assert cli.main(["package-schema"]) == 1
     assert f"components/package/args.py is stale; regenerate: {package_schema.REGENERATE}" in capsys.readouterr().err
+
+
+def test_alert_secrets_reach_the_push_as_secrets_and_a_bad_url_registers_nothing():
+    from components.model import edge_contract
+    from components.renderers import bundle
+
+    webhook = "https://hooks.example.org/hook/" + os.urandom(6).hex()
+    built, raised = construct(DEV_STACK, {**stack_inputs(DEV_STACK), "alertWebhookUrl": webhook})
+    assert raised == []
+    step = built.one("command:remote:Command", "fsn-config")
+    assert offline.is_secret(step.inputs["stdin"])
+    files = {f.path: f for f in bundle.decode(offline.reveal(step.inputs["stdin"]))}
+    assert json.loads(files[edge_contract.ALERT_CHANNELS].content) == {"webhook": webhook}
+    assert webhook not in json.dumps([offline.masked(r.inputs) for r in built.resources])
+
+    built, raised = construct(DEV_STACK, {**stack_inputs(DEV_STACK), "alertWebhookUrl": "http://hooks.example.org/x"})
+    assert built.resources == []
+    (error,) = raised
+    assert "cgnat-edge:alertWebhookUrl: is not an https:// URL (it starts with http)" in str(error)
+    assert "hooks.example.org" not in str(error)

@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 
-import grpc
 import pytest
 from google.protobuf import empty_pb2, struct_pb2
 from pulumi.runtime import proto, rpc
@@ -22,7 +18,7 @@ from pulumi_policy.policy import _PolicyAnalyzerServicer
 
 from components import providers
 from components.tools import offline, policy, policy_pack, render
-from tests.support import DEV_STACK, PROD_STACK, ROOT, run_program
+from tests.support import DEV_STACK, PROD_STACK, ROOT, plugin_channel, run_program
 from tests.test_policy import openssh_private_key, wg_keypair
 
 HETZNER = providers.get("hetzner")
@@ -175,21 +171,7 @@ def test_a_stack_without_a_stack_file_is_named(runs):
 def test_the_pack_folder_serves_every_rule_over_grpc():
     """The pack as `pulumi preview --policy-pack policy/` starts it: it prints its port and
     names one mandatory policy per rule of the command."""
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "policy"), "127.0.0.1:9"],
-        cwd=ROOT / "policy",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        assert proc.stdout is not None
-        port = proc.stdout.readline().decode().strip()
-        assert port.isdigit(), port
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            info = analyzer_pb2_grpc.AnalyzerStub(channel).GetAnalyzerInfo(empty_pb2.Empty(), timeout=60)
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    with plugin_channel(ROOT / "policy") as channel:
+        info = analyzer_pb2_grpc.AnalyzerStub(channel).GetAnalyzerInfo(empty_pb2.Empty(), timeout=60)
     assert info.name == policy_pack.PACK
     assert [(p.name, p.enforcementLevel) for p in info.policies] == [(r.name, proto.MANDATORY) for r in policy.RULES]

@@ -17,7 +17,7 @@ from components.lab.edge import TRAEFIK_BINARY
 from components.lab.report import Check
 from tests.support import LAB_STACK, ROOT, require_root, require_tool
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.lab]
 
 MODES = ("passthrough", "http", "tcp", "udp")
 

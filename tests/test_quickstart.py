@@ -27,7 +27,7 @@ from components.model import platforms
 from tests.support import IN_CI, NOT_SOURCE, ROOT, require_tool
 
 # It installs from the package index (through uv's cache): part of the full suite.
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.lab]
 
 SYNC_TIMEOUT = 900
 """Seconds for one ``uv sync``: seconds with a warm uv cache, minutes on a cold one."""

@@ -11,7 +11,7 @@ from components.lab import attacks
 from components.lab.netns import wait_for
 from components.renderers import geodns
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.lab]
 
 
 LAB_OVERRIDES = {"dnsMode": "records", "dnsEdgeZone": None}

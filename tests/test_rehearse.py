@@ -34,6 +34,7 @@ def _rows(report: Path) -> dict[str, dict]:
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_rehearse_dev_cli(tmp_path, capsys):
     """``cgnat-edge rehearse --stack dev --report FILE``: every row ok, each edge checked."""
     _require_rehearsal()
@@ -58,6 +59,7 @@ def test_rehearse_dev_cli(tmp_path, capsys):
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_rehearse_prod(tmp_path):
     _require_rehearsal()
     ok, checks = rehearse.run(PROD_STACK, fail_closed=False, log=lambda _m: None)

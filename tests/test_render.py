@@ -33,6 +33,8 @@ def test_render_writes_every_artifact(tmp_path, capsys):
         "openwrt.sh",
         "routeros.rsc",
         "home.json",
+        "prometheus-edges.yml",
+        "grafana-edges.json",
     }
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (out / "home").iterdir())
     assert "IN A" in (out / "dns" / "zone-fragment.db").read_text()

@@ -69,6 +69,7 @@ def test_the_boot_command_stays_as_deployed():
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_secrets_rows_on_the_lab(el):
     """On the running lab: the user data gives nothing away, and each edge's sshd
     presents only keys that never passed through the metadata."""
@@ -97,6 +98,7 @@ def test_secrets_rows_on_the_lab(el):
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_the_metadata_row_fails_without_the_edge_rules(el):
     """The refusals are the ruleset's doing: with an accept before everything in the
     edge's forward and output chains, every routed and non-root request is answered."""
@@ -116,6 +118,7 @@ def test_the_metadata_row_fails_without_the_edge_rules(el):
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_an_edge_made_before_the_install_key_upgrades_in_place(el):
     """An edge made by an earlier version: its host key is the one in its user data (now
     the bootstrap key), its sshd drop-in names only that key, and it has no install key.

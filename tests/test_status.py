@@ -6,6 +6,7 @@ broken tunnel, a stopped Traefik and a drifted file each as what it is."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import io
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import dns.query
 import pytest
@@ -27,7 +29,7 @@ from components.lab import protection as lab_protection
 from components.lab.netns import wait_for
 from components.model import edge_contract
 from components.model.keys import generate_host_key
-from components.renderers import protection
+from components.renderers import protection, traefik
 from components.tools import offline, policy, render, status
 from tests.support import DEV_STACK, ROOT, require_tool
 
@@ -80,6 +82,7 @@ def _problems(report: dict, edge: str) -> list[str]:
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_status_sees_a_healthy_fleet_then_each_fault(el, mirror, tmp_path):
     # The edges' health agents and nameservers need a few seconds after the lab starts.
     wait_for(lambda: _status(el, tmp_path)[0] == 0, 60, 2, "the fleet to be healthy")
@@ -94,7 +97,9 @@ def test_status_sees_a_healthy_fleet_then_each_fault(el, mirror, tmp_path):
         assert f["homeEndpoint"]
         assert f["httpHosts"] and all(days is not None and days >= 1 for days in f["certDays"].values())
         assert f["geo"]["state"] == "ok" and f["geo"]["loaded"] == ["AQ"] and f["geo"]["fetchedAge"] < 600, f
-        assert f["crowdsec"] is None  # the lab's edges run no CrowdSec unless --protection
+        # The lab stack runs CrowdSec: its units as the first boot's setup leaves them.
+        assert f["crowdsec"] == {"crowdsec.service": True, "crowdsec-firewall-bouncer.service": True}, f
+        assert f["traefikVersion"] == traefik.VERSION
     edge_ips = sorted(e["ipv4"] for e in offline.reveal(el.rendered.edges).values())
     assert report["hostnames"] and all(h["answers"] == edge_ips for h in report["hostnames"])
     # The lab stack's edges serve the zone: each one's own nameserver lists every edge, itself first.
@@ -140,6 +145,7 @@ def test_status_sees_a_healthy_fleet_then_each_fault(el, mirror, tmp_path):
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_status_refuses_a_host_key_that_does_not_match_and_names_an_unreachable_edge(el, tmp_path):
     edges = offline.reveal(el.rendered.edges)
     edges["fsn"] = {**edges["fsn"], "hostPublicKey": generate_host_key()[1]}
@@ -201,9 +207,10 @@ def test_country_sets_and_crowdsec_are_judged_from_what_the_edge_reports():
     now = 1_800_000_000
     config = {"countries": ["RU", "CN"]}
 
-    def judge(geo_status: dict | None, crowdsec: dict | None = None) -> status.EdgeStatus:
+    def judge(geo_status: dict | None, crowdsec: dict | None = None, wanted: str = "off") -> status.EdgeStatus:
         st = status.EdgeStatus("fsn", "203.0.113.10")
         facts = {"now": now, "geo": {"config": config, "status": geo_status}, "crowdsec": crowdsec}
+        facts["desired"] = {"crowdsec": wanted}
         status._judge_protection(st, facts, "ssh root@203.0.113.10")
         return st
 
@@ -228,8 +235,18 @@ def test_country_sets_and_crowdsec_are_judged_from_what_the_edge_reports():
 
     st = judge(good, {"crowdsec.service": True, "crowdsec-firewall-bouncer.service": False})
     (p,) = st.problems
-    assert p.what == "CrowdSec is enabled but crowdsec-firewall-bouncer.service is not running: nobody is banned"
+    assert p.what == (
+        "CrowdSec should run and does not: crowdsec-firewall-bouncer.service is not running; nobody is banned"
+    )
     assert status._crowdsec_cell(st.facts["crowdsec"]) == "FAIL"
+    # Turned on for a fleet whose edge never got it (the bouncer is not even enabled there).
+    (p,) = judge(good, None, wanted="offline").problems
+    assert p.what == (
+        "CrowdSec should run (crowdsec offline) and does not: it was never set up on this edge; nobody is banned"
+    )
+    assert p.fix.startswith("push again: `pulumi up --target-replace $(") and "::fsn-config" in p.fix
+    assert status._crowdsec_cell(judge(good, None, wanted="offline").facts["crowdsec"]) == "FAIL"
+    assert judge(good, None, wanted="off").problems == []
     # A fleet without country filters or CrowdSec has nothing to say about them.
     config["countries"] = []
     st = judge(None, None)
@@ -237,6 +254,7 @@ def test_country_sets_and_crowdsec_are_judged_from_what_the_edge_reports():
 
 
 @pytest.mark.netns
+@pytest.mark.lab
 def test_the_login_from_the_outputs_cannot_become_an_ssh_option(tmp_path):
     """sshUser and the address come from the stack's outputs; ssh itself (``-G`` prints
     what it would do and connects nowhere) must read them as a user and a host, never as
@@ -285,6 +303,22 @@ def healthy_facts(**changes) -> dict:
         "crowdsec": None,
         **changes,
     }
+
+
+def test_a_traefik_other_than_the_pinned_release_is_reported():
+    def judge(version_answer: list) -> status.EdgeStatus:
+        st = status.EdgeStatus("fsn", "203.0.113.10")
+        desired = {"traefik": {"version": "3.7.15"}}
+        facts = healthy_facts(desired=desired, traefikVersion=version_answer)
+        status._judge(st, {"pushedFiles": dict(FILES)}, facts, "ssh root@203.0.113.10")
+        return st
+
+    st = judge([0, json.dumps({"Version": "3.6.2", "Codename": "x"}), ""])
+    assert [p.what for p in st.problems] == ["Traefik 3.6.2 runs, the stack pins 3.7.15"]
+    assert st.facts["traefikVersion"] == "3.6.2"
+    assert judge([0, json.dumps({"Version": "3.7.15"}), ""]).problems == []
+    # An API that does not answer is the "not serving" row's to report, not a version mismatch.
+    assert judge([7, "", "connection refused"]).problems == []
 
 
 def _answer(stdout: str, code: int = 0, stderr: str = "") -> subprocess.CompletedProcess:
@@ -473,3 +507,57 @@ def test_certificates_are_judged_per_edge_and_a_hanging_handshake_is_cut(monkeyp
     assert [(h.hostname, h.answers, h.problems) for h in hosts] == [
         ("git.example.org", ["203.0.113.10", "198.51.100.20"], [])
     ]
+
+
+def test_the_alert_daemon_and_its_channels_are_judged_from_its_state_file():
+    now = 1_800_000_000
+    ssh = "ssh root@203.0.113.10"
+
+    def judge(on: bool, state: Any) -> status.EdgeStatus:
+        st = status.EdgeStatus("fsn", "203.0.113.10")
+        status.judge_alerts(st, {"now": now, "alerts": {"on": on, "state": state}}, ssh)
+        return st
+
+    assert judge(False, None).problems == [] and "alerts" not in judge(False, None).facts
+    (p,) = judge(True, None).problems
+    assert p.what == "alerts are on, but the alert daemon has written no state: no alert can be sent"
+    assert (
+        p.fix
+        == f"{ssh} sudo systemctl restart cgnat-edge-alerts.service; {ssh} sudo journalctl -u cgnat-edge-alerts.service"
+    )
+
+    healthy = {
+        "edge": "fsn",
+        "leader": "fsn",
+        "updated": now - 1,
+        "incidents": {"tunnel-down:ams": {"since": now - 300}},
+        "channels": {
+            "webhook": {"delivered": 3, "lastOk": now - 600, "lastError": None, "lastErrorAt": None, "queued": 0},
+            "ntfy": {
+                "delivered": 2,
+                "lastOk": now - 900,
+                "lastError": "URLError: <urlopen error timed out>",
+                "lastErrorAt": now - 1000,
+                "queued": 0,
+            },
+        },
+    }
+    st = judge(True, healthy)
+    assert st.problems == [], "an error followed by a delivery is recovered"
+    assert st.facts["alerts"]["incidents"] == {"tunnel-down:ams": 300}
+    assert st.facts["alerts"]["state"] == "1 open" and st.facts["alerts"]["channels"]["webhook"]["lastOkAge"] == 600
+
+    failing = copy.deepcopy(healthy)
+    failing["channels"]["ntfy"].update(lastErrorAt=now - 5, queued=2)
+    (p,) = judge(True, failing).problems
+    assert p.what == (
+        "alert channel ntfy fails (URLError: <urlopen error timed out>), 2 message(s) waiting; it last delivered 900s ago"
+    )
+    assert p.fix.startswith("check cgnat-edge:alertNtfyUrl and that the edge can reach it; ")
+
+    stale = {**healthy, "updated": now - 120}
+    st = judge(True, stale)
+    (p,) = st.problems
+    assert p.what == "the alert daemon last looked 120s ago: no alert can be sent"
+    assert st.facts["alerts"]["state"] == "FAIL"
+    assert "FAIL" in status.table([st], []).splitlines()[1]

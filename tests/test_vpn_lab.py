@@ -8,7 +8,7 @@ import pytest
 
 from components.lab import vpn
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.lab]
 
 
 def test_a_taken_over_edge_reaches_nothing_in_a_devices_name(el):

@@ -412,7 +412,7 @@ def test_readme_documents_every_command_the_workflows_run():
 def test_readme_test_command_is_what_ci_runs():
     ci_run = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     readme = (ROOT / "README.md").read_text()
-    assert ci_run[-1] == "uv run --locked --extra test pytest"
+    assert ci_run[-1] == "uv run --locked --extra test pytest -n auto --dist loadgroup"
     assert ci_run[-1] in readme
 
 

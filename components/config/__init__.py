@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.config import acme, dns, edges, home, protection, road_warriors, services, ssh, tunnel
+from components.config import acme, alerts, dns, edges, home, protection, road_warriors, services, ssh, tunnel
 from components.config.keys import DNS_PROVIDERS, KEYS, NAMESPACE, fix_key
 from components.config.parser import Parser
 from components.model import platforms
@@ -92,6 +92,7 @@ def parse(
             "port, e.g. 51820",
         )
     _check_edge_subnets(p, edge_specs, tunnel_spec, home_spec, warriors)
+    alerts_spec = alerts.parse(p)
 
     if p.problems:
         raise ConfigError(p.problems)
@@ -111,6 +112,7 @@ def parse(
         warnings=tuple(p.warnings),
         protection=protect,
         road_warriors=warriors,
+        alerts=alerts_spec,
     )
     _check_fleet(p, cfg)
     if p.problems:

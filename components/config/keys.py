@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.model import platforms
+from components.model import alerts, platforms
 from components.model.fleet import NO_DNS_PROVIDER
 from components.model.protection import RIR_SOURCES
 from components.model.road_warriors import DEFAULT_POOL, DEFAULT_PORT
@@ -103,6 +103,37 @@ KEYS: dict[str, tuple[str, Any, str]] = {
         "secret",
         "",
         "CrowdSec console enrolment key (secret; needs crowdsec online): each edge enrols once, by name.",
+    ),
+    "alertNtfyUrl": (
+        "secret",
+        "",
+        "Alerts to this ntfy topic, https://host/topic (secret: whoever has it reads them).",
+    ),
+    "alertWebhookUrl": (
+        "secret",
+        "",
+        "Alerts POSTed as JSON to this https URL: Gotify, Discord, Slack, Home Assistant (secret: it is the token).",
+    ),
+    "alertSmtpServer": ("string", "", "Alerts mailed through this SMTP relay, host or host:port (587 if left out)."),
+    "alertSmtpSecurity": ("string", "starttls", "starttls (submission, port 587) or tls (implicit TLS, port 465)."),
+    "alertSmtpFrom": ("string", "", "Sender address of the alert mails."),
+    "alertSmtpTo": ("array", [], "Where alert mails go: one or more addresses."),
+    "alertSmtpUser": ("string", "", "Login at the relay; empty = the relay takes mail without one."),
+    "alertSmtpPassword": ("secret", "", "Password for alertSmtpUser (secret)."),
+    "alertAfterSeconds": (
+        "integer",
+        alerts.DEFAULT_AFTER_S,
+        "How long a tunnel, edge or service is down before it is an alert; a router's nightly reconnect is shorter.",
+    ),
+    "alertReminderHours": (
+        "integer",
+        alerts.DEFAULT_REMINDER_H,
+        "An incident that lasts is announced again this often; 0 = only when it starts and ends.",
+    ),
+    "alertCertDays": (
+        "integer",
+        alerts.DEFAULT_CERT_DAYS,
+        "Alert when the certificate an edge serves for an http hostname has fewer days left than this.",
     ),
 }
 

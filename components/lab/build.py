@@ -9,7 +9,7 @@ failure on the way tears down what was built.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from components.lab import lab_dns, platform_firewall, topology
@@ -25,19 +25,23 @@ from components.renderers import bootstrap, edge_dns
 from components.tools import offline
 
 
-def build(rendered: Rendered, *, exclude_targets: Iterable[str] = ()) -> EdgeLab:
-    """Build and boot the lab for ``rendered``; on any failure it is torn down again."""
+def build(
+    rendered: Rendered, *, exclude_targets: Iterable[str] = (), before_push: Callable[[EdgeLab], object] | None = None
+) -> EdgeLab:
+    """Build and boot the lab for ``rendered``; on any failure it is torn down again.
+    ``before_push`` adds to the lab what the edges must reach from their first push on
+    (the alert receiver: a message the daemons raise meanwhile is not held back)."""
     lab = Lab()
     el = EdgeLab(lab, rendered)
     try:
-        _build(el, exclude_targets)
+        _build(el, exclude_targets, before_push)
     except BaseException:
         lab.close()
         raise
     return el
 
 
-def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
+def _build(el: EdgeLab, exclude_targets: Iterable[str], before_push: Callable[[EdgeLab], object] | None = None) -> None:
     cfg, rendered = el.cfg, el.rendered
     edge_ips = {name: e["ipv4"] for name, e in rendered.edges.items()}
     if len(set(edge_ips.values())) != len(edge_ips):
@@ -66,6 +70,8 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str]) -> None:
     el.start_home_services(exclude=exclude_targets)
     for edge in el.edges.values():
         edge.boot()
+    if before_push is not None:
+        before_push(el)
     for name, edge in el.edges.items():
         install_host_key(el, name)
         first = edge.push(rendered.bundle(name))

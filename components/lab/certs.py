@@ -28,23 +28,26 @@ class SelfSigned(NamedTuple):
     """SHA-256 of the DER certificate: what a client that pins it compares."""
 
 
-def self_signed(hostnames: Iterable[str], directory: Path, stem: str = "test") -> SelfSigned:
+def self_signed(hostnames: Iterable[str], directory: Path, stem: str = "test", valid_days: float = 2) -> SelfSigned:
     """A certificate for ``hostnames`` (the first is the subject; an IP address is named
     as one, for a server that clients reach by address), written to
     ``directory/<stem>.crt`` and ``.key``, valid for two days: long enough for any
-    lab session, short enough to be worthless if a copy is left behind."""
+    lab session, short enough to be worthless if a copy is left behind.  Another
+    ``valid_days`` makes one close to its end (or past it, below zero), for the
+    alert on expiring certificates."""
     hostnames = list(hostnames)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
     now = datetime.datetime.now(datetime.UTC)
+    end = now + datetime.timedelta(days=valid_days)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
+        .not_valid_before(min(now - datetime.timedelta(minutes=5), end - datetime.timedelta(days=1)))
+        .not_valid_after(end)
         .add_extension(x509.SubjectAlternativeName([_alt_name(h) for h in hostnames]), critical=False)
         .sign(key, hashes.SHA256())
     )

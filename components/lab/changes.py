@@ -51,7 +51,8 @@ class Stack:
         self.state = offline.key_state(el.rendered.run)
         self.n = 0
 
-    def render(self, **changes: Any) -> Rendered:
+    def render(self, release: tuple[str, str] | None = None, **changes: Any) -> Rendered:
+        """``release``: the pinned Traefik (version, executable digest), as ``render_stack`` takes it."""
         self.values.update(changes)
         self.n += 1
         return render_stack(
@@ -61,6 +62,7 @@ class Stack:
             config_overrides=dict(self.values),
             state=self.state,
             operator_key=self.el.rendered.operator_key,
+            release=release,
         )
 
 

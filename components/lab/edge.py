@@ -13,17 +13,24 @@ What the lab changes on the edge, and why (everything else is byte for byte):
 * ACME cannot succeed in a closed lab: a lab certificate for the ``http`` hostnames
   is added to the dynamic folder, standing in for Let's Encrypt's.
 * ``systemctl`` asks a stand-in for systemd in the lab process, which starts, signals
-  and stops the same processes systemd would (``Edge._systemctl``); ``cloud-init
+  and stops the same processes systemd would (``Edge._systemctl``), with what the
+  units' ``StateDirectory=`` and ``LoadCredential=`` ask for, as root; ``cloud-init
   status`` answers done.
 * ``--protection`` adds its mirror's certificate to the edge's trust store
   (components/lab/protection.py), as a local CA would be added.
 * sshd runs without PAM and without a pid file (they would reach the machine's logind
   and /run); the operator's key is added to ``sshPublicKeys`` by ``render_stack``.
+* CrowdSec (a stack with ``crowdsec`` on): the boot leaves its two units enabled, as
+  the first boot's setup does, but the stand-in runs their daemons only on an edge
+  with ``crowdsec_daemons`` set (``--pushes``, components/lab/day2.py), from the
+  machine's Debian packages with the lab's log folder (components/lab/crowdsec_units.py);
+  elsewhere a unit counts as running while it is enabled.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import socketserver
@@ -36,15 +43,29 @@ from typing import Protocol
 
 import yaml
 
+from components.lab import crowdsec_units
 from components.lab.errors import LabError
 from components.lab.netns import Lab, Node, wait_for
 from components.model import edge_contract
 from components.model.fleet import FleetConfig
+from components.model.protection import CrowdSec
 from components.renderers import bootstrap, edge_dns
 
 TRAEFIK_BINARY = Path(sys.executable).parent / "traefik"
-SPAWNED_UNITS = ("pdns.service", "cgnat-edge-health.service")
-"""dnsMode edges: units the stand-in runs as processes, like Traefik's slots."""
+SPAWNED_UNITS = (
+    "pdns.service",
+    "cgnat-edge-health.service",
+    "cgnat-edge-alerts.service",
+    edge_contract.NODE_EXPORTER_UNIT,
+)
+"""Units the stand-in runs as processes, like Traefik's slots: the DNS units of dnsMode
+edges, the alert daemon of a stack with an alert channel, the metrics exporter."""
+CROWDSEC = (edge_contract.CROWDSEC_UNIT, edge_contract.BOUNCER_UNIT)
+EXEC_UNITS = {
+    edge_contract.HEALTH_UNIT: edge_dns.AGENT_UNIT_PATH,
+    edge_contract.ALERTS_UNIT: f"{edge_contract.SYSTEMD_DIR}/{edge_contract.ALERTS_UNIT}",
+}
+"""Units started from their own unit file's ExecStart (the file the push wrote)."""
 
 
 class RunningLab(Protocol):
@@ -67,6 +88,7 @@ class RunningLab(Protocol):
         host_key: str | None = None,
         input: str | None = None,
         timeout: float = 120,
+        options: tuple[str, ...] = (),
     ) -> subprocess.CompletedProcess: ...
 
 
@@ -119,6 +141,8 @@ class Edge:
         self.sshd: subprocess.Popen | None = None
         self.install_key = ""
         """The install key's public half, as the ``<edge>-boot`` step reported it."""
+        self.crowdsec_daemons = False
+        """The stand-in runs CrowdSec's daemons (else an enabled unit counts as running)."""
         self._lock = threading.Lock()
         node.overlay("/etc")
         node.overlay("/var/lib")
@@ -179,7 +203,7 @@ class Edge:
         self.lab.servers.append(server)
 
     def _active(self, unit: str) -> bool:
-        if unit.startswith("traefik") or unit in SPAWNED_UNITS:
+        if unit.startswith("traefik") or unit in SPAWNED_UNITS or (self.crowdsec_daemons and unit in CROWDSEC):
             proc = self.units.get(unit)
             return proc is not None and proc.poll() is None
         if unit == "ssh.service":
@@ -210,10 +234,21 @@ class Edge:
                 "pdns_server", "--guardian=no", "--daemon=no", "--disable-syslog", "--write-pid=no",
                 f"--socket-dir={self.work}", log=self.work / "pdns.log",
             )  # fmt: skip
-        elif unit == edge_contract.HEALTH_UNIT:
-            text = self.read(edge_dns.AGENT_UNIT_PATH)
-            exec_start = next(x.split("=", 1)[1] for x in text.splitlines() if x.startswith("ExecStart="))
-            self.units[unit] = self.node.spawn(*shlex.split(exec_start), log=self.work / "health.log")
+        elif unit == edge_contract.NODE_EXPORTER_UNIT:
+            # Debian's unit: ExecStart=/usr/bin/prometheus-node-exporter $ARGS.
+            args = next(
+                line.split("=", 1)[1].strip('"')
+                for line in self.read(edge_contract.NODE_EXPORTER_ARGS).splitlines()
+                if line.startswith("ARGS=")
+            )
+            self.units[unit] = self.node.spawn(
+                edge_contract.NODE_EXPORTER, *shlex.split(args), log=self.work / "node-exporter.log"
+            )
+        elif unit in EXEC_UNITS:
+            self.units[unit] = self._spawn_unit(unit, self.read(EXEC_UNITS[unit]))
+        elif unit in CROWDSEC and self.crowdsec_daemons:
+            start = crowdsec_units.agent if unit == edge_contract.CROWDSEC_UNIT else crowdsec_units.bouncer
+            self.units[unit] = start(self.node, self.work / "crowdsec")
         elif unit.startswith("wg-quick@"):
             iface = unit.split("@")[1].split(".")[0]
             self.node.run("wg-quick", "up", iface)
@@ -224,6 +259,29 @@ class Edge:
             self.sshd = self.node.spawn(
                 "/usr/sbin/sshd", "-D", "-e", "-o", "PidFile=none", "-o", "UsePAM=no", log=self.work / "sshd.log"
             )
+
+    def _spawn_unit(self, unit: str, text: str) -> subprocess.Popen:
+        """The unit's ExecStart, with what systemd gives it first: ``StateDirectory=``
+        made under /var/lib, each ``LoadCredential=`` copied (read-only) into a folder of
+        its own named by ``$CREDENTIALS_DIRECTORY``.  The process runs as root (a
+        namespace has no dynamic users)."""
+        settings = [line.partition("=")[::2] for line in text.splitlines() if "=" in line and line[:1] != "#"]
+        exec_start = next(value for key, value in settings if key == "ExecStart")
+        env = None
+        for key, value in settings:
+            if key == "StateDirectory":
+                self.node.run("mkdir", "-p", "-m", "0755", f"/var/lib/{value}")
+            elif key == "LoadCredential":
+                name, _, source = value.partition(":")
+                credentials = self.work / "credentials" / unit
+                credentials.mkdir(parents=True, exist_ok=True, mode=0o700)
+                (credentials / name).unlink(missing_ok=True)
+                (credentials / name).write_text(self.read(source))
+                (credentials / name).chmod(0o400)
+                env = {**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)}
+        return self.node.spawn(
+            *shlex.split(exec_start), env=env, log=self.work / f"{unit.removesuffix('.service')}.log"
+        )
 
     def _systemctl(self, argv: list[str]) -> tuple[int, str, str]:
         with open(self.systemctl_log, "a") as f:
@@ -257,6 +315,8 @@ class Edge:
                 self._start(unit)
         elif verb == "disable":
             self.enabled.discard(unit)
+            if now:
+                self._stop(unit)
         elif verb in ("start", "restart", "reload-or-restart") and not unit.startswith("ssh"):
             if verb == "restart":
                 self._stop(unit)
@@ -296,6 +356,8 @@ class Edge:
             if self.node.run("test", "-f", edge_contract.WG_CONF, check=False).returncode == 0:
                 self._start("wg-quick@wg0.service")
             self.enabled |= {edge_contract.TRAEFIK_SLOTS[0], f"{edge_contract.WG_ENDPOINT_UNIT}.timer"}
+            if self.lab.cfg.protection.crowdsec != CrowdSec.OFF:
+                self.enabled |= set(CROWDSEC)  # what the first boot's setup leaves
             self._start(edge_contract.TRAEFIK_SLOTS[0])
             self.node.sh("rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* /etc/ssh/ssh_host_dsa_key*")
             if self.node.run("test", "-f", edge_contract.INSTALL_KEY, check=False).returncode != 0:
@@ -305,6 +367,10 @@ class Edge:
             for unit in SPAWNED_UNITS:
                 if unit in self.enabled:
                     self._start(unit)
+        # Then, after the units it is ordered after, the recovery of a push the
+        # restart cut off (its systemctl calls come back to the stand-in: no lock held).
+        if edge_contract.PUSH_RECOVER_UNIT in self.enabled:
+            self.fire_timer(edge_contract.PUSH_RECOVER_UNIT.removesuffix(".service"))
         self.wait_serving()
 
     def wait_serving(self) -> None:

@@ -127,7 +127,26 @@ class EdgeLab:
         host_key: str | None = None,
         input: str | None = None,
         timeout: float = 120,
+        options: tuple[str, ...] = (),
     ) -> subprocess.CompletedProcess:
+        argv, known = self.operator_ssh_argv(edge, command, key=key, host_key=host_key, options=options)
+        try:
+            return self.operator.run(*argv, input=input, timeout=timeout, check=False)
+        finally:
+            known.unlink()
+
+    def operator_ssh_argv(
+        self,
+        edge: Edge,
+        command: str,
+        *,
+        key: Path | None = None,
+        host_key: str | None = None,
+        options: tuple[str, ...] = (),
+    ) -> tuple[list[str], Path]:
+        """The operator's ssh command line for ``command`` on ``edge``, pinning
+        ``host_key`` (default: the rendered one), and the known-hosts file it reads;
+        ``options``: more of ssh's own (a port forward)."""
         known = self.lab.workdir / f"known_hosts-{time.monotonic_ns()}"
         known.write_text(f"{edge.public_ip} {host_key or self.rendered.host_key(edge.name)}\n")
         if key is None:
@@ -137,12 +156,9 @@ class EdgeLab:
         argv = [
             "ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes",
             "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=5", f"{self.cfg.ssh.user}@{edge.public_ip}", command,
+            "-o", "ConnectTimeout=5", *options, f"{self.cfg.ssh.user}@{edge.public_ip}", command,
         ]  # fmt: skip
-        try:
-            return self.operator.run(*argv, input=input, timeout=timeout, check=False)
-        finally:
-            known.unlink()
+        return argv, known
 
     def close(self) -> None:
         for server in self.servers:

@@ -305,7 +305,8 @@ def _end(pids: list[int]) -> None:
 def _is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        # Gone between the liveness check and the read: as good as reaped.
         return True
 
 

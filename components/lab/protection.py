@@ -28,7 +28,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import ipaddress
 import json
@@ -38,6 +37,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from components.lab import crowdsec_units
 from components.lab.certs import self_signed
 from components.lab.edge import Edge
 from components.lab.edge_lab import EdgeLab
@@ -275,34 +275,11 @@ def start_crowdsec(el: EdgeLab) -> dict[str, dict]:
     pids = {}
     for name, edge in el.edges.items():
         work = edge.work / "crowdsec"
-        work.mkdir()
-        node = edge.node
-        node.sh(
-            "sed -i -e 's/daemonize: true/daemonize: false/' "
-            f"-e 's#log_dir: /var/log/#log_dir: {work}/#' /etc/crowdsec/config.yaml"
-        )
-        key = node.sh("awk '/api_key/ {print $2}' /etc/crowdsec/bouncers/crowdsec-firewall-bouncer.yaml.local").stdout
-        base = node.run("cat", "/etc/crowdsec/bouncers/crowdsec-firewall-bouncer.yaml").stdout
-        config = (
-            base.replace("${BACKEND}", "nftables")
-            .replace("${API_KEY}", key.strip())
-            .replace("log_dir: /var/log/", f"log_dir: {work}/")
-            .replace("update_frequency: 10s", "update_frequency: 1s")
-        )
-        (work / "bouncer.yaml").write_text(config)
-        # The edge's settings (set-only, the ruleset's sets), merged by the bouncer from
-        # its .local file as on an edge.
-        (work / "bouncer.yaml.local").write_text(edge.read(protection.BOUNCER_SETTINGS_PATH))
-        # What cgnat-edge-crowdsec sets up on an edge; Debian's acquis.yaml (journald,
-        # nginx, apache) would read the machine's logs, so the lab reads Traefik's only.
-        node.write("/etc/crowdsec/acquis.yaml", "# the lab: see acquis.d/cgnat-edge.yaml\n", 0o644)
-        node.run("bash", "-c", _enable_traefik_parser())
-        lapi = node.spawn("crowdsec", "-c", "/etc/crowdsec/config.yaml", log=work / "crowdsec.out")
-        wait_for(
-            functools.partial(_succeeds, node, "cscli", "decisions", "list"),
-            20,
-            message=f"CrowdSec's Local API on edge {name}",
-        )
+        # What cgnat-edge-crowdsec sets up on an edge, but for the bouncer's API key,
+        # which the machine's package registered.
+        edge.node.run("bash", "-c", _enable_traefik_parser())
+        lapi = crowdsec_units.agent(edge.node, work)
+        crowdsec_units.bouncer_config(edge.node, work, edge.read(protection.BOUNCER_SETTINGS_PATH))
         pids[name] = {"crowdsec": lapi.pid, "bouncer": _start_bouncer(edge)}
     return pids
 
@@ -343,10 +320,6 @@ def _enable_traefik_parser() -> str:
     script = templates.text("crowdsec-setup.sh")
     start = script.index("hub=/var/lib/crowdsec/hub\n")
     return script[start : script.index("\ndone\n", start) + len("\ndone\n")]
-
-
-def _succeeds(node: Node, *argv: str) -> bool:
-    return node.run(*argv, check=False).returncode == 0
 
 
 def rss_mb(pid: int) -> float:

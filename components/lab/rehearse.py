@@ -215,7 +215,7 @@ def root_tarball(cache: Path, log: Callable[[str], None] = print) -> tuple[Path,
 # ---------------------------------------------------------------------------
 
 
-def _tarball(executable: bytes) -> bytes:
+def release_tarball(executable: bytes) -> bytes:
     """A release tarball as the official ones are laid out: ``traefik`` at the top."""
     raw = io.BytesIO()
     with (
@@ -239,7 +239,7 @@ class Release:
 def release(executable: Path = TRAEFIK_BINARY) -> Release:
     data = executable.read_bytes()
     # One byte more is a different executable, as a tampered download would be.
-    return Release(_tarball(data), _tarball(data + b"\0"), hashlib.sha256(data).hexdigest())
+    return Release(release_tarball(data), release_tarball(data + b"\0"), hashlib.sha256(data).hexdigest())
 
 
 def _ca(directory: Path, host: str) -> tuple[Path, Path, Path]:

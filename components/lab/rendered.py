@@ -3,8 +3,11 @@ what the lab reads out of it (each edge's cloud-config, push bundle and pinned h
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +15,12 @@ from typing import Any
 import yaml
 
 from components.config import stack
+from components.config.keys import SECRET_SET
+from components.lab.edge import TRAEFIK_BINARY
 from components.model import edge_contract
 from components.model.fleet import FleetConfig
 from components.model.keys import generate_host_key
+from components.renderers import traefik
 from components.tools import offline, render
 
 
@@ -62,6 +68,26 @@ class Rendered:
         return offline.reveal(self.run.one("command:remote:Command", f"{edge}-config").inputs["connection"])["hostKey"]
 
 
+@functools.cache
+def lab_executable_sha256() -> str:
+    return hashlib.sha256(TRAEFIK_BINARY.read_bytes()).hexdigest()
+
+
+@contextlib.contextmanager
+def pinned(version: str, sha256: str) -> Iterator[None]:
+    """Render as if the program pinned Traefik ``version`` with the executable digest
+    ``sha256``, for every architecture: the lab runs one executable, this machine's."""
+    saved = traefik.VERSION, dict(traefik.BINARY_SHA256)
+    traefik.VERSION = version
+    traefik.BINARY_SHA256.update(dict.fromkeys(traefik.BINARY_SHA256, sha256))
+    try:
+        yield
+    finally:
+        traefik.VERSION = saved[0]
+        traefik.BINARY_SHA256.clear()
+        traefik.BINARY_SHA256.update(saved[1])
+
+
 def render_stack(
     stack_file: Path,
     out: Path,
@@ -70,14 +96,20 @@ def render_stack(
     config_overrides: Mapping[str, Any] | None = None,
     state: Mapping[str, dict] | None = None,
     operator_key: tuple[str, str] | None = None,
+    release: tuple[str, str] | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> Rendered:
     """Render the stack offline for the lab.
 
     The home key is always generated (``homePublicKey`` is dropped): the lab plays
     home, so it needs the private key, which a stack that names only the public key
     never has.  The lab's operator key (``operator_key``, made here when not given) is
-    added to ``sshPublicKeys``, so the lab can log in as pulumi does.  Everything else
-    is the stack as written."""
+    added to ``sshPublicKeys``, so the lab can log in as pulumi does.  The pinned
+    Traefik release is ``release`` (version, executable digest), by default the pinned
+    version with the digest of the executable the lab runs (this machine's
+    architecture, whatever the edge's), so a push finds its edge on the pinned release.
+    Everything else is the stack as written, with ``secrets`` (key -> plain text) set
+    as ``pulumi config set --secret`` sets them."""
     operator_key = operator_key or generate_host_key()
     overrides = {"homePublicKey": None, **(config_overrides or {})}
     keys = overrides.get("sshPublicKeys", stack.load(stack_file, project_file, overrides).raw().get("sshPublicKeys"))
@@ -85,6 +117,11 @@ def render_stack(
     if operator_key[1] not in keys:
         keys.append(operator_key[1])
     overrides["sshPublicKeys"] = keys
-    run = offline.run_program(stack_file, project_file=project_file, config_overrides=overrides, state=state)
+    with pinned(*(release or (traefik.VERSION, lab_executable_sha256()))):
+        run = offline.run_program(
+            stack_file, project_file=project_file, config_overrides=overrides, state=state, secrets=secrets
+        )
     render.write(run, out, show_secrets=False)
-    return Rendered(run, stack.load(stack_file, project_file, overrides).parse(), out, operator_key)
+    # The typed config sees a secret only as set, as the running program does.
+    typed = {**overrides, **dict.fromkeys(secrets or {}, SECRET_SET)}
+    return Rendered(run, stack.load(stack_file, project_file, typed).parse(), out, operator_key)

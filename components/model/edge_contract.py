@@ -23,9 +23,20 @@ BUNDLE_FILES = "files"
 
 STATE_DIR = "/var/lib/cgnat-edge"
 """The push's own state: the last bundle's MANIFEST and the files it replaced."""
+PUSH_DIR = f"{STATE_DIR}/pushes"
+"""One folder per push (its bundle until it ends, journal, log and verdict), the lock
+and the script the boot-time recovery runs; push.sh names it itself, as it needs it
+before the bundle that brings the contract is unpacked."""
+PUSH_RECOVER_UNIT = "cgnat-edge-push-recover.service"
+"""Runs at boot: puts back the files of a push the restart cut off, and verifies."""
+PUSH_RESULT = f"{STATE_DIR}/push-result.json"
+"""How the last push ended (ok or rolled-back, when, why), readable by the alert daemon."""
 DESIRED = "/etc/cgnat-edge/desired.json"
 VERIFY = "/usr/local/sbin/cgnat-edge-verify"
 INSTALL_TRAEFIK = "/usr/local/sbin/cgnat-edge-install-traefik"
+TRAEFIK_RELEASE = "/etc/cgnat-edge/traefik-release"
+"""``SHA256 URL`` of the pinned Traefik release for this edge's architecture: a push
+whose running executable differs installs it (install-traefik.sh), as the first boot did."""
 
 SYSTEMD_DIR = "/etc/systemd/system"
 
@@ -72,6 +83,26 @@ HEALTH_AGENT = "/usr/local/sbin/cgnat-edge-health"
 HEALTH_CONF = "/etc/cgnat-edge/health.json"
 HEALTH_UNIT = "cgnat-edge-health.service"
 
+ALERTS_DAEMON = "/usr/local/sbin/cgnat-edge-alerts"
+ALERTS_CONF = "/etc/cgnat-edge/alerts.json"
+ALERT_CHANNELS = "/etc/cgnat-edge/alert-channels.json"
+"""The channels' secrets, root-only; the unit hands them to the daemon as a credential."""
+ALERTS_UNIT = "cgnat-edge-alerts.service"
+ALERTS_STATE = "/var/lib/cgnat-edge-alerts/state.json"
+"""Open incidents and each channel's last delivery (``status`` reads it)."""
+
+METRICS_SCRIPT = "/usr/local/sbin/cgnat-edge-metrics"
+METRICS_CONF = "/etc/cgnat-edge/metrics.json"
+METRICS_UNIT = "cgnat-edge-metrics"
+METRICS_TIMER = f"{METRICS_UNIT}.timer"
+METRICS_DIR = "/var/lib/cgnat-edge-metrics"
+"""The node exporter's textfile folder: the script writes the edge's own series here."""
+NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+NODE_EXPORTER_UNIT = "prometheus-node-exporter.service"
+"""Debian's unit, with the edge's arguments and a drop-in of the edge's."""
+NODE_EXPORTER_ARGS = "/etc/default/prometheus-node-exporter"
+NODE_EXPORTER_DROPIN = f"{SYSTEMD_DIR}/{NODE_EXPORTER_UNIT}.d/cgnat-edge.conf"
+
 FORWARD_SYSCTL = "/etc/sysctl.d/60-cgnat-edge-forward.conf"
 """Only with forward services: IPv4 forwarding on."""
 
@@ -82,6 +113,12 @@ GEO_STATE_DIR = f"{STATE_DIR}/geo"
 GEO_STATUS = f"{GEO_STATE_DIR}/status.json"
 CROWDSEC_UNIT = "crowdsec.service"
 BOUNCER_UNIT = "crowdsec-firewall-bouncer.service"
+CROWDSEC_SETUP = "/usr/local/sbin/cgnat-edge-crowdsec"
+"""Installs and starts CrowdSec (cloud-init/crowdsec-setup.sh): run by the first boot
+and, when CrowdSec is turned on for a running edge, by the push."""
+CROWDSEC_RECONCILE = "/usr/local/sbin/cgnat-edge-crowdsec-reconcile"
+"""Run by every push: CrowdSec set up, running and its bouncer pulling, or stopped."""
+BOUNCER_SETTINGS = "/etc/cgnat-edge/crowdsec-bouncer.yaml"
 
 UPGRADES_STAMP = "/var/lib/apt/periodic/unattended-upgrades-stamp"
 REBOOT_REQUIRED = "/var/run/reboot-required"

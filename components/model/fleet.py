@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from components.model import catalog
+from components.model.alerts import AlertsSpec
 from components.model.protection import ForwardAuth, GeoPolicy, ProtectionSpec
 from components.model.road_warriors import RoadWarriorsSpec
 
@@ -222,6 +223,8 @@ class FleetConfig:
     """Choices the parser made that the user did not write (shown by ``pulumi preview``)."""
     protection: ProtectionSpec = field(default_factory=ProtectionSpec)
     road_warriors: RoadWarriorsSpec | None = None
+    alerts: AlertsSpec | None = None
+    """None: no channel set, no alert daemon on the edges."""
 
     @property
     def providers(self) -> list[str]:

@@ -85,3 +85,25 @@ class EdgeFleetArgs(TypedDict, total=False):
     """off, offline (bans from the edge's own logs) or online (plus the community list)."""
     crowdsec_enroll_key: pulumi.Input[str]
     """CrowdSec console enrolment key (secret; needs crowdsec online): each edge enrols once, by name."""
+    alert_ntfy_url: pulumi.Input[str]
+    """Alerts to this ntfy topic, https://host/topic (secret: whoever has it reads them)."""
+    alert_webhook_url: pulumi.Input[str]
+    """Alerts POSTed as JSON to this https URL: Gotify, Discord, Slack, Home Assistant (secret: it is the token)."""
+    alert_smtp_server: str
+    """Alerts mailed through this SMTP relay, host or host:port (587 if left out)."""
+    alert_smtp_security: str
+    """starttls (submission, port 587) or tls (implicit TLS, port 465)."""
+    alert_smtp_from: str
+    """Sender address of the alert mails."""
+    alert_smtp_to: list[str]
+    """Where alert mails go: one or more addresses."""
+    alert_smtp_user: str
+    """Login at the relay; empty = the relay takes mail without one."""
+    alert_smtp_password: pulumi.Input[str]
+    """Password for alertSmtpUser (secret)."""
+    alert_after_seconds: int
+    """How long a tunnel, edge or service is down before it is an alert; a router's nightly reconnect is shorter."""
+    alert_reminder_hours: int
+    """An incident that lasts is announced again this often; 0 = only when it starts and ends."""
+    alert_cert_days: int
+    """Alert when the certificate an edge serves for an http hostname has fewer days left than this."""

@@ -15,12 +15,14 @@ import pulumi
 
 from components import preflight
 from components.config import ConfigError, parse
+from components.config.alerts import secret_url_problems
 from components.config.keys import SECRET_SET
+from components.model.alerts import SECRET_KEYS as ALERT_SECRETS
 from components.package import shapes
 from components.package.args import EdgeFleetArgs
 from components.resources import fleet
 
-SECRETS = ("sshPrivateKey", "crowdsecEnrollKey")
+SECRETS = ("sshPrivateKey", "crowdsecEnrollKey", *ALERT_SECRETS)
 """Inputs passed on as Pulumi secrets, never parsed as plain values."""
 
 
@@ -61,6 +63,11 @@ def raw_config(args: Mapping[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def raw_secrets(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The alert channels' secret inputs by key."""
+    return {camel(name): value for name, value in args.items() if camel(name) in ALERT_SECRETS}
+
+
 def _secret(value: Any) -> pulumi.Output[str] | None:
     """A secret input as a secret, even when given as plain text; empty is not given."""
     return None if value is None or value == "" else pulumi.Output.secret(value)
@@ -83,10 +90,14 @@ class EdgeFleet(fleet.EdgeFleet):
 
     def __init__(self, name: str, args: EdgeFleetArgs, opts: pulumi.ResourceOptions | None = None):
         given = {k: v for k, v in cast(Mapping[str, Any], args).items() if v is not None}
+        # A secret arrives as its text here (the component's inputs are resolved).
+        url_problems = secret_url_problems({k: v for k, v in raw_secrets(given).items() if isinstance(v, str)})
         try:
             cfg = parse(raw_config(given), project=pulumi.get_project(), stack=pulumi.get_stack())
         except ConfigError as exc:
-            raise FleetInputError(exc.problems) from None
+            raise FleetInputError(exc.problems + url_problems) from None
+        if url_problems:
+            raise FleetInputError(url_problems)
         problems = preflight.problems(cfg)
         if problems:
             raise FleetInputError(problems)
@@ -100,6 +111,11 @@ class EdgeFleet(fleet.EdgeFleet):
                 crowdsec_enroll_key=_secret(given.get("crowdsec_enroll_key"))
                 if cfg.protection.crowdsec_enroll
                 else None,
+                alert_secrets={
+                    key: secret for key, value in raw_secrets(given).items() if (secret := _secret(value)) is not None
+                }
+                if cfg.alerts
+                else {},
             ),
             opts,
         )

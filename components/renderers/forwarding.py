@@ -109,6 +109,14 @@ def edge_forward_rules(cfg: FleetConfig) -> list[str]:
     ]
 
 
+COUNTER_PREFIX = "forward_"
+
+
+def counter_name(s: ServiceSpec) -> str:
+    """The named counter of ``s``'s DNAT rule (the metrics read it by this prefix)."""
+    return f"{COUNTER_PREFIX}{s.name}"
+
+
 def _target_ports(s: ServiceSpec) -> str:
     if s.port_end:
         return f"{s.port}-{s.port_end}"
@@ -126,11 +134,14 @@ def edge_chains(cfg: FleetConfig) -> list[str]:
     for s in services(cfg):
         to = f"{s.target.host}" if s.port_end else f"{s.target.host}:{s.target.port}"
         rules.append(
-            f'iifname != "{wg}" fib daddr type local {s.protocol} dport {port_text(s)} dnat ip to {to}'
-            f' comment "service {s.name}"'
+            f'iifname != "{wg}" fib daddr type local {s.protocol} dport {port_text(s)}'
+            f' counter name {counter_name(s)} dnat ip to {to} comment "service {s.name}"'
         )
     mss4, mss6 = cfg.tunnel.mtu - 40, cfg.tunnel.mtu - 60
     return [
+        "",
+        "    # New connections (UDP: flows) per forward service, for the metrics.",
+        *(f"    counter {counter_name(s)} {{ }}" for s in services(cfg)),
         "",
         "    # forward services: the kernel rewrites the destination, the visitor's address stays.",
         "    chain forward_dnat {",

@@ -126,7 +126,11 @@ def check_id(cfg: FleetConfig, service: ServiceSpec | None) -> str:
     from it, because the agent is open to the internet there and its URLs sit in
     third-party configurations; opaque, not secret (no service name, no address in
     the URL or the answer, which is only up or down)."""
-    name = service.name if service is not None else PORTS_CHECK
+    return named_check(cfg, service.name if service is not None else PORTS_CHECK)
+
+
+def named_check(cfg: FleetConfig, name: str) -> str:
+    """The agent's check ``name`` as its URL carries it (see ``check_id``)."""
     if cfg.dns.edge_served:
         return name
     return hashlib.sha256(f"cgnat-edge-health\n{cfg.project}\n{cfg.stack}\n{name}".encode()).hexdigest()[:24]

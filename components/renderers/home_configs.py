@@ -85,7 +85,7 @@ from collections.abc import Callable
 from components.model.deployed import DeployedEdge
 from components.model.fleet import FleetConfig, HomeRole, Target
 from components.model.keys import public_key_of
-from components.renderers import forwarding, road_warriors
+from components.renderers import forwarding, metrics, road_warriors
 from components.renderers import tunnel as tunnel_module
 
 HOME_KEY_FILE = "/etc/wireguard/cgnat-edge-home.key"
@@ -182,6 +182,8 @@ def structured(
                 },
                 "routes": allowed,
                 "policyRouting": policy,
+                # The edge's metrics endpoint, through this tunnel (docs/metrics.md).
+                "metrics": metrics.address(cfg, peer.spec),
             }
         )
     return {

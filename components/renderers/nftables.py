@@ -13,7 +13,7 @@ import ipaddress
 
 from components.model import edge_contract, platforms
 from components.model.fleet import FleetConfig
-from components.renderers import edge_dns, forwarding, nft_limits, protection, road_warriors
+from components.renderers import edge_dns, forwarding, metrics, nft_limits, protection, road_warriors
 from components.renderers.nft_literals import one_or_set, set_of
 
 
@@ -157,6 +157,7 @@ def ruleset(cfg: FleetConfig, fleet: tuple[list[str], list[str]] | None = None) 
         input_rules.append(f"ip saddr {set_of(ssh_v4)} tcp dport 22 accept")
     if ssh_v6:
         input_rules.append(f"ip6 saddr {set_of(ssh_v6)} tcp dport 22 accept")
+    input_rules += metrics.input_rules(cfg)
     if cfg.dns.edge_served and fleet is not None:
         input_rules += _edge_dns_rules(fleet)
     if not cfg.dns.edge_served:

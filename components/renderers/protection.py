@@ -29,7 +29,7 @@ from components.renderers.nft_literals import one_or_set
 GEO_SCRIPT_PATH = "/usr/local/sbin/cgnat-edge-geo-sets"
 TABLE = ("inet", "cgnat_edge")
 
-CROWDSEC_SETUP_PATH = "/usr/local/sbin/cgnat-edge-crowdsec"
+CROWDSEC_SETUP_PATH = edge_contract.CROWDSEC_SETUP
 CROWDSEC_ACQUIS_PATH = "/etc/crowdsec/acquis.d/cgnat-edge.yaml"
 CROWDSEC_SETS = (
     ("ip", "cgnat_edge_crowdsec", "crowdsec-blacklists", "ipv4_addr"),
@@ -40,7 +40,7 @@ reads its drop counters and set sizes (its metrics) with ``nft list chain ip|ip6
 not its default table names, whose chains it would delete on a restart."""
 CROWDSEC_TABLES = tuple(f"{family} {table}" for family, table, _, _ in CROWDSEC_SETS)
 CROWDSEC_CHAIN = "bans"
-BOUNCER_SETTINGS_PATH = "/etc/cgnat-edge/crowdsec-bouncer.yaml"
+BOUNCER_SETTINGS_PATH = edge_contract.BOUNCER_SETTINGS
 """Merged by the setup into the bouncer's ``.yaml.local`` (which holds its API key)."""
 ACCESS_LOG = "/var/lib/traefik/access.log"
 """Traefik's access log, in its state directory: the only place its unit lets it write."""
@@ -91,6 +91,8 @@ def nft_table_lines(cfg: FleetConfig) -> list[str]:
     for country in countries(cfg):
         for family, kind in ((4, "ipv4_addr"), (6, "ipv6_addr")):
             lines.append(f"    set {set_name(country, family)} {{ type {kind}; flags interval; }}")
+    # Dropped packets per denied country, and from outside every allow list (the metrics).
+    lines += [f"    counter {name} {{ }}" for name in drop_counters(cfg)]
     lines += [
         "    chain geo {",
         "        # Before the forward services' DNAT and before the input chain accepts a port:",
@@ -107,12 +109,27 @@ def nft_table_lines(cfg: FleetConfig) -> list[str]:
         what = "allow " if policy.allow else "deny "
         lines.append(f"    chain geo_{i} {{  # {what}{', '.join(policy.countries)}")
         for country in policy.countries:
-            lines.append(f"        ip saddr @{set_name(country, 4)} {verdict}")
-            lines.append(f"        ip6 saddr @{set_name(country, 6)} {verdict}")
+            count = "" if policy.allow else f"counter name {drop_counter(country)} "
+            lines.append(f"        ip saddr @{set_name(country, 4)} {count}{verdict}")
+            lines.append(f"        ip6 saddr @{set_name(country, 6)} {count}{verdict}")
         if policy.allow:
-            lines.append("        drop")
+            lines.append(f"        counter name {drop_counter(None)} drop")
         lines.append("    }")
     return lines
+
+
+DROP_COUNTER_PREFIX = "geo_drop_"
+
+
+def drop_counter(country: str | None) -> str:
+    """The named counter of a denied country's drops; ``None``: of an allow list's."""
+    return f"{DROP_COUNTER_PREFIX}{country.lower() if country else 'unlisted'}"
+
+
+def drop_counters(cfg: FleetConfig) -> list[str]:
+    rules = geo_rules(cfg)
+    denied = sorted({c for _, _, policy in rules if not policy.allow for c in policy.countries})
+    return [drop_counter(c) for c in denied] + ([drop_counter(None)] if any(p.allow for _, _, p in rules) else [])
 
 
 def _port_expr(ports: tuple[int, ...]) -> str:

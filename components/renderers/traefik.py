@@ -71,8 +71,9 @@ def go_arch(arch: str) -> str:
         raise ValueError(f"no Traefik build for architecture {arch!r}; known: {', '.join(GO_ARCH)}") from None
 
 
-def release_url(arch: str, version: str = VERSION) -> str:
+def release_url(arch: str, version: str | None = None) -> str:
     """The official release tarball for a node of ``arch`` (catalog naming)."""
+    version = version or VERSION
     return f"https://github.com/traefik/traefik/releases/download/v{version}/traefik_v{version}_linux_{go_arch(arch)}.tar.gz"
 
 
@@ -142,6 +143,9 @@ def static_config(cfg: FleetConfig) -> dict[str, Any]:
         "log": {"level": "INFO", "noColor": True},
         "ping": {"entryPoint": "ping"},
         "api": {"dashboard": False},
+        # Read by the edge's metrics script on loopback, which hands them on to the
+        # node exporter (components/renderers/metrics.py).
+        "metrics": {"prometheus": {"entryPoint": "ping"}},
         "entryPoints": entry_points,
         "providers": {"file": {"directory": edge_contract.TRAEFIK_DYNAMIC_DIR, "watch": True}},
         # A dead tunnel must cost a visitor seconds, not Traefik's default 30 s, before

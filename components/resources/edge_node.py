@@ -4,7 +4,8 @@ its configuration current after the first boot."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_command as command
@@ -13,7 +14,7 @@ from components import providers
 from components.config import geoip
 from components.model.deployed import DeployedEdge
 from components.model.fleet import EdgeSpec, FleetConfig
-from components.renderers import bootstrap, bundle, edge_dns, protection, tunnel
+from components.renderers import alerts, bootstrap, bundle, edge_dns, protection, tunnel
 from components.resources.keys import SshHostKey, WireGuardKey
 
 
@@ -31,6 +32,7 @@ class EdgeNodeArgs:
     """Every edge with its addresses (dnsMode edges: the zone and the health agent's
     allow list name them all), resolved once every machine exists."""
     crowdsec_enroll_key: pulumi.Input[str] | None = None
+    alert_secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
 
 
 class EdgeNode(pulumi.ComponentResource):
@@ -106,12 +108,15 @@ class EdgeNode(pulumi.ComponentResource):
         )
         # Every later change to services, tunnel or SSH keys lands here, in place (no
         # rebuild, same IP), and the step ends only when the edge serves again.
+        secrets = pulumi.Output.all(**args.alert_secrets) if args.alert_secrets else None
         pushed: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(
-                wg_conf, host_key.private_key, host_key.public_key, fleet if fleet is not None else None
+                wg_conf, host_key.private_key, host_key.public_key, fleet if fleet is not None else None, secrets
             ).apply(
                 lambda values: bundle.encode(
-                    bootstrap.node_files(cfg, edge, values[0], (values[1], values[2]), fleet=values[3])
+                    bootstrap.node_files(
+                        cfg, edge, values[0], (values[1], values[2]), fleet=values[3], alert_secrets=values[4]
+                    )
                 )
             )
         )
@@ -145,7 +150,8 @@ class EdgeNode(pulumi.ComponentResource):
         self.public_key = key.public_key
         self.host_public_key = host_key.public_key
         # What `cgnat-edge status` compares the edge's files with: digests only, so the
-        # output needs no secret.
+        # output needs no secret; none of the alert channels' file, whose password may be
+        # weak enough to find from its digest.
         self.pushed_files: pulumi.Output[dict] = pulumi.Output.unsecret(
             pulumi.Output.all(
                 wg_conf, host_key.private_key, host_key.public_key, fleet if fleet is not None else None
@@ -153,6 +159,7 @@ class EdgeNode(pulumi.ComponentResource):
                 lambda values: {
                     f.path: hashlib.sha256(f.content.encode()).hexdigest()
                     for f in bootstrap.node_files(cfg, edge, values[0], (values[1], values[2]), fleet=values[3])
+                    if f.path != alerts.CHANNEL_FILE
                 }
             )
         )

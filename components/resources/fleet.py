@@ -4,8 +4,8 @@ from the outside (home router configs, DNS records, the monthly bill)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import pulumi
 
@@ -67,6 +67,8 @@ class EdgeFleetArgs:
     cfg: FleetConfig
     ssh_private_key: pulumi.Input[str] | None = None
     crowdsec_enroll_key: pulumi.Input[str] | None = None
+    alert_secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    """The alert channels' secrets by key (``program.alert_secrets``)."""
 
 
 class EdgeFleet(pulumi.ComponentResource):
@@ -104,7 +106,7 @@ class EdgeFleet(pulumi.ComponentResource):
         # dnsMode edges: each edge's zone names every edge, known once all machines exist.
         fleet: pulumi.Output[list[DeployedEdge[str]]] | None = None
         resolve_fleet: Callable[[pulumi.Output[list[DeployedEdge[str]]]], None] | None = None
-        if cfg.dns.edge_served:
+        if cfg.dns.edge_served or cfg.alerts:
             fleet, resolve_fleet = pulumi.deferred_output()
         try:
             for edge in cfg.edges:
@@ -120,6 +122,7 @@ class EdgeFleet(pulumi.ComponentResource):
                             after=nodes[-1].config_step if nodes else None,
                             fleet=fleet,
                             crowdsec_enroll_key=args.crowdsec_enroll_key,
+                            alert_secrets=args.alert_secrets,
                         ),
                         child,
                     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import ipaddress
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from typing import Any
 
 from components.config.parser import NAME_RE, NAME_RULE
 from components.model.road_warriors import INTERFACE as ROAD_WARRIOR_INTERFACE
+from components.renderers import metrics_home
 from components.renderers.tunnel import IFNAMSIZ
 
 OUTPUT_KEY = "homeConfigs"
@@ -128,6 +130,18 @@ def _text(value: Any, field: str) -> str:
     return value
 
 
+def _endpoint(value: Any, field: str) -> None:
+    """An edge's metrics endpoint: it is written into the scrape config."""
+    host, _, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    try:
+        ipaddress.ip_address(host)
+        ok = port.isdigit() and 0 < int(port) < 65536
+    except ValueError:
+        ok = False
+    if not ok:
+        raise _bad(field, f"{_shown(value)} is not an IPv4 address and port (address:port)")
+
+
 def _checked(configs: Any) -> dict:
     """``configs`` once every field the files are made of has its type, and every name
     that becomes part of a file name is an edge or device name as the config allows
@@ -157,6 +171,8 @@ def _checked(configs: Any) -> dict:
                 f"{field}.interface", f"{interface!r} is another edge's interface already; every edge has its own"
             )
         interfaces[edge] = interface
+        if "metrics" in tunnel:
+            _endpoint(tunnel["metrics"], f"{field}.metrics")
     for edge, text in _object(_member(configs, "wgQuick", ""), "wgQuick", "a wg-quick file per edge").items():
         _name(edge, "wgQuick", "edge")
         if edge not in interfaces:
@@ -286,6 +302,7 @@ def _files(configs: dict, qr: bool) -> dict[str, bytes]:
     files["openwrt.sh"] = configs["openwrt"].encode()
     files["routeros.rsc"] = configs["routeros"].encode()
     files["home.json"] = (json.dumps(configs["structured"], indent=2) + "\n").encode()
+    files.update({name: text.encode() for name, text in metrics_home.files(configs["structured"]).items()})
     return files
 
 

@@ -53,6 +53,10 @@ RESOLVE_TIMEOUT_S = 5
 GEO_STALE_S = 3 * 86400
 """The registries publish daily and the timer fetches after 20 hours: three days
 without a fetch is a source that keeps failing, not a slow one."""
+ALERTS_STALE_S = 30
+"""The alert daemon writes its state after every look (every 2 s, longer while a peer
+times out): half a minute without is a daemon that is stuck or gone."""
+CHANNEL_KEYS = {"ntfy": "alertNtfyUrl", "webhook": "alertWebhookUrl", "smtp": "alertSmtpServer"}
 CERT_WARN_DAYS = 14
 """Let's Encrypt certificates are renewed 30 days before they expire; 14 left means renewal fails."""
 
@@ -158,6 +162,7 @@ def remote_command(user: str, files: list[str]) -> str:
         "interface": edge_contract.WG_INTERFACE,
         "slots": list(edge_contract.TRAEFIK_SLOTS),
         "ping": f"http://{edge_contract.TRAEFIK_PING}/ping",
+        "version": f"{edge_contract.TRAEFIK_API}/version",
         "verify": edge_contract.VERIFY,
         "desired": edge_contract.DESIRED,
         "files": files,
@@ -166,6 +171,8 @@ def remote_command(user: str, files: list[str]) -> str:
         "geoConfig": edge_contract.GEO_CONFIG,
         "geoStatus": edge_contract.GEO_STATUS,
         "crowdsec": [edge_contract.CROWDSEC_UNIT, edge_contract.BOUNCER_UNIT],
+        "alertsConfig": edge_contract.ALERTS_CONF,
+        "alertsState": edge_contract.ALERTS_STATE,
     }
     program = templates.text("cgnat-edge-status.py")
     return bootstrap.as_root(user, f"python3 -c {shlex.quote(program)} {shlex.quote(json.dumps(args))}")
@@ -259,13 +266,14 @@ def _judge(st: EdgeStatus, e: dict, facts: dict, ssh: str) -> None:
     if not active or facts["ping"][0] != 0:
         slot = active[0] if active else edge_contract.TRAEFIK_SLOTS[0]
         st.problem(f"Traefik is not serving ({f['traefik']}, ping failed)", f"{ssh} sudo systemctl restart {slot}")
+    _judge_traefik_version(st, facts)
 
     drifted = sorted(p for p, want in e["pushedFiles"].items() if facts["files"].get(p) != want)
     f["drifted"] = drifted
     if drifted:
         st.problem(
             f"files differ from the last push: {', '.join(drifted)}",
-            f"push again: `pulumi up --target-replace $(pulumi stack --show-urns | grep -o 'urn:[^ ]*::{st.edge}-config')`",
+            _push_again(st.edge),
         )
     code, out, err = facts["verify"]
     if code != 0:
@@ -287,6 +295,28 @@ def _judge(st: EdgeStatus, e: dict, facts: dict, ssh: str) -> None:
         st.problem("a reboot is pending (kernel or libc update)", f"{ssh} sudo systemctl reboot")
     f["httpHosts"] = _http_hosts(facts.get("desired"))
     _judge_protection(st, facts, ssh)
+    judge_alerts(st, facts, ssh)
+
+
+def _push_again(edge: str) -> str:
+    """A plain ``pulumi up`` pushes only a changed bundle."""
+    return f"push again: `pulumi up --target-replace $(pulumi stack --show-urns | grep -o 'urn:[^ ]*::{edge}-config')`"
+
+
+def _judge_traefik_version(st: EdgeStatus, facts: dict) -> None:
+    """A push installs the pinned release; one that failed leaves the old one serving."""
+    pinned = ((facts.get("desired") or {}).get("traefik") or {}).get("version")
+    code, out, _ = facts.get("traefikVersion") or [1, "", ""]
+    try:
+        running = json.loads(out).get("Version") if code == 0 else None
+    except (ValueError, AttributeError):
+        running = None
+    st.facts["traefikVersion"] = running
+    if pinned and running and running != pinned:
+        st.problem(
+            f"Traefik {running} runs, the stack pins {pinned}",
+            f"{_push_again(st.edge)} (the push installs the pinned release, or says why it cannot)",
+        )
 
 
 def _age(now: float, stamp: Any) -> int | None:
@@ -333,11 +363,59 @@ def _judge_protection(st: EdgeStatus, facts: dict, ssh: str) -> None:
     units = facts.get("crowdsec")
     st.facts["crowdsec"] = units
     down = sorted(u for u, up in (units or {}).items() if not up)
-    if down:
+    wanted = (facts.get("desired") or {}).get("crowdsec", "off")
+    if units is None and wanted != "off":
+        st.facts["crowdsec"] = {edge_contract.CROWDSEC_UNIT: False, edge_contract.BOUNCER_UNIT: False}
         st.problem(
-            f"CrowdSec is enabled but {', '.join(down)} is not running: nobody is banned",
+            f"CrowdSec should run (crowdsec {wanted}) and does not: it was never set up on this edge; nobody is banned",
+            f"{_push_again(st.edge)} (the push sets CrowdSec up, or says why it cannot)",
+        )
+    elif down:
+        st.problem(
+            f"CrowdSec should run and does not: {', '.join(down)} is not running; nobody is banned",
             f"{ssh} sudo systemctl restart {' '.join(down)}; {ssh} sudo journalctl -u {down[0]}",
         )
+
+
+def judge_alerts(st: EdgeStatus, facts: dict, ssh: str) -> None:
+    """The edge's alert daemon (with a channel set): that it keeps looking, and each
+    channel's last delivery; a failing channel is silence that looks like good news.
+    The open incidents are the fleet's, as this edge sees them."""
+    alerts = facts.get("alerts") or {}
+    if not alerts.get("on"):
+        return
+    state, now, before = alerts.get("state"), facts["now"], len(st.problems)
+    unit = edge_contract.ALERTS_UNIT
+    fix = f"{ssh} sudo systemctl restart {unit}; {ssh} sudo journalctl -u {unit}"
+    if not isinstance(state, dict):
+        st.facts["alerts"] = {"state": "none"}
+        st.problem("alerts are on, but the alert daemon has written no state: no alert can be sent", fix)
+        return
+    a = st.facts["alerts"] = {
+        "leader": state.get("leader"),
+        "incidents": {k: _age(now, v.get("since")) for k, v in sorted((state.get("incidents") or {}).items())},
+        "channels": {},
+        "updatedAge": _age(now, state.get("updated")),
+    }
+    if a["updatedAge"] is None or a["updatedAge"] > ALERTS_STALE_S:
+        st.problem(f"the alert daemon last looked {a['updatedAge']}s ago: no alert can be sent", fix)
+    for name, c in sorted((state.get("channels") or {}).items()):
+        ok, failed = c.get("lastOk"), c.get("lastErrorAt")
+        a["channels"][name] = {
+            "delivered": c.get("delivered"),
+            "lastOkAge": _age(now, ok),
+            "queued": c.get("queued"),
+            "lastError": c.get("lastError"),
+        }
+        if failed and (not ok or failed > ok):
+            st.problem(
+                f"alert channel {name} fails ({c.get('lastError')}), {c.get('queued')} message(s) waiting; "
+                f"it last delivered {'never' if not ok else f'{_age(now, ok)}s ago'}",
+                f"check cgnat-edge:{CHANNEL_KEYS.get(name, name)} and that the edge can reach it; "
+                f"{ssh} sudo journalctl -u {unit}",
+            )
+    failing = len(st.problems) > before
+    a["state"] = "FAIL" if failing else f"{len(a['incidents'])} open" if a["incidents"] else "ok"
 
 
 def _http_hosts(desired: dict | None) -> list[str]:
@@ -686,7 +764,7 @@ def _crowdsec_cell(units: dict | None) -> str:
 
 def table(edges: list[EdgeStatus], hosts: list[HostStatus]) -> str:
     lines = [
-        f"{'EDGE':<10} {'ADDRESS':<16} {'SSH':<5} {'CLOUD-INIT':<10} {'HANDSHAKE':<10} {'TRAEFIK':<18} {'DRIFT':<6} {'GEO':<6} {'CROWDSEC':<9} REBOOT"
+        f"{'EDGE':<10} {'ADDRESS':<16} {'SSH':<5} {'CLOUD-INIT':<10} {'HANDSHAKE':<10} {'TRAEFIK':<18} {'DRIFT':<6} {'GEO':<6} {'CROWDSEC':<9} {'ALERTS':<7} REBOOT"
     ]
     for e in edges:
         f = e.facts
@@ -695,6 +773,7 @@ def table(edges: list[EdgeStatus], hosts: list[HostStatus]) -> str:
             f"{e.edge:<10} {e.address:<16} {'ok' if e.reachable else 'FAIL':<5} {f.get('cloudInit', '-'):<10} "
             f"{'-' if age is None else f'{age}s':<10} {f.get('traefik', '-'):<18} {len(f.get('drifted', [])) if e.reachable else '-'!s:<6} "
             f"{_geo_cell(f.get('geo')):<6} {_crowdsec_cell(f.get('crowdsec')):<9} "
+            f"{(f.get('alerts') or {}).get('state', '-'):<7} "
             f"{'yes' if f.get('rebootRequired') else 'no' if e.reachable else '-'}"
         )
     if hosts:
