@@ -503,6 +503,12 @@ rollback() {
   # Reconcile everything the failed push touched, with the old files.
   (reconcile) >&2 &
   wait $! || warn "the rollback did not apply cleanly either; see the lines above"
+  # Units the failed push brought and the rollback removed are gone, not failed.
+  while read -r p; do
+    if [[ $p == /etc/systemd/system/*.service || $p == /etc/systemd/system/*.timer ]]; then
+      systemctl reset-failed "${p##*/}" 2>/dev/null || true
+    fi
+  done <"$before/ABSENT"
   python3 "$verify" >&2 || warn "after the rollback the edge still differs from its files"
   rm -f "$dir/journal"
   sync -f "$dir"

@@ -242,20 +242,21 @@ def check_ssh(desired: dict) -> list[str]:
     want_files = [desired["ssh"]["hostKey"], desired["ssh"]["installKey"]]
     if host_keys != want_files:
         problems.append(f"sshd loads host keys {host_keys}, want only {want_files}")
-    # What the running sshd presents (it may still be re-executing after a reload).
-    served: list[str] = []
-    for _ in range(20):
-        scan = subprocess.run(
-            ["ssh-keyscan", "-T", "2", "-t", "rsa,ecdsa,ed25519", "127.0.0.1"], capture_output=True, text=True
-        ).stdout
-        served = sorted(" ".join(s.split()[1:3]) for s in scan.splitlines() if s and not s.startswith("#"))
-        if served:
-            break
-        time.sleep(0.1)
     want = [" ".join(desired["ssh"]["hostPublicKey"].split()[:2])]
     if os.path.exists(desired["ssh"]["installKey"] + ".pub"):
         with open(desired["ssh"]["installKey"] + ".pub") as f:
             want.append(" ".join(f.read().split()[:2]))
+    # What the running sshd presents: it may still be re-executing after a reload, and a
+    # busy one-core edge can take seconds per key exchange while the push restarts units,
+    # so keys seen by any scan count until every wanted one has been seen.
+    seen: set[str] = set()
+    deadline = time.monotonic() + 60
+    while not seen >= set(want) and time.monotonic() < deadline:
+        scan = subprocess.run(
+            ["ssh-keyscan", "-T", "15", "-t", "rsa,ecdsa,ed25519", "127.0.0.1"], capture_output=True, text=True
+        ).stdout
+        seen |= {" ".join(s.split()[1:3]) for s in scan.splitlines() if s and not s.startswith("#")}
+    served = sorted(seen)
     if served != sorted(want):
         problems.append(
             f"sshd serves {len(served)} host keys {[s.split()[0] for s in served]}, want only the pinned one "

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from components.config import ConfigError, stack
-from components.lab import rehearse, runner, vm
+from components.lab import rehearse, runner, vm_lab
 from components.lab.errors import LabError
 from components.tools import home_files, package_schema, policy, render, status
 
@@ -117,7 +117,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 def cmd_rehearse(args: argparse.Namespace) -> int:
     stack_file, project_file = _stack(args)
     try:
-        ok, checks = (vm.run if args.vm else rehearse.run)(
+        ok, checks = (vm_lab.run if args.vm else rehearse.run)(
             stack_file,
             project_file,
             only=args.edge,

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from components import cli
 from components.lab import mirror_proxy, vm, vm_image
@@ -46,19 +47,49 @@ def test_rehearse_vm_dev(tmp_path, capsys):
     assert "FAIL" not in capsys.readouterr().out
     assert rows["vm:fsn:arch"]["value"] == "aarch64"
     assert rows["vm:ams:arch"]["value"] == "x86_64"
+    expected = {
+        *(
+            f"vm:{edge}:{row}"
+            for edge in ("fsn", "ams")
+            for row in ("boot", "arch", "accel", "tunnel", "smoke", "reboot")
+        ),
+        *(f"vm:{row}" for row in ("traefik-handover", "push-cut", "push-reset", "push-concurrent")),
+        *(
+            f"vm:{row}"
+            for row in ("traefik-upgrade", "crowdsec-enable", "egress", "total", "image:amd64", "image:arm64")
+        ),
+    }
+    assert set(rows) == expected
     for edge in ("fsn", "ams"):
-        assert rows[f"vm:{edge}:boot"]["ok"] and rows[f"vm:{edge}:boot"]["value"] > 0
+        assert rows[f"vm:{edge}:boot"]["value"] > 0 and rows[f"vm:{edge}:reboot"]["value"] > 0
+        assert rows[f"vm:{edge}:smoke"]["value"] >= 5
+    assert rows["vm:traefik-handover"]["value"] == 0
     assert rows["vm:egress"]["value"] == 0
 
 
-def test_probe_report_only_when_complete():
-    assert vm.parse_probe(PROBE.replace("== end\n", "")) == {}
-    report = vm.parse_probe(PROBE)
+def test_probe_reports_one_per_boot_and_only_when_complete():
+    assert vm.parse_probe(PROBE.replace("== end\n", "")) == []
+    (report,) = vm.parse_probe(PROBE)
     assert report["arch"] == "aarch64\n" and report["failed"] == ""
+    second = PROBE.replace("41.2", "17.5")
+    reports = vm.parse_probe(PROBE + second + "== uptime\n3.0\n")
+    assert [r["uptime"] for r in reports] == ["41.2\n", "17.5\n"]
+
+
+def test_the_firewall_must_come_before_the_network():
+    before = "ActiveEnterTimestampMonotonic=4100000\nActiveEnterTimestampMonotonic=5350000\n"
+    assert vm.firewall_first({"firewall-before-network": before}) == (
+        True,
+        "nftables active 1.25s before systemd-networkd",
+    )
+    after = "ActiveEnterTimestampMonotonic=6100000\nActiveEnterTimestampMonotonic=5350000\n"
+    assert not vm.firewall_first({"firewall-before-network": after})[0]
+    never = "ActiveEnterTimestampMonotonic=0\nActiveEnterTimestampMonotonic=5350000\n"
+    assert not vm.firewall_first({"firewall-before-network": never})[0]
 
 
 def test_default_drop_needs_an_input_chain_that_drops():
-    ruleset = vm.parse_probe(PROBE)["nft"]
+    ruleset = vm.parse_probe(PROBE)[0]["nft"]
     assert vm._default_drop(ruleset)
     assert not vm._default_drop(ruleset.replace('"drop"', '"accept"'))
     assert not vm._default_drop(ruleset.replace('"hook": "input"', '"hook": "forward"'))
@@ -68,15 +99,17 @@ def test_default_drop_needs_an_input_chain_that_drops():
 def test_seed_disk_holds_the_user_data_unchanged(tmp_path):
     require_tool("mkfs.vfat", "mcopy", "mmd")
     user_data = "#cloud-config\nruncmd:\n  - [echo, 'ünïcode and \"quotes\"']\n"
-    disk = vm.seed(tmp_path / "seed.img", "fsn", user_data, {"hosts": "198.51.100.1 github.com\n"})
+    network = vm.network_config("203.0.113.5", "203.0.113.1")
+    disk = vm.seed(tmp_path / "seed.img", "fsn", user_data, network, {"hosts": "198.51.100.1 github.com\n"})
     read = subprocess.run(["mcopy", "-n", "-i", disk, "::/user-data", "-"], capture_output=True, text=True)
     assert read.stdout == user_data
     hosts = subprocess.run(["mcopy", "-n", "-i", disk, "::/lab/hosts", "-"], capture_output=True, text=True)
     assert hosts.stdout == "198.51.100.1 github.com\n"
     label = subprocess.run(["mlabel", "-s", "-i", disk, "::"], capture_output=True, text=True)
     assert vm_image.SEED_LABEL in label.stdout
-    network = subprocess.run(["mcopy", "-n", "-i", disk, "::/network-config", "-"], capture_output=True, text=True)
-    assert f"{vm.GUEST}/{vm.PREFIX}" in network.stdout
+    read = subprocess.run(["mcopy", "-n", "-i", disk, "::/network-config", "-"], capture_output=True, text=True)
+    eth0 = yaml.safe_load(read.stdout)["ethernets"]["eth0"]
+    assert eth0["addresses"] == ["203.0.113.5/24"] and eth0["routes"] == [{"to": "0.0.0.0/0", "via": "203.0.113.1"}]
 
 
 @pytest.mark.netns

@@ -77,7 +77,7 @@ def _build(el: EdgeLab, exclude_targets: Iterable[str], before_push: Callable[[E
         first = edge.push(rendered.bundle(name))
         if not first.ok:
             raise LabError(f"the first push to edge {name} failed:\n{first.output[-3000:]}")
-    _bring_up_tunnels(el)
+    bring_up_tunnels(el)
     if edge_served:
         _wait_for_edge_nameservers(el, edge_ips)
     else:
@@ -125,7 +125,7 @@ def _add_edges(el: EdgeLab, edge_ips: dict[str, str]) -> None:
         platform_firewall.prepare(el.edges[name], platform_firewall.traits(el, name))
 
 
-def _bring_up_tunnels(el: EdgeLab) -> None:
+def bring_up_tunnels(el: EdgeLab, timeout: float = 20) -> None:
     """Home's wg-quick files (the road warriors' too), up, and a handshake with every edge."""
     for tunnel in el.rendered.home["tunnels"]:
         iface = tunnel["interface"]
@@ -137,7 +137,9 @@ def _bring_up_tunnels(el: EdgeLab) -> None:
         el.home.run("wg-quick", "up", ROAD_WARRIORS)
     for name in el.edges:
         # handshake_time is 0 until home's first handshake with the edge
-        wait_for(functools.partial(el.handshake_time, name), timeout=20, message=f"home's handshake with edge {name}")
+        wait_for(
+            functools.partial(el.handshake_time, name), timeout=timeout, message=f"home's handshake with edge {name}"
+        )
 
 
 def _wait_for_edge_nameservers(el: EdgeLab, edge_ips: dict[str, str]) -> None:

@@ -63,6 +63,7 @@ class Stack:
             state=self.state,
             operator_key=self.el.rendered.operator_key,
             release=release,
+            as_released=self.el.as_released,
         )
 
 
@@ -177,17 +178,17 @@ for line in sys.stdin:
 """
 
 
-def _open_long_connection(el: EdgeLab, edge: str) -> subprocess.Popen:
-    """A raw TCP connection through ``edge`` to home's echo, held open across changes."""
+def open_long_connection(el: EdgeLab, edge: str, port: int = 2222) -> subprocess.Popen:
+    """A raw TCP connection through ``edge`` to home's echo on ``port``, held open across changes."""
     proc = el.client.spawn(
-        sys.executable, "-c", LONG_CLIENT, el.edges[edge].public_ip, "2222",
+        sys.executable, "-c", LONG_CLIENT, el.edges[edge].public_ip, str(port),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
     return proc
 
 
-def _long_connection_alive(el: EdgeLab, proc) -> bool:
+def long_connection_alive(el: EdgeLab, proc) -> bool:
     try:
         proc.stdin.write("status\n")
         proc.stdin.flush()
@@ -440,7 +441,7 @@ class Matrix:
 
     def add_services(self) -> None:
         el, edges, stack = self.el, self.edges, self.stack
-        long_conn = _open_long_connection(el, edges[0])
+        long_conn = open_long_connection(el, edges[0])
         with_new = stack.render(services=list(stack.values["services"]) + self.added)
         _stand_in_certificate(el, with_new)
         el.start_home_services(with_new)
@@ -460,7 +461,7 @@ class Matrix:
                         + ", ".join(f"{e}={a.get('error') or 'yes'}" for e, a in answers.items()),
                     )
                 )
-        survived = _long_connection_alive(el, long_conn)
+        survived = long_connection_alive(el, long_conn)
         self.checks.append(
             Check(
                 "change:traefik-static",

@@ -33,7 +33,7 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -123,15 +123,15 @@ class ReleaseServer:
         self.dir.mkdir()
         node = el.nodes["releases"] = el.lab.node("releases")
         attach(el.lab, inet, node, "i-releases", self.address)
-        cert = self_signed([self.host], el.lab.workdir, "releases")
+        cert = self.cert = self_signed([self.host], el.lab.workdir, "releases")
         for edge in el.edges.values():
             edge.node.sh(f"echo '{self.address} {self.host}' >> /etc/hosts; cat {cert.cert} >> {TRUST_STORE}")
         self.server = node.call(lambda: FileServer((self.address, 443), self.dir, cert)).start()
         el.servers.append(self.server)
 
-    def publish(self, version: str, tarball: bytes) -> None:
-        """``tarball`` at the release URL of ``version``, for every architecture."""
-        for arch in traefik.GO_ARCH:
+    def publish(self, version: str, tarball: bytes, archs: Iterable[str] = tuple(traefik.GO_ARCH)) -> None:
+        """``tarball`` at the release URL of ``version``, for ``archs`` (default: every architecture)."""
+        for arch in archs:
             target = self.dir / urlsplit(traefik.release_url(arch, version)).path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(tarball)
@@ -141,8 +141,7 @@ class ReleaseServer:
 
 
 def _run(el: EdgeLab, edge: str) -> Run:
-    node = el.edges[edge].node
-    return lambda command: node.run("bash", "-c", command, check=False)
+    return el.edges[edge].root
 
 
 def _probe(el: EdgeLab, edge: str) -> bool:
@@ -157,9 +156,10 @@ def _probe(el: EdgeLab, edge: str) -> bool:
     return bool(r.get("ok"))
 
 
-def crowdsec_enable_row(el: EdgeLab, stack: Stack, edge: str) -> Check:
+def crowdsec_enable_row(el: EdgeLab, stack: Stack, edge: str, mode: str | None = None) -> Check:
+    """``mode``: the CrowdSec mode turned on (default: the stack's)."""
     run = _run(el, edge)
-    mode = str(el.cfg.protection.crowdsec)
+    mode = mode or str(el.cfg.protection.crowdsec)
     off = el.edges[edge].push(stack.render(crowdsec="off").bundle(edge))
     enabled = run(f"systemctl is-enabled --quiet {edge_contract.BOUNCER_UNIT}").returncode == 0
     stopped = not enabled and not crowdsec_running(run)[0]
@@ -191,13 +191,22 @@ def crowdsec_enable_row(el: EdgeLab, stack: Stack, edge: str) -> Check:
     return Check("push:crowdsec-enable", ok, round(seconds, 1), "s", detail)
 
 
-def traefik_upgrade_row(el: EdgeLab, stack: Stack, edge: str, server: ReleaseServer, *, tamper: bool = False) -> Check:
+def traefik_upgrade_row(
+    el: EdgeLab,
+    stack: Stack,
+    edge: str,
+    server: ReleaseServer,
+    *,
+    tamper: bool = False,
+    executable: bytes | None = None,
+) -> Check:
+    """``executable``: the Traefik the edge's architecture runs (default: this machine's)."""
     run = _run(el, edge)
     old = traefik_version(run)
-    executable, version = second_executable(TRAEFIK_BINARY.read_bytes())
+    executable, version = second_executable(executable or TRAEFIK_BINARY.read_bytes())
     sha256 = hashlib.sha256(executable).hexdigest()
     served = executable + b"\0" if tamper else executable
-    server.publish(version, release_tarball(served))
+    server.publish(version, release_tarball(served), archs=[next(e.arch for e in el.cfg.edges if e.name == edge)])
     rendered = stack.render(release=(version, sha256))
     done = rollout(el, rendered, edges=[edge])
     running = traefik_version(run)

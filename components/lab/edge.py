@@ -176,6 +176,10 @@ class Edge:
     def read(self, path: str) -> str:
         return self.node.run("cat", path).stdout
 
+    def root(self, script: str) -> subprocess.CompletedProcess:
+        """``script`` on the edge as root (bash), not raising on failure."""
+        return self.node.run("bash", "-c", script, check=False)
+
     def _install(self, files: list[dict]) -> None:
         """cloud-init's write_files, at the real paths inside the node."""
         for entry in files:

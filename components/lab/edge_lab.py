@@ -86,6 +86,9 @@ class EdgeLab:
     home_certs: dict[str, tuple[Path, Path, str]] = field(default_factory=dict)
     http_cert: tuple[Path, Path, str] | None = None
     served: set[str] = field(default_factory=set)
+    as_released: bool = False
+    """Changes render with the program's own Traefik pins (edges that are machines of their
+    own architecture), not with this machine's executable for every edge."""
 
     @property
     def cfg(self) -> FleetConfig:

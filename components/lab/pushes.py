@@ -300,6 +300,7 @@ def keyed(el: EdgeLab, work: Path, stack_file: Path, project_file: Path | None, 
             config_overrides={"sshPublicKeys": [*keys, generate_host_key()[1]]},
             state=offline.key_state(el.rendered.run),
             operator_key=el.rendered.operator_key,
+            as_released=el.as_released,
         )
         for i in range(n)
     ]

@@ -98,6 +98,7 @@ def render_stack(
     operator_key: tuple[str, str] | None = None,
     release: tuple[str, str] | None = None,
     secrets: Mapping[str, str] | None = None,
+    as_released: bool = False,
 ) -> Rendered:
     """Render the stack offline for the lab.
 
@@ -109,7 +110,8 @@ def render_stack(
     version with the digest of the executable the lab runs (this machine's
     architecture, whatever the edge's), so a push finds its edge on the pinned release.
     Everything else is the stack as written, with ``secrets`` (key -> plain text) set
-    as ``pulumi config set --secret`` sets them."""
+    as ``pulumi config set --secret`` sets them.  ``as_released`` keeps the program's own
+    pins (for edges that run the release of their own architecture)."""
     operator_key = operator_key or generate_host_key()
     overrides = {"homePublicKey": None, **(config_overrides or {})}
     keys = overrides.get("sshPublicKeys", stack.load(stack_file, project_file, overrides).raw().get("sshPublicKeys"))
@@ -117,7 +119,12 @@ def render_stack(
     if operator_key[1] not in keys:
         keys.append(operator_key[1])
     overrides["sshPublicKeys"] = keys
-    with pinned(*(release or (traefik.VERSION, lab_executable_sha256()))):
+    pins = (
+        contextlib.nullcontext()
+        if as_released and not release
+        else pinned(*(release or (traefik.VERSION, lab_executable_sha256())))
+    )
+    with pins:
         run = offline.run_program(
             stack_file, project_file=project_file, config_overrides=overrides, state=state, secrets=secrets
         )

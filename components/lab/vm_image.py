@@ -58,7 +58,7 @@ path-include=/usr/share/locale/locale.alias
 """dpkg's excludes for the disk: man-db's trigger and the docs cost minutes under
 qemu-user when the disk is not the host's architecture, and no edge reads them."""
 
-SEED_UNIT = f"""[Unit]
+SEED_UNIT = """[Unit]
 Description=cgnat-edge rehearsal: the lab's files from the seed disk
 DefaultDependencies=no
 After=local-fs.target systemd-udevd.service
