@@ -505,7 +505,7 @@ rollback() {
   wait $! || warn "the rollback did not apply cleanly either; see the lines above"
   # Units the failed push brought and the rollback removed are gone, not failed.
   while read -r p; do
-    if [[ $p == /etc/systemd/system/*.service || $p == /etc/systemd/system/*.timer ]]; then
+    if [[ $p == "$systemd_dir"/*.service || $p == "$systemd_dir"/*.timer ]]; then
       systemctl reset-failed "${p##*/}" 2>/dev/null || true
     fi
   done <"$before/ABSENT"

@@ -48,7 +48,7 @@ SSH_TIMEOUT_S = 900
 """A push under TCG installs packages (CrowdSec) and restarts units on an emulated CPU."""
 DIAL_RETRY_S = 60
 DIAL_ERRORS = ("Connection refused", "Connection timed out", "No route to host")
-ANSWER_TIMEOUT_S = 300
+ANSWER_TIMEOUT_S = 900
 """How long a rebooted or reset machine may take until it answers again."""
 
 
@@ -345,10 +345,10 @@ def reboot_row(el: EdgeLab, name: str) -> Check:
     except AssertionError as exc:
         problems.append(str(exc)[:200])
     seconds = time.monotonic() - t0
-    report = (vm.reports(edge.guest) or [{}])[-1]
-    before = (vm.reports(edge.guest) or [{}])[0].get("boot-id")
-    if report.get("boot-id") == before:
-        problems.append("the guest did not boot again")
+    done = vm.reports(edge.guest)
+    report = done[-1] if len(done) > boots else {}
+    if not report or report.get("boot-id") == done[0].get("boot-id"):
+        problems.append("the guest did not report a new boot")
     if failed := report.get("failed", "").strip():
         problems.append(f"failed units: {' '.join(line.split()[0] for line in failed.splitlines())}")
     first, order = vm.firewall_first(report)
@@ -500,31 +500,37 @@ def run(
 
 
 def _rows(lab: VmLab, stack_file: Path, project_file: Path | None, chosen: str, work: Path) -> list[Check]:
-    """The rows in order; a step that cannot go on ends the run with a failed row."""
-    el, log = lab.el, lab.log
-    step = "boot"
+    """The rows in order, each logged as it comes (a run takes long under TCG); a step
+    that cannot go on ends the run with a failed row."""
+    el = lab.el
     rows: list[Check] = []
+
+    def add(*checks: Check) -> None:
+        for c in checks:
+            lab.log(f"rehearse: {'ok' if c.ok else 'FAIL'} {c.name} {c.value} {c.unit}: {c.detail[:300]}")
+        rows.extend(checks)
+
+    step = "boot"
     try:
         lab.boot()
-        rows += lab.checks
+        add(*lab.checks)
         if not all(c.ok for c in lab.checks):
             return rows
         step = "first-push"
         lab.first_push()
         for name in sorted(el.edges):
-            rows += [tunnel_row(el, name), smoke_row(el, name)]
+            add(tunnel_row(el, name), smoke_row(el, name))
         for name in sorted(el.edges):
             step = f"{name}:reboot"
-            rows.append(reboot_row(el, name))
-            log(f"rehearse: {rows[-1].name} {rows[-1].value}s")
+            add(reboot_row(el, name))
         stack_ = changes.Stack(el, stack_file, project_file, work / "changes")
         step = "traefik-handover"
-        rows.append(handover_row(el, stack_, chosen))
+        add(handover_row(el, stack_, chosen))
         step = "pushes"
-        rows += push_rows(el, stack_file, project_file, chosen)
+        add(*push_rows(el, stack_file, project_file, chosen))
         step = "day-2"
         executable = vm.executable(vm_arch(next(e.arch for e in el.cfg.edges if e.name == chosen)), lab.cache)
-        rows += day2_rows(el, stack_, chosen, lab.release, executable.read_bytes())
+        add(*day2_rows(el, stack_, chosen, lab.release, executable.read_bytes()))
     except (LabError, AssertionError, RuntimeError, subprocess.SubprocessError, OSError) as exc:
-        rows.append(Check(f"vm:{step}", False, None, "", f"stopped: {str(exc)[-1500:]}"))
+        add(Check(f"vm:{step}", False, None, "", f"stopped: {str(exc)[-1500:]}"))
     return rows
