@@ -337,7 +337,7 @@ def reboot_row(el: EdgeLab, name: str) -> Check:
     edge = edges_of(el)[name]
     boots = len(vm.reports(edge.guest))
     t0 = time.monotonic()
-    edge.root("systemctl reboot")
+    edge.root("systemd-run --on-active=1 systemctl reboot")  # the SSH session ends first
     problems = []
     try:
         wait_for(lambda: len(vm.reports(edge.guest)) > boots, timeout=ANSWER_TIMEOUT_S, interval=2, message="boot")
@@ -368,7 +368,7 @@ def handover_row(el: EdgeLab, stack_: changes.Stack, name: str) -> Check:
     slot handover, while a visitor counts failures and a connection stays open."""
     cfg = el.cfg
     tcp = next(s for s in changes.new_services(cfg) if s["mode"] == str(Mode.TCP))
-    held = next(s for s in cfg.services if s.mode is Mode.TCP and s.protocol is Protocol.TCP)
+    held = next(s for s in cfg.services if s.mode is Mode.TCP and s.protocol == Protocol.TCP)
     with_new = stack_.render(services=[*stack_.values["services"], tcp])
     el.start_home_services(with_new)
     el.apply_home_filters(with_new)
