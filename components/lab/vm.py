@@ -39,8 +39,8 @@ from components.model import edge_contract
 
 MEMORY_MB = 1536
 VCPUS = 2
-"""Two, as a Hetzner cax11 has: under TCG a virtual CPU is many times slower than a
-VPS's, and with one the edge's own daemons leave nothing to units that run at idle
+"""Two, as the smallest arm64 plans have: under TCG a virtual CPU is many times slower
+than a VPS's, and with one the edge's own daemons leave nothing to units that run at idle
 priority (Debian's e2scrub_reap), which multi-user.target waits for."""
 BOOT_TIMEOUT_S = 1500
 """Generous: cloud-init installs the edge's packages under TCG, two guests on two cores."""
