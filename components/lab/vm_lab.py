@@ -273,22 +273,10 @@ echo "== handshakes"; wg show {edge_contract.WG_INTERFACE} latest-handshakes
 """
 
 
-def _sections(text: str) -> dict[str, str]:
-    sections: dict[str, str] = {}
-    name = ""
-    for line in text.splitlines():
-        if line.startswith("== "):
-            name = line[3:].strip()
-            sections[name] = ""
-        elif name:
-            sections[name] += line + "\n"
-    return sections
-
-
 def tunnel_row(el: EdgeLab, name: str) -> Check:
     """Home's tunnel to ``name`` runs on the guest kernel's WireGuard and carries packets."""
     edge = edges_of(el)[name]
-    seen = _sections(edge.root(TUNNEL_PROBE).stdout)
+    (seen,) = vm.parse_probe(edge.root(TUNNEL_PROBE).stdout + "== end\n")
     try:
         kind = json.loads(seen.get("kind") or "[{}]")[0].get("linkinfo", {}).get("info_kind")
     except (ValueError, IndexError):
