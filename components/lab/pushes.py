@@ -40,7 +40,7 @@ from components.renderers import bootstrap, bundle
 from components.tools import offline
 
 TIMEOUT_S = 120.0
-"""How long a row waits for a push's verdict or the edge's answer."""
+"""How long a row waits for a push's verdict or the edge's answer in the namespace lab."""
 
 
 @dataclass
@@ -57,6 +57,9 @@ class PushTarget:
     restart: Callable[[], None]
     """The machine resets and boots again (the boot-time units run); returns once it
     answers SSH."""
+    timeout: float = TIMEOUT_S
+    """How long a row waits for a push's verdict or the edge's answer: an emulated
+    machine needs longer than a namespace."""
 
     def root(self, script: str) -> subprocess.CompletedProcess:
         return self.ssh(bootstrap.as_root(self.user, script), None)
@@ -69,6 +72,7 @@ class Client:
     proc: subprocess.Popen
     push_id: str
     lines: list[str]
+    timeout: float
     rc: int | None = None
     done_at: float | None = None
 
@@ -86,7 +90,7 @@ def start_push(target: PushTarget, pushed: str, command: str | None = None) -> C
     proc.stdin.close()
     proc.stdin = None  # sent: communicate() has nothing more to write
     lines: list[str] = []
-    deadline = time.monotonic() + TIMEOUT_S
+    deadline = time.monotonic() + target.timeout
     while time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stdout], [], [], 1)
         if not ready:
@@ -97,7 +101,7 @@ def start_push(target: PushTarget, pushed: str, command: str | None = None) -> C
         lines.append(line)
         found = bootstrap.PUSH_ID.search(line)
         if found:
-            return Client(proc, found.group(1), lines)
+            return Client(proc, found.group(1), lines, target.timeout)
     proc.kill()
     raise RuntimeError(f"the push on {target.name} named no push id: {''.join(lines)[-500:]}")
 
@@ -105,7 +109,7 @@ def start_push(target: PushTarget, pushed: str, command: str | None = None) -> C
 def finish(client: Client) -> Client:
     """The client's verdict: its exit status, once it has ended."""
     assert client.proc.stdout is not None
-    rest, _ = client.proc.communicate(timeout=TIMEOUT_S)
+    rest, _ = client.proc.communicate(timeout=client.timeout)
     client.lines.append(rest or "")
     client.rc, client.done_at = client.proc.returncode, time.monotonic()
     return client
@@ -148,7 +152,9 @@ def hold_next(target: PushTarget, point: str = "swapping") -> None:
 def wait_held(target: PushTarget, push_id: str) -> None:
     paused = f"{edge_contract.PUSH_DIR}/{push_id}/paused"
     wait_for(
-        lambda: target.root(f"test -e {paused}").returncode == 0, timeout=TIMEOUT_S, message=f"push {push_id} held"
+        lambda: target.root(f"test -e {paused}").returncode == 0,
+        timeout=target.timeout,
+        message=f"push {push_id} held",
     )
 
 
@@ -236,13 +242,13 @@ def concurrent(target: PushTarget, old: str, a: str, b: str, command: str | None
     waits = f"grep -qs 'waits for push' {edge_contract.PUSH_DIR}/{second.push_id}/log"
     wait_for(
         lambda: not done[1].is_alive() or target.root(waits).returncode == 0,
-        timeout=TIMEOUT_S,
+        timeout=target.timeout,
         message="the second push waiting or done",
     )
     release(target, first.push_id)
     done[0].start()
     for t in done:
-        t.join(TIMEOUT_S * 2)
+        t.join(target.timeout * 2)
     on = running(target, {"old": old, "A": a, "B": b})
     ok_verify, differs = verified(target)
     succeeded = sorted((c for c in (first, second) if c.rc == 0), key=lambda c: c.done_at or 0)

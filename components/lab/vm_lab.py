@@ -398,7 +398,7 @@ def push_target(el: EdgeLab, name: str) -> pushes.PushTarget:
         time.sleep(5)  # past the point where the old sshd could still answer
         edge.wait_answers()
 
-    return pushes.PushTarget(name, el.cfg.ssh.user, ssh, spawn, restart)
+    return pushes.PushTarget(name, el.cfg.ssh.user, ssh, spawn, restart, timeout=ANSWER_TIMEOUT_S)
 
 
 def push_rows(el: EdgeLab, stack_file: Path, project_file: Path | None, name: str) -> list[Check]:
