@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from components import config as config_module
+from components.lab import rehearse
 from tests.support import DEV_STACK, PROD_STACK, ROOT, require_tool, stack_raw
 
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -325,6 +326,20 @@ def test_tests_run_through_ci_run_on_debian_12():
     assert [s["run"] for s in job["steps"] if "run" in s] == ["bash .ci/run"]
 
 
+def test_the_vm_rehearsal_runs_beside_the_suite_with_its_disks_cached():
+    job = load("test.yml")["jobs"]["vm"]
+    assert job["container"]["image"] == "debian:12" and "--privileged" in job["container"]["options"]
+    assert [s["run"] for s in job["steps"] if "run" in s] == ["bash .ci/run vm"]
+    (cache,) = [s["with"] for s in job["steps"] if s.get("uses", "").startswith("actions/cache@")]
+    assert "components/lab/vm_image.py" in cache["key"]  # a changed disk recipe is a new cache entry
+    assert {p.strip() for p in cache["path"].splitlines() if p.strip()} == {
+        f"{rehearse.DEFAULT_CACHE}/vm-*",
+        f"{rehearse.DEFAULT_CACHE}/traefik-*",
+    }
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    assert "exec uv run --locked --extra test pytest -m vm" in ci_run
+
+
 FAST_LANE = [
     "uv sync --locked --extra test",
     "uv run --locked --extra test ruff check .",
@@ -338,7 +353,7 @@ FAST_LANE = [
 
 def test_fast_job_lints_and_runs_the_unit_tests_without_root():
     workflow = load("test.yml")
-    assert set(workflow["jobs"]) == {"lint", "suite"}
+    assert set(workflow["jobs"]) == {"lint", "suite", "vm"}
     job = workflow["jobs"]["lint"]
     # no container, no privileges, no system packages: uv, Python and Node.js only
     assert "container" not in job and "services" not in job
