@@ -35,9 +35,6 @@ set -euo pipefail
 pushes=/var/lib/cgnat-edge/pushes
 recover_unit=cgnat-edge-push-recover.service
 lock_wait_s=600
-# How long a Traefik (the scratch check, a new slot) may take to load every router. The
-# wait ends as soon as they load; a small VPS under load or an emulated one is slow.
-traefik_start_s=60
 
 log() { echo "cgnat-edge push: $*"; }
 warn() { echo "cgnat-edge push: $*" >&2; }
@@ -111,12 +108,12 @@ check_traefik() {
     ip link set lo up
     "$1" --configFile="$2" >"$3" 2>&1 &
     pid=$!
-    python3 "$4" traefik "$5"
+    python3 "$4" traefik 20
     rc=$?
     kill "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
     exit $rc' _ "$(traefik_to_run)" "$stage/traefik-check.yaml" "$stage/traefik-check.log" "$(staged "$verify")" \
-    "$traefik_start_s" 2>"$stage/traefik-check.err"; then
+    2>"$stage/traefik-check.err"; then
     die "the new Traefik configuration does not load; nothing was changed: $(head -c 800 "$stage/traefik-check.err")"
   fi
 }
@@ -335,7 +332,7 @@ wait_sockets_closed() { # pid ss-flags: until that process has no such socket
 }
 
 start_slot() { # unit: started, and serving every declared router and service
-  systemctl start "$1" && python3 "$verify" traefik "$traefik_start_s"
+  systemctl start "$1" && python3 "$verify" traefik 15
 }
 
 traefik_handover() {

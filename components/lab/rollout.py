@@ -16,14 +16,14 @@ from components.lab.rendered import Rendered
 from components.lab.services import IDP_SESSION
 
 
-def _watch_checks(el: EdgeLab, edges: list[str], rendered: Rendered) -> list[dict]:
+def _watch_checks(el: EdgeLab, edges: list[str], rendered: Rendered, timeout: float) -> list[dict]:
     """Every service that the edges serve before and after the change, through every edge."""
     after = {s.name for s in rendered.cfg.services}
     checks = []
     for name in edges:
         ip = el.edges[name].public_ip
         for s in (s for s in el.cfg.services if s.name in after):
-            base = {"edge": ip, "timeout": 2, "lab_edge": name, "service": s.name}
+            base = {"edge": ip, "timeout": timeout, "lab_edge": name, "service": s.name}
             if s.mode.by_hostname:
                 checks.append({**base, "kind": "tls", "sni": s.hostnames[0], "path": "/prober"})
                 if s.forward_auth is not None:  # signed in: the answer comes from home, past the provider
@@ -71,14 +71,19 @@ class Rollout:
         return f"push failed on {name or '?'}: {' | '.join(bad)[:400]}"
 
 
-def rollout(el: EdgeLab, rendered: Rendered, edges: list[str] | None = None, probe: bool = True) -> Rollout:
-    """Push ``rendered`` to ``edges`` (default all) in order; stop at the first failure."""
+def rollout(
+    el: EdgeLab, rendered: Rendered, edges: list[str] | None = None, probe: bool = True, timeout: float = 2
+) -> Rollout:
+    """Push ``rendered`` to ``edges`` (default all) in order; stop at the first failure.
+    ``timeout``: how long a visitor's request may take before it counts as failed (a
+    connection held back during a handover waits as long as the new Traefik takes to load
+    its routers: about a second on a VPS, far longer on an emulated machine)."""
     edges = edges or sorted(el.edges)
     work = el.lab.workdir
     stop = work / f"prober-stop-{time.monotonic_ns()}"
     out = work / f"prober-out-{time.monotonic_ns()}.json"
     spec = work / f"prober-{time.monotonic_ns()}.json"
-    checks = _watch_checks(el, sorted(el.edges), rendered)
+    checks = _watch_checks(el, sorted(el.edges), rendered, timeout)
     prober = None
     if probe:
         spec.write_text(json.dumps(checks))

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -50,6 +50,11 @@ DIAL_RETRY_S = 60
 DIAL_ERRORS = ("Connection refused", "Connection timed out", "No route to host")
 ANSWER_TIMEOUT_S = 900
 """How long a rebooted or reset machine may take until it answers again."""
+VISITOR_TIMEOUT_S = 60
+"""How long a visitor's request may wait during a handover before it counts as failed.
+New connections are held back (their SYN dropped, resent by the client at 1, 3, 7, 15,
+31 s) until the new Traefik has loaded its routers: about a second on a VPS, tens of
+seconds on an emulated CPU. A browser waits longer than this."""
 
 
 class VmEdge:
@@ -361,7 +366,7 @@ def handover_row(el: EdgeLab, stack_: changes.Stack, name: str) -> Check:
     el.start_home_services(with_new)
     el.apply_home_filters(with_new)
     long_conn = changes.open_long_connection(el, name, held.port)
-    done = rollout(el, with_new, edges=[name])
+    done = rollout(el, with_new, edges=[name], timeout=VISITOR_TIMEOUT_S)
     survived = changes.long_connection_alive(el, long_conn)
     el.rendered = with_new
     new_ok = changes._service_answers(changes._probe_service(el, name, tcp), tcp["name"])
@@ -373,7 +378,8 @@ def handover_row(el: EdgeLab, stack_: changes.Stack, name: str) -> Check:
         failed,
         "failed requests",
         f"{name}: new entrypoint :{tcp['port']} through a Traefik slot handover under systemd, push "
-        f"{'ok' if done.ok else 'FAILED ' + done.failure()}; {done.summary()[:300]}; "
+        f"{'ok' if done.ok else 'FAILED ' + done.failure()}; slowest answer while it changed "
+        f"{done.slowest_ms[name] / 1000:.1f} s (a visitor waits up to {VISITOR_TIMEOUT_S} s); {done.summary()[:300]}; "
         f"a connection to :{held.port} opened before it {'still echoes' if survived else 'was CUT'}; "
         f"the new service {'answers' if new_ok else 'does NOT answer'}",
     )
@@ -401,22 +407,21 @@ def push_target(el: EdgeLab, name: str) -> pushes.PushTarget:
     return pushes.PushTarget(name, el.cfg.ssh.user, ssh, spawn, restart, timeout=ANSWER_TIMEOUT_S)
 
 
-def push_rows(el: EdgeLab, stack_file: Path, project_file: Path | None, name: str) -> list[Check]:
-    """``pushes``' three rows against the machine, named ``vm:push-*``."""
+def push_rows(el: EdgeLab, stack_file: Path, project_file: Path | None, name: str) -> Iterator[Check]:
+    """``pushes``' three rows against the machine, named ``vm:push-*``, each as it
+    comes; the machine is back on ``old`` after each."""
     target = push_target(el, name)
     old = el.rendered.bundle(name)
     with tempfile.TemporaryDirectory(prefix="cgnat-edge-vm-pushes-") as tmp:
         a, b = (r.bundle(name) for r in pushes.keyed(el, Path(tmp), stack_file, project_file, 2))
-    rows = []
     for row in (
         lambda: pushes.cut(target, old, a),
         lambda: pushes.reset(target, old, a),
         lambda: pushes.concurrent(target, old, a, b),
     ):
         check = row()
-        rows.append(dataclasses.replace(check, name="vm:" + check.name.replace(":", "-")))
+        yield dataclasses.replace(check, name="vm:" + check.name.replace(":", "-"))
         pushes.finish(pushes.start_push(target, old))
-    return rows
 
 
 def day2_rows(
@@ -515,7 +520,8 @@ def _rows(lab: VmLab, stack_file: Path, project_file: Path | None, chosen: str, 
         step = "traefik-handover"
         add(handover_row(el, stack_, chosen))
         step = "pushes"
-        add(*push_rows(el, stack_file, project_file, chosen))
+        for check in push_rows(el, stack_file, project_file, chosen):
+            add(check)
         step = "day-2"
         executable = vm.executable(vm_arch(next(e.arch for e in el.cfg.edges if e.name == chosen)), lab.cache)
         add(*day2_rows(el, stack_, chosen, lab.release, executable.read_bytes()))
