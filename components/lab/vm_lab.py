@@ -44,8 +44,9 @@ from components.model import edge_contract
 from components.model.fleet import Mode, Protocol
 from components.renderers import bootstrap, edge_dns, traefik
 
-SSH_TIMEOUT_S = 900
-"""A push under TCG installs packages (CrowdSec) and restarts units on an emulated CPU."""
+SSH_TIMEOUT_S = 1800
+"""A push under TCG installs packages (CrowdSec), downloads and checks a Traefik release
+and starts it on an emulated CPU: a Traefik handover alone took 705 s."""
 DIAL_RETRY_S = 60
 DIAL_ERRORS = ("Connection refused", "Connection timed out", "No route to host")
 ANSWER_TIMEOUT_S = 900
