@@ -155,10 +155,6 @@ def check_nftables(desired: dict) -> list[str]:
     return [f"nftables ruleset differs from {desired['nftConf']}: running has {extra}, lacks {missing}"]
 
 
-TRAEFIK_START_S = 120
-"""How long a Traefik whose API does not answer yet counts as starting."""
-
-
 def api(path: str):
     with urllib.request.urlopen(f"{traefik_api()}/{path}", timeout=2) as r:
         return json.load(r)
@@ -193,21 +189,16 @@ def traefik_routers(desired: dict) -> tuple[list[str], bool]:
     return problems, loaded
 
 
-def wait_traefik(desired: dict, timeout: float, start_timeout: float = TRAEFIK_START_S) -> list[str]:
+def wait_traefik(desired: dict, timeout: float) -> list[str]:
     """Until Traefik has loaded the declared routers (a router in error then stays in
-    error: no point waiting), or ``timeout`` after its API first answered. A Traefik
-    still starting (its API refuses or has no routes yet) gets up to ``start_timeout``:
-    seconds on a VPS, far more on a loaded or emulated CPU."""
-    started = time.monotonic()
-    deadline = None
+    error: no point waiting), or ``timeout``."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
             problems, loaded = traefik_routers(desired)
-            deadline = deadline or time.monotonic() + timeout
-        except OSError as exc:  # refused, or 404 before the API's own router is loaded
+        except OSError as exc:
             problems, loaded = [f"Traefik API {traefik_api()}: {exc}"], False
-        now = time.monotonic()
-        if loaded or now >= (deadline or started + start_timeout):
+        if loaded or time.monotonic() >= deadline:
             return problems
         time.sleep(0.05)
 
